@@ -1,0 +1,28 @@
+// The fft_tensor op library: every schema is declared here, once.
+// Backends register implementations in csrc/<op>/cpu.cpp and csrc/<op>/cuda.cu with
+// TORCH_LIBRARY_IMPL; fake kernels and autograd live in fft_tensor/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing fft_tensor._C runs the static registrations below; the module itself is empty
+// (no pybind11: the ops are reached through torch.ops.fft_tensor.*).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fft_tensor, m) {
+  // z * exp(i*theta); z complex, theta real and broadcastable to z.
+  m.def("phase_rotate(Tensor z, Tensor theta) -> Tensor");
+  // (grad_z, grad_theta) with grad_theta reduced to theta's shape.
+  m.def("phase_rotate_backward(Tensor grad, Tensor z, Tensor theta) -> (Tensor, Tensor)");
+
+  // y[b,d,t] = sum_{s<=min(t,Lk-1)} k[d,s] u[b,d,t-s] + skip[d] u[b,d,t].
+  // u: (B, D, L) float32/bfloat16/float16/float64; k: (D, Lk); skip: (D,) or None.
+  m.def("causal_conv(Tensor u, Tensor k, Tensor? skip=None) -> Tensor");
+  // (grad_u, grad_k): grad_u like u, grad_k (D, Lk) like k; each is an empty (0,) tensor when not
+  // asked for. grad_skip is grad_k[:, 0] (the skip term is a tap at lag 0).
+  m.def("causal_conv_backward(Tensor grad_y, Tensor u, Tensor k, Tensor? skip, bool need_u, bool need_k) -> (Tensor, Tensor)");
+}

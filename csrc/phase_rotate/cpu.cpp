@@ -1,0 +1,71 @@
+// phase_rotate on the CPU: one TensorIterator pass (any strides, broadcasting), parallel
+// over chunks through at::parallel_for inside TensorIterator.
+#include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
+#include <ATen/TensorIterator.h>
+#include <ATen/native/cpu/Loops.h>
+#include <c10/util/complex.h>
+#include <cmath>
+#include <torch/library.h>
+
+#include "checks.h"
+
+namespace fft_tensor {
+
+at::Tensor phase_rotate_cpu(const at::Tensor& z, const at::Tensor& theta) {
+  check_phase_rotate_args(z, theta, "phase_rotate");
+  auto out = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
+  auto iter = at::TensorIteratorConfig()
+                  .add_output(out)
+                  .add_const_input(z)
+                  .add_const_input(theta)
+                  .check_all_same_dtype(false)
+                  .resize_outputs(false)
+                  .build();
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "phase_rotate_cpu", [&] {
+    using C = c10::complex<scalar_t>;
+    at::native::cpu_kernel(iter, [](C a, scalar_t t) -> C {
+      const scalar_t c = std::cos(t), s = std::sin(t);
+      return C(a.real() * c - a.imag() * s, a.real() * s + a.imag() * c);
+    });
+  });
+  return out;
+}
+
+// grad_z = grad * exp(-i theta); per element g_theta = Im(grad * conj(z * exp(i theta))),
+// then summed over the dimensions theta was broadcast along.
+std::tuple<at::Tensor, at::Tensor> phase_rotate_backward_cpu(const at::Tensor& grad, const at::Tensor& z,
+                                                             const at::Tensor& theta) {
+  check_phase_rotate_args(z, theta, "phase_rotate_backward");
+  check_same_shape_grad(grad, z);
+  auto grad_z = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
+  auto g_theta = at::empty(z.sizes(), theta.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "phase_rotate_backward_cpu", [&] {
+    using C = c10::complex<scalar_t>;
+    auto iter = at::TensorIteratorConfig()
+                    .add_output(grad_z)
+                    .add_output(g_theta)
+                    .add_const_input(grad)
+                    .add_const_input(z)
+                    .add_const_input(theta)
+                    .check_all_same_dtype(false)
+                    .resize_outputs(false)
+                    .build();
+    at::native::cpu_kernel_multiple_outputs(iter, [](C g, C a, scalar_t t) -> std::tuple<C, scalar_t> {
+      const scalar_t c = std::cos(t), s = std::sin(t);
+      // g * exp(-i t)
+      C gz(g.real() * c + g.imag() * s, g.imag() * c - g.real() * s);
+      // Im(g * conj(a)) rotated: Im(gz * conj(a)) = Im(g conj(a) e^{-it})
+      scalar_t gt = gz.imag() * a.real() - gz.real() * a.imag();
+      return std::make_tuple(gz, gt);
+    });
+  });
+  return {grad_z, sum_to_theta(g_theta, theta)};
+}
+
+TORCH_LIBRARY_IMPL(fft_tensor, CPU, m) {
+  m.impl("phase_rotate", &phase_rotate_cpu);
+  m.impl("phase_rotate_backward", &phase_rotate_backward_cpu);
+}
+
+}  // namespace fft_tensor

@@ -1,0 +1,15 @@
+"""fft-tensor: fast spectral sequence operators for PyTorch.
+
+The ops are C++/CUDA custom ops registered as torch.ops.fft_tensor.*; this package holds thin
+typed wrappers (fft_tensor.ops), pure-torch reference definitions (fft_tensor.reference) and
+layers built on them.
+"""
+from ._loader import load as _load
+
+_build_info = _load()
+WITH_CUDA = _build_info.WITH_CUDA
+
+from .ops import causal_conv, causal_conv_fft_size, phase_rotate  # noqa: E402
+
+__all__ = ["phase_rotate", "causal_conv", "causal_conv_fft_size", "WITH_CUDA"]
+__version__ = "0.1.0"

@@ -1,0 +1,180 @@
+"""Typed wrappers, fake (meta) kernels and autograd for the fft_tensor ops.
+
+The kernels are C++/CUDA (csrc/); schemas are in csrc/ops.cpp. The fake kernels mirror the C++
+argument checks so torch.compile reports the same errors while tracing.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["phase_rotate", "causal_conv", "causal_conv_fft_size"]
+
+_ops = torch.ops.fft_tensor
+
+
+# ----------------------------------------------------------------------------- phase_rotate
+
+def phase_rotate(z: Tensor, theta: Tensor) -> Tensor:
+    """Return ``z * exp(1j * theta)`` as a new contiguous complex tensor of ``z.shape``.
+
+    z: complex64 (complex128 too), any shape and strides.
+    theta: float32 (float64 for complex128) angles, broadcastable to ``z.shape``; typically a
+      learned per-channel, per-frequency angle broadcast over the batch. Its gradient is reduced
+      over the broadcast dimensions.
+    """
+    return _ops.phase_rotate.default(z, theta)
+
+
+def _check_phase_rotate(z: Tensor, theta: Tensor, op: str = "phase_rotate") -> None:
+    torch._check(z.dtype in (torch.complex64, torch.complex128),
+                 lambda: f"{op}: expected z to be complex64 or complex128, got {z.dtype}")
+    torch._check(theta.dtype in (torch.float32, torch.float64),
+                 lambda: f"{op}: expected theta to be float32 or float64 (a real angle), got {theta.dtype}")
+    real = torch.float32 if z.dtype == torch.complex64 else torch.float64
+    torch._check(theta.dtype == real,
+                 lambda: f"{op}: expected theta's dtype to match z's precision ({real} for z of {z.dtype}), got {theta.dtype}")
+    torch._check(z.device == theta.device,
+                 lambda: f"{op}: expected z and theta on the same device, got z on {z.device} and theta on {theta.device}")
+    torch._check(theta.dim() <= z.dim(),
+                 lambda: f"{op}: expected theta broadcastable to z.shape {tuple(z.shape)}, got theta.shape {tuple(theta.shape)}")
+    off = z.dim() - theta.dim()
+    for i in range(theta.dim()):
+        torch._check(theta.shape[i] == 1 or theta.shape[i] == z.shape[off + i],
+                     lambda: f"{op}: expected theta broadcastable to z.shape {tuple(z.shape)}, got theta.shape {tuple(theta.shape)}")
+
+
+@torch.library.register_fake("fft_tensor::phase_rotate")
+def _phase_rotate_fake(z, theta):
+    _check_phase_rotate(z, theta)
+    return z.new_empty(z.shape)
+
+
+@torch.library.register_fake("fft_tensor::phase_rotate_backward")
+def _phase_rotate_backward_fake(grad, z, theta):
+    _check_phase_rotate(z, theta, "phase_rotate_backward")
+    torch._check(grad.shape == z.shape,
+                 lambda: f"phase_rotate_backward: expected grad of shape {tuple(z.shape)}, got {tuple(grad.shape)}")
+    return z.new_empty(z.shape), theta.new_empty(theta.shape)
+
+
+def _phase_rotate_setup_context(ctx, inputs, output):
+    z, theta = inputs
+    ctx.save_for_backward(z, theta)
+
+
+def _phase_rotate_backward(ctx, grad):
+    z, theta = ctx.saved_tensors
+    need_z, need_theta = ctx.needs_input_grad
+    if not need_theta:  # d/dz only: one rotation by -theta, no reduction
+        return _ops.phase_rotate.default(grad, -theta) if need_z else None, None
+    grad_z, grad_theta = _ops.phase_rotate_backward.default(grad, z, theta)
+    return (grad_z if need_z else None), grad_theta
+
+
+torch.library.register_autograd("fft_tensor::phase_rotate", _phase_rotate_backward,
+                                setup_context=_phase_rotate_setup_context)
+
+
+# ----------------------------------------------------------------------------- causal_conv
+
+_MAX_FUSED_FFT = 16384  # csrc/causal_conv/common.h: kMaxFusedFFT
+_MIN_FFT = 64
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def causal_conv_plan(L: int, Lk: int) -> tuple:
+    """(fft_size, taps, segment, segments) exactly as csrc/causal_conv/common.h:conv_plan."""
+    taps = min(Lk, L)
+    full = max(_next_pow2(L + taps - 1), _MIN_FFT)
+    os_ = max(_next_pow2(4 * taps), 256)
+    if os_ > _MAX_FUSED_FFT and 2 * taps <= _MAX_FUSED_FFT:
+        os_ = _MAX_FUSED_FFT
+    if full <= os_ or os_ > _MAX_FUSED_FFT:
+        return full, taps, L, 1
+    seg = os_ - taps + 1
+    return os_, taps, seg, -(-L // seg)
+
+
+def causal_conv_fft_size(L: int, Lk: int) -> int:
+    """The FFT length ``causal_conv`` uses for rows of length L and Lk taps.
+
+    Short kernels on long rows use overlap-save blocks of ``next_pow2(4*Lk)`` points; otherwise
+    one FFT of ``next_pow2(L + Lk - 1)`` covers the row. A spectral parameterisation that wants
+    its frequency bins to be the op's own bins should use this size.
+    """
+    return causal_conv_plan(L, Lk)[0]
+
+
+def causal_conv(u: Tensor, k: Tensor, skip: Optional[Tensor] = None) -> Tensor:
+    """Causal depthwise long convolution along the last dimension.
+
+    ``y[b,d,t] = sum_{s=0}^{min(t,Lk-1)} k[d,s] * u[b,d,t-s] + skip[d] * u[b,d,t]``
+
+    u: (B, D, L) float32, bfloat16 or float16 (float64 for gradcheck); any strides.
+    k: (D, Lk) float32 (float64 with float64 u), Lk >= 1; taps past L are ignored.
+    skip: (D,) like k, or None.
+    Returns y of u's shape and dtype; arithmetic is float32 (float64 for float64 input).
+    Differentiable in u, k and skip.
+    """
+    return _ops.causal_conv.default(u, k, skip)
+
+
+def _check_causal_conv(u: Tensor, k: Tensor, skip: Optional[Tensor], op: str = "causal_conv") -> None:
+    torch._check(u.dim() == 3, lambda: f"{op}: expected u of shape (B, D, L), got a {u.dim()}-d tensor of shape {tuple(u.shape)}")
+    torch._check(u.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64),
+                 lambda: f"{op}: expected u of dtype float32, bfloat16, float16 or float64, got {u.dtype}")
+    torch._check(k.dim() == 2, lambda: f"{op}: expected k of shape (D, Lk), got a {k.dim()}-d tensor of shape {tuple(k.shape)}")
+    torch._check(k.dtype in (torch.float32, torch.float64),
+                 lambda: f"{op}: expected k of dtype float32 (or float64), got {k.dtype}")
+    torch._check(k.shape[0] == u.shape[1],
+                 lambda: f"{op}: expected k.shape[0] == u.shape[1] (D = {u.shape[1]}), got k.shape {tuple(k.shape)}")
+    torch._check(k.shape[1] >= 1, lambda: f"{op}: expected k with at least one tap (Lk >= 1), got k.shape {tuple(k.shape)}")
+    torch._check(u.shape[2] >= 1, lambda: f"{op}: expected u with length L >= 1, got u.shape {tuple(u.shape)}")
+    torch._check(k.device == u.device, lambda: f"{op}: expected k on the same device as u ({u.device}), got {k.device}")
+    torch._check((u.dtype == torch.float64) == (k.dtype == torch.float64),
+                 lambda: f"{op}: expected u and k both float64 or neither, got u {u.dtype} and k {k.dtype}")
+    if skip is not None:
+        torch._check(skip.dim() == 1 and skip.shape[0] == u.shape[1],
+                     lambda: f"{op}: expected skip of shape (D,) = ({u.shape[1]},), got {tuple(skip.shape)}")
+        torch._check(skip.dtype == k.dtype, lambda: f"{op}: expected skip of dtype {k.dtype}, got {skip.dtype}")
+        torch._check(skip.device == u.device,
+                     lambda: f"{op}: expected skip on the same device as u ({u.device}), got {skip.device}")
+
+
+@torch.library.register_fake("fft_tensor::causal_conv")
+def _causal_conv_fake(u, k, skip=None):
+    _check_causal_conv(u, k, skip)
+    return u.new_empty(u.shape)
+
+
+@torch.library.register_fake("fft_tensor::causal_conv_backward")
+def _causal_conv_backward_fake(grad_y, u, k, skip, need_u, need_k):
+    _check_causal_conv(u, k, skip, "causal_conv_backward")
+    torch._check(grad_y.shape == u.shape,
+                 lambda: f"causal_conv_backward: expected grad_y of shape {tuple(u.shape)}, got {tuple(grad_y.shape)}")
+    grad_u = u.new_empty(u.shape) if need_u else u.new_empty((0,))
+    grad_k = k.new_empty(k.shape) if need_k else k.new_empty((0,))
+    return grad_u, grad_k
+
+
+def _causal_conv_setup_context(ctx, inputs, output):
+    u, k, skip = inputs
+    ctx.has_skip = skip is not None
+    ctx.save_for_backward(u, k, skip)
+
+
+def _causal_conv_backward(ctx, grad_y):
+    u, k, skip = ctx.saved_tensors
+    need_u, need_k, need_skip = ctx.needs_input_grad
+    grad_u, grad_k = _ops.causal_conv_backward.default(grad_y, u, k, skip, need_u, need_k or need_skip)
+    return (grad_u if need_u else None,
+            grad_k if need_k else None,
+            grad_k[:, 0] if need_skip else None)
+
+
+torch.library.register_autograd("fft_tensor::causal_conv", _causal_conv_backward,
+                                setup_context=_causal_conv_setup_context)

@@ -1,0 +1,36 @@
+"""Plain-torch definitions of every op: what the tests compare the compiled kernels against.
+
+Written for clarity, not speed. Each one is independent of the C++ code.
+"""
+import torch
+
+
+def phase_rotate_reference(z: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """z * exp(i*theta), theta broadcast to z."""
+    return z * torch.polar(torch.ones_like(theta), theta)
+
+
+def causal_conv_reference(u: torch.Tensor, k: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """Direct sum y[b,d,t] = sum_{s<=min(t,Lk-1)} k[d,s] u[b,d,t-s] + skip[d] u[b,d,t], in float64.
+
+    O(B*D*L*Lk): keep it to test sizes.
+    """
+    B, D, L = u.shape
+    Lk = min(k.shape[-1], L)
+    u64, k64 = u.double(), k.double()[:, :Lk]
+    y = torch.zeros(B, D, L, dtype=torch.float64, device=u.device)
+    for s in range(Lk):
+        y[:, :, s:] += k64[:, s, None] * u64[:, :, : L - s]
+    if skip is not None:
+        y += skip.double()[:, None] * u64
+    return y
+
+
+def causal_conv_fft_reference(u: torch.Tensor, k: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """The torch.fft formulation the benchmarks call "the reference": irfft(rfft(u,2L)*rfft(k,2L))[:L]."""
+    L = u.shape[-1]
+    n = 2 * L
+    y = torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(k.float()[:, :L], n=n), n=n)[..., :L]
+    if skip is not None:
+        y = y + skip.float()[:, None] * u.float()
+    return y.to(u.dtype)

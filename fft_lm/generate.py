@@ -68,55 +68,77 @@ def is_chunk_model(model):
     return hasattr(model, "decode_logits") and getattr(model, "chunk", 1) > 1
 
 
+class ByteStream:
+    """Step-by-step generation state: `step()` runs the model once and emits 1 byte (or a ChunkLM's
+    `chunk` bytes) into `out`. The first overlap_save step also consumes the prompt (prefill).
+    Call under torch.no_grad() with the model in eval mode (generate() does both)."""
+
+    def __init__(self, model, prompt, max_new_bytes, *, mode="overlap_save", temperature=1.0, top_k=None,
+                 seed=None, keep_logits=False):
+        _check_args(prompt, max_new_bytes, mode, temperature, top_k, seed)
+        if mode == "overlap_save" and not hasattr(model, "init_cache"):
+            raise ValueError(f"generate: mode='overlap_save' needs a model with init_cache; "
+                             f"{type(model).__name__} has none (use mode='recompute')")
+        self.model = model
+        self.pick = make_picker(temperature, top_k, seed)
+        self.max_new_bytes = max_new_bytes
+        self.keep_logits = keep_logits
+        device = next(model.parameters()).device
+        context = bytes(prompt) if len(prompt) else bytes([BOS_BYTE])
+        self.n_ctx = len(context)
+        # whole sequence (context + new bytes) lives on the device; recompute reads a growing prefix
+        self.seq = torch.zeros(1, self.n_ctx + max_new_bytes, dtype=torch.long, device=device)
+        self.seq[0, :self.n_ctx] = torch.tensor(list(context), dtype=torch.long, device=device)
+        self.chunked = is_chunk_model(model)
+        self.cache = (model.init_cache(1, device, max_len=self.n_ctx + max_new_bytes)
+                      if mode == "overlap_save" else None)
+        self.fed = 0  # bytes of seq the cache has consumed (overlap_save)
+        self.out = bytearray()
+        self.logits = []  # [1, 256] float32 CPU tensors, one per new byte, when keep_logits
+
+    @property
+    def done(self):
+        return len(self.out) >= self.max_new_bytes
+
+    def _emit(self, logits, pos):
+        b = self.pick(logits)
+        self.seq[0, pos] = b
+        self.out.append(b)
+        if self.keep_logits:
+            self.logits.append(logits.float().cpu())
+
+    def step(self):
+        if self.done:
+            return
+        end = self.n_ctx + len(self.out)
+        x = self.seq[:, :end] if self.cache is None else self.seq[:, self.fed:end]
+        self.fed = end
+        if self.chunked:
+            h_last = self.model.features(x, cache=self.cache)[:, -1]  # [1, D]
+            for _ in range(min(self.model.chunk, self.max_new_bytes - len(self.out))):
+                pos = self.n_ctx + len(self.out)
+                # decoder inputs: the byte before the chunk, then the chunk's bytes so far
+                logits = self.model.decode_logits(h_last, self.seq[:, end - 1:pos])[:, -1]
+                self._emit(logits, pos)
+        else:
+            logits, _ = self.model(x, cache=self.cache)
+            self._emit(logits[:, -1], end)
+
+
 @torch.no_grad()
 def generate_with_logits(model, prompt, max_new_bytes, *, mode="overlap_save", temperature=1.0,
                          top_k=None, seed=None, keep_logits=True):
-    """Like `generate` but also returns the logits each new byte was drawn from: (bytes, [1,256] list)."""
-    _check_args(prompt, max_new_bytes, mode, temperature, top_k, seed)
-    if mode == "overlap_save" and not hasattr(model, "init_cache"):
-        raise ValueError(f"generate: mode='overlap_save' needs a model with init_cache; "
-                         f"{type(model).__name__} has none (use mode='recompute')")
-    pick = make_picker(temperature, top_k, seed)
-    device = next(model.parameters()).device
-    context = bytes(prompt) if len(prompt) else bytes([BOS_BYTE])
-    n_ctx = len(context)
-    # whole sequence (context + new bytes) lives on the device; recompute reads a growing prefix
-    seq = torch.zeros(1, n_ctx + max_new_bytes, dtype=torch.long, device=device)
-    seq[0, :n_ctx] = torch.tensor(list(context), dtype=torch.long, device=device)
-    chunked = is_chunk_model(model)
-    cache = model.init_cache(1, device, max_len=n_ctx + max_new_bytes) if mode == "overlap_save" else None
-    out, logits_seen = bytearray(), []
-    fed = 0  # bytes of seq the cache has consumed (overlap_save)
+    """Like `generate` but also returns the logits each new byte was drawn from: (bytes, [[1,256], ...])."""
+    stream = ByteStream(model, prompt, max_new_bytes, mode=mode, temperature=temperature, top_k=top_k,
+                        seed=seed, keep_logits=keep_logits)
     was_training = model.training
     model.eval()
     try:
-        while len(out) < max_new_bytes:
-            end = n_ctx + len(out)
-            x = seq[:, :end] if cache is None else seq[:, fed:end]
-            fed = end
-            if chunked:
-                h_last = model.features(x, cache=cache)[:, -1]  # [1, D]
-                n_emit = min(model.chunk, max_new_bytes - len(out))
-                for _ in range(n_emit):
-                    pos = n_ctx + len(out)
-                    # decoder inputs: the byte before the chunk, then the chunk's bytes so far
-                    logits = model.decode_logits(h_last, seq[:, end - 1:pos])[:, -1]
-                    b = pick(logits)
-                    seq[0, pos] = b
-                    out.append(b)
-                    if keep_logits:
-                        logits_seen.append(logits.float().cpu())
-            else:
-                logits, _ = model(x, cache=cache)
-                logits = logits[:, -1]
-                b = pick(logits)
-                seq[0, end] = b
-                out.append(b)
-                if keep_logits:
-                    logits_seen.append(logits.float().cpu())
+        while not stream.done:
+            stream.step()
     finally:
         model.train(was_training)
-    return bytes(out), logits_seen
+    return bytes(stream.out), stream.logits
 
 
 def generate(model, prompt: bytes, max_new_bytes: int, *, mode="overlap_save", temperature=1.0,

@@ -1,0 +1,214 @@
+"""ChunkLM: the spectral backbone plus a chunk head (the seed's "piston engine").
+
+From every position t the backbone gives one feature h_t (it has read bytes 0..t). The head predicts
+the next `chunk` bytes c_0..c_{K-1} = x[t+1..t+K] from h_t with a small causal transformer over the
+chunk: the decoder input at slot j is the byte before c_j (x[t+j]; for j=0 that is x[t] itself)
+plus a slot embedding plus a projection of h_t, so c_j is predicted from h_t and c_0..c_{j-1} only.
+Training is teacher-forced on every position at once; the loss is the plain per-byte cross-entropy
+averaged over every (t, j) whose target byte lies inside the window (nats per byte).
+
+Generation (fft_lm.generate) runs the backbone once per chunk (through its overlap-save cache, or
+over the full context) and the decoder `chunk` times, so the expensive part runs 1/chunk as often.
+"""
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fft_lm.layers import MLP, RMSNorm, format_params, init_weights
+from fft_lm.model import SpectralLM, SpectralLMConfig
+
+
+@dataclass
+class ChunkLMConfig:
+    backbone: dict = field(default_factory=dict)  # SpectralLMConfig fields
+    chunk: int = 16        # bytes predicted per backbone step
+    head_dim: int = 256    # width of the chunk decoder
+    head_layers: int = 2   # transformer blocks in the chunk decoder
+    head_heads: int = 4    # attention heads in the chunk decoder
+    head_dropout: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.backbone, SpectralLMConfig):
+            self.backbone = asdict(self.backbone)
+        if not isinstance(self.chunk, int) or self.chunk < 1:
+            raise ValueError(f"ChunkLMConfig: chunk must be an int >= 1, got {self.chunk!r}")
+        if self.head_dim % self.head_heads != 0:
+            raise ValueError(f"ChunkLMConfig: head_dim ({self.head_dim}) must be divisible by "
+                             f"head_heads ({self.head_heads})")
+
+
+# backbone preset name and head sizes per ChunkLM preset
+PRESETS = {
+    "tiny": dict(backbone_preset="tiny", chunk=16, head_dim=64, head_layers=1, head_heads=2),
+    "small": dict(backbone_preset="small", chunk=16, head_dim=128, head_layers=2, head_heads=4),
+    # the seed's ~29M chunk LM: 1024 context, kernel 128, chunk 16 (8-layer d=512 backbone 27.6M + head 1.8M)
+    "29m": dict(backbone_preset="base512", chunk=16, head_dim=256, head_layers=2, head_heads=4,
+                backbone_overrides=dict(seq_len=1024, kernel_len=128)),
+    "base512": dict(backbone_preset="base512", chunk=16, head_dim=256, head_layers=2, head_heads=4),
+}
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm causal self-attention + MLP over the slots of one chunk."""
+
+    def __init__(self, dim, heads, dropout):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm1 = RMSNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.proj.is_residual_out = True
+        self.norm2 = RMSNorm(dim)
+        self.mlp = MLP(dim, dropout)
+
+    def forward(self, x):  # x: [N, J, dim]
+        N, J, C = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(C, dim=-1)
+        q, k, v = (t.view(N, J, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.proj(y.transpose(1, 2).reshape(N, J, C))
+        return x + self.mlp(self.norm2(x))
+
+
+class ChunkDecoder(nn.Module):
+    """Predicts chunk bytes from a backbone feature and the chunk's previous bytes (causal)."""
+
+    def __init__(self, feature_dim, cfg: ChunkLMConfig):
+        super().__init__()
+        self.byte_emb = nn.Embedding(256, cfg.head_dim)
+        self.slot_emb = nn.Embedding(cfg.chunk, cfg.head_dim)
+        self.context = nn.Linear(feature_dim, cfg.head_dim)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg.head_dim, cfg.head_heads, cfg.head_dropout)
+                                    for _ in range(cfg.head_layers))
+        self.norm_f = RMSNorm(cfg.head_dim)
+        self.head = nn.Linear(cfg.head_dim, 256, bias=False)
+        init_weights(self, cfg.head_layers)  # names are relative: "head" gets the small output init
+
+    def forward(self, h, inputs):  # h: [N, D] features, inputs: [N, J] bytes, J <= chunk
+        J = inputs.shape[1]
+        x = self.byte_emb(inputs) + self.slot_emb.weight[:J] + self.context(h)[:, None, :]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm_f(x))  # [N, J, 256]
+
+
+class ChunkLM(nn.Module):
+    family = "chunk"
+    config_class = ChunkLMConfig
+
+    def __init__(self, cfg: ChunkLMConfig):
+        super().__init__()
+        self.config = cfg
+        self.chunk = cfg.chunk
+        self.backbone = SpectralLM.from_config(SpectralLMConfig(**cfg.backbone))
+        self.decoder = ChunkDecoder(self.backbone.config.d_model, cfg)
+
+    # --- construction ---
+    @classmethod
+    def from_config(cls, cfg):
+        if isinstance(cfg, dict):
+            cfg = ChunkLMConfig(**cfg)
+        return cls(cfg)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """ChunkLM preset; overrides may name ChunkLMConfig fields or backbone (SpectralLMConfig) fields."""
+        if name not in PRESETS:
+            raise ValueError(f"ChunkLM.from_preset: unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        p = dict(PRESETS[name])
+        head_names = {f.name for f in fields(ChunkLMConfig)} - {"backbone"}
+        backbone_overrides = dict(p.pop("backbone_overrides", {}))
+        head = {k: v for k, v in p.items() if k in head_names}
+        for k, v in overrides.items():
+            (head if k in head_names else backbone_overrides)[k] = v
+        backbone = SpectralLM.from_preset(p["backbone_preset"], **backbone_overrides).config
+        return cls(ChunkLMConfig(backbone=asdict(backbone), **head))
+
+    @classmethod
+    def from_backbone_checkpoint(cls, path, chunk=16, **head_overrides):
+        """A ChunkLM whose backbone starts from a trained SpectralLM (or ChunkLM) checkpoint."""
+        from fft_lm.checkpoint import load_checkpoint
+        model, _ = load_checkpoint(path)
+        if isinstance(model, ChunkLM):
+            model = model.backbone
+        if not isinstance(model, SpectralLM):
+            raise ValueError(f"ChunkLM.from_backbone_checkpoint: {path} holds a {type(model).__name__}, "
+                             "expected a SpectralLM (family 'spectral') or ChunkLM checkpoint")
+        chunk_lm = cls(ChunkLMConfig(backbone=asdict(model.config), chunk=chunk, **head_overrides))
+        chunk_lm.backbone.load_state_dict(model.state_dict())
+        return chunk_lm
+
+    # --- protocol ---
+    def init_cache(self, batch_size, device, max_len=None):
+        return self.backbone.init_cache(batch_size, device, max_len=max_len)
+
+    @property
+    def freq_bins(self):
+        return self.backbone.freq_bins
+
+    @property
+    def freq_cutoff(self):
+        return self.backbone.freq_cutoff
+
+    def set_freq_cutoff(self, bins):
+        """The backbone's curriculum cutoff (kept in self.config too, so checkpoints record it)."""
+        self.backbone.set_freq_cutoff(bins)
+        self.config.backbone["freq_cutoff"] = bins
+
+    def set_grad_checkpointing(self, enabled=True):
+        """Activation checkpointing of the backbone's blocks (what fft_lm.train's --grad-checkpoint calls)."""
+        self.backbone.set_grad_checkpoint(enabled)
+        self.config.backbone["grad_checkpoint"] = bool(enabled)
+
+    def features(self, idx, *, cache=None):
+        return self.backbone.features(idx, cache=cache)
+
+    def decode_logits(self, h, inputs):
+        """Chunk decoder logits: h [..., D], inputs [..., J] bytes (slot j holds the byte before c_j)
+        -> [..., J, 256], row j predicting c_j from h and inputs[..., :j+1]."""
+        lead = inputs.shape[:-1]
+        J = inputs.shape[-1]
+        if J > self.chunk:
+            raise ValueError(f"ChunkLM.decode_logits: at most chunk={self.chunk} slots, got {J}")
+        out = self.decoder(h.reshape(-1, h.shape[-1]), inputs.reshape(-1, J))
+        return out.view(*lead, J, 256)
+
+    def chunk_windows(self, idx, targets):
+        """Teacher-forcing windows: inputs[b,t,j] = idx[b,t+j], tgt[b,t,j] = targets[b,t+j]
+        (the byte c_j after position t), -1 where t+j falls past the window."""
+        B, T = idx.shape
+        K = self.chunk
+        pad_in = F.pad(idx, (0, K - 1), value=0)
+        pad_tg = F.pad(targets, (0, K - 1), value=-1)
+        inputs = pad_in.unfold(1, K, 1)  # [B, T, K]
+        tgt = pad_tg.unfold(1, K, 1)
+        return inputs, tgt
+
+    def forward(self, idx, targets=None, *, cache=None):
+        """Returns (next-byte logits [B,T,256] (chunk slot 0), loss): loss is the mean cross-entropy
+        in nats over every chunk byte with a real target (targets[b,t] = byte after idx[b,t])."""
+        h = self.features(idx, cache=cache)  # [B, T, D]
+        if targets is None:
+            return self.decode_logits(h, idx[..., None])[..., 0, :], None
+        inputs, tgt = self.chunk_windows(idx, targets)
+        logits = self.decode_logits(h, inputs)  # [B, T, K, 256]
+        loss = F.cross_entropy(logits.float().reshape(-1, 256), tgt.reshape(-1), ignore_index=-1)
+        return logits[:, :, 0], loss
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self):
+        c = self.config
+        return (f"ChunkLM {format_params(self.num_params())} params: chunk={c.chunk} head_dim={c.head_dim} "
+                f"head_layers={c.head_layers} head {format_params(sum(p.numel() for p in self.decoder.parameters()))}"
+                f"; backbone {self.backbone.describe()}")
+
+
+def bits_per_byte(loss_nats):
+    return loss_nats / math.log(2)

@@ -1,0 +1,317 @@
+"""SpectralLM: a byte-level language model on fft_tensor's causal FFT convolution.
+
+byte embedding -> n_layers x [pre-norm gated long-conv mixer + pre-norm MLP] -> final norm -> head.
+
+The mixer's long kernel is parameterised in the frequency domain of the FFT that `causal_conv`
+actually runs at the training length (N = causal_conv_fft_size(seq_len, kernel_len)):
+    k = irfft(Z * mask(bin < cutoff), n=N, norm="ortho")[:, :kernel_len] * decay_window + short_taps
+so the curriculum's frequency cutoff is an exact count of the op's bins in use: coefficients of
+bins >= cutoff change nothing and get exactly zero gradient. The kernel is only kernel_len taps
+under a per-channel decaying window (free full-length kernels memorise, see ANCHORS.md), and the
+taps are independent of the sequence length, so the model runs at any length.
+
+Streaming (cache=): each layer keeps the last kernel_len - 1 conv inputs, so a call with T new
+bytes costs O(T * kernel_len) per layer whatever the context length, and equals the full forward.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+import fft_tensor
+from fft_lm.layers import MLP, RMSNorm, config_from_preset, format_params, init_weights
+
+
+@dataclass
+class SpectralLMConfig:
+    vocab_size: int = 256          # bytes
+    d_model: int = 512             # channels
+    n_layers: int = 8              # residual blocks
+    seq_len: int = 1024            # training context; fixes the FFT grid of the kernels (runs at any length)
+    kernel_len: int = 128          # long-conv taps per channel
+    short_conv_len: int = 4        # free taps added to the first taps (sharp local detail, not band-limited)
+    decay_min: float = 0.5         # slowest channel's window: exp(-decay_min) at the last tap
+    decay_max: float = 16.0        # fastest channel's window: exp(-decay_max) at the last tap
+    fft_size: Optional[int] = None     # the kernels' FFT grid; None = causal_conv_fft_size(seq_len, kernel_len),
+                                       # resolved here and saved, so checkpoints survive changes to the op's plan
+    freq_cutoff: Optional[int] = None  # spectral bins in use (curriculum); None = full band
+    dropout: float = 0.0
+    mlp_mult: int = 4
+    tie_embeddings: bool = False
+    grad_checkpoint: bool = False  # torch.utils.checkpoint per block while training
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "seq_len", "kernel_len", "mlp_mult"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SpectralLMConfig.{name}: expected a positive int, got {value!r}")
+        if not (isinstance(self.short_conv_len, int) and 0 <= self.short_conv_len <= self.kernel_len):
+            raise ValueError(f"SpectralLMConfig.short_conv_len: expected an int in [0, kernel_len={self.kernel_len}], "
+                             f"got {self.short_conv_len!r}")
+        if self.kernel_len > self.seq_len:
+            raise ValueError(f"SpectralLMConfig.kernel_len: expected kernel_len <= seq_len ({self.seq_len}), "
+                             f"got {self.kernel_len}")
+        if not (0 < self.decay_min <= self.decay_max):
+            raise ValueError(f"SpectralLMConfig.decay_min/decay_max: expected 0 < decay_min <= decay_max, "
+                             f"got {self.decay_min} and {self.decay_max}")
+        if not (0.0 <= self.dropout < 1.0):
+            raise ValueError(f"SpectralLMConfig.dropout: expected a float in [0, 1), got {self.dropout!r}")
+        if self.fft_size is None:
+            self.fft_size = fft_tensor.causal_conv_fft_size(self.seq_len, self.kernel_len)
+        if not (isinstance(self.fft_size, int) and self.fft_size >= self.kernel_len):
+            raise ValueError(f"SpectralLMConfig.fft_size: expected None or an int >= kernel_len ({self.kernel_len}), "
+                             f"got {self.fft_size!r}")
+        bins = self.freq_bins
+        if self.freq_cutoff is not None and not (isinstance(self.freq_cutoff, int) and 1 <= self.freq_cutoff <= bins):
+            raise ValueError(f"SpectralLMConfig.freq_cutoff: expected None or an int in [1, {bins}] "
+                             f"(bins of the {self.fft_size}-point FFT), got {self.freq_cutoff!r}")
+
+    @property
+    def freq_bins(self) -> int:
+        return self.fft_size // 2 + 1
+
+
+# Same names and (within ~10%) the same parameter counts as fft_lm.gpt.PRESETS.
+# (Counts are for the op's current plan: 1024-point kernel grids at kernel_len 128.)
+PRESETS = {
+    "tiny": dict(d_model=128, n_layers=4, seq_len=256, kernel_len=64),      # 1.05M, CPU tests and quickstart
+    "small": dict(d_model=256, n_layers=6, seq_len=512, kernel_len=128),    # 6.04M
+    "29m": dict(d_model=528, n_layers=8, seq_len=1024, kernel_len=128),     # 29.1M, the seed's scale
+    "base512": dict(d_model=512, n_layers=8, seq_len=1024, kernel_len=128), # 27.6M, ANCHORS.md throughput model
+}
+
+
+class SpectralKernel(nn.Module):
+    """Per-channel taps k (D, kernel_len) and skip (D,) from spectral coefficients on an N-point grid."""
+
+    def __init__(self, cfg: SpectralLMConfig):
+        super().__init__()
+        D, Lk, N = cfg.d_model, cfg.kernel_len, cfg.fft_size
+        bins = N // 2 + 1
+        self.fft_size, self.kernel_len, self.short_conv_len = N, Lk, cfg.short_conv_len
+        self.coef_real = nn.Parameter(torch.empty(D, bins))   # Re Z
+        self.coef_imag = nn.Parameter(torch.empty(D, bins))   # Im Z (unused at DC and Nyquist, as in irfft)
+        self.log_decay = nn.Parameter(torch.empty(D))
+        self.short_taps = nn.Parameter(torch.zeros(D, cfg.short_conv_len))
+        self.skip = nn.Parameter(torch.ones(D))
+        # irfft(Z, n=N, norm="ortho")[:Lk] as two real matrices, so the kernel is a plain matmul
+        # (compiles everywhere, no complex tensors): k = Re Z @ cos_basis + Im Z @ sin_basis.
+        f = torch.arange(bins, dtype=torch.float64)[:, None]
+        t = torch.arange(Lk, dtype=torch.float64)[None, :]
+        weight = torch.full((bins, 1), 2.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if N % 2 == 0:
+            weight[-1] = 1.0
+        angle = 2 * math.pi * f * t / N
+        self.register_buffer("cos_basis", (weight * torch.cos(angle) / math.sqrt(N)).float(), persistent=False)
+        self.register_buffer("sin_basis", (-weight * torch.sin(angle) / math.sqrt(N)).float(), persistent=False)
+        self.register_buffer("tap_pos", torch.arange(Lk, dtype=torch.float32) / Lk, persistent=False)
+        self.register_buffer("bin_mask", torch.ones(bins), persistent=False)
+        self.reset_parameters(cfg)
+        self.set_freq_cutoff(cfg.freq_cutoff)
+
+    @torch.no_grad()
+    def reset_parameters(self, cfg: SpectralLMConfig) -> None:
+        D = self.coef_real.shape[0]
+        # decay rates log-spaced across channels: a few near-flat windows, many short-range ones
+        self.log_decay.copy_(torch.linspace(math.log(cfg.decay_min), math.log(cfg.decay_max), D))
+        self.coef_real.normal_()
+        self.coef_imag.normal_()
+        self.bin_mask.fill_(1.0)
+        k = self.long_taps()
+        scale = 1.0 / k.norm(dim=1, keepdim=True).clamp_min(1e-6)   # unit-norm windowed kernels at full band
+        self.coef_real.mul_(scale)
+        self.coef_imag.mul_(scale)
+
+    def set_freq_cutoff(self, bins: Optional[int]) -> None:
+        n = self.bin_mask.numel()
+        keep = n if bins is None else bins
+        with torch.no_grad():
+            self.bin_mask.copy_((torch.arange(n, device=self.bin_mask.device) < keep).float())
+
+    def long_taps(self) -> torch.Tensor:
+        """irfft(Z * mask, n=N, norm='ortho')[:, :kernel_len] * decay window, float32 (D, Lk)."""
+        spectral = (self.coef_real * self.bin_mask) @ self.cos_basis + (self.coef_imag * self.bin_mask) @ self.sin_basis
+        window = torch.exp(-torch.exp(self.log_decay)[:, None] * self.tap_pos[None, :])
+        return spectral * window
+
+    def forward(self):
+        with torch.autocast(device_type=self.cos_basis.device.type, enabled=False):  # the op wants fp32 taps
+            k = self.long_taps()
+            if self.short_conv_len:
+                k = k + F.pad(self.short_taps, (0, self.kernel_len - self.short_conv_len))
+        return k, self.skip
+
+
+class SpectralMixer(nn.Module):
+    """x -> (value, gate); y = causal_conv(value, k, skip) * silu(gate); out_proj(y)."""
+
+    def __init__(self, cfg: SpectralLMConfig):
+        super().__init__()
+        self.kernel_len = cfg.kernel_len
+        self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=False)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.out_proj.is_residual_out = True
+        self.kernel = SpectralKernel(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, tail=None, taps=None):
+        """x (B, T, D). tail: None, or the last kernel_len-1 conv inputs (B, D, kernel_len-1) float32
+        seen before x. Returns (out (B, T, D), new tail or None)."""
+        T = x.shape[1]
+        value, gate = self.in_proj(x).chunk(2, dim=-1)
+        k, skip = self.kernel() if taps is None else taps
+        u = value.transpose(1, 2)  # (B, D, T), a strided view; the op takes any strides
+        new_tail = None
+        if tail is None:
+            y = fft_tensor.causal_conv(u, k, skip)
+        else:
+            # overlap-save: the tail supplies every input the new outputs can reach back to
+            u_all = torch.cat([tail, u.float()], dim=-1)
+            y = fft_tensor.causal_conv(u_all, k, skip)[..., -T:]
+            new_tail = u_all[..., u_all.shape[-1] - tail.shape[-1]:]
+        y = y.transpose(1, 2).to(gate.dtype) * F.silu(gate)
+        return self.dropout(self.out_proj(y)), new_tail
+
+
+class SpectralBlock(nn.Module):
+    def __init__(self, cfg: SpectralLMConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model)
+        self.mixer = SpectralMixer(cfg)
+        self.norm2 = RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg.d_model, cfg.dropout, cfg.mlp_mult)
+
+    def forward(self, x, tail=None, taps=None):
+        mixed, new_tail = self.mixer(self.norm1(x), tail, taps)
+        x = x + mixed
+        x = x + self.mlp(self.norm2(x))
+        return x, new_tail
+
+
+class SpectralCache:
+    """Streaming state: per layer the last kernel_len-1 conv inputs, float32 (B, D, kernel_len-1).
+
+    pos counts the bytes seen. Kernel taps are cached here while gradients are off (generation)."""
+
+    def __init__(self, tails, batch_size: int):
+        self.tails = tails
+        self.batch_size = batch_size
+        self.pos = 0
+        self.taps = None          # per-layer (k, skip) computed once for generation
+        self.taps_cutoff = None   # the freq_cutoff those taps were made with
+
+
+class SpectralLM(nn.Module):
+    family = "spectral"
+    config_class = SpectralLMConfig
+
+    def __init__(self, config: SpectralLMConfig):
+        super().__init__()
+        if not isinstance(config, SpectralLMConfig):
+            raise TypeError(f"SpectralLM: expected a SpectralLMConfig, got {type(config).__name__}")
+        self.config = dataclasses.replace(config)  # own copy: set_freq_cutoff writes to it
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([SpectralBlock(config) for _ in range(config.n_layers)])
+        self.norm_f = RMSNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        init_weights(self, config.n_layers)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    @classmethod
+    def from_config(cls, cfg):
+        if isinstance(cfg, dict):
+            cfg = SpectralLMConfig(**cfg)
+        return cls(cfg)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides):
+        return cls(config_from_preset(SpectralLMConfig, PRESETS, name, overrides))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"SpectralLM {format_params(self.num_params())} params: d_model={c.d_model} n_layers={c.n_layers} "
+                f"seq_len={c.seq_len} kernel_len={c.kernel_len} fft_size={c.fft_size} "
+                f"freq_cutoff={self.freq_cutoff}/{self.freq_bins}")
+
+    # ------------------------------------------------------------------ curriculum
+
+    @property
+    def freq_bins(self) -> int:
+        """Spectral bins at full band: fft_size // 2 + 1 of causal_conv's FFT at seq_len."""
+        return self.config.freq_bins
+
+    @property
+    def freq_cutoff(self) -> int:
+        """Bins in use now (== freq_bins at full band)."""
+        return self.freq_bins if self.config.freq_cutoff is None else self.config.freq_cutoff
+
+    def set_freq_cutoff(self, bins: Optional[int]) -> None:
+        """Keep spectral bins [0, bins) of every kernel; None = full band. Saved in self.config."""
+        if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= self.freq_bins):
+            raise ValueError(f"set_freq_cutoff: expected None or an int bins in [1, {self.freq_bins}], got {bins!r}")
+        self.config.freq_cutoff = bins
+        for block in self.blocks:
+            block.mixer.kernel.set_freq_cutoff(bins)
+
+    def set_grad_checkpoint(self, enabled: bool) -> None:
+        self.config.grad_checkpoint = bool(enabled)
+
+    # ------------------------------------------------------------------ streaming
+
+    def init_cache(self, batch_size: int, device=None, max_len: Optional[int] = None) -> SpectralCache:
+        """Empty streaming state; max_len is accepted for protocol symmetry (the state has fixed size)."""
+        if device is None:
+            device = self.embed.weight.device
+        shape = (batch_size, self.config.d_model, self.config.kernel_len - 1)
+        return SpectralCache([torch.zeros(shape, device=device, dtype=torch.float32) for _ in self.blocks], batch_size)
+
+    # ------------------------------------------------------------------ forward
+
+    def features(self, idx: torch.Tensor, *, cache: Optional[SpectralCache] = None) -> torch.Tensor:
+        """Final-normed hidden states (B, T, d_model) for bytes idx (B, T)."""
+        if idx.dim() != 2 or idx.dtype != torch.long:
+            raise ValueError(f"SpectralLM: expected idx of shape (B, T) and dtype torch.long, "
+                             f"got shape {tuple(idx.shape)} and dtype {idx.dtype}")
+        if cache is not None and idx.shape[0] != cache.batch_size:
+            raise ValueError(f"SpectralLM: expected idx with batch size {cache.batch_size} (the cache's), "
+                             f"got {idx.shape[0]}")
+        x = self.drop(self.embed(idx))
+        taps = [None] * len(self.blocks)
+        if cache is not None and not torch.is_grad_enabled():
+            if cache.taps is None or cache.taps_cutoff != self.freq_cutoff:
+                cache.taps = [block.mixer.kernel() for block in self.blocks]
+                cache.taps_cutoff = self.freq_cutoff
+            taps = cache.taps
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x, cache.tails[i] = block(x, cache.tails[i], taps[i])
+            elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x, _ = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x, _ = block(x)
+        if cache is not None:
+            cache.pos += idx.shape[1]
+        return self.norm_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *, cache=None):
+        """logits (B, T, vocab) float32 and, with targets, the mean cross-entropy in nats per byte
+        (targets of -1 are ignored)."""
+        logits = self.head(self.features(idx, cache=cache)).float()
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(f"SpectralLM: expected targets of shape {tuple(idx.shape)} (idx's), "
+                                 f"got {tuple(targets.shape)}")
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+        return logits, loss

@@ -1,0 +1,40 @@
+"""Shared test helpers: a fresh random seed per test (printed, so a failure can be replayed) and
+the devices to run on.
+
+Replay a failing test with the seed it printed: FFT_TENSOR_TEST_SEED=1234 python -m pytest ...
+"""
+import os
+import random
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+# Parametrize over these; the CUDA entry skips itself without a GPU, and its test id contains "cuda"
+# so `pytest -k cuda` selects exactly the GPU tests.
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+
+
+def devices():
+    """The devices present on this machine (for loops inside a test)."""
+    return ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """Seed torch (CPU and CUDA) with a fresh value each test; pytest shows the print on failure."""
+    value = int(os.environ.get("FFT_TENSOR_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    torch.manual_seed(value)
+    print(f"seed = {value} (replay with FFT_TENSOR_TEST_SEED={value})")
+    return value
+
+
+def rel_err(out, ref):
+    """||out - ref|| / ||ref|| in float64 (complex allowed); inf if out has NaN/inf."""
+    out = out.detach().cpu().to(torch.complex128 if out.is_complex() else torch.float64)
+    ref = ref.detach().cpu().to(out.dtype)
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()

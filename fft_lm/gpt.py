@@ -1,0 +1,203 @@
+"""GPT: the byte-level transformer baseline (SDPA causal attention, RoPE, pre-norm).
+
+Same protocol as SpectralLM (fft_lm/families.py): forward(idx, targets, *, cache=None), features(),
+init_cache() for KV-cached generation, presets with the same names and ~ the same parameter counts.
+RoPE instead of learned positions, so it runs past seq_len.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from fft_lm.layers import MLP, RMSNorm, apply_rotary, config_from_preset, format_params, init_weights, rotary_cos_sin
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256          # bytes
+    d_model: int = 512
+    n_layers: int = 8
+    n_head: Optional[int] = None   # None = d_model // 64
+    seq_len: int = 1024            # training context (RoPE: runs at any length)
+    dropout: float = 0.0
+    mlp_mult: int = 4
+    rope_base: float = 10000.0
+    tie_embeddings: bool = False
+    grad_checkpoint: bool = False  # torch.utils.checkpoint per block while training
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "seq_len", "mlp_mult"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name}: expected a positive int, got {value!r}")
+        if self.n_head is None:
+            self.n_head = max(1, self.d_model // 64)
+        if not (isinstance(self.n_head, int) and self.n_head >= 1 and self.d_model % self.n_head == 0
+                and (self.d_model // self.n_head) % 2 == 0):
+            raise ValueError(f"GPTConfig.n_head: expected a positive int dividing d_model={self.d_model} into even "
+                             f"head dims, got {self.n_head!r}")
+        if not (0.0 <= self.dropout < 1.0):
+            raise ValueError(f"GPTConfig.dropout: expected a float in [0, 1), got {self.dropout!r}")
+
+
+# Same names and (within ~10%) the same parameter counts as fft_lm.model.PRESETS.
+PRESETS = {
+    "tiny": dict(d_model=128, n_layers=5, seq_len=256),      # 1.05M (SpectralLM 1.05M)
+    "small": dict(d_model=256, n_layers=7, seq_len=512),     # 5.64M (6.04M)
+    "29m": dict(d_model=512, n_layers=9, seq_len=1024),      # 28.6M (29.2M)
+    "base512": dict(d_model=512, n_layers=8, seq_len=1024),  # 25.4M (27.6M), ANCHORS.md throughput model
+}
+
+
+class KVCache:
+    """Per layer keys and values (B, H, capacity, Dh), allocated on first use and grown by doubling.
+
+    pos counts the positions written."""
+
+    def __init__(self, n_layers: int, batch_size: int, max_len: int):
+        self.keys = [None] * n_layers
+        self.values = [None] * n_layers
+        self.batch_size = batch_size
+        self.capacity = max_len
+        self.pos = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, H, T, Dh) at [pos, pos+T); return all keys and values so far."""
+        B, H, T, Dh = k.shape
+        end = self.pos + T
+        old_k = self.keys[layer]
+        if old_k is None or old_k.shape[2] < end or old_k.dtype != k.dtype:
+            capacity = max(self.capacity, end) if old_k is None else max(2 * old_k.shape[2], end)
+            new_k = k.new_zeros(B, H, capacity, Dh)
+            new_v = v.new_zeros(B, H, capacity, Dh)
+            if old_k is not None and self.pos:
+                new_k[:, :, :self.pos] = old_k[:, :, :self.pos].to(k.dtype)
+                new_v[:, :, :self.pos] = self.values[layer][:, :, :self.pos].to(v.dtype)
+            self.keys[layer], self.values[layer] = new_k, new_v
+        self.keys[layer][:, :, self.pos:end] = k
+        self.values[layer][:, :, self.pos:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.proj.is_residual_out = True
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, cache: Optional[KVCache] = None):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B,H,T,Dh)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None or cache.pos == 0:
+            if cache is not None:
+                cache.append(self.layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            keys, values = cache.append(self.layer, k, v)
+            mask = None
+            if T > 1:  # query i sits at position pos + i and sees keys up to there
+                positions = torch.arange(keys.shape[2], device=x.device)
+                mask = positions[None, :] <= (cache.pos + torch.arange(T, device=x.device))[:, None]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, T, D)
+        return self.resid_dropout(self.proj(y))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.norm2 = RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg.d_model, cfg.dropout, cfg.mlp_mult)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.attn(self.norm1(x), cos, sin, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    family = "gpt"
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT: expected a GPTConfig, got {type(config).__name__}")
+        self.config = dataclasses.replace(config)
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([GPTBlock(self.config, i) for i in range(config.n_layers)])
+        self.norm_f = RMSNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        init_weights(self, config.n_layers)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    @classmethod
+    def from_config(cls, cfg):
+        if isinstance(cfg, dict):
+            cfg = GPTConfig(**cfg)
+        return cls(cfg)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides):
+        return cls(config_from_preset(GPTConfig, PRESETS, name, overrides))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"GPT {format_params(self.num_params())} params: d_model={c.d_model} n_layers={c.n_layers} "
+                f"n_head={c.n_head} seq_len={c.seq_len}")
+
+    def set_grad_checkpoint(self, enabled: bool) -> None:
+        self.config.grad_checkpoint = bool(enabled)
+
+    def init_cache(self, batch_size: int, device=None, max_len: Optional[int] = None) -> KVCache:
+        """Empty KV cache; max_len (default seq_len) is the initial capacity, grown when exceeded."""
+        return KVCache(self.config.n_layers, batch_size, max_len or self.config.seq_len)
+
+    def features(self, idx: torch.Tensor, *, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """Final-normed hidden states (B, T, d_model) for bytes idx (B, T)."""
+        if idx.dim() != 2 or idx.dtype != torch.long:
+            raise ValueError(f"GPT: expected idx of shape (B, T) and dtype torch.long, "
+                             f"got shape {tuple(idx.shape)} and dtype {idx.dtype}")
+        if cache is not None and idx.shape[0] != cache.batch_size:
+            raise ValueError(f"GPT: expected idx with batch size {cache.batch_size} (the cache's), got {idx.shape[0]}")
+        T = idx.shape[1]
+        start = 0 if cache is None else cache.pos
+        cos, sin = rotary_cos_sin(torch.arange(start, start + T, device=idx.device),
+                                  self.config.d_model // self.config.n_head, self.config.rope_base)
+        x = self.drop(self.embed(idx))
+        for block in self.blocks:
+            if cache is None and self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.pos += T
+        return self.norm_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *, cache=None):
+        """logits (B, T, vocab) float32 and, with targets, the mean cross-entropy in nats per byte
+        (targets of -1 are ignored)."""
+        logits = self.head(self.features(idx, cache=cache)).float()
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(f"GPT: expected targets of shape {tuple(idx.shape)} (idx's), got {tuple(targets.shape)}")
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+        return logits, loss

@@ -1,0 +1,205 @@
+"""Checkpoints: one file per run, written atomically, loaded with torch.load(weights_only=True).
+
+A checkpoint is a dict of tensors, dicts, lists, strings and numbers only:
+  format, version        "fft_lm.checkpoint", 1 (tells our files from foreign ones)
+  family, model_config   the family name (fft_lm.families) and its config dataclass as a dict
+  model                  state dict (without the "module." / "_orig_mod." prefixes of DDP / compile)
+  optimizer, scheduler   their state dicts (or None)
+  step                   optimizer steps done
+  rng                    torch, cuda, numpy and python RNG states
+  train_config           the TrainConfig as a dict
+  extra                  anything else the trainer keeps (data position, best val, metrics, elapsed time)
+Writing goes to a temporary file in the same directory, is flushed and fsynced, then os.replace'd over
+the old file: a crash or error mid-save leaves the previous checkpoint untouched.
+"""
+import dataclasses
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+
+from fft_lm.families import model_class
+
+FORMAT = "fft_lm.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used (missing, truncated, corrupted or not ours)."""
+
+
+def unwrap_model(model):
+    """The plain module under DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def clean_state_dict(state_dict):
+    """Drop the "module." (DDP) and "_orig_mod." (torch.compile) parts of parameter names."""
+    out = {}
+    for key, value in state_dict.items():
+        parts = [p for p in key.split(".") if p != "_orig_mod"]
+        while parts and parts[0] == "module":
+            parts = parts[1:]
+        out[".".join(parts)] = value
+    return out
+
+
+def to_plain(obj):
+    """Dataclasses, tuples and numpy values as dicts, lists and Python numbers (weights_only-safe)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def model_config_dict(model):
+    model = unwrap_model(model)
+    config = getattr(model, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        raise TypeError(f"model: expected a module with a dataclass .config (fft_lm family protocol), "
+                        f"got {type(model).__name__} with config={config!r}")
+    return to_plain(config)
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(path, *, model, optimizer=None, scheduler=None, step=0, train_config=None, extra=None):
+    """Write a checkpoint to `path` atomically (see the module docstring for the contents)."""
+    path = os.fspath(path)
+    plain = unwrap_model(model)
+    family = getattr(plain, "family", None)
+    if not isinstance(family, str):
+        raise TypeError(f"model: expected a class with a string .family attribute, got {type(plain).__name__}")
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "family": family,
+        "model_config": model_config_dict(plain),
+        "model": clean_state_dict(plain.state_dict()),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": int(step),
+        "rng": rng_state(),
+        "train_config": to_plain(train_config) if train_config is not None else {},
+        "extra": to_plain(extra or {}),
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """The raw checkpoint dict, validated; CheckpointError naming the path if it is unusable."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r}: no such file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, KeyError,
+            AttributeError, ImportError, IndexError, TypeError, OSError) as e:
+        size = os.path.getsize(path)
+        raise CheckpointError(
+            f"checkpoint {path!r} ({size} bytes) cannot be read: truncated, corrupted or not a torch.save file "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        got = f"a dict with keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"checkpoint {path!r} is not an fft_lm checkpoint: expected a dict with "
+                              f"format={FORMAT!r}, got {got}")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path!r}: expected format version {VERSION}, got {ckpt.get('version')!r}")
+    missing = [k for k in ("family", "model_config", "model", "step") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} is incomplete: missing {missing}")
+    return ckpt
+
+
+def build_model(ckpt, path="<checkpoint>"):
+    """Rebuild the model a checkpoint dict describes and load its weights."""
+    try:
+        cls = model_class(ckpt["family"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path!r}: {e}") from e
+    config = cls.config_class(**ckpt["model_config"])
+    model = cls.from_config(config)
+    load_weights(model, ckpt["model"], path)
+    return model
+
+
+def load_weights(model, state_dict, path="<checkpoint>"):
+    try:
+        unwrap_model(model).load_state_dict(clean_state_dict(state_dict))
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path!r}: weights do not fit the model: {e}") from e
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """(model, meta): the model rebuilt from its family and config, weights loaded, in eval mode.
+
+    meta: family, model_config, train_config, step, metrics, best_val_bpb and the rest of "extra".
+    """
+    ckpt = read_checkpoint(path, map_location)
+    model = build_model(ckpt, path).eval()
+    extra = ckpt.get("extra") or {}
+    meta = {"family": ckpt["family"], "model_config": ckpt["model_config"],
+            "train_config": ckpt.get("train_config") or {}, "step": ckpt["step"],
+            "metrics": extra.get("metrics", {}), "best_val_bpb": extra.get("best_val_bpb"), "extra": extra,
+            "path": os.fspath(path)}
+    return model, meta

@@ -1,0 +1,158 @@
+"""Byte corpora for the LMs: no tokenizer, the model reads raw bytes (vocabulary 256).
+
+`ByteCorpus(path)` turns a file or a directory into one flat byte array, memory-mapped with numpy:
+  - a plain file is mapped as it is;
+  - a .gz file, or a directory (all files under it, recursively, sorted by relative path, .gz ones
+    decompressed, each followed by a newline byte) is first written once into a cache file
+    (FFT_LM_CACHE or ~/.cache/fft_lm/<name>-<hash>.bin; the hash covers paths, sizes and mtimes,
+    so an edited corpus gets a fresh cache) and that file is mapped.
+The split is deterministic and disjoint: validation is the last `val_frac` of the bytes, training
+everything before it. Training windows never reach into the tail.
+
+Training batches are a pure function of (seed, step, rank, micro_step): resuming at step s replays
+exactly the stream a run that never stopped would have seen, and DDP ranks draw different windows.
+Validation uses fixed, evenly spaced windows over the tail.
+"""
+import gzip
+import hashlib
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+DEFAULT_CORPUS = "/usr/share/doc/jargon-text/jargon.txt.gz"
+
+
+def default_cache_dir():
+    return os.environ.get("FFT_LM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fft_lm")
+
+
+def _corpus_files(path):
+    """The files that make up `path`, in a fixed order."""
+    if os.path.isfile(path):
+        return [path]
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            if not name.startswith("."):
+                files.append(os.path.join(root, name))
+    files.sort(key=lambda f: os.path.relpath(f, path))
+    if not files:
+        raise ValueError(f"--data {path!r}: expected a file or a directory with files in it, got an empty directory")
+    return files
+
+
+def _cache_path(path, files, cache_dir):
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    name = os.path.basename(os.path.normpath(path)).replace(".gz", "") or "corpus"
+    return os.path.join(cache_dir, f"{name}-{h.hexdigest()[:16]}.bin")
+
+
+def _write_flat(files, out_path):
+    """Concatenate (decompressing .gz) into out_path, atomically."""
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out_path), prefix=".tmp-", suffix=".bin")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for i, f in enumerate(files):
+                opener = gzip.open if f.endswith(".gz") else open
+                with opener(f, "rb") as src:
+                    while True:
+                        block = src.read(1 << 22)
+                        if not block:
+                            break
+                        out.write(block)
+                if len(files) > 1:
+                    out.write(b"\n")  # keep files from running into each other mid-line
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def resolve_corpus(path=None, cache_dir=None):
+    """Path of a flat byte file for `path` (None: the default Jargon File corpus)."""
+    if not path:
+        if not os.path.exists(DEFAULT_CORPUS):
+            raise FileNotFoundError(
+                f"default corpus {DEFAULT_CORPUS} not found: install it with "
+                f"`sudo apt-get install jargon-text`, or pass --data PATH (a text file, a .gz file "
+                f"or a directory of files)")
+        path = DEFAULT_CORPUS
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--data {path!r}: no such file or directory")
+    files = _corpus_files(path)
+    if len(files) == 1 and not files[0].endswith(".gz"):
+        return files[0]
+    out = _cache_path(path, files, cache_dir or default_cache_dir())
+    if not os.path.exists(out):
+        _write_flat(files, out)
+    return out
+
+
+class ByteCorpus:
+    """A byte corpus split into a training head and a validation tail."""
+
+    def __init__(self, path=None, *, val_frac=0.1, cache_dir=None):
+        if not 0.0 < val_frac < 1.0:
+            raise ValueError(f"val_frac: expected a fraction in (0, 1), got {val_frac}")
+        self.source = path or DEFAULT_CORPUS
+        self.flat_path = resolve_corpus(path, cache_dir)
+        n = os.path.getsize(self.flat_path)
+        if n < 2:
+            raise ValueError(f"--data {self.source!r}: expected at least 2 bytes of text, got {n}")
+        self.data = np.memmap(self.flat_path, dtype=np.uint8, mode="r")
+        self.n_val = max(1, int(n * val_frac))
+        self.n_train = n - self.n_val
+        self.train = self.data[: self.n_train]
+        self.val = self.data[self.n_train:]
+
+    def __len__(self):
+        return len(self.data)
+
+    def _check_len(self, split, n, seq_len):
+        if n < seq_len + 1:
+            raise ValueError(
+                f"--seq-len {seq_len}: the {split} split of {self.source!r} has only {n} bytes, "
+                f"need at least seq_len + 1 = {seq_len + 1}; use a shorter --seq-len or a larger corpus")
+
+    @staticmethod
+    def _windows(split, offsets, seq_len, device):
+        rows = np.stack([np.asarray(split[o: o + seq_len + 1]) for o in offsets])
+        xy = torch.from_numpy(rows.astype(np.int64))
+        x, y = xy[:, :-1], xy[:, 1:]
+        if device is not None and torch.device(device).type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.contiguous().to(device or "cpu"), y.contiguous().to(device or "cpu")
+
+    def train_batch(self, batch_size, seq_len, *, seed, step, rank=0, micro_step=0, device=None):
+        """(x, y) int64 [batch_size, seq_len], y = x shifted by one; random windows of the training split.
+
+        Deterministic in (seed, step, rank, micro_step) and nothing else.
+        """
+        self._check_len("training", self.n_train, seq_len)
+        key = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), int(rank), int(micro_step)])
+        gen = torch.Generator().manual_seed(int(key.generate_state(1, np.uint64)[0] >> 1))
+        offsets = torch.randint(0, self.n_train - seq_len, (batch_size,), generator=gen).tolist()
+        return self._windows(self.train, offsets, seq_len, device)
+
+    def fixed_batches(self, split, batch_size, seq_len, n_batches, *, device=None):
+        """n_batches fixed batches of windows spread evenly over `split` ("val" or "train")."""
+        data = self.val if split == "val" else self.train
+        self._check_len("validation" if split == "val" else "training", len(data), seq_len)
+        count = batch_size * n_batches
+        offsets = np.linspace(0, len(data) - seq_len - 1, count).astype(np.int64).tolist()
+        for b in range(n_batches):
+            yield self._windows(data, offsets[b * batch_size: (b + 1) * batch_size], seq_len, device)
+
+    def state(self):
+        return {"source": str(self.source), "flat_path": str(self.flat_path),
+                "n_bytes": int(len(self.data)), "n_train": int(self.n_train), "n_val": int(self.n_val)}

@@ -1,0 +1,505 @@
+"""Training loop for every fft_lm family (spectral, gpt, chunk): one flat loop, nanoGPT style.
+
+    python -m fft_lm.train_fixed_full --preset tiny --seq-len 256 --steps-per-epoch 500
+    torchrun --nproc_per_node 8 -m fft_lm.train_fixed_full --preset 29m --dtype bfloat16 --compile
+
+Every flag is a field of TrainConfig (its comment is the --help text). Steps are optimizer steps;
+one step = accum_steps micro-batches of batch_size windows of seq_len bytes on each rank, so a step
+sees batch_size * accum_steps * world_size * seq_len bytes. Losses are in bits per byte (bpb).
+
+Schedules (pure functions of the step, so resume is exact):
+  learning rate   linear warmup over warmup_steps, then cosine decay to lr * min_lr_frac at the last
+                  step; with max_time_s > 0, progress = max(step / total_steps, elapsed / max_time_s),
+                  so a wall-clock budget still ends at the bottom of the cosine (not bit-exact on resume).
+  curriculum      for models with set_freq_cutoff (SpectralLM): the cutoff starts at
+                  curriculum_start_bins and grows geometrically, cutoff(t) = start * (full / start) **
+                  (t / (curriculum_frac * total_steps)), reaching the full band (model.freq_bins) at
+                  curriculum_frac of the run and staying there; curriculum_frac = 0 switches it off.
+Reuse: train(cfg, model=my_model) trains any module that follows the fft_lm.families protocol;
+subclass TrainConfig to add fields and pass the subclass to build_arg_parser / config_from_args.
+"""
+import contextlib
+import dataclasses
+import inspect
+import io
+import json
+import math
+import os
+import sys
+import time
+import tokenize
+from dataclasses import dataclass
+
+import torch
+
+from fft_lm.checkpoint import (load_weights, read_checkpoint, save_checkpoint, set_rng_state, to_plain,
+                               unwrap_model)
+from fft_lm.data import ByteCorpus
+from fft_lm.families import model_class
+
+LN2 = math.log(2.0)
+SEQ_LEN_FIELDS = ("seq_len", "block_size", "max_seq_len")  # model config fields that mean the context length
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = ""  # corpus: a text file, a .gz file or a directory of files ("" = the Jargon File)
+    val_frac: float = 0.1  # held-out tail of the corpus used for validation
+    # model
+    family: str = "spectral"  # model family: spectral | gpt (chunk: scripts.train_chunk_head)
+    preset: str = "tiny"  # model preset: tiny | small | 29m | base512
+    seq_len: int = 0  # context length in bytes of each training window (0 = the preset's, 1024 for 29m)
+    kernel_len: int = 0  # conv kernel taps for the spectral family (0 = the preset's value)
+    grad_checkpoint: bool = False  # activation checkpointing per block (long contexts on one GPU)
+    # optimizer
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    min_lr_frac: float = 0.1  # final learning rate as a fraction of --lr
+    warmup_steps: int = 100  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW weight decay on nn.Linear weights only (not norms, embeddings, kernels)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    # loop
+    batch_size: int = 8  # windows per micro-batch per rank
+    accum_steps: int = 1  # micro-batches accumulated per optimizer step
+    steps_per_epoch: int = 1000  # optimizer steps per epoch
+    epochs: int = 1  # total steps = steps_per_epoch * epochs
+    max_time_s: float = 0.0  # wall-clock budget in seconds: stop and evaluate when exceeded (0 = none)
+    stop_after_steps: int = 0  # stop (and checkpoint) after this many steps in this run, schedule unchanged (0 = off)
+    # curriculum
+    curriculum_start_bins: int = 128  # frequency cutoff at step 0, in FFT bins (spectral family)
+    curriculum_frac: float = 0.5  # fraction of the run over which the cutoff grows to the full band (0 = off)
+    # evaluation and logging
+    eval_every: int = 500  # validate (and checkpoint) every this many steps (0 = only at the end)
+    eval_batches: int = 20  # fixed validation batches per evaluation
+    log_every_steps: int = 10  # write a train metrics line every this many steps
+    # I/O
+    ckpt_path: str = "runs/train/ckpt.pt"  # checkpoint file ("" = no checkpoints)
+    metrics_path: str = ""  # JSONL metrics ("" = metrics.jsonl next to the checkpoint)
+    plot_path: str = ""  # PNG of train/val bpb ("" = curves.png next to the checkpoint)
+    resume: bool = False  # continue the run saved at --ckpt-path (model, optimizer, step, RNG, data)
+    # system
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | bfloat16 (autocast; the conv op keeps its FFTs in fp32)
+    compile: bool = False  # torch.compile the model
+    seed: int = 1337  # seeds the model init and the data stream
+    progress: bool = True  # tqdm progress bar
+
+    @property
+    def total_steps(self):
+        return self.steps_per_epoch * self.epochs
+
+
+# ----------------------------------------------------------------------------- command line
+
+def field_comments(cls):
+    """{field: comment} from the `name: type = default  # comment` lines of cls and its bases."""
+    helps = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                line = tok.line.strip()
+                name = line.split(":", 1)[0].strip()
+                if name.isidentifier() and ":" in line and not line.startswith("#"):
+                    helps[name] = tok.string.lstrip("# ").strip()
+    return helps
+
+
+def build_arg_parser(config_cls=TrainConfig, *, aliases=None, description=None):
+    """An argparse parser with one --flag-name per dataclass field (bools get --no-flag too).
+
+    aliases: {field: ["--other-name", ...]} extra spellings (e.g. the chunk script's --ckpt).
+    """
+    import argparse
+    parser = argparse.ArgumentParser(description=description or (config_cls.__doc__ or "").strip() or None,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    helps = field_comments(config_cls)
+    aliases = aliases or {}
+    for f in dataclasses.fields(config_cls):
+        flags = ["--" + f.name.replace("_", "-")] + list(aliases.get(f.name, []))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = type(default)
+        if kind is bool:
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=helps.get(f.name, f.name))
+        else:
+            parser.add_argument(*flags, dest=f.name, type=kind, default=default, help=helps.get(f.name, f.name))
+    if any(f.name == "dtype" for f in dataclasses.fields(config_cls)):
+        parser.add_argument("--amp", dest="dtype", action="store_const", const="bfloat16",
+                            help="alias for --dtype bfloat16")
+    return parser
+
+
+def config_from_args(argv=None, config_cls=TrainConfig, **parser_kwargs):
+    args = build_arg_parser(config_cls, **parser_kwargs).parse_args(argv)
+    return config_cls(**vars(args))
+
+
+def validate_config(cfg):
+    checks = [("batch_size", cfg.batch_size >= 1), ("accum_steps", cfg.accum_steps >= 1),
+              ("seq_len", cfg.seq_len >= 0), ("steps_per_epoch", cfg.steps_per_epoch >= 1),
+              ("epochs", cfg.epochs >= 1), ("lr", cfg.lr > 0), ("eval_batches", cfg.eval_batches >= 1),
+              ("curriculum_frac", 0 <= cfg.curriculum_frac <= 1), ("log_every_steps", cfg.log_every_steps >= 1)]
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(f"--{name.replace('_', '-')}: got {getattr(cfg, name)!r}, which is out of range")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
+    if cfg.resume and not cfg.ckpt_path:
+        raise ValueError("--resume needs --ckpt-path pointing at the run to continue")
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def lr_at(cfg, step, elapsed_s=0.0):
+    """Learning rate for optimizer step `step` (0-based): warmup, then cosine to lr * min_lr_frac."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
+    if cfg.max_time_s > 0:
+        progress = max(progress, elapsed_s / cfg.max_time_s)
+    progress = min(1.0, progress)
+    min_lr = cfg.lr * cfg.min_lr_frac
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def cutoff_at(cfg, step, full_bins):
+    """Curriculum frequency cutoff in bins at `step`; None means the full band (see module docstring)."""
+    start = cfg.curriculum_start_bins
+    ramp = cfg.curriculum_frac * cfg.total_steps
+    if cfg.curriculum_frac <= 0 or start <= 0 or start >= full_bins or step >= ramp:
+        return None
+    return min(full_bins, max(1, round(start * (full_bins / start) ** (step / ramp))))
+
+
+# ----------------------------------------------------------------------------- model and optimizer
+
+def build_model(cfg):
+    """A fresh model of cfg.family from cfg.preset, with seq_len / kernel_len applied where the config has them."""
+    cls = model_class(cfg.family)
+    names = {f.name for f in dataclasses.fields(cls.config_class)}
+    overrides = {}
+    for name in SEQ_LEN_FIELDS:
+        if name in names and cfg.seq_len:
+            overrides[name] = cfg.seq_len
+    if cfg.kernel_len:
+        if "kernel_len" not in names:
+            raise ValueError(f"--kernel-len: family {cfg.family!r} has no kernel_len (its config has {sorted(names)})")
+        overrides["kernel_len"] = cfg.kernel_len
+    return cls.from_preset(cfg.preset, **overrides)
+
+
+def model_seq_len(model):
+    config = getattr(model, "config", None)
+    for name in SEQ_LEN_FIELDS:
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise ValueError(f"--seq-len: {type(model).__name__}'s config has no {SEQ_LEN_FIELDS}; pass --seq-len")
+
+
+def make_optimizer(model, cfg, fused=False):
+    """AdamW; weight decay only on nn.Linear weights. Norms, biases, embeddings and the spectral
+    kernel coefficients get none (decay would shrink the bins the curriculum masks off)."""
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    linear -= {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}  # tied heads
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if id(p) in linear else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+
+
+def enable_grad_checkpointing(model):
+    """Use the model's own switch if it has one, else checkpoint each block of model.blocks."""
+    for name in ("set_grad_checkpoint", "set_grad_checkpointing"):
+        if hasattr(model, name):
+            getattr(model, name)(True)
+            return
+    blocks = getattr(model, "blocks", None) or getattr(model, "layers", None)
+    if blocks is None:
+        raise ValueError(f"--grad-checkpoint: {type(model).__name__} has no set_grad_checkpointing or .blocks")
+    from torch.utils.checkpoint import checkpoint
+    for block in blocks:
+        inner = block.forward
+        # an instance attribute: the state dict (and so the checkpoint file) is unchanged
+        block.forward = lambda *a, _f=inner, **k: checkpoint(_f, *a, use_reentrant=False, **k) \
+            if torch.is_grad_enabled() else _f(*a, **k)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def setup_distributed(cfg):
+    """(rank, world_size, local_rank, device); init_process_group under torchrun."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, local, device
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- evaluation and metrics
+
+@torch.no_grad()
+def evaluate(model, corpus, cfg, device, autocast, split="val"):
+    """Mean loss in bits per byte over cfg.eval_batches fixed windows of `split`."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for x, y in corpus.fixed_batches(split, cfg.batch_size, cfg.seq_len, cfg.eval_batches, device=device):
+        with autocast():
+            _, loss = model(x, y)
+        total += float(loss)
+    model.train(was_training)
+    return total / cfg.eval_batches / LN2
+
+
+def plot_metrics(metrics_path, plot_path):
+    """Train and val bpb against steps and wall-clock; skipped with a warning without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("warning: matplotlib is not installed; no plot written", file=sys.stderr)
+        return None
+    rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "time_s", "wall-clock (s)")):
+        for key, label in (("train_bpb", "train"), ("val_bpb", "val")):
+            pts = [(r[xkey], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=label, marker="o" if key == "val_bpb" else None)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("bits per byte")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(plot_path, dpi=100)
+    plt.close(fig)
+    return plot_path
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg, model=None):
+    """Train per cfg; returns the final metrics (step, val_bpb, train_eval_bpb, best_val_bpb, bytes_seen, ...).
+
+    model=None builds cfg.family / cfg.preset; a given model must follow the fft_lm.families protocol.
+    Raises NonFiniteLossError (after keeping the last good checkpoint) when the loss goes non-finite.
+    """
+    validate_config(cfg)
+    rank, world, _, device = setup_distributed(cfg)
+    master = rank == 0
+    try:
+        return _train(cfg, model, rank, world, device, master)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg, model, rank, world, device, master):
+    torch.manual_seed(cfg.seed)
+    ckpt_dir = os.path.dirname(os.path.abspath(cfg.ckpt_path or "runs/train/ckpt.pt"))
+    metrics_path = cfg.metrics_path or os.path.join(ckpt_dir, "metrics.jsonl")
+    plot_path = cfg.plot_path or os.path.join(ckpt_dir, "curves.png")
+
+    ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu") if cfg.resume else None
+    if model is None:
+        if ckpt is not None:
+            cls = model_class(ckpt["family"])
+            model = cls.from_config(cls.config_class(**ckpt["model_config"]))
+        else:
+            model = build_model(cfg)
+    if ckpt is not None:
+        load_weights(model, ckpt["model"], cfg.ckpt_path)
+    model.to(device)
+    cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or model_seq_len(model))  # resolve "0 = the preset's"
+    raw = model  # the plain module: eval, curriculum and checkpoints go through it
+    if cfg.grad_checkpoint:
+        enable_grad_checkpointing(raw)
+    n_params = sum(p.numel() for p in raw.parameters())
+    corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
+
+    optimizer = make_optimizer(raw, cfg, fused=device.type == "cuda")
+    start_step, elapsed0, best_val, bytes_seen = 0, 0.0, float("inf"), 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        extra = ckpt.get("extra") or {}
+        start_step = ckpt["step"]
+        elapsed0, bytes_seen = extra.get("elapsed_s", 0.0), extra.get("bytes_seen", 0)
+        best_val = extra.get("best_val_bpb") or float("inf")
+        set_rng_state(ckpt["rng"])
+        if master:
+            print(f"resumed {cfg.ckpt_path} at step {start_step}")
+    del ckpt
+
+    if cfg.compile:
+        model = torch.compile(model)
+    if world > 1:
+        ddp_ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
+    use_bf16 = cfg.dtype == "bfloat16"
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    full_bins = getattr(raw, "freq_bins", None) if hasattr(raw, "set_freq_cutoff") else None
+    bytes_per_step = cfg.batch_size * cfg.accum_steps * cfg.seq_len * world
+
+    if master:
+        print(f"{raw.family} preset={cfg.preset} params={n_params:,} ({n_params / 1e6:.2f}M) device={device} "
+              f"dtype={cfg.dtype} world={world} corpus={corpus.source} ({len(corpus):,} bytes, "
+              f"{corpus.n_val:,} held out)")
+        os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
+        if not cfg.resume:
+            open(metrics_path, "w").close()
+    metrics_file = open(metrics_path, "a") if master else None
+
+    def log(record):
+        if master:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+    def save(step, last):
+        if master and cfg.ckpt_path:
+            extra = {"data": {**corpus.state(), "seed": cfg.seed, "next_step": step, "world_size": world},
+                     "best_val_bpb": best_val if math.isfinite(best_val) else None, "metrics": last,
+                     "elapsed_s": elapsed, "bytes_seen": bytes_seen, "n_params": n_params}
+            save_checkpoint(cfg.ckpt_path, model=raw, optimizer=optimizer, scheduler=None, step=step,
+                            train_config=cfg, extra=extra)
+
+    bar = None
+    if master and cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.total_steps, initial=start_step, dynamic_ncols=True, desc="train")
+    step, elapsed, last_metrics = start_step, elapsed0, {}
+    loss_sum, loss_count, window_start, window_bytes = 0.0, 0, time.time(), 0
+    stop_step = min(cfg.total_steps, start_step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.total_steps
+    t_run = time.time() - elapsed0
+    cutoff = None
+    model.train()
+    while step < stop_step:
+        lr = lr_at(cfg, step, elapsed)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if full_bins is not None:
+            cutoff = cutoff_at(cfg, step, full_bins)
+            raw.set_freq_cutoff(cutoff)
+        step_loss = torch.zeros((), device=device)
+        for micro in range(cfg.accum_steps):
+            x, y = corpus.train_batch(cfg.batch_size, cfg.seq_len, seed=cfg.seed, step=step, rank=rank,
+                                      micro_step=micro, device=device)
+            sync = world == 1 or micro == cfg.accum_steps - 1
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
+                _, loss = model(x, y)
+            (loss / cfg.accum_steps).backward()
+            step_loss += loss.detach().float() / cfg.accum_steps
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        elapsed = time.time() - t_run
+        # one collective per step keeps every rank's loss check and time budget decision identical
+        over_budget = float(cfg.max_time_s > 0 and elapsed > cfg.max_time_s)
+        flags = torch.stack([step_loss, torch.tensor(over_budget, device=device)])
+        if world > 1:
+            torch.distributed.all_reduce(flags)
+            flags[0] /= world
+        loss_value, out_of_time = float(flags[0]), bool(flags[1] > 0)
+        if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            if bar is not None:
+                bar.close()
+            where = f"the last good checkpoint is {cfg.ckpt_path} (step {load_step(cfg.ckpt_path)})" \
+                if cfg.ckpt_path and os.path.exists(cfg.ckpt_path) else "no checkpoint was written yet"
+            raise NonFiniteLossError(f"non-finite loss at step {step} (loss {loss_value}, grad norm "
+                                     f"{float(grad_norm)}, lr {lr:.3g}); stopping. {where}. Try a lower --lr "
+                                     f"or --grad-clip.")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bytes_seen += bytes_per_step
+        loss_sum, loss_count, window_bytes = loss_sum + loss_value, loss_count + 1, window_bytes + bytes_per_step
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(bpb=f"{loss_value / LN2:.3f}", lr=f"{lr:.2e}", cutoff=cutoff or "full",
+                            Bps=f"{window_bytes / max(1e-9, time.time() - window_start):.3g}")
+        if step % cfg.log_every_steps == 0:
+            now = time.time()
+            last_metrics = {"step": step, "time_s": round(elapsed, 3), "train_bpb": loss_sum / loss_count / LN2,
+                            "lr": lr, "bytes_per_s": window_bytes / max(1e-9, now - window_start),
+                            "cutoff": cutoff, "bytes_seen": bytes_seen}
+            log(last_metrics)
+            loss_sum, loss_count, window_start, window_bytes = 0.0, 0, now, 0
+        final = step >= stop_step or out_of_time
+        if master and (final or (cfg.eval_every and step % cfg.eval_every == 0)):
+            t_eval = time.time()
+            val = evaluate(raw, corpus, cfg, device, autocast, "val")
+            train_eval = evaluate(raw, corpus, cfg, device, autocast, "train") if final else None
+            best_val = min(best_val, val)
+            record = {"step": step, "time_s": round(elapsed, 3), "val_bpb": val, "train_eval_bpb": train_eval,
+                      "cutoff": cutoff, "bytes_seen": bytes_seen}
+            log(record)
+            last_metrics = {**last_metrics, **record}
+            if bar is not None:
+                bar.write(f"step {step}: val {val:.4f} bpb" + (f", train (eval) {train_eval:.4f} bpb" if final else ""))
+            save(step, last_metrics)
+            t_run += time.time() - t_eval  # evaluation time does not count against the budget or bytes/s
+            window_start += time.time() - t_eval
+        if out_of_time:
+            break
+    if bar is not None:
+        bar.close()
+    if master:
+        metrics_file.close()
+        if cfg.plot_path != "-":
+            plot_metrics(metrics_path, plot_path)
+    write_param_checksum(raw, rank)
+    return {"step": step, "val_bpb": last_metrics.get("val_bpb"), "train_eval_bpb": last_metrics.get("train_eval_bpb"),
+            "train_bpb": last_metrics.get("train_bpb"), "best_val_bpb": best_val if math.isfinite(best_val) else None,
+            "bytes_seen": bytes_seen, "elapsed_s": elapsed, "n_params": n_params, "ckpt_path": cfg.ckpt_path,
+            "metrics_path": metrics_path, "plot_path": plot_path, "family": raw.family}
+
+
+def load_step(path):
+    try:
+        return read_checkpoint(path)["step"]
+    except Exception:  # only for the error message
+        return "?"
+
+
+def write_param_checksum(model, rank):
+    """With FFT_LM_PARAM_CHECKSUM_DIR set, each rank writes a digest of its parameters (DDP sync test)."""
+    out = os.environ.get("FFT_LM_PARAM_CHECKSUM_DIR")
+    if not out:
+        return
+    import hashlib
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"rank": rank, "sha256": h.hexdigest()}, f)
+
+
+def main(argv=None):
+    cfg = config_from_args(argv, description="Train a byte-level LM (spectral or GPT) on a byte corpus.")
+    try:
+        metrics = train(cfg)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(to_plain(metrics)))
+    return metrics

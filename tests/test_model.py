@@ -1,0 +1,222 @@
+"""SpectralLM: shapes, init loss, causality, the exact frequency cutoff, streaming == full forward,
+bf16, activation checkpointing, torch.compile, presets and bad inputs."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import fft_tensor
+from fft_lm.gpt import GPT
+from fft_lm.gpt import PRESETS as GPT_PRESETS
+from fft_lm.model import PRESETS, SpectralLM, SpectralLMConfig
+
+
+def small_model(**overrides):
+    """A few-thousand-parameter model that still has every part (2 layers, short conv, decay)."""
+    cfg = dict(d_model=32, n_layers=2, seq_len=128, kernel_len=32)
+    cfg.update(overrides)
+    return SpectralLM.from_preset("tiny", **cfg)
+
+
+def randomize_kernels(model):
+    """Spread the kernel parameters so every tap and bin matters (a fresh model's short taps are 0)."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mixer.kernel.short_taps.normal_(0, 0.3)
+            block.mixer.kernel.skip.normal_(1, 0.3)
+
+
+def test_shapes_and_loss_at_init_is_uniform():
+    model = SpectralLM.from_preset("tiny")
+    idx = torch.randint(0, 256, (3, 200))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 200, 256) and logits.dtype == torch.float32
+    assert abs(loss.item() - math.log(256)) < 0.1
+    assert model.features(idx).shape == (3, 200, 128)
+    logits, loss = model(idx)
+    assert loss is None
+
+
+def test_runs_past_seq_len_and_at_length_one():
+    model = small_model()
+    for T in (1, 5, 3 * model.config.seq_len + 7):
+        logits, _ = model(torch.randint(0, 256, (2, T)))
+        assert logits.shape == (2, T, 256) and torch.isfinite(logits).all()
+
+
+def test_causal():
+    model = small_model()
+    randomize_kernels(model)
+    idx = torch.randint(0, 256, (2, 300))
+    t0 = 170
+    changed = idx.clone()
+    changed[:, t0] = (changed[:, t0] + 1) % 256
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    # FFT round-off reaches every position, so compare with a tolerance far below the real effect
+    assert (a[:, :t0] - b[:, :t0]).abs().max() < 1e-5
+    assert (a[:, t0:] - b[:, t0:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("seq_len,kernel_len", [(128, 32), (1024, 128), (96, 96)])
+def test_kernel_grid_is_the_ops_fft_size(seq_len, kernel_len):
+    cfg = SpectralLMConfig(d_model=8, n_layers=1, seq_len=seq_len, kernel_len=kernel_len, short_conv_len=0)
+    model = SpectralLM(cfg)
+    N = fft_tensor.causal_conv_fft_size(seq_len, kernel_len)
+    assert cfg.fft_size == N and model.freq_bins == N // 2 + 1 == model.freq_cutoff
+    kernel = model.blocks[0].mixer.kernel
+    assert kernel.coef_real.shape == (8, N // 2 + 1)
+    # the taps are exactly irfft over the op's N points, truncated and windowed
+    with torch.no_grad():
+        taps, _ = kernel()
+        Z = torch.complex(kernel.coef_real.double(), kernel.coef_imag.double())
+        window = torch.exp(-kernel.log_decay.double().exp()[:, None] * torch.arange(kernel_len).double() / kernel_len)
+        expected = torch.fft.irfft(Z, n=N, norm="ortho")[:, :kernel_len] * window
+    torch.testing.assert_close(taps.double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_frequency_cutoff_is_exact():
+    model = small_model()
+    randomize_kernels(model)
+    cutoff = 7
+    model.set_freq_cutoff(cutoff)
+    assert model.freq_cutoff == cutoff and model.config.freq_cutoff == cutoff
+    kernel = model.blocks[0].mixer.kernel
+    assert int(kernel.bin_mask.sum().item()) == cutoff and kernel.bin_mask[:cutoff].eq(1).all()
+
+    idx = torch.randint(0, 256, (2, 100))
+    logits, loss = model(idx, idx)
+    loss.backward()
+    for block in model.blocks:
+        k = block.mixer.kernel
+        for coef in (k.coef_real, k.coef_imag):
+            assert torch.equal(coef.grad[:, cutoff:], torch.zeros_like(coef.grad[:, cutoff:]))
+        assert k.coef_real.grad[:, :cutoff].abs().sum() > 0 and k.coef_imag.grad[:, 1:cutoff].abs().sum() > 0
+
+    # changing the coefficients of bins >= cutoff changes nothing, bit for bit
+    with torch.no_grad():
+        taps_before = kernel()[0].clone()
+        kernel.coef_real[:, cutoff:].normal_(0, 10.0)
+        kernel.coef_imag[:, cutoff:].normal_(0, 10.0)
+        assert torch.equal(kernel()[0], taps_before)
+        assert torch.equal(model(idx)[0], logits.detach())
+        # ... while the full band does see them
+        model.set_freq_cutoff(None)
+        assert model.freq_cutoff == model.freq_bins
+        assert not torch.allclose(kernel()[0], taps_before)
+
+
+def test_bad_cutoff_and_config_raise():
+    model = small_model()
+    for bad in (0, model.freq_bins + 1, 2.5, True):
+        with pytest.raises(ValueError, match="bins"):
+            model.set_freq_cutoff(bad)
+    with pytest.raises(ValueError, match="kernel_len"):
+        SpectralLMConfig(seq_len=64, kernel_len=128)
+    with pytest.raises(ValueError, match="freq_cutoff"):
+        SpectralLMConfig(seq_len=1024, kernel_len=128, freq_cutoff=100000)
+    with pytest.raises(ValueError, match="d_model"):
+        SpectralLMConfig(d_model=0)
+    with pytest.raises(ValueError, match="idx"):
+        model(torch.zeros(2, 5, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16])
+def test_streaming_equals_full_forward(chunk):
+    model = small_model().eval()
+    randomize_kernels(model)
+    model.set_freq_cutoff(20)
+    T = 620  # past seq_len (128)
+    idx = torch.randint(0, 256, (2, T))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.init_cache(2, idx.device)
+        pieces = [model(idx[:, i:i + chunk], cache=cache)[0] for i in range(0, T, chunk)]
+    assert cache.pos == T
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
+
+
+def test_streaming_with_grad_and_mixed_chunks():
+    model = small_model()
+    randomize_kernels(model)
+    idx = torch.randint(0, 256, (1, 300))
+    full, _ = model(idx)
+    cache = model.init_cache(1)
+    bounds = [0, 1, 40, 41, 200, 300]
+    pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in zip(bounds, bounds[1:])]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="batch size"):
+        model(idx.repeat(2, 1)[:, :3], cache=cache)
+
+
+def test_bf16_autocast_forward_backward():
+    model = small_model()
+    idx = torch.randint(0, 256, (2, 150))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    loss.backward()
+    assert logits.dtype == torch.float32 and torch.isfinite(loss)
+    assert abs(loss.item() - math.log(256)) < 0.1
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_grad_checkpoint_gives_the_same_gradients():
+    model = small_model()
+    randomize_kernels(model)
+    idx = torch.randint(0, 256, (2, 100))
+    model(idx, idx)[1].backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpoint(True)
+    model(idx, idx)[1].backward()
+    for a, p in zip(plain, model.parameters()):
+        torch.testing.assert_close(p.grad, a, atol=1e-6, rtol=1e-5)
+
+
+def test_compile_fullgraph_forward_backward():
+    # aot_eager traces the whole graph (dynamo fullgraph + AOTAutograd through the op's fake kernel
+    # and autograd formula) without inductor's slow CPU codegen; the benchmark compiles with inductor.
+    model = small_model(n_layers=1)
+    randomize_kernels(model)
+    model.set_freq_cutoff(9)
+    idx = torch.randint(0, 256, (2, 64))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    _, loss = compiled(idx, idx)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    _, expected = model(idx, idx)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_presets_and_parameter_counts_match_gpt():
+    assert set(PRESETS) == set(GPT_PRESETS)
+    for name in PRESETS:
+        spectral = SpectralLM.from_preset(name).num_params()
+        gpt = GPT.from_preset(name).num_params()
+        assert abs(spectral / gpt - 1) < 0.10, (name, spectral, gpt)
+    tiny = SpectralLM.from_preset("tiny").num_params()
+    assert 0.3e6 <= tiny <= 1.1e6 and SpectralLM.from_preset("tiny").config.seq_len == 256
+    assert SpectralLM.from_preset("base512").config.d_model == 512
+
+
+def test_bad_preset_or_field_names_the_choices():
+    with pytest.raises(ValueError, match="tiny"):
+        SpectralLM.from_preset("huge")
+    with pytest.raises(ValueError, match="kernel_len"):
+        SpectralLM.from_preset("tiny", kernel_length=64)
+
+
+def test_config_round_trip_rebuilds_the_same_model():
+    model = small_model()
+    model.set_freq_cutoff(5)
+    rebuilt = SpectralLM.from_config(dataclasses.asdict(model.config))
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.freq_cutoff == 5 and rebuilt.config == model.config
+    idx = torch.randint(0, 256, (1, 50))
+    torch.testing.assert_close(rebuilt(idx)[0], model(idx)[0])

@@ -1,0 +1,177 @@
+"""fft_lm.train: exact resume, non-finite stop, curriculum, schedules, --help, DDP with gloo on CPU."""
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fft_lm.train as train_mod
+from fft_lm.checkpoint import load_checkpoint, read_checkpoint
+from fft_lm.model import SpectralLM
+from fft_lm.train import NonFiniteLossError, TrainConfig, build_arg_parser, cutoff_at, lr_at, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_FLAGS = ["--seq-len", "--kernel-len", "--lr", "--batch-size", "--accum-steps", "--steps-per-epoch", "--epochs",
+              "--ckpt-path", "--log-every-steps", "--data", "--preset", "--family", "--device", "--dtype", "--amp",
+              "--compile", "--seed", "--eval-every", "--eval-batches", "--resume", "--grad-checkpoint",
+              "--warmup-steps", "--weight-decay", "--grad-clip", "--metrics-path", "--plot-path",
+              "--curriculum-start-bins", "--curriculum-frac", "--max-time-s"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    words = [b"spectral", b"bytes", b"kernel", b"the", b"a", b"of", b"fft", b"model", b"\n"]
+    text = b" ".join(words[i] for i in rng.integers(0, len(words), 4000))
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(text)
+    return str(path)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return SpectralLM.from_preset("tiny", d_model=16, n_layers=1, seq_len=32, kernel_len=8)
+
+
+def tiny_cfg(corpus, tmp_path, **kw):
+    base = dict(data=corpus, seq_len=32, batch_size=2, accum_steps=2, steps_per_epoch=4, epochs=1, lr=3e-3,
+                warmup_steps=1, eval_every=2, eval_batches=2, log_every_steps=1, curriculum_start_bins=4,
+                ckpt_path=str(tmp_path / "run" / "ckpt.pt"), plot_path="-", progress=False, seed=7)
+    return TrainConfig(**{**base, **kw})
+
+
+def train_losses(metrics_path):
+    rows = [json.loads(line) for line in open(metrics_path)]
+    return [(r["step"], r["train_bpb"]) for r in rows if "train_bpb" in r]
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    full = train(tiny_cfg(corpus, full_dir), model=tiny_model())
+    cfg = tiny_cfg(corpus, split_dir)
+    half = train(dataclasses.replace(cfg, stop_after_steps=2), model=tiny_model())
+    assert half["step"] == 2 and read_checkpoint(cfg.ckpt_path)["step"] == 2
+    rest = train(dataclasses.replace(cfg, resume=True))  # model rebuilt from the checkpoint
+    assert rest["step"] == full["step"] == 4
+    a, b = train_losses(full_dir / "run" / "metrics.jsonl"), train_losses(split_dir / "run" / "metrics.jsonl")
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
+    assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(a, b)), (a, b)
+    assert a[0][1] != a[-1][1]  # it did train
+    m_full, _ = load_checkpoint(full_dir / "run" / "ckpt.pt")
+    m_split, meta = load_checkpoint(cfg.ckpt_path)
+    assert meta["step"] == 4 and meta["extra"]["data"]["next_step"] == 4
+    for (k, p), q in zip(m_full.state_dict().items(), m_split.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0), k
+    assert math.isclose(full["val_bpb"], rest["val_bpb"], abs_tol=1e-6)
+
+
+def nan_after(model, n_calls):
+    """A forward hook that makes the training loss NaN from the n-th training forward on."""
+    calls = [0]
+
+    def hook(module, args, output):
+        if not module.training:
+            return output
+        calls[0] += 1
+        logits, loss = output
+        return (logits, loss * float("nan")) if calls[0] > n_calls else output
+
+    model.register_forward_hook(hook)
+    return model
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+    cfg = tiny_cfg(corpus, tmp_path)
+    model = nan_after(tiny_model(), n_calls=2 * 3)  # steps 1-3 fine (2 micro-batches each), step 4 NaN
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3 .*last good checkpoint .*ckpt.pt \(step 2\)"):
+        train(cfg, model=model)
+    kept, meta = load_checkpoint(cfg.ckpt_path)
+    assert meta["step"] == 2
+    assert all(torch.isfinite(p).all() for p in kept.parameters())
+
+
+def test_cli_exits_non_zero_on_non_finite_loss(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_mod, "build_model", lambda cfg: nan_after(tiny_model(), n_calls=0))
+    argv = ["--data", corpus, "--seq-len", "32", "--batch-size", "2", "--steps-per-epoch", "3", "--no-progress",
+            "--ckpt-path", str(tmp_path / "ckpt.pt"), "--plot-path", "-"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main(argv)
+    assert exit_info.value.code == 1
+    assert "non-finite loss at step 0" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+def test_curriculum_grows_cutoff_to_full_band(corpus, tmp_path):
+    model = tiny_model()
+    full = model.freq_bins
+    cfg = tiny_cfg(corpus, tmp_path, steps_per_epoch=8, curriculum_frac=0.5, eval_every=0)
+    cutoffs = [cutoff_at(cfg, s, full) for s in range(8)]
+    assert cutoffs[0] == 4 and cutoffs[4:] == [None] * 4
+    assert cutoffs[0] < cutoffs[1] < cutoffs[2] < cutoffs[3] < full
+    assert cutoff_at(dataclasses.replace(cfg, curriculum_frac=0.0), 0, full) is None
+    train(cfg, model=model)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["cutoff"] for r in rows if "train_bpb" in r] == cutoffs
+    assert model.freq_cutoff == full
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, steps_per_epoch=110, min_lr_frac=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 10) == pytest.approx(1.0) and lr_at(cfg, 60) == pytest.approx(0.55)
+    assert lr_at(cfg, 110) == pytest.approx(0.1)
+    timed = dataclasses.replace(cfg, max_time_s=100.0)
+    assert lr_at(timed, 20, elapsed_s=100.0) == pytest.approx(0.1)  # the budget ends the cosine
+
+
+def test_gpt_family_trains_through_the_same_loop(corpus, tmp_path):
+    from fft_lm.gpt import GPT
+    torch.manual_seed(0)
+    model = GPT.from_preset("tiny", d_model=16, n_layers=1, n_head=2, seq_len=32)
+    out = train(tiny_cfg(corpus, tmp_path, family="gpt", steps_per_epoch=2), model=model)
+    assert out["family"] == "gpt" and math.isfinite(out["val_bpb"])
+    loaded, meta = load_checkpoint(out["ckpt_path"])
+    assert isinstance(loaded, GPT) and meta["family"] == "gpt"
+
+
+def test_help_lists_every_flag():
+    text = build_arg_parser().format_help()
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    for flag in SEED_FLAGS:
+        assert flag in text, flag
+    assert build_arg_parser().parse_args(["--amp"]).dtype == "bfloat16"
+    parsed = build_arg_parser().parse_args(["--seq-len", "64", "--compile", "--lr", "3e-4"])
+    assert (parsed.seq_len, parsed.compile, parsed.lr) == (64, True, 3e-4)
+    out = subprocess.run([sys.executable, "-m", "scripts.train_fixed_full", "--help"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert "--curriculum-start-bins" in out and "--kernel-len" in out
+
+
+def test_bad_flags_are_named(corpus, tmp_path):
+    with pytest.raises(ValueError, match="--batch-size"):
+        train(tiny_cfg(corpus, tmp_path, batch_size=0), model=tiny_model())
+    with pytest.raises(ValueError, match="--dtype"):
+        train(tiny_cfg(corpus, tmp_path, dtype="float16"), model=tiny_model())
+
+
+def test_ddp_two_ranks_gloo_stay_identical(corpus, tmp_path):
+    sums = tmp_path / "sums"
+    env = {**os.environ, "FFT_LM_PARAM_CHECKSUM_DIR": str(sums), "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fft_lm.train_fixed_full", "--data", corpus, "--preset", "tiny", "--seq-len", "32",
+           "--kernel-len", "8", "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "3",
+           "--eval-every", "0", "--eval-batches", "1", "--device", "cpu", "--no-progress",
+           "--ckpt-path", str(tmp_path / "ddp" / "ckpt.pt"), "--plot-path", "-"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    digests = [json.load(open(sums / f"rank{r}.json"))["sha256"] for r in (0, 1)]
+    assert digests[0] == digests[1]
+    _, meta = load_checkpoint(tmp_path / "ddp" / "ckpt.pt")  # only rank 0 wrote it, at the end
+    assert meta["step"] == 3 and meta["extra"]["data"]["world_size"] == 2
+    assert meta["extra"]["bytes_seen"] == 3 * 2 * 2 * 32 * 2

@@ -1,0 +1,85 @@
+"""Train a ChunkLM: the spectral backbone plus the chunk head that predicts `--chunk` bytes per step.
+
+    python -m scripts.train_chunk_head --preset tiny --seq-len 256 --chunk 16 --steps-per-epoch 300
+    python -m scripts.train_chunk_head --preset 29m --seq-len 1024 --kernel-len 128 --chunk 16 \
+        --batch-size 32 --dtype bfloat16 --compile --ckpt runs/chunk/ckpt.pt
+    python -m scripts.train_chunk_head --init-backbone runs/train/ckpt.pt --chunk 16 ...   # from a trained backbone
+
+The loop is fft_lm.train's (data, curriculum, resume, progress bar, metrics, plot, DDP, compile);
+the flags are its flags plus --chunk, --init-backbone and the head sizes. The seed's spellings
+--ckpt and --log-every are aliases of --ckpt-path and --log-every-steps. Reported losses are the
+per-byte cross-entropy over every byte of every predicted chunk, in bits per byte.
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from fft_lm.chunk import PRESETS, ChunkLM
+from fft_lm.train import NonFiniteLossError, TrainConfig, build_arg_parser, to_plain, train
+
+
+@dataclass
+class ChunkTrainConfig(TrainConfig):
+    family: str = "chunk"  # model family (this script trains the chunk family only)
+    ckpt_path: str = "runs/chunk/ckpt.pt"  # checkpoint file ("" = no checkpoints)
+    chunk: int = 16  # bytes the head predicts per backbone step
+    init_backbone: str = ""  # start the backbone from this SpectralLM (or ChunkLM) checkpoint ("" = random init)
+    head_dim: int = 0  # chunk decoder width (0 = the preset's)
+    head_layers: int = 0  # chunk decoder transformer blocks (0 = the preset's)
+    head_heads: int = 0  # chunk decoder attention heads (0 = the preset's)
+
+
+def head_overrides(cfg):
+    return {name: getattr(cfg, name) for name in ("head_dim", "head_layers", "head_heads") if getattr(cfg, name)}
+
+
+def build_chunk_model(cfg):
+    """The ChunkLM to train, or None on --resume (fft_lm.train rebuilds it from the checkpoint)."""
+    if cfg.resume:
+        return None
+    torch.manual_seed(cfg.seed)
+    if cfg.init_backbone:
+        model = ChunkLM.from_backbone_checkpoint(cfg.init_backbone, chunk=cfg.chunk, **head_overrides(cfg))
+        have = model.backbone.config.kernel_len
+        if cfg.kernel_len and cfg.kernel_len != have:
+            raise ValueError(f"--kernel-len {cfg.kernel_len} does not match the backbone checkpoint "
+                             f"{cfg.init_backbone!r} (kernel_len={have}); leave it out")
+        return model
+    overrides = dict(seq_len=cfg.seq_len, chunk=cfg.chunk, **head_overrides(cfg))
+    if cfg.kernel_len:
+        overrides["kernel_len"] = cfg.kernel_len
+    return ChunkLM.from_preset(cfg.preset, **overrides)
+
+
+def main(argv=None):
+    parser = build_arg_parser(ChunkTrainConfig, aliases={"ckpt_path": ["--ckpt"], "log_every_steps": ["--log-every"]},
+                              description=__doc__.strip().splitlines()[0])
+    cfg = ChunkTrainConfig(**vars(parser.parse_args(argv)))
+    if cfg.family != "chunk":
+        parser.error(f"--family: this script trains family 'chunk', got {cfg.family!r} (use fft_lm.train_fixed_full)")
+    if cfg.preset not in PRESETS:
+        parser.error(f"--preset: expected one of {sorted(PRESETS)}, got {cfg.preset!r}")
+    if cfg.chunk < 1:
+        parser.error(f"--chunk: expected an int >= 1, got {cfg.chunk}")
+    if cfg.init_backbone and cfg.resume:
+        parser.error("--init-backbone and --resume: give one (resume continues the ChunkLM in --ckpt)")
+    try:
+        model = build_chunk_model(cfg)
+    except (ValueError, RuntimeError) as e:  # CheckpointError is a RuntimeError
+        parser.error(str(e))
+    if model is not None and int(os.environ.get("RANK", 0)) == 0:
+        print(model.describe() + (f" (backbone from {cfg.init_backbone})" if cfg.init_backbone else ""))
+    try:
+        metrics = train(cfg, model=model)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(to_plain(metrics)))
+
+
+if __name__ == "__main__":
+    main()

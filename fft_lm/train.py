@@ -15,6 +15,7 @@ Schedules (pure functions of the step, so resume is exact):
                   curriculum_start_bins and grows geometrically, cutoff(t) = start * (full / start) **
                   (t / (curriculum_frac * total_steps)), reaching the full band (model.freq_bins) at
                   curriculum_frac of the run and staying there; curriculum_frac = 0 switches it off.
+                  With max_time_s > 0 the run's progress is also measured in time, as for the lr.
 Reuse: train(cfg, model=my_model) trains any module that follows the fft_lm.families protocol;
 subclass TrainConfig to add fields and pass the subclass to build_arg_parser / config_from_args.
 """
@@ -168,13 +169,17 @@ def lr_at(cfg, step, elapsed_s=0.0):
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def cutoff_at(cfg, step, full_bins):
+def cutoff_at(cfg, step, full_bins, elapsed_s=0.0):
     """Curriculum frequency cutoff in bins at `step`; None means the full band (see module docstring)."""
     start = cfg.curriculum_start_bins
-    ramp = cfg.curriculum_frac * cfg.total_steps
-    if cfg.curriculum_frac <= 0 or start <= 0 or start >= full_bins or step >= ramp:
+    if cfg.curriculum_frac <= 0 or start <= 0 or start >= full_bins:
         return None
-    return min(full_bins, max(1, round(start * (full_bins / start) ** (step / ramp))))
+    t = step / (cfg.curriculum_frac * cfg.total_steps)
+    if cfg.max_time_s > 0:
+        t = max(t, elapsed_s / (cfg.curriculum_frac * cfg.max_time_s))
+    if t >= 1.0:
+        return None
+    return min(full_bins, max(1, round(start * (full_bins / start) ** t)))
 
 
 # ----------------------------------------------------------------------------- model and optimizer
@@ -396,26 +401,27 @@ def _train(cfg, model, rank, world, device, master):
         for group in optimizer.param_groups:
             group["lr"] = lr
         if full_bins is not None:
-            cutoff = cutoff_at(cfg, step, full_bins)
+            cutoff = cutoff_at(cfg, step, full_bins, elapsed)
             raw.set_freq_cutoff(cutoff)
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.accum_steps):
             x, y = corpus.train_batch(cfg.batch_size, cfg.seq_len, seed=cfg.seed, step=step, rank=rank,
                                       micro_step=micro, device=device)
             sync = world == 1 or micro == cfg.accum_steps - 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
-                _, loss = model(x, y)
-            (loss / cfg.accum_steps).backward()
+            with contextlib.nullcontext() if sync else model.no_sync():  # all-reduce grads once per step
+                with autocast():
+                    _, loss = model(x, y)
+                (loss / cfg.accum_steps).backward()
             step_loss += loss.detach().float() / cfg.accum_steps
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        elapsed = time.time() - t_run
-        # one collective per step keeps every rank's loss check and time budget decision identical
-        over_budget = float(cfg.max_time_s > 0 and elapsed > cfg.max_time_s)
-        flags = torch.stack([step_loss, torch.tensor(over_budget, device=device)])
+        # one collective per step: every rank sees the same mean loss and the same clock, so the
+        # non-finite check, lr, cutoff and time-budget stop agree across ranks
+        shared = torch.stack([step_loss.double(), torch.tensor(time.time() - t_run, dtype=torch.float64, device=device)])
         if world > 1:
-            torch.distributed.all_reduce(flags)
-            flags[0] /= world
-        loss_value, out_of_time = float(flags[0]), bool(flags[1] > 0)
+            torch.distributed.all_reduce(shared)
+            shared /= world
+        loss_value, elapsed = shared.tolist()
+        out_of_time = cfg.max_time_s > 0 and elapsed > cfg.max_time_s
         if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
             if bar is not None:

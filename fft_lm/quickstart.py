@@ -15,6 +15,7 @@ import torch
 
 import fft_lm
 from fft_lm.data import ByteCorpus
+from fft_lm.generate import generate  # not fft_lm.generate: once the submodule is imported that name is the module
 from fft_lm.train import LN2, TrainConfig, train
 
 
@@ -60,7 +61,7 @@ def main(argv=None):
     model, meta = fft_lm.load_checkpoint(cfg.ckpt_path)
     device = "cuda" if on_gpu else "cpu"
     model.to(device)
-    text = fft_lm.generate(model, args.prompt.encode("utf-8"), args.gen_bytes, mode="overlap_save",
+    text = generate(model, args.prompt.encode("utf-8"), args.gen_bytes, mode="overlap_save",
                            temperature=0.8, top_k=40, seed=args.seed)
 
     print("\n--- sample (temperature 0.8, top-k 40) ---")

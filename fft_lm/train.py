@@ -289,7 +289,7 @@ def plot_metrics(metrics_path, plot_path):
         for key, label in (("train_bpb", "train"), ("val_bpb", "val")):
             pts = [(r[xkey], r[key]) for r in rows if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), label=label, marker="o" if key == "val_bpb" else None)
+                ax.plot(*zip(*pts), label=label, marker="o" if key == "val_bpb" else ".")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("bits per byte")
         ax.grid(alpha=0.3)

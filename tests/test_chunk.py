@@ -141,6 +141,7 @@ def test_train_script_learns_and_starts_from_backbone(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"the cat sat on the mat. " * 400)
     bpath = str(tmp_path / "backbone.pt")
+    torch.manual_seed(0)  # the run is deterministic given the backbone (the script seeds the rest)
     save_checkpoint(bpath, model=fft_lm.SpectralLM.from_preset("tiny", d_model=32, n_layers=2, seq_len=32,
                                                                  kernel_len=8))
     ckpt = str(tmp_path / "run" / "chunk.pt")
@@ -148,10 +149,10 @@ def test_train_script_learns_and_starts_from_backbone(tmp_path):
                   "--head-dim", "32", "--batch-size", "8", "--steps-per-epoch", "60", "--epochs", "1",
                   "--lr", "1e-2", "--warmup-steps", "3", "--ckpt", ckpt, "--log-every", "5", "--eval-every", "0",
                   "--eval-batches", "2", "--data", str(corpus), "--no-progress", "--plot-path", "-")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads(r.stdout.strip().splitlines()[-1])
     assert metrics["family"] == "chunk" and metrics["step"] == 60
-    assert metrics["val_bpb"] < 4.0  # a 24-byte cycle: far below 8 bits per byte (uniform) after 60 steps
+    assert metrics["val_bpb"] < 3.0, metrics  # a 24-byte cycle: far below 8 bits per byte (uniform) after 60 steps
     model, meta = fft_lm.load_checkpoint(ckpt)
     assert model.chunk == 4 and meta["train_config"]["chunk"] == 4
     assert fft_lm.generate(model, b"the cat ", 16, temperature=0) != b""

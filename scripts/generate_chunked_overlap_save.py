@@ -1,4 +1,4 @@
-"""Generate bytes from any fft_lm checkpoint with exact overlap-save streaming.
+r"""Generate bytes from any fft_lm checkpoint with exact overlap-save streaming.
 
     python -m scripts.generate_chunked_overlap_save --ckpt runs/chunk.pt --prompt "The " \
         --seq-len 1024 --kernel-len 128 --chunk 16 --chunks 32

@@ -1,4 +1,4 @@
-"""Train a ChunkLM: the spectral backbone plus the chunk head that predicts `--chunk` bytes per step.
+r"""Train a ChunkLM: the spectral backbone plus the chunk head that predicts `--chunk` bytes per step.
 
     python -m scripts.train_chunk_head --preset tiny --seq-len 256 --chunk 16 --steps-per-epoch 300
     python -m scripts.train_chunk_head --preset 29m --seq-len 1024 --kernel-len 128 --chunk 16 \

@@ -2,7 +2,7 @@
 
 `ByteCorpus(path)` turns a file or a directory into one flat byte array, memory-mapped with numpy:
   - a plain file is mapped as it is;
-  - a .gz file, or a directory (all files under it, recursively, sorted by relative path, .gz ones
+  - a .gz (or dictzip .dz) file, or a directory (all files under it, recursively, sorted by relative path, .gz ones
     decompressed, each followed by a newline byte) is first written once into a cache file
     (FFT_LM_CACHE or ~/.cache/fft_lm/<name>-<hash>.bin; the hash covers paths, sizes and mtimes,
     so an edited corpus gets a fresh cache) and that file is mapped.
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 DEFAULT_CORPUS = "/usr/share/doc/jargon-text/jargon.txt.gz"
+GZIP_SUFFIXES = (".gz", ".dz")  # .dz: dictzip (dict-gcide), a valid gzip stream
 
 
 def default_cache_dir():
@@ -49,7 +50,7 @@ def _cache_path(path, files, cache_dir):
     for f in files:
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    name = os.path.basename(os.path.normpath(path)).replace(".gz", "") or "corpus"
+    name = os.path.basename(os.path.normpath(path)).replace(".gz", "").replace(".dz", "") or "corpus"
     return os.path.join(cache_dir, f"{name}-{h.hexdigest()[:16]}.bin")
 
 
@@ -60,7 +61,7 @@ def _write_flat(files, out_path):
     try:
         with os.fdopen(fd, "wb") as out:
             for i, f in enumerate(files):
-                opener = gzip.open if f.endswith(".gz") else open
+                opener = gzip.open if f.endswith(GZIP_SUFFIXES) else open
                 with opener(f, "rb") as src:
                     while True:
                         block = src.read(1 << 22)
@@ -90,7 +91,7 @@ def resolve_corpus(path=None, cache_dir=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path!r}: no such file or directory")
     files = _corpus_files(path)
-    if len(files) == 1 and not files[0].endswith(".gz"):
+    if len(files) == 1 and not files[0].endswith(GZIP_SUFFIXES):
         return files[0]
     out = _cache_path(path, files, cache_dir or default_cache_dir())
     if not os.path.exists(out):

@@ -223,3 +223,9 @@ def test_script_gpt_has_no_kernel_len_and_bad_ckpt(checkpoints, capsys, tmp_path
     with pytest.raises(SystemExit):
         generate_chunked.main(["--ckpt", str(bad), "--device", "cpu"])
     assert "--ckpt: cannot load" in capsys.readouterr().err
+
+
+def test_top_level_generate_after_submodule_import():
+    import fft_lm.generate  # noqa: F401  (binds fft_lm.generate to the module)
+    model = tiny_model("spectral")
+    assert fft_lm.generate(model, b"a", 5, seed=2) == generate(model, b"a", 5, seed=2)

@@ -1,0 +1,178 @@
+"""Training throughput (bytes/s) of SpectralLM vs the GPT baseline, preset "base512" (d=512, 8 layers).
+
+One training step = forward + backward + AdamW step under bf16 autocast, torch.compile on by default.
+Median over --steps timed steps after --warmup steps (the warm-up includes compilation), CUDA-synced.
+Prints a markdown table with the ratio and the ANCHORS.md figures; writes $OUT/bench_lm_throughput.md.
+
+    python benchmarks/bench_lm_throughput.py                    # the ANCHORS.md grid, ~3-4 min on an H100
+    python benchmarks/bench_lm_throughput.py --lengths 1024,4096 --steps 20 --no-compile
+    python benchmarks/bench_lm_throughput.py --device cpu --lengths 256 --batch 2 --steps 2 --no-compile  # smoke
+
+--compile-scope blocks (default) compiles each residual block (all blocks share one compiled graph, so
+each length compiles once per family, in seconds); --compile-scope model compiles the whole model.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from fft_lm.gpt import GPT  # noqa: E402
+from fft_lm.model import SpectralLM  # noqa: E402
+
+DEFAULT_BATCH = {1024: 32, 4096: 8, 16384: 2, 65536: 1}  # the ANCHORS.md shapes: 32K bytes per step up to 16K
+# ANCHORS.md, measured on the device's H100: (GPT with SDPA, torch.fft gated long-conv LM), M bytes/s
+ANCHORS = {1024: (1.64, 0.84), 4096: (1.24, 0.81), 16384: (0.63, 0.69), 65536: (0.21, 0.57)}
+FAMILIES = {"spectral": SpectralLM, "gpt": GPT}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", default="1024,4096,16384,65536", help="comma-separated sequence lengths L")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size for every L (default: 32/8/2/1 at 1K/4K/16K/64K, else max(1, 32768 // L))")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per (family, L); the median is reported")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--preset", default="base512", help="preset of both families")
+    p.add_argument("--families", default="spectral,gpt", help="comma-separated subset of spectral,gpt")
+    p.add_argument("--no-compile", action="store_true", help="run eagerly")
+    p.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
+                   help="compile each block (fast to compile) or the whole model")
+    p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing per block")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (fp32 = none)")
+    return p.parse_args()
+
+
+def build(family, args, device):
+    model = FAMILIES[family].from_preset(args.preset).to(device)
+    model.set_grad_checkpoint(args.grad_checkpoint)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
+    runner = model
+    if not args.no_compile:
+        if args.compile_scope == "model":
+            runner = torch.compile(model, dynamic=False)
+        else:
+            for block in model.blocks:
+                block.compile(dynamic=False)
+    return model, runner, optimizer
+
+
+def time_family(family, L, batch, args, device):
+    """Median seconds per training step and peak memory (GiB), or an error string."""
+    torch.manual_seed(0)
+    model, runner, optimizer = build(family, args, device)
+    x = torch.randint(0, 256, (batch, L), device=device)
+    y = torch.randint(0, 256, (batch, L), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+    def step():
+        with autocast:
+            _, loss = runner(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        loss = step()
+    sync()
+    warmup_s = time.perf_counter() - t0
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"{family} L={L}: non-finite loss {loss.item()}")
+    times = []
+    for _ in range(args.steps):
+        sync()
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return statistics.median(times), peak, warmup_s, model.num_params()
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    lengths = [int(s) for s in args.lengths.split(",") if s]
+    families = [f for f in args.families.split(",") if f]
+    for f in families:
+        if f not in FAMILIES:
+            raise SystemExit(f"--families: expected names from {sorted(FAMILIES)}, got {f!r}")
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):  # one static compile per length is intended
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    started = time.perf_counter()
+    results = {}
+    for L in lengths:
+        batch = args.batch or DEFAULT_BATCH.get(L, max(1, 32768 // L))
+        for family in families:
+            try:
+                sec, peak, warm, n = time_family(family, L, batch, args, device)
+                results[(family, L)] = (batch * L / sec, sec, peak)
+                print(f"{family:8s} L={L:6d} batch={batch:3d}: {batch * L / sec / 1e6:7.3f} M bytes/s, "
+                      f"{sec * 1e3:8.1f} ms/step, peak {peak:.1f} GiB, warm-up {warm:.0f} s, "
+                      f"{n / 1e6:.1f}M params", flush=True)
+            except torch.cuda.OutOfMemoryError:
+                results[(family, L)] = "OOM"
+                print(f"{family:8s} L={L:6d} batch={batch:3d}: out of memory", flush=True)
+            except Exception as e:  # keep the rest of the grid; the table shows the failure
+                results[(family, L)] = f"error: {type(e).__name__}"
+                print(f"{family:8s} L={L:6d} batch={batch:3d}: {type(e).__name__}: {e}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    compile_note = "eager" if args.no_compile else f"torch.compile ({args.compile_scope})"
+    lines = [
+        f"## LM training throughput, preset {args.preset}, {args.dtype} autocast, AdamW, {compile_note}"
+        f"{', grad checkpointing' if args.grad_checkpoint else ''}",
+        f"{gpu}, torch {torch.__version__}; median of {args.steps} steps after {args.warmup} warm-up; "
+        f"total wall time {time.perf_counter() - started:.0f} s.",
+        "",
+        "| L | batch | SpectralLM M bytes/s | GPT (SDPA) M bytes/s | spectral / GPT | SpectralLM ms/step | GPT ms/step "
+        "| peak GiB (spectral / GPT) | anchor GPT M/s | anchor torch.fft LM M/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(family, L, i, fmt):
+        r = results.get((family, L))
+        if r is None:
+            return "-"
+        return r if isinstance(r, str) else fmt(r[i])
+
+    for L in lengths:
+        batch = args.batch or DEFAULT_BATCH.get(L, max(1, 32768 // L))
+        s, g = results.get(("spectral", L)), results.get(("gpt", L))
+        ratio = f"{s[0] / g[0]:.2f}x" if isinstance(s, tuple) and isinstance(g, tuple) else "-"
+        anchor = ANCHORS.get(L)
+        lines.append(
+            f"| {L} | {batch} | {cell('spectral', L, 0, lambda v: f'{v / 1e6:.3f}')} "
+            f"| {cell('gpt', L, 0, lambda v: f'{v / 1e6:.3f}')} | {ratio} "
+            f"| {cell('spectral', L, 1, lambda v: f'{v * 1e3:.1f}')} | {cell('gpt', L, 1, lambda v: f'{v * 1e3:.1f}')} "
+            f"| {cell('spectral', L, 2, lambda v: f'{v:.1f}')} / {cell('gpt', L, 2, lambda v: f'{v:.1f}')} "
+            f"| {anchor[0] if anchor else '-'} | {anchor[1] if anchor else '-'} |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out = os.environ.get("OUT")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "bench_lm_throughput.md"), "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -90,7 +90,7 @@ def causal_conv_plan(L: int, Lk: int) -> tuple:
     """(fft_size, taps, segment, segments) exactly as csrc/causal_conv/common.h:conv_plan."""
     taps = min(Lk, L)
     full = max(_next_pow2(L + taps - 1), _MIN_FFT)
-    os_ = max(_next_pow2(4 * taps), 256)
+    os_ = max(_next_pow2(4 * taps), 1024)
     if os_ > _MAX_FUSED_FFT and 2 * taps <= _MAX_FUSED_FFT:
         os_ = _MAX_FUSED_FFT
     if full <= os_ or os_ > _MAX_FUSED_FFT:
@@ -102,7 +102,7 @@ def causal_conv_plan(L: int, Lk: int) -> tuple:
 def causal_conv_fft_size(L: int, Lk: int) -> int:
     """The FFT length ``causal_conv`` uses for rows of length L and Lk taps.
 
-    Short kernels on long rows use overlap-save blocks of ``next_pow2(4*Lk)`` points; otherwise
+    Short kernels on long rows use overlap-save blocks of ``max(1024, next_pow2(4*Lk))`` points; otherwise
     one FFT of ``next_pow2(L + Lk - 1)`` covers the row. A spectral parameterisation that wants
     its frequency bins to be the op's own bins should use this size.
     """
@@ -162,18 +162,20 @@ def _causal_conv_backward_fake(grad_y, u, k, skip, need_u, need_k):
 
 
 def _causal_conv_setup_context(ctx, inputs, output):
-    u, k, skip = inputs
-    ctx.has_skip = skip is not None
+    # torch.library drops trailing arguments left at their default, so skip may be absent.
+    u, k = inputs[:2]
+    skip = inputs[2] if len(inputs) > 2 else None
     ctx.save_for_backward(u, k, skip)
 
 
 def _causal_conv_backward(ctx, grad_y):
     u, k, skip = ctx.saved_tensors
-    need_u, need_k, need_skip = ctx.needs_input_grad
+    need = ctx.needs_input_grad
+    need_u, need_k = need[0], need[1]
+    need_skip = len(need) > 2 and need[2]
     grad_u, grad_k = _ops.causal_conv_backward.default(grad_y, u, k, skip, need_u, need_k or need_skip)
-    return (grad_u if need_u else None,
-            grad_k if need_k else None,
-            grad_k[:, 0] if need_skip else None)
+    grads = (grad_u if need_u else None, grad_k if need_k else None, grad_k[:, 0] if need_skip else None)
+    return grads[:len(need)]
 
 
 torch.library.register_autograd("fft_tensor::causal_conv", _causal_conv_backward,

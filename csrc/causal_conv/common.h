@@ -16,7 +16,7 @@ inline int64_t next_pow2(int64_t n) {
 }
 
 // The FFT length used for a row of length L and a kernel of Lk taps (taps past L are ignored):
-//  * overlap-save blocks of N = next_pow2(4 Lk) (at least 256, at most kMaxFusedFFT), each giving
+//  * overlap-save blocks of N = next_pow2(4 Lk) (at least 1024, at most kMaxFusedFFT), each giving
 //    N - Lk + 1 outputs, when that is smaller than one FFT over the whole row (short kernels);
 //  * otherwise one FFT over the whole row, N = next_pow2(L + Lk - 1) (fused on CUDA up to
 //    kMaxFusedFFT, cuFFT beyond; pocketfft on the CPU).
@@ -30,7 +30,7 @@ struct ConvPlan {
 inline ConvPlan conv_plan(int64_t L, int64_t Lk) {
   const int64_t taps = std::min(Lk, L);
   const int64_t full = std::max<int64_t>(next_pow2(L + taps - 1), kMinFFT);
-  int64_t os = std::max<int64_t>(next_pow2(4 * taps), 256);
+  int64_t os = std::max<int64_t>(next_pow2(4 * taps), 1024);
   if (os > kMaxFusedFFT && 2 * taps <= kMaxFusedFFT) os = kMaxFusedFFT;
   if (full <= os || os > kMaxFusedFFT) return {full, taps, L, 1};
   const int64_t seg = os - taps + 1;

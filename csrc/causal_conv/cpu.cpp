@@ -41,6 +41,7 @@ at::Tensor causal_conv_composite(const at::Tensor& u, const at::Tensor& k, const
 // grad_u[t] = sum_s k[s] gy[t+s]          (correlation: spectrum GY * conj(K))
 // grad_k[s] = sum_{b,t} gy[t] u[t-s]      (spectrum sum_b GY * conj(U)), taps past L get 0.
 // One FFT of N >= L + taps - 1 makes both circular correlations exact on the indices kept.
+// conj_physical, not the lazy conj(): AOTAutograd runs with the Conjugate key excluded.
 std::tuple<at::Tensor, at::Tensor> causal_conv_backward_composite(const at::Tensor& grad_y, const at::Tensor& u,
                                                                   const at::Tensor& k,
                                                                   const c10::optional<at::Tensor>& skip, bool need_u,
@@ -54,12 +55,12 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_composite(const at::Tens
   if (need_k) {
     const at::Tensor U = at::fft_rfft(u.to(ct), N);
     grad_k = at::zeros({D, Lk}, k.options());
-    grad_k.narrow(1, 0, plan.taps).copy_(at::fft_irfft((GY * U.conj()).sum(0), N).narrow(-1, 0, plan.taps));
+    grad_k.narrow(1, 0, plan.taps).copy_(at::fft_irfft((GY * U.conj_physical()).sum(0), N).narrow(-1, 0, plan.taps));
   }
   at::Tensor grad_u = at::empty({0}, u.options());
   if (need_u) {
     const at::Tensor K = at::fft_rfft(effective_kernel(k, skip, plan.taps).to(ct), N);
-    grad_u = at::fft_irfft(GY * K.conj(), N).narrow(-1, 0, L).to(u.scalar_type()).contiguous();
+    grad_u = at::fft_irfft(GY * K.conj_physical(), N).narrow(-1, 0, L).to(u.scalar_type()).contiguous();
   }
   return {grad_u, grad_k};
 }

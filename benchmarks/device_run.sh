@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build the extension for sm_90, then run the named stages.
+#   bash benchmarks/device_run.sh tests ops lm gen quality
+# Each stage's log and tables go to $OUT (the device tool returns that folder).
+set -uo pipefail
+export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
+OUT=${OUT:-/tmp/fft_tensor_out}; mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+start=$(date +%s)
+if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FFT_TENSOR_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+  grep -E "error|Error" "$OUT/build.log" | head -40; exit 1
+fi
+echo "build: $(( $(date +%s) - start )) s"
+status=0
+for stage in "$@"; do
+  t0=$(date +%s)
+  case $stage in
+    tests)   "$PY" -m pytest -q -x -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py 2>&1 | tee "$OUT/tests_ops.log" | tail -15 ;;
+    alltests) "$PY" -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
+    ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
+             "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45 ;;
+    lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;
+    gen)     "$PY" benchmarks/bench_generation.py ${GEN_ARGS:-} 2>&1 | tee "$OUT/bench_generation.log" | tail -20 ;;
+    quality) "$PY" benchmarks/bench_lm_quality.py ${Q_ARGS:-} 2>&1 | tee "$OUT/bench_lm_quality.log" | tail -20 ;;
+    *) echo "unknown stage $stage"; status=1 ;;
+  esac
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  echo "stage $stage: $(( $(date +%s) - t0 )) s"
+done
+exit $status

@@ -1,0 +1,266 @@
+// causal_conv on CUDA: a fused shared-memory FFT convolution.
+//
+// Every plan (common.h: conv_plan) is overlap-save over windows of N = 2^m points: window j of a
+// row holds u[j*S - (taps-1) + n], n < N, and its outputs n in [taps-1, taps-1+S) are exact. One
+// thread block owns one window of TWO batch rows of one channel, packed as z = u[b] + i*u[b+1]:
+// the kernel spectrum of a real kernel is Hermitian, so the real and imaginary parts of
+// IFFT(FFT(z) * K) are the two convolutions (one complex FFT per two real rows, no pre/post
+// processing). The inverse is a second forward FFT of the conjugate, with 1/N folded into K.
+// So a row is read once, transformed, multiplied, transformed back and written once; the only
+// other traffic is K (D x (N/2+1) complex, reused from L2 by the blocks of one channel).
+// The skip term is tap 0 of the effective kernel. grad_u is the same kernel run backwards in time;
+// grad_k sums G * conj(U) over windows in registers per (row pair, channel) block, one FFT of
+// u + i*gy per window.
+// Kernels longer than the fused FFT allows (N > kMaxFusedFFT) and float64 go to the composite
+// at::fft (cuFFT) path in cpu.cpp.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common.h"
+#include "smem_fft.cuh"
+
+namespace fft_tensor {
+namespace {
+
+using smem_fft::cadd;
+using smem_fft::cmul;
+using smem_fft::conjf2;
+using smem_fft::kElemsPerThread;
+using smem_fft::pad;
+
+struct ConvShape {
+  int64_t B, D, L;
+  int N, logN, taps, seg, nseg, npairs;
+};
+
+ConvShape conv_shape(int64_t B, int64_t D, int64_t L, const ConvPlan& p) {
+  int logN = 0;
+  while ((int64_t(1) << logN) < p.fft_size) ++logN;
+  return {B, D, L, (int)p.fft_size, logN, (int)p.taps, (int)p.segment, (int)p.segments, (int)((B + 1) / 2)};
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
+
+// K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2.  grid: D blocks.
+__global__ void __launch_bounds__(1024) kernel_spectrum_kernel(const float* __restrict__ k, float2* __restrict__ K, int taps, int N,
+                                       int logN) {
+  extern __shared__ float2 smem[];
+  const int d = blockIdx.x;
+  for (int n = threadIdx.x; n < N; n += blockDim.x)
+    smem[pad(n)] = make_float2(n < taps ? k[(int64_t)d * taps + n] : 0.f, 0.f);
+  smem_fft::fft(smem, N, logN);
+  const float scale = 1.f / (float)N;
+  const int half = N / 2 + 1;
+  for (int f = threadIdx.x; f < half; f += blockDim.x) {
+    const float2 v = smem[pad(f)];
+    K[(int64_t)d * half + f] = make_float2(v.x * scale, v.y * scale);
+  }
+}
+
+// y = causal_conv(x, k) for one window of one row pair (kReverse: time runs backwards, which
+// turns the convolution into the correlation grad_u[t] = sum_s k[s] gy[t+s]).
+// grid: D * npairs * nseg blocks, window fastest, then pair, then channel (so blocks sharing K[d] are adjacent).
+template <typename scalar_t, bool kReverse>
+__global__ void __launch_bounds__(1024) conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K,
+                                   scalar_t* __restrict__ y, ConvShape s) {
+  extern __shared__ float2 smem[];
+  const int64_t blk = blockIdx.x;
+  const int j = (int)(blk % s.nseg);
+  const int64_t rest = blk / s.nseg;
+  const int pair = (int)(rest % s.npairs);
+  const int64_t d = rest / s.npairs;
+  const int64_t b0 = 2 * pair, b1 = b0 + 1;
+  const bool has1 = b1 < s.B;
+  const scalar_t* x0 = x + (b0 * s.D + d) * s.L;
+  const scalar_t* x1 = x + (b1 * s.D + d) * s.L;
+  const int64_t start = (int64_t)j * s.seg - (s.taps - 1);  // time of window sample 0
+  const int N = s.N;
+
+  for (int n = threadIdx.x; n < N; n += blockDim.x) {
+    const int64_t t = start + n;
+    float v0 = 0.f, v1 = 0.f;
+    if (t >= 0 && t < s.L) {
+      const int64_t tt = kReverse ? s.L - 1 - t : t;
+      v0 = to_float(x0[tt]);
+      if (has1) v1 = to_float(x1[tt]);
+    }
+    smem[pad(n)] = make_float2(v0, v1);
+  }
+  smem_fft::fft(smem, N, s.logN);
+
+  // Spectrum product; store conj so the next forward FFT is the inverse (1/N is already in K).
+  const int half = N / 2;
+  const float2* Kd = K + d * (half + 1);
+  for (int f = threadIdx.x; f < N; f += blockDim.x) {
+    const float2 kf = f <= half ? Kd[f] : conjf2(Kd[N - f]);
+    smem[pad(f)] = conjf2(cmul(smem[pad(f)], kf));
+  }
+  smem_fft::fft(smem, N, s.logN);
+
+  scalar_t* y0 = y + (b0 * s.D + d) * s.L;
+  scalar_t* y1 = y + (b1 * s.D + d) * s.L;
+  const int first = s.taps - 1;
+  for (int n = first + threadIdx.x; n < first + s.seg; n += blockDim.x) {
+    const int64_t t = start + n;
+    if (t >= s.L) break;
+    const int64_t tt = kReverse ? s.L - 1 - t : t;
+    const float2 w = smem[pad(n)];  // conj of the result: real part = row 0, -imag = row 1
+    y0[tt] = static_cast<scalar_t>(w.x);
+    if (has1) y1[tt] = static_cast<scalar_t>(-w.y);
+  }
+}
+
+// partial[pair, d, f] = sum over the pair's two rows and all windows of G[f] * conj(U[f]), f <= N/2:
+// the spectrum of the cross-correlation sum_t gy[t] u[t-s]. Each window of one row is packed as
+// z = u + i*gy (the gy window keeps only the outputs the window owns, so every (t, s) is counted
+// once); with a = Z[f], c = conj(Z[N-f]): U = (a + c)/2, G = (a - c)/(2i), so
+// G conj(U) = -i/4 * (a - c) * conj(a + c), and one FFT serves both spectra.
+// grid: D * npairs blocks.
+template <typename scalar_t>
+__global__ void __launch_bounds__(1024) conv_grad_k_kernel(const scalar_t* __restrict__ u,
+                                                           const scalar_t* __restrict__ gy,
+                                                           float2* __restrict__ partial, ConvShape s) {
+  extern __shared__ float2 smem[];
+  // The running sum lives in shared memory after the FFT buffer (registers are capped at 64 by the
+  // 1024-thread launch bound); thread tid owns frequencies f = tid + i*T, i = 0, 1, ...
+  const int N = s.N, T = blockDim.x, half = N / 2 + 1;
+  float2* acc = smem + smem_fft::padded_size(N);
+  const int pair = (int)(blockIdx.x % s.npairs);
+  const int64_t d = blockIdx.x / s.npairs;
+  for (int f = threadIdx.x; f < half; f += T) acc[f] = make_float2(0.f, 0.f);
+
+  auto accumulate = [&](int f, float2 a, float2 zm) {
+    const float2 c = conjf2(zm);
+    const float2 p = cmul(make_float2(a.x - c.x, a.y - c.y), conjf2(cadd(a, c)));
+    acc[f] = make_float2(acc[f].x + 0.25f * p.y, acc[f].y - 0.25f * p.x);  // += -i/4 * p
+  };
+
+  const int64_t b_end = 2 * pair + 2 < s.B ? 2 * pair + 2 : s.B;
+  for (int64_t b = 2 * pair; b < b_end; ++b) {
+    const int64_t off = (b * s.D + d) * s.L;
+    for (int j = 0; j < s.nseg; ++j) {
+      const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
+      for (int n = threadIdx.x; n < N; n += T) {
+        const int64_t t = start + n;
+        float vu = 0.f, vg = 0.f;
+        if (t >= 0 && t < s.L) {
+          vu = to_float(u[off + t]);
+          if (n >= s.taps - 1 && n < s.taps - 1 + s.seg) vg = to_float(gy[off + t]);
+        }
+        smem[pad(n)] = make_float2(vu, vg);
+      }
+      smem_fft::fft(smem, N, s.logN);
+      for (int f = threadIdx.x; f < half; f += T) accumulate(f, smem[pad(f)], smem[pad((N - f) & (N - 1))]);
+      __syncthreads();
+    }
+  }
+  float2* out = partial + ((int64_t)pair * s.D + d) * half;
+  for (int f = threadIdx.x; f < half; f += T) out[f] = acc[f];
+}
+
+size_t smem_bytes(int N) { return (size_t)smem_fft::padded_size(N) * sizeof(float2); }
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+// (D, N/2+1) complex64 spectrum of the effective kernel, scaled by 1/N.
+at::Tensor kernel_spectrum(const at::Tensor& k_eff, const ConvShape& s) {
+  const int64_t D = k_eff.size(0);
+  const at::Tensor kc = k_eff.to(at::kFloat).contiguous();
+  at::Tensor K = at::empty({D, s.N / 2 + 1}, kc.options().dtype(at::kComplexFloat));
+  const size_t bytes = smem_bytes(s.N);
+  allow_smem(kernel_spectrum_kernel, bytes);
+  kernel_spectrum_kernel<<<(unsigned)D, s.N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+      kc.data_ptr<float>(), reinterpret_cast<float2*>(K.data_ptr()), s.taps, s.N, s.logN);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return K;
+}
+
+template <bool kReverse>
+void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s) {
+  const int64_t blocks = s.D * s.npairs * s.nseg;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", blocks, ") for one launch");
+  const size_t bytes = smem_bytes(s.N);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "causal_conv_cuda", [&] {
+    auto kernel = conv_window_kernel<scalar_t, kReverse>;
+    allow_smem(kernel, bytes);
+    kernel<<<(unsigned)blocks, s.N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+bool use_fused(const at::Tensor& u, const ConvPlan& plan) {
+  return u.scalar_type() != at::kDouble && plan.fft_size <= kMaxFusedFFT;
+}
+
+at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
+  check_causal_conv_args(u, k, skip, "causal_conv");
+  c10::cuda::CUDAGuard guard(u.device());
+  const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
+  const ConvPlan plan = conv_plan(L, k.size(1));
+  if (!use_fused(u, plan)) return causal_conv_composite(u, k, skip);
+  const ConvShape s = conv_shape(B, D, L, plan);
+  const at::Tensor uc = u.contiguous();
+  at::Tensor y = at::empty_like(uc);
+  if (uc.numel() == 0) return y;
+  const at::Tensor K = kernel_spectrum(effective_kernel(k, skip, plan.taps), s);
+  launch_conv_windows<false>(uc, K, y, s);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& grad_y, const at::Tensor& u,
+                                                             const at::Tensor& k,
+                                                             const c10::optional<at::Tensor>& skip, bool need_u,
+                                                             bool need_k) {
+  check_causal_conv_args(u, k, skip, "causal_conv_backward");
+  TORCH_CHECK(grad_y.sizes() == u.sizes(), "causal_conv_backward: expected grad_y of shape ", u.sizes(), ", got ",
+              grad_y.sizes());
+  TORCH_CHECK(grad_y.device() == u.device(), "causal_conv_backward: expected grad_y on ", u.device(), ", got ",
+              grad_y.device());
+  c10::cuda::CUDAGuard guard(u.device());
+  const int64_t B = u.size(0), D = u.size(1), L = u.size(2), Lk = k.size(1);
+  const ConvPlan plan = conv_plan(L, Lk);
+  if (!use_fused(u, plan)) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
+  const ConvShape s = conv_shape(B, D, L, plan);
+  const at::Tensor gy = grad_y.to(u.scalar_type()).contiguous();
+  at::Tensor grad_u = at::empty({0}, u.options());
+  at::Tensor grad_k = at::empty({0}, k.options());
+  if (need_u) {
+    grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+    const at::Tensor K = kernel_spectrum(effective_kernel(k, skip, plan.taps), s);
+    launch_conv_windows<true>(gy, K, grad_u, s);
+  }
+  if (need_k) {
+    const at::Tensor uc = u.contiguous();
+    at::Tensor partial = at::empty({s.npairs, D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
+    const size_t bytes_k = smem_bytes(s.N) + (size_t)(s.N / 2 + 1) * sizeof(float2);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, uc.scalar_type(), "causal_conv_grad_k_cuda", [&] {
+      auto kernel = conv_grad_k_kernel<scalar_t>;
+      allow_smem(kernel, bytes_k);
+      kernel<<<(unsigned)(D * s.npairs), s.N / kElemsPerThread, bytes_k, at::cuda::getCurrentCUDAStream()>>>(
+          uc.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    // Deterministic reduction over row pairs, then one small inverse FFT per channel.
+    const at::Tensor corr = at::fft_irfft(partial.sum(0), s.N).narrow(-1, 0, plan.taps);
+    grad_k = at::zeros({D, Lk}, k.options());
+    grad_k.narrow(1, 0, plan.taps).copy_(corr);
+  }
+  return {grad_u, grad_k};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fft_tensor, CUDA, m) {
+  m.impl("causal_conv", &causal_conv_cuda);
+  m.impl("causal_conv_backward", &causal_conv_backward_cuda);
+}
+
+}  // namespace fft_tensor

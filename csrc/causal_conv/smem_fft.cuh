@@ -1,0 +1,130 @@
+// A complex FFT of N = 2^m points (64 <= N <= 16384) held in shared memory by one thread block of
+// N/16 threads. Stockham autosort passes of radix 16 (then 8, 4 or 2 for the remainder): each
+// thread loads 16 values, twiddles them, runs the small DFT in registers and stores them back in
+// natural order, so input and output are both in natural order. Shared memory is indexed through
+// pad() (one float2 of padding per 16) so the strided stores of the first pass avoid bank conflicts.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace fft_tensor {
+namespace smem_fft {
+
+constexpr int kElemsPerThread = 16;
+
+__device__ __forceinline__ int pad(int i) { return i + (i >> 4); }
+__host__ __device__ constexpr int padded_size(int n) { return n + (n >> 4); }
+
+__device__ __forceinline__ float2 cmul(float2 a, float2 b) {
+  return make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
+}
+__device__ __forceinline__ float2 cadd(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
+__device__ __forceinline__ float2 csub(float2 a, float2 b) { return make_float2(a.x - b.x, a.y - b.y); }
+__device__ __forceinline__ float2 conjf2(float2 a) { return make_float2(a.x, -a.y); }
+
+// Bit reversal of i < 2^bits, bits <= 4, written loop-free so it folds once i is a constant.
+__host__ __device__ constexpr int bitrev(int i, int bits) {
+  return bits == 1 ? i
+       : bits == 2 ? ((i & 1) << 1) | ((i & 2) >> 1)
+       : bits == 3 ? ((i & 1) << 2) | (i & 2) | ((i & 4) >> 2)
+       : ((i & 1) << 3) | ((i & 2) << 1) | ((i & 4) >> 1) | ((i & 8) >> 3);
+}
+
+// exp(-2*pi*i*m/16); m is a compile-time constant after unrolling, so this folds to immediates.
+__device__ __forceinline__ float cos16(int m) {
+  m &= 15;
+  const int q = m & 7;
+  const float v = q == 0 ? 1.f : q == 1 ? 0.92387953f : q == 2 ? 0.70710678f : q == 3 ? 0.38268343f
+                : q == 4 ? 0.f : q == 5 ? -0.38268343f : q == 6 ? -0.70710678f : -0.92387953f;
+  return m < 8 ? v : -v;
+}
+__device__ __forceinline__ float2 root16(int m) { return make_float2(cos16(m), -cos16(m + 12)); }
+
+// One radix-2 stage (butterfly span len) of the in-register DFT, then the next; templates keep
+// every index a compile-time constant so the array stays in registers.
+template <int R, int len>
+__device__ __forceinline__ void dft_stage(float2 (&x)[R]) {
+  if constexpr (len <= R) {
+#pragma unroll
+    for (int i = 0; i < R; i += len) {
+#pragma unroll
+      for (int k = 0; k < len / 2; ++k) {
+        const float2 a = x[i + k];
+        const float2 b = k == 0 ? x[i + k + len / 2] : cmul(x[i + k + len / 2], root16(k * (16 / len)));
+        x[i + k] = cadd(a, b);
+        x[i + k + len / 2] = csub(a, b);
+      }
+    }
+    dft_stage<R, len * 2>(x);
+  }
+}
+
+// In-register forward DFT of R points (R = 2, 4, 8, 16), natural order in and out.
+template <int R>
+__device__ __forceinline__ void dft(float2 (&x)[R]) {
+  constexpr int bits = R == 2 ? 1 : R == 4 ? 2 : R == 8 ? 3 : 4;
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int j = bitrev(i, bits);
+    if (j > i) {
+      float2 t = x[i];
+      x[i] = x[j];
+      x[j] = t;
+    }
+  }
+  dft_stage<R, 2>(x);
+}
+
+// One Stockham pass of radix R over data[0..N), Ns = product of the radices already applied.
+template <int R>
+__device__ __forceinline__ void pass(float2* data, int N, int Ns) {
+  constexpr int kBfly = kElemsPerThread / R;  // butterflies per thread
+  const int T = N / kElemsPerThread;
+  const int NR = N / R;
+  float2 x[kBfly][R];
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b) {
+    const int q = threadIdx.x + b * T;
+#pragma unroll
+    for (int r = 0; r < R; ++r) x[b][r] = data[pad(q + r * NR)];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b) {
+    const int q = threadIdx.x + b * T;
+    const int k = q & (Ns - 1);
+    if (Ns > 1) {
+      float s, c;
+      sincospif(-2.f * (float)k / (float)(Ns * R), &s, &c);
+      const float2 w = make_float2(c, s);
+      float2 wr = w;
+#pragma unroll
+      for (int r = 1; r < R; ++r) {
+        x[b][r] = cmul(x[b][r], wr);
+        wr = cmul(wr, w);
+      }
+    }
+    dft<R>(x[b]);
+    const int base = (q - k) * R + k;
+#pragma unroll
+    for (int r = 0; r < R; ++r) data[pad(base + r * Ns)] = x[b][r];
+  }
+  __syncthreads();
+}
+
+// Forward DFT (sign -1) of data[0..N) in place; all N/16 threads of the block must call it.
+// Starts and ends with the data visible to every thread (a barrier on each side).
+__device__ __forceinline__ void fft(float2* data, int N, int logN) {
+  __syncthreads();
+  int Ns = 1, left = logN;
+  while (left >= 4) {
+    pass<16>(data, N, Ns);
+    Ns <<= 4;
+    left -= 4;
+  }
+  if (left == 3) pass<8>(data, N, Ns);
+  if (left == 2) pass<4>(data, N, Ns);
+  if (left == 1) pass<2>(data, N, Ns);
+}
+
+}  // namespace smem_fft
+}  // namespace fft_tensor

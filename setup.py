@@ -79,7 +79,7 @@ def extensions():
     cxx = list(opt)  # py_limited_api=True makes torch define Py_LIMITED_API
     if with_cuda:
         cxx.append("-DFFT_TENSOR_WITH_CUDA")
-    nvcc = opt + ["-lineinfo", "-std=c++17", "--expt-relaxed-constexpr"]
+    nvcc = opt + ["-lineinfo", "-std=c++17", "--expt-relaxed-constexpr", "--extended-lambda"]
     write_build_info(with_cuda)
     kw = dict(name="fft_tensor._C", sources=cpp + cu, py_limited_api=True,
               extra_compile_args={"cxx": cxx, "nvcc": nvcc})

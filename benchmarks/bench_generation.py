@@ -1,4 +1,4 @@
-"""Generation throughput (new bytes/s, batch 1) against context length, through fft_lm.generate's stepping.
+"""Generation throughput (new bytes/s, batch 1) against context length, through fft_lm.generation's stepping.
 
     python benchmarks/bench_generation.py                      # H100: 29M models, contexts 1K/8K/64K, bf16
     python benchmarks/bench_generation.py --device cpu --preset tiny --contexts 256,1024 --budget-s 0.5
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fft_lm  # noqa: E402
-from fft_lm.generate import ByteStream  # noqa: E402
+from fft_lm.generation import ByteStream  # noqa: E402
 
 # (row name, family class name, preset) per --preset: matched parameter counts
 MODEL_SETS = {

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import fft_lm  # noqa: E402
-from fft_lm.generate import generate  # noqa: E402  (fft_lm.generate the attribute can be the submodule)
+from fft_lm.generation import generate  # noqa: E402
 from fft_lm.train import TrainConfig, train  # noqa: E402
 
 PROMPT = b"The meaning of the word "

@@ -17,8 +17,9 @@ status=0
 for stage in "$@"; do
   t0=$(date +%s)
   case $stage in
-    tests)   "$PY" -m pytest -q -x -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py 2>&1 | tee "$OUT/tests_ops.log" | tail -15 ;;
-    alltests) "$PY" -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
+    # pytest-xdist: a worker that crashes is reported and replaced instead of ending the run.
+    tests)   "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py 2>&1 | tee "$OUT/tests_ops.log" | tail -15 ;;
+    alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
              "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45 ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;

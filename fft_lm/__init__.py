@@ -5,7 +5,7 @@ Public API (imported lazily so `import fft_lm` stays cheap):
   GPT, GPTConfig                 the SDPA transformer baseline      (fft_lm.gpt)
   ChunkLM, ChunkLMConfig         backbone + chunk ("piston") head   (fft_lm.chunk)
   load_checkpoint, save_checkpoint                                  (fft_lm.checkpoint)
-  generate                       byte generation, overlap-save or recompute (fft_lm.generate)
+  generate                       byte generation, overlap-save or recompute (fft_lm.generation)
 """
 import importlib
 
@@ -18,7 +18,7 @@ _EXPORTS = {
     "ChunkLMConfig": "fft_lm.chunk",
     "load_checkpoint": "fft_lm.checkpoint",
     "save_checkpoint": "fft_lm.checkpoint",
-    "generate": "fft_lm.generate",
+    "generate": "fft_lm.generation",
 }
 
 __all__ = list(_EXPORTS)

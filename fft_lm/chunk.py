@@ -7,7 +7,7 @@ plus a slot embedding plus a projection of h_t, so c_j is predicted from h_t and
 Training is teacher-forced on every position at once; the loss is the plain per-byte cross-entropy
 averaged over every (t, j) whose target byte lies inside the window (nats per byte).
 
-Generation (fft_lm.generate) runs the backbone once per chunk (through its overlap-save cache, or
+Generation (fft_lm.generation) runs the backbone once per chunk (through its overlap-save cache, or
 over the full context) and the decoder `chunk` times, so the expensive part runs 1/chunk as often.
 """
 import math
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fft_lm.layers import MLP, RMSNorm, format_params, init_weights
+from fft_lm.layers import MLP, ByteLM, RMSNorm, format_params, init_weights
 from fft_lm.model import SpectralLM, SpectralLMConfig
 
 
@@ -97,9 +97,10 @@ class ChunkDecoder(nn.Module):
         return self.head(self.norm_f(x))  # [N, J, 256]
 
 
-class ChunkLM(nn.Module):
+class ChunkLM(ByteLM):
     family = "chunk"
     config_class = ChunkLMConfig
+    presets = PRESETS
 
     def __init__(self, cfg: ChunkLMConfig):
         super().__init__()
@@ -109,12 +110,6 @@ class ChunkLM(nn.Module):
         self.decoder = ChunkDecoder(self.backbone.config.d_model, cfg)
 
     # --- construction ---
-    @classmethod
-    def from_config(cls, cfg):
-        if isinstance(cfg, dict):
-            cfg = ChunkLMConfig(**cfg)
-        return cls(cfg)
-
     @classmethod
     def from_preset(cls, name, **overrides):
         """ChunkLM preset; overrides may name ChunkLMConfig fields or backbone (SpectralLMConfig) fields."""
@@ -160,7 +155,7 @@ class ChunkLM(nn.Module):
         self.backbone.set_freq_cutoff(bins)
         self.config.backbone["freq_cutoff"] = bins
 
-    def set_grad_checkpointing(self, enabled=True):
+    def set_grad_checkpoint(self, enabled: bool = True) -> None:
         """Activation checkpointing of the backbone's blocks (what fft_lm.train's --grad-checkpoint calls)."""
         self.backbone.set_grad_checkpoint(enabled)
         self.config.backbone["grad_checkpoint"] = bool(enabled)
@@ -199,9 +194,6 @@ class ChunkLM(nn.Module):
         logits = self.decode_logits(h, inputs)  # [B, T, K, 256]
         loss = F.cross_entropy(logits.float().reshape(-1, 256), tgt.reshape(-1), ignore_index=-1)
         return logits[:, :, 0], loss
-
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())
 
     def describe(self):
         c = self.config

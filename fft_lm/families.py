@@ -7,7 +7,10 @@ Every family class provides:
   from_config(cfg) / from_preset(name, **overrides)
   forward(idx[B,T] long, targets[B,T] long | None = None, *, cache=None) -> (logits, loss | None)
       loss: mean cross-entropy in nats per predicted byte (bits per byte = loss / ln 2)
-  init_cache(batch_size, device) -> cache       streaming state for generation (see fft_lm.generate)
+  features(idx, *, cache=None) -> hidden[B,T,D]  final-normed states before the head
+  init_cache(batch_size, device=None, max_len=None) -> cache
+                                                streaming state for generation (see fft_lm.generation)
+  set_grad_checkpoint(enabled)                  activation checkpointing per block
 """
 import importlib
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from fft_lm.layers import MLP, RMSNorm, apply_rotary, config_from_preset, format_params, init_weights, rotary_cos_sin
+from fft_lm.layers import MLP, ByteLM, RMSNorm, apply_rotary, format_params, init_weights, rotary_cos_sin
 
 
 @dataclass
@@ -127,9 +127,10 @@ class GPTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class GPT(nn.Module):
+class GPT(ByteLM):
     family = "gpt"
     config_class = GPTConfig
+    presets = PRESETS
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -144,19 +145,6 @@ class GPT(nn.Module):
         init_weights(self, config.n_layers)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
-
-    @classmethod
-    def from_config(cls, cfg):
-        if isinstance(cfg, dict):
-            cfg = GPTConfig(**cfg)
-        return cls(cfg)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides):
-        return cls(config_from_preset(GPTConfig, PRESETS, name, overrides))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def describe(self) -> str:
         c = self.config

@@ -86,3 +86,25 @@ def format_params(n: int) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.1f}K"
     return str(n)
+
+
+class ByteLM(nn.Module):
+    """What every model family shares: construction from a config (or its dict) or a preset, and
+    the parameter count. Subclasses set family, config_class and presets (see fft_lm/families.py)."""
+    family: str = ""
+    config_class = None
+    presets: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg):
+        if isinstance(cfg, dict):
+            cfg = cls.config_class(**cfg)
+        return cls(cfg)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides):
+        return cls(config_from_preset(cls.config_class, cls.presets, name, overrides))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
+

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import fft_tensor
-from fft_lm.layers import MLP, RMSNorm, config_from_preset, format_params, init_weights
+from fft_lm.layers import MLP, ByteLM, RMSNorm, format_params, init_weights
 
 
 @dataclass
@@ -207,9 +207,10 @@ class SpectralCache:
         self.taps_cutoff = None   # the freq_cutoff those taps were made with
 
 
-class SpectralLM(nn.Module):
+class SpectralLM(ByteLM):
     family = "spectral"
     config_class = SpectralLMConfig
+    presets = PRESETS
 
     def __init__(self, config: SpectralLMConfig):
         super().__init__()
@@ -224,19 +225,6 @@ class SpectralLM(nn.Module):
         init_weights(self, config.n_layers)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
-
-    @classmethod
-    def from_config(cls, cfg):
-        if isinstance(cfg, dict):
-            cfg = SpectralLMConfig(**cfg)
-        return cls(cfg)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides):
-        return cls(config_from_preset(SpectralLMConfig, PRESETS, name, overrides))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
 
     def describe(self) -> str:
         c = self.config

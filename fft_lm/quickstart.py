@@ -15,7 +15,7 @@ import torch
 
 import fft_lm
 from fft_lm.data import ByteCorpus
-from fft_lm.generate import generate  # not fft_lm.generate: once the submodule is imported that name is the module
+from fft_lm.generation import generate
 from fft_lm.train import LN2, TrainConfig, train
 
 

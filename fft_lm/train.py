@@ -221,23 +221,11 @@ def make_optimizer(model, cfg, fused=False):
 
 
 def enable_grad_checkpointing(model):
-    """Use the model's own switch if it has one, else checkpoint each block of model.blocks."""
-    for name in ("set_grad_checkpoint", "set_grad_checkpointing"):
-        if hasattr(model, name):
-            getattr(model, name)(True)
-            return
-    blocks = getattr(model, "blocks", None) or getattr(model, "layers", None)
-    if blocks is None:
-        raise ValueError(f"--grad-checkpoint: {type(model).__name__} has no set_grad_checkpointing or .blocks")
-    from torch.utils.checkpoint import checkpoint
-    for block in blocks:
-        inner = block.forward
-        # an instance attribute: the state dict (and so the checkpoint file) is unchanged
-        block.forward = lambda *a, _f=inner, **k: checkpoint(_f, *a, use_reentrant=False, **k) \
-            if torch.is_grad_enabled() else _f(*a, **k)
+    """Activation checkpointing per block, through the family protocol's set_grad_checkpoint."""
+    if not hasattr(model, "set_grad_checkpoint"):
+        raise ValueError(f"--grad-checkpoint: {type(model).__name__} has no set_grad_checkpoint(enabled)")
+    model.set_grad_checkpoint(True)
 
-
-# ----------------------------------------------------------------------------- distributed
 
 def setup_distributed(cfg):
     """(rank, world_size, local_rank, device); init_process_group under torchrun."""

@@ -61,7 +61,7 @@ def load_model(parser, args):
 
 
 def model_chunk(model):
-    from fft_lm.generate import is_chunk_model
+    from fft_lm.generation import is_chunk_model
     return model.chunk if is_chunk_model(model) else None
 
 
@@ -80,7 +80,7 @@ def new_byte_count(parser, args, model, chunk_flag=None) -> int:
 
 
 def run_generation(parser, args, model, prompt, n_new, mode):
-    from fft_lm.generate import generate
+    from fft_lm.generation import generate
     t0 = time.perf_counter()
     try:
         out = generate(model, prompt, n_new, mode=mode, temperature=args.temperature,

@@ -76,8 +76,8 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cpu(const at::Tensor& gr
                                                             const at::Tensor& k, const c10::optional<at::Tensor>& skip,
                                                             bool need_u, bool need_k) {
   check_causal_conv_args(u, k, skip, "causal_conv_backward");
-  TORCH_CHECK(grad_y.sizes() == u.sizes(), "causal_conv_backward: expected grad_y of shape ", u.sizes(), ", got ",
-              grad_y.sizes());
+  TORCH_CHECK(grad_y.sizes() == u.sizes(), "causal_conv_backward: expected grad_y of shape ", shape_str(u.sizes()), ", got ",
+              shape_str(grad_y.sizes()));
   return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
 }
 

@@ -161,6 +161,18 @@ __global__ void __launch_bounds__(1024) conv_grad_k_kernel(const scalar_t* __res
   for (int f = threadIdx.x; f < half; f += T) out[f] = acc[f];
 }
 
+// The fused kernels serve float32, bfloat16 and float16 input (float64 takes the composite path);
+// instantiating only these keeps compile time down.
+template <typename F>
+void dispatch_io_type(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: return f(float{});
+    case at::kBFloat16: return f(c10::BFloat16{});
+    case at::kHalf: return f(c10::Half{});
+    default: TORCH_CHECK(false, "causal_conv: the fused CUDA path does not take ", t);
+  }
+}
+
 size_t smem_bytes(int N) { return (size_t)smem_fft::padded_size(N) * sizeof(float2); }
 
 template <typename Kernel>
@@ -187,7 +199,8 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", blocks, ") for one launch");
   const size_t bytes = smem_bytes(s.N);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "causal_conv_cuda", [&] {
+  dispatch_io_type(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
     auto kernel = conv_window_kernel<scalar_t, kReverse>;
     allow_smem(kernel, bytes);
     kernel<<<(unsigned)blocks, s.N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
@@ -220,8 +233,8 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
                                                              const c10::optional<at::Tensor>& skip, bool need_u,
                                                              bool need_k) {
   check_causal_conv_args(u, k, skip, "causal_conv_backward");
-  TORCH_CHECK(grad_y.sizes() == u.sizes(), "causal_conv_backward: expected grad_y of shape ", u.sizes(), ", got ",
-              grad_y.sizes());
+  TORCH_CHECK(grad_y.sizes() == u.sizes(), "causal_conv_backward: expected grad_y of shape ", shape_str(u.sizes()), ", got ",
+              shape_str(grad_y.sizes()));
   TORCH_CHECK(grad_y.device() == u.device(), "causal_conv_backward: expected grad_y on ", u.device(), ", got ",
               grad_y.device());
   c10::cuda::CUDAGuard guard(u.device());
@@ -232,6 +245,11 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   const at::Tensor gy = grad_y.to(u.scalar_type()).contiguous();
   at::Tensor grad_u = at::empty({0}, u.options());
   at::Tensor grad_k = at::empty({0}, k.options());
+  if (u.numel() == 0) {  // no rows: nothing to launch
+    if (need_u) grad_u = at::zeros(u.sizes(), u.options());
+    if (need_k) grad_k = at::zeros({D, Lk}, k.options());
+    return {grad_u, grad_k};
+  }
   if (need_u) {
     grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
     const at::Tensor K = kernel_spectrum(effective_kernel(k, skip, plan.taps), s);
@@ -241,7 +259,8 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     const at::Tensor uc = u.contiguous();
     at::Tensor partial = at::empty({s.npairs, D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
     const size_t bytes_k = smem_bytes(s.N) + (size_t)(s.N / 2 + 1) * sizeof(float2);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, uc.scalar_type(), "causal_conv_grad_k_cuda", [&] {
+    dispatch_io_type(uc.scalar_type(), [&](auto tag) {
+      using scalar_t = decltype(tag);
       auto kernel = conv_grad_k_kernel<scalar_t>;
       allow_smem(kernel, bytes_k);
       kernel<<<(unsigned)(D * s.npairs), s.N / kElemsPerThread, bytes_k, at::cuda::getCurrentCUDAStream()>>>(

@@ -2,6 +2,8 @@
 // argument, what was expected and what was given; fft_tensor/ops.py mirrors them in the fake kernel.
 #pragma once
 #include <ATen/ATen.h>
+
+#include "../shape_str.h"
 #include <ATen/ExpandUtils.h>
 
 namespace fft_tensor {
@@ -16,20 +18,20 @@ inline void check_phase_rotate_args(const at::Tensor& z, const at::Tensor& theta
               " for z of ", z.scalar_type(), "), got ", theta.scalar_type());
   TORCH_CHECK(z.device() == theta.device(), op, ": expected z and theta on the same device, got z on ",
               z.device(), " and theta on ", theta.device());
-  TORCH_CHECK(theta.dim() <= z.dim(), op, ": expected theta broadcastable to z.shape ", z.sizes(),
-              ", got theta.shape ", theta.sizes());
+  TORCH_CHECK(theta.dim() <= z.dim(), op, ": expected theta broadcastable to z.shape ", shape_str(z.sizes()),
+              ", got theta.shape ", shape_str(theta.sizes()));
   auto zs = z.sizes();
   auto ts = theta.sizes();
   const int64_t off = z.dim() - theta.dim();
   for (int64_t i = 0; i < theta.dim(); ++i) {
-    TORCH_CHECK(ts[i] == 1 || ts[i] == zs[off + i], op, ": expected theta broadcastable to z.shape ", zs,
-                ", got theta.shape ", ts, " (dimension ", off + i, ": ", ts[i], " vs ", zs[off + i], ")");
+    TORCH_CHECK(ts[i] == 1 || ts[i] == zs[off + i], op, ": expected theta broadcastable to z.shape ", shape_str(zs),
+                ", got theta.shape ", shape_str(ts), " (dimension ", off + i, ": ", ts[i], " vs ", zs[off + i], ")");
   }
 }
 
 inline void check_same_shape_grad(const at::Tensor& grad, const at::Tensor& z) {
-  TORCH_CHECK(grad.sizes() == z.sizes(), "phase_rotate_backward: expected grad of shape ", z.sizes(), ", got ",
-              grad.sizes());
+  TORCH_CHECK(grad.sizes() == z.sizes(), "phase_rotate_backward: expected grad of shape ", shape_str(z.sizes()), ", got ",
+              shape_str(grad.sizes()));
   TORCH_CHECK(grad.scalar_type() == z.scalar_type(), "phase_rotate_backward: expected grad of dtype ",
               z.scalar_type(), ", got ", grad.scalar_type());
   TORCH_CHECK(grad.device() == z.device(), "phase_rotate_backward: expected grad on ", z.device(), ", got ",

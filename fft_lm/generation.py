@@ -24,8 +24,6 @@ Conventions
     draw from a CPU torch.Generator seeded with `seed` (in float64), so a seed gives the same
     bytes in both modes and on any device.
 """
-import sys
-import types
 
 import torch
 
@@ -150,15 +148,3 @@ def generate(model, prompt: bytes, max_new_bytes: int, *, mode="overlap_save", t
     out, _ = generate_with_logits(model, prompt, max_new_bytes, mode=mode, temperature=temperature,
                                   top_k=top_k, seed=seed, keep_logits=False)
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """Importing fft_lm.generate binds the attribute `fft_lm.generate` to this module, which would
-    shadow the function fft_lm/__init__.py exports under the same name; calling the module calls
-    generate(), so `fft_lm.generate(model, ...)` works whatever was imported first."""
-
-    def __call__(self, *args, **kwargs):
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests ops lm gen quality
+#   bash benchmarks/device_run.sh tests sanitize ops lm gen quality
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -20,6 +20,11 @@ for stage in "$@"; do
     # pytest-xdist: a worker that crashes is reported and replaced instead of ending the run.
     tests)   "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py 2>&1 | tee "$OUT/tests_ops.log" | tail -15 ;;
     alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
+    sanitize) for tool in memcheck racecheck synccheck; do
+               args=""; [ $tool = memcheck ] || args="--quick"
+               compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py $args 2>&1 \
+                 | tee "$OUT/sanitize_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|Error|error" | head -20
+             done ;;
     ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
              "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45 ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;

@@ -139,7 +139,7 @@ class ChunkLM(ByteLM):
         return chunk_lm
 
     # --- protocol ---
-    def init_cache(self, batch_size, device, max_len=None):
+    def init_cache(self, batch_size, device=None, max_len=None):
         return self.backbone.init_cache(batch_size, device, max_len=max_len)
 
     @property

@@ -90,6 +90,15 @@ def test_forward_uses_the_backbone_cache():
     assert cache.pos == 40
 
 
+def test_init_cache_device_defaults_to_the_models():
+    # the README's `model.init_cache(batch_size=1)` must work for every family, ChunkLM included
+    model = tiny_chunk().eval()
+    idx = torch.randint(0, 256, (1, 12))
+    cache = model.init_cache(batch_size=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, cache=cache)[0], model(idx)[0], atol=1e-5, rtol=1e-5)
+
+
 def test_presets_and_overrides():
     model = fft_lm.ChunkLM.from_preset("tiny", seq_len=48, kernel_len=8, chunk=5, head_dim=16, head_heads=2)
     assert model.config.chunk == model.chunk == 5

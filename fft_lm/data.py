@@ -125,6 +125,11 @@ class ByteCorpus:
                 f"--seq-len {seq_len}: the {split} split of {self.source!r} has only {n} bytes, "
                 f"need at least seq_len + 1 = {seq_len + 1}; use a shorter --seq-len or a larger corpus")
 
+    def check_seq_len(self, seq_len):
+        """ValueError naming --seq-len unless both splits hold at least one window of seq_len + 1 bytes."""
+        self._check_len("training", self.n_train, seq_len)
+        self._check_len("validation", self.n_val, seq_len)
+
     @staticmethod
     def _windows(split, offsets, seq_len, device):
         rows = np.stack([np.asarray(split[o: o + seq_len + 1]) for o in offsets])

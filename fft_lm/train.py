@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fft_lm.checkpoint import (load_weights, read_checkpoint, save_checkpoint, set_rng_state, to_plain,
-                               unwrap_model)
+from fft_lm.checkpoint import (CheckpointError, load_weights, read_checkpoint, save_checkpoint, set_rng_state,
+                               to_plain, unwrap_model)
 from fft_lm.data import ByteCorpus
 from fft_lm.families import model_class
 
@@ -186,7 +186,13 @@ def cutoff_at(cfg, step, full_bins, elapsed_s=0.0):
 
 def build_model(cfg):
     """A fresh model of cfg.family from cfg.preset, with seq_len / kernel_len applied where the config has them."""
-    cls = model_class(cfg.family)
+    try:
+        cls = model_class(cfg.family)
+    except ValueError as e:
+        raise ValueError(f"--family: {e}") from e
+    if cfg.preset not in cls.presets:
+        raise ValueError(f"--preset: unknown preset {cfg.preset!r} for family {cfg.family!r}; "
+                         f"expected one of {sorted(cls.presets)}")
     names = {f.name for f in dataclasses.fields(cls.config_class)}
     overrides = {}
     for name in SEQ_LEN_FIELDS:
@@ -204,6 +210,11 @@ def model_seq_len(model):
     for name in SEQ_LEN_FIELDS:
         if isinstance(getattr(config, name, None), int):
             return getattr(config, name)
+    backbone = getattr(config, "backbone", None)  # ChunkLM: the backbone's config (a dict)
+    if isinstance(backbone, dict):
+        for name in SEQ_LEN_FIELDS:
+            if isinstance(backbone.get(name), int):
+                return backbone[name]
     raise ValueError(f"--seq-len: {type(model).__name__}'s config has no {SEQ_LEN_FIELDS}; pass --seq-len")
 
 
@@ -232,7 +243,10 @@ def setup_distributed(cfg):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}") from e
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if device.type == "cuda":
@@ -244,6 +258,21 @@ def setup_distributed(cfg):
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class ConfigError(ValueError):
+    """A bad flag, corpus or checkpoint found while setting up a run; main() prints it without a traceback."""
+
+
+@contextlib.contextmanager
+def setup_errors():
+    """Turn the user-facing errors of the setup phase (bad flags, --data, --ckpt-path) into ConfigError."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        raise ConfigError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------- evaluation and metrics
@@ -296,8 +325,9 @@ def train(cfg, model=None):
     model=None builds cfg.family / cfg.preset; a given model must follow the fft_lm.families protocol.
     Raises NonFiniteLossError (after keeping the last good checkpoint) when the loss goes non-finite.
     """
-    validate_config(cfg)
-    rank, world, _, device = setup_distributed(cfg)
+    with setup_errors():
+        validate_config(cfg)
+        rank, world, _, device = setup_distributed(cfg)
     master = rank == 0
     try:
         return _train(cfg, model, rank, world, device, master)
@@ -312,22 +342,30 @@ def _train(cfg, model, rank, world, device, master):
     metrics_path = cfg.metrics_path or os.path.join(ckpt_dir, "metrics.jsonl")
     plot_path = cfg.plot_path or os.path.join(ckpt_dir, "curves.png")
 
-    ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu") if cfg.resume else None
-    if model is None:
+    with setup_errors():
+        try:
+            ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu") if cfg.resume else None
+        except CheckpointError as e:
+            raise ConfigError(f"--resume (--ckpt-path): {e}") from e
+        if model is None:
+            if ckpt is not None:
+                cls = model_class(ckpt["family"])
+                model = cls.from_config(cls.config_class(**ckpt["model_config"]))
+            else:
+                model = build_model(cfg)
         if ckpt is not None:
-            cls = model_class(ckpt["family"])
-            model = cls.from_config(cls.config_class(**ckpt["model_config"]))
-        else:
-            model = build_model(cfg)
-    if ckpt is not None:
-        load_weights(model, ckpt["model"], cfg.ckpt_path)
-    model.to(device)
-    cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or model_seq_len(model))  # resolve "0 = the preset's"
-    raw = model  # the plain module: eval, curriculum and checkpoints go through it
-    if cfg.grad_checkpoint:
-        enable_grad_checkpointing(raw)
-    n_params = sum(p.numel() for p in raw.parameters())
-    corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
+            load_weights(model, ckpt["model"], cfg.ckpt_path)
+        model.to(device)
+        seq_len = cfg.seq_len
+        if not seq_len and ckpt is not None:  # resume: the run's own window length, so the stream continues
+            seq_len = (ckpt.get("train_config") or {}).get("seq_len") or 0
+        cfg = dataclasses.replace(cfg, seq_len=seq_len or model_seq_len(model))  # resolve "0 = the preset's"
+        raw = model  # the plain module: eval, curriculum and checkpoints go through it
+        if cfg.grad_checkpoint:
+            enable_grad_checkpointing(raw)
+        n_params = sum(p.numel() for p in raw.parameters())
+        corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
+        corpus.check_seq_len(cfg.seq_len)  # fail here, with the flag's name, not at the first batch
 
     optimizer = make_optimizer(raw, cfg, fused=device.type == "cuda")
     start_step, elapsed0, best_val, bytes_seen = 0, 0.0, float("inf"), 0
@@ -488,9 +526,12 @@ def write_param_checksum(model, rank):
 
 
 def main(argv=None):
-    cfg = config_from_args(argv, description="Train a byte-level LM (spectral or GPT) on a byte corpus.")
+    parser = build_arg_parser(TrainConfig, description="Train a byte-level LM (spectral or GPT) on a byte corpus.")
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
     try:
         metrics = train(cfg)
+    except ConfigError as e:
+        parser.error(str(e))  # usage + message, exit status 2
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

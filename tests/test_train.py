@@ -160,6 +160,42 @@ def test_bad_flags_are_named(corpus, tmp_path):
         train(tiny_cfg(corpus, tmp_path, dtype="float16"), model=tiny_model())
 
 
+def test_cli_user_errors_exit_2_naming_the_flag(corpus, tmp_path, capsys):
+    # a user's mistake gives usage + one line naming the flag (exit 2), not a traceback
+    empty, short = tmp_path / "empty.txt", tmp_path / "short.txt"
+    empty.write_bytes(b"")
+    short.write_bytes(b"too short\n")
+    bad_ckpt = tmp_path / "bad" / "ckpt.pt"
+    bad_ckpt.parent.mkdir()
+    bad_ckpt.write_bytes(b"PK\x03\x04 not a checkpoint")
+    base = ["--seq-len", "32", "--kernel-len", "8", "--no-progress", "--plot-path", "-",
+            "--ckpt-path", str(tmp_path / "run" / "ckpt.pt")]
+    cases = [(["--data", str(tmp_path / "missing.txt")], "--data"), (["--data", str(empty)], "--data"),
+             (["--data", str(short)], "--seq-len 32"), (["--data", corpus, "--preset", "huge"], "--preset"),
+             (["--data", corpus, "--family", "rnn"], "--family"), (["--data", corpus, "--batch-size", "0"], "--batch-size"),
+             (["--data", corpus, "--device", "tpu0"], "--device"),
+             (["--data", corpus, "--seq-len", "100000", "--kernel-len", "0"], "--seq-len 100000"),
+             (["--data", corpus, "--resume", "--ckpt-path", str(bad_ckpt)], "--resume")]
+    for args, flag in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            train_mod.main(base + args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (args, err)
+        assert f"error: {flag}" in err and "Traceback" not in err, (args, err)
+    # train() itself still raises (a ValueError subclass) for callers of the API
+    with pytest.raises(ValueError, match="--data"):
+        train(tiny_cfg(str(empty), tmp_path), model=tiny_model())
+
+
+def test_resume_without_seq_len_keeps_the_runs_window(corpus, tmp_path):
+    # the model's config says 32, the run trained on 16-byte windows: --resume alone must continue at 16
+    cfg = tiny_cfg(corpus, tmp_path, seq_len=16, accum_steps=1, eval_every=0, eval_batches=1)
+    train(dataclasses.replace(cfg, stop_after_steps=2), model=tiny_model())
+    rest = train(dataclasses.replace(cfg, seq_len=0, resume=True))
+    assert rest["step"] == 4 and rest["bytes_seen"] == 4 * 2 * 16
+    assert read_checkpoint(cfg.ckpt_path)["train_config"]["seq_len"] == 16
+
+
 def test_ddp_two_ranks_gloo_stay_identical(corpus, tmp_path):
     sums = tmp_path / "sums"
     env = {**os.environ, "FFT_LM_PARAM_CHECKSUM_DIR": str(sums), "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}

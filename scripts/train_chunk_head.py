@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from fft_lm.chunk import PRESETS, ChunkLM
-from fft_lm.train import NonFiniteLossError, TrainConfig, build_arg_parser, to_plain, train
+from fft_lm.train import ConfigError, NonFiniteLossError, TrainConfig, build_arg_parser, to_plain, train
 
 
 @dataclass
@@ -32,8 +32,11 @@ class ChunkTrainConfig(TrainConfig):
     head_heads: int = 0  # chunk decoder attention heads (0 = the preset's)
 
 
+HEAD_FIELDS = ("head_dim", "head_layers", "head_heads")
+
+
 def head_overrides(cfg):
-    return {name: getattr(cfg, name) for name in ("head_dim", "head_layers", "head_heads") if getattr(cfg, name)}
+    return {name: getattr(cfg, name) for name in HEAD_FIELDS if getattr(cfg, name)}
 
 
 def build_chunk_model(cfg):
@@ -42,13 +45,17 @@ def build_chunk_model(cfg):
         return None
     torch.manual_seed(cfg.seed)
     if cfg.init_backbone:
-        model = ChunkLM.from_backbone_checkpoint(cfg.init_backbone, chunk=cfg.chunk, **head_overrides(cfg))
+        head = {name: PRESETS[cfg.preset][name] for name in HEAD_FIELDS}  # "0 = the preset's", as without it
+        head.update(head_overrides(cfg))
+        model = ChunkLM.from_backbone_checkpoint(cfg.init_backbone, chunk=cfg.chunk, **head)
         have = model.backbone.config.kernel_len
         if cfg.kernel_len and cfg.kernel_len != have:
             raise ValueError(f"--kernel-len {cfg.kernel_len} does not match the backbone checkpoint "
                              f"{cfg.init_backbone!r} (kernel_len={have}); leave it out")
         return model
-    overrides = dict(seq_len=cfg.seq_len, chunk=cfg.chunk, **head_overrides(cfg))
+    overrides = dict(chunk=cfg.chunk, **head_overrides(cfg))
+    if cfg.seq_len:  # 0 = the preset's
+        overrides["seq_len"] = cfg.seq_len
     if cfg.kernel_len:
         overrides["kernel_len"] = cfg.kernel_len
     return ChunkLM.from_preset(cfg.preset, **overrides)
@@ -74,6 +81,8 @@ def main(argv=None):
         print(model.describe() + (f" (backbone from {cfg.init_backbone})" if cfg.init_backbone else ""))
     try:
         metrics = train(cfg, model=model)
+    except ConfigError as e:
+        parser.error(str(e))
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

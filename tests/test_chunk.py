@@ -170,3 +170,27 @@ def test_train_script_learns_and_starts_from_backbone(tmp_path):
     assert bad.returncode == 2 and "--kernel-len 16 does not match the backbone checkpoint" in bad.stderr
     bad = run_train("--preset", "huge", "--data", str(corpus))
     assert bad.returncode == 2 and "--preset: expected one of" in bad.stderr
+
+
+def test_train_script_defaults_seq_len_and_head_from_the_preset(tmp_path):
+    # no --seq-len: the backbone's (init) or the run's (resume); --init-backbone keeps the preset's head sizes
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"the cat sat on the mat. " * 40)
+    bpath = str(tmp_path / "backbone.pt")
+    save_checkpoint(bpath, model=fft_lm.SpectralLM.from_preset("tiny", d_model=16, n_layers=1, seq_len=24,
+                                                                 kernel_len=8))
+    ckpt = str(tmp_path / "run" / "chunk.pt")
+    common = ["--batch-size", "1", "--steps-per-epoch", "1", "--eval-every", "0", "--eval-batches", "1",
+              "--ckpt", ckpt, "--data", str(corpus), "--no-progress", "--plot-path", "-"]
+    r = run_train("--init-backbone", bpath, "--chunk", "4", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model, meta = fft_lm.load_checkpoint(ckpt)
+    tiny = fft_lm.chunk.PRESETS["tiny"]
+    assert (model.config.head_dim, model.config.head_layers, model.config.head_heads) == \
+        (tiny["head_dim"], tiny["head_layers"], tiny["head_heads"])
+    assert meta["train_config"]["seq_len"] == 24
+    r = run_train("--resume", "--epochs", "2", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2
+    bad = run_train("--data", str(tmp_path / "missing.txt"), "--ckpt", str(tmp_path / "x.pt"))
+    assert bad.returncode == 2 and "error: --data" in bad.stderr and "Traceback" not in bad.stderr

@@ -3,7 +3,7 @@
 Switches (environment variables):
   FFT_TENSOR_CUDA=auto|0|1   auto (default): build CUDA kernels when torch has CUDA and a nvcc
                              of the same major version is found; 0: CPU only; 1: CUDA or fail.
-  TORCH_CUDA_ARCH_LIST       GPU targets, default "8.0;9.0" (sm_80 and sm_90).
+  TORCH_CUDA_ARCH_LIST       GPU targets, default "8.0;9.0+PTX" (sm_80 and sm_90 code, PTX for newer GPUs).
   MAX_JOBS                   parallel compile jobs (read by torch.utils.cpp_extension).
   DEBUG=1                    -O0 -g build (and -G for device code is NOT added: too slow to be useful).
 """
@@ -72,7 +72,7 @@ def write_build_info(with_cuda):
 def extensions():
     with_cuda = want_cuda()
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/cpu.cpp"))
     cu = sorted(glob.glob("csrc/*/*.cu")) if with_cuda else []
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]

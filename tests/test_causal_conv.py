@@ -250,6 +250,35 @@ def test_grad_subsets(device):
     assert rel_err(g_u, ref_gu) < 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("L,Lk", [(1000, 128), (1024, 1024)])
+@pytest.mark.parametrize("scale", [1e-3, 1e-6])
+def test_grad_k_small_upstream_gradient(L, Lk, scale, device):
+    # Gradients of a mean loss are orders of magnitude smaller than the activations; grad_k and
+    # grad_skip must keep float32 relative accuracy anyway (the fused CUDA kernel packs u and gy
+    # into one complex FFT, where an unscaled gy would drown in u's rounding).
+    u, k, skip = make_inputs(L, Lk, True, device)
+    gy = scale * torch.randn_like(u)
+    args = [t.detach().requires_grad_() for t in (u, k, skip)]
+    _, gk, gs = torch.autograd.grad(fft_tensor.causal_conv(*args), args, gy)
+    refs = [t.detach().cpu().double().requires_grad_() for t in (u, k, skip)]
+    _, ref_k, ref_s = torch.autograd.grad(fft64_reference(*refs), refs, gy.cpu().double())
+    assert rel_err(gk, ref_k) < 1e-5
+    assert rel_err(gs, ref_s) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch,dim", [(0, 4), (2, 0)])
+def test_empty_batch_or_channels(batch, dim, device):
+    u, k, skip = make_inputs(100, 10, True, device, batch=batch, dim=dim)
+    args = [t.requires_grad_() for t in (u, k, skip)]
+    y = fft_tensor.causal_conv(*args)
+    assert y.shape == u.shape
+    gu, gk, gs = torch.autograd.grad(y, args, torch.randn_like(y))
+    assert gu.shape == u.shape and gk.shape == k.shape and gs.shape == skip.shape
+    assert not gk.any() and not gs.any()  # nothing to correlate
+
+
 # ---------------------------------------------------------------- opcheck and torch.compile
 
 def opcheck_samples(device):

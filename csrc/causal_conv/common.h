@@ -3,8 +3,6 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include "../shape_str.h"
-
 namespace fft_tensor {
 
 // Largest FFT the fused CUDA kernel keeps in shared memory (complex64: 128 KiB).
@@ -39,43 +37,13 @@ inline ConvPlan conv_plan(int64_t L, int64_t Lk) {
   return {os, taps, seg, (L + seg - 1) / seg};
 }
 
-inline void check_causal_conv_args(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip,
-                                   const char* op) {
-  TORCH_CHECK(u.dim() == 3, op, ": expected u of shape (B, D, L), got a ", u.dim(), "-d tensor of shape ", shape_str(u.sizes()));
-  const auto ut = u.scalar_type();
-  TORCH_CHECK(ut == at::kFloat || ut == at::kBFloat16 || ut == at::kHalf || ut == at::kDouble, op,
-              ": expected u of dtype float32, bfloat16, float16 or float64, got ", ut);
-  TORCH_CHECK(k.dim() == 2, op, ": expected k of shape (D, Lk), got a ", k.dim(), "-d tensor of shape ", shape_str(k.sizes()));
-  TORCH_CHECK(k.scalar_type() == at::kFloat || k.scalar_type() == at::kDouble, op,
-              ": expected k of dtype float32 (or float64), got ", k.scalar_type());
-  TORCH_CHECK(k.size(0) == u.size(1), op, ": expected k.shape[0] == u.shape[1] (D = ", u.size(1), "), got k.shape ",
-              shape_str(k.sizes()));
-  TORCH_CHECK(k.size(1) >= 1, op, ": expected k with at least one tap (Lk >= 1), got k.shape ", shape_str(k.sizes()));
-  TORCH_CHECK(u.size(2) >= 1, op, ": expected u with length L >= 1, got u.shape ", shape_str(u.sizes()));
-  TORCH_CHECK(k.device() == u.device(), op, ": expected k on the same device as u (", u.device(), "), got ",
-              k.device());
-  TORCH_CHECK((ut == at::kDouble) == (k.scalar_type() == at::kDouble), op,
-              ": expected u and k both float64 or neither, got u ", ut, " and k ", k.scalar_type());
-  if (skip.has_value()) {
-    const auto& s = *skip;
-    TORCH_CHECK(s.dim() == 1 && s.size(0) == u.size(1), op, ": expected skip of shape (D,) = (", u.size(1),
-                ",), got ", shape_str(s.sizes()));
-    TORCH_CHECK(s.scalar_type() == k.scalar_type(), op, ": expected skip of dtype ", k.scalar_type(), ", got ",
-                s.scalar_type());
-    TORCH_CHECK(s.device() == u.device(), op, ": expected skip on the same device as u (", u.device(), "), got ",
-                s.device());
-  }
-}
+void check_causal_conv_args(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip,
+                                   const char* op);
 
 // The skip term is a tap at lag 0: fold it into the kernel (exact, and one convolution instead of two passes).
-inline at::Tensor effective_kernel(const at::Tensor& k, const c10::optional<at::Tensor>& skip, int64_t taps) {
-  at::Tensor ke = k.narrow(1, 0, taps);
-  if (skip.has_value()) {
-    ke = ke.clone(at::MemoryFormat::Contiguous);
-    ke.select(1, 0).add_(*skip);
-  }
-  return ke;
-}
+void check_causal_conv_grad_y(const at::Tensor& grad_y, const at::Tensor& u);
+
+at::Tensor effective_kernel(const at::Tensor& k, const c10::optional<at::Tensor>& skip, int64_t taps);
 
 // Composite implementations on at::fft (pocketfft on CPU, cuFFT on CUDA); cpu.cpp.
 at::Tensor causal_conv_composite(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip);

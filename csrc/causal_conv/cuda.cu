@@ -9,8 +9,8 @@
 // So a row is read once, transformed, multiplied, transformed back and written once; the only
 // other traffic is K (D x (N/2+1) complex, reused from L2 by the blocks of one channel).
 // The skip term is tap 0 of the effective kernel. grad_u is the same kernel run backwards in time;
-// grad_k sums G * conj(U) over windows in registers per (row pair, channel) block, one FFT of
-// u + i*gy per window.
+// grad_k sums G * conj(U) over (row, window) items per (channel, group) block in shared memory,
+// one FFT of u + i*sc*gy per window (sc: a power of two that keeps gy above u's rounding).
 // Kernels longer than the fused FFT allows (N > kMaxFusedFFT) and float64 go to the composite
 // at::fft (cuFFT) path in cpu.cpp.
 #include <ATen/ATen.h>
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(1024) conv_window_kernel(const scalar_t* __res
   const int64_t b0 = 2 * pair, b1 = b0 + 1;
   const bool has1 = b1 < s.B;
   const scalar_t* x0 = x + (b0 * s.D + d) * s.L;
-  const scalar_t* x1 = x + (b1 * s.D + d) * s.L;
+  const scalar_t* x1 = has1 ? x + (b1 * s.D + d) * s.L : x0;
   const int64_t start = (int64_t)j * s.seg - (s.taps - 1);  // time of window sample 0
   const int N = s.N;
 
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(1024) conv_window_kernel(const scalar_t* __res
   smem_fft::fft(smem, N, s.logN);
 
   scalar_t* y0 = y + (b0 * s.D + d) * s.L;
-  scalar_t* y1 = y + (b1 * s.D + d) * s.L;
+  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
   const int first = s.taps - 1;
   for (int n = first + threadIdx.x; n < first + s.seg; n += blockDim.x) {
     const int64_t t = start + n;
@@ -113,51 +113,70 @@ __global__ void __launch_bounds__(1024) conv_window_kernel(const scalar_t* __res
   }
 }
 
-// partial[pair, d, f] = sum over the pair's two rows and all windows of G[f] * conj(U[f]), f <= N/2:
+// partial[g, d, f] = sum over the (row, window) items of group g of G[f] * conj(U[f]), f <= N/2:
 // the spectrum of the cross-correlation sum_t gy[t] u[t-s]. Each window of one row is packed as
-// z = u + i*gy (the gy window keeps only the outputs the window owns, so every (t, s) is counted
-// once); with a = Z[f], c = conj(Z[N-f]): U = (a + c)/2, G = (a - c)/(2i), so
-// G conj(U) = -i/4 * (a - c) * conj(a + c), and one FFT serves both spectra.
-// grid: D * npairs blocks.
+// z = u + i*sc*gy (the gy window keeps only the outputs the window owns, so every (t, s) is counted
+// once); with a = Z[f], c = conj(Z[N-f]): U = (a + c)/2, sc*G = (a - c)/(2i), so
+// G conj(U) = -i/(4 sc) * (a - c) * conj(a + c), and one FFT serves both spectra.
+// sc is a power of two bringing max|gy| of the window to max|u|: FFT rounding is relative to the
+// larger part of z, and gradients of a mean loss are far smaller than activations, so without it
+// the gy half would drown in the u half's rounding. Power of two: scaling and unscaling are exact.
+// grid: D * groups blocks (group fastest); items (row b, window j) are dealt out round-robin.
 template <typename scalar_t>
 __global__ void __launch_bounds__(1024) conv_grad_k_kernel(const scalar_t* __restrict__ u,
                                                            const scalar_t* __restrict__ gy,
-                                                           float2* __restrict__ partial, ConvShape s) {
+                                                           float2* __restrict__ partial, ConvShape s, int groups) {
   extern __shared__ float2 smem[];
-  // The running sum lives in shared memory after the FFT buffer (registers are capped at 64 by the
+  // Running sum in shared memory after the FFT buffer (registers are capped at 64 by the
   // 1024-thread launch bound); thread tid owns frequencies f = tid + i*T, i = 0, 1, ...
+  __shared__ unsigned int window_max[2][2];  // [window parity][u, gy]: float bits, values >= 0
   const int N = s.N, T = blockDim.x, half = N / 2 + 1;
   float2* acc = smem + smem_fft::padded_size(N);
-  const int pair = (int)(blockIdx.x % s.npairs);
-  const int64_t d = blockIdx.x / s.npairs;
+  const int group = (int)(blockIdx.x % groups);
+  const int64_t d = blockIdx.x / groups;
   for (int f = threadIdx.x; f < half; f += T) acc[f] = make_float2(0.f, 0.f);
+  if (threadIdx.x == 0) window_max[0][0] = window_max[0][1] = window_max[1][0] = window_max[1][1] = 0u;
+  __syncthreads();
 
-  auto accumulate = [&](int f, float2 a, float2 zm) {
-    const float2 c = conjf2(zm);
-    const float2 p = cmul(make_float2(a.x - c.x, a.y - c.y), conjf2(cadd(a, c)));
-    acc[f] = make_float2(acc[f].x + 0.25f * p.y, acc[f].y - 0.25f * p.x);  // += -i/4 * p
-  };
-
-  const int64_t b_end = 2 * pair + 2 < s.B ? 2 * pair + 2 : s.B;
-  for (int64_t b = 2 * pair; b < b_end; ++b) {
+  const int64_t items = s.B * s.nseg;
+  int parity = 0;
+  for (int64_t it = group; it < items; it += groups, parity ^= 1) {
+    const int64_t b = it / s.nseg;
+    const int j = (int)(it % s.nseg);
     const int64_t off = (b * s.D + d) * s.L;
-    for (int j = 0; j < s.nseg; ++j) {
-      const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
-      for (int n = threadIdx.x; n < N; n += T) {
-        const int64_t t = start + n;
-        float vu = 0.f, vg = 0.f;
-        if (t >= 0 && t < s.L) {
-          vu = to_float(u[off + t]);
-          if (n >= s.taps - 1 && n < s.taps - 1 + s.seg) vg = to_float(gy[off + t]);
-        }
-        smem[pad(n)] = make_float2(vu, vg);
+    const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
+    float max_u = 0.f, max_g = 0.f;
+    for (int n = threadIdx.x; n < N; n += T) {
+      const int64_t t = start + n;
+      float vu = 0.f, vg = 0.f;
+      if (t >= 0 && t < s.L) {
+        vu = to_float(u[off + t]);
+        if (n >= s.taps - 1 && n < s.taps - 1 + s.seg) vg = to_float(gy[off + t]);
       }
-      smem_fft::fft(smem, N, s.logN);
-      for (int f = threadIdx.x; f < half; f += T) accumulate(f, smem[pad(f)], smem[pad((N - f) & (N - 1))]);
-      __syncthreads();
+      max_u = fmaxf(max_u, fabsf(vu));
+      max_g = fmaxf(max_g, fabsf(vg));
+      smem[pad(n)] = make_float2(vu, vg);
     }
+    atomicMax(&window_max[parity][0], __float_as_uint(max_u));  // order of non-negative floats = of their bits
+    atomicMax(&window_max[parity][1], __float_as_uint(max_g));
+    __syncthreads();
+    const float mu = __uint_as_float(window_max[parity][0]), mg = __uint_as_float(window_max[parity][1]);
+    const float sc = (mu > 0.f && mg > 0.f) ? exp2f(fminf(fmaxf(rintf(log2f(mu / mg)), -100.f), 100.f)) : 1.f;
+    // The other parity's slot was last read before this window's barrier and is next written after
+    // the barrier that ends this window, so it can be cleared now.
+    if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;
+    if (sc != 1.f)
+      for (int n = threadIdx.x; n < N; n += T) smem[pad(n)].y *= sc;  // the elements this thread wrote
+    smem_fft::fft(smem, N, s.logN);
+    const float w = 0.25f / sc;
+    for (int f = threadIdx.x; f < half; f += T) {
+      const float2 a = smem[pad(f)], c = conjf2(smem[pad((N - f) & (N - 1))]);
+      const float2 p = cmul(make_float2(a.x - c.x, a.y - c.y), conjf2(cadd(a, c)));
+      acc[f] = make_float2(acc[f].x + w * p.y, acc[f].y - w * p.x);  // += -i/(4 sc) * p
+    }
+    __syncthreads();
   }
-  float2* out = partial + ((int64_t)pair * s.D + d) * half;
+  float2* out = partial + ((int64_t)group * s.D + d) * half;
   for (int f = threadIdx.x; f < half; f += T) out[f] = acc[f];
 }
 
@@ -209,8 +228,27 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
   });
 }
 
-bool use_fused(const at::Tensor& u, const ConvPlan& plan) {
-  return u.scalar_type() != at::kDouble && plan.fft_size <= kMaxFusedFFT;
+size_t grad_k_smem_bytes(int N) { return smem_bytes(N) + (size_t)(N / 2 + 1) * sizeof(float2); }
+
+// The fused path needs float32/bf16/fp16 input and an FFT that fits this GPU's shared memory
+// (an H100 takes every fused size; an A100's 163 KB and sm_86/89's 99 KB do not take the largest).
+bool use_fused(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
+  if (u.scalar_type() == at::kDouble || plan.fft_size > kMaxFusedFFT) return false;
+  const int N = (int)plan.fft_size;
+  const size_t need = with_grad_k ? std::max(smem_bytes(N), grad_k_smem_bytes(N)) : smem_bytes(N);
+  return need <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+
+// Blocks per channel for grad_k: enough (channel, group) blocks for a few waves, no more than the
+// (row, window) items, so the partial sums stay small: groups * D * (N/2+1) complex values.
+int grad_k_groups(const ConvShape& s) {
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  const int threads = s.N / kElemsPerThread;
+  const int64_t by_threads = std::max(1, prop->maxThreadsPerMultiProcessor / std::max(threads, 32));
+  const int64_t by_smem = std::max<int64_t>(1, (int64_t)prop->sharedMemPerMultiprocessor / (int64_t)grad_k_smem_bytes(s.N));
+  const int64_t resident = (int64_t)prop->multiProcessorCount * std::min<int64_t>({by_threads, by_smem, 32});
+  const int64_t want = (4 * resident + s.D - 1) / s.D;
+  return (int)std::max<int64_t>(1, std::min<int64_t>(want, s.B * s.nseg));
 }
 
 at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
@@ -218,7 +256,7 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const ConvPlan plan = conv_plan(L, k.size(1));
-  if (!use_fused(u, plan)) return causal_conv_composite(u, k, skip);
+  if (!use_fused(u, plan, /*with_grad_k=*/false)) return causal_conv_composite(u, k, skip);
   const ConvShape s = conv_shape(B, D, L, plan);
   const at::Tensor uc = u.contiguous();
   at::Tensor y = at::empty_like(uc);
@@ -233,14 +271,11 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
                                                              const c10::optional<at::Tensor>& skip, bool need_u,
                                                              bool need_k) {
   check_causal_conv_args(u, k, skip, "causal_conv_backward");
-  TORCH_CHECK(grad_y.sizes() == u.sizes(), "causal_conv_backward: expected grad_y of shape ", shape_str(u.sizes()), ", got ",
-              shape_str(grad_y.sizes()));
-  TORCH_CHECK(grad_y.device() == u.device(), "causal_conv_backward: expected grad_y on ", u.device(), ", got ",
-              grad_y.device());
+  check_causal_conv_grad_y(grad_y, u);
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2), Lk = k.size(1);
   const ConvPlan plan = conv_plan(L, Lk);
-  if (!use_fused(u, plan)) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
+  if (!use_fused(u, plan, need_k)) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
   const at::Tensor gy = grad_y.to(u.scalar_type()).contiguous();
   at::Tensor grad_u = at::empty({0}, u.options());
@@ -257,17 +292,20 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   }
   if (need_k) {
     const at::Tensor uc = u.contiguous();
-    at::Tensor partial = at::empty({s.npairs, D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
-    const size_t bytes_k = smem_bytes(s.N) + (size_t)(s.N / 2 + 1) * sizeof(float2);
+    const int groups = grad_k_groups(s);
+    TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", D * groups, ")");
+    at::Tensor partial = at::empty({groups, D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
+    const size_t bytes_k = grad_k_smem_bytes(s.N);
     dispatch_io_type(uc.scalar_type(), [&](auto tag) {
       using scalar_t = decltype(tag);
       auto kernel = conv_grad_k_kernel<scalar_t>;
       allow_smem(kernel, bytes_k);
-      kernel<<<(unsigned)(D * s.npairs), s.N / kElemsPerThread, bytes_k, at::cuda::getCurrentCUDAStream()>>>(
-          uc.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s);
+      kernel<<<(unsigned)(D * groups), s.N / kElemsPerThread, bytes_k, at::cuda::getCurrentCUDAStream()>>>(
+          uc.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s,
+          groups);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    // Deterministic reduction over row pairs, then one small inverse FFT per channel.
+    // Deterministic reduction over groups, then one small inverse FFT per channel.
     const at::Tensor corr = at::fft_irfft(partial.sum(0), s.N).narrow(-1, 0, plan.taps);
     grad_k = at::zeros({D, Lk}, k.options());
     grad_k.narrow(1, 0, plan.taps).copy_(corr);

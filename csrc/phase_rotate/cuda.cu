@@ -103,7 +103,8 @@ int64_t rows_fast_path_columns(const at::Tensor& z, const at::Tensor& theta,
   for (int64_t i = 0; i < tail; ++i)
     if (theta.size(first + i) != z.size(z.dim() - tail + i)) return 0;
   const int64_t P = theta.numel();
-  if (P == 0 || P % 2 || z.numel() == 0) return 0;
+  // Narrow rows would leave most of each 256-thread block idle walking rows: TensorIterator is better.
+  if (P < 128 || P % 2 || z.numel() == 0) return 0;
   if (reinterpret_cast<uintptr_t>(z.data_ptr()) % 16 || reinterpret_cast<uintptr_t>(theta.data_ptr()) % 8) return 0;
   return P;
 }

@@ -415,7 +415,12 @@ def _train(cfg, model, rank, world, device, master):
     bar = None
     if master and cfg.progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.total_steps, initial=start_step, dynamic_ncols=True, desc="train")
+        if cfg.max_time_s > 0:  # the clock ends this run, not the step count: show the time budget
+            budget = int(math.ceil(cfg.max_time_s))
+            bar = tqdm(total=budget, initial=min(int(elapsed0), budget), dynamic_ncols=True, desc="train",
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s of budget{postfix}")
+        else:
+            bar = tqdm(total=cfg.total_steps, initial=start_step, dynamic_ncols=True, desc="train")
     step, elapsed, last_metrics = start_step, elapsed0, {}
     loss_sum, loss_count, window_start, window_bytes = 0.0, 0, time.time(), 0
     stop_step = min(cfg.total_steps, start_step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.total_steps
@@ -463,8 +468,8 @@ def _train(cfg, model, rank, world, device, master):
         bytes_seen += bytes_per_step
         loss_sum, loss_count, window_bytes = loss_sum + loss_value, loss_count + 1, window_bytes + bytes_per_step
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(bpb=f"{loss_value / LN2:.3f}", lr=f"{lr:.2e}", cutoff=cutoff or "full",
+            bar.update(min(int(elapsed), bar.total) - bar.n if cfg.max_time_s > 0 else 1)
+            bar.set_postfix(step=step, bpb=f"{loss_value / LN2:.3f}", lr=f"{lr:.2e}", cutoff=cutoff or "full",
                             Bps=f"{window_bytes / max(1e-9, time.time() - window_start):.3g}")
         if step % cfg.log_every_steps == 0:
             now = time.time()

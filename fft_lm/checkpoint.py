@@ -16,12 +16,12 @@ import dataclasses
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 
 import numpy as np
 import torch
 
+from fft_lm.atomic import atomic_write
 from fft_lm.families import model_class
 
 FORMAT = "fft_lm.checkpoint"
@@ -119,30 +119,8 @@ def save_checkpoint(path, *, model, optimizer=None, scheduler=None, step=0, trai
         "train_config": to_plain(train_config) if train_config is not None else {},
         "extra": to_plain(extra or {}),
     }
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with atomic_write(path) as f:
+        torch.save(ckpt, f)
     return path
 
 

@@ -16,10 +16,11 @@ Validation uses fixed, evenly spaced windows over the tail.
 import gzip
 import hashlib
 import os
-import tempfile
 
 import numpy as np
 import torch
+
+from fft_lm.atomic import atomic_write
 
 DEFAULT_CORPUS = "/usr/share/doc/jargon-text/jargon.txt.gz"
 GZIP_SUFFIXES = (".gz", ".dz")  # .dz: dictzip (dict-gcide), a valid gzip stream
@@ -56,28 +57,17 @@ def _cache_path(path, files, cache_dir):
 
 def _write_flat(files, out_path):
     """Concatenate (decompressing .gz) into out_path, atomically."""
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out_path), prefix=".tmp-", suffix=".bin")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for i, f in enumerate(files):
-                opener = gzip.open if f.endswith(GZIP_SUFFIXES) else open
-                with opener(f, "rb") as src:
-                    while True:
-                        block = src.read(1 << 22)
-                        if not block:
-                            break
-                        out.write(block)
-                if len(files) > 1:
-                    out.write(b"\n")  # keep files from running into each other mid-line
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
+    with atomic_write(out_path) as out:
+        for f in files:
+            opener = gzip.open if f.endswith(GZIP_SUFFIXES) else open
+            with opener(f, "rb") as src:
+                while True:
+                    block = src.read(1 << 22)
+                    if not block:
+                        break
+                    out.write(block)
+            if len(files) > 1:
+                out.write(b"\n")  # keep files from running into each other mid-line
 
 def resolve_corpus(path=None, cache_dir=None):
     """Path of a flat byte file for `path` (None: the default Jargon File corpus)."""

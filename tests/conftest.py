@@ -38,3 +38,14 @@ def rel_err(out, ref):
     if not torch.isfinite(out).all():
         return float("inf")
     return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models, many small ops (one byte per call in generation): thread start-up costs more than
+    the math, and a lot on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

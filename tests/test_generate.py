@@ -18,13 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ["spectral", "chunk", "gpt"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: thread start-up costs more than the math, and CPUs are shared with other jobs
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(family, **kw):

@@ -12,13 +12,6 @@ from fft_lm.gpt import PRESETS as GPT_PRESETS
 from fft_lm.model import PRESETS, SpectralLM, SpectralLMConfig
 
 
-@pytest.fixture
-def one_thread():
-    """Many tiny ops (one byte per call): OpenMP threads only add overhead, and a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_model(**overrides):

@@ -9,7 +9,7 @@
 #include <torch/library.h>
 
 #include "../shape_str.h"
-#include "checks.h"
+#include "common.h"
 
 namespace fft_tensor {
 
@@ -45,6 +45,29 @@ void check_same_shape_grad(const at::Tensor& grad, const at::Tensor& z) {
               grad.device());
 }
 
+at::TensorIterator rotate_iter(const at::Tensor& out, const at::Tensor& z, const at::Tensor& theta) {
+  return at::TensorIteratorConfig()
+      .add_output(out)
+      .add_const_input(z)
+      .add_const_input(theta)
+      .check_all_same_dtype(false)
+      .resize_outputs(false)
+      .build();
+}
+
+at::TensorIterator rotate_backward_iter(const at::Tensor& grad_z, const at::Tensor& g_theta, const at::Tensor& grad,
+                                        const at::Tensor& z, const at::Tensor& theta) {
+  return at::TensorIteratorConfig()
+      .add_output(grad_z)
+      .add_output(g_theta)
+      .add_const_input(grad)
+      .add_const_input(z)
+      .add_const_input(theta)
+      .check_all_same_dtype(false)
+      .resize_outputs(false)
+      .build();
+}
+
 at::Tensor sum_to_theta(const at::Tensor& g, const at::Tensor& theta) {
   std::vector<int64_t> reduce;
   const int64_t off = g.dim() - theta.dim();
@@ -58,13 +81,7 @@ at::Tensor sum_to_theta(const at::Tensor& g, const at::Tensor& theta) {
 at::Tensor phase_rotate_cpu(const at::Tensor& z, const at::Tensor& theta) {
   check_phase_rotate_args(z, theta, "phase_rotate");
   auto out = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(out)
-                  .add_const_input(z)
-                  .add_const_input(theta)
-                  .check_all_same_dtype(false)
-                  .resize_outputs(false)
-                  .build();
+  auto iter = rotate_iter(out, z, theta);
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "phase_rotate_cpu", [&] {
     using C = c10::complex<scalar_t>;
     at::native::cpu_kernel(iter, [](C a, scalar_t t) -> C {
@@ -85,15 +102,7 @@ std::tuple<at::Tensor, at::Tensor> phase_rotate_backward_cpu(const at::Tensor& g
   auto g_theta = at::empty(z.sizes(), theta.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "phase_rotate_backward_cpu", [&] {
     using C = c10::complex<scalar_t>;
-    auto iter = at::TensorIteratorConfig()
-                    .add_output(grad_z)
-                    .add_output(g_theta)
-                    .add_const_input(grad)
-                    .add_const_input(z)
-                    .add_const_input(theta)
-                    .check_all_same_dtype(false)
-                    .resize_outputs(false)
-                    .build();
+    auto iter = rotate_backward_iter(grad_z, g_theta, grad, z, theta);
     at::native::cpu_kernel_multiple_outputs(iter, [](C g, C a, scalar_t t) -> std::tuple<C, scalar_t> {
       const scalar_t c = std::cos(t), s = std::sin(t);
       // g * exp(-i t)

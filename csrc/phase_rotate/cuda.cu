@@ -13,7 +13,7 @@
 #include <c10/util/complex.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "common.h"
 
 namespace fft_tensor {
 namespace {
@@ -140,13 +140,7 @@ at::Tensor phase_rotate_cuda(const at::Tensor& z, const at::Tensor& theta) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return out;
   }
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(out)
-                  .add_const_input(z)
-                  .add_const_input(theta)
-                  .check_all_same_dtype(false)
-                  .resize_outputs(false)
-                  .build();
+  auto iter = rotate_iter(out, z, theta);
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "phase_rotate_cuda", [&] {
     using C = c10::complex<scalar_t>;
     at::native::gpu_kernel(iter, [] GPU_LAMBDA(C a, scalar_t t) -> C {
@@ -177,15 +171,7 @@ std::tuple<at::Tensor, at::Tensor> phase_rotate_backward_cuda(const at::Tensor& 
     return {grad_z, partial.sum(0).reshape(theta.sizes())};
   }
   auto g_theta = at::empty(z.sizes(), theta.options().memory_format(at::MemoryFormat::Contiguous));
-  auto iter = at::TensorIteratorConfig()
-                  .add_output(grad_z)
-                  .add_output(g_theta)
-                  .add_const_input(grad)
-                  .add_const_input(z)
-                  .add_const_input(theta)
-                  .check_all_same_dtype(false)
-                  .resize_outputs(false)
-                  .build();
+  auto iter = rotate_backward_iter(grad_z, g_theta, grad, z, theta);
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "phase_rotate_backward_cuda", [&] {
     using C = c10::complex<scalar_t>;
     at::native::gpu_kernel_multiple_outputs(iter, [] GPU_LAMBDA(C gr, C a, scalar_t t) -> thrust::tuple<C, scalar_t> {

@@ -11,6 +11,10 @@ void check_phase_rotate_args(const at::Tensor& z, const at::Tensor& theta, const
 
 void check_same_shape_grad(const at::Tensor& grad, const at::Tensor& z);
 
+// P when z is contiguous and theta is a contiguous tensor over z's trailing dims (its leading dims,
+// if any, of size 1), so z is rows x P and theta one row broadcast over them; else 0.
+int64_t broadcast_columns(const at::Tensor& z, const at::Tensor& theta);
+
 // out = f(z, theta) elementwise, theta broadcast.
 at::TensorIterator rotate_iter(const at::Tensor& out, const at::Tensor& z, const at::Tensor& theta);
 // (grad_z, g_theta) = f(grad, z, theta) elementwise; g_theta full size, summed by sum_to_theta.

@@ -89,22 +89,16 @@ __global__ void phase_rotate_rows_backward_kernel(const float4* __restrict__ g, 
   partial[(int64_t)blockIdx.y * pairs_per_row + j] = make_float2(acc0, acc1);
 }
 
-// Is theta a contiguous tensor over z's trailing dims (leading dims broadcast), with an even
-// column count and 16-byte aligned buffers? Returns P (columns) or 0 when the fast path does not apply.
+// The CUDA row path also wants complex64, an even column count (two per thread) and 16-byte
+// aligned buffers. Returns P (columns) or 0 when it does not apply.
 int64_t rows_fast_path_columns(const at::Tensor& z, const at::Tensor& theta,
                                std::initializer_list<const at::Tensor*> others = {}) {
-  if (z.scalar_type() != at::kComplexFloat || !z.is_contiguous() || !theta.is_contiguous()) return 0;
+  if (z.scalar_type() != at::kComplexFloat) return 0;
   for (auto* t : others)
     if (!t->is_contiguous() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16) return 0;
-  // Strip theta's leading size-1 dims; the rest must equal z's trailing dims exactly.
-  int64_t first = 0;
-  while (first < theta.dim() && theta.size(first) == 1) ++first;
-  const int64_t tail = theta.dim() - first;
-  for (int64_t i = 0; i < tail; ++i)
-    if (theta.size(first + i) != z.size(z.dim() - tail + i)) return 0;
-  const int64_t P = theta.numel();
+  const int64_t P = broadcast_columns(z, theta);
   // Narrow rows would leave most of each 256-thread block idle walking rows: TensorIterator is better.
-  if (P < 128 || P % 2 || z.numel() == 0) return 0;
+  if (P < 128 || P % 2) return 0;
   if (reinterpret_cast<uintptr_t>(z.data_ptr()) % 16 || reinterpret_cast<uintptr_t>(theta.data_ptr()) % 8) return 0;
   return P;
 }

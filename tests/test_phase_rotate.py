@@ -175,6 +175,56 @@ def test_compile(device):
         torch.testing.assert_close(gt, ref_gt, rtol=1e-5, atol=1e-4)
 
 
+
+# The CPU row path (contiguous z, theta over z's trailing dims, >= 16 columns and >= 2 rows) splits
+# the elements into parallel chunks of 2^15 that start mid-row, and the backward into column blocks
+# of 2^15 / rows columns: sizes above those grains, with more threads than the machine has cores so
+# the split happens here too. Odd column counts, so no chunk boundary falls on a row boundary.
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
+@pytest.mark.parametrize("z_shape,t_shape", [((7, 10007), (10007,)), ((3, 5, 4099), (1, 5, 4099)),
+                                             ((40000, 17), (17,))],
+                         ids=["rows7", "theta-leading-1", "many-rows"])
+def test_cpu_row_path_parallel_chunks(z_shape, t_shape, dtype):
+    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    tol = 1e-5 if dtype == torch.complex64 else 1e-12
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        z = make_z(z_shape, dtype=dtype)
+        theta = make_theta(t_shape, dtype=real)
+        out = fft_tensor.phase_rotate(z, theta)
+        assert rel_err(out, reference(z, theta)) < tol
+        assert (out.cpu().to(torch.complex128) - reference(z, theta)).abs().max().item() < 10 * tol
+        grad_out = torch.randn(z_shape, dtype=dtype)
+        ref_gz, ref_gt = grads_reference(z, theta, grad_out)
+        gz, gt = ops.phase_rotate_backward(grad_out, z, theta)
+        assert gz.shape == z.shape and gt.shape == theta.shape and gt.dtype == real
+        assert rel_err(gz, ref_gz) < tol and rel_err(gt, ref_gt) < 10 * tol
+        # A non-contiguous grad takes the general path: same values.
+        grad_t = torch.randn(z_shape[::-1], dtype=dtype).permute(*reversed(range(len(z_shape))))
+        grad_t.copy_(grad_out)
+        gz2, gt2 = ops.phase_rotate_backward(grad_t, z, theta)
+        assert rel_err(gz2, ref_gz) < tol and rel_err(gt2, ref_gt) < 10 * tol
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
+def test_cpu_row_path_threshold_both_sides(dtype):
+    # 15 columns (general path) and 16 columns (row path); one row (general) and two rows (row path).
+    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    tol = 1e-5 if dtype == torch.complex64 else 1e-12
+    for z_shape, t_shape in [((5, 15), (15,)), ((5, 16), (16,)), ((1, 16), (16,)), ((2, 16), (16,)),
+                             ((2, 1, 16), (1, 16))]:
+        z = make_z(z_shape, dtype=dtype).requires_grad_()
+        theta = make_theta(t_shape, dtype=real).requires_grad_()
+        out = fft_tensor.phase_rotate(z, theta)
+        assert rel_err(out, reference(z, theta)) < tol, z_shape
+        grad_out = torch.randn(z_shape, dtype=dtype)
+        ref_gz, ref_gt = grads_reference(z, theta, grad_out)
+        gz, gt = torch.autograd.grad(out, (z, theta), grad_out)
+        assert rel_err(gz, ref_gz) < tol and rel_err(gt, ref_gt) < tol, z_shape
+
 # (z, theta, regex the message must match): each names the argument at fault.
 BAD_INPUTS = [
     ("real z", lambda: (torch.randn(3, 4), torch.randn(4)), r"expected z to be complex64 or complex128, got (Float|torch.float32)"),
@@ -210,8 +260,18 @@ def test_bad_inputs(name, make, match):
 
 def test_bad_grad_shape():
     z, theta = torch.randn(3, 4, dtype=torch.complex64), torch.randn(4)
-    with pytest.raises(RuntimeError, match=r"phase_rotate_backward: expected grad of shape"):
-        ops.phase_rotate_backward(torch.randn(3, 5, dtype=torch.complex64), z, theta)
+    bad = torch.randn(3, 5, dtype=torch.complex64)
+    match = r"phase_rotate_backward: expected grad of shape \(?\[?3, 4"
+    with pytest.raises(RuntimeError, match=match):
+        ops.phase_rotate_backward(bad, z, theta)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=match):
+        ops.phase_rotate_backward(mode.from_tensor(bad), mode.from_tensor(z), mode.from_tensor(theta))
+
+
+def test_bad_grad_dtype():
+    z, theta = torch.randn(3, 4, dtype=torch.complex64), torch.randn(4)
+    with pytest.raises(RuntimeError, match=r"phase_rotate_backward: expected grad of dtype"):
+        ops.phase_rotate_backward(torch.randn(3, 4, dtype=torch.complex128), z, theta)
 
 
 @requires_cuda

@@ -361,6 +361,16 @@ def test_bad_inputs(name, make, match):
         fft_tensor.causal_conv(*[None if t is None else mode.from_tensor(t) for t in (u, k, skip)])
 
 
+
+def test_bad_grad_y_shape():
+    u, k, skip = make_inputs(10, 3, True)
+    for bad in (torch.randn(B, D, 11), torch.randn(B + 1, D, 10), torch.randn(B, D, 10, 1)):
+        match = r"causal_conv_backward: expected grad_y of shape \(?\[?3, 5, 10"
+        with pytest.raises(RuntimeError, match=match):
+            ops.causal_conv_backward(bad, u, k, skip, True, True)
+        with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=match):
+            ops.causal_conv_backward(*[mode.from_tensor(t) for t in (bad, u, k, skip)], True, True)
+
 @requires_cuda
 def test_devices_differ_cuda():
     u, k, skip = make_inputs(10, 3, True)

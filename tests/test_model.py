@@ -223,3 +223,84 @@ def test_config_round_trip_rebuilds_the_same_model():
     assert rebuilt.freq_cutoff == 5 and rebuilt.config == model.config
     idx = torch.randint(0, 256, (1, 50))
     torch.testing.assert_close(rebuilt(idx)[0], model(idx)[0])
+
+
+# ---------------------------------------------------------------- an independent float64 reference
+
+def rms_norm64(x, weight, eps=1e-6):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * weight.double()
+
+
+def spectral_reference(model, idx):
+    """The whole SpectralLM forward in float64 plain torch from the weights and the documented
+    formulas: taps = irfft(Z * [bin < cutoff], n=N, norm='ortho')[:Lk] * exp(-exp(log_decay) t/Lk)
+    + short taps, the conv as a direct sum (causal_conv_reference), no fft_tensor op."""
+    from fft_tensor.reference import causal_conv_reference
+    cfg = model.config
+    x = model.embed.weight.double()[idx]
+    for block in model.blocks:
+        kern = block.mixer.kernel
+        N, Lk = cfg.fft_size, cfg.kernel_len
+        bins = torch.arange(N // 2 + 1)
+        Z = torch.complex(kern.coef_real.double(), kern.coef_imag.double()) * (bins < model.freq_cutoff)
+        t = torch.arange(Lk, dtype=torch.float64) / Lk
+        taps = torch.fft.irfft(Z, n=N, norm="ortho")[:, :Lk] * torch.exp(-kern.log_decay.double().exp()[:, None] * t)
+        taps[:, :cfg.short_conv_len] += kern.short_taps.double()
+        h = rms_norm64(x, block.norm1.weight)
+        value, gate = (h @ block.mixer.in_proj.weight.double().T).chunk(2, dim=-1)
+        y = causal_conv_reference(value.transpose(1, 2), taps, kern.skip.double()).transpose(1, 2)
+        x = x + (y * gate * torch.sigmoid(gate)) @ block.mixer.out_proj.weight.double().T
+        h = rms_norm64(x, block.norm2.weight)
+        x = x + torch.nn.functional.gelu(h @ block.mlp.fc.weight.double().T) @ block.mlp.proj.weight.double().T
+    return rms_norm64(x, model.norm_f.weight) @ model.head.weight.double().T
+
+
+def nll64(logits, targets):
+    """Mean -log softmax(logits)[target] in float64 over targets != -1."""
+    logp = logits.double() - torch.logsumexp(logits.double(), -1, keepdim=True)
+    keep = targets != -1
+    return -logp[keep, targets[keep]].mean()
+
+
+def test_forward_matches_float64_reference():
+    model = small_model(seq_len=64, kernel_len=24, short_conv_len=3)
+    randomize_kernels(model)
+    with torch.no_grad():  # weights spread so every part contributes visibly
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1, 0.3)
+            elif "coef" not in name and "decay" not in name and "short_taps" not in name and "skip" not in name:
+                p.normal_(0, 0.3 / p.shape[-1] ** 0.5 if p.dim() == 2 and "embed" not in name else 1.0)
+    cutoff = int(torch.randint(2, model.freq_bins, ()).item())
+    model.set_freq_cutoff(cutoff)
+    idx = torch.randint(0, 256, (2, 150))  # past seq_len
+    targets = torch.randint(0, 256, (2, 150))
+    targets[torch.rand(2, 150) < 0.2] = -1
+    logits, loss = model(idx, targets)
+    ref = spectral_reference(model, idx)
+    assert ref.std() > 0.1  # not a near-constant output
+    from conftest import rel_err
+    assert rel_err(logits, ref) < 1e-5, cutoff
+    assert abs(loss.item() - nll64(ref, targets).item()) < 1e-5
+    # the reference sees the cutoff: a different one gives clearly different logits
+    model.set_freq_cutoff(None)
+    assert rel_err(model(idx)[0], ref) > 1e-3
+
+
+def test_config_errors_name_the_field():
+    for kwargs, field in [(dict(short_conv_len=200, kernel_len=128), "short_conv_len"),
+                          (dict(short_conv_len=-1), "short_conv_len"),
+                          (dict(decay_min=0.0), "decay_min"), (dict(decay_min=4.0, decay_max=2.0), "decay_min"),
+                          (dict(dropout=1.0), "dropout"), (dict(dropout=-0.1), "dropout"),
+                          (dict(fft_size=64, kernel_len=128), "fft_size"), (dict(fft_size=1.5), "fft_size"),
+                          (dict(n_layers=0), "n_layers"), (dict(seq_len=2.0), "seq_len"),
+                          (dict(vocab_size=0), "vocab_size"), (dict(mlp_mult=0), "mlp_mult"),
+                          (dict(freq_cutoff=0), "freq_cutoff")]:
+        with pytest.raises(ValueError, match=rf"SpectralLMConfig\.{field}"):
+            SpectralLMConfig(**kwargs)
+    model = small_model()
+    idx = torch.randint(0, 256, (2, 5))
+    with pytest.raises(ValueError, match=r"targets of shape \(2, 5\)"):
+        model(idx, idx[:, :4])
+    with pytest.raises(TypeError, match="SpectralLMConfig"):
+        SpectralLM(dict(d_model=8))

@@ -107,3 +107,78 @@ def test_config_round_trip():
     idx = torch.randint(0, 256, (1, 40))
     torch.testing.assert_close(rebuilt(idx)[0], model(idx)[0])
     assert GPT.family == "gpt" and GPT.config_class is GPTConfig
+
+
+# ---------------------------------------------------------------- an independent float64 reference
+
+def gpt_reference(model, idx):
+    """The GPT forward in float64 plain torch: explicit causal softmax attention (no SDPA) and RoPE
+    as a complex rotation of the pairs (x[:Dh/2], x[Dh/2:]) by position * base^(-2j/Dh)."""
+    cfg = model.config
+    B, T = idx.shape
+    H, Dh = cfg.n_head, cfg.d_model // cfg.n_head
+
+    def norm(x, w):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w.double()
+
+    freqs = cfg.rope_base ** (-torch.arange(0, Dh, 2, dtype=torch.float64) / Dh)
+    rot = torch.polar(torch.ones(T, Dh // 2, dtype=torch.float64),
+                      torch.arange(T, dtype=torch.float64)[:, None] * freqs)
+
+    def rope(x):  # (B, H, T, Dh)
+        c = torch.complex(x[..., :Dh // 2], x[..., Dh // 2:]) * rot
+        return torch.cat([c.real, c.imag], dim=-1)
+
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    x = model.embed.weight.double()[idx]
+    for block in model.blocks:
+        h = norm(x, block.norm1.weight)
+        q, k, v = (h @ block.attn.qkv.weight.double().T).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
+        scores = (rope(q) @ rope(k).transpose(-1, -2)) / Dh ** 0.5
+        att = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, cfg.d_model)
+        x = x + y @ block.attn.proj.weight.double().T
+        h = norm(x, block.norm2.weight)
+        x = x + torch.nn.functional.gelu(h @ block.mlp.fc.weight.double().T) @ block.mlp.proj.weight.double().T
+    return norm(x, model.norm_f.weight) @ model.head.weight.double().T
+
+
+@pytest.mark.parametrize("rope_base", [10000.0, 50.0])
+def test_forward_matches_float64_reference(rope_base):
+    from conftest import rel_err
+    model = small_gpt(n_head=4, rope_base=rope_base)
+    with torch.no_grad():  # spread the weights so attention is far from uniform
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1, 0.3)
+            else:
+                p.normal_(0, 1.0 if "embed" in name else 1.0 / p.shape[-1] ** 0.5)
+    idx = torch.randint(0, 256, (2, 150))  # past seq_len (128)
+    targets = torch.randint(0, 256, (2, 150))
+    targets[torch.rand(2, 150) < 0.2] = -1
+    logits, loss = model(idx, targets)
+    ref = gpt_reference(model, idx)
+    assert ref.std() > 0.1
+    assert rel_err(logits, ref) < 1e-5
+    logp = ref - torch.logsumexp(ref, -1, keepdim=True)
+    keep = targets != -1
+    assert abs(loss.item() - (-logp[keep, targets[keep]].mean()).item()) < 1e-5
+    # the KV-cached path against the same reference
+    with torch.no_grad():
+        cache = model.init_cache(2, max_len=16)
+        pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 1), (1, 70), (70, 71), (71, 150)]]
+    assert rel_err(torch.cat(pieces, dim=1), ref) < 1e-5
+
+
+def test_config_errors_name_the_field():
+    for kwargs, field in [(dict(d_model=0), "d_model"), (dict(n_layers=0), "n_layers"), (dict(seq_len=1.5), "seq_len"),
+                          (dict(vocab_size=0), "vocab_size"), (dict(mlp_mult=0), "mlp_mult"),
+                          (dict(d_model=96, n_head=32), "n_head"),  # head dim 3: odd, no RoPE pairs
+                          (dict(n_head=0), "n_head"), (dict(dropout=1.0), "dropout")]:
+        with pytest.raises(ValueError, match=rf"GPTConfig\.{field}"):
+            GPTConfig(**kwargs)
+    idx = torch.randint(0, 256, (2, 5))
+    with pytest.raises(ValueError, match=r"targets of shape \(2, 5\)"):
+        small_gpt()(idx, idx[:1])
+    with pytest.raises(TypeError, match="GPTConfig"):
+        GPT(dict(d_model=8))

@@ -224,3 +224,25 @@ def test_top_level_generate_after_submodule_import():
     assert callable(fft_lm.generate) and not isinstance(fft_lm.generate, type(fft_lm))
     model = tiny_model("spectral")
     assert fft_lm.generate(model, b"a", 5, seed=2) == generate(model, b"a", 5, seed=2)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, 5), (2.0, 3)])
+def test_sampling_follows_softmax_of_logits_over_temperature_within_top_k(temperature, top_k):
+    # Independent of the picker: the expected distribution is softmax(logits / T) over the top_k
+    # largest logits, in float64; 8000 seeded draws must match it within 5 standard deviations.
+    from fft_lm.generation import make_picker
+    logits = 0.5 * torch.randn(1, 256)
+    logits[0, torch.randperm(256)[:6]] += 4.0  # a few likely bytes, the rest of the mass spread thin
+    z = logits[0].double() / temperature
+    allowed = torch.ones(256, dtype=torch.bool)
+    if top_k is not None:
+        allowed[:] = False
+        allowed[torch.argsort(z, descending=True)[:top_k]] = True
+    expected = torch.where(allowed, torch.exp(z - z.max()), torch.zeros(256, dtype=torch.float64))
+    expected /= expected.sum()
+    pick = make_picker(temperature, top_k, seed=int(torch.randint(2**31, ()).item()))
+    n = 8000
+    counts = torch.bincount(torch.tensor([pick(logits) for _ in range(n)]), minlength=256).double()
+    assert (counts[~allowed] == 0).all()
+    sigma = (n * expected * (1 - expected)).sqrt()
+    assert ((counts - n * expected).abs() <= 5 * sigma + 1).all()

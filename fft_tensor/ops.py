@@ -37,11 +37,11 @@ def _check_phase_rotate(z: Tensor, theta: Tensor, op: str = "phase_rotate") -> N
     torch._check(z.device == theta.device,
                  lambda: f"{op}: expected z and theta on the same device, got z on {z.device} and theta on {theta.device}")
     torch._check(theta.dim() <= z.dim(),
-                 lambda: f"{op}: expected theta broadcastable to z.shape {tuple(z.shape)}, got theta.shape {tuple(theta.shape)}")
+                 lambda: f"{op}: expected theta broadcastable to z.shape {list(z.shape)}, got theta.shape {list(theta.shape)}")
     off = z.dim() - theta.dim()
     for i in range(theta.dim()):
         torch._check(theta.shape[i] == 1 or theta.shape[i] == z.shape[off + i],
-                     lambda: f"{op}: expected theta broadcastable to z.shape {tuple(z.shape)}, got theta.shape {tuple(theta.shape)}")
+                     lambda: f"{op}: expected theta broadcastable to z.shape {list(z.shape)}, got theta.shape {list(theta.shape)}")
 
 
 @torch.library.register_fake("fft_tensor::phase_rotate")
@@ -54,7 +54,11 @@ def _phase_rotate_fake(z, theta):
 def _phase_rotate_backward_fake(grad, z, theta):
     _check_phase_rotate(z, theta, "phase_rotate_backward")
     torch._check(grad.shape == z.shape,
-                 lambda: f"phase_rotate_backward: expected grad of shape {tuple(z.shape)}, got {tuple(grad.shape)}")
+                 lambda: f"phase_rotate_backward: expected grad of shape {list(z.shape)}, got {list(grad.shape)}")
+    torch._check(grad.dtype == z.dtype,
+                 lambda: f"phase_rotate_backward: expected grad of dtype {z.dtype}, got {grad.dtype}")
+    torch._check(grad.device == z.device,
+                 lambda: f"phase_rotate_backward: expected grad on {z.device}, got {grad.device}")
     return z.new_empty(z.shape), theta.new_empty(theta.shape)
 
 
@@ -124,22 +128,22 @@ def causal_conv(u: Tensor, k: Tensor, skip: Optional[Tensor] = None) -> Tensor:
 
 
 def _check_causal_conv(u: Tensor, k: Tensor, skip: Optional[Tensor], op: str = "causal_conv") -> None:
-    torch._check(u.dim() == 3, lambda: f"{op}: expected u of shape (B, D, L), got a {u.dim()}-d tensor of shape {tuple(u.shape)}")
+    torch._check(u.dim() == 3, lambda: f"{op}: expected u of shape (B, D, L), got a {u.dim()}-d tensor of shape {list(u.shape)}")
     torch._check(u.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64),
                  lambda: f"{op}: expected u of dtype float32, bfloat16, float16 or float64, got {u.dtype}")
-    torch._check(k.dim() == 2, lambda: f"{op}: expected k of shape (D, Lk), got a {k.dim()}-d tensor of shape {tuple(k.shape)}")
+    torch._check(k.dim() == 2, lambda: f"{op}: expected k of shape (D, Lk), got a {k.dim()}-d tensor of shape {list(k.shape)}")
     torch._check(k.dtype in (torch.float32, torch.float64),
                  lambda: f"{op}: expected k of dtype float32 (or float64), got {k.dtype}")
     torch._check(k.shape[0] == u.shape[1],
-                 lambda: f"{op}: expected k.shape[0] == u.shape[1] (D = {u.shape[1]}), got k.shape {tuple(k.shape)}")
-    torch._check(k.shape[1] >= 1, lambda: f"{op}: expected k with at least one tap (Lk >= 1), got k.shape {tuple(k.shape)}")
-    torch._check(u.shape[2] >= 1, lambda: f"{op}: expected u with length L >= 1, got u.shape {tuple(u.shape)}")
+                 lambda: f"{op}: expected k.shape[0] == u.shape[1] (D = {u.shape[1]}), got k.shape {list(k.shape)}")
+    torch._check(k.shape[1] >= 1, lambda: f"{op}: expected k with at least one tap (Lk >= 1), got k.shape {list(k.shape)}")
+    torch._check(u.shape[2] >= 1, lambda: f"{op}: expected u with length L >= 1, got u.shape {list(u.shape)}")
     torch._check(k.device == u.device, lambda: f"{op}: expected k on the same device as u ({u.device}), got {k.device}")
     torch._check((u.dtype == torch.float64) == (k.dtype == torch.float64),
                  lambda: f"{op}: expected u and k both float64 or neither, got u {u.dtype} and k {k.dtype}")
     if skip is not None:
         torch._check(skip.dim() == 1 and skip.shape[0] == u.shape[1],
-                     lambda: f"{op}: expected skip of shape (D,) = ({u.shape[1]},), got {tuple(skip.shape)}")
+                     lambda: f"{op}: expected skip of shape (D,) = ({u.shape[1]},), got {list(skip.shape)}")
         torch._check(skip.dtype == k.dtype, lambda: f"{op}: expected skip of dtype {k.dtype}, got {skip.dtype}")
         torch._check(skip.device == u.device,
                      lambda: f"{op}: expected skip on the same device as u ({u.device}), got {skip.device}")
@@ -155,7 +159,9 @@ def _causal_conv_fake(u, k, skip=None):
 def _causal_conv_backward_fake(grad_y, u, k, skip, need_u, need_k):
     _check_causal_conv(u, k, skip, "causal_conv_backward")
     torch._check(grad_y.shape == u.shape,
-                 lambda: f"causal_conv_backward: expected grad_y of shape {tuple(u.shape)}, got {tuple(grad_y.shape)}")
+                 lambda: f"causal_conv_backward: expected grad_y of shape {list(u.shape)}, got {list(grad_y.shape)}")
+    torch._check(grad_y.device == u.device,
+                 lambda: f"causal_conv_backward: expected grad_y on {u.device}, got {grad_y.device}")
     grad_u = u.new_empty(u.shape) if need_u else u.new_empty((0,))
     grad_k = k.new_empty(k.shape) if need_k else k.new_empty((0,))
     return grad_u, grad_k

@@ -270,8 +270,11 @@ def test_bad_grad_shape():
 
 def test_bad_grad_dtype():
     z, theta = torch.randn(3, 4, dtype=torch.complex64), torch.randn(4)
+    grad = torch.randn(3, 4, dtype=torch.complex128)
     with pytest.raises(RuntimeError, match=r"phase_rotate_backward: expected grad of dtype"):
-        ops.phase_rotate_backward(torch.randn(3, 4, dtype=torch.complex128), z, theta)
+        ops.phase_rotate_backward(grad, z, theta)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=r"phase_rotate_backward: expected grad of dtype"):
+        ops.phase_rotate_backward(mode.from_tensor(grad), mode.from_tensor(z), mode.from_tensor(theta))
 
 
 @requires_cuda

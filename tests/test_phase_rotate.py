@@ -330,4 +330,5 @@ def test_cuda_on_current_stream():
     torch.testing.assert_close(out.cpu().to(torch.complex128), reference(z, theta), rtol=1e-5, atol=1e-5)
     # Rotating back gives z again; grad_theta of |out|^2-like pairing Im(out * conj(out)) is 0.
     torch.testing.assert_close(gz, z, rtol=1e-5, atol=1e-5)
-    assert gt.abs().max().item() < 1e-2
+    # exactly 0 in exact arithmetic; float32 rounding of sum_rows |z|^2 bounds what is left
+    assert (gt.abs() <= 1e-5 * (z.abs() ** 2).sum(0) + 1e-6).all()

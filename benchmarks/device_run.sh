@@ -22,12 +22,12 @@ for stage in "$@"; do
     alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     sanitize) for tool in memcheck racecheck synccheck; do
                args=""; [ $tool = memcheck ] || args="--quick"
-               compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py $args 2>&1 \
+               timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py $args 2>&1 \
                  | tee "$OUT/sanitize_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|Error|error" | head -20
              done ;;
     # The segfault seen once (test_bad_inputs after the CUDA tests, same process): rerun that order
     # without xdist under cuda-gdb; on a crash, print every thread's native backtrace.
-    segv)    cuda-gdb -q -batch -ex run -ex "thread apply all bt 25" --args "$PY" -m pytest -q -x -p no:xdist \
+    segv)    timeout 300 cuda-gdb -q -batch -ex run -ex "thread apply all bt 25" --args "$PY" -m pytest -q -x -p no:xdist \
                -p no:cacheprovider tests/test_phase_rotate.py 2>&1 | tee "$OUT/segv.log" | tail -60 ;;
     ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
              "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45 ;;

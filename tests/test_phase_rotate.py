@@ -102,7 +102,19 @@ def grads_reference(z, theta, grad_out):
     return torch.autograd.grad(z64 * torch.exp(1j * t64), (z64, t64), grad_out.cpu().to(torch.complex128))
 
 
-def check_backward(z_shape, theta_shape, layout, device, grad_tol=1e-5):
+def assert_grad_theta_close(gt, ref_gt, z, theta, grad_out, factor):
+    """grad_theta entries are sums of n = z.numel() / theta.numel() terms Im(grad conj(z) e^{-i theta})
+    that cancel: their float32 error scales with n * eps * sum |grad||z|, not with the (possibly much
+    smaller) sum itself. factor absorbs the few roundings inside each term."""
+    terms = (grad_out.detach().abs() * z.detach().abs()).double().cpu()
+    scale = terms.sum_to_size(theta.shape) if theta.dim() else terms.sum()
+    n = max(1, z.numel() // max(1, theta.numel()))
+    bound = factor * n * torch.finfo(torch.float32).eps * scale + 1e-12
+    err = (gt.detach().double().cpu() - ref_gt).abs()
+    assert (err <= bound).all(), f"max error {err.max().item():.3g}, bound there {bound.flatten()[err.argmax()].item():.3g}"
+
+
+def check_backward(z_shape, theta_shape, layout, device, grad_factor=8):
     z = make_z(z_shape, layout, device=device).requires_grad_()
     theta = make_theta(theta_shape, device=device).requires_grad_()
     grad_out = torch.randn(z_shape, dtype=torch.complex64, device=device)
@@ -111,15 +123,16 @@ def check_backward(z_shape, theta_shape, layout, device, grad_tol=1e-5):
     gz, gt = torch.autograd.grad(out, (z, theta), grad_out)
     assert gz.shape == z.shape and gt.shape == theta.shape
     assert rel_err(gz, ref_gz) < 1e-6
-    assert rel_err(gt, ref_gt) < grad_tol
+    assert_grad_theta_close(gt, ref_gt, z, theta, grad_out, grad_factor)
     # Only z needs a gradient: the wrapper rotates by -theta instead of calling the backward op.
     (gz_only,) = torch.autograd.grad(fft_tensor.phase_rotate(z, theta.detach()), (z,), grad_out)
     assert rel_err(gz_only, ref_gz) < 1e-6
     (gt_only,) = torch.autograd.grad(fft_tensor.phase_rotate(z.detach(), theta), (theta,), grad_out)
-    assert rel_err(gt_only, ref_gt) < grad_tol
+    assert_grad_theta_close(gt_only, ref_gt, z, theta, grad_out, grad_factor)
     # The backward op itself.
     gz_op, gt_op = ops.phase_rotate_backward(grad_out, z.detach(), theta.detach())
-    assert rel_err(gz_op, ref_gz) < 1e-6 and rel_err(gt_op, ref_gt) < grad_tol
+    assert rel_err(gz_op, ref_gz) < 1e-6
+    assert_grad_theta_close(gt_op, ref_gt, z, theta, grad_out, grad_factor)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -307,7 +320,7 @@ def test_cuda_large_values_and_backward(case, layout):
     out = fft_tensor.phase_rotate(z, theta)
     torch.testing.assert_close(out.cpu().to(torch.complex128), reference(z, theta), rtol=1e-5, atol=1e-5)
     # grad_theta sums up to 1e6 float32 products: allow for that rounding.
-    check_backward(case[0], case[1], layout, "cuda", grad_tol=1e-4)
+    check_backward(case[0], case[1], layout, "cuda", grad_factor=32)
 
 
 @requires_cuda

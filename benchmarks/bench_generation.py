@@ -14,7 +14,6 @@ then steps are timed until --new-bytes bytes or --budget-s seconds, whichever co
 writes $OUT/bench_generation.md when OUT is set.
 """
 import argparse
-import contextlib
 import os
 import sys
 import time

@@ -149,14 +149,13 @@ def read_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
-def build_model(ckpt, path="<checkpoint>"):
-    """Rebuild the model a checkpoint dict describes and load its weights."""
+def model_from_checkpoint(ckpt, path="<checkpoint>"):
+    """Rebuild the model a checkpoint dict describes (family, config) and load its weights."""
     try:
         cls = model_class(ckpt["family"])
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {path!r}: {e}") from e
-    config = cls.config_class(**ckpt["model_config"])
-    model = cls.from_config(config)
+        model = cls.from_config(ckpt["model_config"])
+    except (ValueError, TypeError) as e:  # unknown family, or a config this version cannot build
+        raise CheckpointError(f"checkpoint {path!r}: cannot rebuild the model: {e}") from e
     load_weights(model, ckpt["model"], path)
     return model
 
@@ -174,7 +173,7 @@ def load_checkpoint(path, map_location="cpu"):
     meta: family, model_config, train_config, step, metrics, best_val_bpb and the rest of "extra".
     """
     ckpt = read_checkpoint(path, map_location)
-    model = build_model(ckpt, path).eval()
+    model = model_from_checkpoint(ckpt, path).eval()
     extra = ckpt.get("extra") or {}
     meta = {"family": ckpt["family"], "model_config": ckpt["model_config"],
             "train_config": ckpt.get("train_config") or {}, "step": ckpt["step"],

@@ -13,7 +13,6 @@ over the full context) and the decoder `chunk` times, so the expensive part runs
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fft_lm.checkpoint import (CheckpointError, load_weights, read_checkpoint, save_checkpoint, set_rng_state,
-                               to_plain, unwrap_model)
+from fft_lm.checkpoint import (CheckpointError, load_weights, model_from_checkpoint, read_checkpoint,
+                               save_checkpoint, set_rng_state, to_plain)
 from fft_lm.data import ByteCorpus
 from fft_lm.families import model_class
+from fft_lm.plot import plot_metrics
 
 LN2 = math.log(2.0)
-SEQ_LEN_FIELDS = ("seq_len", "block_size", "max_seq_len")  # model config fields that mean the context length
 
 
 @dataclass
@@ -194,10 +194,7 @@ def build_model(cfg):
         raise ValueError(f"--preset: unknown preset {cfg.preset!r} for family {cfg.family!r}; "
                          f"expected one of {sorted(cls.presets)}")
     names = {f.name for f in dataclasses.fields(cls.config_class)}
-    overrides = {}
-    for name in SEQ_LEN_FIELDS:
-        if name in names and cfg.seq_len:
-            overrides[name] = cfg.seq_len
+    overrides = {"seq_len": cfg.seq_len} if cfg.seq_len and "seq_len" in names else {}
     if cfg.kernel_len:
         if "kernel_len" not in names:
             raise ValueError(f"--kernel-len: family {cfg.family!r} has no kernel_len (its config has {sorted(names)})")
@@ -206,16 +203,14 @@ def build_model(cfg):
 
 
 def model_seq_len(model):
+    """The model's training context: config.seq_len, or its backbone's for a ChunkLM (config dict)."""
     config = getattr(model, "config", None)
-    for name in SEQ_LEN_FIELDS:
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    backbone = getattr(config, "backbone", None)  # ChunkLM: the backbone's config (a dict)
-    if isinstance(backbone, dict):
-        for name in SEQ_LEN_FIELDS:
-            if isinstance(backbone.get(name), int):
-                return backbone[name]
-    raise ValueError(f"--seq-len: {type(model).__name__}'s config has no {SEQ_LEN_FIELDS}; pass --seq-len")
+    seq_len = getattr(config, "seq_len", None)
+    if not isinstance(seq_len, int):
+        seq_len = (getattr(config, "backbone", None) or {}).get("seq_len")
+    if not isinstance(seq_len, int):
+        raise ValueError(f"--seq-len: {type(model).__name__}'s config has no seq_len; pass --seq-len")
+    return seq_len
 
 
 def make_optimizer(model, cfg, fused=False):
@@ -291,32 +286,6 @@ def evaluate(model, corpus, cfg, device, autocast, split="val"):
     return total / cfg.eval_batches / LN2
 
 
-def plot_metrics(metrics_path, plot_path):
-    """Train and val bpb against steps and wall-clock; skipped with a warning without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("warning: matplotlib is not installed; no plot written", file=sys.stderr)
-        return None
-    rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "time_s", "wall-clock (s)")):
-        for key, label in (("train_bpb", "train"), ("val_bpb", "val")):
-            pts = [(r[xkey], r[key]) for r in rows if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=label, marker="o" if key == "val_bpb" else ".")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("bits per byte")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(plot_path, dpi=100)
-    plt.close(fig)
-    return plot_path
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def train(cfg, model=None):
@@ -347,14 +316,12 @@ def _train(cfg, model, rank, world, device, master):
             ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu") if cfg.resume else None
         except CheckpointError as e:
             raise ConfigError(f"--resume (--ckpt-path): {e}") from e
-        if model is None:
+        if model is None and ckpt is not None:
+            model = model_from_checkpoint(ckpt, cfg.ckpt_path)  # family, config and weights
+        else:
+            model = model if model is not None else build_model(cfg)
             if ckpt is not None:
-                cls = model_class(ckpt["family"])
-                model = cls.from_config(cls.config_class(**ckpt["model_config"]))
-            else:
-                model = build_model(cfg)
-        if ckpt is not None:
-            load_weights(model, ckpt["model"], cfg.ckpt_path)
+                load_weights(model, ckpt["model"], cfg.ckpt_path)
         model.to(device)
         seq_len = cfg.seq_len
         if not seq_len and ckpt is not None:  # resume: the run's own window length, so the stream continues

@@ -10,7 +10,6 @@ averaged over every (t, j) whose target byte lies inside the window (nats per by
 Generation (fft_lm.generation) runs the backbone once per chunk (through its overlap-save cache, or
 over the full context) and the decoder `chunk` times, so the expensive part runs 1/chunk as often.
 """
-import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch.nn as nn
@@ -200,6 +199,3 @@ class ChunkLM(ByteLM):
                 f"head_layers={c.head_layers} head {format_params(sum(p.numel() for p in self.decoder.parameters()))}"
                 f"; backbone {self.backbone.describe()}")
 
-
-def bits_per_byte(loss_nats):
-    return loss_nats / math.log(2)

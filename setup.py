@@ -50,14 +50,13 @@ def want_cuda():
 
 
 def sources_hash():
-    import hashlib
-    h = hashlib.sha1()
-    for path in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*"), recursive=True)):
-        if os.path.isfile(path):
-            h.update(os.path.relpath(path, ROOT).encode())
-            with open(path, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()
+    # The recipe lives in fft_tensor/_loader.py (the import-time stale check uses the same one);
+    # loaded by path, since fft_tensor itself cannot be imported before it is built.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_fft_tensor_loader", os.path.join(ROOT, "fft_tensor", "_loader.py"))
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    return loader._sources_sha1()
 
 
 def write_build_info(with_cuda):

@@ -11,14 +11,14 @@ namespace fft_tensor {
 
 void check_causal_conv_args(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip,
                                    const char* op) {
-  TORCH_CHECK(u.dim() == 3, op, ": expected u of shape (B, D, L), got a ", u.dim(), "-d tensor of shape ", shape_str(u.sizes()));
+  TORCH_CHECK(u.dim() == 3, op, ": expected u of shape (B, D, L), got a ", std::to_string(u.dim()), "-d tensor of shape ", shape_str(u.sizes()));
   const auto ut = u.scalar_type();
   TORCH_CHECK(ut == at::kFloat || ut == at::kBFloat16 || ut == at::kHalf || ut == at::kDouble, op,
               ": expected u of dtype float32, bfloat16, float16 or float64, got ", ut);
-  TORCH_CHECK(k.dim() == 2, op, ": expected k of shape (D, Lk), got a ", k.dim(), "-d tensor of shape ", shape_str(k.sizes()));
+  TORCH_CHECK(k.dim() == 2, op, ": expected k of shape (D, Lk), got a ", std::to_string(k.dim()), "-d tensor of shape ", shape_str(k.sizes()));
   TORCH_CHECK(k.scalar_type() == at::kFloat || k.scalar_type() == at::kDouble, op,
               ": expected k of dtype float32 (or float64), got ", k.scalar_type());
-  TORCH_CHECK(k.size(0) == u.size(1), op, ": expected k.shape[0] == u.shape[1] (D = ", u.size(1), "), got k.shape ",
+  TORCH_CHECK(k.size(0) == u.size(1), op, ": expected k.shape[0] == u.shape[1] (D = ", std::to_string(u.size(1)), "), got k.shape ",
               shape_str(k.sizes()));
   TORCH_CHECK(k.size(1) >= 1, op, ": expected k with at least one tap (Lk >= 1), got k.shape ", shape_str(k.sizes()));
   TORCH_CHECK(u.size(2) >= 1, op, ": expected u with length L >= 1, got u.shape ", shape_str(u.sizes()));
@@ -28,7 +28,7 @@ void check_causal_conv_args(const at::Tensor& u, const at::Tensor& k, const c10:
               ": expected u and k both float64 or neither, got u ", ut, " and k ", k.scalar_type());
   if (skip.has_value()) {
     const auto& s = *skip;
-    TORCH_CHECK(s.dim() == 1 && s.size(0) == u.size(1), op, ": expected skip of shape (D,) = (", u.size(1),
+    TORCH_CHECK(s.dim() == 1 && s.size(0) == u.size(1), op, ": expected skip of shape (D,) = (", std::to_string(u.size(1)),
                 ",), got ", shape_str(s.sizes()));
     TORCH_CHECK(s.scalar_type() == k.scalar_type(), op, ": expected skip of dtype ", k.scalar_type(), ", got ",
                 s.scalar_type());

@@ -216,7 +216,7 @@ at::Tensor kernel_spectrum(const at::Tensor& k_eff, const ConvShape& s) {
 template <bool kReverse>
 void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s) {
   const int64_t blocks = s.D * s.npairs * s.nseg;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", blocks, ") for one launch");
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(s.N);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -293,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   if (need_k) {
     const at::Tensor uc = u.contiguous();
     const int groups = grad_k_groups(s);
-    TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", D * groups, ")");
+    TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", std::to_string(D * groups), ")");
     at::Tensor partial = at::empty({groups, D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
     const size_t bytes_k = grad_k_smem_bytes(s.N);
     dispatch_io_type(uc.scalar_type(), [&](auto tag) {

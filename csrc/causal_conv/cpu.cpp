@@ -2,6 +2,7 @@
 // for kernels too long for its fused shared-memory FFT. Accumulation is float32 for
 // float32/bfloat16/float16 input, float64 for float64.
 #include <ATen/ATen.h>
+#include <ATen/TensorIndexing.h>
 #include <torch/library.h>
 
 #include "../shape_str.h"
@@ -56,32 +57,72 @@ namespace {
 
 at::ScalarType compute_dtype(const at::Tensor& u) { return u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
+// The FFT workspace of one row (padded input, spectrum, product, inverse) is several times the row
+// itself; transforming every row at once made the peak 4-10x inputs plus outputs at L >= 16K. Rows go
+// in chunks of (batch index, channel range) whose workspace fits budget_bytes (at least one row per
+// chunk); at the benchmark shapes a chunk is still hundreds of rows, enough to fill a GPU.
+template <typename F>
+void for_each_row_chunk(const at::Tensor& u, int64_t row_workspace_bytes, int64_t budget_bytes, F&& f) {
+  const int64_t B = u.size(0), D = u.size(1);
+  const int64_t rows = std::max<int64_t>(1, budget_bytes / std::max<int64_t>(1, row_workspace_bytes));
+  if (rows >= B * D) return f(at::indexing::Slice(), at::indexing::Slice());  // all rows in one go
+  const int64_t batches = std::max<int64_t>(1, rows / D), channels = std::min(rows, D);
+  if (batches > 1)
+    for (int64_t b = 0; b < B; b += batches) f(at::indexing::Slice(b, std::min(B, b + batches)), at::indexing::Slice());
+  else
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t d = 0; d < D; d += channels)
+        f(at::indexing::Slice(b, b + 1), at::indexing::Slice(d, std::min(D, d + channels)));
+}
+
+// Workspace allowed beyond inputs, outputs and the per-channel spectra: together at most half of
+// inputs plus outputs (the 1.5x), with a margin for the allocator's rounding.
+// Never less than 64 MiB, so that small batches (whose kernel spectra alone can exceed the half) still
+// go in chunks of dozens of rows rather than one FFT call per row.
+int64_t chunk_budget(int64_t io_bytes, int64_t fixed_bytes) {
+  return std::max<int64_t>((io_bytes / 2 - fixed_bytes) * 3 / 4, int64_t(64) << 20);
+}
+
+// Bytes of FFT workspace per row of N points: the real input at the compute dtype, its spectrum,
+// the product and the inverse.
+int64_t row_workspace(int64_t N, int64_t segments, at::ScalarType ct) {
+  const int64_t real = ct == at::kDouble ? 8 : 4;
+  return segments * (N * real * 2 + (N / 2 + 1) * 2 * real * 2);
+}
+
 }  // namespace
 
 at::Tensor causal_conv_composite(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
-  const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
+  using at::indexing::Slice;
+  const int64_t L = u.size(2);
   if (u.numel() == 0) return at::empty(u.sizes(), u.options());  // FFT libraries reject empty batches
   const ConvPlan plan = conv_plan(L, k.size(1));
   const int64_t N = plan.fft_size;
   const auto ct = compute_dtype(u);
-  const at::Tensor ke = effective_kernel(k, skip, plan.taps).to(ct);
-  const at::Tensor uc = u.to(ct);
-  const at::Tensor K = at::fft_rfft(ke, N);  // D x (N/2+1)
-  at::Tensor y;
-  if (plan.segments == 1) {
-    y = at::fft_irfft(at::fft_rfft(uc, N) * K, N).narrow(-1, 0, L);
-  } else {
-    // Overlap-save: block j holds u[j*S - (taps-1), j*S - (taps-1) + N); its outputs
-    // [taps-1, N) are exact (no circular wrap) and are u positions [j*S, j*S + S).
-    const int64_t S = plan.segment, front = plan.taps - 1;
-    const int64_t back = (plan.segments - 1) * S + N - front - L;
-    const at::Tensor blocks = at::constant_pad_nd(uc, {front, back}).unfold(-1, N, S);  // B x D x nseg x N
-    y = at::fft_irfft(at::fft_rfft(blocks, N) * K.unsqueeze(1), N)
-            .narrow(-1, front, S)
-            .reshape({B, D, plan.segments * S})
-            .narrow(-1, 0, L);
-  }
-  return y.to(u.scalar_type()).contiguous();
+  const at::Tensor K = at::fft_rfft(effective_kernel(k, skip, plan.taps).to(ct), N);  // D x (N/2+1)
+  at::Tensor y = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t io_bytes = 2 * u.numel() * u.element_size() + k.numel() * k.element_size();
+  for_each_row_chunk(u, row_workspace(N, plan.segments, ct), chunk_budget(io_bytes, K.nbytes()), [&](Slice bs, Slice ds) {
+    const at::Tensor uc = u.index({bs, ds}).to(ct);
+    const at::Tensor Kc = K.index({ds});
+    const int64_t b = uc.size(0), d = uc.size(1);
+    at::Tensor yc;
+    if (plan.segments == 1) {
+      yc = at::fft_irfft(at::fft_rfft(uc, N) * Kc, N).narrow(-1, 0, L);
+    } else {
+      // Overlap-save: block j holds u[j*S - (taps-1), j*S - (taps-1) + N); its outputs
+      // [taps-1, N) are exact (no circular wrap) and are u positions [j*S, j*S + S).
+      const int64_t S = plan.segment, front = plan.taps - 1;
+      const int64_t back = (plan.segments - 1) * S + N - front - L;
+      const at::Tensor blocks = at::constant_pad_nd(uc, {front, back}).unfold(-1, N, S);  // b x d x nseg x N
+      yc = at::fft_irfft(at::fft_rfft(blocks, N) * Kc.unsqueeze(1), N)
+               .narrow(-1, front, S)
+               .reshape({b, d, plan.segments * S})
+               .narrow(-1, 0, L);
+    }
+    y.index({bs, ds}).copy_(yc);
+  });
+  return y;
 }
 
 // grad_u[t] = sum_s k[s] gy[t+s]          (correlation: spectrum GY * conj(K))
@@ -92,6 +133,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_composite(const at::Tens
                                                                   const at::Tensor& k,
                                                                   const c10::optional<at::Tensor>& skip, bool need_u,
                                                                   bool need_k) {
+  using at::indexing::Slice;
   const int64_t D = u.size(1), L = u.size(2), Lk = k.size(1);
   if (u.numel() == 0)  // no rows: zero gradients (FFT libraries reject empty batches)
     return {need_u ? at::zeros(u.sizes(), u.options()) : at::empty({0}, u.options()),
@@ -99,17 +141,23 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_composite(const at::Tens
   const ConvPlan plan = conv_plan(L, Lk);
   const int64_t N = std::max<int64_t>(next_pow2(L + plan.taps - 1), kMinFFT);
   const auto ct = compute_dtype(u);
-  const at::Tensor GY = at::fft_rfft(grad_y.to(ct), N);
+  const at::Tensor Kconj =
+      need_u ? at::fft_rfft(effective_kernel(k, skip, plan.taps).to(ct), N).conj_physical() : at::Tensor();
+  at::Tensor grad_u = need_u ? at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous))
+                             : at::empty({0}, u.options());
+  at::Tensor spectrum_sum = need_k ? at::zeros({D, N / 2 + 1}, u.options().dtype(c10::toComplexType(ct)))
+                                   : at::Tensor();  // sum_b GY * conj(U)
+  const int64_t io_bytes = (2 + need_u) * u.numel() * u.element_size() + (1 + need_k) * k.numel() * k.element_size();
+  const int64_t fixed_bytes = (need_u ? Kconj.nbytes() : 0) + (need_k ? spectrum_sum.nbytes() : 0);
+  for_each_row_chunk(u, row_workspace(N, need_k ? 2 : 1, ct), chunk_budget(io_bytes, fixed_bytes), [&](Slice bs, Slice ds) {
+    const at::Tensor GY = at::fft_rfft(grad_y.index({bs, ds}).to(ct), N);
+    if (need_k) spectrum_sum.index({ds}).add_((GY * at::fft_rfft(u.index({bs, ds}).to(ct), N).conj_physical()).sum(0));
+    if (need_u) grad_u.index({bs, ds}).copy_(at::fft_irfft(GY * Kconj.index({ds}), N).narrow(-1, 0, L));
+  });
   at::Tensor grad_k = at::empty({0}, k.options());
   if (need_k) {
-    const at::Tensor U = at::fft_rfft(u.to(ct), N);
     grad_k = at::zeros({D, Lk}, k.options());
-    grad_k.narrow(1, 0, plan.taps).copy_(at::fft_irfft((GY * U.conj_physical()).sum(0), N).narrow(-1, 0, plan.taps));
-  }
-  at::Tensor grad_u = at::empty({0}, u.options());
-  if (need_u) {
-    const at::Tensor K = at::fft_rfft(effective_kernel(k, skip, plan.taps).to(ct), N);
-    grad_u = at::fft_irfft(GY * K.conj_physical(), N).narrow(-1, 0, L).to(u.scalar_type()).contiguous();
+    grad_k.narrow(1, 0, plan.taps).copy_(at::fft_irfft(spectrum_sum, N).narrow(-1, 0, plan.taps));
   }
   return {grad_u, grad_k};
 }

@@ -11,13 +11,22 @@
 // The skip term is tap 0 of the effective kernel. grad_u is the same kernel run backwards in time;
 // grad_k sums G * conj(U) over (row, window) items per (channel, group) block in shared memory,
 // one FFT of u + i*sc*gy per window (sc: a power of two that keeps gy above u's rounding).
-// Kernels longer than the fused FFT allows (N > kMaxFusedFFT) and float64 go to the composite
-// at::fft (cuFFT) path in cpu.cpp.
+// Windows of 2x to 8x kMaxFusedFFT points run on a thread-block cluster of 2 to 8 blocks
+// (Hopper+, cluster_fft.cuh): the same algorithm with the transform split across the cluster's
+// shared memory. Longer windows, older GPUs and float64 go to the composite at::fft (cuFFT) path
+// in cpu.cpp.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <map>
+
+#include "cluster_fft.cuh"
 #include "common.h"
 #include "smem_fft.cuh"
 
@@ -180,6 +189,150 @@ __global__ void __launch_bounds__(1024) conv_grad_k_kernel(const scalar_t* __res
   for (int f = threadIdx.x; f < half; f += T) out[f] = acc[f];
 }
 
+// ---------------------------------------------------------------------------------------------
+// Windows of N = C * M points, M = kMaxFusedFFT, C = 2, 4 or 8 (cluster_fft.cuh): one cluster of C
+// blocks per window, block r holding window points [r*M, (r+1)*M). Same algorithm and grid order
+// as conv_window_kernel (one cluster where that kernel has one block); the window is read once
+// and written once, the transform never leaves shared memory.
+template <typename scalar_t, bool kReverse>
+__global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K,
+                                                            scalar_t* __restrict__ y, ConvShape s, int C, int logC) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ float2 smem[];
+  const int rank = cluster_fft::cluster_rank();
+  const int64_t item = blockIdx.x / C;
+  const int j = (int)(item % s.nseg);
+  const int64_t rest = item / s.nseg;
+  const int pair = (int)(rest % s.npairs);
+  const int64_t d = rest / s.npairs;
+  const int64_t b0 = 2 * pair, b1 = b0 + 1;
+  const bool has1 = b1 < s.B;
+  const scalar_t* x0 = x + (b0 * s.D + d) * s.L;
+  const scalar_t* x1 = has1 ? x + (b1 * s.D + d) * s.L : x0;
+  const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
+  const int N = s.N, M = N >> logC, logM = s.logN - logC;
+
+  for (int m = threadIdx.x; m < M; m += blockDim.x) {
+    const int64_t t = start + (int64_t)rank * M + m;
+    float v0 = 0.f, v1 = 0.f;
+    if (t >= 0 && t < s.L) {
+      const int64_t tt = kReverse ? s.L - 1 - t : t;
+      v0 = to_float(x0[tt]);
+      if (has1) v1 = to_float(x1[tt]);
+    }
+    smem[pad(m)] = make_float2(v0, v1);
+  }
+  cluster_fft::cluster_sync();
+  cluster_fft::cross_block_dft<false>(smem, C, M, N);
+  cluster_fft::cluster_sync();
+  smem_fft::fft(smem, M, logM);  // this block now holds X[rank + C*k2] at k2
+
+  const int half = N / 2;
+  const float2* Kd = K + d * (half + 1);
+  for (int k2 = threadIdx.x; k2 < M; k2 += blockDim.x) {
+    const int f = rank + C * k2;
+    const float2 kf = f <= half ? Kd[f] : conjf2(Kd[N - f]);
+    smem[pad(k2)] = conjf2(cmul(smem[pad(k2)], kf));
+  }
+  smem_fft::fft(smem, M, logM);
+  cluster_fft::cluster_sync();
+  cluster_fft::cross_block_dft<true>(smem, C, M, N);
+  cluster_fft::cluster_sync();  // this block now holds window points [rank*M, (rank+1)*M)
+
+  scalar_t* y0 = y + (b0 * s.D + d) * s.L;
+  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
+  const int first = s.taps - 1;
+  for (int m = threadIdx.x; m < M; m += blockDim.x) {
+    const int n = rank * M + m;
+    const int64_t t = start + n;
+    if (n < first || n >= first + s.seg || t >= s.L) continue;
+    const int64_t tt = kReverse ? s.L - 1 - t : t;
+    const float2 w = smem[pad(m)];
+    y0[tt] = static_cast<scalar_t>(w.x);
+    if (has1) y1[tt] = static_cast<scalar_t>(-w.y);
+  }
+#endif
+}
+
+// grad_k for cluster-sized windows: conv_grad_k_kernel's algorithm (z = u + i*sc*gy per (row,
+// window) item, G conj(U) from Z[f] and Z[N-f]) with the window spread over a cluster. Z[N-f] lives
+// in another block (read through distributed shared memory); the running sum lives in
+// partial[group, d, f] (global, zero-initialised; each f is owned by one block, so no races).
+template <typename scalar_t>
+__global__ void __launch_bounds__(1024) conv_grad_k_cluster_kernel(const scalar_t* __restrict__ u,
+                                                                   const scalar_t* __restrict__ gy,
+                                                                   float2* __restrict__ partial, ConvShape s,
+                                                                   int groups, int C, int logC) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  extern __shared__ float2 smem[];
+  __shared__ unsigned int window_max[2][2];  // [item parity][u, gy]: float bits, values >= 0
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = (int)cluster.block_rank();
+  const int N = s.N, M = N >> logC, logM = s.logN - logC, T = blockDim.x, half = N / 2;
+  const int64_t cid = blockIdx.x / C;
+  const int group = (int)(cid % groups);
+  const int64_t d = cid / groups;
+  float2* acc = partial + ((int64_t)group * s.D + d) * (half + 1);
+  if (threadIdx.x == 0) window_max[0][0] = window_max[0][1] = window_max[1][0] = window_max[1][1] = 0u;
+  __syncthreads();
+
+  const int64_t items = s.B * s.nseg;
+  int parity = 0;
+  for (int64_t it = group; it < items; it += groups, parity ^= 1) {
+    const int64_t b = it / s.nseg;
+    const int j = (int)(it % s.nseg);
+    const int64_t off = (b * s.D + d) * s.L;
+    const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
+    float max_u = 0.f, max_g = 0.f;
+    for (int m = threadIdx.x; m < M; m += T) {
+      const int n = rank * M + m;
+      const int64_t t = start + n;
+      float vu = 0.f, vg = 0.f;
+      if (t >= 0 && t < s.L) {
+        vu = to_float(u[off + t]);
+        if (n >= s.taps - 1 && n < s.taps - 1 + s.seg) vg = to_float(gy[off + t]);
+      }
+      max_u = fmaxf(max_u, fabsf(vu));
+      max_g = fmaxf(max_g, fabsf(vg));
+      smem[pad(m)] = make_float2(vu, vg);
+    }
+    atomicMax(&window_max[parity][0], __float_as_uint(max_u));
+    atomicMax(&window_max[parity][1], __float_as_uint(max_g));
+    cluster.sync();  // every block's maxima of this item are in
+    float mu = 0.f, mg = 0.f;
+    for (int r = 0; r < C; ++r) {
+      const unsigned int* wm = cluster.map_shared_rank(&window_max[parity][0], r);
+      mu = fmaxf(mu, __uint_as_float(wm[0]));
+      mg = fmaxf(mg, __uint_as_float(wm[1]));
+    }
+    const float sc = (mu > 0.f && mg > 0.f) ? exp2f(fminf(fmaxf(rintf(log2f(mu / mg)), -100.f), 100.f)) : 1.f;
+    // The other parity's slots were last read (by every block) before this item's first cross-block
+    // step and are next written after it, so they can be cleared now.
+    if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;
+    if (sc != 1.f)
+      for (int m = threadIdx.x; m < M; m += T) smem[pad(m)].y *= sc;  // the elements this thread wrote
+    cluster.sync();
+    cluster_fft::cross_block_dft<false>(smem, C, M, N);
+    cluster.sync();
+    smem_fft::fft(smem, M, logM);  // block rank holds Z[rank + C*k2] at k2
+    cluster.sync();                // every block's spectrum is complete before partners read it
+    const float w = 0.25f / sc;
+    for (int k2 = threadIdx.x; k2 < M; k2 += T) {
+      const int f = rank + C * k2;
+      if (f > half) continue;
+      const int g = (N - f) & (N - 1);
+      const float2 a = smem[pad(k2)];
+      const float2 c = conjf2(cluster.map_shared_rank(smem, g & (C - 1))[pad(g >> logC)]);
+      const float2 p = cmul(make_float2(a.x - c.x, a.y - c.y), conjf2(cadd(a, c)));
+      const float2 old = acc[f];
+      acc[f] = make_float2(old.x + w * p.y, old.y - w * p.x);  // += -i/(4 sc) * p
+    }
+    cluster.sync();  // partners are done reading this block's spectrum before the next item overwrites it
+  }
+#endif
+}
+
 // The fused kernels serve float32, bfloat16 and float16 input (float64 takes the composite path);
 // instantiating only these keeps compile time down.
 template <typename F>
@@ -251,18 +404,144 @@ int grad_k_groups(const ConvShape& s) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(want, s.B * s.nseg));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cluster path (N = 2x, 4x or 8x kMaxFusedFFT, one window per cluster): Hopper and later, and only
+// when the kernels in this build were compiled for sm_90+ (a PTX-only build for sm_80 would JIT an
+// empty body). FFT_TENSOR_CONV_CLUSTERS=0 turns it off (then cuFFT, as on older GPUs).
+int cluster_blocks(const ConvPlan& plan) { return (int)(plan.fft_size / kMaxFusedFFT); }
+
+bool clusters_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("FFT_TENSOR_CONV_CLUSTERS");
+    return !(env && std::string(env) == "0");
+  }();
+  return enabled;
+}
+
+template <typename Kernel>
+bool cluster_launchable(Kernel kernel, size_t smem, int C) {
+  cudaFuncAttributes attr;
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess || attr.binaryVersion < 90) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  allow_smem(kernel, smem);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(C);
+  cfg.blockDim = dim3(1024);
+  cfg.dynamicSmemBytes = smem;
+  cudaLaunchAttribute cluster;
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = C;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  cfg.attrs = &cluster;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return clusters > 0;
+}
+
+template <typename Kernel, typename... Args>
+void launch_cluster(Kernel kernel, int64_t blocks, int C, size_t smem, Args... args) {
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks / C),
+              ") for one launch");
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)blocks);
+  cfg.blockDim = dim3(1024);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = at::cuda::getCurrentCUDAStream();
+  cudaLaunchAttribute cluster;
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = C;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  cfg.attrs = &cluster;
+  cfg.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
+bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
+  if (u.scalar_type() == at::kDouble || plan.fft_size <= kMaxFusedFFT ||
+      plan.fft_size > kMaxFusedFFT * cluster_fft::kMaxClusterBlocks || !clusters_enabled())
+    return false;
+  if (at::cuda::getCurrentDeviceProperties()->major < 9) return false;
+  // The answer depends only on (device, C, grad_k): ask the driver once.
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, bool>, bool> known;
+  const int C = cluster_blocks(plan);
+  const auto key = std::make_tuple((int)at::cuda::current_device(), C, with_grad_k);
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto hit = known.find(key);
+  if (hit != known.end()) return hit->second;
+  const size_t smem = smem_bytes((int)kMaxFusedFFT);
+  bool ok = cluster_launchable(conv_cluster_kernel<float, false>, smem, C);
+  if (with_grad_k) ok = ok && cluster_launchable(conv_grad_k_cluster_kernel<float>, smem, C);
+  known[key] = ok;
+  return ok;
+}
+
+int log2_int(int v) {
+  int l = 0;
+  while ((1 << l) < v) ++l;
+  return l;
+}
+
+// (D, N/2+1) spectrum of the effective kernel scaled by 1/N, through cuFFT (N is past one block's FFT).
+at::Tensor kernel_spectrum_cufft(const at::Tensor& k_eff, const ConvShape& s) {
+  return (at::fft_rfft(k_eff.to(at::kFloat), s.N) * (1.0 / s.N)).contiguous();
+}
+
+template <bool kReverse>
+void launch_conv_clusters(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s, int C) {
+  const size_t smem = smem_bytes((int)kMaxFusedFFT);
+  dispatch_io_type(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto kernel = conv_cluster_kernel<scalar_t, kReverse>;
+    allow_smem(kernel, smem);
+    launch_cluster(kernel, s.D * s.npairs * s.nseg * C, C, smem, x.data_ptr<scalar_t>(),
+                   reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s, C, log2_int(C));
+  });
+}
+
+// sum over rows of G conj(U), (D, N/2+1), for cluster-sized windows; groups split a channel's
+// (row, window) items when there are too few channels to fill the GPU.
+at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s, int C) {
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t resident = std::max(1, prop->multiProcessorCount / C);  // one 1024-thread block per SM
+  const int groups = (int)std::max<int64_t>(1, std::min<int64_t>((2 * resident + s.D - 1) / s.D, s.B * s.nseg));
+  at::Tensor partial = at::zeros({groups, s.D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
+  const size_t smem = smem_bytes((int)kMaxFusedFFT);
+  dispatch_io_type(u.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto kernel = conv_grad_k_cluster_kernel<scalar_t>;
+    allow_smem(kernel, smem);
+    launch_cluster(kernel, s.D * groups * C, C, smem, u.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(),
+                   reinterpret_cast<float2*>(partial.data_ptr()), s, groups, C, log2_int(C));
+  });
+  return groups == 1 ? partial[0] : partial.sum(0);
+}
+
 at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
   check_causal_conv_args(u, k, skip, "causal_conv");
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const ConvPlan plan = conv_plan(L, k.size(1));
-  if (!use_fused(u, plan, /*with_grad_k=*/false)) return causal_conv_composite(u, k, skip);
+  const bool fused = use_fused(u, plan, /*with_grad_k=*/false);
+  if (!fused && !use_cluster(u, plan, /*with_grad_k=*/false)) return causal_conv_composite(u, k, skip);
   const ConvShape s = conv_shape(B, D, L, plan);
   const at::Tensor uc = u.contiguous();
   at::Tensor y = at::empty_like(uc);
   if (uc.numel() == 0) return y;
-  const at::Tensor K = kernel_spectrum(effective_kernel(k, skip, plan.taps), s);
-  launch_conv_windows<false>(uc, K, y, s);
+  const at::Tensor k_eff = effective_kernel(k, skip, plan.taps);
+  if (fused) {
+    launch_conv_windows<false>(uc, kernel_spectrum(k_eff, s), y, s);
+  } else {
+    launch_conv_clusters<false>(uc, kernel_spectrum_cufft(k_eff, s), y, s, cluster_blocks(plan));
+  }
   return y;
 }
 
@@ -275,7 +554,9 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2), Lk = k.size(1);
   const ConvPlan plan = conv_plan(L, Lk);
-  if (!use_fused(u, plan, need_k)) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
+  const bool fused = use_fused(u, plan, need_k);
+  const bool clusters = !fused && use_cluster(u, plan, need_k);
+  if (!fused && !clusters) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
   const at::Tensor gy = grad_y.to(u.scalar_type()).contiguous();
   at::Tensor grad_u = at::empty({0}, u.options());
@@ -287,10 +568,19 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   }
   if (need_u) {
     grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
-    const at::Tensor K = kernel_spectrum(effective_kernel(k, skip, plan.taps), s);
-    launch_conv_windows<true>(gy, K, grad_u, s);
+    const at::Tensor k_eff = effective_kernel(k, skip, plan.taps);
+    if (fused) {
+      launch_conv_windows<true>(gy, kernel_spectrum(k_eff, s), grad_u, s);
+    } else {
+      launch_conv_clusters<true>(gy, kernel_spectrum_cufft(k_eff, s), grad_u, s, cluster_blocks(plan));
+    }
   }
-  if (need_k) {
+  if (need_k && clusters) {
+    const at::Tensor corr =
+        at::fft_irfft(grad_k_spectrum_clusters(u.contiguous(), gy, s, cluster_blocks(plan)), s.N).narrow(-1, 0, plan.taps);
+    grad_k = at::zeros({D, Lk}, k.options());
+    grad_k.narrow(1, 0, plan.taps).copy_(corr);
+  } else if (need_k) {
     const at::Tensor uc = u.contiguous();
     const int groups = grad_k_groups(s);
     TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", std::to_string(D * groups), ")");

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fft_lm.gpt import inference_attention
 from fft_lm.layers import MLP, ByteLM, RMSNorm, format_params, init_weights
 from fft_lm.model import SpectralLM, SpectralLMConfig
 
@@ -90,8 +91,9 @@ class ChunkDecoder(nn.Module):
     def forward(self, h, inputs):  # h: [N, D] features, inputs: [N, J] bytes, J <= chunk
         J = inputs.shape[1]
         x = self.byte_emb(inputs) + self.slot_emb.weight[:J] + self.context(h)[:, None, :]
-        for block in self.blocks:
-            x = block(x)
+        with inference_attention(self):  # generation: no cuDNN attention (per-shape setup, see fft_lm.gpt)
+            for block in self.blocks:
+                x = block(x)
         return self.head(self.norm_f(x))  # [N, J, 256]
 
 

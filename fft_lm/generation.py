@@ -23,12 +23,27 @@ Conventions
   - temperature=0 is greedy (argmax). Otherwise logits / temperature, optional top-k filter, and a
     draw from a CPU torch.Generator seeded with `seed` (in float64), so a seed gives the same
     bytes in both modes and on any device.
+
+CUDA graphs (cuda_graphs=None: on for CUDA models unless CUDA_GRAPHS below is False)
+  A streaming step is fixed-shape and tiny (one byte, or one chunk, through every layer), so eager
+  PyTorch spends it launching a few hundred small kernels from Python. StepGraphs records each
+  fixed-shape step once into a torch.cuda.CUDAGraph and replays it: the SpectralLM / ChunkLM
+  backbone step through the overlap-save cache (its tails are updated in place, see
+  fft_lm.model.SpectralCache) and the ChunkLM decoder for each slot count J = 1..chunk (also in
+  recompute mode: the decoder is the same there). The prefill, full recompute of the backbone and
+  the GPT's KV cache (its shapes grow every step) stay eager. Replays run the same kernels on the
+  same values as eager stepping, so the output is the same bytes.
 """
+import warnings
 
 import torch
 
+from fft_lm.model import SpectralCache
+
 BOS_BYTE = 0x0A  # context used for an empty prompt
 MODES = ("overlap_save", "recompute")
+CUDA_GRAPHS = True  # what cuda_graphs=None means on CUDA: the one switch for the graph path
+GRAPH_WARMUP_CALLS = 3  # eager calls on a side stream before recording (lazy inits, cuBLAS handles)
 
 
 def _check_args(prompt, max_new_bytes, mode, temperature, top_k, seed):
@@ -69,14 +84,101 @@ def is_chunk_model(model):
     return hasattr(model, "decode_logits") and getattr(model, "chunk", 1) > 1
 
 
+def _autocast_state(device_type):
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+class StepGraphs:
+    """CUDA graphs of fixed-shape generation steps, one per key (what is run, input shapes, autocast).
+
+    run(key, fn, *inputs) returns fn(*inputs). The first call for a key records it: copies of the
+    inputs become the graph's static inputs, fn runs GRAPH_WARMUP_CALLS times on a side stream and
+    once more under capture. Later calls copy the inputs in and replay. fn may read and update the
+    SpectralCache tails in place (they never move); the warm-up calls really run, so the tails and
+    pos are saved before recording and restored after. fn's result is the graph's static output:
+    overwritten by the next replay of the same key, so use it before then.
+    Autocast is recorded as it is when a key is first seen (part of the key); its weight-cast cache
+    is off while recording (cached casts are freed when the caller's autocast exits, the graph
+    would keep reading them), so a replay casts the weights itself."""
+
+    def __init__(self, cache=None):
+        self.cache = cache if isinstance(cache, SpectralCache) else None
+        self.graphs = {}     # key -> (static inputs, replay, static output)
+        self.replays = 0
+        self.failed = None   # the error of a failed recording; everything runs eager after one
+
+    def run(self, key, fn, *inputs):
+        if self.failed is not None:
+            return fn(*inputs)
+        device = inputs[0].device
+        key = (key, tuple(t.shape for t in inputs), _autocast_state(device.type))
+        entry = self.graphs.get(key)
+        if entry is None:
+            static = tuple(t.clone() for t in inputs)
+            try:
+                entry = (static, *self._record_restoring_cache(lambda: fn(*static), device))
+            except Exception as e:  # an op that cannot be captured: stay correct, only slower
+                self.failed = e
+                warnings.warn(f"generate: recording a CUDA graph of the {key[0]} step failed "
+                              f"({type(e).__name__}: {e}); generating without CUDA graphs")
+                return fn(*inputs)
+            self.graphs[key] = entry
+        static, replay, out = entry
+        for dst, src in zip(static, inputs):
+            dst.copy_(src)
+        replay()
+        self.replays += 1
+        return out
+
+    def _record_restoring_cache(self, body, device):
+        cache = self.cache
+        saved = None
+        if cache is not None:
+            saved = ([t.clone() for t in cache.tails], cache.pos, [t.data_ptr() for t in cache.tails])
+        try:
+            return self.record(body, device)
+        finally:
+            if cache is not None:
+                tails, pos, ptrs = saved
+                for t, s in zip(cache.tails, tails):
+                    t.copy_(s)
+                cache.pos = pos
+                if [t.data_ptr() for t in cache.tails] != ptrs:
+                    raise RuntimeError("StepGraphs: the cache's tails moved while recording a step; a graph "
+                                       "needs them updated in place (SpectralLM.features with grad off)")
+
+    def record(self, body, device):
+        """(replay function, output) of body recorded into a CUDA graph (tests replace this on CPU)."""
+        enabled, dtype = _autocast_state(device.type)
+        amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=enabled, cache_enabled=False)  # noqa: E731
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), amp():
+                for _ in range(GRAPH_WARMUP_CALLS):
+                    body()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), amp():
+                out = body()
+
+        def replay():
+            with torch.cuda.device(device):
+                graph.replay()
+
+        return replay, out
+
+
 class ByteStream:
     """Step-by-step generation state: `step()` runs the model once and emits 1 byte (or a ChunkLM's
     `chunk` bytes) into `out`. The first overlap_save step also consumes the prompt (prefill).
     Call under torch.no_grad() with the model in eval mode (generate() does both)."""
 
     def __init__(self, model, prompt, max_new_bytes, *, mode="overlap_save", temperature=1.0, top_k=None,
-                 seed=None, keep_logits=False):
+                 seed=None, keep_logits=False, cuda_graphs=None):
         _check_args(prompt, max_new_bytes, mode, temperature, top_k, seed)
+        if cuda_graphs not in (None, True, False):
+            raise ValueError(f"generate: cuda_graphs must be None, True or False, got {cuda_graphs!r}")
         if mode == "overlap_save" and not hasattr(model, "init_cache"):
             raise ValueError(f"generate: mode='overlap_save' needs a model with init_cache; "
                              f"{type(model).__name__} has none (use mode='recompute')")
@@ -96,17 +198,42 @@ class ByteStream:
         self.fed = 0  # bytes of seq the cache has consumed (overlap_save)
         self.out = bytearray()
         self.logits = []  # [1, 256] float32 CPU tensors, one per new byte, when keep_logits
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"generate: cuda_graphs=True needs a model on a CUDA device, got {device}")
+        if cuda_graphs is None:
+            cuda_graphs = CUDA_GRAPHS and device.type == "cuda"
+        # graphs only where a step has a fixed shape: the streaming backbone step, the chunk decoder
+        graphable = self.chunked or isinstance(self.cache, SpectralCache)
+        self.graphs = StepGraphs(self.cache) if cuda_graphs and graphable else None
+
+    @property
+    def graph_replays(self):
+        """Steps (backbone or decoder) run as CUDA graph replays so far."""
+        return 0 if self.graphs is None else self.graphs.replays
+
+    def _use_graphs(self):
+        return self.graphs is not None and not torch.is_grad_enabled() and not self.model.training
 
     @property
     def done(self):
         return len(self.out) >= self.max_new_bytes
 
     def _emit(self, logits, pos):
-        b = self.pick(logits)
+        b = self.pick(logits)  # the one host sync of a byte
         self.seq[0, pos] = b
         self.out.append(b)
-        if self.keep_logits:
-            self.logits.append(logits.float().cpu())
+        if self.keep_logits:  # a copy: a graph's output is overwritten by its next replay
+            self.logits.append(logits.detach().to("cpu", torch.float32, copy=True))
+
+    def _backbone_last(self, x):
+        """Last position's output for new bytes x [1, T]: features [1, D] (chunk models) or logits [1, 256]."""
+        if self.chunked:
+            return self.model.features(x, cache=self.cache)[:, -1]
+        logits, _ = self.model(x, cache=self.cache)
+        return logits[:, -1]
+
+    def _decode_last(self, h, inputs):
+        return self.model.decode_logits(h, inputs)[:, -1]
 
     def step(self):
         if self.done:
@@ -114,24 +241,34 @@ class ByteStream:
         end = self.n_ctx + len(self.out)
         x = self.seq[:, :end] if self.cache is None else self.seq[:, self.fed:end]
         self.fed = end
+        graphs = self.graphs if self._use_graphs() else None
+        # the prefill (first call, any length) and full recompute run eager
+        if graphs is not None and self.cache is not None and self.cache.pos > 0:
+            pos_after = self.cache.pos + x.shape[1]
+            last = graphs.run("backbone", self._backbone_last, x)
+            self.cache.pos = pos_after  # a replay runs no Python: count the bytes here
+        else:
+            last = self._backbone_last(x)
         if self.chunked:
-            h_last = self.model.features(x, cache=self.cache)[:, -1]  # [1, D]
             for _ in range(min(self.model.chunk, self.max_new_bytes - len(self.out))):
                 pos = self.n_ctx + len(self.out)
                 # decoder inputs: the byte before the chunk, then the chunk's bytes so far
-                logits = self.model.decode_logits(h_last, self.seq[:, end - 1:pos])[:, -1]
+                inputs = self.seq[:, end - 1:pos]
+                if graphs is not None:
+                    logits = graphs.run("decoder", self._decode_last, last, inputs)
+                else:
+                    logits = self._decode_last(last, inputs)
                 self._emit(logits, pos)
         else:
-            logits, _ = self.model(x, cache=self.cache)
-            self._emit(logits[:, -1], end)
+            self._emit(last, end)
 
 
 @torch.no_grad()
 def generate_with_logits(model, prompt, max_new_bytes, *, mode="overlap_save", temperature=1.0,
-                         top_k=None, seed=None, keep_logits=True):
+                         top_k=None, seed=None, keep_logits=True, cuda_graphs=None):
     """Like `generate` but also returns the logits each new byte was drawn from: (bytes, [[1,256], ...])."""
     stream = ByteStream(model, prompt, max_new_bytes, mode=mode, temperature=temperature, top_k=top_k,
-                        seed=seed, keep_logits=keep_logits)
+                        seed=seed, keep_logits=keep_logits, cuda_graphs=cuda_graphs)
     was_training = model.training
     model.eval()
     try:
@@ -143,8 +280,9 @@ def generate_with_logits(model, prompt, max_new_bytes, *, mode="overlap_save", t
 
 
 def generate(model, prompt: bytes, max_new_bytes: int, *, mode="overlap_save", temperature=1.0,
-             top_k=None, seed=None) -> bytes:
-    """Generate `max_new_bytes` bytes after `prompt`; returns only the new bytes. See the module doc."""
+             top_k=None, seed=None, cuda_graphs=None) -> bytes:
+    """Generate `max_new_bytes` bytes after `prompt`; returns only the new bytes. See the module doc
+    (cuda_graphs: None = CUDA graphs on a CUDA model, False = eager)."""
     out, _ = generate_with_logits(model, prompt, max_new_bytes, mode=mode, temperature=temperature,
-                                  top_k=top_k, seed=seed, keep_logits=False)
+                                  top_k=top_k, seed=seed, keep_logits=False, cuda_graphs=cuda_graphs)
     return out

@@ -4,6 +4,7 @@ Same protocol as SpectralLM (fft_lm/families.py): forward(idx, targets, *, cache
 init_cache() for KV-cached generation, presets with the same names and ~ the same parameter counts.
 RoPE instead of learned positions, so it runs past seq_len.
 """
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Optional
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fft_lm.layers import MLP, ByteLM, RMSNorm, apply_rotary, format_params, init_weights, rotary_cos_sin
 
@@ -51,6 +53,21 @@ PRESETS = {
     "29m": dict(d_model=512, n_layers=9, seq_len=1024),      # 28.6M (29.2M)
     "base512": dict(d_model=512, n_layers=8, seq_len=1024),  # 25.4M (27.6M), ANCHORS.md throughput model
 }
+
+
+# SDPA backends outside training. PyTorch may pick cuDNN attention (H100, torch 2.11), which builds
+# a new cuDNN graph for every new (query, key) length, i.e. for every KV-cached generation step
+# (~80 ms a byte). Flash / memory-efficient attention have no per-shape setup; math is the fallback.
+INFERENCE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def inference_attention(module: nn.Module):
+    """Context for a module's attention calls: no cuDNN attention when not training (generation and
+    eval see many shapes); training keeps the default backends (fixed shapes; cuDNN is fine there).
+    Under torch.compile nothing changes (the compiled graph has fixed shapes too)."""
+    if module.training or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return sdpa_kernel(INFERENCE_SDPA_BACKENDS)
 
 
 class KVCache:
@@ -170,11 +187,12 @@ class GPT(ByteLM):
         cos, sin = rotary_cos_sin(torch.arange(start, start + T, device=idx.device),
                                   self.config.d_model // self.config.n_head, self.config.rope_base)
         x = self.drop(self.embed(idx))
-        for block in self.blocks:
-            if cache is None and self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, cache)
+        with inference_attention(self):
+            for block in self.blocks:
+                if cache is None and self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+                    x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+                else:
+                    x = block(x, cos, sin, cache)
         if cache is not None:
             cache.pos += T
         return self.norm_f(x)

@@ -197,7 +197,9 @@ class SpectralBlock(nn.Module):
 class SpectralCache:
     """Streaming state: per layer the last kernel_len-1 conv inputs, float32 (B, D, kernel_len-1).
 
-    pos counts the bytes seen. Kernel taps are cached here while gradients are off (generation)."""
+    pos counts the bytes seen. Kernel taps are cached here while gradients are off (generation).
+    With gradients off the tails are updated in place, so their storage never moves: a CUDA graph
+    of a step (fft_lm.generation) reads and writes these same tensors on every replay."""
 
     def __init__(self, tails, batch_size: int):
         self.tails = tails
@@ -283,7 +285,11 @@ class SpectralLM(ByteLM):
             taps = cache.taps
         for i, block in enumerate(self.blocks):
             if cache is not None:
-                x, cache.tails[i] = block(x, cache.tails[i], taps[i])
+                x, new_tail = block(x, cache.tails[i], taps[i])
+                if torch.is_grad_enabled():
+                    cache.tails[i] = new_tail  # a new tensor: autograd sees a plain chain of tails
+                else:
+                    cache.tails[i].copy_(new_tail)  # in place: fixed addresses (CUDA graphs replay steps)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, _ = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:

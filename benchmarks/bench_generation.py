@@ -1,12 +1,17 @@
 """Generation throughput (new bytes/s, batch 1) against context length, through fft_lm.generation's stepping.
 
     python benchmarks/bench_generation.py                      # H100: 29M models, contexts 1K/8K/64K, bf16
+    python benchmarks/bench_generation.py --no-cuda-graphs     # the same, every step eager
     python benchmarks/bench_generation.py --device cpu --preset tiny --contexts 256,1024 --budget-s 0.5
 
 Rows: ChunkLM (backbone once per `chunk` bytes, then its chunk decoder per byte) and SpectralLM (one
 byte per step), each with overlap-save streaming and with full recompute of the context every step,
 and the GPT baseline with its KV cache (and recompute). Presets are matched by parameter count
 (random init: throughput does not depend on the weights). Greedy decoding.
+
+On CUDA the fixed-shape steps replay CUDA graphs (fft_lm.generation.StepGraphs): the overlap-save
+backbone step and the ChunkLM decoder (in both modes). The "graphs" column says what was replayed
+in that row; --no-cuda-graphs runs everything eager.
 
 Per setting: the prompt (= the context) is consumed first (prefill, not timed), 2 warm-up steps,
 then steps are timed until --new-bytes bytes or --budget-s seconds, whichever comes first
@@ -36,19 +41,28 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def graphs_used(stream):
+    """What this stream replayed as CUDA graphs: "backbone+decoder", "backbone", "decoder" or "no"."""
+    if stream.graphs is None or stream.graph_replays == 0:
+        return "no"
+    kinds = {key[0] for key in stream.graphs.graphs}
+    return "+".join(k for k in ("backbone", "decoder") if k in kinds)
+
+
 @torch.no_grad()
-def measure(model, context, mode, device, autocast, new_bytes, budget_s):
-    """(bytes/s, bytes timed, prefill seconds) for one setting."""
+def measure(model, context, mode, device, autocast, new_bytes, budget_s, cuda_graphs):
+    """(bytes/s, bytes timed, prefill seconds, graphs used) for one setting."""
     g = torch.Generator().manual_seed(0)
     prompt = bytes(torch.randint(0, 256, (context,), generator=g).tolist())
-    stream = ByteStream(model, prompt, new_bytes + 3 * getattr(model, "chunk", 1), mode=mode, temperature=0)
+    stream = ByteStream(model, prompt, new_bytes + 3 * getattr(model, "chunk", 1), mode=mode, temperature=0,
+                        cuda_graphs=cuda_graphs)
     with autocast():
         sync(device)
         t0 = time.perf_counter()
         stream.step()  # prefill (overlap_save) or first full pass (recompute)
         sync(device)
         prefill_s = time.perf_counter() - t0
-        for _ in range(2):  # warm-up: plans and kernels for the incremental shapes
+        for _ in range(2):  # warm-up: plans and kernels for the incremental shapes, CUDA graphs recorded
             stream.step()
         start_bytes = len(stream.out)
         sync(device)
@@ -58,7 +72,7 @@ def measure(model, context, mode, device, autocast, new_bytes, budget_s):
         sync(device)
         dt = time.perf_counter() - t0
     n = len(stream.out) - start_bytes
-    return n / dt, n, prefill_s
+    return n / dt, n, prefill_s, graphs_used(stream)
 
 
 def main():
@@ -70,8 +84,10 @@ def main():
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="autocast dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-gpt-recompute", action="store_true", help="leave out GPT full recompute")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="every step eager (no CUDA graph replays)")
     args = p.parse_args()
     device = torch.device(args.device)
+    cuda_graphs = device.type == "cuda" and not args.no_cuda_graphs
     contexts = [int(c) for c in args.contexts.split(",")]
     use_bf16 = args.dtype == "bfloat16"
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
@@ -89,14 +105,15 @@ def main():
             results = {}
             for ctx in contexts:
                 try:
-                    results[ctx] = measure(model, ctx, mode, device, autocast, args.new_bytes, args.budget_s)
+                    results[ctx] = measure(model, ctx, mode, device, autocast, args.new_bytes, args.budget_s,
+                                           cuda_graphs)
                 except torch.OutOfMemoryError:
                     results[ctx] = None
                     torch.cuda.empty_cache()
                 r = results[ctx]
                 print(f"{name:10s} {label:12s} ctx {ctx:6d}: " +
-                      (f"{r[0]:9.1f} bytes/s ({r[1]} bytes timed, prefill {r[2] * 1e3:.1f} ms)" if r else "OOM"),
-                      flush=True)
+                      (f"{r[0]:9.1f} bytes/s ({r[1]} bytes timed, prefill {r[2] * 1e3:.1f} ms, "
+                       f"CUDA graphs: {r[3]})" if r else "OOM"), flush=True)
             rows.append((name, params, label, results))
         del model
         if device.type == "cuda":
@@ -109,13 +126,15 @@ def main():
         return None
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    graphs_note = "CUDA graphs on" if cuda_graphs else "no CUDA graphs"
     lines = [f"## Generation throughput, new bytes/s, batch 1, greedy ({gpu}, {args.dtype} autocast, "
-             f"torch {torch.__version__}, preset {args.preset})", "",
-             "| model | params | mode | " + " | ".join(f"ctx {c}" for c in contexts) + " |",
-             "|---|---|---|" + "---|" * len(contexts)]
+             f"torch {torch.__version__}, preset {args.preset}, {graphs_note})", "",
+             "| model | params | mode | graphs | " + " | ".join(f"ctx {c}" for c in contexts) + " |",
+             "|---|---|---|---|" + "---|" * len(contexts)]
     for name, params, label, res in rows:
         cells = [f"{res[c][0]:,.0f}" if res.get(c) else "OOM" for c in contexts]
-        lines.append(f"| {name} | {params / 1e6:.1f}M | {label} | " + " | ".join(cells) + " |")
+        used = sorted({res[c][3] for c in contexts if res.get(c)}) or ["n/a"]
+        lines.append(f"| {name} | {params / 1e6:.1f}M | {label} | {', '.join(used)} | " + " | ".join(cells) + " |")
     lines.append("")
 
     def ratio(a, b):

@@ -228,7 +228,9 @@ class ByteStream:
     def _backbone_last(self, x):
         """Last position's output for new bytes x [1, T]: features [1, D] (chunk models) or logits [1, 256]."""
         if self.chunked:
-            return self.model.features(x, cache=self.cache)[:, -1]
+            # contiguous, as a graph's static copy is: the decoder's matmuls then see the same layout
+            # (and pick the same kernels) eager or replayed, so both give the same bits
+            return self.model.features(x, cache=self.cache)[:, -1].contiguous()
         logits, _ = self.model(x, cache=self.cache)
         return logits[:, -1]
 

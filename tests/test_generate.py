@@ -12,7 +12,8 @@ import torch
 
 import fft_lm
 from fft_lm.checkpoint import save_checkpoint
-from fft_lm.generation import BOS_BYTE, generate, generate_with_logits
+from fft_lm.generation import (BOS_BYTE, GRAPH_WARMUP_CALLS, ByteStream, StepGraphs, generate,
+                               generate_with_logits)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ["spectral", "chunk", "gpt"]
@@ -135,6 +136,145 @@ def test_overlap_save_needs_init_cache():
     with pytest.raises(ValueError, match="init_cache"):
         generate(NoCache(), b"a", 3)
     assert len(generate(NoCache(), b"a", 3, mode="recompute")) == 3
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class EmulatedGraphs(StepGraphs):
+    """StepGraphs on CPU: record() runs the warm-up calls, then body once more and keeps that output
+    as the static output; a replay runs body again and writes the result into it, where a real
+    replay writes too, and undoes body's Python side effect (cache.pos), which a real replay never
+    runs. Exercises the static inputs, the cache save/restore and the bookkeeping."""
+
+    def record(self, body, device):
+        for _ in range(GRAPH_WARMUP_CALLS):
+            body()
+        out = body()
+
+        def replay():
+            pos = self.cache.pos if self.cache is not None else None
+            out.copy_(body())
+            if self.cache is not None:
+                self.cache.pos = pos
+
+        return replay, out
+
+
+def run_stream(model, prompt, n, graphs=None, autocast=None, **kw):
+    """(bytes, logits, stream) of greedy generation; graphs: None (ByteStream's default), False,
+    True, or "emulated" (EmulatedGraphs on CPU)."""
+    stream = ByteStream(model, prompt, n, temperature=kw.pop("temperature", 0), keep_logits=True,
+                        cuda_graphs=None if graphs == "emulated" else graphs, **kw)
+    if graphs == "emulated":
+        stream.graphs = EmulatedGraphs(stream.cache)
+    model.eval()
+    with torch.no_grad(), (autocast or torch.autocast("cpu", enabled=False)):
+        while not stream.done:
+            stream.step()
+    return bytes(stream.out), stream.logits, stream
+
+
+def assert_same_generation(a, b, atol):
+    out_a, logits_a, _ = a
+    out_b, logits_b, _ = b
+    assert len(logits_a) == len(logits_b) == len(out_a)
+    worst = max((x - y).abs().max().item() for x, y in zip(logits_a, logits_b))
+    first = next((i for i, (x, y) in enumerate(zip(out_a, out_b)) if x != y), None)
+    assert worst <= atol, f"logits differ by {worst} (first differing byte: {first})"
+    assert out_a == out_b, f"first differing byte at {first} (max logit difference {worst})"
+
+
+@pytest.mark.parametrize("family, mode", [("spectral", "overlap_save"), ("chunk", "overlap_save"),
+                                          ("chunk", "recompute")])
+def test_emulated_graph_steps_equal_eager(family, mode):
+    model = tiny_model(family)
+    prompt = random_prompt(70)
+    eager = run_stream(model, prompt, 100, graphs=False, mode=mode)
+    graphed = run_stream(model, prompt, 100, graphs="emulated", mode=mode)
+    stream = graphed[2]
+    chunked = family == "chunk"
+    # spectral: every step after the prefill; chunk: every decoder call (+ the backbone after the prefill)
+    expected = 100 + (-(-100 // 16) - 1 if mode == "overlap_save" else 0) if chunked else 99
+    assert stream.graph_replays == expected
+    assert_same_generation(eager, graphed, atol=1e-6)
+    if mode == "overlap_save":  # the cache has read every byte but the last chunk / byte
+        assert stream.cache.pos == stream.fed == len(prompt) + (96 if chunked else 99)
+
+
+def test_cache_tails_are_updated_in_place_without_grad():
+    model = tiny_model("spectral").eval()
+    cache = model.init_cache(1)
+    ptrs = [t.data_ptr() for t in cache.tails]
+    idx = torch.randint(0, 256, (1, 40))
+    with torch.no_grad():
+        stepped = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 30), (30, 31), (31, 40)]]
+        full, _ = model(idx)
+    assert [t.data_ptr() for t in cache.tails] == ptrs
+    assert cache.pos == 40
+    torch.testing.assert_close(torch.cat(stepped, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_cuda_graphs_argument():
+    model = tiny_model("spectral")
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a model on a CUDA device"):
+        generate(model, b"a", 3, cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs must be None, True or False"):
+        generate(model, b"a", 3, cuda_graphs="yes")
+    assert ByteStream(model, b"a", 3).graphs is None  # CPU: eager by default
+
+
+def test_attention_avoids_cudnn_outside_training():
+    # cuDNN attention builds a graph per new key length: every KV-cached step (fft_lm.gpt)
+    seen = []
+    model = tiny_model("gpt")
+    model.blocks[0].attn.register_forward_pre_hook(
+        lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    idx = torch.randint(0, 256, (1, 8))
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    model.train()(idx)
+    model.eval()(idx)
+    with torch.no_grad():
+        model(idx[:, :1], cache=model.init_cache(1))
+    assert seen == [True, False, False]
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored afterwards
+
+
+@requires_cuda
+@pytest.mark.parametrize("family, mode", [("spectral", "overlap_save"), ("chunk", "overlap_save"),
+                                          ("chunk", "recompute")])
+def test_cuda_graphs_equal_eager_and_recompute(family, mode):
+    model = tiny_model(family).cuda()
+    prompt = random_prompt(100)
+    graphed = run_stream(model, prompt, 512, graphs=True, mode=mode)
+    assert graphed[2].graph_replays >= 512 - 1
+    assert_same_generation(run_stream(model, prompt, 512, graphs=False, mode=mode), graphed, atol=1e-5)
+    assert_same_generation(run_stream(model, prompt, 512, graphs=False, mode="recompute"), graphed, atol=1e-4)
+
+
+@requires_cuda
+@pytest.mark.parametrize("family", ["spectral", "chunk"])
+def test_cuda_graphs_bf16_autocast_and_sampling(family):
+    # the benchmark's setting: graphs recorded under bf16 autocast, weights cast inside the graph
+    model = tiny_model(family).cuda()
+    prompt = random_prompt(80)
+    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    graphed = run_stream(model, prompt, 200, graphs=True, autocast=amp())
+    assert graphed[2].graph_replays > 0
+    assert_same_generation(run_stream(model, prompt, 200, graphs=False, autocast=amp()), graphed, atol=1e-2)
+    a = run_stream(model, prompt, 200, graphs=True, temperature=1.0, seed=7)
+    b = run_stream(model, prompt, 200, graphs=False, temperature=1.0, seed=7)
+    assert a[2].graph_replays > 0 and a[0] == b[0]
+
+
+@requires_cuda
+def test_cuda_gpt_kv_cache_equals_recompute():
+    model = tiny_model("gpt").cuda()
+    prompt = random_prompt(100)
+    assert_same_generation(run_stream(model, prompt, 256, mode="recompute"),
+                           run_stream(model, prompt, 256, mode="overlap_save"), atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- scripts

@@ -44,6 +44,8 @@ def parse_args():
     p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing per block")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (fp32 = none)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, print the top GPU kernels of 3 more steps (torch.profiler)")
     return p.parse_args()
 
 
@@ -96,6 +98,13 @@ def time_family(family, L, batch, args, device):
         sync()
         times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    if args.profile and device.type == "cuda":
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            sync()
+        print(f"{family} L={L}: top GPU kernels over 3 steps")
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70))
     return statistics.median(times), peak, warmup_s, model.num_params()
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests checks sanitize segv ops lm gen quality
+#   bash benchmarks/device_run.sh tests checks clustercheck sanitize segv ncu ops lm gen quality
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -31,6 +31,16 @@ for stage in "$@"; do
     # without xdist under cuda-gdb; on a crash, print every thread's native backtrace.
     segv)    timeout 300 cuda-gdb -q -batch -ex run -ex "thread apply all bt 25" --args "$PY" -m pytest -q -x -p no:xdist \
                -p no:cacheprovider tests/test_phase_rotate.py 2>&1 | tee "$OUT/segv.log" | tail -60 ;;
+    # Nsight Compute on the causal_conv kernels at the benchmark shapes (what limits each one).
+    ncu)     timeout 240 ncu --profile-from-start off --kernel-name regex:conv_ --section SpeedOfLight --section Occupancy \
+               --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum \
+               "$PY" benchmarks/profile_causal_conv.py > "$OUT/ncu.txt" 2>&1
+             grep -E "profiled|conv_.*kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|bank_conflicts|wavefronts_mem_shared|Registers Per|Block Limit" "$OUT/ncu.txt" \
+               | sed -E 's/\(fft_tensor::\(anonymous namespace\)::ConvShape.*//' | head -150 ;;
+    clustercheck) for tool in memcheck racecheck; do
+               timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --cluster 2>&1 \
+                 | tee "$OUT/sanitize_cluster_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -10
+             done ;;
     ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
              "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45 ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;

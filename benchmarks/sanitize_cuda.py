@@ -23,9 +23,10 @@ CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (3, 2, 2500, 100),   # overlap-save, N = 1024, 3 windows, odd B
     (2, 2, 100, 300),    # taps > L
     (1, 1, 8192, 8192),  # N = 16384, 1024 threads, the largest fused FFT
-    (2, 1, 20000, 20000),  # long kernel: cuFFT fallback
+    (2, 1, 20000, 20000),  # N = 65536: a cluster of 4 blocks on sm_90 (cuFFT elsewhere)
 ]
 QUICK = CONV_CASES[:4]
+CLUSTER = [(3, 1, 9000, 9000), (2, 1, 20000, 20000)]  # clusters of 2 and 4 blocks (sm_90)
 
 
 def rel_err(a, b):
@@ -74,11 +75,17 @@ def check_phase_rotate(shape, theta_shape, contiguous):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="only the small cases (racecheck is slow)")
+    p.add_argument("--cluster", action="store_true", help="only the thread-block cluster cases, float32")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("sanitize_cuda.py needs a CUDA GPU")
     torch.manual_seed(0)
     ok = True
+    if args.cluster:
+        for case in CLUSTER:
+            ok &= check_conv(*case, torch.float32)
+        print("ALL OK" if ok else "SOME CASES FAILED")
+        sys.exit(0 if ok else 1)
     for case in (QUICK if args.quick else CONV_CASES):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             ok &= check_conv(*case, dtype)

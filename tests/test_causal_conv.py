@@ -505,3 +505,37 @@ def test_cuda_cluster_path_taken():
     u, k, skip = make_inputs(4000, 4000, True, "cuda", batch=2, dim=2)
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
     assert "conv_window_kernel" in names and "cluster" not in names, names
+
+
+# Kernels of at most 128 taps take the direct (time-domain) kernels on CUDA; longer ones the FFT
+# windows (overlap-save blocks when Lk << L). Tile edges (1024 outputs), taps not a multiple of 16,
+# Lk > L, odd B and D.
+DIRECT_SHAPES = [(1, 1, 3, 2), (7, 3, 1, 3), (1000, 128, 3, 5), (1025, 17, 2, 3), (3000, 100, 1, 2),
+                 (5000, 128, 3, 2), (100, 300, 2, 2), (2049, 1, 1, 3)]
+WINDOW_SHAPES = [(5000, 129, 3, 2), (5000, 200, 1, 3), (70000, 1000, 1, 2)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", DIRECT_SHAPES + WINDOW_SHAPES,
+                         ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in DIRECT_SHAPES + WINDOW_SHAPES])
+def test_cuda_short_kernels(L, Lk, batch, dim):
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
+    for dtype in (torch.bfloat16, torch.float16):
+        ub = u.to(dtype)
+        exact = fft64_reference(ub.float(), k, skip)
+        assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= 4 * rel_err(exact.to(dtype), exact) + 1e-6
+    check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)
+    check_grads(L, Lk, "cuda", dtype=torch.bfloat16, batch=batch, dim=dim, tol=1e-2)
+
+
+@requires_cuda
+def test_cuda_short_kernel_path_taken():
+    gy = None
+    for Lk, kernels in ((128, ("conv_direct_kernel", "conv_direct_grad_k_kernel")),
+                        (129, ("conv_window_kernel", "conv_grad_k_kernel"))):
+        u, k, skip = make_inputs(5000, Lk, True, "cuda", batch=2, dim=2)
+        gy = torch.randn_like(u)
+        names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
+                                            ops.causal_conv_backward(gy, u, k, skip, True, True)))
+        assert all(name in names for name in kernels), (Lk, names)

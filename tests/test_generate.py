@@ -249,7 +249,7 @@ def test_cuda_graphs_equal_eager_and_recompute(family, mode):
     model = tiny_model(family).cuda()
     prompt = random_prompt(100)
     graphed = run_stream(model, prompt, 512, graphs=True, mode=mode)
-    assert graphed[2].graph_replays >= 512 - 1
+    assert graphed[2].graph_replays >= 512 - 1, f"recording failed: {graphed[2].graphs.failed!r}"
     assert_same_generation(run_stream(model, prompt, 512, graphs=False, mode=mode), graphed, atol=1e-5)
     assert_same_generation(run_stream(model, prompt, 512, graphs=False, mode="recompute"), graphed, atol=1e-4)
 
@@ -262,11 +262,12 @@ def test_cuda_graphs_bf16_autocast_and_sampling(family):
     prompt = random_prompt(80)
     amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     graphed = run_stream(model, prompt, 200, graphs=True, autocast=amp())
-    assert graphed[2].graph_replays > 0
+    assert graphed[2].graph_replays >= 200 - 1, f"recording failed: {graphed[2].graphs.failed!r}"
     assert_same_generation(run_stream(model, prompt, 200, graphs=False, autocast=amp()), graphed, atol=1e-2)
     a = run_stream(model, prompt, 200, graphs=True, temperature=1.0, seed=7)
     b = run_stream(model, prompt, 200, graphs=False, temperature=1.0, seed=7)
-    assert a[2].graph_replays > 0 and a[0] == b[0]
+    assert a[2].graph_replays >= 200 - 1, f"recording failed: {a[2].graphs.failed!r}"
+    assert a[0] == b[0]
 
 
 @requires_cuda

@@ -28,6 +28,7 @@
 
 #include "cluster_fft.cuh"
 #include "common.h"
+#include "direct.cuh"
 #include "smem_fft.cuh"
 
 namespace fft_tensor {
@@ -525,11 +526,72 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
   return groups == 1 ? partial[0] : partial.sum(0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Direct path (direct.cuh) for kernels of at most FFT_TENSOR_CONV_DIRECT_MAX_TAPS taps (default
+// and maximum 128; 0 turns it off, then those kernels take the FFT windows).
+int direct_max_taps() {
+  static const int taps = [] {
+    const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS");
+    const int v = env ? std::atoi(env) : direct::kMaxTaps;
+    return std::max(0, std::min(v, direct::kMaxTaps));
+  }();
+  return taps;
+}
+
+bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
+  return u.scalar_type() != at::kDouble && plan.taps <= direct_max_taps();
+}
+
+int64_t direct_tiles(int64_t L) { return (L + direct::kTile - 1) / direct::kTile; }
+
+template <bool kReverse>
+void launch_conv_direct(const at::Tensor& x, const at::Tensor& k_eff, at::Tensor& y, int taps) {
+  const int64_t B = x.size(0), D = x.size(1), L = x.size(2), tiles = direct_tiles(L);
+  const int64_t blocks = B * D * tiles;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many tiles (", std::to_string(blocks), ") for one launch");
+  dispatch_io_type(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    direct::conv_direct_kernel<scalar_t, kReverse><<<(unsigned)blocks, direct::kThreads, 0,
+                                                      at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), k_eff.data_ptr<float>(), y.data_ptr<scalar_t>(), D, L, taps, tiles);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// (D, taps) float32: sum over rows and times of gy[t] u[t - s].
+at::Tensor direct_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
+  const int64_t B = u.size(0), D = u.size(1), L = u.size(2), tiles = direct_tiles(L);
+  int lag_groups = 1;
+  while (lag_groups * direct::kPerThread < taps) lag_groups *= 2;
+  // Enough (channel, group) blocks for a few waves of 16 blocks per SM; each group's partial sum is
+  // one (D, taps) slice, summed below in a fixed order.
+  const int64_t want = 4 * 16 * (int64_t)at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int groups = (int)std::max<int64_t>(1, std::min<int64_t>((want + D - 1) / D, B * tiles));
+  TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", std::to_string(D * groups), ")");
+  at::Tensor partial = at::empty({groups, D, taps}, u.options().dtype(at::kFloat));
+  dispatch_io_type(u.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    direct::conv_direct_grad_k_kernel<scalar_t><<<(unsigned)(D * groups), direct::kThreads, 0,
+                                                   at::cuda::getCurrentCUDAStream()>>>(
+        u.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), partial.data_ptr<float>(), B, D, L, taps, lag_groups,
+        tiles, groups);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return groups == 1 ? partial[0] : partial.sum(0);
+}
+
 at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
   check_causal_conv_args(u, k, skip, "causal_conv");
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const ConvPlan plan = conv_plan(L, k.size(1));
+  if (use_direct(u, plan)) {
+    const at::Tensor uc = u.contiguous();
+    at::Tensor y = at::empty_like(uc);
+    if (uc.numel() == 0) return y;
+    launch_conv_direct<false>(uc, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), y, (int)plan.taps);
+    return y;
+  }
   const bool fused = use_fused(u, plan, /*with_grad_k=*/false);
   if (!fused && !use_cluster(u, plan, /*with_grad_k=*/false)) return causal_conv_composite(u, k, skip);
   const ConvShape s = conv_shape(B, D, L, plan);
@@ -554,9 +616,10 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2), Lk = k.size(1);
   const ConvPlan plan = conv_plan(L, Lk);
-  const bool fused = use_fused(u, plan, need_k);
-  const bool clusters = !fused && use_cluster(u, plan, need_k);
-  if (!fused && !clusters) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
+  const bool direct = use_direct(u, plan);
+  const bool fused = !direct && use_fused(u, plan, need_k);
+  const bool clusters = !direct && !fused && use_cluster(u, plan, need_k);
+  if (!direct && !fused && !clusters) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
   const at::Tensor gy = grad_y.to(u.scalar_type()).contiguous();
   at::Tensor grad_u = at::empty({0}, u.options());
@@ -569,13 +632,18 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   if (need_u) {
     grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
     const at::Tensor k_eff = effective_kernel(k, skip, plan.taps);
-    if (fused) {
+    if (direct) {
+      launch_conv_direct<true>(gy, k_eff.to(at::kFloat).contiguous(), grad_u, (int)plan.taps);
+    } else if (fused) {
       launch_conv_windows<true>(gy, kernel_spectrum(k_eff, s), grad_u, s);
     } else {
       launch_conv_clusters<true>(gy, kernel_spectrum_cufft(k_eff, s), grad_u, s, cluster_blocks(plan));
     }
   }
-  if (need_k && clusters) {
+  if (need_k && direct) {
+    grad_k = at::zeros({D, Lk}, k.options());
+    grad_k.narrow(1, 0, plan.taps).copy_(direct_grad_k(u.contiguous(), gy, (int)plan.taps));
+  } else if (need_k && clusters) {
     const at::Tensor corr =
         at::fft_irfft(grad_k_spectrum_clusters(u.contiguous(), gy, s, cluster_blocks(plan)), s.N).narrow(-1, 0, plan.taps);
     grad_k = at::zeros({D, Lk}, k.options());

@@ -124,7 +124,9 @@ def environment():
 
 
 def command_line():
-    return " ".join(shlex.quote(a) for a in ["python"] + sys.argv)
+    """The command that produced a table, with the FFT_TENSOR_* switches that were set in front."""
+    switches = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("FFT_TENSOR_CONV_")]
+    return " ".join(switches + [shlex.quote(a) for a in ["python"] + sys.argv])
 
 
 def append_results(title, command, table, name=None, notes=""):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests checks clustercheck sanitize segv ncu ops lm gen quality
+#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft ops lm gen quality
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -21,6 +21,11 @@ for stage in "$@"; do
     tests)   "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py 2>&1 | tee "$OUT/tests_ops.log" | tail -15 ;;
     checks)  "$PY" -m pytest -q -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py -k bad_inputs 2>&1 \
                | tee "$OUT/tests_checks.log" | tail -5 ;;
+    convtests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
+    # The same Lk=128 shapes with the direct kernels off (FFT overlap-save windows), for comparison.
+    opsfft)  FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0 "$PY" benchmarks/bench_causal_conv.py --kernels 128 --no-peer 2>&1 \
+               | tee "$OUT/bench_causal_conv_fftwindows.log" | tail -12
+             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_fftwindows.md" ;;
     alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     sanitize) for tool in memcheck racecheck synccheck; do
                args=""; [ $tool = memcheck ] || args="--quick"

@@ -26,6 +26,9 @@ for stage in "$@"; do
     opsfft)  FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0 "$PY" benchmarks/bench_causal_conv.py --kernels 128 --no-peer 2>&1 \
                | tee "$OUT/bench_causal_conv_fftwindows.log" | tail -12
              [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_fftwindows.md" ;;
+    gentests) "$PY" -m pytest -q -n 6 -p no:cacheprovider tests/test_generate.py tests/test_causal_conv.py::test_cuda_peak_memory \
+               tests/test_causal_conv.py::test_cuda_cluster_path_taken tests/test_causal_conv.py::test_cuda_cluster_sizes 2>&1 \
+               | tee "$OUT/tests_gen.log" | grep -E "passed|failed|FAILED|Error|assert" | head -30 ;;
     alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     sanitize) for tool in memcheck racecheck synccheck; do
                args=""; [ $tool = memcheck ] || args="--quick"

@@ -447,14 +447,16 @@ def test_row_chunks(device, batch, dim):
 @requires_cuda
 @pytest.mark.parametrize("L", [16384, 32768])
 def test_cuda_peak_memory(L):
-    # Forward and backward allocate at most half of inputs plus outputs beyond them (the composite
-    # path transforms rows in chunks; the fused path needs only the kernel spectrum).
-    B, D = 4, 96
+    # Beyond inputs and outputs, the forward allocates at most half of inputs plus outputs (the
+    # issue's 1.5x: the kernel spectrum, cuFFT rows in chunks) and the backward at most as much as
+    # inputs plus outputs (spectrum, partial sums, the small inverse FFT of grad_k).
+    B, D = 8, 96  # the benchmark's batch
     u = torch.randn(B, D, L, device="cuda")
     k = torch.randn(D, L, device="cuda") / L
     gy = torch.randn_like(u)
-    for fn, io in ((lambda: fft_tensor.causal_conv(u, k), 2 * u.nbytes + k.nbytes),
-                   (lambda: ops.causal_conv_backward(gy, u, k, None, True, True), 3 * u.nbytes + 2 * k.nbytes)):
+    for fn, io, allowed in ((lambda: fft_tensor.causal_conv(u, k), 2 * u.nbytes + k.nbytes, 0.5),
+                            (lambda: ops.causal_conv_backward(gy, u, k, None, True, True),
+                             3 * u.nbytes + 2 * k.nbytes, 1.0)):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -462,7 +464,7 @@ def test_cuda_peak_memory(L):
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - base  # outputs + workspace
         outputs = sum(t.nbytes for t in (out if isinstance(out, tuple) else (out,)))
-        assert extra - outputs <= 0.5 * io + (1 << 20), (extra, outputs, io)
+        assert extra - outputs <= allowed * io + (1 << 20), (extra, outputs, io)
         del out
 
 

@@ -25,6 +25,8 @@ def add_generation_args(parser: argparse.ArgumentParser):
     parser.add_argument("--raw", action="store_true", help="write raw bytes instead of UTF-8 text")
     parser.add_argument("--no-echo", action="store_true", help="write only the new bytes, not the prompt")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="step eagerly on CUDA instead of replaying CUDA graphs (same bytes, slower)")
 
 
 def fail(parser, message):
@@ -84,7 +86,7 @@ def run_generation(parser, args, model, prompt, n_new, mode):
     t0 = time.perf_counter()
     try:
         out = generate(model, prompt, n_new, mode=mode, temperature=args.temperature,
-                       top_k=args.top_k, seed=args.seed)
+                       top_k=args.top_k, seed=args.seed, cuda_graphs=False if args.no_cuda_graphs else None)
     except (TypeError, ValueError) as e:
         fail(parser, str(e))
     dt = time.perf_counter() - t0

@@ -106,10 +106,22 @@ class StepGraphs:
         self.graphs = {}     # key -> (static inputs, replay, static output)
         self.replays = 0
         self.failed = None   # the error of a failed recording; everything runs eager after one
+        self.cache_ptrs = None  # addresses of the cache tensors the recorded graphs read and write
+
+    def _cache_tensor_ptrs(self):
+        if self.cache is None:
+            return None
+        taps = [t for pair in (self.cache.taps or []) for t in pair if t is not None]
+        return [t.data_ptr() for t in list(self.cache.tails) + taps]
 
     def run(self, key, fn, *inputs):
         if self.failed is not None:
             return fn(*inputs)
+        # a step run eager with grad on gives the cache new tail tensors (new taps after a cutoff
+        # change): graphs hold the old addresses, now freed memory, so record again
+        ptrs = self._cache_tensor_ptrs()
+        if ptrs != self.cache_ptrs:
+            self.graphs.clear()
         device = inputs[0].device
         key = (key, tuple(t.shape for t in inputs), _autocast_state(device.type))
         entry = self.graphs.get(key)
@@ -123,6 +135,7 @@ class StepGraphs:
                               f"({type(e).__name__}: {e}); generating without CUDA graphs")
                 return fn(*inputs)
             self.graphs[key] = entry
+            self.cache_ptrs = self._cache_tensor_ptrs()
         static, replay, out = entry
         for dst, src in zip(static, inputs):
             dst.copy_(src)

@@ -65,9 +65,14 @@ def inference_attention(module: nn.Module):
     """Context for a module's attention calls: no cuDNN attention when not training (generation and
     eval see many shapes); training keeps the default backends (fixed shapes; cuDNN is fine there).
     Under torch.compile nothing changes (the compiled graph has fixed shapes too)."""
-    if module.training or torch.compiler.is_compiling():
+    if module.training or torch.compiler.is_compiling() or not torch.backends.cuda.cudnn_sdp_enabled():
         return contextlib.nullcontext()
-    return sdpa_kernel(INFERENCE_SDPA_BACKENDS)
+    # only drop cuDNN: backends the caller turned off (e.g. sdpa_kernel(MATH) outside) stay off
+    enabled = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
+               SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
+               SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled()}
+    backends = [b for b in INFERENCE_SDPA_BACKENDS if enabled[b]]
+    return sdpa_kernel(backends) if backends else contextlib.nullcontext()  # cuDNN alone: the caller's choice
 
 
 class KVCache:

@@ -205,6 +205,58 @@ def test_emulated_graph_steps_equal_eager(family, mode):
         assert stream.cache.pos == stream.fed == len(prompt) + (96 if chunked else 99)
 
 
+class AddressGraphs(EmulatedGraphs):
+    """EmulatedGraphs whose replay reads and writes the cache tails that were there when it was
+    recorded, as a real graph (it holds their addresses) does."""
+
+    def record(self, body, device):
+        replay, out = super().record(body, device)
+        bound = list(self.cache.tails)
+
+        def replay_bound():
+            current = self.cache.tails
+            self.cache.tails = bound
+            try:
+                replay()
+            finally:
+                self.cache.tails = current
+
+        return replay_bound, out
+
+
+def test_graphs_rerecorded_after_a_step_that_moved_the_cache_tails():
+    # a step with grad on runs eager and gives the cache new tail tensors; the graphs recorded on
+    # the old ones must not be replayed afterwards (a real replay would write freed memory)
+    model = tiny_model("spectral").eval()
+    prompt = random_prompt(20)
+
+    def run(graphs):
+        stream = ByteStream(model, prompt, 12, temperature=0, keep_logits=True, cuda_graphs=False)
+        if graphs:
+            stream.graphs = AddressGraphs(stream.cache)
+        for i in range(12):
+            with torch.set_grad_enabled(i == 5):
+                stream.step()
+        return bytes(stream.out), stream.logits, stream
+
+    eager, graphed = run(False), run(True)
+    assert graphed[2].graph_replays == 10  # every no-grad step after the prefill
+    assert_same_generation(eager, graphed, atol=1e-6)
+
+
+def test_inference_attention_keeps_the_callers_backend_choice():
+    # sdpa_kernel([MATH]) outside (determinism, debugging) must still hold in eval: only cuDNN is dropped
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    seen = []
+    model = tiny_model("gpt").eval()
+    model.blocks[0].attn.register_forward_pre_hook(lambda *_: seen.append(
+        (torch.backends.cuda.math_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+         torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled())))
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]):
+        model(torch.randint(0, 256, (1, 8)))
+    assert seen == [(True, False, False, False)]
+
+
 def test_cache_tails_are_updated_in_place_without_grad():
     model = tiny_model("spectral").eval()
     cache = model.init_cache(1)

@@ -422,7 +422,9 @@ bool clusters_enabled() {
 template <typename Kernel>
 bool cluster_launchable(Kernel kernel, size_t smem, int C) {
   cudaFuncAttributes attr;
-  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess || attr.binaryVersion < 90) {
+  // Both: a PTX-only sm_80 build JIT-compiled on Hopper reports binaryVersion 90 but ptxVersion 80,
+  // and its kernel body (guarded by __CUDA_ARCH__ >= 900) is empty.
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess || attr.binaryVersion < 90 || attr.ptxVersion < 90) {
     (void)cudaGetLastError();
     return false;
   }

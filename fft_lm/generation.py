@@ -260,7 +260,8 @@ class ByteStream:
         # the prefill (first call, any length) and full recompute run eager
         if graphs is not None and self.cache is not None and self.cache.pos > 0:
             pos_after = self.cache.pos + x.shape[1]
-            last = graphs.run("backbone", self._backbone_last, x)
+            # the kernel taps are cached per frequency cutoff: a new cutoff is a new graph
+            last = graphs.run(("backbone", getattr(self.model, "freq_cutoff", None)), self._backbone_last, x)
             self.cache.pos = pos_after  # a replay runs no Python: count the bytes here
         else:
             last = self._backbone_last(x)

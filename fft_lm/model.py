@@ -288,6 +288,10 @@ class SpectralLM(ByteLM):
                 x, new_tail = block(x, cache.tails[i], taps[i])
                 if torch.is_grad_enabled():
                     cache.tails[i] = new_tail  # a new tensor: autograd sees a plain chain of tails
+                elif cache.tails[i].requires_grad or cache.tails[i]._base is not None:
+                    # left by a step with grad on: a view that autograd may have saved for backward,
+                    # so writing into it would break that backward; start a fresh buffer instead
+                    cache.tails[i] = new_tail.clone()
                 else:
                     cache.tails[i].copy_(new_tail)  # in place: fixed addresses (CUDA graphs replay steps)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():

@@ -244,6 +244,21 @@ def test_graphs_rerecorded_after_a_step_that_moved_the_cache_tails():
     assert_same_generation(eager, graphed, atol=1e-6)
 
 
+def test_frequency_cutoff_change_records_a_new_backbone_graph():
+    # a replay runs no Python, so it would keep the taps of the cutoff it was recorded with: a new
+    # cutoff must be a new graph (eager steps pick the new taps up in features())
+    model = tiny_model("spectral").eval()
+    stream = ByteStream(model, random_prompt(20), 8, temperature=0, cuda_graphs=False)
+    stream.graphs = EmulatedGraphs(stream.cache)
+    with torch.no_grad():
+        for i in range(8):
+            if i == 4:
+                model.set_freq_cutoff(3)
+            stream.step()
+    cutoffs = sorted(key[0][1] for key in stream.graphs.graphs)
+    assert cutoffs == [3, model.freq_bins], cutoffs
+
+
 def test_inference_attention_keeps_the_callers_backend_choice():
     # sdpa_kernel([MATH]) outside (determinism, debugging) must still hold in eval: only cuDNN is dropped
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -118,7 +118,13 @@ class StepGraphs:
         if self.failed is not None:
             return fn(*inputs)
         # a step run eager with grad on gives the cache new tail tensors (new taps after a cutoff
-        # change): graphs hold the old addresses, now freed memory, so record again
+        # change): graphs hold the old addresses, now freed memory, so record again. Tails such a
+        # step left are views autograd may have saved: give the cache its own buffers first (the
+        # model would otherwise do it inside the recording, moving them mid-record).
+        if self.cache is not None:
+            for i, t in enumerate(self.cache.tails):
+                if t.requires_grad or t._base is not None:
+                    self.cache.tails[i] = t.detach().clone()
         ptrs = self._cache_tensor_ptrs()
         if ptrs != self.cache_ptrs:
             self.graphs.clear()

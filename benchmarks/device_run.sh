@@ -59,4 +59,10 @@ for stage in "$@"; do
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   echo "stage $stage: $(( $(date +%s) - t0 )) s"
 done
+# The device tool returns at most 8 files from $OUT: past that, pack the logs into one archive
+# (the markdown tables stay loose).
+if [ "$(ls "$OUT" | wc -l)" -gt 8 ]; then
+  (cd "$OUT" && tar czf logs.tar.gz --remove-files $(ls | grep -vE '\.md$|^logs\.tar\.gz$'))
+  echo "logs packed into logs.tar.gz: $(ls "$OUT" | tr '\n' ' ')"
+fi
 exit $status

@@ -541,3 +541,35 @@ def test_cuda_short_kernel_path_taken():
         names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
                                             ops.causal_conv_backward(gy, u, k, skip, True, True)))
         assert all(name in names for name in kernels), (Lk, names)
+
+
+# Channels-contiguous u (a transposed (B, L, D) activation) through the tiled direct kernels, which
+# read it without a layout copy. Behind FFT_TENSOR_CONV_CHANNELS_LAST=1 until these pass on a GPU.
+CL_SHAPES = [(300, 5, 1, 3), (1000, 128, 3, 33), (2049, 100, 2, 64), (100, 300, 2, 2)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", CL_SHAPES, ids=[f"L{a}-Lk{b}-B{c}-D{d}" for a, b, c, d in CL_SHAPES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_channels_last_direct(L, Lk, batch, dim, dtype, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_CHANNELS_LAST", "1")
+    u = torch.randn(batch, L, dim, device="cuda").to(dtype).transpose(1, 2)  # stride(1) == 1
+    k = torch.randn(dim, Lk, device="cuda") / Lk**0.5
+    skip = torch.randn(dim, device="cuda")
+    exact = fft64_reference(u.float(), k, skip)
+    y = fft_tensor.causal_conv(u, k, skip)
+    assert y.shape == u.shape and y.dtype == dtype and y.is_contiguous()
+    tol = 1e-5 if dtype == torch.float32 else 4 * rel_err(exact.to(dtype), exact) + 1e-6
+    assert rel_err(y, exact) <= tol
+    # gradients with grad_y channels-contiguous and contiguous; u, k, skip against float64 autograd
+    for gy in (torch.randn(batch, L, dim, device="cuda").to(dtype).transpose(1, 2),
+               torch.randn(batch, dim, L, device="cuda").to(dtype)):
+        refs = [t.detach().cpu().double().requires_grad_() for t in (u, k, skip)]
+        ref_grads = torch.autograd.grad(fft64_reference(*refs), refs, gy.cpu().double())
+        args = [t.detach().requires_grad_() for t in (u, k, skip)]
+        grads = torch.autograd.grad(fft_tensor.causal_conv(*args), args, gy)
+        for name, g, ref in zip("u k skip".split(), grads, ref_grads):
+            assert rel_err(g, ref) < (2e-5 if dtype == torch.float32 else 1e-2), name
+    names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
+                                        ops.causal_conv_backward(gy, u, k, skip, True, True)))
+    assert "conv_tiled_kernel" in names and "conv_tiled_grad_k_kernel" in names, names

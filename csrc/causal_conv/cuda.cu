@@ -29,6 +29,7 @@
 #include "cluster_fft.cuh"
 #include "common.h"
 #include "direct.cuh"
+#include "direct_tiled.cuh"
 #include "smem_fft.cuh"
 
 namespace fft_tensor {
@@ -595,11 +596,72 @@ at::Tensor direct_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
   return groups == 1 ? partial[0] : partial.sum(0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Channels-contiguous inputs (direct_tiled.cuh): NOT YET RUN ON A GPU, so off unless
+// FFT_TENSOR_CONV_CHANNELS_LAST=1 (read on every call, so tests can switch it).
+bool channels_last_enabled() {
+  const char* env = std::getenv("FFT_TENSOR_CONV_CHANNELS_LAST");
+  return env && std::string(env) == "1";
+}
+
+// Layouts the tile loader reads coalesced: channels or time contiguous.
+bool tile_layout(const at::Tensor& t) { return t.stride(1) == 1 || t.stride(2) == 1; }
+
+// The tiled kernels pay off where the plain ones would first copy u: channels contiguous.
+bool use_tiled(const at::Tensor& u) {
+  return channels_last_enabled() && u.size(1) > 1 && u.stride(1) == 1 && u.size(0) <= 65535 &&
+         (u.size(1) + direct_tiled::kLanes - 1) / direct_tiled::kLanes <= 65535;
+}
+
+direct_tiled::Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+template <bool kReverse>
+void launch_conv_tiled(const at::Tensor& x, const at::Tensor& k_eff, at::Tensor& y, int taps) {
+  const int64_t B = x.size(0), D = x.size(1), L = x.size(2);
+  const dim3 grid((unsigned)((L + direct_tiled::kTile - 1) / direct_tiled::kTile),
+                  (unsigned)((D + direct_tiled::kLanes - 1) / direct_tiled::kLanes), (unsigned)B);
+  const size_t smem = direct_tiled::forward_smem_bytes();
+  dispatch_io_type(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto kernel = direct_tiled::conv_tiled_kernel<scalar_t, kReverse>;
+    allow_smem(kernel, smem);
+    kernel<<<grid, dim3(direct_tiled::kLanes, direct_tiled::kWarps), smem, at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), strides_of(x), k_eff.data_ptr<float>(), y.data_ptr<scalar_t>(), D, L, taps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor tiled_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
+  const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
+  const int64_t tiles = (L + direct_tiled::kTile - 1) / direct_tiled::kTile;
+  const int64_t channel_blocks = (D + direct_tiled::kLanes - 1) / direct_tiled::kLanes;
+  const int64_t want = 8 * (int64_t)at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int groups = (int)std::max<int64_t>(1, std::min<int64_t>({(want + channel_blocks - 1) / channel_blocks,
+                                                                   B * tiles, 65535}));
+  at::Tensor partial = at::empty({groups, D, taps}, u.options().dtype(at::kFloat));
+  const size_t smem = direct_tiled::grad_k_smem_bytes();
+  dispatch_io_type(u.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto kernel = direct_tiled::conv_tiled_grad_k_kernel<scalar_t>;
+    allow_smem(kernel, smem);
+    kernel<<<dim3((unsigned)groups, (unsigned)channel_blocks), dim3(direct_tiled::kLanes, direct_tiled::kWarps), smem,
+             at::cuda::getCurrentCUDAStream()>>>(u.data_ptr<scalar_t>(), strides_of(u), gy.data_ptr<scalar_t>(),
+                                                 strides_of(gy), partial.data_ptr<float>(), B, D, L, taps, groups);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return groups == 1 ? partial[0] : partial.sum(0);
+}
+
 at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
   check_causal_conv_args(u, k, skip, "causal_conv");
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const ConvPlan plan = conv_plan(L, k.size(1));
+  if (use_direct(u, plan) && u.numel() > 0 && use_tiled(u)) {
+    at::Tensor y = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+    launch_conv_tiled<false>(u, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), y, (int)plan.taps);
+    return y;
+  }
   if (use_direct(u, plan)) {
     const at::Tensor uc = u.contiguous();
     at::Tensor y = at::empty_like(uc);
@@ -636,6 +698,24 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   const bool clusters = !direct && !fused && use_cluster(u, plan, need_k);
   if (!direct && !fused && !clusters) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
+  if (direct && u.numel() > 0 && (use_tiled(u) || use_tiled(grad_y))) {
+    // no layout copies: the tile loader reads u and grad_y in their own strides
+    const at::Tensor gy_t = grad_y.to(u.scalar_type());
+    const at::Tensor ut = tile_layout(u) ? u : u.contiguous();
+    const at::Tensor gyt = tile_layout(gy_t) ? gy_t : gy_t.contiguous();
+    at::Tensor grad_u = at::empty({0}, u.options());
+    at::Tensor grad_k = at::empty({0}, k.options());
+    if (need_u) {
+      grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+      launch_conv_tiled<true>(gyt, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), grad_u,
+                              (int)plan.taps);
+    }
+    if (need_k) {
+      grad_k = at::zeros({D, Lk}, k.options());
+      grad_k.narrow(1, 0, plan.taps).copy_(tiled_grad_k(ut, gyt, (int)plan.taps));
+    }
+    return {grad_u, grad_k};
+  }
   const at::Tensor gy = grad_y.to(u.scalar_type()).contiguous();
   at::Tensor grad_u = at::empty({0}, u.options());
   at::Tensor grad_k = at::empty({0}, k.options());

@@ -109,6 +109,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="short timing budget (smoke test)")
     p.add_argument("--install-wheels", default=None, metavar="DIR", help="pip-install DIR/*.whl into /tmp/site first")
     p.add_argument("--no-peer", action="store_true", help="skip NVIDIA's fft_causal_conv1d")
+    p.add_argument("--channels-last", action="store_true",
+                   help="u and grad_y as transposed (B, L, D) tensors, the layout a model's projections give")
     args = p.parse_args()
     if args.install_wheels:
         install_wheels(args.install_wheels)
@@ -130,7 +132,7 @@ def main():
                 dtype = DTYPES[dname]
                 tag = f"L={L} Lk={Lk} {dname}"
                 try:
-                    row = bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag)
+                    row = bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, args.channels_last)
                 except torch.cuda.OutOfMemoryError as e:
                     reasons.append(f"{tag}: OOM ({str(e).splitlines()[0][:100]})")
                     row = dict(ours_f=None, ours_fb=None, ref_f=None, ref_fb=None, peer_f=None, peer_fb=None,
@@ -163,15 +165,19 @@ def main():
              f"(inputs + outputs + workspace) over inputs + outputs. rel err: ours vs the torch.fft reference.")
     if reasons:
         notes += "\n\nn/a reasons:\n" + "\n".join(f"- {r}" for r in reasons)
-    append_results(f"causal_conv, B={B}, D={D}", command_line(), times + "\n\n" + ratios, notes=notes)
+    layout = ", u as transposed (B, L, D)" if args.channels_last else ""
+    append_results(f"causal_conv, B={B}, D={D}{layout}", command_line(), times + "\n\n" + ratios, notes=notes)
     print(notes)
     print(times)
     print()
     print(ratios)
 
 
-def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag):
+def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last=False):
     def make():
+        if channels_last:  # (B, D, L) views of (B, L, D) storage: channels are the contiguous dimension
+            u = torch.randn(B, L, D, device=DEVICE).to(dtype).transpose(1, 2).detach().requires_grad_()
+            return u, (torch.randn(B, L, D, device=DEVICE) / 4).to(dtype).transpose(1, 2)
         u = torch.randn(B, D, L, device=DEVICE).to(dtype).requires_grad_()
         return u, (torch.randn(B, D, L, device=DEVICE) / 4).to(dtype)
 

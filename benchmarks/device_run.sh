@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft ops lm gen quality
+#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft opscl ops lm gen quality
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -29,6 +29,13 @@ for stage in "$@"; do
     gentests) "$PY" -m pytest -q -n 6 -p no:cacheprovider tests/test_generate.py tests/test_causal_conv.py::test_cuda_peak_memory \
                tests/test_causal_conv.py::test_cuda_cluster_path_taken tests/test_causal_conv.py::test_cuda_cluster_sizes 2>&1 \
                | tee "$OUT/tests_gen.log" | grep -E "passed|failed|FAILED|Error|assert" | head -30 ;;
+    # u as a transposed (B, L, D) tensor, 128 taps: the plain direct kernel (layout copy first) against
+    # the tiled one that reads it in place (FFT_TENSOR_CONV_CHANNELS_LAST=1).
+    opscl)   for cl in 0 1; do
+               FFT_TENSOR_CONV_CHANNELS_LAST=$cl "$PY" benchmarks/bench_causal_conv.py --channels-last --kernels 128 --no-peer 2>&1 \
+                 | tee "$OUT/bench_causal_conv_cl$cl.log" | tail -11
+               [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_cl$cl.md"
+             done ;;
     alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     sanitize) for tool in memcheck racecheck synccheck; do
                args=""; [ $tool = memcheck ] || args="--quick"

@@ -1,0 +1,59 @@
+"""Smoke runs of the benchmark scripts on the CPU at toy sizes.
+
+The numbers mean nothing here; the point is that every script still runs end to end and prints its
+table, so a broken script is found on this machine rather than in a GPU session's limited time.
+Nothing is written to benchmarks/RESULTS.md (that happens only on CUDA) or to $OUT (unset here).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_benchmark(script, *args, timeout=240):
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env.update(CUDA_VISIBLE_DEVICES="", FFT_TENSOR_SKIP_STALE_CHECK="1", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_table(result, header):
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert header in result.stdout, result.stdout[-2000:]
+
+
+def test_bench_phase_rotate():
+    assert_table(run_benchmark("bench_phase_rotate.py", "--quick", "--rows", "2", "--cols", "4096"),
+                 "| method | ms | GB/s | % of copy bw |")
+
+
+@pytest.mark.parametrize("layout", [[], ["--channels-last"]], ids=["contiguous", "channels-last"])
+def test_bench_causal_conv(layout):
+    r = run_benchmark("bench_causal_conv.py", "--quick", "--lengths", "256", "--kernels", "L,16", "--dtypes",
+                      "fp32,bf16", "--batch", "2", "--dim", "4", "--no-peer", *layout)
+    assert_table(r, "| L | Lk | u dtype | ref/ours fwd |")
+    assert r.stdout.count("| 256 |") >= 8  # 2 kernels x 2 dtypes, in both tables
+
+
+def test_bench_lm_throughput():
+    r = run_benchmark("bench_lm_throughput.py", "--device", "cpu", "--preset", "tiny", "--lengths", "128",
+                      "--batch", "2", "--steps", "1", "--warmup", "1", "--no-compile")
+    assert_table(r, "| L | batch | SpectralLM M bytes/s | GPT (SDPA) M bytes/s |")
+
+
+def test_bench_generation():
+    r = run_benchmark("bench_generation.py", "--device", "cpu", "--preset", "tiny", "--contexts", "64,128",
+                      "--new-bytes", "4", "--budget-s", "0.2", "--dtype", "float32")
+    assert_table(r, "| model | params | mode |")
+
+
+def test_bench_lm_quality(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
+    r = run_benchmark("bench_lm_quality.py", "--data", str(corpus), "--preset", "tiny", "--budget-s", "1",
+                      "--seq-len", "64", "--batch-size", "4", "--warmup-steps", "2", "--eval-batches", "2",
+                      "--sample-bytes", "16", "--dtype", "float32", "--ckpt-dir", str(tmp_path / "ckpt"))
+    assert_table(r, "| model | params | steps |")

@@ -122,9 +122,7 @@ class StepGraphs:
         # step left are views autograd may have saved: give the cache its own buffers first (the
         # model would otherwise do it inside the recording, moving them mid-record).
         if self.cache is not None:
-            for i, t in enumerate(self.cache.tails):
-                if t.requires_grad or t._base is not None:
-                    self.cache.tails[i] = t.detach().clone()
+            self.cache.own_tails()
         ptrs = self._cache_tensor_ptrs()
         if ptrs != self.cache_ptrs:
             self.graphs.clear()

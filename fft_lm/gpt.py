@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fft_lm.layers import MLP, ByteLM, RMSNorm, apply_rotary, format_params, init_weights, rotary_cos_sin
+from fft_lm.layers import MLP, ByteLM, RMSNorm, apply_rotary, format_params, rotary_cos_sin
 
 
 @dataclass
@@ -159,14 +159,7 @@ class GPT(ByteLM):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT: expected a GPTConfig, got {type(config).__name__}")
         self.config = dataclasses.replace(config)
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([GPTBlock(self.config, i) for i in range(config.n_layers)])
-        self.norm_f = RMSNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        init_weights(self, config.n_layers)
-        if config.tie_embeddings:
-            self.head.weight = self.embed.weight
+        self._build_trunk(config, lambda i: GPTBlock(self.config, i))
 
     def describe(self) -> str:
         c = self.config
@@ -182,11 +175,7 @@ class GPT(ByteLM):
 
     def features(self, idx: torch.Tensor, *, cache: Optional[KVCache] = None) -> torch.Tensor:
         """Final-normed hidden states (B, T, d_model) for bytes idx (B, T)."""
-        if idx.dim() != 2 or idx.dtype != torch.long:
-            raise ValueError(f"GPT: expected idx of shape (B, T) and dtype torch.long, "
-                             f"got shape {tuple(idx.shape)} and dtype {idx.dtype}")
-        if cache is not None and idx.shape[0] != cache.batch_size:
-            raise ValueError(f"GPT: expected idx with batch size {cache.batch_size} (the cache's), got {idx.shape[0]}")
+        self._check_idx(idx, cache)
         T = idx.shape[1]
         start = 0 if cache is None else cache.pos
         cos, sin = rotary_cos_sin(torch.arange(start, start + T, device=idx.device),
@@ -201,14 +190,3 @@ class GPT(ByteLM):
         if cache is not None:
             cache.pos += T
         return self.norm_f(x)
-
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *, cache=None):
-        """logits (B, T, vocab) float32 and, with targets, the mean cross-entropy in nats per byte
-        (targets of -1 are ignored)."""
-        logits = self.head(self.features(idx, cache=cache)).float()
-        loss = None
-        if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"GPT: expected targets of shape {tuple(idx.shape)} (idx's), got {tuple(targets.shape)}")
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
-        return logits, loss

@@ -1,6 +1,7 @@
 """Pieces shared by the LM families: RMSNorm, the MLP, rotary embeddings, config helpers."""
 import dataclasses
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -107,4 +108,40 @@ class ByteLM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() counts a tied weight once
+
+    # The trunk every single-stream family shares (SpectralLM, GPT): embedding, dropout, blocks,
+    # final norm and a (optionally tied) byte head; subclasses supply the blocks and features().
+
+    def _build_trunk(self, config, make_block) -> None:
+        """embed, drop, blocks = [make_block(i) for i < n_layers], norm_f, head; initialised and tied.
+        (Modules are created in this order so a seed gives the same weights as before the refactor.)"""
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([make_block(i) for i in range(config.n_layers)])
+        self.norm_f = RMSNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        init_weights(self, config.n_layers)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def _check_idx(self, idx: torch.Tensor, cache) -> None:
+        name = type(self).__name__
+        if idx.dim() != 2 or idx.dtype != torch.long:
+            raise ValueError(f"{name}: expected idx of shape (B, T) and dtype torch.long, "
+                             f"got shape {tuple(idx.shape)} and dtype {idx.dtype}")
+        if cache is not None and idx.shape[0] != cache.batch_size:
+            raise ValueError(f"{name}: expected idx with batch size {cache.batch_size} (the cache's), "
+                             f"got {idx.shape[0]}")
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *, cache=None):
+        """logits (B, T, vocab) float32 and, with targets, the mean cross-entropy in nats per byte
+        (targets of -1 are ignored)."""
+        logits = self.head(self.features(idx, cache=cache)).float()
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(f"{type(self).__name__}: expected targets of shape {tuple(idx.shape)} (idx's), "
+                                 f"got {tuple(targets.shape)}")
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import fft_tensor
-from fft_lm.layers import MLP, ByteLM, RMSNorm, format_params, init_weights
+from fft_lm.layers import MLP, ByteLM, RMSNorm, format_params
 
 
 @dataclass
@@ -208,6 +208,13 @@ class SpectralCache:
         self.taps = None          # per-layer (k, skip) computed once for generation
         self.taps_cutoff = None   # the freq_cutoff those taps were made with
 
+    def own_tails(self) -> None:
+        """Tails a step with grad on left are views autograd may have saved for backward: replace them
+        by copies of their own, so the in-place updates of no-grad steps never write into them."""
+        for i, t in enumerate(self.tails):
+            if t.requires_grad or t._base is not None:
+                self.tails[i] = t.detach().clone()
+
 
 class SpectralLM(ByteLM):
     family = "spectral"
@@ -219,14 +226,7 @@ class SpectralLM(ByteLM):
         if not isinstance(config, SpectralLMConfig):
             raise TypeError(f"SpectralLM: expected a SpectralLMConfig, got {type(config).__name__}")
         self.config = dataclasses.replace(config)  # own copy: set_freq_cutoff writes to it
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([SpectralBlock(config) for _ in range(config.n_layers)])
-        self.norm_f = RMSNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        init_weights(self, config.n_layers)
-        if config.tie_embeddings:
-            self.head.weight = self.embed.weight
+        self._build_trunk(config, lambda i: SpectralBlock(config))
 
     def describe(self) -> str:
         c = self.config
@@ -270,15 +270,11 @@ class SpectralLM(ByteLM):
 
     def features(self, idx: torch.Tensor, *, cache: Optional[SpectralCache] = None) -> torch.Tensor:
         """Final-normed hidden states (B, T, d_model) for bytes idx (B, T)."""
-        if idx.dim() != 2 or idx.dtype != torch.long:
-            raise ValueError(f"SpectralLM: expected idx of shape (B, T) and dtype torch.long, "
-                             f"got shape {tuple(idx.shape)} and dtype {idx.dtype}")
-        if cache is not None and idx.shape[0] != cache.batch_size:
-            raise ValueError(f"SpectralLM: expected idx with batch size {cache.batch_size} (the cache's), "
-                             f"got {idx.shape[0]}")
+        self._check_idx(idx, cache)
         x = self.drop(self.embed(idx))
         taps = [None] * len(self.blocks)
         if cache is not None and not torch.is_grad_enabled():
+            cache.own_tails()
             if cache.taps is None or cache.taps_cutoff != self.freq_cutoff:
                 cache.taps = [block.mixer.kernel() for block in self.blocks]
                 cache.taps_cutoff = self.freq_cutoff
@@ -288,10 +284,6 @@ class SpectralLM(ByteLM):
                 x, new_tail = block(x, cache.tails[i], taps[i])
                 if torch.is_grad_enabled():
                     cache.tails[i] = new_tail  # a new tensor: autograd sees a plain chain of tails
-                elif cache.tails[i].requires_grad or cache.tails[i]._base is not None:
-                    # left by a step with grad on: a view that autograd may have saved for backward,
-                    # so writing into it would break that backward; start a fresh buffer instead
-                    cache.tails[i] = new_tail.clone()
                 else:
                     cache.tails[i].copy_(new_tail)  # in place: fixed addresses (CUDA graphs replay steps)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -301,15 +293,3 @@ class SpectralLM(ByteLM):
         if cache is not None:
             cache.pos += idx.shape[1]
         return self.norm_f(x)
-
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *, cache=None):
-        """logits (B, T, vocab) float32 and, with targets, the mean cross-entropy in nats per byte
-        (targets of -1 are ignored)."""
-        logits = self.head(self.features(idx, cache=cache)).float()
-        loss = None
-        if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"SpectralLM: expected targets of shape {tuple(idx.shape)} (idx's), "
-                                 f"got {tuple(targets.shape)}")
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
-        return logits, loss

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft opscl ops lm gen quality
+#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft opscl ops lm lmvariants gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -48,10 +48,11 @@ for stage in "$@"; do
                -p no:cacheprovider tests/test_phase_rotate.py 2>&1 | tee "$OUT/segv.log" | tail -60 ;;
     # Nsight Compute on the causal_conv kernels at the benchmark shapes (what limits each one).
     ncu)     timeout 240 ncu --profile-from-start off --kernel-name regex:conv_ --section SpeedOfLight --section Occupancy \
+               --section WarpStateStats --section ComputeWorkloadAnalysis \
                --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum \
-               "$PY" benchmarks/profile_causal_conv.py > "$OUT/ncu.txt" 2>&1
-             grep -E "profiled|conv_.*kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|bank_conflicts|wavefronts_mem_shared|Registers Per|Block Limit" "$OUT/ncu.txt" \
-               | sed -E 's/\(fft_tensor::\(anonymous namespace\)::ConvShape.*//' | head -150 ;;
+               "$PY" benchmarks/profile_causal_conv.py ${NCU_ARGS:-} > "$OUT/ncu.txt" 2>&1
+             grep -E "profiled|conv_.*kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|bank_conflicts|wavefronts_mem_shared|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc A|Pipe" "$OUT/ncu.txt" \
+               | sed -E 's/\(fft_tensor::\(anonymous namespace\)::ConvShape.*//' | head -250 ;;
     clustercheck) for tool in memcheck racecheck; do
                timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --cluster 2>&1 \
                  | tee "$OUT/sanitize_cluster_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -10
@@ -59,6 +60,16 @@ for stage in "$@"; do
     ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
              "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45 ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;
+    # The LM at 1K/4K with each conv variant in one run: direct (default), FFT windows, tiled direct
+    # reading the (B, L, D) activations in place.
+    lmvariants) for v in default fftwindows channelslast; do
+               case $v in default) env="" ;; fftwindows) env="FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0" ;;
+                                   channelslast) env="FFT_TENSOR_CONV_CHANNELS_LAST=1" ;; esac
+               fams=spectral; [ $v = default ] && fams=spectral,gpt
+               env $env "$PY" benchmarks/bench_lm_throughput.py --lengths 1024,4096 --families $fams 2>&1 \
+                 | tee "$OUT/bench_lm_$v.log" | tail -6
+               [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_$v.md"
+             done ;;
     gen)     "$PY" benchmarks/bench_generation.py ${GEN_ARGS:-} 2>&1 | tee "$OUT/bench_generation.log" | tail -20 ;;
     quality) "$PY" benchmarks/bench_lm_quality.py ${Q_ARGS:-} 2>&1 | tee "$OUT/bench_lm_quality.log" | tail -20 ;;
     *) echo "unknown stage $stage"; status=1 ;;

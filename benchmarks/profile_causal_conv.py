@@ -9,8 +9,12 @@ lazy init), then once between cudaProfilerStart/Stop. Prints nothing useful itse
 the output (device_run.sh's `ncu` stage keeps it in $OUT/ncu.txt).
 """
 import argparse
+import os
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fft_tensor
 from fft_tensor import ops

@@ -40,6 +40,7 @@ class SpectralLMConfig:
     fft_size: Optional[int] = None     # the kernels' FFT grid; None = causal_conv_fft_size(seq_len, kernel_len),
                                        # resolved here and saved, so checkpoints survive changes to the op's plan
     freq_cutoff: Optional[int] = None  # spectral bins in use (curriculum); None = full band
+    pre_gate: bool = False         # conv input = value * a second projection (Hyena order 2) instead of value
     dropout: float = 0.0
     mlp_mult: int = 4
     tie_embeddings: bool = False
@@ -149,12 +150,16 @@ class SpectralKernel(nn.Module):
 
 
 class SpectralMixer(nn.Module):
-    """x -> (value, gate); y = causal_conv(value, k, skip) * silu(gate); out_proj(y)."""
+    """x -> (value, gate); y = causal_conv(value, k, skip) * silu(gate); out_proj(y).
+
+    pre_gate: x -> (value, pre, gate) and the conv reads value * pre, so the mixing itself is
+    data-controlled (Hyena's order-2 operator); pointwise, so streaming keeps the same state."""
 
     def __init__(self, cfg: SpectralLMConfig):
         super().__init__()
         self.kernel_len = cfg.kernel_len
-        self.in_proj = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=False)
+        self.pre_gate = cfg.pre_gate
+        self.in_proj = nn.Linear(cfg.d_model, (3 if cfg.pre_gate else 2) * cfg.d_model, bias=False)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.out_proj.is_residual_out = True
         self.kernel = SpectralKernel(cfg)
@@ -164,7 +169,11 @@ class SpectralMixer(nn.Module):
         """x (B, T, D). tail: None, or the last kernel_len-1 conv inputs (B, D, kernel_len-1) float32
         seen before x. Returns (out (B, T, D), new tail or None)."""
         T = x.shape[1]
-        value, gate = self.in_proj(x).chunk(2, dim=-1)
+        if self.pre_gate:
+            value, pre, gate = self.in_proj(x).chunk(3, dim=-1)
+            value = value * pre
+        else:
+            value, gate = self.in_proj(x).chunk(2, dim=-1)
         k, skip = self.kernel() if taps is None else taps
         u = value.transpose(1, 2)  # (B, D, T), a strided view; the op takes any strides
         new_tail = None

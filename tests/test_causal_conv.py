@@ -5,6 +5,10 @@ CUDA variants (ids contain "cuda") skip without a GPU.
 References: fft_tensor.reference.causal_conv_reference (float64 direct sum, O(L*Lk)) for the grid,
 and fft64_reference below (float64 torch.fft on the CPU, differentiable) for long rows and gradients.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -514,7 +518,8 @@ def test_cuda_cluster_path_taken():
 # Lk > L, odd B and D.
 DIRECT_SHAPES = [(1, 1, 3, 2), (7, 3, 1, 3), (1000, 128, 3, 5), (1025, 17, 2, 3), (3000, 100, 1, 2),
                  (5000, 128, 3, 2), (100, 300, 2, 2), (2049, 1, 1, 3)]
-WINDOW_SHAPES = [(5000, 129, 3, 2), (5000, 200, 1, 3), (70000, 1000, 1, 2)]
+# FFT sizes 512 (last radix 2), 1024 (4), 4096 (16), 8192 (2): the window kernels' pass layouts.
+WINDOW_SHAPES = [(5000, 129, 3, 2), (5000, 200, 1, 3), (70000, 1000, 1, 2), (300, 200, 3, 2), (3000, 3000, 1, 3)]
 
 
 @requires_cuda
@@ -529,6 +534,45 @@ def test_cuda_short_kernels(L, Lk, batch, dim):
         assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= 4 * rel_err(exact.to(dtype), exact) + 1e-6
     check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)
     check_grads(L, Lk, "cuda", dtype=torch.bfloat16, batch=batch, dim=dim, tol=1e-2)
+
+
+# FFT sizes 64-256 only occur with the direct kernels off (FFT_TENSOR_CONV_DIRECT_MAX_TAPS is read
+# once per process), so they run in a child process: every last radix (64: 4, 128: 8, 256: 16), and
+# overlap-save windows of 1024 points for 3 and 128 taps.
+FFT_ONLY_SCRIPT = """
+import torch, fft_tensor
+from fft_tensor.ops import causal_conv_plan
+torch.manual_seed(0)
+for L, Lk, N in ((20, 20, 64), (50, 40, 128), (100, 100, 256), (3000, 3, 1024), (3000, 128, 1024)):
+    assert causal_conv_plan(L, Lk)[0] == N, (L, Lk, causal_conv_plan(L, Lk))
+    u = torch.randn(3, 5, L, device="cuda", dtype=torch.float64)
+    k = torch.randn(5, Lk, device="cuda", dtype=torch.float64) / Lk ** 0.5
+    n = 2 * L
+    exact = torch.fft.irfft(torch.fft.rfft(u, n) * torch.fft.rfft(k[:, :L], n), n)[..., :L]
+    for dtype in (torch.float32, torch.bfloat16):
+        uf, kf = u.to(dtype).requires_grad_(), k.float().requires_grad_()
+        y = fft_tensor.causal_conv(uf, kf)
+        ref = torch.fft.irfft(torch.fft.rfft(uf.double(), n) * torch.fft.rfft(k[:, :L], n), n)[..., :L]
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert err < (1e-5 if dtype == torch.float32 else 1e-2), (L, Lk, dtype, err)
+        gy = torch.randn_like(y)
+        gu, gk = torch.autograd.grad(y, (uf, kf), gy)
+        ud, kd = uf.detach().double().requires_grad_(), k.clone().requires_grad_()
+        yd = torch.fft.irfft(torch.fft.rfft(ud, n) * torch.fft.rfft(kd[:, :L], n), n)[..., :L]
+        gud, gkd = torch.autograd.grad(yd, (ud, kd), gy.double())
+        for got, want, name in ((gu, gud, "u"), (gk, gkd, "k")):
+            err = ((got.double() - want).norm() / want.norm()).item()
+            assert err < (1e-5 if dtype == torch.float32 else 2e-2), (L, Lk, dtype, name, err)
+print("ok")
+"""
+
+
+@requires_cuda
+def test_cuda_fft_windows_small_sizes():
+    env = dict(os.environ, FFT_TENSOR_CONV_DIRECT_MAX_TAPS="0")
+    done = subprocess.run([sys.executable, "-c", FFT_ONLY_SCRIPT], env=env, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
 
 
 @requires_cuda

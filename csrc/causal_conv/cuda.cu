@@ -72,10 +72,14 @@ __global__ void __launch_bounds__(1024) kernel_spectrum_kernel(const float* __re
 }
 
 // y = causal_conv(x, k) for one window of one row pair (kReverse: time runs backwards, which
-// turns the convolution into the correlation grad_u[t] = sum_s k[s] gy[t+s]).
+// turns the convolution into the correlation grad_u[t] = sum_s k[s] gy[t+s]). The window is read
+// from global memory by the first FFT pass and written by the last inverse pass (fused_conv).
+// Rl: radix of the last forward pass (N = 16^(P-1) * Rl). kMaxThreads: the launch bound, N/16 or
+// more; 512 lets the compiler use up to 128 registers (it wants 83-114, no spills), 1024 caps it at 64
+// (spills 30-90 bytes per thread), so only the 16384-point windows take 1024.
 // grid: D * npairs * nseg blocks, window fastest, then pair, then channel (so blocks sharing K[d] are adjacent).
-template <typename scalar_t, bool kReverse>
-__global__ void __launch_bounds__(1024) conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K,
+template <typename scalar_t, bool kReverse, int Rl, int kMaxThreads>
+__global__ void __launch_bounds__(kMaxThreads) conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K,
                                    scalar_t* __restrict__ y, ConvShape s) {
   extern __shared__ float2 smem[];
   const int64_t blk = blockIdx.x;
@@ -87,10 +91,13 @@ __global__ void __launch_bounds__(1024) conv_window_kernel(const scalar_t* __res
   const bool has1 = b1 < s.B;
   const scalar_t* x0 = x + (b0 * s.D + d) * s.L;
   const scalar_t* x1 = has1 ? x + (b1 * s.D + d) * s.L : x0;
+  scalar_t* y0 = y + (b0 * s.D + d) * s.L;
+  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
   const int64_t start = (int64_t)j * s.seg - (s.taps - 1);  // time of window sample 0
-  const int N = s.N;
+  const int N = s.N, half = N / 2, first = s.taps - 1;
+  const float2* Kd = K + d * (half + 1);
 
-  for (int n = threadIdx.x; n < N; n += blockDim.x) {
+  auto load = [&](int n) {
     const int64_t t = start + n;
     float v0 = 0.f, v1 = 0.f;
     if (t >= 0 && t < s.L) {
@@ -98,30 +105,17 @@ __global__ void __launch_bounds__(1024) conv_window_kernel(const scalar_t* __res
       v0 = to_float(x0[tt]);
       if (has1) v1 = to_float(x1[tt]);
     }
-    smem[pad(n)] = make_float2(v0, v1);
-  }
-  smem_fft::fft(smem, N, s.logN);
-
-  // Spectrum product; store conj so the next forward FFT is the inverse (1/N is already in K).
-  const int half = N / 2;
-  const float2* Kd = K + d * (half + 1);
-  for (int f = threadIdx.x; f < N; f += blockDim.x) {
-    const float2 kf = f <= half ? Kd[f] : conjf2(Kd[N - f]);
-    smem[pad(f)] = conjf2(cmul(smem[pad(f)], kf));
-  }
-  smem_fft::fft(smem, N, s.logN);
-
-  scalar_t* y0 = y + (b0 * s.D + d) * s.L;
-  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
-  const int first = s.taps - 1;
-  for (int n = first + threadIdx.x; n < first + s.seg; n += blockDim.x) {
+    return make_float2(v0, v1);
+  };
+  auto spectrum = [&](int f) { return f <= half ? Kd[f] : conjf2(Kd[N - f]); };
+  auto store = [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
     const int64_t t = start + n;
-    if (t >= s.L) break;
+    if (n < first || n >= first + s.seg || t >= s.L) return;
     const int64_t tt = kReverse ? s.L - 1 - t : t;
-    const float2 w = smem[pad(n)];  // conj of the result: real part = row 0, -imag = row 1
     y0[tt] = static_cast<scalar_t>(w.x);
     if (has1) y1[tt] = static_cast<scalar_t>(-w.y);
-  }
+  };
+  smem_fft::fused_conv<Rl>(smem, N, load, spectrum, store);
 }
 
 // partial[g, d, f] = sum over the (row, window) items of group g of G[f] * conj(U[f]), f <= N/2:
@@ -133,8 +127,8 @@ __global__ void __launch_bounds__(1024) conv_window_kernel(const scalar_t* __res
 // larger part of z, and gradients of a mean loss are far smaller than activations, so without it
 // the gy half would drown in the u half's rounding. Power of two: scaling and unscaling are exact.
 // grid: D * groups blocks (group fastest); items (row b, window j) are dealt out round-robin.
-template <typename scalar_t>
-__global__ void __launch_bounds__(1024) conv_grad_k_kernel(const scalar_t* __restrict__ u,
+template <typename scalar_t, int kMaxThreads>
+__global__ void __launch_bounds__(kMaxThreads) conv_grad_k_kernel(const scalar_t* __restrict__ u,
                                                            const scalar_t* __restrict__ gy,
                                                            float2* __restrict__ partial, ConvShape s, int groups) {
   extern __shared__ float2 smem[];
@@ -212,7 +206,7 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
   const scalar_t* x0 = x + (b0 * s.D + d) * s.L;
   const scalar_t* x1 = has1 ? x + (b1 * s.D + d) * s.L : x0;
   const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
-  const int N = s.N, M = N >> logC, logM = s.logN - logC;
+  const int N = s.N, M = N >> logC;
 
   for (int m = threadIdx.x; m < M; m += blockDim.x) {
     const int64_t t = start + (int64_t)rank * M + m;
@@ -227,16 +221,17 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
   cluster_fft::cluster_sync();
   cluster_fft::cross_block_dft<false>(smem, C, M, N);
   cluster_fft::cluster_sync();
-  smem_fft::fft(smem, M, logM);  // this block now holds X[rank + C*k2] at k2
-
+  // M-point FFT (block rank then holds X[rank + C*k2] at k2), product, M-point inverse, in place
   const int half = N / 2;
   const float2* Kd = K + d * (half + 1);
-  for (int k2 = threadIdx.x; k2 < M; k2 += blockDim.x) {
-    const int f = rank + C * k2;
-    const float2 kf = f <= half ? Kd[f] : conjf2(Kd[N - f]);
-    smem[pad(k2)] = conjf2(cmul(smem[pad(k2)], kf));
-  }
-  smem_fft::fft(smem, M, logM);
+  static_assert(kMaxFusedFFT == 16384, "the last radix below is that of 16384 = 16^3 * 4");
+  smem_fft::fused_conv<4, true>(
+      smem, M, [&](int m) { return smem[pad(m)]; },
+      [&](int k2) {
+        const int f = rank + C * k2;
+        return f <= half ? Kd[f] : conjf2(Kd[N - f]);
+      },
+      [&](int m, float2 w) { smem[pad(m)] = w; });
   cluster_fft::cluster_sync();
   cluster_fft::cross_block_dft<true>(smem, C, M, N);
   cluster_fft::cluster_sync();  // this block now holds window points [rank*M, (rank+1)*M)
@@ -368,18 +363,44 @@ at::Tensor kernel_spectrum(const at::Tensor& k_eff, const ConvShape& s) {
   return K;
 }
 
+// FFT_TENSOR_CONV_REG_CAP64=1: every window kernel launched with the 1024-thread bound (64
+// registers), to measure what the 512-thread variants' extra registers buy.
+bool window_register_cap_64() {
+  static const bool cap = [] {
+    const char* env = std::getenv("FFT_TENSOR_CONV_REG_CAP64");
+    return env && std::string(env) == "1";
+  }();
+  return cap;
+}
+
 template <bool kReverse>
 void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s) {
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(s.N);
+  const int last_radix = 1 << (s.logN - 4 * ((s.logN + 3) / 4 - 1));  // N = 16^(P-1) * last_radix
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    auto kernel = conv_window_kernel<scalar_t, kReverse>;
-    allow_smem(kernel, bytes);
-    kernel<<<(unsigned)blocks, s.N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto launch = [&](auto kernel) {
+      allow_smem(kernel, bytes);
+      kernel<<<(unsigned)blocks, s.N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+          x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (s.N > 8192 || window_register_cap_64()) {
+      switch (last_radix) {  // 16384 = 16^3 * 4 is the only size past 8192
+        case 2: return launch(conv_window_kernel<scalar_t, kReverse, 2, 1024>);
+        case 4: return launch(conv_window_kernel<scalar_t, kReverse, 4, 1024>);
+        case 8: return launch(conv_window_kernel<scalar_t, kReverse, 8, 1024>);
+        default: return launch(conv_window_kernel<scalar_t, kReverse, 16, 1024>);
+      }
+    }
+    switch (last_radix) {
+      case 2: return launch(conv_window_kernel<scalar_t, kReverse, 2, 512>);
+      case 4: return launch(conv_window_kernel<scalar_t, kReverse, 4, 512>);
+      case 8: return launch(conv_window_kernel<scalar_t, kReverse, 8, 512>);
+      default: return launch(conv_window_kernel<scalar_t, kReverse, 16, 512>);
+    }
   });
 }
 
@@ -751,7 +772,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     const size_t bytes_k = grad_k_smem_bytes(s.N);
     dispatch_io_type(uc.scalar_type(), [&](auto tag) {
       using scalar_t = decltype(tag);
-      auto kernel = conv_grad_k_kernel<scalar_t>;
+      auto kernel = s.N > 8192 ? conv_grad_k_kernel<scalar_t, 1024> : conv_grad_k_kernel<scalar_t, 512>;
       allow_smem(kernel, bytes_k);
       kernel<<<(unsigned)(D * groups), s.N / kElemsPerThread, bytes_k, at::cuda::getCurrentCUDAStream()>>>(
           uc.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s,

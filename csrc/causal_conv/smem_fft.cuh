@@ -74,40 +74,69 @@ __device__ __forceinline__ void dft(float2 (&x)[R]) {
   dft_stage<R, 2>(x);
 }
 
-// One Stockham pass of radix R over data[0..N), Ns = product of the radices already applied.
+// A Stockham pass of radix R is split in three so that callers can fuse its ends with global memory:
+// thread t owns the butterflies q = t + b*T (b < 16/R, T = N/16 threads), and butterfly q
+//   reads  elements q + r*N/R            (r < R; load_pass, or any source in that order),
+//   computes twiddle(q mod Ns) then a radix-R DFT in registers (compute_pass),
+//   writes elements (q - q mod Ns)*R + q mod Ns + r*Ns  (store_pass).
+// x is flat: butterfly b's R values are x[b*R .. b*R + R).
 template <int R>
-__device__ __forceinline__ void pass(float2* data, int N, int Ns) {
-  constexpr int kBfly = kElemsPerThread / R;  // butterflies per thread
-  const int T = N / kElemsPerThread;
-  const int NR = N / R;
-  float2 x[kBfly][R];
+__device__ __forceinline__ void load_pass(const float2* data, float2 (&x)[kElemsPerThread], int N) {
+  constexpr int kBfly = kElemsPerThread / R;
+  const int T = N / kElemsPerThread, NR = N / R;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
     const int q = threadIdx.x + b * T;
 #pragma unroll
-    for (int r = 0; r < R; ++r) x[b][r] = data[pad(q + r * NR)];
+    for (int r = 0; r < R; ++r) x[b * R + r] = data[pad(q + r * NR)];
   }
-  __syncthreads();
+}
+
+template <int R>
+__device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread], int N, int Ns) {
+  constexpr int kBfly = kElemsPerThread / R;
+  const int T = N / kElemsPerThread;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
-    const int q = threadIdx.x + b * T;
-    const int k = q & (Ns - 1);
+    float2(&xb)[R] = *reinterpret_cast<float2(*)[R]>(&x[b * R]);
     if (Ns > 1) {
+      const int k = (threadIdx.x + b * T) & (Ns - 1);
       float s, c;
       sincospif(-2.f * (float)k / (float)(Ns * R), &s, &c);
       const float2 w = make_float2(c, s);
       float2 wr = w;
 #pragma unroll
       for (int r = 1; r < R; ++r) {
-        x[b][r] = cmul(x[b][r], wr);
+        xb[r] = cmul(xb[r], wr);
         wr = cmul(wr, w);
       }
     }
-    dft<R>(x[b]);
+    dft<R>(xb);
+  }
+}
+
+template <int R>
+__device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElemsPerThread], int N, int Ns) {
+  constexpr int kBfly = kElemsPerThread / R;
+  const int T = N / kElemsPerThread;
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b) {
+    const int q = threadIdx.x + b * T;
+    const int k = q & (Ns - 1);
     const int base = (q - k) * R + k;
 #pragma unroll
-    for (int r = 0; r < R; ++r) data[pad(base + r * Ns)] = x[b][r];
+    for (int r = 0; r < R; ++r) data[pad(base + r * Ns)] = x[b * R + r];
   }
+}
+
+// One whole Stockham pass of radix R over data[0..N), Ns = product of the radices already applied.
+template <int R>
+__device__ __forceinline__ void pass(float2* data, int N, int Ns) {
+  float2 x[kElemsPerThread];
+  load_pass<R>(data, x, N);
+  __syncthreads();
+  compute_pass<R>(x, N, Ns);
+  store_pass<R>(data, x, N, Ns);
   __syncthreads();
 }
 
@@ -124,6 +153,59 @@ __device__ __forceinline__ void fft(float2* data, int N, int logN) {
   if (left == 3) pass<8>(data, N, Ns);
   if (left == 2) pass<4>(data, N, Ns);
   if (left == 1) pass<2>(data, N, Ns);
+}
+
+// Circular convolution of one window z[0..N) with a spectrum given per frequency, passes fused at
+// both ends: the first forward pass reads its 16 inputs straight from global memory (load(n) -> z[n]),
+// the last forward pass, the spectrum product and the first inverse pass run in registers (the last
+// forward pass leaves butterfly q holding bins q + r*N/Rl, exactly what the first inverse pass of
+// radix Rl reads), and the last inverse pass writes straight to global memory (store(n, w)).
+// Shared memory sees 2*(P-1) round trips for P passes per transform instead of 2P + 3.
+// spectrum(f) returns the multiplier of bin f; the inverse is the forward DFT of the conjugate, so
+// store receives conj(result) (scale 1/N is the caller's, folded into the spectrum).
+// N = 16^(P-1) * Rl, Rl in {2, 4, 8, 16}, N >= 64; all N/16 threads of the block call it.
+// kInPlace: load and store address data itself (a window already in shared memory), so a barrier
+// separates the first pass's loads from its stores and the last pass's loads from the stores.
+template <int Rl, bool kInPlace = false, typename Load, typename Spectrum, typename Store>
+__device__ __forceinline__ void fused_conv(float2* data, int N, Load load, Spectrum spectrum, Store store) {
+  float2 x[kElemsPerThread];
+  const int q = threadIdx.x, N16 = N / 16;
+  // forward pass 1 (radix 16, Ns = 1): no twiddles, inputs from global
+#pragma unroll
+  for (int r = 0; r < 16; ++r) x[r] = load(q + r * N16);
+  if (kInPlace) __syncthreads();
+  dft<16>(x);
+  store_pass<16>(data, x, N, 1);
+  __syncthreads();
+  int Ns = 16;
+  while (Ns * 16 * Rl <= N) {  // middle radix-16 passes
+    pass<16>(data, N, Ns);
+    Ns *= 16;
+  }
+  // last forward pass (radix Rl, Ns = N/Rl), product, first inverse pass (radix Rl, Ns = 1)
+  load_pass<Rl>(data, x, N);
+  __syncthreads();  // every thread has read before the inverse pass overwrites
+  compute_pass<Rl>(x, N, Ns);
+  constexpr int kBfly = kElemsPerThread / Rl;
+  const int NR = N / Rl;
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) x[b * Rl + r] = conjf2(cmul(x[b * Rl + r], spectrum(q + b * N16 + r * NR)));
+  compute_pass<Rl>(x, N, 1);
+  store_pass<Rl>(data, x, N, 1);
+  __syncthreads();
+  Ns = Rl;
+  while (Ns * 16 < N) {  // middle radix-16 passes of the inverse
+    pass<16>(data, N, Ns);
+    Ns *= 16;
+  }
+  // last inverse pass (radix 16, Ns = N/16): butterfly q writes outputs q + r*N/16, straight out
+  load_pass<16>(data, x, N);
+  if (kInPlace) __syncthreads();
+  compute_pass<16>(x, N, N16);
+#pragma unroll
+  for (int r = 0; r < 16; ++r) store(q + r * N16, x[r]);
 }
 
 }  // namespace smem_fft

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft opscl regcap ops lm lmvariants gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft opscl regcap ops lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -73,6 +73,14 @@ for stage in "$@"; do
                env $env "$PY" benchmarks/bench_lm_throughput.py --lengths 1024,4096 --families $fams 2>&1 \
                  | tee "$OUT/bench_lm_$v.log" | tail -6
                [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_$v.md"
+             done ;;
+    # The training CLI itself on the GPU: --compile and bf16, 60 steps as 30 + --resume 30.
+    traincompile) rm -rf /tmp/traincompile
+             for extra in "--stop-after-steps 30" "--resume"; do
+               "$PY" -m fft_lm.train_fixed_full --data ${TC_DATA:-.data/gcide.txt.gz} --preset small --compile --amp \
+                 --steps-per-epoch 60 --batch-size 16 --eval-every 30 --log-every-steps 10 --no-progress \
+                 --ckpt-path /tmp/traincompile/ckpt.pt --metrics-path /tmp/traincompile/metrics.jsonl \
+                 --plot-path /tmp/traincompile/plot.png $extra 2>&1 | tee -a "$OUT/traincompile.log" | tail -4
              done ;;
     gen)     "$PY" benchmarks/bench_generation.py ${GEN_ARGS:-} 2>&1 | tee "$OUT/bench_generation.log" | tail -20 ;;
     quality) "$PY" benchmarks/bench_lm_quality.py ${Q_ARGS:-} 2>&1 | tee "$OUT/bench_lm_quality.log" | tail -20 ;;

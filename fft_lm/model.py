@@ -82,7 +82,8 @@ class SpectralLMConfig:
 PRESETS = {
     "tiny": dict(d_model=128, n_layers=4, seq_len=256, kernel_len=64),      # 1.05M, CPU tests and quickstart
     "small": dict(d_model=256, n_layers=6, seq_len=512, kernel_len=128),    # 6.04M
-    "29m": dict(d_model=528, n_layers=8, seq_len=1024, kernel_len=128),     # 29.1M, the seed's scale
+    # the seed's scale; pre_gate measured 0.03 bits/byte better on gcide at the tiny scale (same steps)
+    "29m": dict(d_model=504, n_layers=8, seq_len=1024, kernel_len=128, pre_gate=True),  # 28.8M
     "base512": dict(d_model=512, n_layers=8, seq_len=1024, kernel_len=128), # 27.6M, ANCHORS.md throughput model
 }
 

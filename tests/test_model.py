@@ -140,6 +140,23 @@ def test_streaming_equals_full_forward(chunk, one_thread):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
 
 
+def test_pre_gate_streams_exactly_and_gates(one_thread):
+    """pre_gate: the conv reads value * pre; streaming stays exact, and the gate is not a no-op."""
+    model = small_model(pre_gate=True).eval()
+    randomize_kernels(model)
+    assert model.blocks[0].mixer.in_proj.out_features == 3 * 32
+    idx = torch.randint(0, 256, (2, 300))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.init_cache(2, idx.device)
+        pieces = [model(idx[:, i:i + 13], cache=cache)[0] for i in range(0, 300, 13)]
+        torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
+        w = model.blocks[0].mixer.in_proj.weight
+        w[32:64].mul_(2.0)  # doubles the pre-gate rows: the conv input doubles
+        changed, _ = model(idx)
+    assert (changed - full).abs().max() > 1e-3
+
+
 def test_streaming_with_grad_and_mixed_chunks():
     model = small_model()
     randomize_kernels(model)

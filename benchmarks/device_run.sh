@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft opscl regcap ops lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft opscl regcap oldgradk ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -21,7 +21,7 @@ for stage in "$@"; do
     tests)   "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py 2>&1 | tee "$OUT/tests_ops.log" | tail -15 ;;
     checks)  "$PY" -m pytest -q -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py -k bad_inputs 2>&1 \
                | tee "$OUT/tests_checks.log" | tail -5 ;;
-    convtests) "$PY" -m pytest -q -n 12 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
+    convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
     # The same Lk=128 shapes with the direct kernels off (FFT overlap-save windows), for comparison.
     opsfft)  FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0 "$PY" benchmarks/bench_causal_conv.py --kernels 128 --no-peer 2>&1 \
                | tee "$OUT/bench_causal_conv_fftwindows.log" | tail -12
@@ -33,6 +33,10 @@ for stage in "$@"; do
     regcap)  FFT_TENSOR_CONV_REG_CAP64=1 "$PY" benchmarks/bench_causal_conv.py --kernels L,128 --lengths 1024,4096 \
                --dtypes fp32 --no-peer 2>&1 | tee "$OUT/bench_causal_conv_regcap64.log" | tail -8
              [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_regcap64.md" ;;
+    # grad_k with one row per FFT (u + i*gy, the kernel before the row-pair one), against conv.
+    oldgradk) FFT_TENSOR_CONV_GRAD_K_PAIRS=0 "$PY" benchmarks/bench_causal_conv.py --kernels L,128 --lengths 1024,4096 \
+               --dtypes fp32 --no-peer 2>&1 | tee "$OUT/bench_causal_conv_oldgradk.log" | tail -8
+             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_oldgradk.md" ;;
     # u as a transposed (B, L, D) tensor, 128 taps: the plain direct kernel (layout copy first) against
     # the tiled one that reads it in place (FFT_TENSOR_CONV_CHANNELS_LAST=1).
     opscl)   for cl in 0 1; do
@@ -62,7 +66,10 @@ for stage in "$@"; do
                  | tee "$OUT/sanitize_cluster_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -10
              done ;;
     ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
-             "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45 ;;
+             "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45
+             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_main.md" ;;
+    conv)    "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -22
+             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_main.md" ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;
     # The LM at 1K/4K with each conv variant in one run: direct (default), FFT windows, tiled direct
     # reading the (B, L, D) activations in place.

@@ -39,7 +39,7 @@ def main():
             if profiled:
                 torch.cuda.cudart().cudaProfilerStart()
             fft_tensor.causal_conv(u, k)
-            ops.causal_conv_backward(gy, u, k, None, True, True)
+            torch.ops.fft_tensor.causal_conv_backward(gy, u, k, None, True, True)
             torch.cuda.synchronize()
             if profiled:
                 torch.cuda.cudart().cudaProfilerStop()

@@ -75,8 +75,8 @@ __global__ void __launch_bounds__(1024) kernel_spectrum_kernel(const float* __re
 // turns the convolution into the correlation grad_u[t] = sum_s k[s] gy[t+s]). The window is read
 // from global memory by the first FFT pass and written by the last inverse pass (fused_conv).
 // Rl: radix of the last forward pass (N = 16^(P-1) * Rl). kMaxThreads: the launch bound, N/16 or
-// more; 512 lets the compiler use up to 128 registers (it wants 83-114, no spills), 1024 caps it at 64
-// (spills 30-90 bytes per thread), so only the 16384-point windows take 1024.
+// more; 1024 caps registers at 64 (spills 24-92 bytes per thread), 512 lets the compiler use 83-114
+// (no spills, fewer resident blocks); see window_registers_128().
 // grid: D * npairs * nseg blocks, window fastest, then pair, then channel (so blocks sharing K[d] are adjacent).
 template <typename scalar_t, bool kReverse, int Rl, int kMaxThreads>
 __global__ void __launch_bounds__(kMaxThreads) conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K,
@@ -183,6 +183,76 @@ __global__ void __launch_bounds__(kMaxThreads) conv_grad_k_kernel(const scalar_t
   }
   float2* out = partial + ((int64_t)group * s.D + d) * half;
   for (int f = threadIdx.x; f < half; f += T) out[f] = acc[f];
+}
+
+// grad_k with rows in pairs, for windows of up to 8192 points: per (row pair, window) item two FFTs,
+// Zu = FFT(u[b0] + i u[b1]) and Zg = FFT(gy[b0] + i gy[b1]) (gy kept only at the outputs the window
+// owns), both through fft_to_registers, and acc[f] += Zg[f] conj(Zu[f]) for the bins each thread
+// owns after the last pass (acc in registers; Zu waits in shared memory, own bins, no barrier).
+// Summed over a pair, G_b conj(U_b) = (P[f] + conj(P[N-f]))/2 with P = Zg conj(Zu) (expand
+// U_0 = (Zu[f] + conj Zu[N-f])/2, U_1 = (Zu[f] - conj Zu[N-f])/2i, same for G); that is linear, so
+// it is applied once at the end. Each FFT mixes two rows of the same kind (u with u, gy with gy):
+// no scaling between activations and gradients, unlike conv_grad_k_kernel's u + i*gy packing, and
+// no block-wide reduction per item.
+// Shared memory: the FFT buffer, then stash (N complex). grid: D * groups blocks (group fastest).
+template <typename scalar_t, int Rl>
+__global__ void __launch_bounds__(512) conv_grad_k_pair_kernel(const scalar_t* __restrict__ u,
+                                                               const scalar_t* __restrict__ gy,
+                                                               float2* __restrict__ partial, ConvShape s, int groups) {
+  extern __shared__ float2 smem[];
+  const int N = s.N, T = N / kElemsPerThread, half = N / 2, NR = N / Rl;
+  float2* stash = smem + smem_fft::padded_size(N);
+  auto own_bin = [&](int i) { return threadIdx.x + (i / Rl) * T + (i % Rl) * NR; };  // bin of x[i]
+  const int group = (int)(blockIdx.x % groups);
+  const int64_t d = blockIdx.x / groups;
+  float2 acc[kElemsPerThread];
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) acc[i] = make_float2(0.f, 0.f);
+
+  const int64_t items = (int64_t)s.npairs * s.nseg;
+  const int first = s.taps - 1;
+  for (int64_t it = group; it < items; it += groups) {
+    const int64_t pair = it / s.nseg;
+    const int j = (int)(it % s.nseg);
+    const int64_t b0 = 2 * pair;
+    const bool has1 = b0 + 1 < s.B;
+    const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? off0 + s.D * s.L : off0;
+    const int64_t start = (int64_t)j * s.seg - first;
+    float2 x[kElemsPerThread];
+    smem_fft::fft_to_registers<Rl>(smem, x, N, [&](int n) {
+      const int64_t t = start + n;
+      float2 v = make_float2(0.f, 0.f);
+      if (t >= 0 && t < s.L) {
+        v.x = to_float(u[off0 + t]);
+        if (has1) v.y = to_float(u[off1 + t]);
+      }
+      return v;
+    });
+#pragma unroll
+    for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = x[i];
+    __syncthreads();  // the last pass has read the FFT buffer before the next transform writes it
+    smem_fft::fft_to_registers<Rl>(smem, x, N, [&](int n) {
+      const int64_t t = start + n;
+      float2 v = make_float2(0.f, 0.f);
+      if (t < s.L && n >= first && n < first + s.seg) {
+        v.x = to_float(gy[off0 + t]);
+        if (has1) v.y = to_float(gy[off1 + t]);
+      }
+      return v;
+    });
+#pragma unroll
+    for (int i = 0; i < kElemsPerThread; ++i) acc[i] = cadd(acc[i], cmul(x[i], conjf2(stash[own_bin(i)])));
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = acc[i];
+  __syncthreads();
+  float2* out = partial + ((int64_t)group * s.D + d) * (half + 1);
+  for (int f = threadIdx.x; f <= half; f += T) {
+    const float2 a = stash[f], c = conjf2(stash[(N - f) & (N - 1)]);
+    out[f] = make_float2(0.5f * (a.x + c.x), 0.5f * (a.y + c.y));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,14 +433,16 @@ at::Tensor kernel_spectrum(const at::Tensor& k_eff, const ConvShape& s) {
   return K;
 }
 
-// FFT_TENSOR_CONV_REG_CAP64=1: every window kernel launched with the 1024-thread bound (64
-// registers), to measure what the 512-thread variants' extra registers buy.
-bool window_register_cap_64() {
-  static const bool cap = [] {
-    const char* env = std::getenv("FFT_TENSOR_CONV_REG_CAP64");
+// The window kernels run under the 1024-thread launch bound (64 registers; ptxas spills 24-92
+// bytes per thread) by default: measured 12% faster at 4K points than the 512-thread variants
+// (83-114 registers, no spills, fewer resident blocks). FFT_TENSOR_CONV_WINDOW_REGS128=1 selects
+// those for windows up to 8192 points, for comparison.
+bool window_registers_128() {
+  static const bool on = [] {
+    const char* env = std::getenv("FFT_TENSOR_CONV_WINDOW_REGS128");
     return env && std::string(env) == "1";
   }();
-  return cap;
+  return on;
 }
 
 template <bool kReverse>
@@ -387,7 +459,7 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
           x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (s.N > 8192 || window_register_cap_64()) {
+    if (s.N > 8192 || !window_registers_128()) {
       switch (last_radix) {  // 16384 = 16^3 * 4 is the only size past 8192
         case 2: return launch(conv_window_kernel<scalar_t, kReverse, 2, 1024>);
         case 4: return launch(conv_window_kernel<scalar_t, kReverse, 4, 1024>);
@@ -425,6 +497,31 @@ int grad_k_groups(const ConvShape& s) {
   const int64_t resident = (int64_t)prop->multiProcessorCount * std::min<int64_t>({by_threads, by_smem, 32});
   const int64_t want = (4 * resident + s.D - 1) / s.D;
   return (int)std::max<int64_t>(1, std::min<int64_t>(want, s.B * s.nseg));
+}
+
+// The row-pair grad_k kernel (windows up to 8192 points: its 512-thread bound) unless
+// FFT_TENSOR_CONV_GRAD_K_PAIRS=0 (then conv_grad_k_kernel, one row per FFT, for comparison).
+size_t grad_k_pair_smem_bytes(int N) { return smem_bytes(N) + (size_t)N * sizeof(float2); }
+
+bool use_grad_k_pairs(const ConvShape& s) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("FFT_TENSOR_CONV_GRAD_K_PAIRS");
+    return !(env && std::string(env) == "0");
+  }();
+  return enabled && s.N <= 8192 &&
+         grad_k_pair_smem_bytes(s.N) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+
+// As grad_k_groups, for the pair kernel: items are (row pair, window).
+int grad_k_pair_groups(const ConvShape& s) {
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  const int threads = s.N / kElemsPerThread;
+  const int64_t by_threads = std::max(1, prop->maxThreadsPerMultiProcessor / std::max(threads, 32));
+  const int64_t by_smem =
+      std::max<int64_t>(1, (int64_t)prop->sharedMemPerMultiprocessor / (int64_t)grad_k_pair_smem_bytes(s.N));
+  const int64_t resident = (int64_t)prop->multiProcessorCount * std::min<int64_t>({by_threads, by_smem, 32});
+  const int64_t want = (4 * resident + s.D - 1) / s.D;
+  return (int)std::max<int64_t>(1, std::min<int64_t>(want, (int64_t)s.npairs * s.nseg));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -564,19 +661,20 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 }
 
 // ---------------------------------------------------------------------------------------------
-// Direct path (direct.cuh) for kernels of at most FFT_TENSOR_CONV_DIRECT_MAX_TAPS taps (default
-// and maximum 128; 0 turns it off, then those kernels take the FFT windows).
-int direct_max_taps() {
-  static const int taps = [] {
-    const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS");
-    const int v = env ? std::atoi(env) : direct::kMaxTaps;
-    return std::max(0, std::min(v, direct::kMaxTaps));
-  }();
-  return taps;
-}
+// Direct path (direct.cuh): kernels of at most 32 taps, and of at most 128 taps on rows shorter than
+// 1024 (streaming steps, where an FFT window would be mostly padding). Its cost grows with the taps
+// while the FFT windows' does not: with 128 taps the fused windows measured 1.7-1.9x faster forward
+// from 4K (0.152 vs 0.264 ms at 4K, B=8, D=768), while 32 taps are near the direct kernel's memory
+// floor. FFT_TENSOR_CONV_DIRECT_MAX_TAPS=N (0..128) replaces the rule by "at most N taps" (0 = never
+// direct); read on every call (one getenv) so tests can switch it.
+constexpr int kDirectTaps = 32, kDirectTapsShortRows = 128;
+constexpr int64_t kShortRow = 1024;
 
 bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
-  return u.scalar_type() != at::kDouble && plan.taps <= direct_max_taps();
+  if (u.scalar_type() == at::kDouble) return false;
+  if (const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS"))
+    return plan.taps <= std::max(0, std::min(std::atoi(env), direct::kMaxTaps));
+  return plan.taps <= (u.size(2) < kShortRow ? kDirectTapsShortRows : kDirectTaps);
 }
 
 int64_t direct_tiles(int64_t L) { return (L + direct::kTile - 1) / direct::kTile; }
@@ -762,6 +860,32 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   } else if (need_k && clusters) {
     const at::Tensor corr =
         at::fft_irfft(grad_k_spectrum_clusters(u.contiguous(), gy, s, cluster_blocks(plan)), s.N).narrow(-1, 0, plan.taps);
+    grad_k = at::zeros({D, Lk}, k.options());
+    grad_k.narrow(1, 0, plan.taps).copy_(corr);
+  } else if (need_k && use_grad_k_pairs(s)) {
+    const at::Tensor uc = u.contiguous();
+    const int groups = grad_k_pair_groups(s);
+    TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", std::to_string(D * groups), ")");
+    at::Tensor partial = at::empty({groups, D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
+    const size_t bytes_k = grad_k_pair_smem_bytes(s.N);
+    const int last_radix = 1 << (s.logN - 4 * ((s.logN + 3) / 4 - 1));
+    dispatch_io_type(uc.scalar_type(), [&](auto tag) {
+      using scalar_t = decltype(tag);
+      auto launch = [&](auto kernel) {
+        allow_smem(kernel, bytes_k);
+        kernel<<<(unsigned)(D * groups), s.N / kElemsPerThread, bytes_k, at::cuda::getCurrentCUDAStream()>>>(
+            uc.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s,
+            groups);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      switch (last_radix) {
+        case 2: return launch(conv_grad_k_pair_kernel<scalar_t, 2>);
+        case 4: return launch(conv_grad_k_pair_kernel<scalar_t, 4>);
+        case 8: return launch(conv_grad_k_pair_kernel<scalar_t, 8>);
+        default: return launch(conv_grad_k_pair_kernel<scalar_t, 16>);
+      }
+    });
+    const at::Tensor corr = at::fft_irfft(partial.sum(0), s.N).narrow(-1, 0, plan.taps);
     grad_k = at::zeros({D, Lk}, k.options());
     grad_k.narrow(1, 0, plan.taps).copy_(corr);
   } else if (need_k) {

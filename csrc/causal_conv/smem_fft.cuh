@@ -155,26 +155,20 @@ __device__ __forceinline__ void fft(float2* data, int N, int logN) {
   if (left == 1) pass<2>(data, N, Ns);
 }
 
-// Circular convolution of one window z[0..N) with a spectrum given per frequency, passes fused at
-// both ends: the first forward pass reads its 16 inputs straight from global memory (load(n) -> z[n]),
-// the last forward pass, the spectrum product and the first inverse pass run in registers (the last
-// forward pass leaves butterfly q holding bins q + r*N/Rl, exactly what the first inverse pass of
-// radix Rl reads), and the last inverse pass writes straight to global memory (store(n, w)).
-// Shared memory sees 2*(P-1) round trips for P passes per transform instead of 2P + 3.
-// spectrum(f) returns the multiplier of bin f; the inverse is the forward DFT of the conjugate, so
-// store receives conj(result) (scale 1/N is the caller's, folded into the spectrum).
-// N = 16^(P-1) * Rl, Rl in {2, 4, 8, 16}, N >= 64; all N/16 threads of the block call it.
-// kInPlace: load and store address data itself (a window already in shared memory), so a barrier
-// separates the first pass's loads from its stores and the last pass's loads from the stores.
-template <int Rl, bool kInPlace = false, typename Load, typename Spectrum, typename Store>
-__device__ __forceinline__ void fused_conv(float2* data, int N, Load load, Spectrum spectrum, Store store) {
-  float2 x[kElemsPerThread];
+// Forward DFT of a window z[0..N) read through load(n), ending in registers: the first pass reads
+// its 16 inputs straight from global memory (no shared-memory staging), and after the last pass
+// (radix Rl, never written back) x[b*Rl + r] holds bin q + r*N/Rl of butterfly q = threadIdx.x + b*N/16.
+// N = 16^(P-1) * Rl, Rl in {2, 4, 8, 16}, N >= 64; all N/16 threads of the block call it. Shared
+// memory is read by the last pass, so the caller needs a barrier before writing it again.
+// kInPlace: load reads data itself (a window already in shared memory): a barrier separates the
+// first pass's loads from its stores.
+template <int Rl, bool kInPlace = false, typename Load>
+__device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElemsPerThread], int N, Load load) {
   const int q = threadIdx.x, N16 = N / 16;
-  // forward pass 1 (radix 16, Ns = 1): no twiddles, inputs from global
 #pragma unroll
   for (int r = 0; r < 16; ++r) x[r] = load(q + r * N16);
   if (kInPlace) __syncthreads();
-  dft<16>(x);
+  dft<16>(x);  // pass 1: radix 16, Ns = 1, no twiddles
   store_pass<16>(data, x, N, 1);
   __syncthreads();
   int Ns = 16;
@@ -182,10 +176,25 @@ __device__ __forceinline__ void fused_conv(float2* data, int N, Load load, Spect
     pass<16>(data, N, Ns);
     Ns *= 16;
   }
-  // last forward pass (radix Rl, Ns = N/Rl), product, first inverse pass (radix Rl, Ns = 1)
-  load_pass<Rl>(data, x, N);
-  __syncthreads();  // every thread has read before the inverse pass overwrites
+  load_pass<Rl>(data, x, N);  // last pass: radix Rl, Ns = N/Rl
   compute_pass<Rl>(x, N, Ns);
+}
+
+// Circular convolution of one window z[0..N) with a spectrum given per frequency, passes fused at
+// both ends: fft_to_registers, then the spectrum product and the first inverse pass in registers
+// (the last forward pass leaves butterfly q holding bins q + r*N/Rl, exactly what the first inverse
+// pass of radix Rl reads), and the last inverse pass writes straight to global memory (store(n, w)).
+// Shared memory sees 2*(P-1) round trips for P passes per transform instead of 2P + 3.
+// spectrum(f) returns the multiplier of bin f; the inverse is the forward DFT of the conjugate, so
+// store receives conj(result) (scale 1/N is the caller's, folded into the spectrum).
+// kInPlace: load and store address data itself, so barriers also separate the last pass's loads
+// from the stores.
+template <int Rl, bool kInPlace = false, typename Load, typename Spectrum, typename Store>
+__device__ __forceinline__ void fused_conv(float2* data, int N, Load load, Spectrum spectrum, Store store) {
+  float2 x[kElemsPerThread];
+  const int q = threadIdx.x, N16 = N / 16;
+  fft_to_registers<Rl, kInPlace>(data, x, N, load);
+  __syncthreads();  // every thread has read before the inverse pass overwrites
   constexpr int kBfly = kElemsPerThread / Rl;
   const int NR = N / Rl;
 #pragma unroll
@@ -195,7 +204,7 @@ __device__ __forceinline__ void fused_conv(float2* data, int N, Load load, Spect
   compute_pass<Rl>(x, N, 1);
   store_pass<Rl>(data, x, N, 1);
   __syncthreads();
-  Ns = Rl;
+  int Ns = Rl;
   while (Ns * 16 < N) {  // middle radix-16 passes of the inverse
     pass<16>(data, N, Ns);
     Ns *= 16;

@@ -45,7 +45,8 @@ def graphs_used(stream):
     """What this stream replayed as CUDA graphs: "backbone+decoder", "backbone", "decoder" or "no"."""
     if stream.graphs is None or stream.graph_replays == 0:
         return "no"
-    kinds = {key[0] for key in stream.graphs.graphs}
+    # keys are ((name, ...), shapes, autocast) or (name, shapes, autocast): the step's name first
+    kinds = {k[0] if isinstance(k, tuple) else k for k in (key[0] for key in stream.graphs.graphs)}
     return "+".join(k for k in ("backbone", "decoder") if k in kinds)
 
 

@@ -57,3 +57,17 @@ def test_bench_lm_quality(tmp_path):
                       "--seq-len", "64", "--batch-size", "4", "--warmup-steps", "2", "--eval-batches", "2",
                       "--sample-bytes", "16", "--dtype", "float32", "--ckpt-dir", str(tmp_path / "ckpt"))
     assert_table(r, "| model | params | steps |")
+
+
+def test_bench_generation_graphs_label():
+    """The "graphs" column names the steps that were replayed, whatever form their keys take."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from bench_generation import graphs_used
+    from types import SimpleNamespace as NS
+
+    def stream(keys, replays):
+        return NS(graph_replays=replays, graphs=NS(graphs={(k, (), None): None for k in keys}))
+    assert graphs_used(stream([("backbone", None), "decoder"], 5)) == "backbone+decoder"
+    assert graphs_used(stream([("backbone", 12)], 5)) == "backbone"
+    assert graphs_used(stream(["decoder"], 5)) == "decoder"
+    assert graphs_used(stream([("backbone", None)], 0)) == "no"

@@ -158,8 +158,9 @@ __device__ __forceinline__ void fft(float2* data, int N, int logN) {
 // Forward DFT of a window z[0..N) read through load(n), ending in registers: the first pass reads
 // its 16 inputs straight from global memory (no shared-memory staging), and after the last pass
 // (radix Rl, never written back) x[b*Rl + r] holds bin q + r*N/Rl of butterfly q = threadIdx.x + b*N/16.
-// N = 16^(P-1) * Rl, Rl in {2, 4, 8, 16}, N >= 64; all N/16 threads of the block call it. Shared
-// memory is read by the last pass, so the caller needs a barrier before writing it again.
+// N = 16^(P-1) * Rl, Rl in {2, 4, 8, 16}, N >= 64; all N/16 threads of the block call it. Barriers
+// are the caller's at both ends: the first pass writes shared memory at once (no barrier before it,
+// unlike fft()), and the last pass reads it (a barrier is needed before anything writes it again).
 // kInPlace: load reads data itself (a window already in shared memory): a barrier separates the
 // first pass's loads from its stores.
 template <int Rl, bool kInPlace = false, typename Load>
@@ -188,7 +189,7 @@ __device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElem
 // spectrum(f) returns the multiplier of bin f; the inverse is the forward DFT of the conjugate, so
 // store receives conj(result) (scale 1/N is the caller's, folded into the spectrum).
 // kInPlace: load and store address data itself, so barriers also separate the last pass's loads
-// from the stores.
+// from the stores. Like fft_to_registers, it starts and ends without a barrier.
 template <int Rl, bool kInPlace = false, typename Load, typename Spectrum, typename Store>
 __device__ __forceinline__ void fused_conv(float2* data, int N, Load load, Spectrum spectrum, Store store) {
   float2 x[kElemsPerThread];

@@ -13,6 +13,17 @@ if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FFT_TENSOR_CUDA=1 "$PY" setup.py build
   grep -E "error|Error" "$OUT/build.log" | head -40; exit 1
 fi
 echo "build: $(( $(date +%s) - start )) s"
+# conv_variant NAME [ENV=VALUE ...] -- [bench args]: bench_causal_conv.py under the given switches,
+# its log and table kept as bench_causal_conv_NAME.{log,md}.
+conv_variant() {
+  local name=$1 envs=(); shift
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  env "${envs[@]}" "$PY" benchmarks/bench_causal_conv.py "$@" 2>&1 | tee "$OUT/bench_causal_conv_$name.log" | tail -45
+  local rc=${PIPESTATUS[0]}
+  [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_$name.md"
+  return $rc
+}
 status=0
 for stage in "$@"; do
   t0=$(date +%s)
@@ -23,27 +34,19 @@ for stage in "$@"; do
                | tee "$OUT/tests_checks.log" | tail -5 ;;
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
     # The same Lk=128 shapes with the direct kernels off (FFT overlap-save windows), for comparison.
-    opsfft)  FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0 "$PY" benchmarks/bench_causal_conv.py --kernels 128 --no-peer 2>&1 \
-               | tee "$OUT/bench_causal_conv_fftwindows.log" | tail -12
-             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_fftwindows.md" ;;
+    opsfft)  conv_variant fftwindows FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0 -- --kernels 128 --no-peer ;;
     gentests) "$PY" -m pytest -q -n 6 -p no:cacheprovider tests/test_generate.py tests/test_causal_conv.py::test_cuda_peak_memory \
                tests/test_causal_conv.py::test_cuda_cluster_path_taken tests/test_causal_conv.py::test_cuda_cluster_sizes 2>&1 \
                | tee "$OUT/tests_gen.log" | grep -E "passed|failed|FAILED|Error|assert" | head -30 ;;
     # The window kernels up to 8192 points under the 512-thread bound (up to 128 registers, no
     # spills), against the default 1024-thread bound of ops / conv.
-    regs128) FFT_TENSOR_CONV_WINDOW_REGS128=1 "$PY" benchmarks/bench_causal_conv.py --kernels L,128 --lengths 1024,4096 \
-               --dtypes fp32 --no-peer 2>&1 | tee "$OUT/bench_causal_conv_regs128.log" | tail -8
-             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_regs128.md" ;;
+    regs128) conv_variant regs128 FFT_TENSOR_CONV_WINDOW_REGS128=1 -- --kernels L,128 --lengths 1024,4096 --dtypes fp32 --no-peer ;;
     # grad_k with one row per FFT (u + i*gy, the kernel before the row-pair one), against conv.
-    oldgradk) FFT_TENSOR_CONV_GRAD_K_PAIRS=0 "$PY" benchmarks/bench_causal_conv.py --kernels L,128 --lengths 1024,4096 \
-               --dtypes fp32 --no-peer 2>&1 | tee "$OUT/bench_causal_conv_oldgradk.log" | tail -8
-             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_oldgradk.md" ;;
+    oldgradk) conv_variant oldgradk FFT_TENSOR_CONV_GRAD_K_PAIRS=0 -- --kernels L,128 --lengths 1024,4096 --dtypes fp32 --no-peer ;;
     # u as a transposed (B, L, D) tensor, 128 taps: the plain direct kernel (layout copy first) against
     # the tiled one that reads it in place (FFT_TENSOR_CONV_CHANNELS_LAST=1).
     opscl)   for cl in 0 1; do
-               FFT_TENSOR_CONV_CHANNELS_LAST=$cl "$PY" benchmarks/bench_causal_conv.py --channels-last --kernels 128 --no-peer 2>&1 \
-                 | tee "$OUT/bench_causal_conv_cl$cl.log" | tail -11
-               [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_cl$cl.md"
+               conv_variant cl$cl FFT_TENSOR_CONV_CHANNELS_LAST=$cl -- --channels-last --kernels 128 --no-peer
              done ;;
     alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     sanitize) for tool in memcheck racecheck synccheck; do
@@ -67,10 +70,8 @@ for stage in "$@"; do
                  | tee "$OUT/sanitize_cluster_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -10
              done ;;
     ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
-             "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -45
-             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_main.md" ;;
-    conv)    "$PY" benchmarks/bench_causal_conv.py ${CC_ARGS:-} 2>&1 | tee "$OUT/bench_causal_conv.log" | tail -22
-             [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_main.md" ;;
+             conv_variant main -- ${CC_ARGS:-} ;;
+    conv)    conv_variant main -- ${CC_ARGS:-} ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;
     # The LM at 1K/4K with each conv variant in one run: direct (default), FFT windows, tiled direct
     # reading the (B, L, D) activations in place.

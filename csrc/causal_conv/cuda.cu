@@ -25,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <map>
 
 #include "common.h"
@@ -80,34 +81,35 @@ bool window_registers_128() {
   return on;
 }
 
+// Calls f(std::integral_constant<int, Rl>) with Rl the radix of the last pass of an FFT of 2^logN
+// points (N = 16^(P-1) * Rl): the template argument of the window kernels.
+template <typename F>
+void dispatch_last_radix(int logN, F&& f) {
+  switch (1 << (logN - 4 * ((logN + 3) / 4 - 1))) {
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default: return f(std::integral_constant<int, 16>{});
+  }
+}
+
 template <bool kReverse>
 void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s) {
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(s.N);
-  const int last_radix = 1 << (s.logN - 4 * ((s.logN + 3) / 4 - 1));  // N = 16^(P-1) * last_radix
+  const bool bound_1024 = s.N > 8192 || !window_registers_128();
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    auto launch = [&](auto kernel) {
+    dispatch_last_radix(s.logN, [&](auto radix) {
+      constexpr int Rl = decltype(radix)::value;
+      auto kernel = bound_1024 ? conv_window_kernel<scalar_t, kReverse, Rl, 1024>
+                               : conv_window_kernel<scalar_t, kReverse, Rl, 512>;
       allow_smem(kernel, bytes);
       kernel<<<(unsigned)blocks, s.N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
           x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (s.N > 8192 || !window_registers_128()) {
-      switch (last_radix) {  // 16384 = 16^3 * 4 is the only size past 8192
-        case 2: return launch(conv_window_kernel<scalar_t, kReverse, 2, 1024>);
-        case 4: return launch(conv_window_kernel<scalar_t, kReverse, 4, 1024>);
-        case 8: return launch(conv_window_kernel<scalar_t, kReverse, 8, 1024>);
-        default: return launch(conv_window_kernel<scalar_t, kReverse, 16, 1024>);
-      }
-    }
-    switch (last_radix) {
-      case 2: return launch(conv_window_kernel<scalar_t, kReverse, 2, 512>);
-      case 4: return launch(conv_window_kernel<scalar_t, kReverse, 4, 512>);
-      case 8: return launch(conv_window_kernel<scalar_t, kReverse, 8, 512>);
-      default: return launch(conv_window_kernel<scalar_t, kReverse, 16, 512>);
-    }
+    });
   });
 }
 
@@ -122,16 +124,17 @@ bool use_fused(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
   return need <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
-// Blocks per channel for grad_k: enough (channel, group) blocks for a few waves, no more than the
-// (row, window) items, so the partial sums stay small: groups * D * (N/2+1) complex values.
-int grad_k_groups(const ConvShape& s) {
+// Blocks per channel for grad_k: enough (channel, group) blocks for a few waves of blocks of
+// `smem` bytes, no more than the items (row or row pair, window), so the partial sums stay small:
+// groups * D * (N/2+1) complex values.
+int grad_k_groups(const ConvShape& s, size_t smem, int64_t items) {
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const int threads = s.N / kElemsPerThread;
   const int64_t by_threads = std::max(1, prop->maxThreadsPerMultiProcessor / std::max(threads, 32));
-  const int64_t by_smem = std::max<int64_t>(1, (int64_t)prop->sharedMemPerMultiprocessor / (int64_t)grad_k_smem_bytes(s.N));
+  const int64_t by_smem = std::max<int64_t>(1, (int64_t)prop->sharedMemPerMultiprocessor / (int64_t)smem);
   const int64_t resident = (int64_t)prop->multiProcessorCount * std::min<int64_t>({by_threads, by_smem, 32});
   const int64_t want = (4 * resident + s.D - 1) / s.D;
-  return (int)std::max<int64_t>(1, std::min<int64_t>(want, s.B * s.nseg));
+  return (int)std::max<int64_t>(1, std::min<int64_t>(want, items));
 }
 
 // The row-pair grad_k kernel (windows up to 8192 points: its 512-thread bound) unless
@@ -147,16 +150,31 @@ bool use_grad_k_pairs(const ConvShape& s) {
          grad_k_pair_smem_bytes(s.N) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
-// As grad_k_groups, for the pair kernel: items are (row pair, window).
-int grad_k_pair_groups(const ConvShape& s) {
-  const auto* prop = at::cuda::getCurrentDeviceProperties();
-  const int threads = s.N / kElemsPerThread;
-  const int64_t by_threads = std::max(1, prop->maxThreadsPerMultiProcessor / std::max(threads, 32));
-  const int64_t by_smem =
-      std::max<int64_t>(1, (int64_t)prop->sharedMemPerMultiprocessor / (int64_t)grad_k_pair_smem_bytes(s.N));
-  const int64_t resident = (int64_t)prop->multiProcessorCount * std::min<int64_t>({by_threads, by_smem, 32});
-  const int64_t want = (4 * resident + s.D - 1) / s.D;
-  return (int)std::max<int64_t>(1, std::min<int64_t>(want, (int64_t)s.npairs * s.nseg));
+// sum over rows of G conj(U), (D, N/2+1), for windows of one block: the row-pair kernel where it
+// applies, else one row per FFT; blocks' partial sums are reduced in a fixed order (deterministic).
+at::Tensor grad_k_spectrum_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s) {
+  const bool pairs = use_grad_k_pairs(s);
+  const size_t smem = pairs ? grad_k_pair_smem_bytes(s.N) : grad_k_smem_bytes(s.N);
+  const int groups = grad_k_groups(s, smem, pairs ? (int64_t)s.npairs * s.nseg : s.B * s.nseg);
+  TORCH_CHECK(s.D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (",
+              std::to_string(s.D * groups), ")");
+  at::Tensor partial = at::empty({groups, s.D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
+  dispatch_io_type(u.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto launch = [&](auto kernel) {
+      allow_smem(kernel, smem);
+      kernel<<<(unsigned)(s.D * groups), s.N / kElemsPerThread, smem, at::cuda::getCurrentCUDAStream()>>>(
+          u.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s,
+          groups);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (pairs) {
+      dispatch_last_radix(s.logN, [&](auto radix) { launch(conv_grad_k_pair_kernel<scalar_t, decltype(radix)::value>); });
+    } else {
+      launch(s.N > 8192 ? conv_grad_k_kernel<scalar_t, 1024> : conv_grad_k_kernel<scalar_t, 512>);
+    }
+  });
+  return partial.sum(0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -173,6 +191,27 @@ bool clusters_enabled() {
   return enabled;
 }
 
+// A launch of `blocks` 1024-thread blocks in clusters of C (the attribute lives beside the config
+// that points at it, so the pair is built in place and never copied).
+struct ClusterLaunch {
+  cudaLaunchAttribute cluster;
+  cudaLaunchConfig_t cfg;
+  ClusterLaunch(int64_t blocks, int C, size_t smem, cudaStream_t stream) : cluster{}, cfg{} {
+    cfg.gridDim = dim3((unsigned)blocks);
+    cfg.blockDim = dim3(1024);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = C;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    cfg.attrs = &cluster;
+    cfg.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
 template <typename Kernel>
 bool cluster_launchable(Kernel kernel, size_t smem, int C) {
   cudaFuncAttributes attr;
@@ -183,19 +222,9 @@ bool cluster_launchable(Kernel kernel, size_t smem, int C) {
     return false;
   }
   allow_smem(kernel, smem);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(C);
-  cfg.blockDim = dim3(1024);
-  cfg.dynamicSmemBytes = smem;
-  cudaLaunchAttribute cluster;
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = C;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  cfg.attrs = &cluster;
-  cfg.numAttrs = 1;
+  const ClusterLaunch launch(C, C, smem, nullptr);
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &launch.cfg) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
@@ -206,19 +235,8 @@ template <typename Kernel, typename... Args>
 void launch_cluster(Kernel kernel, int64_t blocks, int C, size_t smem, Args... args) {
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks / C),
               ") for one launch");
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)blocks);
-  cfg.blockDim = dim3(1024);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = at::cuda::getCurrentCUDAStream();
-  cudaLaunchAttribute cluster;
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = C;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  cfg.attrs = &cluster;
-  cfg.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+  const ClusterLaunch launch(blocks, C, smem, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.cfg, kernel, args...));
 }
 
 bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
@@ -489,59 +507,16 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
       launch_conv_clusters<true>(gy, kernel_spectrum_cufft(k_eff, s), grad_u, s, cluster_blocks(plan));
     }
   }
-  if (need_k && direct) {
-    grad_k = at::zeros({D, Lk}, k.options());
-    grad_k.narrow(1, 0, plan.taps).copy_(direct_grad_k(u.contiguous(), gy, (int)plan.taps));
-  } else if (need_k && clusters) {
-    const at::Tensor corr =
-        at::fft_irfft(grad_k_spectrum_clusters(u.contiguous(), gy, s, cluster_blocks(plan)), s.N).narrow(-1, 0, plan.taps);
-    grad_k = at::zeros({D, Lk}, k.options());
-    grad_k.narrow(1, 0, plan.taps).copy_(corr);
-  } else if (need_k && use_grad_k_pairs(s)) {
+  if (need_k) {
     const at::Tensor uc = u.contiguous();
-    const int groups = grad_k_pair_groups(s);
-    TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", std::to_string(D * groups), ")");
-    at::Tensor partial = at::empty({groups, D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
-    const size_t bytes_k = grad_k_pair_smem_bytes(s.N);
-    const int last_radix = 1 << (s.logN - 4 * ((s.logN + 3) / 4 - 1));
-    dispatch_io_type(uc.scalar_type(), [&](auto tag) {
-      using scalar_t = decltype(tag);
-      auto launch = [&](auto kernel) {
-        allow_smem(kernel, bytes_k);
-        kernel<<<(unsigned)(D * groups), s.N / kElemsPerThread, bytes_k, at::cuda::getCurrentCUDAStream()>>>(
-            uc.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s,
-            groups);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      switch (last_radix) {
-        case 2: return launch(conv_grad_k_pair_kernel<scalar_t, 2>);
-        case 4: return launch(conv_grad_k_pair_kernel<scalar_t, 4>);
-        case 8: return launch(conv_grad_k_pair_kernel<scalar_t, 8>);
-        default: return launch(conv_grad_k_pair_kernel<scalar_t, 16>);
-      }
-    });
-    const at::Tensor corr = at::fft_irfft(partial.sum(0), s.N).narrow(-1, 0, plan.taps);
+    const at::Tensor taps_grad =
+        direct ? direct_grad_k(uc, gy, (int)plan.taps)
+               : at::fft_irfft(clusters ? grad_k_spectrum_clusters(uc, gy, s, cluster_blocks(plan))
+                                        : grad_k_spectrum_windows(uc, gy, s),
+                               s.N)
+                     .narrow(-1, 0, plan.taps);
     grad_k = at::zeros({D, Lk}, k.options());
-    grad_k.narrow(1, 0, plan.taps).copy_(corr);
-  } else if (need_k) {
-    const at::Tensor uc = u.contiguous();
-    const int groups = grad_k_groups(s);
-    TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", std::to_string(D * groups), ")");
-    at::Tensor partial = at::empty({groups, D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
-    const size_t bytes_k = grad_k_smem_bytes(s.N);
-    dispatch_io_type(uc.scalar_type(), [&](auto tag) {
-      using scalar_t = decltype(tag);
-      auto kernel = s.N > 8192 ? conv_grad_k_kernel<scalar_t, 1024> : conv_grad_k_kernel<scalar_t, 512>;
-      allow_smem(kernel, bytes_k);
-      kernel<<<(unsigned)(D * groups), s.N / kElemsPerThread, bytes_k, at::cuda::getCurrentCUDAStream()>>>(
-          uc.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s,
-          groups);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    // Deterministic reduction over groups, then one small inverse FFT per channel.
-    const at::Tensor corr = at::fft_irfft(partial.sum(0), s.N).narrow(-1, 0, plan.taps);
-    grad_k = at::zeros({D, Lk}, k.options());
-    grad_k.narrow(1, 0, plan.taps).copy_(corr);
+    grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
   }
   return {grad_u, grad_k};
 }

@@ -60,6 +60,8 @@ class SpectralLMConfig:
         if not (0 < self.decay_min <= self.decay_max):
             raise ValueError(f"SpectralLMConfig.decay_min/decay_max: expected 0 < decay_min <= decay_max, "
                              f"got {self.decay_min} and {self.decay_max}")
+        if not isinstance(self.pre_gate, bool):
+            raise ValueError(f"SpectralLMConfig.pre_gate: expected a bool, got {self.pre_gate!r}")
         if not (0.0 <= self.dropout < 1.0):
             raise ValueError(f"SpectralLMConfig.dropout: expected a float in [0, 1), got {self.dropout!r}")
         if self.fft_size is None:

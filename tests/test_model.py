@@ -329,7 +329,7 @@ def test_config_errors_name_the_field():
                           (dict(fft_size=64, kernel_len=128), "fft_size"), (dict(fft_size=1.5), "fft_size"),
                           (dict(n_layers=0), "n_layers"), (dict(seq_len=2.0), "seq_len"),
                           (dict(vocab_size=0), "vocab_size"), (dict(mlp_mult=0), "mlp_mult"),
-                          (dict(freq_cutoff=0), "freq_cutoff")]:
+                          (dict(freq_cutoff=0), "freq_cutoff"), (dict(pre_gate="yes"), "pre_gate")]:
         with pytest.raises(ValueError, match=rf"SpectralLMConfig\.{field}"):
             SpectralLMConfig(**kwargs)
     model = small_model()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests checks clustercheck sanitize segv ncu opsfft opscl regs128 oldgradk ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests breakdown checks clustercheck sanitize segv ncu opsfft opscl regs128 oldgradk ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -65,6 +65,9 @@ for stage in "$@"; do
                "$PY" benchmarks/profile_causal_conv.py ${NCU_ARGS:-} > "$OUT/ncu.txt" 2>&1
              grep -E "profiled|conv_.*kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|bank_conflicts|wavefronts_mem_shared|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc A|Pipe" "$OUT/ncu.txt" \
                | sed -E 's/\(fft_tensor::\(anonymous namespace\)::ConvShape.*//' | head -250 ;;
+    # Where each call's time goes: CUDA events vs CUDA-graph replay vs host wall, kernels from torch.profiler.
+    breakdown) for dt in fp32 bf16; do "$PY" benchmarks/profile_causal_conv.py --breakdown --dtype $dt ${NCU_ARGS:-}; done 2>&1 \
+               | tee "$OUT/breakdown.txt" | head -220 ;;
     clustercheck) for tool in memcheck racecheck; do
                timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --cluster 2>&1 \
                  | tee "$OUT/sanitize_cluster_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -10

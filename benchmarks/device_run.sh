@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests breakdown checks clustercheck sanitize segv ncu opsfft opscl regs128 oldgradk ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -38,11 +38,6 @@ for stage in "$@"; do
     gentests) "$PY" -m pytest -q -n 6 -p no:cacheprovider tests/test_generate.py tests/test_causal_conv.py::test_cuda_peak_memory \
                tests/test_causal_conv.py::test_cuda_cluster_path_taken tests/test_causal_conv.py::test_cuda_cluster_sizes 2>&1 \
                | tee "$OUT/tests_gen.log" | grep -E "passed|failed|FAILED|Error|assert" | head -30 ;;
-    # The window kernels up to 8192 points under the 512-thread bound (up to 128 registers, no
-    # spills), against the default 1024-thread bound of ops / conv.
-    regs128) conv_variant regs128 FFT_TENSOR_CONV_WINDOW_REGS128=1 -- --kernels L,128 --lengths 1024,4096 --dtypes fp32 --no-peer ;;
-    # grad_k with one row per FFT (u + i*gy, the kernel before the row-pair one), against conv.
-    oldgradk) conv_variant oldgradk FFT_TENSOR_CONV_GRAD_K_PAIRS=0 -- --kernels L,128 --lengths 1024,4096 --dtypes fp32 --no-peer ;;
     # u as a transposed (B, L, D) tensor, 128 taps: the plain direct kernel (layout copy first) against
     # the tiled one that reads it in place (FFT_TENSOR_CONV_CHANNELS_LAST=1).
     opscl)   for cl in 0 1; do

@@ -508,6 +508,7 @@ def test_cuda_cluster_path_taken():
     names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
                                         ops.causal_conv_backward(gy, u, k, skip, True, True)))
     assert names.count("conv_cluster_kernel") >= 2 and "conv_grad_k_cluster_kernel" in names, names
+    assert "kernel_spectrum_cluster_kernel" in names and "r2c" not in names, names  # no cuFFT for K
     u, k, skip = make_inputs(4000, 4000, True, "cuda", batch=2, dim=2)
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
     assert "conv_window_kernel" in names and "cluster" not in names, names
@@ -581,7 +582,7 @@ def test_cuda_fft_windows_small_sizes():
 @requires_cuda
 def test_cuda_short_kernel_path_taken(monkeypatch):
     direct = ("conv_direct_kernel", "conv_direct_grad_k_kernel")
-    windows = ("conv_window_kernel", "conv_grad_k_pair_kernel")
+    windows = ("conv_window_kernel", "conv_grad_k_pair_kernel", "grad_k_taps_kernel")
     # default: <= 32 taps, or <= 128 taps on rows shorter than 1024; the switch: <= N taps
     for cutoff, L, Lk, kernels in ((None, 5000, 32, direct), (None, 5000, 33, windows), (None, 5000, 128, windows),
                                    (None, 1023, 128, direct), (None, 1023, 129, windows), (None, 1024, 128, windows),
@@ -595,6 +596,8 @@ def test_cuda_short_kernel_path_taken(monkeypatch):
         names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
                                             ops.causal_conv_backward(gy, u, k, skip, True, True)))
         assert all(name in names for name in kernels), (cutoff, L, Lk, names)
+        if kernels is windows:  # the FFT grad_k tail is one kernel: no reduction, no cuFFT
+            assert "c2r" not in names and "reduce_kernel" not in names, names
         y = fft_tensor.causal_conv(u, k, skip)
         assert rel_err(y, fft64_reference(u, k, skip)) < 1e-5, (cutoff, L, Lk)
 

@@ -56,41 +56,31 @@ void allow_smem(Kernel kernel, size_t bytes) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
+// Calls f(std::integral_constant<int, N>) for N = 2^logN, kLogN <= logN <= kMaxLogN: every fused
+// kernel takes its FFT size as a template parameter (immediate shared-memory offsets, unrolled passes).
+template <int kLogN = 6, int kMaxLogN = 14, typename F>
+void dispatch_fft_size(int logN, F&& f) {
+  if constexpr (kLogN <= kMaxLogN) {
+    if (logN == kLogN) return f(std::integral_constant<int, 1 << kLogN>{});
+    return dispatch_fft_size<kLogN + 1, kMaxLogN>(logN, std::forward<F>(f));
+  }
+  TORCH_CHECK(false, "causal_conv: no fused kernel for an FFT of 2^", logN, " points");
+}
+
 // (D, N/2+1) complex64 spectrum of the effective kernel, scaled by 1/N.
 at::Tensor kernel_spectrum(const at::Tensor& k_eff, const ConvShape& s) {
   const int64_t D = k_eff.size(0);
   const at::Tensor kc = k_eff.to(at::kFloat).contiguous();
   at::Tensor K = at::empty({D, s.N / 2 + 1}, kc.options().dtype(at::kComplexFloat));
   const size_t bytes = smem_bytes(s.N);
-  allow_smem(kernel_spectrum_kernel, bytes);
-  kernel_spectrum_kernel<<<(unsigned)D, s.N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
-      kc.data_ptr<float>(), reinterpret_cast<float2*>(K.data_ptr()), s.taps, s.N, s.logN);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dispatch_fft_size(s.logN, [&](auto size) {
+    constexpr int N = decltype(size)::value;
+    allow_smem(kernel_spectrum_kernel<N>, bytes);
+    kernel_spectrum_kernel<N><<<(unsigned)D, N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        kc.data_ptr<float>(), reinterpret_cast<float2*>(K.data_ptr()), s.taps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return K;
-}
-
-// The window kernels run under the 1024-thread launch bound (64 registers; ptxas spills 24-92
-// bytes per thread) by default: measured 12% faster at 4K points than the 512-thread variants
-// (83-114 registers, no spills, fewer resident blocks). FFT_TENSOR_CONV_WINDOW_REGS128=1 selects
-// those for windows up to 8192 points, for comparison.
-bool window_registers_128() {
-  static const bool on = [] {
-    const char* env = std::getenv("FFT_TENSOR_CONV_WINDOW_REGS128");
-    return env && std::string(env) == "1";
-  }();
-  return on;
-}
-
-// Calls f(std::integral_constant<int, Rl>) with Rl the radix of the last pass of an FFT of 2^logN
-// points (N = 16^(P-1) * Rl): the template argument of the window kernels.
-template <typename F>
-void dispatch_last_radix(int logN, F&& f) {
-  switch (1 << (logN - 4 * ((logN + 3) / 4 - 1))) {
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 8: return f(std::integral_constant<int, 8>{});
-    default: return f(std::integral_constant<int, 16>{});
-  }
 }
 
 template <bool kReverse>
@@ -98,22 +88,25 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(s.N);
-  const bool bound_1024 = s.N > 8192 || !window_registers_128();
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    dispatch_last_radix(s.logN, [&](auto radix) {
-      constexpr int Rl = decltype(radix)::value;
-      auto kernel = bound_1024 ? conv_window_kernel<scalar_t, kReverse, Rl, 1024>
-                               : conv_window_kernel<scalar_t, kReverse, Rl, 512>;
+    dispatch_fft_size(s.logN, [&](auto size) {
+      constexpr int N = decltype(size)::value;
+      auto kernel = conv_window_kernel<scalar_t, kReverse, N>;
       allow_smem(kernel, bytes);
-      kernel<<<(unsigned)blocks, s.N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+      kernel<<<(unsigned)blocks, N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
           x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
 
-size_t grad_k_smem_bytes(int N) { return smem_bytes(N) + (size_t)(N / 2 + 1) * sizeof(float2); }
+// grad_k: the row-pair kernel (FFT buffer + N complex of stash) up to 8192 points, where its
+// 128-register bound allows N/16 threads; one row per FFT (buffer + N/2+1 complex of sums) beyond.
+constexpr int kMaxLogNGradKPairs = 13;
+size_t grad_k_smem_bytes(int N) {
+  return smem_bytes(N) + (size_t)(N <= (1 << kMaxLogNGradKPairs) ? N : N / 2 + 1) * sizeof(float2);
+}
 
 // The fused path needs float32/bf16/fp16 input and an FFT that fits this GPU's shared memory
 // (an H100 takes every fused size; an A100's 163 KB and sm_86/89's 99 KB do not take the largest).
@@ -137,24 +130,12 @@ int grad_k_groups(const ConvShape& s, size_t smem, int64_t items) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(want, items));
 }
 
-// The row-pair grad_k kernel (windows up to 8192 points: its 512-thread bound) unless
-// FFT_TENSOR_CONV_GRAD_K_PAIRS=0 (then conv_grad_k_kernel, one row per FFT, for comparison).
-size_t grad_k_pair_smem_bytes(int N) { return smem_bytes(N) + (size_t)N * sizeof(float2); }
-
-bool use_grad_k_pairs(const ConvShape& s) {
-  static const bool enabled = [] {
-    const char* env = std::getenv("FFT_TENSOR_CONV_GRAD_K_PAIRS");
-    return !(env && std::string(env) == "0");
-  }();
-  return enabled && s.N <= 8192 &&
-         grad_k_pair_smem_bytes(s.N) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-}
-
-// sum over rows of G conj(U), (D, N/2+1), for windows of one block: the row-pair kernel where it
-// applies, else one row per FFT; blocks' partial sums are reduced in a fixed order (deterministic).
-at::Tensor grad_k_spectrum_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s) {
-  const bool pairs = use_grad_k_pairs(s);
-  const size_t smem = pairs ? grad_k_pair_smem_bytes(s.N) : grad_k_smem_bytes(s.N);
+// grad_k (D, Lk) float32 for windows of one block: partial sums of G conj(U) per (group, channel)
+// from the row-pair kernel where it applies, else one row per FFT; then grad_k_taps_kernel sums the
+// groups in a fixed order (deterministic) and transforms back.
+at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s, int64_t Lk) {
+  const bool pairs = s.logN <= kMaxLogNGradKPairs;
+  const size_t smem = grad_k_smem_bytes(s.N);
   const int groups = grad_k_groups(s, smem, pairs ? (int64_t)s.npairs * s.nseg : s.B * s.nseg);
   TORCH_CHECK(s.D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (",
               std::to_string(s.D * groups), ")");
@@ -169,12 +150,23 @@ at::Tensor grad_k_spectrum_windows(const at::Tensor& u, const at::Tensor& gy, co
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (pairs) {
-      dispatch_last_radix(s.logN, [&](auto radix) { launch(conv_grad_k_pair_kernel<scalar_t, decltype(radix)::value>); });
+      dispatch_fft_size<6, kMaxLogNGradKPairs>(s.logN, [&](auto size) {
+        launch(conv_grad_k_pair_kernel<scalar_t, decltype(size)::value>);
+      });
     } else {
-      launch(s.N > 8192 ? conv_grad_k_kernel<scalar_t, 1024> : conv_grad_k_kernel<scalar_t, 512>);
+      launch(conv_grad_k_kernel<scalar_t, (int)kMaxFusedFFT>);
     }
   });
-  return partial.sum(0);
+  at::Tensor grad_k = at::empty({s.D, Lk}, u.options().dtype(at::kFloat));
+  const size_t bytes = smem_bytes(s.N);
+  dispatch_fft_size(s.logN, [&](auto size) {
+    constexpr int N = decltype(size)::value;
+    allow_smem(grad_k_taps_kernel<N>, bytes);
+    grad_k_taps_kernel<N><<<(unsigned)((s.D + 1) / 2), N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const float2*>(partial.data_ptr()), grad_k.data_ptr<float>(), s.D, groups, s.taps, Lk);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_k;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,7 +245,8 @@ bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
   const auto hit = known.find(key);
   if (hit != known.end()) return hit->second;
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
-  bool ok = cluster_launchable(conv_cluster_kernel<float, false>, smem, C);
+  bool ok = cluster_launchable(conv_cluster_kernel<float, false>, smem, C) &&
+            cluster_launchable(kernel_spectrum_cluster_kernel, smem, C);
   if (with_grad_k) ok = ok && cluster_launchable(conv_grad_k_cluster_kernel<float>, smem, C);
   known[key] = ok;
   return ok;
@@ -265,20 +258,17 @@ int log2_int(int v) {
   return l;
 }
 
-// (D, N/2+1) spectrum of the effective kernel scaled by 1/N, through cuFFT (N is past one block's FFT).
-// Rows go through cuFFT in chunks and the 1/N is applied in place: the spectrum itself is the only
-// allocation of its size (with all rows at once, cuFFT's workspace and the scaled copy added two more,
-// which put the forward's peak at 1.67x inputs plus outputs for bf16 at L=64K).
-at::Tensor kernel_spectrum_cufft(const at::Tensor& k_eff, const ConvShape& s) {
-  const at::Tensor kf = k_eff.to(at::kFloat);
-  const int64_t D = kf.size(0), rows = std::max<int64_t>(1, (int64_t(32) << 20) / ((int64_t)s.N * 8));
-  at::Tensor K = at::empty({D, s.N / 2 + 1}, kf.options().dtype(at::kComplexFloat));
-  for (int64_t d = 0; d < D; d += rows) {
-    const int64_t n = std::min(rows, D - d);
-    at::Tensor out = K.narrow(0, d, n);
-    at::fft_rfft_out(out, kf.narrow(0, d, n), s.N);
-  }
-  return K.mul_(1.0 / s.N);
+// (D, N/2+1) spectrum of the effective kernel scaled by 1/N for cluster-sized N: two channels per
+// cluster transform (kernel_spectrum_cluster_kernel); the spectrum is the only allocation.
+at::Tensor kernel_spectrum_clusters(const at::Tensor& k_eff, const ConvShape& s, int C) {
+  const at::Tensor kc = k_eff.to(at::kFloat).contiguous();
+  const int64_t D = kc.size(0);
+  at::Tensor K = at::empty({D, s.N / 2 + 1}, kc.options().dtype(at::kComplexFloat));
+  const size_t smem = smem_bytes((int)kMaxFusedFFT);
+  allow_smem(kernel_spectrum_cluster_kernel, smem);
+  launch_cluster(kernel_spectrum_cluster_kernel, (D + 1) / 2 * C, C, smem, kc.data_ptr<float>(),
+                 reinterpret_cast<float2*>(K.data_ptr()), D, s.taps, s.N, C, log2_int(C));
+  return K;
 }
 
 template <bool kReverse>
@@ -451,7 +441,8 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
   if (fused) {
     launch_conv_windows<false>(uc, kernel_spectrum(k_eff, s), y, s);
   } else {
-    launch_conv_clusters<false>(uc, kernel_spectrum_cufft(k_eff, s), y, s, cluster_blocks(plan));
+    const int C = cluster_blocks(plan);
+    launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k_eff, s, C), y, s, C);
   }
   return y;
 }
@@ -504,19 +495,21 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     } else if (fused) {
       launch_conv_windows<true>(gy, kernel_spectrum(k_eff, s), grad_u, s);
     } else {
-      launch_conv_clusters<true>(gy, kernel_spectrum_cufft(k_eff, s), grad_u, s, cluster_blocks(plan));
+      const int C = cluster_blocks(plan);
+      launch_conv_clusters<true>(gy, kernel_spectrum_clusters(k_eff, s, C), grad_u, s, C);
     }
   }
   if (need_k) {
     const at::Tensor uc = u.contiguous();
-    const at::Tensor taps_grad =
-        direct ? direct_grad_k(uc, gy, (int)plan.taps)
-               : at::fft_irfft(clusters ? grad_k_spectrum_clusters(uc, gy, s, cluster_blocks(plan))
-                                        : grad_k_spectrum_windows(uc, gy, s),
-                               s.N)
-                     .narrow(-1, 0, plan.taps);
-    grad_k = at::zeros({D, Lk}, k.options());
-    grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
+    if (fused) {
+      grad_k = grad_k_windows(uc, gy, s, Lk).to(k.scalar_type());
+    } else {
+      const at::Tensor taps_grad =
+          direct ? direct_grad_k(uc, gy, (int)plan.taps)
+                 : at::fft_irfft(grad_k_spectrum_clusters(uc, gy, s, cluster_blocks(plan)), s.N).narrow(-1, 0, plan.taps);
+      grad_k = at::zeros({D, Lk}, k.options());
+      grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
+    }
   }
   return {grad_u, grad_k};
 }

@@ -32,32 +32,70 @@ ConvShape conv_shape(int64_t B, int64_t D, int64_t L, const ConvPlan& p) {
 template <typename T>
 __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
 
-// K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2.  grid: D blocks.
-__global__ void __launch_bounds__(1024) kernel_spectrum_kernel(const float* __restrict__ k, float2* __restrict__ K, int taps, int N,
-                                       int logN) {
+// K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2.  grid: D blocks of N/16 threads.
+template <int N>
+__global__ void __launch_bounds__(N / kElemsPerThread) kernel_spectrum_kernel(const float* __restrict__ k,
+                                                                              float2* __restrict__ K, int taps) {
   extern __shared__ float2 smem[];
   const int d = blockIdx.x;
   for (int n = threadIdx.x; n < N; n += blockDim.x)
     smem[pad(n)] = make_float2(n < taps ? k[(int64_t)d * taps + n] : 0.f, 0.f);
-  smem_fft::fft(smem, N, logN);
-  const float scale = 1.f / (float)N;
-  const int half = N / 2 + 1;
+  smem_fft::fft<N>(smem);
+  constexpr float scale = 1.f / (float)N;
+  constexpr int half = N / 2 + 1;
   for (int f = threadIdx.x; f < half; f += blockDim.x) {
     const float2 v = smem[pad(f)];
     K[(int64_t)d * half + f] = make_float2(v.x * scale, v.y * scale);
   }
 }
 
+// Launch bound of a kernel of N/16 threads whose registers are capped at 65536 / kThreadsPerSM
+// (1024: 64 registers, 512: 128), whatever N (registers are allocated per warp: blocks under 32
+// threads count as 32).
+template <int N, int kThreadsPerSM>
+constexpr int min_blocks_per_sm() {
+  constexpr int b = kThreadsPerSM / (N / kElemsPerThread < 32 ? 32 : N / kElemsPerThread);
+  return b < 1 ? 1 : b > 32 ? 32 : b;
+}
+
+// A window of one row pair: row b0 at time start + n in the real part, row b1 (or b0 again when the
+// batch is odd, then discarded) in the imaginary part, zero outside [0, L). kReverse reads time
+// backwards. Pointers are offset once per block so each of a thread's 16 loads is one base register
+// plus an immediate offset and one range test.
+template <typename scalar_t, bool kReverse>
+struct WindowRows {
+  const scalar_t* p0;
+  const scalar_t* p1;
+  int lo, hi;  // valid n: lo <= n < hi
+  __device__ WindowRows(const scalar_t* x0, const scalar_t* x1, int64_t start, int64_t L, int N) {
+    lo = (int)(start < 0 ? -start : 0);
+    hi = (int)(L - start < N ? L - start : N);
+    const int64_t first = kReverse ? L - 1 - start : start;  // element n lives at first +- n
+    p0 = x0 + first;
+    p1 = x1 + first;
+  }
+  __device__ __forceinline__ float2 operator()(int n) const {
+    float2 v = make_float2(0.f, 0.f);
+    if ((unsigned)(n - lo) < (unsigned)(hi - lo)) {
+      const int i = kReverse ? -n : n;
+      v.x = to_float(p0[i]);
+      v.y = to_float(p1[i]);
+    }
+    return v;
+  }
+};
+
 // y = causal_conv(x, k) for one window of one row pair (kReverse: time runs backwards, which
 // turns the convolution into the correlation grad_u[t] = sum_s k[s] gy[t+s]). The window is read
 // from global memory by the first FFT pass and written by the last inverse pass (fused_conv).
-// Rl: radix of the last forward pass (N = 16^(P-1) * Rl). kMaxThreads: the launch bound, N/16 or
-// more; 1024 caps registers at 64 (spills 24-92 bytes per thread), 512 lets the compiler use 83-114
-// (no spills, fewer resident blocks); see window_registers_128().
-// grid: D * npairs * nseg blocks, window fastest, then pair, then channel (so blocks sharing K[d] are adjacent).
-template <typename scalar_t, bool kReverse, int Rl, int kMaxThreads>
-__global__ void __launch_bounds__(kMaxThreads) conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K,
-                                   scalar_t* __restrict__ y, ConvShape s) {
+// Registers capped at 64 (the 1024-threads-per-SM bound): measured 12% faster at 4K points than a
+// 128-register bound (fewer resident blocks), third session.
+// grid: D * npairs * nseg blocks of N/16 threads, window fastest, then pair, then channel (so blocks
+// sharing K[d] are adjacent).
+template <typename scalar_t, bool kReverse, int N>
+__global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 1024>()))
+    conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K, scalar_t* __restrict__ y,
+                       ConvShape s) {
   extern __shared__ float2 smem[];
   const int64_t blk = blockIdx.x;
   const int j = (int)(blk % s.nseg);
@@ -66,33 +104,23 @@ __global__ void __launch_bounds__(kMaxThreads) conv_window_kernel(const scalar_t
   const int64_t d = rest / s.npairs;
   const int64_t b0 = 2 * pair, b1 = b0 + 1;
   const bool has1 = b1 < s.B;
-  const scalar_t* x0 = x + (b0 * s.D + d) * s.L;
-  const scalar_t* x1 = has1 ? x + (b1 * s.D + d) * s.L : x0;
-  scalar_t* y0 = y + (b0 * s.D + d) * s.L;
-  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
+  const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? (b1 * s.D + d) * s.L : off0;
   const int64_t start = (int64_t)j * s.seg - (s.taps - 1);  // time of window sample 0
-  const int N = s.N, half = N / 2, first = s.taps - 1;
-  const float2* Kd = K + d * (half + 1);
-
-  auto load = [&](int n) {
-    const int64_t t = start + n;
-    float v0 = 0.f, v1 = 0.f;
-    if (t >= 0 && t < s.L) {
-      const int64_t tt = kReverse ? s.L - 1 - t : t;
-      v0 = to_float(x0[tt]);
-      if (has1) v1 = to_float(x1[tt]);
-    }
-    return make_float2(v0, v1);
-  };
-  auto spectrum = [&](int f) { return f <= half ? Kd[f] : conjf2(Kd[N - f]); };
-  auto store = [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
-    const int64_t t = start + n;
-    if (n < first || n >= first + s.seg || t >= s.L) return;
-    const int64_t tt = kReverse ? s.L - 1 - t : t;
-    y0[tt] = static_cast<scalar_t>(w.x);
-    if (has1) y1[tt] = static_cast<scalar_t>(-w.y);
-  };
-  smem_fft::fused_conv<Rl>(smem, N, load, spectrum, store);
+  const WindowRows<scalar_t, kReverse> rows(x + off0, x + off1, start, s.L, N);
+  const float2* Kd = K + d * (N / 2 + 1);
+  // outputs the window owns: first <= n < last (and t < L)
+  const int first = s.taps - 1;
+  const int last = (int)(s.L - start < first + s.seg ? s.L - start : first + s.seg);
+  scalar_t* y0 = y + off0 + (kReverse ? s.L - 1 - start : start);
+  scalar_t* y1 = y + off1 + (kReverse ? s.L - 1 - start : start);
+  smem_fft::fused_conv<N>(
+      smem, rows, [&](int q, int c) { return smem_fft::hermitian_bin<N>(Kd, q, c); },
+      [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
+        if ((unsigned)(n - first) >= (unsigned)(last - first)) return;
+        const int i = kReverse ? -n : n;
+        y0[i] = static_cast<scalar_t>(w.x);
+        if (has1) y1[i] = static_cast<scalar_t>(-w.y);
+      });
 }
 
 // partial[g, d, f] = sum over the (row, window) items of group g of G[f] * conj(U[f]), f <= N/2:
@@ -103,16 +131,17 @@ __global__ void __launch_bounds__(kMaxThreads) conv_window_kernel(const scalar_t
 // sc is a power of two bringing max|gy| of the window to max|u|: FFT rounding is relative to the
 // larger part of z, and gradients of a mean loss are far smaller than activations, so without it
 // the gy half would drown in the u half's rounding. Power of two: scaling and unscaling are exact.
+// Used where the row-pair kernel does not fit (16384-point windows).
 // grid: D * groups blocks (group fastest); items (row b, window j) are dealt out round-robin.
-template <typename scalar_t, int kMaxThreads>
-__global__ void __launch_bounds__(kMaxThreads) conv_grad_k_kernel(const scalar_t* __restrict__ u,
-                                                           const scalar_t* __restrict__ gy,
-                                                           float2* __restrict__ partial, ConvShape s, int groups) {
+template <typename scalar_t, int N>
+__global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 1024>()))
+    conv_grad_k_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ gy, float2* __restrict__ partial,
+                       ConvShape s, int groups) {
   extern __shared__ float2 smem[];
   // Running sum in shared memory after the FFT buffer (registers are capped at 64 by the
   // 1024-thread launch bound); thread tid owns frequencies f = tid + i*T, i = 0, 1, ...
   __shared__ unsigned int window_max[2][2];  // [window parity][u, gy]: float bits, values >= 0
-  const int N = s.N, T = blockDim.x, half = N / 2 + 1;
+  constexpr int T = N / kElemsPerThread, half = N / 2 + 1;
   float2* acc = smem + smem_fft::padded_size(N);
   const int group = (int)(blockIdx.x % groups);
   const int64_t d = blockIdx.x / groups;
@@ -149,7 +178,7 @@ __global__ void __launch_bounds__(kMaxThreads) conv_grad_k_kernel(const scalar_t
     if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;
     if (sc != 1.f)
       for (int n = threadIdx.x; n < N; n += T) smem[pad(n)].y *= sc;  // the elements this thread wrote
-    smem_fft::fft(smem, N, s.logN);
+    smem_fft::fft<N>(smem);
     const float w = 0.25f / sc;
     for (int f = threadIdx.x; f < half; f += T) {
       const float2 a = smem[pad(f)], c = conjf2(smem[pad((N - f) & (N - 1))]);
@@ -171,13 +200,14 @@ __global__ void __launch_bounds__(kMaxThreads) conv_grad_k_kernel(const scalar_t
 // it is applied once at the end. Each FFT mixes two rows of the same kind (u with u, gy with gy):
 // no scaling between activations and gradients, unlike conv_grad_k_kernel's u + i*gy packing, and
 // no block-wide reduction per item.
-// Shared memory: the FFT buffer, then stash (N complex). grid: D * groups blocks (group fastest).
-template <typename scalar_t, int Rl>
-__global__ void __launch_bounds__(512) conv_grad_k_pair_kernel(const scalar_t* __restrict__ u,
-                                                               const scalar_t* __restrict__ gy,
-                                                               float2* __restrict__ partial, ConvShape s, int groups) {
+// Shared memory: the FFT buffer, then stash (N complex). Registers capped at 128 (512 threads per
+// SM: acc holds 16 more complex values than the window kernel). grid: D * groups blocks (group fastest).
+template <typename scalar_t, int N>
+__global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512>()))
+    conv_grad_k_pair_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ gy,
+                            float2* __restrict__ partial, ConvShape s, int groups) {
   extern __shared__ float2 smem[];
-  const int N = s.N, T = N / kElemsPerThread, half = N / 2, NR = N / Rl;
+  constexpr int T = N / kElemsPerThread, half = N / 2, Rl = smem_fft::last_radix(N), NR = N / Rl;
   float2* stash = smem + smem_fft::padded_size(N);
   auto own_bin = [&](int i) { return threadIdx.x + (i / Rl) * T + (i % Rl) * NR; };  // bin of x[i]
   const int group = (int)(blockIdx.x % groups);
@@ -192,31 +222,18 @@ __global__ void __launch_bounds__(512) conv_grad_k_pair_kernel(const scalar_t* _
     const int64_t pair = it / s.nseg;
     const int j = (int)(it % s.nseg);
     const int64_t b0 = 2 * pair;
-    const bool has1 = b0 + 1 < s.B;
-    const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? off0 + s.D * s.L : off0;
+    const int64_t off0 = (b0 * s.D + d) * s.L, off1 = b0 + 1 < s.B ? off0 + s.D * s.L : off0;
     const int64_t start = (int64_t)j * s.seg - first;
     float2 x[kElemsPerThread];
-    smem_fft::fft_to_registers<Rl>(smem, x, N, [&](int n) {
-      const int64_t t = start + n;
-      float2 v = make_float2(0.f, 0.f);
-      if (t >= 0 && t < s.L) {
-        v.x = to_float(u[off0 + t]);
-        if (has1) v.y = to_float(u[off1 + t]);
-      }
-      return v;
-    });
+    smem_fft::fft_to_registers<N>(smem, x, WindowRows<scalar_t, false>(u + off0, u + off1, start, s.L, N));
 #pragma unroll
     for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = x[i];
     __syncthreads();  // the last pass has read the FFT buffer before the next transform writes it
-    smem_fft::fft_to_registers<Rl>(smem, x, N, [&](int n) {
-      const int64_t t = start + n;
-      float2 v = make_float2(0.f, 0.f);
-      if (t < s.L && n >= first && n < first + s.seg) {
-        v.x = to_float(gy[off0 + t]);
-        if (has1) v.y = to_float(gy[off1 + t]);
-      }
-      return v;
-    });
+    // gy only at the outputs this window owns: first <= n < first + seg (and t < L)
+    WindowRows<scalar_t, false> grads(gy + off0, gy + off1, start, s.L, N);
+    grads.lo = first;
+    if (first + s.seg < grads.hi) grads.hi = first + s.seg;
+    smem_fft::fft_to_registers<N>(smem, x, grads);
 #pragma unroll
     for (int i = 0; i < kElemsPerThread; ++i) acc[i] = cadd(acc[i], cmul(x[i], conjf2(stash[own_bin(i)])));
     __syncthreads();
@@ -229,6 +246,45 @@ __global__ void __launch_bounds__(512) conv_grad_k_pair_kernel(const scalar_t* _
   for (int f = threadIdx.x; f <= half; f += T) {
     const float2 a = stash[f], c = conjf2(stash[(N - f) & (N - 1)]);
     out[f] = make_float2(0.5f * (a.x + c.x), 0.5f * (a.y + c.y));
+  }
+}
+
+// grad_k[d, s] = irfft_N(P[d])[s] for s < taps, 0 for taps <= s < Lk, where P[d] is the sum over
+// groups of partial[g, d, 0..N/2] (in group order: deterministic). Replaces a reduction, cuFFT's
+// c2r and two copies. Channels in pairs: Z = P0 + i*P1 (each extended to N bins by Hermitian
+// symmetry, the imaginary parts of bins 0 and N/2 dropped as irfft does) goes through one
+// transform (the inverse as the forward DFT of the conjugate): the real part is channel d0's
+// result, the imaginary part channel d1's. grid: ceil(D/2) blocks of N/16 threads.
+template <int N>
+__global__ void __launch_bounds__(N / kElemsPerThread) grad_k_taps_kernel(const float2* __restrict__ partial,
+                                                                          float* __restrict__ grad_k, int64_t D,
+                                                                          int groups, int taps, int64_t Lk) {
+  extern __shared__ float2 smem[];
+  constexpr int half = N / 2;
+  const int64_t d0 = 2 * (int64_t)blockIdx.x, d1 = d0 + 1 < D ? d0 + 1 : d0;
+  const int64_t group_stride = D * (half + 1);
+  for (int f = threadIdx.x; f <= half; f += blockDim.x) {
+    float2 p0 = make_float2(0.f, 0.f), p1 = p0;
+    for (int g = 0; g < groups; ++g) {
+      p0 = cadd(p0, partial[g * group_stride + d0 * (half + 1) + f]);
+      p1 = cadd(p1, partial[g * group_stride + d1 * (half + 1) + f]);
+    }
+    if (f == 0 || f == half) p0.y = p1.y = 0.f;
+    // conj(Z[f]) with Z[f] = P0 + i P1, and conj(Z[N-f]) with Z[N-f] = conj(P0) + i conj(P1)
+    smem[pad(f)] = make_float2(p0.x - p1.y, -(p0.y + p1.x));
+    if (f != 0 && f != half) smem[pad(N - f)] = make_float2(p0.x + p1.y, p0.y - p1.x);
+  }
+  smem_fft::fft<N>(smem);  // x = conj(result) * N
+  constexpr float scale = 1.f / (float)N;
+  for (int64_t t = threadIdx.x; t < Lk; t += blockDim.x) {
+    float v0 = 0.f, v1 = 0.f;
+    if (t < taps) {
+      const float2 x = smem[pad((int)t)];
+      v0 = x.x * scale;
+      v1 = -x.y * scale;
+    }
+    grad_k[d0 * Lk + t] = v0;
+    if (d1 != d0) grad_k[d1 * Lk + t] = v1;
   }
 }
 
@@ -271,11 +327,10 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
   // M-point FFT (block rank then holds X[rank + C*k2] at k2), product, M-point inverse, in place
   const int half = N / 2;
   const float2* Kd = K + d * (half + 1);
-  static_assert(kMaxFusedFFT == 16384, "the last radix below is that of 16384 = 16^3 * 4");
-  smem_fft::fused_conv<4, true>(
-      smem, M, [&](int m) { return smem[pad(m)]; },
-      [&](int k2) {
-        const int f = rank + C * k2;
+  smem_fft::fused_conv<(int)kMaxFusedFFT, true>(
+      smem, [&](int m) { return smem[pad(m)]; },
+      [&](int q, int c) {
+        const int f = rank + C * (q + c);
         return f <= half ? Kd[f] : conjf2(Kd[N - f]);
       },
       [&](int m, float2 w) { smem[pad(m)] = w; });
@@ -298,6 +353,44 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
 #endif
 }
 
+// K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2 with N = C * M (the cluster path's spectrum):
+// channels in pairs, z = k[d0] + i*k[d1] (k[d0] again for an odd last channel), one transform for
+// two real rows split by Hermitian symmetry: K0 = (Z[f] + conj Z[N-f])/2, K1 = (Z[f] - conj Z[N-f])/2i,
+// with Z[N-f] read from the block that holds it. grid: ceil(D/2) clusters of C blocks.
+__global__ void __launch_bounds__(1024) kernel_spectrum_cluster_kernel(const float* __restrict__ k,
+                                                                       float2* __restrict__ K, int64_t D, int taps,
+                                                                       int N, int C, int logC) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  constexpr int M = (int)kMaxFusedFFT;
+  extern __shared__ float2 smem[];
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = (int)cluster.block_rank();
+  const int64_t d0 = 2 * (int64_t)(blockIdx.x / C), d1 = d0 + 1 < D ? d0 + 1 : d0;
+  for (int m = threadIdx.x; m < M; m += blockDim.x) {
+    const int n = rank * M + m;
+    smem[pad(m)] = n < taps ? make_float2(k[d0 * taps + n], k[d1 * taps + n]) : make_float2(0.f, 0.f);
+  }
+  cluster.sync();
+  cluster_fft::cross_block_dft<false>(smem, C, M, N);
+  cluster.sync();
+  smem_fft::fft<M>(smem);  // block rank holds Z[rank + C*k2] at k2
+  cluster.sync();          // every block's spectrum is complete before partners read it
+  const int half = N / 2;
+  const float scale = 0.5f / (float)N;
+  for (int k2 = threadIdx.x; k2 < M; k2 += blockDim.x) {
+    const int f = rank + C * k2;
+    if (f > half) continue;
+    const int g = (N - f) & (N - 1);
+    const float2 a = smem[pad(k2)];
+    const float2 c = conjf2(cluster.map_shared_rank(smem, g & (C - 1))[pad(g >> logC)]);
+    K[d0 * (half + 1) + f] = make_float2(scale * (a.x + c.x), scale * (a.y + c.y));
+    if (d1 != d0) K[d1 * (half + 1) + f] = make_float2(scale * (a.y - c.y), -scale * (a.x - c.x));  // /(2i)
+  }
+  cluster.sync();  // partners are done reading this block's spectrum before the block exits
+#endif
+}
+
 // grad_k for cluster-sized windows: conv_grad_k_kernel's algorithm (z = u + i*sc*gy per (row,
 // window) item, G conj(U) from Z[f] and Z[N-f]) with the window spread over a cluster. Z[N-f] lives
 // in another block (read through distributed shared memory); the running sum lives in
@@ -313,7 +406,7 @@ __global__ void __launch_bounds__(1024) conv_grad_k_cluster_kernel(const scalar_
   __shared__ unsigned int window_max[2][2];  // [item parity][u, gy]: float bits, values >= 0
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = (int)cluster.block_rank();
-  const int N = s.N, M = N >> logC, logM = s.logN - logC, T = blockDim.x, half = N / 2;
+  const int N = s.N, M = N >> logC, T = blockDim.x, half = N / 2;
   const int64_t cid = blockIdx.x / C;
   const int group = (int)(cid % groups);
   const int64_t d = cid / groups;
@@ -359,7 +452,7 @@ __global__ void __launch_bounds__(1024) conv_grad_k_cluster_kernel(const scalar_
     cluster.sync();
     cluster_fft::cross_block_dft<false>(smem, C, M, N);
     cluster.sync();
-    smem_fft::fft(smem, M, logM);  // block rank holds Z[rank + C*k2] at k2
+    smem_fft::fft<(int)kMaxFusedFFT>(smem);  // block rank holds Z[rank + C*k2] at k2
     cluster.sync();                // every block's spectrum is complete before partners read it
     const float w = 0.25f / sc;
     for (int k2 = threadIdx.x; k2 < M; k2 += T) {

@@ -1,5 +1,5 @@
-// A complex FFT of N = 2^m points (64 <= N <= 16384) held in shared memory by one thread block of
-// N/16 threads. Stockham autosort passes of radix 16 (then 8, 4 or 2 for the remainder): each
+// A complex FFT of N = 2^m points (64 <= N <= 16384, a template parameter) held in shared memory
+// by one thread block of N/16 threads. Stockham autosort passes of radix 16 (then 8, 4 or 2 for the remainder): each
 // thread loads 16 values, twiddles them, runs the small DFT in registers and stores them back in
 // natural order, so input and output are both in natural order. Shared memory is indexed through
 // pad() (one float2 of padding per 16) so the strided stores of the first pass avoid bank conflicts.
@@ -74,35 +74,45 @@ __device__ __forceinline__ void dft(float2 (&x)[R]) {
   dft_stage<R, 2>(x);
 }
 
+// Every size below is a template parameter: with N, R and Ns known at compile time each thread's
+// shared-memory addresses are one base register plus immediate offsets, and the passes unroll.
+//
+// pad() of an index with a compile-time offset: pad(base + off) = pad(base) + padded_offset(off)
+// whenever (base mod 16) + (off mod 16) < 16, which holds for every access below: loads read
+// q + r*N/R with q < N/R, stores write base + r*Ns with base = k (mod 16) and k < Ns (or Ns >= 16),
+// and off = r*S is a multiple of S (a power of two) no larger than 16 - S mod 16.
+__host__ __device__ constexpr int padded_offset(int off) { return off + (off >> 4); }
+
+// Radix of the last pass of an FFT of N = 16^(P-1) * Rl points, Rl in {2, 4, 8, 16}.
+__host__ __device__ constexpr int last_radix(int n) { return n > 16 ? last_radix(n / 16) : n; }
+
 // A Stockham pass of radix R is split in three so that callers can fuse its ends with global memory:
 // thread t owns the butterflies q = t + b*T (b < 16/R, T = N/16 threads), and butterfly q
 //   reads  elements q + r*N/R            (r < R; load_pass, or any source in that order),
 //   computes twiddle(q mod Ns) then a radix-R DFT in registers (compute_pass),
 //   writes elements (q - q mod Ns)*R + q mod Ns + r*Ns  (store_pass).
 // x is flat: butterfly b's R values are x[b*R .. b*R + R).
-template <int R>
-__device__ __forceinline__ void load_pass(const float2* data, float2 (&x)[kElemsPerThread], int N) {
-  constexpr int kBfly = kElemsPerThread / R;
-  const int T = N / kElemsPerThread, NR = N / R;
+template <int N, int R>
+__device__ __forceinline__ void load_pass(const float2* data, float2 (&x)[kElemsPerThread]) {
+  constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread, NR = N / R;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
-    const int q = threadIdx.x + b * T;
+    const float2* p = data + pad(threadIdx.x + b * T);
 #pragma unroll
-    for (int r = 0; r < R; ++r) x[b * R + r] = data[pad(q + r * NR)];
+    for (int r = 0; r < R; ++r) x[b * R + r] = p[padded_offset(r * NR)];
   }
 }
 
-template <int R>
-__device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread], int N, int Ns) {
-  constexpr int kBfly = kElemsPerThread / R;
-  const int T = N / kElemsPerThread;
+template <int N, int R, int Ns>
+__device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
+  constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
     float2(&xb)[R] = *reinterpret_cast<float2(*)[R]>(&x[b * R]);
-    if (Ns > 1) {
+    if constexpr (Ns > 1) {
       const int k = (threadIdx.x + b * T) & (Ns - 1);
       float s, c;
-      sincospif(-2.f * (float)k / (float)(Ns * R), &s, &c);
+      sincospif((float)k * (-2.f / (float)(Ns * R)), &s, &c);  // exact argument: Ns * R is a power of two
       const float2 w = make_float2(c, s);
       float2 wr = w;
 #pragma unroll
@@ -115,70 +125,81 @@ __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread], int N
   }
 }
 
-template <int R>
-__device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElemsPerThread], int N, int Ns) {
-  constexpr int kBfly = kElemsPerThread / R;
-  const int T = N / kElemsPerThread;
+template <int N, int R, int Ns>
+__device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElemsPerThread]) {
+  constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
     const int q = threadIdx.x + b * T;
     const int k = q & (Ns - 1);
-    const int base = (q - k) * R + k;
+    float2* p = data + pad((q - k) * R + k);
 #pragma unroll
-    for (int r = 0; r < R; ++r) data[pad(base + r * Ns)] = x[b * R + r];
+    for (int r = 0; r < R; ++r) p[padded_offset(r * Ns)] = x[b * R + r];
   }
 }
 
 // One whole Stockham pass of radix R over data[0..N), Ns = product of the radices already applied.
-template <int R>
-__device__ __forceinline__ void pass(float2* data, int N, int Ns) {
+template <int N, int R, int Ns>
+__device__ __forceinline__ void pass(float2* data) {
   float2 x[kElemsPerThread];
-  load_pass<R>(data, x, N);
+  load_pass<N, R>(data, x);
   __syncthreads();
-  compute_pass<R>(x, N, Ns);
-  store_pass<R>(data, x, N, Ns);
+  compute_pass<N, R, Ns>(x);
+  store_pass<N, R, Ns>(data, x);
   __syncthreads();
 }
 
-// Forward DFT (sign -1) of data[0..N) in place; all N/16 threads of the block must call it.
-// Starts and ends with the data visible to every thread (a barrier on each side).
-__device__ __forceinline__ void fft(float2* data, int N, int logN) {
-  __syncthreads();
-  int Ns = 1, left = logN;
-  while (left >= 4) {
-    pass<16>(data, N, Ns);
-    Ns <<= 4;
-    left -= 4;
+// Radix-16 passes for Ns = Ns0, 16*Ns0, ... while Ns < NsEnd.
+template <int N, int Ns, int NsEnd>
+__device__ __forceinline__ void radix16_passes(float2* data) {
+  if constexpr (Ns < NsEnd) {
+    pass<N, 16, Ns>(data);
+    radix16_passes<N, Ns * 16, NsEnd>(data);
   }
-  if (left == 3) pass<8>(data, N, Ns);
-  if (left == 2) pass<4>(data, N, Ns);
-  if (left == 1) pass<2>(data, N, Ns);
+}
+
+// Forward DFT (sign -1) of data[0..N) in place, N = 2^m >= 64; all N/16 threads of the block call
+// it. Starts and ends with the data visible to every thread (a barrier on each side).
+template <int N>
+__device__ __forceinline__ void fft(float2* data) {
+  constexpr int Rl = last_radix(N);
+  __syncthreads();
+  radix16_passes<N, 1, N / Rl>(data);
+  pass<N, Rl, N / Rl>(data);
 }
 
 // Forward DFT of a window z[0..N) read through load(n), ending in registers: the first pass reads
 // its 16 inputs straight from global memory (no shared-memory staging), and after the last pass
-// (radix Rl, never written back) x[b*Rl + r] holds bin q + r*N/Rl of butterfly q = threadIdx.x + b*N/16.
-// N = 16^(P-1) * Rl, Rl in {2, 4, 8, 16}, N >= 64; all N/16 threads of the block call it. Barriers
-// are the caller's at both ends: the first pass writes shared memory at once (no barrier before it,
-// unlike fft()), and the last pass reads it (a barrier is needed before anything writes it again).
+// (radix Rl = last_radix(N), never written back) x[b*Rl + r] holds bin q + b*N/16 + r*N/Rl for
+// q = threadIdx.x. N >= 64; all N/16 threads of the block call it. Barriers are the caller's at both
+// ends: the first pass writes shared memory at once (no barrier before it, unlike fft()), and the
+// last pass reads it (a barrier is needed before anything writes it again).
 // kInPlace: load reads data itself (a window already in shared memory): a barrier separates the
 // first pass's loads from its stores.
-template <int Rl, bool kInPlace = false, typename Load>
-__device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElemsPerThread], int N, Load load) {
-  const int q = threadIdx.x, N16 = N / 16;
+template <int N, bool kInPlace = false, typename Load>
+__device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElemsPerThread], Load load) {
+  constexpr int Rl = last_radix(N), N16 = N / 16;
+  const int q = threadIdx.x;
 #pragma unroll
   for (int r = 0; r < 16; ++r) x[r] = load(q + r * N16);
   if (kInPlace) __syncthreads();
   dft<16>(x);  // pass 1: radix 16, Ns = 1, no twiddles
-  store_pass<16>(data, x, N, 1);
+  store_pass<N, 16, 1>(data, x);
   __syncthreads();
-  int Ns = 16;
-  while (Ns * 16 * Rl <= N) {  // middle radix-16 passes
-    pass<16>(data, N, Ns);
-    Ns *= 16;
-  }
-  load_pass<Rl>(data, x, N);  // last pass: radix Rl, Ns = N/Rl
-  compute_pass<Rl>(x, N, Ns);
+  radix16_passes<N, 16, N / Rl>(data);  // middle passes
+  load_pass<N, Rl>(data, x);            // last pass: radix Rl, Ns = N/Rl
+  compute_pass<N, Rl, N / Rl>(x);
+}
+
+// Bin q + c of the spectrum of a real sequence given by its half K[0..N/2]: K[f] or conj(K[N-f]).
+// q < N/16 and c a multiple of N/16 (how fused_conv names its bins): with c a constant after
+// unrolling, only the middle bin (c = N/2) tests q.
+template <int N>
+__device__ __forceinline__ float2 hermitian_bin(const float2* K, int q, int c) {
+  constexpr int half = N / 2;
+  if (c < half) return K[c + q];
+  if (c > half) return conjf2(K[(N - c) - q]);
+  return q == 0 ? K[half] : conjf2(K[half - q]);
 }
 
 // Circular convolution of one window z[0..N) with a spectrum given per frequency, passes fused at
@@ -186,34 +207,30 @@ __device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElem
 // (the last forward pass leaves butterfly q holding bins q + r*N/Rl, exactly what the first inverse
 // pass of radix Rl reads), and the last inverse pass writes straight to global memory (store(n, w)).
 // Shared memory sees 2*(P-1) round trips for P passes per transform instead of 2P + 3.
-// spectrum(f) returns the multiplier of bin f; the inverse is the forward DFT of the conjugate, so
-// store receives conj(result) (scale 1/N is the caller's, folded into the spectrum).
+// spectrum(q, c) returns the multiplier of bin q + c (q = threadIdx.x, c a multiple of N/16 known
+// after unrolling); the inverse is the forward DFT of the conjugate, so store receives
+// conj(result) (scale 1/N is the caller's, folded into the spectrum).
 // kInPlace: load and store address data itself, so barriers also separate the last pass's loads
 // from the stores. Like fft_to_registers, it starts and ends without a barrier.
-template <int Rl, bool kInPlace = false, typename Load, typename Spectrum, typename Store>
-__device__ __forceinline__ void fused_conv(float2* data, int N, Load load, Spectrum spectrum, Store store) {
+template <int N, bool kInPlace = false, typename Load, typename Spectrum, typename Store>
+__device__ __forceinline__ void fused_conv(float2* data, Load load, Spectrum spectrum, Store store) {
+  constexpr int Rl = last_radix(N), N16 = N / 16, NR = N / Rl, kBfly = kElemsPerThread / Rl;
   float2 x[kElemsPerThread];
-  const int q = threadIdx.x, N16 = N / 16;
-  fft_to_registers<Rl, kInPlace>(data, x, N, load);
+  const int q = threadIdx.x;
+  fft_to_registers<N, kInPlace>(data, x, load);
   __syncthreads();  // every thread has read before the inverse pass overwrites
-  constexpr int kBfly = kElemsPerThread / Rl;
-  const int NR = N / Rl;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b)
 #pragma unroll
-    for (int r = 0; r < Rl; ++r) x[b * Rl + r] = conjf2(cmul(x[b * Rl + r], spectrum(q + b * N16 + r * NR)));
-  compute_pass<Rl>(x, N, 1);
-  store_pass<Rl>(data, x, N, 1);
+    for (int r = 0; r < Rl; ++r) x[b * Rl + r] = conjf2(cmul(x[b * Rl + r], spectrum(q, b * N16 + r * NR)));
+  compute_pass<N, Rl, 1>(x);
+  store_pass<N, Rl, 1>(data, x);
   __syncthreads();
-  int Ns = Rl;
-  while (Ns * 16 < N) {  // middle radix-16 passes of the inverse
-    pass<16>(data, N, Ns);
-    Ns *= 16;
-  }
+  radix16_passes<N, Rl, N16>(data);  // middle passes of the inverse
   // last inverse pass (radix 16, Ns = N/16): butterfly q writes outputs q + r*N/16, straight out
-  load_pass<16>(data, x, N);
+  load_pass<N, 16>(data, x);
   if (kInPlace) __syncthreads();
-  compute_pass<16>(x, N, N16);
+  compute_pass<N, 16, N16>(x);
 #pragma unroll
   for (int r = 0; r < 16; ++r) store(q + r * N16, x[r]);
 }

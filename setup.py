@@ -72,7 +72,7 @@ def extensions():
     with_cuda = want_cuda()
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
-    cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/cpu.cpp"))
+    cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/cpu.cpp") + glob.glob("csrc/*/autograd.cpp"))
     cu = sorted(glob.glob("csrc/*/*.cu")) if with_cuda else []
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     cxx = list(opt)  # py_limited_api=True makes torch define Py_LIMITED_API

@@ -1,6 +1,7 @@
 // The fft_tensor op library: every schema is declared here, once.
 // Backends register implementations in csrc/<op>/cpu.cpp and csrc/<op>/cuda.cu with
-// TORCH_LIBRARY_IMPL; fake kernels and autograd live in fft_tensor/ops.py.
+// TORCH_LIBRARY_IMPL; fake kernels live in fft_tensor/ops.py, autograd there (phase_rotate) or in
+// csrc/<op>/autograd.cpp (causal_conv).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -167,22 +167,5 @@ def _causal_conv_backward_fake(grad_y, u, k, skip, need_u, need_k):
     return grad_u, grad_k
 
 
-def _causal_conv_setup_context(ctx, inputs, output):
-    # torch.library drops trailing arguments left at their default, so skip may be absent.
-    u, k = inputs[:2]
-    skip = inputs[2] if len(inputs) > 2 else None
-    ctx.save_for_backward(u, k, skip)
-
-
-def _causal_conv_backward(ctx, grad_y):
-    u, k, skip = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    need_u, need_k = need[0], need[1]
-    need_skip = len(need) > 2 and need[2]
-    grad_u, grad_k = _ops.causal_conv_backward.default(grad_y, u, k, skip, need_u, need_k or need_skip)
-    grads = (grad_u if need_u else None, grad_k if need_k else None, grad_k[:, 0] if need_skip else None)
-    return grads[:len(need)]
-
-
-torch.library.register_autograd("fft_tensor::causal_conv", _causal_conv_backward,
-                                setup_context=_causal_conv_setup_context)
+# causal_conv's autograd is registered in C++ (csrc/causal_conv/autograd.cpp): the backward is one
+# call of causal_conv_backward (grad_skip = grad_k[:, 0]), with no Python on the per-call path.

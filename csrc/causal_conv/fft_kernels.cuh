@@ -58,8 +58,8 @@ constexpr int min_blocks_per_sm() {
   return b < 1 ? 1 : b > 32 ? 32 : b;
 }
 
-// A window of one row pair: row b0 at time start + n in the real part, row b1 (or b0 again when the
-// batch is odd, then discarded) in the imaginary part, zero outside [0, L). kReverse reads time
+// A window of one row pair: row b0 at time start + n in the real part, row b1 in the imaginary part
+// (zero when the batch is odd and b0 is the last row), zero outside [0, L). kReverse reads time
 // backwards. Pointers are offset once per block so each of a thread's 16 loads is one base register
 // plus an immediate offset and one range test.
 template <typename scalar_t, bool kReverse>
@@ -67,7 +67,9 @@ struct WindowRows {
   const scalar_t* p0;
   const scalar_t* p1;
   int lo, hi;  // valid n: lo <= n < hi
-  __device__ WindowRows(const scalar_t* x0, const scalar_t* x1, int64_t start, int64_t L, int N) {
+  bool has1;
+  __device__ WindowRows(const scalar_t* x0, const scalar_t* x1, bool has1_, int64_t start, int64_t L, int N)
+      : has1(has1_) {
     lo = (int)(start < 0 ? -start : 0);
     hi = (int)(L - start < N ? L - start : N);
     const int64_t first = kReverse ? L - 1 - start : start;  // element n lives at first +- n
@@ -79,7 +81,7 @@ struct WindowRows {
     if ((unsigned)(n - lo) < (unsigned)(hi - lo)) {
       const int i = kReverse ? -n : n;
       v.x = to_float(p0[i]);
-      v.y = to_float(p1[i]);
+      if (has1) v.y = to_float(p1[i]);
     }
     return v;
   }
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   const bool has1 = b1 < s.B;
   const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? (b1 * s.D + d) * s.L : off0;
   const int64_t start = (int64_t)j * s.seg - (s.taps - 1);  // time of window sample 0
-  const WindowRows<scalar_t, kReverse> rows(x + off0, x + off1, start, s.L, N);
+  const WindowRows<scalar_t, kReverse> rows(x + off0, x + off1, has1, start, s.L, N);
   const float2* Kd = K + d * (N / 2 + 1);
   // outputs the window owns: first <= n < last (and t < L)
   const int first = s.taps - 1;
@@ -222,15 +224,16 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
     const int64_t pair = it / s.nseg;
     const int j = (int)(it % s.nseg);
     const int64_t b0 = 2 * pair;
-    const int64_t off0 = (b0 * s.D + d) * s.L, off1 = b0 + 1 < s.B ? off0 + s.D * s.L : off0;
+    const bool has1 = b0 + 1 < s.B;
+    const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? off0 + s.D * s.L : off0;
     const int64_t start = (int64_t)j * s.seg - first;
     float2 x[kElemsPerThread];
-    smem_fft::fft_to_registers<N>(smem, x, WindowRows<scalar_t, false>(u + off0, u + off1, start, s.L, N));
+    smem_fft::fft_to_registers<N>(smem, x, WindowRows<scalar_t, false>(u + off0, u + off1, has1, start, s.L, N));
 #pragma unroll
     for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = x[i];
     __syncthreads();  // the last pass has read the FFT buffer before the next transform writes it
     // gy only at the outputs this window owns: first <= n < first + seg (and t < L)
-    WindowRows<scalar_t, false> grads(gy + off0, gy + off1, start, s.L, N);
+    WindowRows<scalar_t, false> grads(gy + off0, gy + off1, has1, start, s.L, N);
     grads.lo = first;
     if (first + s.seg < grads.hi) grads.hi = first + s.seg;
     smem_fft::fft_to_registers<N>(smem, x, grads);

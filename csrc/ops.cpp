@@ -26,4 +26,9 @@ TORCH_LIBRARY(fft_tensor, m) {
   // (grad_u, grad_k): grad_u like u, grad_k (D, Lk) like k; each is an empty (0,) tensor when not
   // asked for. grad_skip is grad_k[:, 0] (the skip term is a tap at lag 0).
   m.def("causal_conv_backward(Tensor grad_y, Tensor u, Tensor k, Tensor? skip, bool need_u, bool need_k) -> (Tensor, Tensor)");
+
+  // One streaming step: x = cat(state, u) along time, y[b,d,t] = sum_{s<Lk} k[d,s] x[b,d,S+t-s] + skip[d] u[b,d,t]
+  // for the T new inputs u (B, D, T); state (B, D, S >= Lk-1, float32) is shifted by T in place.
+  // Inference only (no autograd).
+  m.def("causal_conv_update(Tensor u, Tensor(a!) state, Tensor k, Tensor? skip=None) -> Tensor");
 }

@@ -24,6 +24,14 @@ Conventions
     draw from a CPU torch.Generator seeded with `seed` (in float64), so a seed gives the same
     bytes in both modes and on any device.
 
+Low-precision weights (under torch.autocast on CUDA in bfloat16 or float16)
+  A step at batch 1 reads every weight once, and autocast casts each nn.Linear weight from float32
+  on every call (one extra kernel and a float32 read per weight; a CUDA graph cannot keep autocast's
+  cast cache). The stream runs a copy of the model whose nn.Linear weights and biases are stored in
+  the autocast dtype (`low_precision_copy`), made once per stream: autocast would have cast them to
+  the same values, so the output is the same bits. Parameters any other module shares (tied
+  embeddings) stay float32. LOW_PRECISION_WEIGHTS below is the switch.
+
 CUDA graphs (cuda_graphs=None: on for CUDA models unless CUDA_GRAPHS below is False)
   A streaming step is fixed-shape and tiny (one byte, or one chunk, through every layer), so eager
   PyTorch spends it launching a few hundred small kernels from Python. StepGraphs records each
@@ -34,15 +42,18 @@ CUDA graphs (cuda_graphs=None: on for CUDA models unless CUDA_GRAPHS below is Fa
   the GPT's KV cache (its shapes grow every step) stay eager. Replays run the same kernels on the
   same values as eager stepping, so the output is the same bytes.
 """
+import copy
 import warnings
 
 import torch
+import torch.nn as nn
 
 from fft_lm.model import SpectralCache
 
 BOS_BYTE = 0x0A  # context used for an empty prompt
 MODES = ("overlap_save", "recompute")
 CUDA_GRAPHS = True  # what cuda_graphs=None means on CUDA: the one switch for the graph path
+LOW_PRECISION_WEIGHTS = True  # autocast on CUDA: run a copy with nn.Linear weights in the autocast dtype
 GRAPH_WARMUP_CALLS = 3  # eager calls on a side stream before recording (lazy inits, cuBLAS handles)
 
 
@@ -78,6 +89,21 @@ def make_picker(temperature=1.0, top_k=None, seed=None):
         return int(torch.multinomial(probs, 1, generator=gen).item())
 
     return pick
+
+
+def low_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of model for inference under autocast(dtype): nn.Linear weights and biases stored in dtype
+    (what autocast casts them to on every call), everything else as it is. Parameters that a module
+    other than an nn.Linear also holds (a tied embedding) are left alone."""
+    clone = copy.deepcopy(model)
+    shared = {id(p) for m in clone.modules() if not isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
+    with torch.no_grad():
+        for m in clone.modules():
+            if isinstance(m, nn.Linear):
+                for name, p in m.named_parameters(recurse=False):
+                    if id(p) not in shared and p.dtype != dtype:
+                        setattr(m, name, nn.Parameter(p.to(dtype), requires_grad=False))
+    return clone.eval()
 
 
 def is_chunk_model(model):
@@ -200,6 +226,7 @@ class ByteStream:
             raise ValueError(f"generate: mode='overlap_save' needs a model with init_cache; "
                              f"{type(model).__name__} has none (use mode='recompute')")
         self.model = model
+        self._low_precision = None  # (dtype, low_precision_copy(model, dtype)), made at the first autocast step
         self.pick = make_picker(temperature, top_k, seed)
         self.max_new_bytes = max_new_bytes
         self.keep_logits = keep_logits
@@ -228,6 +255,19 @@ class ByteStream:
         """Steps (backbone or decoder) run as CUDA graph replays so far."""
         return 0 if self.graphs is None else self.graphs.replays
 
+    def _runner(self):
+        """The model a step runs: under low-precision autocast with grad off, its low_precision_copy."""
+        device_type = self.seq.device.type
+        if not (LOW_PRECISION_WEIGHTS and torch.is_autocast_enabled(device_type)) or torch.is_grad_enabled() \
+                or self.model.training:
+            return self.model
+        dtype = torch.get_autocast_dtype(device_type)
+        if dtype not in (torch.bfloat16, torch.float16):
+            return self.model
+        if self._low_precision is None or self._low_precision[0] != dtype:
+            self._low_precision = (dtype, low_precision_copy(self.model, dtype))
+        return self._low_precision[1]
+
     def _use_graphs(self):
         return self.graphs is not None and not torch.is_grad_enabled() and not self.model.training
 
@@ -247,12 +287,12 @@ class ByteStream:
         if self.chunked:
             # contiguous, as a graph's static copy is: the decoder's matmuls then see the same layout
             # (and pick the same kernels) eager or replayed, so both give the same bits
-            return self.model.features(x, cache=self.cache)[:, -1].contiguous()
-        logits, _ = self.model(x, cache=self.cache)
+            return self._runner().features(x, cache=self.cache)[:, -1].contiguous()
+        logits, _ = self._runner()(x, cache=self.cache)
         return logits[:, -1]
 
     def _decode_last(self, h, inputs):
-        return self.model.decode_logits(h, inputs)[:, -1]
+        return self._runner().decode_logits(h, inputs)[:, -1]
 
     def step(self):
         if self.done:

@@ -153,6 +153,11 @@ class SpectralKernel(nn.Module):
         return k, self.skip
 
 
+# New bytes per streaming call up to which a layer steps its tail with causal_conv_update (O(T * taps)
+# per channel, one launch); longer calls (a prefill) concatenate the tail and run causal_conv (FFT).
+STREAM_STEP_MAX = 64
+
+
 class SpectralMixer(nn.Module):
     """x -> (value, gate); y = causal_conv(value, k, skip) * silu(gate); out_proj(y).
 
@@ -183,6 +188,11 @@ class SpectralMixer(nn.Module):
         new_tail = None
         if tail is None:
             y = fft_tensor.causal_conv(u, k, skip)
+        elif T <= STREAM_STEP_MAX and not torch.is_grad_enabled():
+            # a generation step: one kernel that reads the tail, writes the T outputs and shifts the
+            # tail in place (causal_conv_update); the same sums as the branch below
+            y = fft_tensor.causal_conv_update(u, tail, k, skip)
+            new_tail = tail
         else:
             # overlap-save: the tail supplies every input the new outputs can reach back to
             u_all = torch.cat([tail, u.float()], dim=-1)
@@ -297,7 +307,7 @@ class SpectralLM(ByteLM):
                 x, new_tail = block(x, cache.tails[i], taps[i])
                 if torch.is_grad_enabled():
                     cache.tails[i] = new_tail  # a new tensor: autograd sees a plain chain of tails
-                else:
+                elif new_tail is not cache.tails[i]:  # (causal_conv_update shifted it in place already)
                     cache.tails[i].copy_(new_tail)  # in place: fixed addresses (CUDA graphs replay steps)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, _ = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)

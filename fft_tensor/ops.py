@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["phase_rotate", "causal_conv", "causal_conv_fft_size"]
+__all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft_size"]
 
 _ops = torch.ops.fft_tensor
 
@@ -169,3 +169,59 @@ def _causal_conv_backward_fake(grad_y, u, k, skip, need_u, need_k):
 
 # causal_conv's autograd is registered in C++ (csrc/causal_conv/autograd.cpp): the backward is one
 # call of causal_conv_backward (grad_skip = grad_k[:, 0]), with no Python on the per-call path.
+
+
+# ----------------------------------------------------------------------------- causal_conv_update
+
+def causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tensor] = None) -> Tensor:
+    """One streaming step of ``causal_conv``: T new inputs per row against the row's last S inputs.
+
+    With ``x = cat(state, u, dim=-1)`` (S + T steps):
+    ``y[b,d,t] = sum_{s<Lk} k[d,s] * x[b,d,S+t-s] + skip[d] * u[b,d,t]``, and ``state`` becomes
+    ``x[..., T:]`` (updated in place; its storage never moves, so CUDA graphs can replay a step).
+    Running a sequence through in pieces therefore gives exactly ``causal_conv`` of the whole
+    sequence, when the state starts as zeros.
+
+    u: (B, D, T) float32, bfloat16 or float16 (float64), any strides; T is small (a generation step):
+      the cost is O(T * Lk) per row, one kernel launch, independent of how long the context is.
+    state: (B, D, S) float32 (float64 for float64 u), S >= Lk - 1; mutated.
+    k: (D, Lk) float32 (float64), skip: (D,) or None.
+    Returns y (B, D, T) contiguous, u's dtype. Inference only: no autograd (use ``causal_conv`` on the
+    concatenated sequence to train through a state).
+    """
+    return _ops.causal_conv_update.default(u, state, k, skip)
+
+
+def _check_causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tensor]) -> None:
+    op = "causal_conv_update"
+    torch._check(u.dim() == 3, lambda: f"{op}: expected u of shape (B, D, T), got a {u.dim()}-d tensor of shape {list(u.shape)}")
+    torch._check(u.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64),
+                 lambda: f"{op}: expected u of dtype float32, bfloat16, float16 or float64, got {u.dtype}")
+    torch._check(u.shape[2] >= 1, lambda: f"{op}: expected u with T >= 1 new steps, got u.shape {list(u.shape)}")
+    torch._check(k.dim() == 2, lambda: f"{op}: expected k of shape (D, Lk), got a {k.dim()}-d tensor of shape {list(k.shape)}")
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    torch._check(k.dtype == acc, lambda: f"{op}: expected k of dtype {acc} (for u of {u.dtype}), got {k.dtype}")
+    torch._check(k.shape[0] == u.shape[1],
+                 lambda: f"{op}: expected k.shape[0] == u.shape[1] (D = {u.shape[1]}), got k.shape {list(k.shape)}")
+    torch._check(k.shape[1] >= 1, lambda: f"{op}: expected k with at least one tap (Lk >= 1), got k.shape {list(k.shape)}")
+    torch._check(state.dim() == 3 and state.shape[0] == u.shape[0] and state.shape[1] == u.shape[1],
+                 lambda: f"{op}: expected state of shape (B, D, S) = ({u.shape[0]}, {u.shape[1]}, S), got {list(state.shape)}")
+    torch._check(state.shape[2] >= k.shape[1] - 1,
+                 lambda: f"{op}: expected state with S >= Lk - 1 = {k.shape[1] - 1} past inputs (the taps reach that "
+                         f"far back), got state.shape {list(state.shape)}")
+    torch._check(state.dtype == acc,
+                 lambda: f"{op}: expected state of dtype {acc} (it keeps u's past inputs exactly), got {state.dtype}")
+    for name, t in (("k", k), ("state", state)):
+        torch._check(t.device == u.device, lambda: f"{op}: expected {name} on the same device as u ({u.device}), got {t.device}")
+    if skip is not None:
+        torch._check(skip.dim() == 1 and skip.shape[0] == u.shape[1],
+                     lambda: f"{op}: expected skip of shape (D,) = ({u.shape[1]},), got {list(skip.shape)}")
+        torch._check(skip.dtype == acc, lambda: f"{op}: expected skip of dtype {acc}, got {skip.dtype}")
+        torch._check(skip.device == u.device,
+                     lambda: f"{op}: expected skip on the same device as u ({u.device}), got {skip.device}")
+
+
+@torch.library.register_fake("fft_tensor::causal_conv_update")
+def _causal_conv_update_fake(u, state, k, skip=None):
+    _check_causal_conv_update(u, state, k, skip)
+    return u.new_empty(u.shape)

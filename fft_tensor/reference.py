@@ -34,3 +34,19 @@ def causal_conv_fft_reference(u: torch.Tensor, k: torch.Tensor, skip: torch.Tens
     if skip is not None:
         y = y + skip.float()[:, None] * u.float()
     return y.to(u.dtype)
+
+
+def causal_conv_update_reference(u: torch.Tensor, state: torch.Tensor, k: torch.Tensor,
+                                 skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, new_state) of one streaming step, in float64, without touching state: the direct sum over
+    x = cat(state, u) for the T new outputs, and x's last S steps."""
+    S, T = state.shape[-1], u.shape[-1]
+    x = torch.cat([state.double(), u.double()], dim=-1)
+    Lk = k.shape[-1]
+    y = torch.zeros(u.shape, dtype=torch.float64, device=u.device)
+    k64 = k.double()
+    for s in range(Lk):
+        y += k64[:, s, None] * x[:, :, S - s: S - s + T]
+    if skip is not None:
+        y += skip.double()[:, None] * u.double()
+    return y, x[:, :, T:]

@@ -12,8 +12,10 @@ import torch
 
 import fft_lm
 from fft_lm.checkpoint import save_checkpoint
+from fft_lm import generation
 from fft_lm.generation import (BOS_BYTE, GRAPH_WARMUP_CALLS, ByteStream, StepGraphs, generate,
-                               generate_with_logits)
+                               generate_with_logits, low_precision_copy)
+from fft_lm.model import SpectralLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ["spectral", "chunk", "gpt"]
@@ -325,7 +327,7 @@ def test_cuda_graphs_equal_eager_and_recompute(family, mode):
 @requires_cuda
 @pytest.mark.parametrize("family", ["spectral", "chunk"])
 def test_cuda_graphs_bf16_autocast_and_sampling(family):
-    # the benchmark's setting: graphs recorded under bf16 autocast, weights cast inside the graph
+    # the benchmark's setting: graphs recorded under bf16 autocast (the low-precision weight copy)
     model = tiny_model(family).cuda()
     prompt = random_prompt(80)
     amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
@@ -336,6 +338,39 @@ def test_cuda_graphs_bf16_autocast_and_sampling(family):
     b = run_stream(model, prompt, 200, graphs=False, temperature=1.0, seed=7)
     assert a[2].graph_replays >= 200 - 1, f"recording failed: {a[2].graphs.failed!r}"
     assert a[0] == b[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_low_precision_copy_same_bits(family):
+    """Under bf16 autocast the copy with bf16 nn.Linear weights gives the same bits as the model."""
+    model = tiny_model(family).eval()
+    clone = low_precision_copy(model, torch.bfloat16)
+    linears = [m for m in clone.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the original is untouched
+    idx = torch.randint(0, 256, (2, 40))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(idx)[0], clone(idx)[0])
+
+
+def test_low_precision_copy_keeps_tied_weights():
+    model = SpectralLM.from_preset("tiny", tie_embeddings=True)
+    clone = low_precision_copy(model, torch.bfloat16)
+    assert clone.head.weight is clone.embed.weight and clone.head.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("family", ["spectral", "chunk"])
+def test_stream_low_precision_weights_same_generation(family, monkeypatch):
+    """A stream under bf16 autocast runs its low-precision copy; switched off, the same bytes and logits."""
+    model = tiny_model(family)
+    prompt = random_prompt(50)
+    amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    fast = run_stream(model, prompt, 60, graphs=False, autocast=amp())
+    assert fast[2]._low_precision is not None
+    monkeypatch.setattr(generation, "LOW_PRECISION_WEIGHTS", False)
+    plain = run_stream(model, prompt, 60, graphs=False, autocast=amp())
+    assert plain[2]._low_precision is None
+    assert_same_generation(plain, fast, atol=0.0)
 
 
 @requires_cuda

@@ -1,0 +1,89 @@
+// causal_conv_update on CUDA: one streaming step of causal_conv in a single launch (the generation
+// step of a conv LM: T = 1 or a few new inputs per row against a state of the last S inputs).
+// One warp per row (b, d): lane j sums the taps s = j, j + 32, ... of each output and the warp adds
+// the partial sums; then the warp shifts the state by T in place. All of a row's reads of the old
+// state happen before its writes (__syncwarp), and the shift goes in ascending chunks of 32 whose
+// reads (index T + i) lie above every index written so far, so no row needs a copy of its state.
+// Cost O(T * Lk) per row whatever the context length; u and state are read in their own strides.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "common.h"
+
+namespace fft_tensor {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+struct Strides3 {
+  int64_t b, d, t;
+};
+
+template <typename scalar_t, typename acc_t>
+__global__ void conv_update_kernel(const scalar_t* __restrict__ u, Strides3 us, acc_t* __restrict__ state,
+                                   Strides3 ss, const acc_t* __restrict__ k, int64_t k_row, int64_t k_tap,
+                                   const acc_t* __restrict__ skip, int64_t skip_stride, scalar_t* __restrict__ y,
+                                   int64_t rows, int64_t D, int T, int S, int Lk) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (row >= rows) return;  // whole warps leave together
+  const int64_t b = row / D, d = row % D;
+  const scalar_t* ur = u + b * us.b + d * us.d;
+  acc_t* sr = state + b * ss.b + d * ss.d;
+  const acc_t* kr = k + d * k_row;
+  // x[i], i < S + T: the row's past inputs (state) then its new ones (u)
+  auto x = [&](int i) -> acc_t { return i < S ? sr[i * ss.t] : static_cast<acc_t>(ur[(int64_t)(i - S) * us.t]); };
+  for (int t = 0; t < T; ++t) {
+    acc_t acc = 0;
+    for (int s = lane; s < Lk; s += 32) acc += kr[s * k_tap] * x(S + t - s);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) {
+      if (skip != nullptr) acc += skip[d * skip_stride] * x(S + t);
+      y[row * T + t] = static_cast<scalar_t>(acc);
+    }
+  }
+  __syncwarp();
+  for (int i0 = 0; i0 < S; i0 += 32) {
+    const int i = i0 + lane;
+    const acc_t v = i < S ? x(T + i) : acc_t(0);
+    __syncwarp();
+    if (i < S) sr[i * ss.t] = v;
+    __syncwarp();
+  }
+}
+
+at::Tensor causal_conv_update_cuda(const at::Tensor& u, at::Tensor& state, const at::Tensor& k,
+                                   const c10::optional<at::Tensor>& skip) {
+  check_causal_conv_update_args(u, state, k, skip);
+  c10::cuda::CUDAGuard guard(u.device());
+  const int64_t B = u.size(0), D = u.size(1), T = u.size(2), S = state.size(2), Lk = k.size(1);
+  TORCH_CHECK(T <= INT32_MAX && S <= INT32_MAX - T && Lk <= INT32_MAX, "causal_conv_update: T + S (",
+              std::to_string(T + S), ") must fit in 32 bits");
+  at::Tensor y = at::empty({B, D, T}, u.options());
+  const int64_t rows = B * D;
+  if (rows == 0) return y;
+  const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv_update: too many rows (", std::to_string(rows), ")");
+  const Strides3 us{u.stride(0), u.stride(1), u.stride(2)}, ss{state.stride(0), state.stride(1), state.stride(2)};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "causal_conv_update", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    conv_update_kernel<scalar_t, acc_t><<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        u.data_ptr<scalar_t>(), us, state.data_ptr<acc_t>(), ss, k.data_ptr<acc_t>(), k.stride(0), k.stride(1),
+        skip.has_value() ? skip->data_ptr<acc_t>() : nullptr, skip.has_value() ? skip->stride(0) : 0,
+        y.data_ptr<scalar_t>(), rows, D, (int)T, (int)S, (int)Lk);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fft_tensor, CUDA, m) { m.impl("causal_conv_update", &causal_conv_update_cuda); }
+
+}  // namespace fft_tensor

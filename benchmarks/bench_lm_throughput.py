@@ -104,7 +104,7 @@ def time_family(family, L, batch, args, device):
                 step()
             sync()
         print(f"{family} L={L}: top GPU kernels over 3 steps")
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70))
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=90))
     return statistics.median(times), peak, warmup_s, model.num_params()
 
 

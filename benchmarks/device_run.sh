@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests updatetests genprofile breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -89,6 +89,10 @@ for stage in "$@"; do
                  --ckpt-path /tmp/traincompile/ckpt.pt --metrics-path /tmp/traincompile/metrics.jsonl \
                  --plot-path /tmp/traincompile/plot.png $extra 2>&1 | tee -a "$OUT/traincompile.log" | tail -4
              done ;;
+    # the grad_k kernels (16384-point windows and clusters) and the paths around them
+    gradktests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (cluster or grad or small_upstream or long)" 2>&1 \
+               | tee "$OUT/tests_gradk.log" | tail -8 ;;
+    lmprofile) "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70 ;;
     genprofile) "$PY" benchmarks/profile_generation.py 2>&1 | tee "$OUT/profile_generation.log" | tail -60 ;;
     updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;
     gen)     "$PY" benchmarks/bench_generation.py ${GEN_ARGS:-} 2>&1 | tee "$OUT/bench_generation.log" | tail -20 ;;

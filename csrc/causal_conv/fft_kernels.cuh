@@ -125,6 +125,49 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
       });
 }
 
+// The pieces of grad_k that the 16384-point kernel and the cluster kernel share (u + i*sc*gy per item).
+// Loads elements n = n0 + m (m = threadIdx.x, + blockDim.x, ... < count) of item `item` = (row b,
+// window j) of channel d as smem[pad(m)] = (u, gy), gy only at the outputs the window owns; folds
+// this thread's max |u| and max |gy| into window_max[0..1] (float bits: the order of non-negative
+// floats is the order of their bits). kThreads: blockDim.x when known at compile time (0: read it).
+template <int kThreads, typename scalar_t>
+__device__ __forceinline__ void load_u_gy_window(float2* smem, const scalar_t* __restrict__ u,
+                                                 const scalar_t* __restrict__ gy, const ConvShape& s, int64_t d,
+                                                 int64_t item, int n0, int count, unsigned int* window_max) {
+  const int64_t b = item / s.nseg;
+  const int j = (int)(item % s.nseg);
+  const int64_t off = (b * s.D + d) * s.L;
+  const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
+  float max_u = 0.f, max_g = 0.f;
+  const int stride = kThreads > 0 ? kThreads : (int)blockDim.x;
+  for (int m = threadIdx.x; m < count; m += stride) {
+    const int n = n0 + m;
+    const int64_t t = start + n;
+    float vu = 0.f, vg = 0.f;
+    if (t >= 0 && t < s.L) {
+      vu = to_float(u[off + t]);
+      if (n >= s.taps - 1 && n < s.taps - 1 + s.seg) vg = to_float(gy[off + t]);
+    }
+    max_u = fmaxf(max_u, fabsf(vu));
+    max_g = fmaxf(max_g, fabsf(vg));
+    smem[pad(m)] = make_float2(vu, vg);
+  }
+  atomicMax(&window_max[0], __float_as_uint(max_u));
+  atomicMax(&window_max[1], __float_as_uint(max_g));
+}
+
+// sc: the power of two that brings the window's max |gy| (mg) to its max |u| (mu); 1 if either is 0.
+__device__ __forceinline__ float gy_scale(float mu, float mg) {
+  return (mu > 0.f && mg > 0.f) ? exp2f(fminf(fmaxf(rintf(log2f(mu / mg)), -100.f), 100.f)) : 1.f;
+}
+
+// acc + G conj(U) at bin f from a = Z[f], c = conj(Z[N-f]) of z = u + i*sc*gy: -i/(4 sc) (a - c) conj(a + c).
+__device__ __forceinline__ float2 add_g_conj_u(float2 acc, float2 a, float2 c, float sc) {
+  const float w = 0.25f / sc;
+  const float2 p = cmul(make_float2(a.x - c.x, a.y - c.y), conjf2(cadd(a, c)));
+  return make_float2(acc.x + w * p.y, acc.y - w * p.x);
+}
+
 // partial[g, d, f] = sum over the (row, window) items of group g of G[f] * conj(U[f]), f <= N/2:
 // the spectrum of the cross-correlation sum_t gy[t] u[t-s]. Each window of one row is packed as
 // z = u + i*sc*gy (the gy window keeps only the outputs the window owns, so every (t, s) is counted
@@ -154,39 +197,17 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   const int64_t items = s.B * s.nseg;
   int parity = 0;
   for (int64_t it = group; it < items; it += groups, parity ^= 1) {
-    const int64_t b = it / s.nseg;
-    const int j = (int)(it % s.nseg);
-    const int64_t off = (b * s.D + d) * s.L;
-    const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
-    float max_u = 0.f, max_g = 0.f;
-    for (int n = threadIdx.x; n < N; n += T) {
-      const int64_t t = start + n;
-      float vu = 0.f, vg = 0.f;
-      if (t >= 0 && t < s.L) {
-        vu = to_float(u[off + t]);
-        if (n >= s.taps - 1 && n < s.taps - 1 + s.seg) vg = to_float(gy[off + t]);
-      }
-      max_u = fmaxf(max_u, fabsf(vu));
-      max_g = fmaxf(max_g, fabsf(vg));
-      smem[pad(n)] = make_float2(vu, vg);
-    }
-    atomicMax(&window_max[parity][0], __float_as_uint(max_u));  // order of non-negative floats = of their bits
-    atomicMax(&window_max[parity][1], __float_as_uint(max_g));
+    load_u_gy_window<T>(smem, u, gy, s, d, it, 0, N, window_max[parity]);
     __syncthreads();
-    const float mu = __uint_as_float(window_max[parity][0]), mg = __uint_as_float(window_max[parity][1]);
-    const float sc = (mu > 0.f && mg > 0.f) ? exp2f(fminf(fmaxf(rintf(log2f(mu / mg)), -100.f), 100.f)) : 1.f;
+    const float sc = gy_scale(__uint_as_float(window_max[parity][0]), __uint_as_float(window_max[parity][1]));
     // The other parity's slot was last read before this window's barrier and is next written after
     // the barrier that ends this window, so it can be cleared now.
     if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;
     if (sc != 1.f)
       for (int n = threadIdx.x; n < N; n += T) smem[pad(n)].y *= sc;  // the elements this thread wrote
     smem_fft::fft<N>(smem);
-    const float w = 0.25f / sc;
-    for (int f = threadIdx.x; f < half; f += T) {
-      const float2 a = smem[pad(f)], c = conjf2(smem[pad((N - f) & (N - 1))]);
-      const float2 p = cmul(make_float2(a.x - c.x, a.y - c.y), conjf2(cadd(a, c)));
-      acc[f] = make_float2(acc[f].x + w * p.y, acc[f].y - w * p.x);  // += -i/(4 sc) * p
-    }
+    for (int f = threadIdx.x; f < half; f += T)
+      acc[f] = add_g_conj_u(acc[f], smem[pad(f)], conjf2(smem[pad((N - f) & (N - 1))]), sc);
     __syncthreads();
   }
   float2* out = partial + ((int64_t)group * s.D + d) * half;
@@ -420,25 +441,7 @@ __global__ void __launch_bounds__(1024) conv_grad_k_cluster_kernel(const scalar_
   const int64_t items = s.B * s.nseg;
   int parity = 0;
   for (int64_t it = group; it < items; it += groups, parity ^= 1) {
-    const int64_t b = it / s.nseg;
-    const int j = (int)(it % s.nseg);
-    const int64_t off = (b * s.D + d) * s.L;
-    const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
-    float max_u = 0.f, max_g = 0.f;
-    for (int m = threadIdx.x; m < M; m += T) {
-      const int n = rank * M + m;
-      const int64_t t = start + n;
-      float vu = 0.f, vg = 0.f;
-      if (t >= 0 && t < s.L) {
-        vu = to_float(u[off + t]);
-        if (n >= s.taps - 1 && n < s.taps - 1 + s.seg) vg = to_float(gy[off + t]);
-      }
-      max_u = fmaxf(max_u, fabsf(vu));
-      max_g = fmaxf(max_g, fabsf(vg));
-      smem[pad(m)] = make_float2(vu, vg);
-    }
-    atomicMax(&window_max[parity][0], __float_as_uint(max_u));
-    atomicMax(&window_max[parity][1], __float_as_uint(max_g));
+    load_u_gy_window<0>(smem, u, gy, s, d, it, rank * M, M, window_max[parity]);
     cluster.sync();  // every block's maxima of this item are in
     float mu = 0.f, mg = 0.f;
     for (int r = 0; r < C; ++r) {
@@ -446,7 +449,7 @@ __global__ void __launch_bounds__(1024) conv_grad_k_cluster_kernel(const scalar_
       mu = fmaxf(mu, __uint_as_float(wm[0]));
       mg = fmaxf(mg, __uint_as_float(wm[1]));
     }
-    const float sc = (mu > 0.f && mg > 0.f) ? exp2f(fminf(fmaxf(rintf(log2f(mu / mg)), -100.f), 100.f)) : 1.f;
+    const float sc = gy_scale(mu, mg);
     // The other parity's slots were last read (by every block) before this item's first cross-block
     // step and are next written after it, so they can be cleared now.
     if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;
@@ -457,16 +460,11 @@ __global__ void __launch_bounds__(1024) conv_grad_k_cluster_kernel(const scalar_
     cluster.sync();
     smem_fft::fft<(int)kMaxFusedFFT>(smem);  // block rank holds Z[rank + C*k2] at k2
     cluster.sync();                // every block's spectrum is complete before partners read it
-    const float w = 0.25f / sc;
     for (int k2 = threadIdx.x; k2 < M; k2 += T) {
       const int f = rank + C * k2;
       if (f > half) continue;
       const int g = (N - f) & (N - 1);
-      const float2 a = smem[pad(k2)];
-      const float2 c = conjf2(cluster.map_shared_rank(smem, g & (C - 1))[pad(g >> logC)]);
-      const float2 p = cmul(make_float2(a.x - c.x, a.y - c.y), conjf2(cadd(a, c)));
-      const float2 old = acc[f];
-      acc[f] = make_float2(old.x + w * p.y, old.y - w * p.x);  // += -i/(4 sc) * p
+      acc[f] = add_g_conj_u(acc[f], smem[pad(k2)], conjf2(cluster.map_shared_rank(smem, g & (C - 1))[pad(g >> logC)]), sc);
     }
     cluster.sync();  // partners are done reading this block's spectrum before the next item overwrites it
   }

@@ -86,7 +86,12 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-gpt-recompute", action="store_true", help="leave out GPT full recompute")
     p.add_argument("--no-cuda-graphs", action="store_true", help="every step eager (no CUDA graph replays)")
+    p.add_argument("--no-low-precision-weights", action="store_true",
+                   help="run the models themselves under autocast (weights cast every step), not the "
+                        "low-precision copy (fft_lm.generation.LOW_PRECISION_WEIGHTS)")
     args = p.parse_args()
+    if args.no_low_precision_weights:
+        fft_lm.generation.LOW_PRECISION_WEIGHTS = False
     device = torch.device(args.device)
     cuda_graphs = device.type == "cuda" and not args.no_cuda_graphs
     contexts = [int(c) for c in args.contexts.split(",")]
@@ -128,6 +133,7 @@ def main():
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     graphs_note = "CUDA graphs on" if cuda_graphs else "no CUDA graphs"
+    graphs_note += ", low-precision weight copy" if fft_lm.generation.LOW_PRECISION_WEIGHTS else ", fp32 weights cast per step"
     lines = [f"## Generation throughput, new bytes/s, batch 1, greedy ({gpu}, {args.dtype} autocast, "
              f"torch {torch.__version__}, preset {args.preset}, {graphs_note})", "",
              "| model | params | mode | graphs | " + " | ".join(f"ctx {c}" for c in contexts) + " |",

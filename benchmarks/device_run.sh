@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -96,6 +96,9 @@ for stage in "$@"; do
     genprofile) "$PY" benchmarks/profile_generation.py 2>&1 | tee "$OUT/profile_generation.log" | tail -60 ;;
     updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;
     gen)     "$PY" benchmarks/bench_generation.py ${GEN_ARGS:-} 2>&1 | tee "$OUT/bench_generation.log" | tail -20 ;;
+    # the same without the low-precision weight copy (weights cast from fp32 by autocast every step)
+    gencontrol) mkdir -p /tmp/gencontrol; OUT=/tmp/gencontrol "$PY" benchmarks/bench_generation.py --no-low-precision-weights ${GEN_ARGS:-} 2>&1 \
+               | tee "$OUT/bench_generation_control.log" | tail -12 ;;
     quality) "$PY" benchmarks/bench_lm_quality.py ${Q_ARGS:-} 2>&1 | tee "$OUT/bench_lm_quality.log" | tail -20 ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac

@@ -642,3 +642,35 @@ def test_cuda_channels_last_direct(L, Lk, batch, dim, dtype, monkeypatch):
     names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
                                         ops.causal_conv_backward(gy, u, k, skip, True, True)))
     assert "conv_tiled_kernel" in names and "conv_tiled_grad_k_kernel" in names, names
+
+
+# The LM's layout: u and grad_y as transposed (B, L, D) activations, u a slice of a wider projection
+# (stride(2) = 2D). The CUDA op makes rows contiguous with its tiled transpose (layout.cuh), not the
+# generic strided copy; values and gradients against float64.
+LAYOUT_SHAPES = [(1000, 128, 3, 37), (1024, 1024, 2, 64), (300, 5, 1, 33), (4097, 128, 2, 3)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", LAYOUT_SHAPES, ids=[f"L{a}-Lk{b}-B{c}-D{d}" for a, b, c, d in LAYOUT_SHAPES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_channels_contiguous_rows(L, Lk, batch, dim, dtype):
+    wide = torch.randn(batch, L, 2 * dim, device="cuda").to(dtype)
+    u = wide[..., :dim].transpose(1, 2)  # (B, D, L), strides (2*D*L, 1, 2*D)
+    assert u.stride(1) == 1 and u.stride(2) == 2 * dim
+    k = torch.randn(dim, Lk, device="cuda") / Lk**0.5
+    skip = torch.randn(dim, device="cuda")
+    exact = fft64_reference(u.float(), k, skip)
+    y = fft_tensor.causal_conv(u, k, skip)
+    tol = 1e-5 if dtype == torch.float32 else 4 * rel_err(exact.to(dtype), exact) + 1e-6
+    assert y.is_contiguous() and rel_err(y, exact) <= tol
+    gy = torch.randn(batch, L, dim, device="cuda").to(dtype).transpose(1, 2)
+    refs = [t.detach().cpu().double().requires_grad_() for t in (u, k, skip)]
+    ref_grads = torch.autograd.grad(fft64_reference(*refs), refs, gy.cpu().double())
+    args = [u.detach().requires_grad_(), k.requires_grad_(), skip.requires_grad_()]
+    grads = torch.autograd.grad(fft_tensor.causal_conv(*args), args, gy)
+    for name, g, ref in zip("u k skip".split(), grads, ref_grads):
+        assert rel_err(g, ref) < (2e-5 if dtype == torch.float32 else 1e-2), name
+    names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
+                                        ops.causal_conv_backward(gy, u, k, skip, True, True)))
+    # no generic strided copy (ATen's elementwise_kernel<128, 4, ...>: what Tensor::contiguous() runs here)
+    assert "channels_to_rows_kernel" in names and "elementwise_kernel<128, 4" not in names, names

@@ -32,6 +32,7 @@
 #include "direct.cuh"
 #include "direct_tiled.cuh"
 #include "fft_kernels.cuh"
+#include "layout.cuh"
 
 namespace fft_tensor {
 namespace {
@@ -425,7 +426,7 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
     return y;
   }
   if (use_direct(u, plan)) {
-    const at::Tensor uc = u.contiguous();
+    const at::Tensor uc = layout::rows_contiguous(u);
     at::Tensor y = at::empty_like(uc);
     if (uc.numel() == 0) return y;
     launch_conv_direct<false>(uc, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), y, (int)plan.taps);
@@ -434,7 +435,7 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
   const bool fused = use_fused(u, plan, /*with_grad_k=*/false);
   if (!fused && !use_cluster(u, plan, /*with_grad_k=*/false)) return causal_conv_composite(u, k, skip);
   const ConvShape s = conv_shape(B, D, L, plan);
-  const at::Tensor uc = u.contiguous();
+  const at::Tensor uc = layout::rows_contiguous(u);
   at::Tensor y = at::empty_like(uc);
   if (uc.numel() == 0) return y;
   const at::Tensor k_eff = effective_kernel(k, skip, plan.taps);
@@ -479,7 +480,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     }
     return {grad_u, grad_k};
   }
-  const at::Tensor gy = grad_y.to(u.scalar_type()).contiguous();
+  const at::Tensor gy = layout::rows_contiguous(grad_y.to(u.scalar_type()));
   at::Tensor grad_u = at::empty({0}, u.options());
   at::Tensor grad_k = at::empty({0}, k.options());
   if (u.numel() == 0) {  // no rows: nothing to launch
@@ -500,7 +501,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     }
   }
   if (need_k) {
-    const at::Tensor uc = u.contiguous();
+    const at::Tensor uc = layout::rows_contiguous(u);
     if (fused) {
       grad_k = grad_k_windows(uc, gy, s, Lk).to(k.scalar_type());
     } else {

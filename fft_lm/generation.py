@@ -20,9 +20,13 @@ Conventions
     boundary in byte-level text corpora. That byte is not part of the result.
   - Prompts longer than the model's training seq_len are fine: the conv model has no position
     limit and GPT uses RoPE; both modes see the full context.
-  - temperature=0 is greedy (argmax). Otherwise logits / temperature, optional top-k filter, and a
-    draw from a CPU torch.Generator seeded with `seed` (in float64), so a seed gives the same
-    bytes in both modes and on any device.
+  - temperature=0 is greedy (argmax). Otherwise logits / temperature, optional top-k filter, and
+    inverse-CDF sampling in float64 on the model's device with one uniform per new byte, all drawn
+    up front from a CPU torch.Generator seeded with `seed`: a seed gives the same bytes in both
+    modes and on any device (barring a draw within float64 rounding of a CDF step).
+  - Nothing waits for the host between steps: each byte is picked on the device and written into
+    the device-side sequence the next step reads; ByteStream.out copies the new bytes to the host
+    when it is read.
 
 Low-precision weights (under torch.autocast on CUDA in bfloat16 or float16)
   A step at batch 1 reads every weight once, and autocast casts each nn.Linear weight from float32
@@ -37,8 +41,9 @@ CUDA graphs (cuda_graphs=None: on for CUDA models unless CUDA_GRAPHS below is Fa
   PyTorch spends it launching a few hundred small kernels from Python. StepGraphs records each
   fixed-shape step once into a torch.cuda.CUDAGraph and replays it: the SpectralLM / ChunkLM
   backbone step through the overlap-save cache (its tails are updated in place, see
-  fft_lm.model.SpectralCache) and the ChunkLM decoder for each slot count J = 1..chunk (also in
-  recompute mode: the decoder is the same there). The prefill, full recompute of the backbone and
+  fft_lm.model.SpectralCache) with the byte pick, and the ChunkLM decoder's whole chunk (`chunk`
+  decoder calls, each pick feeding the next slot, also in recompute mode: the decoder is the same
+  there). The prefill, full recompute of the backbone and
   the GPT's KV cache (its shapes grow every step) stay eager. Replays run the same kernels on the
   same values as eager stepping, so the output is the same bytes.
 """
@@ -74,19 +79,36 @@ def _check_args(prompt, max_new_bytes, mode, temperature, top_k, seed):
         raise ValueError(f"generate: seed must be None or an int, got {seed!r}")
 
 
+def sample_bytes(logits, uniforms, temperature=1.0, top_k=None):
+    """Bytes (N,) int64 drawn from logits (N, 256): argmax when temperature == 0, else softmax(logits /
+    temperature) over the top_k largest (all when None), by inverse CDF in float64 at the uniforms
+    (N,) in [0, 1). Runs on the logits' device with no host sync (CUDA graphs record it)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scores = logits.double() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+    # right side: the first byte whose cumulative mass exceeds u * total (so a zero-mass byte is never drawn)
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(scores.shape[-1] - 1)
+
+
+def draw_uniforms(n, seed=None):
+    """n float64 uniforms in [0, 1) from a CPU generator seeded with seed (the global CPU RNG when None)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.rand(n, generator=gen, dtype=torch.float64)
+
+
 def make_picker(temperature=1.0, top_k=None, seed=None):
-    """Return pick(logits[1, 256]) -> int byte, greedy when temperature == 0."""
+    """Return pick(logits[1, 256]) -> int byte, greedy when temperature == 0: sample_bytes one byte at
+    a time, with uniforms from a CPU generator seeded with seed."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def pick(logits):
-        if temperature == 0:
-            return int(torch.argmax(logits[0]).item())
-        scores = logits[0].detach().to("cpu", torch.float64) / temperature
-        if top_k is not None and top_k < scores.numel():
-            kth = torch.topk(scores, top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=gen).item())
+        u = torch.rand(1, generator=gen, dtype=torch.float64).to(logits.device)
+        return int(sample_bytes(logits, u, temperature, top_k)[0].item())
 
     return pick
 
@@ -212,6 +234,11 @@ class StepGraphs:
         return replay, out
 
 
+def _run_eager(key, fn, *inputs):
+    """StepGraphs.run's signature, without a graph."""
+    return fn(*inputs)
+
+
 class ByteStream:
     """Step-by-step generation state: `step()` runs the model once and emits 1 byte (or a ChunkLM's
     `chunk` bytes) into `out`. The first overlap_save step also consumes the prompt (prefill).
@@ -227,7 +254,7 @@ class ByteStream:
                              f"{type(model).__name__} has none (use mode='recompute')")
         self.model = model
         self._low_precision = None  # (dtype, low_precision_copy(model, dtype)), made at the first autocast step
-        self.pick = make_picker(temperature, top_k, seed)
+        self.temperature, self.top_k = temperature, top_k
         self.max_new_bytes = max_new_bytes
         self.keep_logits = keep_logits
         device = next(model.parameters()).device
@@ -240,7 +267,14 @@ class ByteStream:
         self.cache = (model.init_cache(1, device, max_len=self.n_ctx + max_new_bytes)
                       if mode == "overlap_save" else None)
         self.fed = 0  # bytes of seq the cache has consumed (overlap_save)
-        self.out = bytearray()
+        self.n_out = 0  # new bytes written into seq so far (on the device; `out` copies them to the host)
+        self._out = bytearray()
+        chunk = self.model.chunk if self.chunked else 1
+        # one uniform per new byte (a whole last chunk's worth), drawn up front: both modes use the
+        # same ones (greedy reads none: zeros keep every step's inputs the same)
+        n_uniforms = -(-max_new_bytes // chunk) * chunk
+        self.uniforms = (torch.zeros(n_uniforms, dtype=torch.float64) if temperature == 0 else
+                         draw_uniforms(n_uniforms, seed)).to(device)
         self.logits = []  # [1, 256] float32 CPU tensors, one per new byte, when keep_logits
         if cuda_graphs and device.type != "cuda":
             raise ValueError(f"generate: cuda_graphs=True needs a model on a CUDA device, got {device}")
@@ -273,54 +307,75 @@ class ByteStream:
 
     @property
     def done(self):
-        return len(self.out) >= self.max_new_bytes
+        return self.n_out >= self.max_new_bytes
 
-    def _emit(self, logits, pos):
-        b = self.pick(logits)  # the one host sync of a byte
-        self.seq[0, pos] = b
-        self.out.append(b)
-        if self.keep_logits:  # a copy: a graph's output is overwritten by its next replay
-            self.logits.append(logits.detach().to("cpu", torch.float32, copy=True))
+    @property
+    def out(self) -> bytearray:
+        """The new bytes so far (copied from the device when read: a host sync)."""
+        if len(self._out) < self.n_out:
+            start = self.n_ctx + len(self._out)
+            self._out += bytes(self.seq[0, start:self.n_ctx + self.n_out].tolist())
+        return self._out
 
-    def _backbone_last(self, x):
-        """Last position's output for new bytes x [1, T]: features [1, D] (chunk models) or logits [1, 256]."""
-        if self.chunked:
-            # contiguous, as a graph's static copy is: the decoder's matmuls then see the same layout
-            # (and pick the same kernels) eager or replayed, so both give the same bits
-            return self._runner().features(x, cache=self.cache)[:, -1].contiguous()
+    def _emit(self, logits, picked, n):
+        """Write the first n picked bytes (on the device) after the context; logits [>= n, 256]."""
+        pos = self.n_ctx + self.n_out
+        self.seq[0, pos:pos + n] = picked[:n]
+        self.n_out += n
+        if self.keep_logits:  # copies: a graph's outputs are overwritten by its next replay
+            self.logits.extend(logits[j:j + 1].detach().to("cpu", torch.float32, copy=True) for j in range(n))
+
+    def _pick(self, logits, uniforms):
+        return sample_bytes(logits, uniforms, self.temperature, self.top_k)
+
+    def _features_last(self, x):
+        """A chunk model's features [1, D] at the last of the new bytes x [1, T]."""
+        # contiguous, as a graph's static copy is: the decoder's matmuls then see the same layout
+        # (and pick the same kernels) eager or replayed, so both give the same bits
+        return self._runner().features(x, cache=self.cache)[:, -1].contiguous()
+
+    def _logits_last(self, x, uniforms):
+        """The logits [1, 256] at the last of the new bytes x [1, T] and the byte picked from them [1]."""
         logits, _ = self._runner()(x, cache=self.cache)
-        return logits[:, -1]
+        logits = logits[:, -1]
+        return logits, self._pick(logits, uniforms)
 
-    def _decode_last(self, h, inputs):
-        return self._runner().decode_logits(h, inputs)[:, -1]
+    def _decode_chunk(self, h, first, uniforms):
+        """A ChunkLM's whole chunk from features h [1, D]: slot j reads the byte before the chunk (first,
+        [1, 1]) and the bytes picked at slots < j. Returns (logits [chunk, 256], bytes [chunk])."""
+        runner, K = self._runner(), self.model.chunk
+        inputs = torch.cat([first, first.new_zeros(1, K)], dim=1)  # slot j+1 receives byte j
+        logits = []
+        for j in range(K):
+            step = runner.decode_logits(h, inputs[:, :j + 1])[:, -1]
+            inputs[:, j + 1] = self._pick(step, uniforms[j:j + 1])
+            logits.append(step)
+        return torch.cat(logits), inputs[0, 1:]
 
     def step(self):
         if self.done:
             return
-        end = self.n_ctx + len(self.out)
+        end = self.n_ctx + self.n_out
         x = self.seq[:, :end] if self.cache is None else self.seq[:, self.fed:end]
         self.fed = end
+        K = self.model.chunk if self.chunked else 1
+        n = min(K, self.max_new_bytes - self.n_out)
+        uniforms = self.uniforms[self.n_out:self.n_out + K]
         graphs = self.graphs if self._use_graphs() else None
-        # the prefill (first call, any length) and full recompute run eager
-        if graphs is not None and self.cache is not None and self.cache.pos > 0:
-            pos_after = self.cache.pos + x.shape[1]
-            # the kernel taps are cached per frequency cutoff: a new cutoff is a new graph
-            last = graphs.run(("backbone", getattr(self.model, "freq_cutoff", None)), self._backbone_last, x)
-            self.cache.pos = pos_after  # a replay runs no Python: count the bytes here
-        else:
-            last = self._backbone_last(x)
+        run = graphs.run if graphs is not None else _run_eager
+        # the prefill (first call, any length) and full recompute of the backbone run eager
+        backbone_run = run if self.cache is not None and self.cache.pos > 0 else _run_eager
+        pos_after = None if self.cache is None else self.cache.pos + x.shape[1]
+        # the kernel taps are cached per frequency cutoff: a new cutoff is a new graph
+        key = ("backbone", getattr(self.model, "freq_cutoff", None))
         if self.chunked:
-            for _ in range(min(self.model.chunk, self.max_new_bytes - len(self.out))):
-                pos = self.n_ctx + len(self.out)
-                # decoder inputs: the byte before the chunk, then the chunk's bytes so far
-                inputs = self.seq[:, end - 1:pos]
-                if graphs is not None:
-                    logits = graphs.run("decoder", self._decode_last, last, inputs)
-                else:
-                    logits = self._decode_last(last, inputs)
-                self._emit(logits, pos)
+            h = backbone_run(key, self._features_last, x)
+            logits, picked = run("decoder", self._decode_chunk, h, self.seq[:, end - 1:end], uniforms)
         else:
-            self._emit(last, end)
+            logits, picked = backbone_run(key, self._logits_last, x, uniforms)
+        if pos_after is not None:
+            self.cache.pos = pos_after  # a replay runs no Python: count the bytes here
+        self._emit(logits, picked, n)
 
 
 @torch.no_grad()

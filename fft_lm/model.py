@@ -178,28 +178,52 @@ class SpectralMixer(nn.Module):
         """x (B, T, D). tail: None, or the last kernel_len-1 conv inputs (B, D, kernel_len-1) float32
         seen before x. Returns (out (B, T, D), new tail or None)."""
         T = x.shape[1]
+        # Channels-first projections: each part of in_proj is W @ x^T per sequence, (B, D, T) with
+        # time contiguous (cuBLAS reads x^T in place), so the conv's input, output and gradients need
+        # no layout copies and the gate product is a plain contiguous pointwise kernel.
+        parts = [channels_first_linear(w, x) for w in self.in_proj.weight.chunk(3 if self.pre_gate else 2)]
         if self.pre_gate:
-            value, pre, gate = self.in_proj(x).chunk(3, dim=-1)
+            value, pre, gate = parts
             value = value * pre
         else:
-            value, gate = self.in_proj(x).chunk(2, dim=-1)
+            value, gate = parts
         k, skip = self.kernel() if taps is None else taps
-        u = value.transpose(1, 2)  # (B, D, T), a strided view; the op takes any strides
         new_tail = None
         if tail is None:
-            y = fft_tensor.causal_conv(u, k, skip)
+            y = fft_tensor.causal_conv(value, k, skip)
         elif T <= STREAM_STEP_MAX and not torch.is_grad_enabled():
             # a generation step: one kernel that reads the tail, writes the T outputs and shifts the
             # tail in place (causal_conv_update); the same sums as the branch below
-            y = fft_tensor.causal_conv_update(u, tail, k, skip)
+            y = fft_tensor.causal_conv_update(value, tail, k, skip)
             new_tail = tail
         else:
             # overlap-save: the tail supplies every input the new outputs can reach back to
-            u_all = torch.cat([tail, u.float()], dim=-1)
+            u_all = torch.cat([tail, value.float()], dim=-1)
             y = fft_tensor.causal_conv(u_all, k, skip)[..., -T:]
             new_tail = u_all[..., u_all.shape[-1] - tail.shape[-1]:]
-        y = y.transpose(1, 2).to(gate.dtype) * F.silu(gate)
-        return self.dropout(self.out_proj(y)), new_tail
+        z = y.to(gate.dtype) * F.silu(gate)                       # (B, D, T)
+        return self.dropout(time_first_linear(self.out_proj.weight, z)), new_tail
+
+
+def _autocast_weight(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """w in the dtype F.linear would use on x: the autocast dtype when autocast is on. Cast before
+    the batch expand below, so autocast never materialises B copies of the weight."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return w.to(torch.get_autocast_dtype(device_type))
+    return w
+
+
+def channels_first_linear(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(x @ w^T)^T as a contiguous (B, out, T) tensor, from x (B, T, in): one batched GEMM."""
+    w = _autocast_weight(w, x)
+    return torch.bmm(w.expand(x.shape[0], -1, -1), x.transpose(1, 2).to(w.dtype))
+
+
+def time_first_linear(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """z^T @ w^T as a contiguous (B, T, out) tensor, from channels-first z (B, in, T)."""
+    w = _autocast_weight(w, z)
+    return torch.bmm(z.transpose(1, 2).to(w.dtype), w.t().expand(z.shape[0], -1, -1))
 
 
 class SpectralBlock(nn.Module):

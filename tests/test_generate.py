@@ -158,7 +158,9 @@ class EmulatedGraphs(StepGraphs):
 
         def replay():
             pos = self.cache.pos if self.cache is not None else None
-            out.copy_(body())
+            fresh = body()
+            for dst, src in zip(*(o if isinstance(o, tuple) else (o,) for o in (out, fresh))):
+                dst.copy_(src)
             if self.cache is not None:
                 self.cache.pos = pos
 
@@ -189,6 +191,16 @@ def assert_same_generation(a, b, atol):
     assert out_a == out_b, f"first differing byte at {first} (max logit difference {worst})"
 
 
+def expected_replays(family, mode, n):
+    """Graph replays of a stream of n new bytes: spectral, every step after the prefill; chunk, one
+    decoder replay per chunk (all its slots and picks), plus in overlap_save the backbone steps
+    after the prefill."""
+    if family != "chunk":
+        return n - 1
+    chunks = -(-n // 16)
+    return 2 * chunks - 1 if mode == "overlap_save" else chunks
+
+
 @pytest.mark.parametrize("family, mode", [("spectral", "overlap_save"), ("chunk", "overlap_save"),
                                           ("chunk", "recompute")])
 def test_emulated_graph_steps_equal_eager(family, mode):
@@ -198,13 +210,39 @@ def test_emulated_graph_steps_equal_eager(family, mode):
     graphed = run_stream(model, prompt, 100, graphs="emulated", mode=mode)
     stream = graphed[2]
     chunked = family == "chunk"
-    # spectral: every step after the prefill; chunk: every decoder call, plus in overlap_save the
-    # backbone steps after the prefill (7 chunks of 16 cover 100 bytes)
-    expected = {("spectral", "overlap_save"): 99, ("chunk", "overlap_save"): 100 + 6, ("chunk", "recompute"): 100}
-    assert stream.graph_replays == expected[family, mode]
+    assert stream.graph_replays == expected_replays(family, mode, 100)
     assert_same_generation(eager, graphed, atol=1e-6)
     if mode == "overlap_save":  # the cache has read every byte but the last chunk / byte
         assert stream.cache.pos == stream.fed == len(prompt) + (96 if chunked else 99)
+
+
+@pytest.mark.parametrize("family, mode", [("spectral", "overlap_save"), ("chunk", "recompute")])
+def test_emulated_graph_steps_sample_as_eager(family, mode):
+    # the picks run inside the recorded steps, reading the stream's uniforms as graph inputs
+    model = tiny_model(family)
+    prompt = random_prompt(30)
+    kw = dict(mode=mode, temperature=0.9, top_k=40, seed=11)
+    eager = run_stream(model, prompt, 45, graphs=False, **kw)
+    graphed = run_stream(model, prompt, 45, graphs="emulated", **kw)
+    assert graphed[2].graph_replays == expected_replays(family, mode, 45)
+    assert_same_generation(eager, graphed, atol=1e-6)
+    assert eager[0] != run_stream(model, prompt, 45, graphs=False, **{**kw, "seed": 12})[0]
+
+
+def test_sample_bytes_inverse_cdf():
+    from fft_lm.generation import sample_bytes
+    logits = torch.randn(4, 256)
+    logits[:, 7] = 30.0  # nearly all the mass
+    assert sample_bytes(logits, torch.rand(4, dtype=torch.float64), 0).tolist() == [7] * 4
+    # u at the ends of [0, 1): the first and the last byte with mass, never a masked one
+    probs = torch.zeros(1, 256)
+    probs[0, [3, 100, 200]] = 1.0
+    logits = probs.log()
+    u = torch.tensor([0.0, 0.3, 0.5, 1 - 2 ** -53], dtype=torch.float64)
+    picked = sample_bytes(logits.expand(4, -1), u, 1.0)
+    assert picked.tolist() == [3, 3, 100, 200]
+    logits = torch.randn(64, 256)
+    assert torch.equal(sample_bytes(logits, torch.rand(64, dtype=torch.float64), 1.0, top_k=1), logits.argmax(-1))
 
 
 class AddressGraphs(EmulatedGraphs):
@@ -319,7 +357,8 @@ def test_cuda_graphs_equal_eager_and_recompute(family, mode):
     model = tiny_model(family).cuda()
     prompt = random_prompt(100)
     graphed = run_stream(model, prompt, 512, graphs=True, mode=mode)
-    assert graphed[2].graph_replays >= 512 - 1, f"recording failed: {graphed[2].graphs.failed!r}"
+    assert graphed[2].graph_replays == expected_replays(family, mode, 512), \
+        f"recording failed: {graphed[2].graphs.failed!r}"
     assert_same_generation(run_stream(model, prompt, 512, graphs=False, mode=mode), graphed, atol=1e-5)
     assert_same_generation(run_stream(model, prompt, 512, graphs=False, mode="recompute"), graphed, atol=1e-4)
 
@@ -332,11 +371,13 @@ def test_cuda_graphs_bf16_autocast_and_sampling(family):
     prompt = random_prompt(80)
     amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     graphed = run_stream(model, prompt, 200, graphs=True, autocast=amp())
-    assert graphed[2].graph_replays >= 200 - 1, f"recording failed: {graphed[2].graphs.failed!r}"
+    assert graphed[2].graph_replays == expected_replays(family, "overlap_save", 200), \
+        f"recording failed: {graphed[2].graphs.failed!r}"
     assert_same_generation(run_stream(model, prompt, 200, graphs=False, autocast=amp()), graphed, atol=1e-2)
     a = run_stream(model, prompt, 200, graphs=True, temperature=1.0, seed=7)
     b = run_stream(model, prompt, 200, graphs=False, temperature=1.0, seed=7)
-    assert a[2].graph_replays >= 200 - 1, f"recording failed: {a[2].graphs.failed!r}"
+    assert a[2].graph_replays == expected_replays(family, "overlap_save", 200), \
+        f"recording failed: {a[2].graphs.failed!r}"
     assert a[0] == b[0]
 
 

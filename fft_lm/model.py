@@ -214,16 +214,56 @@ def _autocast_weight(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return w
 
 
+class _ChannelsFirstLinear(torch.autograd.Function):
+    """out (B, O, T) = w (O, I) @ x^T per sequence, x (B, T, I); every GEMM reads its operands in place
+    and writes its result contiguous: grad_x comes back (B, T, I), the residual stream's layout."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return torch.bmm(w.expand(x.shape[0], -1, -1), x.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(grad.transpose(1, 2), w.expand(grad.shape[0], -1, -1))
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(grad, x).sum(0, dtype=torch.float32).to(w.dtype)
+        return grad_x, grad_w
+
+
+class _TimeFirstLinear(torch.autograd.Function):
+    """out (B, T, O) = z^T @ w^T per sequence, z (B, I, T) channels-first; grad_z comes back (B, I, T),
+    so the conv's backward reads its gradient row-contiguous."""
+
+    @staticmethod
+    def forward(ctx, z, w):
+        ctx.save_for_backward(z, w)
+        return torch.bmm(z.transpose(1, 2), w.t().expand(z.shape[0], -1, -1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, w = ctx.saved_tensors
+        grad_z = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.bmm(w.t().expand(grad.shape[0], -1, -1), grad.transpose(1, 2))
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(grad.transpose(1, 2), z.transpose(1, 2)).sum(0, dtype=torch.float32).to(w.dtype)
+        return grad_z, grad_w
+
+
 def channels_first_linear(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(x @ w^T)^T as a contiguous (B, out, T) tensor, from x (B, T, in): one batched GEMM."""
     w = _autocast_weight(w, x)
-    return torch.bmm(w.expand(x.shape[0], -1, -1), x.transpose(1, 2).to(w.dtype))
+    return _ChannelsFirstLinear.apply(x.to(w.dtype), w)
 
 
 def time_first_linear(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """z^T @ w^T as a contiguous (B, T, out) tensor, from channels-first z (B, in, T)."""
     w = _autocast_weight(w, z)
-    return torch.bmm(z.transpose(1, 2).to(w.dtype), w.t().expand(z.shape[0], -1, -1))
+    return _TimeFirstLinear.apply(z.to(w.dtype), w)
 
 
 class SpectralBlock(nn.Module):

@@ -338,3 +338,22 @@ def test_config_errors_name_the_field():
         model(idx, idx[:, :4])
     with pytest.raises(TypeError, match="SpectralLMConfig"):
         SpectralLM(dict(d_model=8))
+
+
+def test_channels_first_projections_values_grads_and_layouts():
+    # the mixer's projections: x (B, T, I) -> (B, O, T) and z (B, I, T) -> (B, T, O), each result and
+    # each input gradient contiguous in the layout its neighbour reads (no transposes around the conv)
+    from fft_lm.model import channels_first_linear, time_first_linear
+    B, T, I, O = 3, 11, 5, 4
+    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(B, I, T, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(O, I, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(channels_first_linear, (w, x))
+    assert torch.autograd.gradcheck(time_first_linear, (w, z))
+    y = channels_first_linear(w, x)
+    torch.testing.assert_close(y, torch.einsum("oi,bti->bot", w, x))
+    grad_x, = torch.autograd.grad(y, x, torch.randn_like(y))
+    out = time_first_linear(w, z)
+    torch.testing.assert_close(out, torch.einsum("oi,bit->bto", w, z))
+    grad_z, = torch.autograd.grad(out, z, torch.randn_like(out))
+    assert y.is_contiguous() and grad_x.is_contiguous() and out.is_contiguous() and grad_z.is_contiguous()

@@ -41,6 +41,9 @@ def parse_args():
     p.add_argument("--no-compile", action="store_true", help="run eagerly")
     p.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
                    help="compile each block (fast to compile) or the whole model")
+    p.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode (reduce-overhead: CUDA graphs, no host launch overhead)")
     p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing per block")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (fp32 = none)")
@@ -57,10 +60,10 @@ def build(family, args, device):
     runner = model
     if not args.no_compile:
         if args.compile_scope == "model":
-            runner = torch.compile(model, dynamic=False)
+            runner = torch.compile(model, dynamic=False, mode=args.compile_mode)
         else:
             for block in model.blocks:
-                block.compile(dynamic=False)
+                block.compile(dynamic=False, mode=args.compile_mode)
     return model, runner, optimizer
 
 
@@ -144,7 +147,8 @@ def main():
                 torch.cuda.empty_cache()
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    compile_note = "eager" if args.no_compile else f"torch.compile ({args.compile_scope})"
+    compile_note = "eager" if args.no_compile else (f"torch.compile ({args.compile_scope}"
+                                                    + ("" if args.compile_mode == "default" else f", {args.compile_mode}") + ")")
     lines = [
         f"## LM training throughput, preset {args.preset}, {args.dtype} autocast, AdamW, {compile_note}"
         f"{', grad checkpointing' if args.grad_checkpoint else ''}",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -92,6 +92,13 @@ for stage in "$@"; do
     # the grad_k kernels (16384-point windows and clusters) and the paths around them
     gradktests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (cluster or grad or small_upstream or long)" 2>&1 \
                | tee "$OUT/tests_gradk.log" | tail -8 ;;
+    # The LM at 1K and 4K under other torch.compile settings: whole model, CUDA graphs (reduce-overhead).
+    lmcompile) for v in "model default" "blocks reduce-overhead" "model reduce-overhead"; do
+               set -- $v
+               "$PY" benchmarks/bench_lm_throughput.py --lengths 1024,4096 --compile-scope $1 --compile-mode $2 2>&1 \
+                 | tee "$OUT/bench_lm_$1_$2.log" | grep -E "L=|error|Error" | head -8
+               [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_$1_$2.md"
+             done ;;
     lmprofile) "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70 ;;
     genprofile) "$PY" benchmarks/profile_generation.py 2>&1 | tee "$OUT/profile_generation.log" | tail -60 ;;
     updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;

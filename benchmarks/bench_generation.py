@@ -4,13 +4,14 @@
     python benchmarks/bench_generation.py --no-cuda-graphs     # the same, every step eager
     python benchmarks/bench_generation.py --device cpu --preset tiny --contexts 256,1024 --budget-s 0.5
 
-Rows: ChunkLM (backbone once per `chunk` bytes, then its chunk decoder per byte) and SpectralLM (one
+Rows: ChunkLM (backbone once per `chunk` bytes, then its chunk decoder over the chunk) and SpectralLM (one
 byte per step), each with overlap-save streaming and with full recompute of the context every step,
 and the GPT baseline with its KV cache (and recompute). Presets are matched by parameter count
 (random init: throughput does not depend on the weights). Greedy decoding.
 
 On CUDA the fixed-shape steps replay CUDA graphs (fft_lm.generation.StepGraphs): the overlap-save
-backbone step and the ChunkLM decoder (in both modes). The "graphs" column says what was replayed
+backbone step with its byte pick, and the ChunkLM decoder's whole chunk with its picks (in both modes;
+one graph per chunk). No step waits for the host. The "graphs" column says what was replayed
 in that row; --no-cuda-graphs runs everything eager.
 
 Per setting: the prompt (= the context) is consumed first (prefill, not timed), 2 warm-up steps,

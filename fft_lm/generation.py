@@ -322,8 +322,9 @@ class ByteStream:
         pos = self.n_ctx + self.n_out
         self.seq[0, pos:pos + n] = picked[:n]
         self.n_out += n
-        if self.keep_logits:  # copies: a graph's outputs are overwritten by its next replay
-            self.logits.extend(logits[j:j + 1].detach().to("cpu", torch.float32, copy=True) for j in range(n))
+        if self.keep_logits:  # a copy: a graph's outputs are overwritten by its next replay
+            kept = logits[:n].detach().to("cpu", torch.float32, copy=True)
+            self.logits.extend(kept[j:j + 1] for j in range(n))
 
     def _pick(self, logits, uniforms):
         return sample_bytes(logits, uniforms, self.temperature, self.top_k)

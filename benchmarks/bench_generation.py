@@ -10,7 +10,7 @@ and the GPT baseline with its KV cache (and recompute). Presets are matched by p
 (random init: throughput does not depend on the weights). Greedy decoding.
 
 On CUDA the fixed-shape steps replay CUDA graphs (fft_lm.generation.StepGraphs): the overlap-save
-backbone step with its byte pick, and the ChunkLM decoder's whole chunk with its picks (in both modes;
+backbone step with its byte pick (the GPT's KV-cache step too), and the ChunkLM decoder's whole chunk with its picks (in both modes;
 one graph per chunk). No step waits for the host. The "graphs" column says what was replayed
 in that row; --no-cuda-graphs runs everything eager.
 

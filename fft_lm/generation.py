@@ -39,12 +39,13 @@ Low-precision weights (under torch.autocast on CUDA in bfloat16 or float16)
 CUDA graphs (cuda_graphs=None: on for CUDA models unless CUDA_GRAPHS below is False)
   A streaming step is fixed-shape and tiny (one byte, or one chunk, through every layer), so eager
   PyTorch spends it launching a few hundred small kernels from Python. StepGraphs records each
-  fixed-shape step once into a torch.cuda.CUDAGraph and replays it: the SpectralLM / ChunkLM
-  backbone step through the overlap-save cache (its tails are updated in place, see
-  fft_lm.model.SpectralCache) with the byte pick, and the ChunkLM decoder's whole chunk (`chunk`
-  decoder calls, each pick feeding the next slot, also in recompute mode: the decoder is the same
-  there). The prefill, full recompute of the backbone and
-  the GPT's KV cache (its shapes grow every step) stay eager. Replays run the same kernels on the
+  fixed-shape step once into a torch.cuda.CUDAGraph and replays it: the streaming step of every
+  family with its byte pick (SpectralLM / ChunkLM backbone through the overlap-save cache, whose
+  tails are updated in place, see fft_lm.model.SpectralCache; the GPT through its KV cache, which
+  writes at and attends up to a position it reads from device memory over a buffer sized for the
+  whole stream, see fft_lm.gpt.KVCache), and the ChunkLM decoder's whole chunk (`chunk` decoder
+  calls, each pick feeding the next slot, also in recompute mode: the decoder is the same there).
+  The prefill and full recompute stay eager. Replays run the same kernels on the
   same values as eager stepping, so the output is the same bytes.
 """
 import copy
@@ -53,7 +54,6 @@ import warnings
 import torch
 import torch.nn as nn
 
-from fft_lm.model import SpectralCache
 
 BOS_BYTE = 0x0A  # context used for an empty prompt
 MODES = ("overlap_save", "recompute")
@@ -142,35 +142,35 @@ class StepGraphs:
     run(key, fn, *inputs) returns fn(*inputs). The first call for a key records it: copies of the
     inputs become the graph's static inputs, fn runs GRAPH_WARMUP_CALLS times on a side stream and
     once more under capture. Later calls copy the inputs in and replay. fn may read and update the
-    SpectralCache tails in place (they never move); the warm-up calls really run, so the tails and
-    pos are saved before recording and restored after. fn's result is the graph's static output:
+    streaming cache in place (a SpectralCache's tails, a KVCache's buffers and device position: the
+    tensors its state_tensors() lists, which must not move); the warm-up calls really run, so the
+    cache's snapshot() is taken before recording and restored after. A new address among its
+    graph_tensors() (the state plus what steps only read, e.g. cached kernel taps) means recording
+    again. fn's result is the graph's static output:
     overwritten by the next replay of the same key, so use it before then.
     Autocast is recorded as it is when a key is first seen (part of the key); its weight-cast cache
     is off while recording (cached casts are freed when the caller's autocast exits, the graph
     would keep reading them), so a replay casts the weights itself."""
 
     def __init__(self, cache=None):
-        self.cache = cache if isinstance(cache, SpectralCache) else None
+        self.cache = cache if hasattr(cache, "graph_tensors") else None
         self.graphs = {}     # key -> (static inputs, replay, static output)
         self.replays = 0
         self.failed = None   # the error of a failed recording; everything runs eager after one
         self.cache_ptrs = None  # addresses of the cache tensors the recorded graphs read and write
 
     def _cache_tensor_ptrs(self):
-        if self.cache is None:
-            return None
-        taps = [t for pair in (self.cache.taps or []) for t in pair if t is not None]
-        return [t.data_ptr() for t in list(self.cache.tails) + taps]
+        return None if self.cache is None else [t.data_ptr() for t in self.cache.graph_tensors()]
 
     def run(self, key, fn, *inputs):
         if self.failed is not None:
             return fn(*inputs)
         # a step run eager with grad on gives the cache new tail tensors (new taps after a cutoff
-        # change): graphs hold the old addresses, now freed memory, so record again. Tails such a
-        # step left are views autograd may have saved: give the cache its own buffers first (the
-        # model would otherwise do it inside the recording, moving them mid-record).
+        # change, grown KV buffers): graphs hold the old addresses, now freed memory, so record
+        # again. Tails such a step left are views autograd may have saved: give the cache its own
+        # buffers first (the model would otherwise do it inside the recording, moving them mid-record).
         if self.cache is not None:
-            self.cache.own_tails()
+            self.cache.own_buffers()
         ptrs = self._cache_tensor_ptrs()
         if ptrs != self.cache_ptrs:
             self.graphs.clear()
@@ -197,20 +197,17 @@ class StepGraphs:
 
     def _record_restoring_cache(self, body, device):
         cache = self.cache
-        saved = None
-        if cache is not None:
-            saved = ([t.clone() for t in cache.tails], cache.pos, [t.data_ptr() for t in cache.tails])
+        if cache is None:
+            return self.record(body, device)
+        state_ptrs = lambda: [t.data_ptr() for t in cache.state_tensors()]  # noqa: E731
+        saved, ptrs = cache.snapshot(), state_ptrs()
         try:
             return self.record(body, device)
         finally:
-            if cache is not None:
-                tails, pos, ptrs = saved
-                for t, s in zip(cache.tails, tails):
-                    t.copy_(s)
-                cache.pos = pos
-                if [t.data_ptr() for t in cache.tails] != ptrs:
-                    raise RuntimeError("StepGraphs: the cache's tails moved while recording a step; a graph "
-                                       "needs them updated in place (SpectralLM.features with grad off)")
+            cache.restore(saved)
+            if state_ptrs() != ptrs:
+                raise RuntimeError("StepGraphs: the cache's buffers moved while recording a step; a graph "
+                                   "needs them updated in place (features() with grad off)")
 
     def record(self, body, device):
         """(replay function, output) of body recorded into a CUDA graph (tests replace this on CPU)."""
@@ -264,7 +261,9 @@ class ByteStream:
         self.seq = torch.zeros(1, self.n_ctx + max_new_bytes, dtype=torch.long, device=device)
         self.seq[0, :self.n_ctx] = torch.tensor(list(context), dtype=torch.long, device=device)
         self.chunked = is_chunk_model(model)
-        self.cache = (model.init_cache(1, device, max_len=self.n_ctx + max_new_bytes)
+        # room for every byte plus a recording's warm-up steps (which write past the last position),
+        # so a KV cache never grows, and so never moves, under a recorded graph
+        self.cache = (model.init_cache(1, device, max_len=self.n_ctx + max_new_bytes + GRAPH_WARMUP_CALLS + 1)
                       if mode == "overlap_save" else None)
         self.fed = 0  # bytes of seq the cache has consumed (overlap_save)
         self.n_out = 0  # new bytes written into seq so far (on the device; `out` copies them to the host)
@@ -281,7 +280,7 @@ class ByteStream:
         if cuda_graphs is None:
             cuda_graphs = CUDA_GRAPHS and device.type == "cuda"
         # graphs only where a step has a fixed shape: the streaming backbone step, the chunk decoder
-        graphable = self.chunked or isinstance(self.cache, SpectralCache)
+        graphable = self.chunked or hasattr(self.cache, "graph_tensors")
         self.graphs = StepGraphs(self.cache) if cuda_graphs and graphable else None
 
     @property

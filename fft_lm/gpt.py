@@ -76,9 +76,12 @@ def inference_attention(module: nn.Module):
 
 
 class KVCache:
-    """Per layer keys and values (B, H, capacity, Dh), allocated on first use and grown by doubling.
+    """Per layer keys and values (B, H, capacity, Dh), allocated on first use (capacity max_len, or the
+    prompt's length if longer) and grown by doubling when a write would pass the end.
 
-    pos counts the positions written."""
+    pos counts the positions written; pos_tensor holds the same count on the device (made at the first
+    step), so a step reads its positions from memory: a CUDA graph of a step (fft_lm.generation)
+    then writes each replay's keys at the right place, attends to the right prefix and advances it."""
 
     def __init__(self, n_layers: int, batch_size: int, max_len: int):
         self.keys = [None] * n_layers
@@ -86,9 +89,21 @@ class KVCache:
         self.batch_size = batch_size
         self.capacity = max_len
         self.pos = 0
+        self.pos_tensor = None
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, H, T, Dh) at [pos, pos+T); return all keys and values so far."""
+    def positions(self, T: int, device) -> torch.Tensor:
+        """The positions (T,) of the next T inputs, from pos_tensor (the device copy of pos)."""
+        if self.pos_tensor is None:
+            self.pos_tensor = torch.zeros((), dtype=torch.long, device=device)
+        return self.pos_tensor + torch.arange(T, device=device)
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+        self.pos_tensor += T  # in place: fixed address
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        """Write k, v (B, H, T, Dh) at positions (T,) (= [pos, pos+T)); return the whole key and value
+        buffers (B, H, capacity, Dh): the caller masks what lies past the last position."""
         B, H, T, Dh = k.shape
         end = self.pos + T
         old_k = self.keys[layer]
@@ -100,9 +115,31 @@ class KVCache:
                 new_k[:, :, :self.pos] = old_k[:, :, :self.pos].to(k.dtype)
                 new_v[:, :, :self.pos] = self.values[layer][:, :, :self.pos].to(v.dtype)
             self.keys[layer], self.values[layer] = new_k, new_v
-        self.keys[layer][:, :, self.pos:end] = k
-        self.values[layer][:, :, self.pos:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        self.keys[layer].index_copy_(2, positions, k)
+        self.values[layer].index_copy_(2, positions, v)
+        return self.keys[layer], self.values[layer]
+
+    # the protocol fft_lm.generation.StepGraphs records steps with
+    def own_buffers(self) -> None:
+        """Nothing to do: the buffers are never views autograd holds (writes go in with index_copy_)."""
+
+    def state_tensors(self):
+        """Tensors a step updates in place: their addresses must not change while a graph records."""
+        return [t for t in self.keys + self.values + [self.pos_tensor] if t is not None]
+
+    def graph_tensors(self):
+        """Tensors a recorded step reads or writes (a new address means recording again)."""
+        return self.state_tensors()
+
+    def snapshot(self):
+        """What a step changes and a recording's warm-up calls must undo: the position (keys written
+        past it are never read, and are overwritten when their position comes)."""
+        return self.pos, None if self.pos_tensor is None else self.pos_tensor.clone()
+
+    def restore(self, snap) -> None:
+        self.pos = snap[0]
+        if snap[1] is not None:
+            self.pos_tensor.copy_(snap[1])
 
 
 class CausalSelfAttention(nn.Module):
@@ -116,21 +153,19 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache: Optional[KVCache] = None):
+    def forward(self, x, cos, sin, cache: Optional[KVCache] = None, positions=None):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B,H,T,Dh)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
         if cache is None or cache.pos == 0:
             if cache is not None:
-                cache.append(self.layer, k, v)
+                cache.append(self.layer, k, v, positions)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
-            keys, values = cache.append(self.layer, k, v)
-            mask = None
-            if T > 1:  # query i sits at position pos + i and sees keys up to there
-                positions = torch.arange(keys.shape[2], device=x.device)
-                mask = positions[None, :] <= (cache.pos + torch.arange(T, device=x.device))[:, None]
+            keys, values = cache.append(self.layer, k, v, positions)
+            # query i sits at positions[i] and sees the keys up to there (the buffer past them is masked)
+            mask = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.resid_dropout(self.proj(y))
@@ -144,8 +179,8 @@ class GPTBlock(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, cfg.dropout, cfg.mlp_mult)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.attn(self.norm1(x), cos, sin, cache)
+    def forward(self, x, cos, sin, cache=None, positions=None):
+        x = x + self.attn(self.norm1(x), cos, sin, cache, positions)
         return x + self.mlp(self.norm2(x))
 
 
@@ -177,16 +212,15 @@ class GPT(ByteLM):
         """Final-normed hidden states (B, T, d_model) for bytes idx (B, T)."""
         self._check_idx(idx, cache)
         T = idx.shape[1]
-        start = 0 if cache is None else cache.pos
-        cos, sin = rotary_cos_sin(torch.arange(start, start + T, device=idx.device),
-                                  self.config.d_model // self.config.n_head, self.config.rope_base)
+        positions = (torch.arange(T, device=idx.device) if cache is None else cache.positions(T, idx.device))
+        cos, sin = rotary_cos_sin(positions, self.config.d_model // self.config.n_head, self.config.rope_base)
         x = self.drop(self.embed(idx))
         with inference_attention(self):
             for block in self.blocks:
                 if cache is None and self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
                     x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
                 else:
-                    x = block(x, cos, sin, cache)
+                    x = block(x, cos, sin, cache, positions)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
         return self.norm_f(x)

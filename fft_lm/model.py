@@ -295,12 +295,31 @@ class SpectralCache:
         self.taps = None          # per-layer (k, skip) computed once for generation
         self.taps_cutoff = None   # the freq_cutoff those taps were made with
 
-    def own_tails(self) -> None:
+    def own_buffers(self) -> None:
         """Tails a step with grad on left are views autograd may have saved for backward: replace them
         by copies of their own, so the in-place updates of no-grad steps never write into them."""
         for i, t in enumerate(self.tails):
             if t.requires_grad or t._base is not None:
                 self.tails[i] = t.detach().clone()
+
+    # the protocol fft_lm.generation.StepGraphs records steps with
+    def state_tensors(self):
+        """Tensors a step updates in place: their addresses must not change while a graph records."""
+        return list(self.tails)
+
+    def graph_tensors(self):
+        """Tensors a recorded step reads or writes (a new address means recording again): the tails and
+        the cached taps (made anew when the frequency cutoff changes)."""
+        return self.state_tensors() + [t for pair in (self.taps or []) for t in pair if t is not None]
+
+    def snapshot(self):
+        """What a step changes (tails, pos), for undoing a recording's warm-up calls."""
+        return [t.clone() for t in self.tails], self.pos
+
+    def restore(self, snap) -> None:
+        for t, saved in zip(self.tails, snap[0]):
+            t.copy_(saved)
+        self.pos = snap[1]
 
 
 class SpectralLM(ByteLM):
@@ -361,7 +380,7 @@ class SpectralLM(ByteLM):
         x = self.drop(self.embed(idx))
         taps = [None] * len(self.blocks)
         if cache is not None and not torch.is_grad_enabled():
-            cache.own_tails()
+            cache.own_buffers()
             if cache.taps is None or cache.taps_cutoff != self.freq_cutoff:
                 cache.taps = [block.mixer.kernel() for block in self.blocks]
                 cache.taps_cutoff = self.freq_cutoff

@@ -202,7 +202,7 @@ def expected_replays(family, mode, n):
 
 
 @pytest.mark.parametrize("family, mode", [("spectral", "overlap_save"), ("chunk", "overlap_save"),
-                                          ("chunk", "recompute")])
+                                          ("chunk", "recompute"), ("gpt", "overlap_save")])
 def test_emulated_graph_steps_equal_eager(family, mode):
     model = tiny_model(family)
     prompt = random_prompt(70)
@@ -216,7 +216,8 @@ def test_emulated_graph_steps_equal_eager(family, mode):
         assert stream.cache.pos == stream.fed == len(prompt) + (96 if chunked else 99)
 
 
-@pytest.mark.parametrize("family, mode", [("spectral", "overlap_save"), ("chunk", "recompute")])
+@pytest.mark.parametrize("family, mode", [("spectral", "overlap_save"), ("chunk", "recompute"),
+                                          ("gpt", "overlap_save")])
 def test_emulated_graph_steps_sample_as_eager(family, mode):
     # the picks run inside the recorded steps, reading the stream's uniforms as graph inputs
     model = tiny_model(family)
@@ -416,10 +417,13 @@ def test_stream_low_precision_weights_same_generation(family, monkeypatch):
 
 @requires_cuda
 def test_cuda_gpt_kv_cache_equals_recompute():
+    # the KV-cached step replays a CUDA graph (positions read from device memory, masked fixed-size buffers)
     model = tiny_model("gpt").cuda()
     prompt = random_prompt(100)
-    assert_same_generation(run_stream(model, prompt, 256, mode="recompute"),
-                           run_stream(model, prompt, 256, mode="overlap_save"), atol=1e-4)
+    graphed = run_stream(model, prompt, 256, mode="overlap_save")
+    assert graphed[2].graph_replays == 255, f"recording failed: {graphed[2].graphs.failed!r}"
+    assert_same_generation(run_stream(model, prompt, 256, mode="overlap_save", graphs=False), graphed, atol=1e-5)
+    assert_same_generation(run_stream(model, prompt, 256, mode="recompute"), graphed, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- scripts

@@ -244,6 +244,10 @@ def test_sample_bytes_inverse_cdf():
     assert picked.tolist() == [3, 3, 100, 200]
     logits = torch.randn(64, 256)
     assert torch.equal(sample_bytes(logits, torch.rand(64, dtype=torch.float64), 1.0, top_k=1), logits.argmax(-1))
+    with pytest.raises(ValueError, match="sample_bytes: expected logits"):
+        sample_bytes(torch.randn(256), torch.rand(1, dtype=torch.float64), 1.0)
+    with pytest.raises(ValueError, match="uniforms"):
+        sample_bytes(torch.randn(3, 256), torch.rand(2, dtype=torch.float64), 1.0)
 
 
 class AddressGraphs(EmulatedGraphs):

@@ -10,6 +10,10 @@ Every family class provides:
   features(idx, *, cache=None) -> hidden[B,T,D]  final-normed states before the head
   init_cache(batch_size, device=None, max_len=None) -> cache
                                                 streaming state for generation (see fft_lm.generation)
+      a cache has .pos (positions consumed) and, for CUDA-graph steps (fft_lm.generation.StepGraphs):
+      own_buffers(), state_tensors() (updated in place, never moved while a graph records),
+      graph_tensors() (what a recorded step touches: a new address means recording again),
+      snapshot() / restore(snap) (undo a recording's warm-up steps)
   set_grad_checkpoint(enabled)                  activation checkpointing per block
 """
 import importlib

@@ -104,18 +104,6 @@ def draw_uniforms(n, seed=None):
     return torch.rand(n, generator=gen, dtype=torch.float64)
 
 
-def make_picker(temperature=1.0, top_k=None, seed=None):
-    """Return pick(logits[1, 256]) -> int byte, greedy when temperature == 0: sample_bytes one byte at
-    a time, with uniforms from a CPU generator seeded with seed."""
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-
-    def pick(logits):
-        u = torch.rand(1, generator=gen, dtype=torch.float64).to(logits.device)
-        return int(sample_bytes(logits, u, temperature, top_k)[0].item())
-
-    return pick
-
-
 def low_precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of model for inference under autocast(dtype): nn.Linear weights and biases stored in dtype
     (what autocast casts them to on every call), everything else as it is. Parameters that a module
@@ -271,10 +259,10 @@ class ByteStream:
         self.fed = 0  # bytes of seq the cache has consumed (overlap_save)
         self.n_out = 0  # new bytes written into seq so far (on the device; `out` copies them to the host)
         self._out = bytearray()
-        chunk = self.model.chunk if self.chunked else 1
+        self.chunk = model.chunk if self.chunked else 1  # new bytes per step
         # one uniform per new byte (a whole last chunk's worth), drawn up front: both modes use the
         # same ones (greedy reads none: zeros keep every step's inputs the same)
-        n_uniforms = -(-max_new_bytes // chunk) * chunk
+        n_uniforms = -(-max_new_bytes // self.chunk) * self.chunk
         self.uniforms = (torch.zeros(n_uniforms, dtype=torch.float64) if temperature == 0 else
                          draw_uniforms(n_uniforms, seed)).to(device)
         self.logits = []  # [1, 256] float32 CPU tensors, one per new byte, when keep_logits
@@ -361,9 +349,8 @@ class ByteStream:
         end = self.n_ctx + self.n_out
         x = self.seq[:, :end] if self.cache is None else self.seq[:, self.fed:end]
         self.fed = end
-        K = self.model.chunk if self.chunked else 1
-        n = min(K, self.max_new_bytes - self.n_out)
-        uniforms = self.uniforms[self.n_out:self.n_out + K]
+        n = min(self.chunk, self.max_new_bytes - self.n_out)
+        uniforms = self.uniforms[self.n_out:self.n_out + self.chunk]
         graphs = self.graphs if self._use_graphs() else None
         run = graphs.run if graphs is not None else _run_eager
         # the prefill (first call, any length) and full recompute of the backbone run eager

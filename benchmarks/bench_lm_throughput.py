@@ -48,7 +48,7 @@ def parse_args():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (fp32 = none)")
     p.add_argument("--profile", action="store_true",
-                   help="after timing, print the top GPU kernels of 3 more steps (torch.profiler)")
+                   help="after timing, print the top GPU kernels and host time of 3 more steps (torch.profiler)")
     return p.parse_args()
 
 
@@ -102,12 +102,19 @@ def time_family(family, L, batch, args, device):
         times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if args.profile and device.type == "cuda":
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
             for _ in range(3):
                 step()
             sync()
+        table = prof.key_averages()
         print(f"{family} L={L}: top GPU kernels over 3 steps")
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=90))
+        print(table.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=90))
+        # where the host time of a step goes (the GPU idles when this exceeds its kernel time)
+        print(f"{family} L={L}: top host (CPU) time over 3 steps")
+        print(table.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=90))
+        print(f"{family} L={L}: host time by operator incl. children")
+        print(table.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=90))
     return statistics.median(times), peak, warmup_s, model.num_params()
 
 

@@ -4,8 +4,9 @@
     python benchmarks/bench_generation.py --no-cuda-graphs     # the same, every step eager
     python benchmarks/bench_generation.py --device cpu --preset tiny --contexts 256,1024 --budget-s 0.5
 
-Rows: ChunkLM (backbone once per `chunk` bytes, then its chunk decoder over the chunk) and SpectralLM (one
-byte per step), each with overlap-save streaming and with full recompute of the context every step,
+Rows: ChunkLM (backbone once per `chunk` bytes, then its chunk decoder over the chunk: one fused
+fft_tensor.chunk_decode call, and for comparison `chunk` calls of the decoder module, "decoder calls")
+and SpectralLM (one byte per step), each with overlap-save streaming and with full recompute of the context every step,
 and the GPT baseline with its KV cache (and recompute). Presets are matched by parameter count
 (random init: throughput does not depend on the weights). Greedy decoding.
 
@@ -91,6 +92,9 @@ def main():
     p.add_argument("--no-low-precision-weights", action="store_true",
                    help="run the models themselves under autocast (weights cast every step), not the "
                         "low-precision copy (fft_lm.generation.LOW_PRECISION_WEIGHTS)")
+    p.add_argument("--no-fused-decode", action="store_true",
+                   help="ChunkLM's decoder as `chunk` module calls, not the fused fft_tensor.chunk_decode op "
+                        "(fft_lm.generation.FUSED_CHUNK_DECODE; by default both are measured)")
     args = p.parse_args()
     if args.no_low_precision_weights:
         fft_lm.generation.LOW_PRECISION_WEIGHTS = False
@@ -109,8 +113,11 @@ def main():
         modes = [("overlap_save", "KV cache" if cls_name == "GPT" else "overlap-save"), ("recompute", "recompute")]
         if cls_name == "GPT" and args.skip_gpt_recompute:
             modes = modes[:1]
+        if cls_name == "ChunkLM" and not args.no_fused_decode:  # the decoder as chunk module calls, for comparison
+            modes.insert(1, ("overlap_save", "overlap-save, decoder calls"))
         for mode, label in modes:
             results = {}
+            fft_lm.generation.FUSED_CHUNK_DECODE = not args.no_fused_decode and "decoder calls" not in label
             for ctx in contexts:
                 try:
                     results[ctx] = measure(model, ctx, mode, device, autocast, args.new_bytes, args.budget_s,

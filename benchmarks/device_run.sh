@@ -35,7 +35,7 @@ for stage in "$@"; do
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
     # The same Lk=128 shapes with the direct kernels off (FFT overlap-save windows), for comparison.
     opsfft)  conv_variant fftwindows FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0 -- --kernels 128 --no-peer ;;
-    gentests) "$PY" -m pytest -q -n 6 -p no:cacheprovider tests/test_generate.py tests/test_causal_conv.py::test_cuda_peak_memory \
+    gentests) "$PY" -m pytest -q -n 6 -p no:cacheprovider tests/test_generate.py tests/test_chunk_decode.py tests/test_causal_conv.py::test_cuda_peak_memory \
                tests/test_causal_conv.py::test_cuda_cluster_path_taken tests/test_causal_conv.py::test_cuda_cluster_sizes 2>&1 \
                | tee "$OUT/tests_gen.log" | grep -E "passed|failed|FAILED|Error|assert" | head -30 ;;
     # u as a transposed (B, L, D) tensor, 128 taps: the plain direct kernel (layout copy first) against

@@ -31,4 +31,12 @@ TORCH_LIBRARY(fft_tensor, m) {
   // for the T new inputs u (B, D, T); state (B, D, S >= Lk-1, float32) is shifted by T in place.
   // Inference only (no autograd).
   m.def("causal_conv_update(Tensor u, Tensor(a!) state, Tensor k, Tensor? skip=None) -> Tensor");
+
+  // A ChunkLM decoder's whole chunk (fft_lm/chunk.py): K slots through `layers` pre-norm blocks of
+  // causal self-attention + GELU MLP, each slot's byte picked (argmax, or inverse-CDF sampling at
+  // uniforms[:, j]) and fed to the next slot. Returns (logits (N, K, 256) float32, bytes (N, K) int64).
+  // Inference only (no autograd).
+  m.def("chunk_decode(Tensor context, Tensor first, Tensor uniforms, Tensor byte_emb, Tensor slot_emb, "
+        "Tensor[] norm1, Tensor[] qkv, Tensor[] proj, Tensor[] norm2, Tensor[] fc, Tensor[] fc_proj, "
+        "Tensor norm_f, Tensor head, int heads, float eps, float temperature, int top_k) -> (Tensor, Tensor)");
 }

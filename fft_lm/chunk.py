@@ -12,8 +12,11 @@ over the full context) and the decoder `chunk` times, so the expensive part runs
 """
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import fft_tensor
 
 from fft_lm.gpt import inference_attention
 from fft_lm.layers import MLP, ByteLM, RMSNorm, format_params, init_weights
@@ -96,6 +99,32 @@ class ChunkDecoder(nn.Module):
                 x = block(x)
         return self.head(self.norm_f(x))  # [N, J, 256]
 
+    def fused_state_bytes(self, slots):
+        """Shared memory per block that fft_tensor.chunk_decode's CUDA kernel needs for `slots` slots
+        (its SmemLayout: residual, norm, attention, query, MLP, logits, keys and values, scores, scratch)."""
+        C, F, H, n = self.norm_f.weight.shape[0], self.blocks[0].mlp.fc.weight.shape[0], self.blocks[0].heads, len(self.blocks)
+        floats = 4 * C + F + 256 + 2 * n * slots * C + H * slots + 32
+        return 4 * (floats + floats % 2) + (256 + 32) * 8 + 16
+
+    def decode_chunk(self, h, first, uniforms, temperature=0.0, top_k=None):
+        """The whole chunk in one fft_tensor.chunk_decode call: h [N, D] features, first [N] the byte before
+        the chunk, uniforms [N, K] float64 (read when temperature > 0). Returns (logits [N, K, 256] float32,
+        bytes [N, K] int64); the same computation as K calls of forward() with each pick fed back."""
+        blocks = self.blocks
+        # the kernel reads the linear weights in one dtype: under low-precision autocast the one autocast
+        # would cast them to (the same values whether stored so or cast here), else their own
+        device_type = h.device.type
+        weight_dtype = blocks[0].qkv.weight.dtype
+        if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16):
+            weight_dtype = torch.get_autocast_dtype(device_type)
+        lin = lambda m: m.weight.to(weight_dtype)  # noqa: E731 (a no-op when stored in that dtype)
+        return fft_tensor.chunk_decode(
+            self.context(h).float(), first, uniforms, self.byte_emb.weight, self.slot_emb.weight,
+            [b.norm1.weight for b in blocks], [lin(b.qkv) for b in blocks], [lin(b.proj) for b in blocks],
+            [b.norm2.weight for b in blocks], [lin(b.mlp.fc) for b in blocks], [lin(b.mlp.proj) for b in blocks],
+            self.norm_f.weight, lin(self.head), heads=blocks[0].heads, eps=self.norm_f.eps,
+            temperature=float(temperature), top_k=top_k)
+
 
 class ChunkLM(ByteLM):
     family = "chunk"
@@ -172,6 +201,20 @@ class ChunkLM(ByteLM):
             raise ValueError(f"ChunkLM.decode_logits: at most chunk={self.chunk} slots, got {J}")
         out = self.decoder(h.reshape(-1, h.shape[-1]), inputs.reshape(-1, J))
         return out.view(*lead, J, 256)
+
+    def can_decode_chunk(self, slots, device):
+        """Whether decode_chunk runs here: the fused kernel's per-chunk state fits a block's shared memory
+        on a CUDA device (always on the CPU)."""
+        if torch.device(device).type != "cuda":
+            return True
+        return self.decoder.fused_state_bytes(slots) <= torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+    def decode_chunk(self, h, first, uniforms, temperature=0.0, top_k=None):
+        """A whole chunk from features h [N, D] and the byte before it first [N]: each slot's byte picked
+        (argmax when temperature == 0, else sampled at uniforms [N, K] as fft_lm.generation.sample_bytes
+        does) and fed to the next slot, in one fused op (fft_tensor.chunk_decode). Inference only.
+        Returns (logits [N, K, 256] float32, bytes [N, K] int64)."""
+        return self.decoder.decode_chunk(h, first, uniforms, temperature, top_k)
 
     def chunk_windows(self, idx, targets):
         """Teacher-forcing windows: inputs[b,t,j] = idx[b,t+j], tgt[b,t,j] = targets[b,t+j]

@@ -59,6 +59,7 @@ BOS_BYTE = 0x0A  # context used for an empty prompt
 MODES = ("overlap_save", "recompute")
 CUDA_GRAPHS = True  # what cuda_graphs=None means on CUDA: the one switch for the graph path
 LOW_PRECISION_WEIGHTS = True  # autocast on CUDA: run a copy with nn.Linear weights in the autocast dtype
+FUSED_CHUNK_DECODE = True  # a ChunkLM's chunk through fft_tensor.chunk_decode (one kernel) instead of chunk decoder calls
 GRAPH_WARMUP_CALLS = 3  # eager calls on a side stream before recording (lazy inits, cuBLAS handles)
 
 
@@ -271,6 +272,9 @@ class ByteStream:
         if cuda_graphs is None:
             cuda_graphs = CUDA_GRAPHS and device.type == "cuda"
         # graphs only where a step has a fixed shape: the streaming backbone step, the chunk decoder
+        # a chunk model's decoder: the whole chunk in one fused op where the model has one (ChunkLM)
+        self.fused_decode = (FUSED_CHUNK_DECODE and self.chunked and hasattr(model, "decode_chunk")
+                             and model.can_decode_chunk(self.chunk, device))
         graphable = self.chunked or hasattr(self.cache, "graph_tensors")
         self.graphs = StepGraphs(self.cache) if cuda_graphs and graphable else None
 
@@ -335,6 +339,9 @@ class ByteStream:
         """A ChunkLM's whole chunk from features h [1, D]: slot j reads the byte before the chunk (first,
         [1, 1]) and the bytes picked at slots < j. Returns (logits [chunk, 256], bytes [chunk])."""
         runner, K = self._runner(), self.model.chunk
+        if self.fused_decode:
+            logits, picked = runner.decode_chunk(h, first[:, 0], uniforms[None], self.temperature, self.top_k)
+            return logits[0], picked[0]
         inputs = torch.cat([first, first.new_zeros(1, K)], dim=1)  # slot j+1 receives byte j
         logits = []
         for j in range(K):

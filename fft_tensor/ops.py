@@ -3,12 +3,12 @@
 The kernels are C++/CUDA (csrc/); schemas are in csrc/ops.cpp. The fake kernels mirror the C++
 argument checks so torch.compile reports the same errors while tracing.
 """
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft_size"]
+__all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft_size", "chunk_decode"]
 
 _ops = torch.ops.fft_tensor
 
@@ -225,3 +225,86 @@ def _check_causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optiona
 def _causal_conv_update_fake(u, state, k, skip=None):
     _check_causal_conv_update(u, state, k, skip)
     return u.new_empty(u.shape)
+
+
+# ----------------------------------------------------------------------------- chunk_decode
+
+def chunk_decode(context: Tensor, first: Tensor, uniforms: Tensor, byte_emb: Tensor, slot_emb: Tensor,
+                 norm1: List[Tensor], qkv: List[Tensor], proj: List[Tensor], norm2: List[Tensor],
+                 fc: List[Tensor], fc_proj: List[Tensor], norm_f: Tensor, head: Tensor, *, heads: int,
+                 eps: float = 1e-6, temperature: float = 0.0, top_k: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """A whole chunk of a chunk decoder (``fft_lm.chunk.ChunkDecoder``) in one call: K slots, each
+    through ``len(qkv)`` pre-norm blocks, each slot's byte picked and fed to the next slot.
+
+    Slot j's input is ``x = byte_emb[b_j] + slot_emb[j] + context`` with ``b_0 = first`` and
+    ``b_{j+1}`` the byte picked at slot j. Each block: ``x += proj(attn(rms_norm(x) * norm1))`` with
+    causal attention (``heads`` heads, scale 1/sqrt(C/heads)) over the slots 0..j of this call, then
+    ``x += fc_proj(gelu(fc(rms_norm(x) * norm2)))`` (exact GELU, no biases); the slot's logits are
+    ``head(rms_norm(x) * norm_f)``. The pick is ``fft_lm.generation.sample_bytes``'s rule: argmax
+    when ``temperature == 0`` (first index on ties), else inverse-CDF sampling in float64 at
+    ``uniforms[:, j]`` from softmax(logits / temperature) over the ``top_k`` largest (all when None).
+
+    context: (N, C) float32 (the decoder's projection of the backbone feature); first: (N,) int64
+    bytes; uniforms: (N, K) float64 in [0, 1); byte_emb (256, C); slot_emb (>= K, C); norm1, norm2,
+    norm_f: (C,); per layer qkv (3C, C), proj (C, C), fc (F, C), fc_proj (C, F) and head (256, C), all
+    linear weights in one dtype (float32, bfloat16 or float16). Accumulation in float32.
+    Returns (logits (N, K, 256) float32, bytes (N, K) int64). Inference only (no autograd).
+
+    CUDA: one launch per call, a thread-block cluster per row (up to 16 blocks on sm_90, the
+    weight matrices split over them by rows; one block per row before Hopper). The chunk's keys
+    and values live in shared memory: C, F, K and the layer count must fit it (an error says when not).
+    """
+    return _ops.chunk_decode.default(context, first, uniforms, byte_emb, slot_emb, list(norm1), list(qkv),
+                                     list(proj), list(norm2), list(fc), list(fc_proj), norm_f, head, heads, eps,
+                                     temperature, 0 if top_k is None else top_k)
+
+
+def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv, proj, norm2, fc, fc_proj,
+                        norm_f, head, heads, temperature, top_k) -> None:
+    op = "chunk_decode"
+    torch._check(context.dim() == 2, lambda: f"{op}: expected context of shape (N, C), got {list(context.shape)}")
+    torch._check(context.dtype == torch.float32, lambda: f"{op}: expected context of dtype float32, got {context.dtype}")
+    N, C = context.shape
+    torch._check(first.dim() == 1 and first.shape[0] == N,
+                 lambda: f"{op}: expected first of shape (N,) = ({N},), got {list(first.shape)}")
+    torch._check(first.dtype == torch.int64, lambda: f"{op}: expected first of dtype int64 (bytes), got {first.dtype}")
+    torch._check(uniforms.dim() == 2 and uniforms.shape[0] == N and uniforms.shape[1] >= 1,
+                 lambda: f"{op}: expected uniforms of shape (N, K) = ({N}, K >= 1), got {list(uniforms.shape)}")
+    torch._check(uniforms.dtype == torch.float64, lambda: f"{op}: expected uniforms of dtype float64, got {uniforms.dtype}")
+    K = uniforms.shape[1]
+    torch._check(tuple(byte_emb.shape) == (256, C),
+                 lambda: f"{op}: expected byte_emb of shape (256, {C}), got {list(byte_emb.shape)}")
+    torch._check(slot_emb.dim() == 2 and slot_emb.shape[0] >= K and slot_emb.shape[1] == C,
+                 lambda: f"{op}: expected slot_emb of shape (>= K = {K}, {C}), got {list(slot_emb.shape)}")
+    layers = len(qkv)
+    torch._check(1 <= layers <= 8, lambda: f"{op}: expected 1 to 8 decoder layers (qkv tensors), got {layers}")
+    for lst in (norm1, proj, norm2, fc, fc_proj):
+        torch._check(len(lst) == layers, lambda: f"{op}: expected one tensor per layer in every weight list "
+                                                 f"({layers}, as qkv), got a list of {len(lst)}")
+    torch._check(heads >= 1 and C % heads == 0, lambda: f"{op}: expected heads >= 1 dividing C = {C}, got heads = {heads}")
+    F = fc[0].shape[0]
+    wt = qkv[0].dtype
+    torch._check(wt in (torch.float32, torch.bfloat16, torch.float16),
+                 lambda: f"{op}: expected linear weights of dtype float32, bfloat16 or float16, got {wt}")
+    for i in range(layers):
+        for name, t, shape in (("qkv", qkv[i], (3 * C, C)), ("proj", proj[i], (C, C)), ("fc", fc[i], (F, C)),
+                               ("fc_proj", fc_proj[i], (C, F))):
+            torch._check(tuple(t.shape) == shape, lambda: f"{op}: expected {name}[{i}] of shape {shape}, got {list(t.shape)}")
+            torch._check(t.dtype == wt, lambda: f"{op}: expected {name}[{i}] of dtype {wt} (every linear weight in one "
+                                                f"dtype, qkv[0]'s), got {t.dtype}")
+        for name, t in (("norm1", norm1[i]), ("norm2", norm2[i])):
+            torch._check(tuple(t.shape) == (C,), lambda: f"{op}: expected {name} of shape ({C},), got {list(t.shape)}")
+    torch._check(tuple(norm_f.shape) == (C,), lambda: f"{op}: expected norm_f of shape ({C},), got {list(norm_f.shape)}")
+    torch._check(tuple(head.shape) == (256, C), lambda: f"{op}: expected head of shape (256, {C}), got {list(head.shape)}")
+    torch._check(temperature >= 0 and temperature != float("inf"),
+                 lambda: f"{op}: expected a finite temperature >= 0, got {temperature}")
+    torch._check(top_k >= 0, lambda: f"{op}: expected top_k >= 0 (0: no top-k filter), got {top_k}")
+
+
+@torch.library.register_fake("fft_tensor::chunk_decode")
+def _chunk_decode_fake(context, first, uniforms, byte_emb, slot_emb, norm1, qkv, proj, norm2, fc, fc_proj, norm_f,
+                       head, heads, eps, temperature, top_k):
+    _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv, proj, norm2, fc, fc_proj, norm_f,
+                        head, heads, temperature, top_k)
+    N, K = uniforms.shape
+    return context.new_empty(N, K, 256), first.new_empty(N, K)

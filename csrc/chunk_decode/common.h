@@ -1,0 +1,105 @@
+// chunk_decode: argument checks and sizes shared by the CPU and CUDA backends (fft_tensor/ops.py
+// mirrors the checks in the fake kernel).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "../shape_str.h"
+
+namespace fft_tensor {
+
+constexpr int kDecodeVocab = 256;     // bytes
+constexpr int kDecodeMaxLayers = 8;   // decoder blocks one launch takes (kernel arguments hold the pointers)
+
+// The decoder's sizes, read from the weights: C model width, F MLP width, H heads, K slots decoded.
+struct DecodeShape {
+  int64_t N, C, F, H, K, layers;
+};
+
+inline void check_decode_vector(const at::Tensor& t, const char* name, int64_t C, const at::Device& dev) {
+  constexpr const char* op = "chunk_decode";
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == C, op, ": expected ", name, " of shape (", std::to_string(C),
+              ",), got ", shape_str(t.sizes()));
+  TORCH_CHECK(t.is_floating_point(), op, ": expected ", name, " to be floating point, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == dev, op, ": expected ", name, " on ", dev.str(), ", got ", t.device().str());
+}
+
+inline void check_decode_matrix(const at::Tensor& t, const std::string& name, int64_t rows, int64_t cols,
+                                at::ScalarType dtype, const at::Device& dev) {
+  constexpr const char* op = "chunk_decode";
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, op, ": expected ", name, " of shape (",
+              std::to_string(rows), ", ", std::to_string(cols), "), got ", shape_str(t.sizes()));
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": expected ", name, " of dtype ", dtype,
+              " (every linear weight in one dtype, qkv[0]'s), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == dev, op, ": expected ", name, " on ", dev.str(), ", got ", t.device().str());
+}
+
+inline DecodeShape check_chunk_decode_args(const at::Tensor& context, const at::Tensor& first,
+                                           const at::Tensor& uniforms, const at::Tensor& byte_emb,
+                                           const at::Tensor& slot_emb, at::TensorList norm1, at::TensorList qkv,
+                                           at::TensorList proj, at::TensorList norm2, at::TensorList fc,
+                                           at::TensorList fc_proj, const at::Tensor& norm_f,
+                                           const at::Tensor& head, int64_t heads, double temperature,
+                                           int64_t top_k) {
+  constexpr const char* op = "chunk_decode";
+  TORCH_CHECK(context.dim() == 2, op, ": expected context of shape (N, C), got ", shape_str(context.sizes()));
+  TORCH_CHECK(context.scalar_type() == at::kFloat, op, ": expected context of dtype float32, got ",
+              context.scalar_type());
+  const at::Device dev = context.device();
+  DecodeShape s{context.size(0), context.size(1), 0, heads, 0, (int64_t)qkv.size()};
+  TORCH_CHECK(s.C >= 1, op, ": expected context with C >= 1 columns, got ", shape_str(context.sizes()));
+  TORCH_CHECK(first.dim() == 1 && first.size(0) == s.N, op, ": expected first of shape (N,) = (",
+              std::to_string(s.N), ",), got ", shape_str(first.sizes()));
+  TORCH_CHECK(first.scalar_type() == at::kLong, op, ": expected first of dtype int64 (bytes), got ",
+              first.scalar_type());
+  TORCH_CHECK(uniforms.dim() == 2 && uniforms.size(0) == s.N && uniforms.size(1) >= 1, op,
+              ": expected uniforms of shape (N, K) = (", std::to_string(s.N), ", K >= 1), got ",
+              shape_str(uniforms.sizes()));
+  TORCH_CHECK(uniforms.scalar_type() == at::kDouble, op, ": expected uniforms of dtype float64, got ",
+              uniforms.scalar_type());
+  s.K = uniforms.size(1);
+  TORCH_CHECK(byte_emb.dim() == 2 && byte_emb.size(0) == kDecodeVocab && byte_emb.size(1) == s.C, op,
+              ": expected byte_emb of shape (256, ", std::to_string(s.C), "), got ", shape_str(byte_emb.sizes()));
+  TORCH_CHECK(slot_emb.dim() == 2 && slot_emb.size(0) >= s.K && slot_emb.size(1) == s.C, op,
+              ": expected slot_emb of shape (>= K = ", std::to_string(s.K), ", ", std::to_string(s.C), "), got ",
+              shape_str(slot_emb.sizes()));
+  for (const auto* t : {&first, &uniforms, &byte_emb, &slot_emb, &head}) {
+    TORCH_CHECK(t->device() == dev, op, ": expected every argument on context's device (", dev.str(), "), got ",
+                t->device().str());
+  }
+  TORCH_CHECK(byte_emb.is_floating_point() && slot_emb.is_floating_point(), op,
+              ": expected floating-point embeddings, got byte_emb ", byte_emb.scalar_type(), " and slot_emb ",
+              slot_emb.scalar_type());
+  TORCH_CHECK(s.layers >= 1 && s.layers <= kDecodeMaxLayers, op, ": expected 1 to ",
+              std::to_string(kDecodeMaxLayers), " decoder layers (qkv tensors), got ", std::to_string(s.layers));
+  for (auto list : {norm1, proj, norm2, fc, fc_proj}) {
+    TORCH_CHECK((int64_t)list.size() == s.layers, op, ": expected one tensor per layer in every weight list (",
+                std::to_string(s.layers), ", as qkv), got a list of ", std::to_string(list.size()));
+  }
+  TORCH_CHECK(heads >= 1 && s.C % heads == 0, op, ": expected heads >= 1 dividing C = ", std::to_string(s.C),
+              ", got heads = ", std::to_string(heads));
+  TORCH_CHECK(fc[0].dim() == 2, op, ": expected fc[0] of shape (F, C), got ", shape_str(fc[0].sizes()));
+  s.F = fc[0].size(0);
+  const auto wt = qkv[0].scalar_type();
+  TORCH_CHECK(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf, op,
+              ": expected linear weights of dtype float32, bfloat16 or float16, got ", wt);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const std::string i = "[" + std::to_string(l) + "]";
+    check_decode_vector(norm1[l], "norm1", s.C, dev);
+    check_decode_vector(norm2[l], "norm2", s.C, dev);
+    check_decode_matrix(qkv[l], "qkv" + i, 3 * s.C, s.C, wt, dev);
+    check_decode_matrix(proj[l], "proj" + i, s.C, s.C, wt, dev);
+    check_decode_matrix(fc[l], "fc" + i, s.F, s.C, wt, dev);
+    check_decode_matrix(fc_proj[l], "fc_proj" + i, s.C, s.F, wt, dev);
+  }
+  check_decode_vector(norm_f, "norm_f", s.C, dev);
+  check_decode_matrix(head, "head", kDecodeVocab, s.C, wt, dev);
+  TORCH_CHECK(temperature >= 0 && temperature < INFINITY, op, ": expected a finite temperature >= 0, got ",
+              std::to_string(temperature));
+  TORCH_CHECK(top_k >= 0, op, ": expected top_k >= 0 (0: no top-k filter), got ", std::to_string(top_k));
+  return s;
+}
+
+}  // namespace fft_tensor

@@ -1,0 +1,546 @@
+// chunk_decode on CUDA: a ChunkLM's whole chunk (every slot, every decoder layer, the byte picks) in
+// one launch. At batch 1 the eager decoder is ~40 small kernels per slot (680 per 16-byte chunk),
+// each a few microseconds of launch and latency for almost no work; here one thread-block cluster
+// per row walks the slots, with every weight matrix split by rows over the cluster's G blocks.
+//
+// Per slot and layer: each block computes the RMSNorm of the residual stream itself (C values), its
+// rows of the matrix-vector product (one warp per row, 16-byte weight loads, 4 rows in flight), and
+// writes each result into every block's shared memory (distributed shared memory, sm_90); a cluster
+// barrier then makes the whole vector visible everywhere. The slot's keys and values stay in shared
+// memory (the decoder attends within the chunk only), and every block computes the small causal
+// attention and the byte pick redundantly, so no other exchange is needed: 4 barriers per layer + 1
+// per slot. The weights (a few MB) stay in L2 across slots and chunks.
+//
+// Without clusters (pre-Hopper, or FFT_TENSOR_DECODE_CLUSTER=1) G = 1: one block per row does it all.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common.h"
+
+namespace cg = cooperative_groups;
+
+namespace fft_tensor {
+namespace {
+
+constexpr int kThreads = kDecodeVocab;  // thread i owns byte i in the pick
+constexpr int kWarps = kThreads / 32;
+constexpr int kRowsInFlight = 4;        // matrix rows a warp loads before reducing (memory-level parallelism)
+constexpr int kMaxCluster = 16;
+
+template <typename w_t>
+struct DecodeArgs {
+  const float* context;   // (N, C)
+  const int64_t* first;   // (N,)
+  const double* uniforms; // (N, K)
+  const float* byte_emb;  // (256, C)
+  const float* slot_emb;  // (>= K, C)
+  const float* norm1[kDecodeMaxLayers];
+  const float* norm2[kDecodeMaxLayers];
+  const w_t* qkv[kDecodeMaxLayers];      // (3C, C)
+  const w_t* proj[kDecodeMaxLayers];     // (C, C)
+  const w_t* fc[kDecodeMaxLayers];       // (F, C)
+  const w_t* fc_proj[kDecodeMaxLayers];  // (C, F)
+  const float* norm_f;
+  const w_t* head;        // (256, C)
+  float* logits;          // (N, K, 256)
+  int64_t* bytes;         // (N, K)
+  int C, F, H, K, layers, G, top_k;
+  float eps;
+  double temperature;
+};
+
+// Shared memory layout (floats, then doubles): the sizes the launcher allocates.
+struct SmemLayout {
+  int x, a, y, q, hid, logit, kc, vc, scores, red, end_floats;
+  __host__ __device__ static SmemLayout of(int C, int F, int H, int K, int layers) {
+    SmemLayout s;
+    int o = 0;
+    s.x = o; o += C;
+    s.a = o; o += C;
+    s.y = o; o += C;
+    s.q = o; o += C;
+    s.hid = o; o += F;
+    s.logit = o; o += kDecodeVocab;
+    s.kc = o; o += layers * K * C;
+    s.vc = o; o += layers * K * C;
+    s.scores = o; o += H * K;
+    s.red = o; o += 32;
+    s.end_floats = (o + 1) & ~1;  // doubles after, 8-byte aligned
+    return s;
+  }
+  __host__ __device__ size_t bytes() const { return (size_t)end_floats * 4 + (kDecodeVocab + 32) * 8 + 16; }
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// The same shared-memory element in block `rank` of the cluster (G == 1: this block's own).
+template <typename T>
+__device__ __forceinline__ T* peer(T* p, int rank, int G) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (G > 1) return cg::this_cluster().map_shared_rank(p, rank);
+#endif
+  return p;
+}
+
+// A barrier over every thread of the cluster whose shared-memory writes it also publishes.
+__device__ __forceinline__ void cluster_barrier(int G) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (G > 1) {
+    cg::this_cluster().sync();
+    return;
+  }
+#endif
+  __syncthreads();
+}
+
+__device__ __forceinline__ int cluster_rank(int G) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (G > 1) return (int)cg::this_cluster().block_rank();
+#endif
+  return 0;
+}
+
+// v written into element p of every block's shared memory (lanes 0..G-1 of a warp, one block each).
+__device__ __forceinline__ void broadcast(float* p, float v, int lane, int G) {
+  for (int g = lane; g < G; g += 32) *peer(p, g, G) = v;
+}
+
+// 16 bytes of weights (4 float32 or 8 bf16/fp16) as floats.
+template <typename w_t>
+struct Vec {
+  static constexpr int n = 16 / sizeof(w_t);
+  float v[n];
+  __device__ __forceinline__ void load(const w_t* p) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    if constexpr (std::is_same_v<w_t, float>) {
+      v[0] = __uint_as_float(raw.x); v[1] = __uint_as_float(raw.y);
+      v[2] = __uint_as_float(raw.z); v[3] = __uint_as_float(raw.w);
+    } else {
+      const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float2 f;
+        if constexpr (std::is_same_v<w_t, __nv_bfloat16>) {
+          f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[i]));
+        } else {
+          f = __half22float2(*reinterpret_cast<const __half2*>(&words[i]));
+        }
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+      }
+    }
+  }
+};
+
+// This block's rows of W (R, Cin) times the shared vector v (Cin): epilogue(r, dot, lane) for each
+// row r, called by every lane of the row's warp with the full sum.
+template <typename w_t, typename Epilogue>
+__device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const float* v, int Cin, int R, int rank,
+                                            int G, Epilogue epilogue) {
+  constexpr int n = Vec<w_t>::n;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int per_block = (R + G - 1) / G;
+  const int r0 = rank * per_block, r1 = min(R, r0 + per_block);
+  for (int rb = r0 + warp; rb < r1; rb += kWarps * kRowsInFlight) {
+    float acc[kRowsInFlight];
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) acc[u] = 0.f;
+    for (int c = lane * n; c < Cin; c += 32 * n) {
+      Vec<w_t> w[kRowsInFlight];
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        const int r = rb + u * kWarps;
+        if (r < r1) w[u].load(W + (int64_t)r * Cin + c);
+      }
+      float xv[n];
+#pragma unroll
+      for (int e = 0; e < n; ++e) xv[e] = v[c + e];
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        if (rb + u * kWarps < r1) {
+#pragma unroll
+          for (int e = 0; e < n; ++e) acc[u] = fmaf(w[u].v[e], xv[e], acc[u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      const float s = warp_sum(acc[u]);
+      const int r = rb + u * kWarps;
+      if (r < r1) epilogue(r, s, lane);
+    }
+  }
+}
+
+// out = x / rms(x) * w over C values (every thread of the block; ends with a block barrier).
+__device__ __forceinline__ void rms_norm(const float* x, const float* __restrict__ w, float* out, float* red, int C,
+                                         float eps) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < C; i += kThreads) ss = fmaf(x[i], x[i], ss);
+  ss = warp_sum(ss);
+  if (lane == 0) red[warp] = ss;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int i = 0; i < kWarps; ++i) total += red[i];
+  const float r = rsqrtf(total / (float)C + eps);
+  for (int i = threadIdx.x; i < C; i += kThreads) out[i] = x[i] * r * w[i];
+  __syncthreads();  // out complete; red free again
+}
+
+// The byte drawn from logit[0..255] (every thread of the block gets it): fft_lm.generation.sample_bytes's
+// rule, see chunk_decode's doc. dbl: 256 + 32 doubles of scratch, pick: one int.
+__device__ int pick_byte(const float* logit, double u, double temperature, int top_k, double* dbl, int* pick) {
+  const int i = threadIdx.x, warp = i / 32, lane = i % 32;
+  double* red = dbl + kDecodeVocab;
+  if (temperature == 0) {
+    // argmax, first index on ties, NaN as the largest (torch.argmax)
+    float v = logit[i];
+    int idx = i;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+      const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
+      const bool better = (isnan(ov) && !isnan(v)) || (isnan(ov) == isnan(v) && (ov > v || ((ov == v || isnan(v)) && oi < idx)));
+      if (better) { v = ov; idx = oi; }
+    }
+    if (lane == 0) { red[warp] = v; reinterpret_cast<int*>(red + kWarps)[warp] = idx; }
+    __syncthreads();
+    if (i == 0) {
+      float bv = (float)red[0];
+      int bi = reinterpret_cast<int*>(red + kWarps)[0];
+      for (int w = 1; w < kWarps; ++w) {
+        const float ov = (float)red[w];
+        const int oi = reinterpret_cast<int*>(red + kWarps)[w];
+        // warps hold ascending index ranges: a later warp wins only if strictly better
+        if ((isnan(ov) && !isnan(bv)) || (!isnan(bv) && ov > bv)) { bv = ov; bi = oi; }
+      }
+      *pick = bi;
+    }
+    __syncthreads();
+    return *pick;
+  }
+  double s = (double)logit[i] / temperature;
+  if (top_k > 0 && top_k < kDecodeVocab) {
+    dbl[i] = s;
+    __syncthreads();
+    int greater = 0;  // s is among the top_k iff fewer than top_k scores exceed it
+    for (int j = 0; j < kDecodeVocab; ++j) greater += dbl[j] > s;
+    if (greater >= top_k) s = -INFINITY;
+    __syncthreads();
+  }
+  // softmax in float64: max, exp, sum
+  double m = s;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, off));
+  if (lane == 0) red[warp] = m;
+  __syncthreads();
+  m = red[0];
+  for (int w = 1; w < kWarps; ++w) m = fmax(m, red[w]);
+  __syncthreads();
+  const double e = exp(s - m);
+  double total = e;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
+  if (lane == 0) red[warp] = total;
+  __syncthreads();
+  total = 0;
+  for (int w = 0; w < kWarps; ++w) total += red[w];
+  __syncthreads();
+  // inclusive prefix sum of the probabilities (the CDF)
+  double c = e / total;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const double o = __shfl_up_sync(0xffffffffu, c, off);
+    if (lane >= off) c += o;
+  }
+  if (lane == 31) red[warp] = c;
+  if (i == 0) *pick = kDecodeVocab - 1;
+  __syncthreads();
+  for (int w = 0; w < warp; ++w) c += red[w];
+  dbl[i] = c;
+  __syncthreads();
+  // the first byte whose cumulative mass exceeds u * total mass
+  if (c > u * dbl[kDecodeVocab - 1]) atomicMin(pick, i);
+  __syncthreads();
+  return *pick;
+}
+
+template <typename w_t>
+__global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs<w_t> p) {
+  extern __shared__ __align__(16) float smem[];
+  const int G = p.G, C = p.C, F = p.F, H = p.H, K = p.K, Dh = C / H;
+  const int rank = cluster_rank(G);
+  const int64_t n = blockIdx.x / G;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const SmemLayout L = SmemLayout::of(C, F, H, K, p.layers);
+  float *x = smem + L.x, *a = smem + L.a, *y = smem + L.y, *q = smem + L.q, *hid = smem + L.hid,
+        *logit = smem + L.logit, *kc = smem + L.kc, *vc = smem + L.vc, *scores = smem + L.scores, *red = smem + L.red;
+  double* dbl = reinterpret_cast<double*>(smem + L.end_floats);
+  int* pick = reinterpret_cast<int*>(dbl + kDecodeVocab + 32);
+  const float* ctx = p.context + n * C;
+  const float scale = rsqrtf((float)Dh);
+
+  int64_t byte = p.first[n];
+  CUDA_KERNEL_ASSERT(byte >= 0 && byte < kDecodeVocab);
+  cluster_barrier(G);  // every block of the cluster is running before anyone writes into its memory
+  for (int j = 0; j < K; ++j) {
+    for (int i = tid; i < C; i += kThreads) x[i] = p.byte_emb[byte * C + i] + p.slot_emb[(int64_t)j * C + i] + ctx[i];
+    __syncthreads();
+    for (int l = 0; l < p.layers; ++l) {
+      float* kl = kc + l * K * C;
+      float* vl = vc + l * K * C;
+      rms_norm(x, p.norm1[l], a, red, C, p.eps);
+      matvec_rows(p.qkv[l], a, C, 3 * C, rank, G, [&](int r, float s, int ln) {
+        float* dst = r < C ? q + r : (r < 2 * C ? kl + j * C + (r - C) : vl + j * C + (r - 2 * C));
+        broadcast(dst, s, ln, G);
+      });
+      cluster_barrier(G);
+      // causal attention of slot j over slots 0..j, one warp per head (every block, redundantly)
+      for (int h = warp; h < H; h += kWarps) {
+        float* sc = scores + h * K;
+        for (int i = 0; i <= j; ++i) {
+          float dot = 0.f;
+          for (int d = lane; d < Dh; d += 32) dot = fmaf(q[h * Dh + d], kl[i * C + h * Dh + d], dot);
+          dot = warp_sum(dot);
+          if (lane == 0) sc[i] = dot * scale;
+        }
+        __syncwarp();
+        float m = -INFINITY;
+        for (int i = lane; i <= j; i += 32) m = fmaxf(m, sc[i]);
+        m = warp_max(m);
+        float total = 0.f;
+        for (int i = lane; i <= j; i += 32) total += (sc[i] = expf(sc[i] - m));
+        total = warp_sum(total);
+        __syncwarp();
+        for (int d = lane; d < Dh; d += 32) {
+          float acc = 0.f;
+          for (int i = 0; i <= j; ++i) acc = fmaf(sc[i], vl[i * C + h * Dh + d], acc);
+          y[h * Dh + d] = acc / total;
+        }
+      }
+      __syncthreads();
+      auto add_to_x = [&](int r, float s, int ln) {
+        const float v = x[r] + s;
+        __syncwarp();  // every lane has read x[r] before the owner's copy is rewritten
+        broadcast(x + r, v, ln, G);
+      };
+      matvec_rows(p.proj[l], y, C, C, rank, G, add_to_x);
+      cluster_barrier(G);
+      rms_norm(x, p.norm2[l], a, red, C, p.eps);
+      matvec_rows(p.fc[l], a, C, F, rank, G, [&](int r, float s, int ln) {
+        broadcast(hid + r, 0.5f * s * (1.f + erff(s * 0.70710678118654752f)), ln, G);  // exact GELU
+      });
+      cluster_barrier(G);
+      matvec_rows(p.fc_proj[l], hid, F, C, rank, G, add_to_x);
+      cluster_barrier(G);
+    }
+    rms_norm(x, p.norm_f, a, red, C, p.eps);
+    matvec_rows(p.head, a, C, kDecodeVocab, rank, G, [&](int r, float s, int ln) { broadcast(logit + r, s, ln, G); });
+    cluster_barrier(G);
+    byte = pick_byte(logit, p.temperature == 0 ? 0.0 : p.uniforms[n * K + j], p.temperature, p.top_k, dbl, pick);
+    if (rank == 0) {
+      p.logits[(n * K + j) * kDecodeVocab + tid] = logit[tid];
+      if (tid == 0) p.bytes[n * K + j] = byte;
+    }
+  }
+  cluster_barrier(G);  // no block leaves while another may still write into its shared memory
+}
+
+template <typename w_t>
+bool cluster_fits(int G, size_t smem) {
+  auto kernel = chunk_decode_kernel<w_t>;
+  cudaFuncAttributes attr;
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess || attr.binaryVersion < 90 || attr.ptxVersion < 90) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = G;
+  cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(G);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.attrs = &cluster;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return clusters > 0;
+}
+
+int max_cluster_env() {
+  static const int value = [] {
+    const char* env = std::getenv("FFT_TENSOR_DECODE_CLUSTER");
+    const int v = env ? std::atoi(env) : kMaxCluster;
+    return v >= 1 && v <= kMaxCluster ? v : kMaxCluster;
+  }();
+  return value;
+}
+
+// The largest cluster (16, 8, 4, 2) the device runs with this much shared memory per block, else 1.
+template <typename w_t>
+int cluster_size(size_t smem) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, size_t>, int> cache;  // (device, smem) -> G
+  const int device = at::cuda::current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find({device, smem});
+  if (it != cache.end()) return it->second;
+  int G = 1;
+  if (at::cuda::getCurrentDeviceProperties()->major >= 9) {
+    auto kernel = chunk_decode_kernel<w_t>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+      (void)cudaGetLastError();
+    for (int g = max_cluster_env(); g >= 2; g /= 2) {
+      if (cluster_fits<w_t>(g, smem)) {
+        G = g;
+        break;
+      }
+    }
+  }
+  cache[{device, smem}] = G;
+  return G;
+}
+
+template <typename w_t, typename at_t>
+void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first, const at::Tensor& uni,
+            const std::vector<at::Tensor>& f32, const std::vector<at::Tensor>& lin, double eps, double temperature,
+            int64_t top_k, at::Tensor& logits, at::Tensor& bytes) {
+  // f32: byte_emb, slot_emb, norm_f, then norm1[l], norm2[l] per layer; lin: head, then qkv, proj, fc, fc_proj per layer
+  DecodeArgs<w_t> p{};
+  p.context = ctx.data_ptr<float>();
+  p.first = first.data_ptr<int64_t>();
+  p.uniforms = uni.data_ptr<double>();
+  p.byte_emb = f32[0].data_ptr<float>();
+  p.slot_emb = f32[1].data_ptr<float>();
+  p.norm_f = f32[2].data_ptr<float>();
+  auto w = [](const at::Tensor& t) { return reinterpret_cast<const w_t*>(t.data_ptr<at_t>()); };
+  p.head = w(lin[0]);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    p.norm1[l] = f32[3 + 2 * l].data_ptr<float>();
+    p.norm2[l] = f32[4 + 2 * l].data_ptr<float>();
+    p.qkv[l] = w(lin[1 + 4 * l]);
+    p.proj[l] = w(lin[2 + 4 * l]);
+    p.fc[l] = w(lin[3 + 4 * l]);
+    p.fc_proj[l] = w(lin[4 + 4 * l]);
+  }
+  p.logits = logits.data_ptr<float>();
+  p.bytes = bytes.data_ptr<int64_t>();
+  p.C = (int)s.C;
+  p.F = (int)s.F;
+  p.H = (int)s.H;
+  p.K = (int)s.K;
+  p.layers = (int)s.layers;
+  p.top_k = (int)std::min<int64_t>(top_k, kDecodeVocab);
+  p.eps = (float)eps;
+  p.temperature = temperature;
+  const size_t smem = SmemLayout::of(p.C, p.F, p.H, p.K, p.layers).bytes();
+  auto kernel = chunk_decode_kernel<w_t>;
+  const int max_smem = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  TORCH_CHECK(smem <= (size_t)max_smem, "chunk_decode: the decoder's per-chunk state needs ", std::to_string(smem),
+              " bytes of shared memory (C = ", std::to_string(s.C), ", F = ", std::to_string(s.F), ", K = ",
+              std::to_string(s.K), ", ", std::to_string(s.layers), " layers), more than this GPU's ",
+              std::to_string(max_smem), "; decode with fewer slots or layers");
+  if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  p.G = cluster_size<w_t>(smem);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  TORCH_CHECK(s.N * p.G < (int64_t(1) << 31), "chunk_decode: too many rows (", std::to_string(s.N), ")");
+  if (p.G == 1) {
+    kernel<<<(unsigned)s.N, kThreads, smem, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = p.G;
+  cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3((unsigned)(s.N * p.G));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &cluster;
+  cfg.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
+}
+
+std::tuple<at::Tensor, at::Tensor> chunk_decode_cuda(const at::Tensor& context, const at::Tensor& first,
+                                                     const at::Tensor& uniforms, const at::Tensor& byte_emb,
+                                                     const at::Tensor& slot_emb, at::TensorList norm1,
+                                                     at::TensorList qkv, at::TensorList proj, at::TensorList norm2,
+                                                     at::TensorList fc, at::TensorList fc_proj,
+                                                     const at::Tensor& norm_f, const at::Tensor& head, int64_t heads,
+                                                     double eps, double temperature, int64_t top_k) {
+  const DecodeShape s = check_chunk_decode_args(context, first, uniforms, byte_emb, slot_emb, norm1, qkv, proj, norm2,
+                                                fc, fc_proj, norm_f, head, heads, temperature, top_k);
+  const int vec = qkv[0].scalar_type() == at::kFloat ? 4 : 8;
+  TORCH_CHECK(s.C % vec == 0 && s.F % vec == 0, "chunk_decode: on CUDA expected C and F divisible by ",
+              std::to_string(vec), " (16-byte weight rows), got C = ", std::to_string(s.C), ", F = ",
+              std::to_string(s.F));
+  c10::cuda::CUDAGuard guard(context.device());
+  // float32 copies of the small float tensors (no-ops when they already are), weights contiguous
+  std::vector<at::Tensor> f32 = {byte_emb, slot_emb, norm_f};
+  for (int64_t l = 0; l < s.layers; ++l) {
+    f32.push_back(norm1[l]);
+    f32.push_back(norm2[l]);
+  }
+  for (auto& t : f32) t = t.to(at::kFloat).contiguous();
+  std::vector<at::Tensor> lin = {head};
+  for (int64_t l = 0; l < s.layers; ++l) {
+    for (const auto* list : {&qkv, &proj, &fc, &fc_proj}) lin.push_back((*list)[l]);
+  }
+  for (auto& t : lin) {
+    t = t.contiguous();
+    if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) t = t.clone();  // a view at an odd offset
+  }
+  const at::Tensor ctx = context.contiguous(), first_c = first.contiguous(), uni = uniforms.contiguous();
+  at::Tensor logits = at::empty({s.N, s.K, kDecodeVocab}, context.options());
+  at::Tensor bytes = at::empty({s.N, s.K}, first.options());
+  if (s.N == 0) return {logits, bytes};
+  switch (qkv[0].scalar_type()) {
+    case at::kFloat:
+      launch<float, float>(s, ctx, first_c, uni, f32, lin, eps, temperature, top_k, logits, bytes);
+      break;
+    case at::kBFloat16:
+      launch<__nv_bfloat16, at::BFloat16>(s, ctx, first_c, uni, f32, lin, eps, temperature, top_k, logits, bytes);
+      break;
+    default:
+      launch<__half, at::Half>(s, ctx, first_c, uni, f32, lin, eps, temperature, top_k, logits, bytes);
+  }
+  return {logits, bytes};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fft_tensor, CUDA, m) { m.impl("chunk_decode", &chunk_decode_cuda); }
+
+}  // namespace fft_tensor

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -84,7 +84,7 @@ for stage in "$@"; do
     # The training CLI itself on the GPU: --compile and bf16, 60 steps as 30 + --resume 30.
     traincompile) rm -rf /tmp/traincompile
              for extra in "--stop-after-steps 30" "--resume"; do
-               "$PY" -m fft_lm.train_fixed_full --data ${TC_DATA:-.data/gcide.txt.gz} --preset small --compile --amp \
+               "$PY" -m fft_lm.train_fixed_full --data ${TC_DATA:-.data/gcide.txt.gz} --preset small --compile --amp ${TC_ARGS:-} \
                  --steps-per-epoch 60 --batch-size 16 --eval-every 30 --log-every-steps 10 --no-progress \
                  --ckpt-path /tmp/traincompile/ckpt.pt --metrics-path /tmp/traincompile/metrics.jsonl \
                  --plot-path /tmp/traincompile/plot.png $extra 2>&1 | tee -a "$OUT/traincompile.log" | tail -4
@@ -100,6 +100,9 @@ for stage in "$@"; do
                  | tee "$OUT/bench_lm_$1_$2.log" | grep -E "L=|error|Error" | head -8
                [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_$1_$2.md"
              done ;;
+    # the same grid with CUDA graphs per block for both families (torch.compile mode reduce-overhead)
+    lmgraphs) "$PY" benchmarks/bench_lm_throughput.py --compile-mode reduce-overhead 2>&1 | tee "$OUT/bench_lm_graphs.log" | tail -12
+             [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_graphs.md" ;;
     lmprofile) "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70 ;;
     genprofile) "$PY" benchmarks/profile_generation.py 2>&1 | tee "$OUT/profile_generation.log" | tail -60 ;;
     updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;

@@ -164,9 +164,14 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             keys, values = cache.append(self.layer, k, v, positions)
-            # query i sits at positions[i] and sees the keys up to there (the buffer past them is masked)
+            # query i sits at positions[i] and sees the keys up to there (the buffer past them is masked).
+            # Plain matmuls, not SDPA: SDPA's fused kernels take a masked single-query step as B*H blocks
+            # that each walk every key (1.6 ms per byte at 1K context, 5 ms at 8K for the 29M preset on an
+            # H200), while cuBLAS spreads the keys over the whole GPU. Fixed shape: a CUDA graph records it.
             mask = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)
+            scores = torch.matmul(q, keys.transpose(-2, -1)).float() * q.shape[-1] ** -0.5
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = torch.matmul(probs.to(values.dtype), values)  # generation only: no dropout
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.resid_dropout(self.proj(y))
 

@@ -84,6 +84,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 (autocast; the conv op keeps its FFTs in fp32)
     compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # torch.compile mode with --compile: default | reduce-overhead (CUDA graphs: less host time per step) | max-autotune-no-cudagraphs
     seed: int = 1337  # seeds the model init and the data stream
     progress: bool = True  # tqdm progress bar
 
@@ -141,6 +142,9 @@ def config_from_args(argv=None, config_cls=TrainConfig, **parser_kwargs):
     return config_cls(**vars(args))
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 def validate_config(cfg):
     checks = [("batch_size", cfg.batch_size >= 1), ("accum_steps", cfg.accum_steps >= 1),
               ("seq_len", cfg.seq_len >= 0), ("steps_per_epoch", cfg.steps_per_epoch >= 1),
@@ -151,6 +155,8 @@ def validate_config(cfg):
             raise ValueError(f"--{name.replace('_', '-')}: got {getattr(cfg, name)!r}, which is out of range")
     if cfg.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"--dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise ValueError(f"--compile-mode: expected one of {COMPILE_MODES}, got {cfg.compile_mode!r}")
     if cfg.resume and not cfg.ckpt_path:
         raise ValueError("--resume needs --ckpt-path pointing at the run to continue")
 
@@ -348,7 +354,7 @@ def _train(cfg, model, rank, world, device, master):
     del ckpt
 
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.compile_mode)
     if world > 1:
         ddp_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)

@@ -20,7 +20,7 @@ SEED_FLAGS = ["--seq-len", "--kernel-len", "--lr", "--batch-size", "--accum-step
               "--ckpt-path", "--log-every-steps", "--data", "--preset", "--family", "--device", "--dtype", "--amp",
               "--compile", "--seed", "--eval-every", "--eval-batches", "--resume", "--grad-checkpoint",
               "--warmup-steps", "--weight-decay", "--grad-clip", "--metrics-path", "--plot-path",
-              "--curriculum-start-bins", "--curriculum-frac", "--max-time-s"]
+              "--curriculum-start-bins", "--curriculum-frac", "--max-time-s", "--compile-mode"]
 
 
 @pytest.fixture
@@ -158,6 +158,8 @@ def test_bad_flags_are_named(corpus, tmp_path):
         train(tiny_cfg(corpus, tmp_path, batch_size=0), model=tiny_model())
     with pytest.raises(ValueError, match="--dtype"):
         train(tiny_cfg(corpus, tmp_path, dtype="float16"), model=tiny_model())
+    with pytest.raises(ValueError, match="--compile-mode"):
+        train(tiny_cfg(corpus, tmp_path, compile=True, compile_mode="fast"), model=tiny_model())
 
 
 def test_cli_user_errors_exit_2_naming_the_flag(corpus, tmp_path, capsys):

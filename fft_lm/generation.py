@@ -11,8 +11,10 @@ Modes
                   Exact: greedy output is byte-identical to "recompute".
 
 Models that emit several bytes per backbone step (ChunkLM, recognised by a `decode_logits` method
-and a `chunk` attribute) run the backbone once per chunk and then their small chunk decoder
-`chunk` times, one byte at a time; every other model emits one byte per step.
+and a `chunk` attribute) run the backbone once per chunk and then their small chunk decoder over the
+chunk, one byte at a time; every other model emits one byte per step. A ChunkLM decodes its whole
+chunk (every slot, decoder layer and byte pick) in one fft_tensor.chunk_decode call (FUSED_CHUNK_DECODE
+below; one kernel launch on CUDA instead of ~40 per byte); otherwise, `chunk` decoder calls.
 
 Conventions
   - The result holds only the new bytes (not the prompt).
@@ -43,8 +45,9 @@ CUDA graphs (cuda_graphs=None: on for CUDA models unless CUDA_GRAPHS below is Fa
   family with its byte pick (SpectralLM / ChunkLM backbone through the overlap-save cache, whose
   tails are updated in place, see fft_lm.model.SpectralCache; the GPT through its KV cache, which
   writes at and attends up to a position it reads from device memory over a buffer sized for the
-  whole stream, see fft_lm.gpt.KVCache), and the ChunkLM decoder's whole chunk (`chunk` decoder
-  calls, each pick feeding the next slot, also in recompute mode: the decoder is the same there).
+  whole stream, see fft_lm.gpt.KVCache), and the ChunkLM decoder's whole chunk (one chunk_decode
+  call, or `chunk` decoder calls, each pick feeding the next slot; also in recompute mode: the
+  decoder is the same there).
   The prefill and full recompute stay eager. Replays run the same kernels on the
   same values as eager stepping, so the output is the same bytes.
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -104,6 +104,7 @@ for stage in "$@"; do
     lmgraphs) "$PY" benchmarks/bench_lm_throughput.py --compile-mode reduce-overhead 2>&1 | tee "$OUT/bench_lm_graphs.log" | tail -12
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_graphs.md" ;;
     lmprofile) "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70 ;;
+    decodebench) "$PY" benchmarks/bench_chunk_decode.py 2>&1 | tee "$OUT/bench_chunk_decode.log" | tail -14 ;;
     genprofile) "$PY" benchmarks/profile_generation.py 2>&1 | tee "$OUT/profile_generation.log" | tail -60 ;;
     updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;
     gen)     "$PY" benchmarks/bench_generation.py ${GEN_ARGS:-} 2>&1 | tee "$OUT/bench_generation.log" | tail -20 ;;

@@ -103,7 +103,7 @@ class ChunkDecoder(nn.Module):
         """Shared memory per block that fft_tensor.chunk_decode's CUDA kernel needs for `slots` slots
         (its SmemLayout: residual, norm, attention, query, MLP, logits, keys and values, scores, scratch)."""
         C, F, H, n = self.norm_f.weight.shape[0], self.blocks[0].mlp.fc.weight.shape[0], self.blocks[0].heads, len(self.blocks)
-        floats = 4 * C + F + 256 + 2 * n * slots * C + H * slots + 32
+        floats = 4 * C + F + 256 + 2 * n * slots * (C + 1) + H * slots + 32
         return 4 * (floats + floats % 2) + (256 + 32) * 8 + 16
 
     def decode_chunk(self, h, first, uniforms, temperature=0.0, top_k=None):

@@ -74,8 +74,8 @@ struct SmemLayout {
     s.q = o; o += C;
     s.hid = o; o += F;
     s.logit = o; o += kDecodeVocab;
-    s.kc = o; o += layers * K * C;
-    s.vc = o; o += layers * K * C;
+    s.kc = o; o += layers * K * (C + 1);  // rows padded to C + 1: lane i reading key i is conflict-free
+    s.vc = o; o += layers * K * (C + 1);
     s.scores = o; o += H * K;
     s.red = o; o += 32;
     s.end_floats = (o + 1) & ~1;  // doubles after, 8-byte aligned
@@ -168,6 +168,7 @@ __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const flo
     float acc[kRowsInFlight];
 #pragma unroll
     for (int u = 0; u < kRowsInFlight; ++u) acc[u] = 0.f;
+#pragma unroll 4
     for (int c = lane * n; c < Cin; c += 32 * n) {
       Vec<w_t> w[kRowsInFlight];
 #pragma unroll
@@ -193,6 +194,19 @@ __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const flo
       if (r < r1) epilogue(r, s, lane);
     }
   }
+}
+
+// This block's rows of W (R, Cin) pulled into L1 while the block waits at the barrier before the
+// product that reads them (the weights never depend on the exchange; the vector does).
+template <typename w_t>
+__device__ __forceinline__ void prefetch_rows(const w_t* W, int Cin, int R, int rank, int G) {
+  const int per_block = (R + G - 1) / G;
+  const int r0 = rank * per_block, r1 = min(R, r0 + per_block);
+  if (r1 <= r0) return;
+  const char* base = reinterpret_cast<const char*>(W + (int64_t)r0 * Cin);
+  const int64_t bytes = (int64_t)(r1 - r0) * Cin * (int64_t)sizeof(w_t);
+  for (int64_t off = (int64_t)threadIdx.x * 128; off < bytes; off += (int64_t)kThreads * 128)
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(base + off));
 }
 
 // out = x / rms(x) * w over C values (every thread of the block; ends with a block barrier).
@@ -307,27 +321,30 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
 
   int64_t byte = p.first[n];
   CUDA_KERNEL_ASSERT(byte >= 0 && byte < kDecodeVocab);
+  prefetch_rows(p.qkv[0], C, 3 * C, rank, G);
   cluster_barrier(G);  // every block of the cluster is running before anyone writes into its memory
   for (int j = 0; j < K; ++j) {
     for (int i = tid; i < C; i += kThreads) x[i] = p.byte_emb[byte * C + i] + p.slot_emb[(int64_t)j * C + i] + ctx[i];
     __syncthreads();
     for (int l = 0; l < p.layers; ++l) {
-      float* kl = kc + l * K * C;
-      float* vl = vc + l * K * C;
+      const int CP = C + 1;  // padded row stride of the keys and values
+      float* kl = kc + l * K * CP;
+      float* vl = vc + l * K * CP;
       rms_norm(x, p.norm1[l], a, red, C, p.eps);
       matvec_rows(p.qkv[l], a, C, 3 * C, rank, G, [&](int r, float s, int ln) {
-        float* dst = r < C ? q + r : (r < 2 * C ? kl + j * C + (r - C) : vl + j * C + (r - 2 * C));
+        float* dst = r < C ? q + r : (r < 2 * C ? kl + j * CP + (r - C) : vl + j * CP + (r - 2 * C));
         broadcast(dst, s, ln, G);
       });
+      prefetch_rows(p.proj[l], C, C, rank, G);
       cluster_barrier(G);
-      // causal attention of slot j over slots 0..j, one warp per head (every block, redundantly)
+      // causal attention of slot j over slots 0..j, one warp per head (every block, redundantly);
+      // lane i scores key i
       for (int h = warp; h < H; h += kWarps) {
         float* sc = scores + h * K;
-        for (int i = 0; i <= j; ++i) {
+        for (int i = lane; i <= j; i += 32) {
           float dot = 0.f;
-          for (int d = lane; d < Dh; d += 32) dot = fmaf(q[h * Dh + d], kl[i * C + h * Dh + d], dot);
-          dot = warp_sum(dot);
-          if (lane == 0) sc[i] = dot * scale;
+          for (int d = 0; d < Dh; ++d) dot = fmaf(q[h * Dh + d], kl[i * CP + h * Dh + d], dot);
+          sc[i] = dot * scale;
         }
         __syncwarp();
         float m = -INFINITY;
@@ -339,7 +356,7 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
         __syncwarp();
         for (int d = lane; d < Dh; d += 32) {
           float acc = 0.f;
-          for (int i = 0; i <= j; ++i) acc = fmaf(sc[i], vl[i * C + h * Dh + d], acc);
+          for (int i = 0; i <= j; ++i) acc = fmaf(sc[i], vl[i * CP + h * Dh + d], acc);
           y[h * Dh + d] = acc / total;
         }
       }
@@ -350,17 +367,22 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
         broadcast(x + r, v, ln, G);
       };
       matvec_rows(p.proj[l], y, C, C, rank, G, add_to_x);
+      prefetch_rows(p.fc[l], C, F, rank, G);
       cluster_barrier(G);
       rms_norm(x, p.norm2[l], a, red, C, p.eps);
       matvec_rows(p.fc[l], a, C, F, rank, G, [&](int r, float s, int ln) {
         broadcast(hid + r, 0.5f * s * (1.f + erff(s * 0.70710678118654752f)), ln, G);  // exact GELU
       });
+      prefetch_rows(p.fc_proj[l], F, C, rank, G);
       cluster_barrier(G);
       matvec_rows(p.fc_proj[l], hid, F, C, rank, G, add_to_x);
+      if (l + 1 < p.layers) prefetch_rows(p.qkv[l + 1], C, 3 * C, rank, G);
+      else prefetch_rows(p.head, C, kDecodeVocab, rank, G);
       cluster_barrier(G);
     }
     rms_norm(x, p.norm_f, a, red, C, p.eps);
     matvec_rows(p.head, a, C, kDecodeVocab, rank, G, [&](int r, float s, int ln) { broadcast(logit + r, s, ln, G); });
+    prefetch_rows(p.qkv[0], C, 3 * C, rank, G);
     cluster_barrier(G);
     byte = pick_byte(logit, p.temperature == 0 ? 0.0 : p.uniforms[n * K + j], p.temperature, p.top_k, dbl, pick);
     if (rank == 0) {

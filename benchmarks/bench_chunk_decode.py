@@ -66,6 +66,7 @@ def setup(args):
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     runner = low_precision_copy(model, dtype) if dtype != torch.float32 else model
     stream = ByteStream(runner, b"x", model.chunk, temperature=0, cuda_graphs=False)
+    assert stream.fused_decode == generation.FUSED_CHUNK_DECODE
     h = torch.randn(1, model.backbone.config.d_model, device="cuda")
     first = torch.randint(0, 256, (1, 1), device="cuda")
     uniforms = torch.zeros(model.chunk, dtype=torch.float64, device="cuda")
@@ -95,8 +96,8 @@ def main():
         raise SystemExit("bench_chunk_decode.py: needs a CUDA GPU (it times CUDA graph replays)")
     if args.child:
         return child(args)
+    generation.FUSED_CHUNK_DECODE = False  # read when the stream is made
     model, chunk = setup(args)
-    generation.FUSED_CHUNK_DECODE = False
     calls_us = graph_time_us(chunk, args.replays)
     rows = []
     for g in [c for c in args.clusters.split(",") if c]:

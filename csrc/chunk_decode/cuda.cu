@@ -4,7 +4,7 @@
 // per row walks the slots, with every weight matrix split by rows over the cluster's G blocks.
 //
 // Per slot and layer: each block computes the RMSNorm of the residual stream itself (C values), its
-// rows of the matrix-vector product (one warp per row, 16-byte weight loads, 8 rows in flight), and
+// rows of the matrix-vector product (one warp per row, 16-byte weight loads, 4 rows in flight), and
 // writes each result into every block's shared memory (distributed shared memory, sm_90); a cluster
 // barrier then makes the whole vector visible everywhere. The slot's keys and values stay in shared
 // memory (the decoder attends within the chunk only), and every block computes the small causal
@@ -37,8 +37,7 @@ namespace {
 
 constexpr int kThreads = kDecodeVocab;  // thread i owns byte i in the pick
 constexpr int kWarps = kThreads / 32;
-constexpr int kRowsInFlight = 8;        // matrix rows a warp loads before reducing (memory-level parallelism:
-                                        // every product of the 29m decoder is one round trip per warp)
+constexpr int kRowsInFlight = 4;        // matrix rows a warp loads before reducing (memory-level parallelism)
 constexpr int kMaxCluster = 16;
 
 template <typename w_t>
@@ -134,7 +133,8 @@ template <typename w_t>
 struct Vec {
   static constexpr int n = 16 / sizeof(w_t);
   float v[n];
-  __device__ __forceinline__ void convert(const uint4 raw) {
+  __device__ __forceinline__ void load(const w_t* p) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
     if constexpr (std::is_same_v<w_t, float>) {
       v[0] = __uint_as_float(raw.x); v[1] = __uint_as_float(raw.y);
       v[2] = __uint_as_float(raw.z); v[3] = __uint_as_float(raw.w);
@@ -170,12 +170,11 @@ __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const flo
     for (int u = 0; u < kRowsInFlight; ++u) acc[u] = 0.f;
 #pragma unroll 4
     for (int c = lane * n; c < Cin; c += 32 * n) {
-      // every row's 16 bytes requested before any is used: the loads overlap
-      uint4 raw[kRowsInFlight];
+      Vec<w_t> w[kRowsInFlight];
 #pragma unroll
       for (int u = 0; u < kRowsInFlight; ++u) {
         const int r = rb + u * kWarps;
-        raw[u] = r < r1 ? __ldg(reinterpret_cast<const uint4*>(W + (int64_t)r * Cin + c)) : make_uint4(0, 0, 0, 0);
+        if (r < r1) w[u].load(W + (int64_t)r * Cin + c);
       }
       float xv[n];
 #pragma unroll
@@ -183,10 +182,8 @@ __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const flo
 #pragma unroll
       for (int u = 0; u < kRowsInFlight; ++u) {
         if (rb + u * kWarps < r1) {
-          Vec<w_t> w;
-          w.convert(raw[u]);
 #pragma unroll
-          for (int e = 0; e < n; ++e) acc[u] = fmaf(w.v[e], xv[e], acc[u]);
+          for (int e = 0; e < n; ++e) acc[u] = fmaf(w[u].v[e], xv[e], acc[u]);
         }
       }
     }

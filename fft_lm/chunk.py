@@ -109,7 +109,10 @@ class ChunkDecoder(nn.Module):
     def decode_chunk(self, h, first, uniforms, temperature=0.0, top_k=None):
         """The whole chunk in one fft_tensor.chunk_decode call: h [N, D] features, first [N] the byte before
         the chunk, uniforms [N, K] float64 (read when temperature > 0). Returns (logits [N, K, 256] float32,
-        bytes [N, K] int64); the same computation as K calls of forward() with each pick fed back."""
+        bytes [N, K] int64): K calls of forward() with each pick fed back, without dropout. Activations stay
+        in float32 throughout; under bf16/fp16 autocast the weights are read in that dtype but, unlike the
+        module under autocast, no activation is rounded to it, so the logits differ from the module's at
+        that rounding and a near-tie can pick another byte."""
         blocks = self.blocks
         # the kernel reads the linear weights in one dtype: under low-precision autocast the one autocast
         # would cast them to (the same values whether stored so or cast here), else their own
@@ -203,11 +206,17 @@ class ChunkLM(ByteLM):
         return out.view(*lead, J, 256)
 
     def can_decode_chunk(self, slots, device):
-        """Whether decode_chunk runs here: the fused kernel's per-chunk state fits a block's shared memory
-        on a CUDA device (always on the CPU)."""
+        """Whether decode_chunk runs here: at most 8 decoder layers, and on a CUDA device widths in whole
+        16-byte weight rows and a per-chunk state that fits a block's shared memory."""
+        dec = self.decoder
+        if not 1 <= len(dec.blocks) <= 8:  # the op takes up to 8 layers (kDecodeMaxLayers)
+            return False
         if torch.device(device).type != "cuda":
             return True
-        return self.decoder.fused_state_bytes(slots) <= torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+        C, F = dec.norm_f.weight.shape[0], dec.blocks[0].mlp.fc.weight.shape[0]
+        if C % 8 or F % 8:  # whole 16-byte rows of bf16/fp16 weights (the autocast dtype is not known yet)
+            return False
+        return dec.fused_state_bytes(slots) <= torch.cuda.get_device_properties(device).shared_memory_per_block_optin
 
     def decode_chunk(self, h, first, uniforms, temperature=0.0, top_k=None):
         """A whole chunk from features h [N, D] and the byte before it first [N]: each slot's byte picked

@@ -14,7 +14,10 @@ Models that emit several bytes per backbone step (ChunkLM, recognised by a `deco
 and a `chunk` attribute) run the backbone once per chunk and then their small chunk decoder over the
 chunk, one byte at a time; every other model emits one byte per step. A ChunkLM decodes its whole
 chunk (every slot, decoder layer and byte pick) in one fft_tensor.chunk_decode call (FUSED_CHUNK_DECODE
-below; one kernel launch on CUDA instead of ~40 per byte); otherwise, `chunk` decoder calls.
+below; one kernel launch on CUDA instead of ~40 per byte); otherwise, `chunk` decoder calls. The op
+keeps activations in float32 even under autocast (the module rounds them to bf16 there), so under
+autocast the two can pick different bytes at a near-tie; both modes use the same one, so overlap-save
+still equals recompute.
 
 Conventions
   - The result holds only the new bytes (not the prompt).
@@ -342,7 +345,8 @@ class ByteStream:
         """A ChunkLM's whole chunk from features h [1, D]: slot j reads the byte before the chunk (first,
         [1, 1]) and the bytes picked at slots < j. Returns (logits [chunk, 256], bytes [chunk])."""
         runner, K = self._runner(), self.model.chunk
-        if self.fused_decode:
+        # the op is inference only: training mode (dropout) or grad mode keeps the decoder module
+        if self.fused_decode and not runner.training and not torch.is_grad_enabled():
             logits, picked = runner.decode_chunk(h, first[:, 0], uniforms[None], self.temperature, self.top_k)
             return logits[0], picked[0]
         inputs = torch.cat([first, first.new_zeros(1, K)], dim=1)  # slot j+1 receives byte j

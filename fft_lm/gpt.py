@@ -169,6 +169,9 @@ class CausalSelfAttention(nn.Module):
             # that each walk every key (1.6 ms per byte at 1K context, 5 ms at 8K for the 29M preset on an
             # H200), while cuBLAS spreads the keys over the whole GPU. Fixed shape: a CUDA graph records it.
             mask = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]
+            # (Under bf16 autocast the scores come out of the matmul in bf16, rounded before the float32
+            # softmax, where SDPA's fused kernels keep them in float32: a float32 copy of the cache per
+            # step would cost more than the attention.)
             scores = torch.matmul(q, keys.transpose(-2, -1)).float() * q.shape[-1] ** -0.5
             probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
             y = torch.matmul(probs.to(values.dtype), values)  # generation only: no dropout

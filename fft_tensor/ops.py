@@ -265,6 +265,7 @@ def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv
     torch._check(context.dim() == 2, lambda: f"{op}: expected context of shape (N, C), got {list(context.shape)}")
     torch._check(context.dtype == torch.float32, lambda: f"{op}: expected context of dtype float32, got {context.dtype}")
     N, C = context.shape
+    torch._check(C >= 1, lambda: f"{op}: expected context with C >= 1 columns, got {list(context.shape)}")
     torch._check(first.dim() == 1 and first.shape[0] == N,
                  lambda: f"{op}: expected first of shape (N,) = ({N},), got {list(first.shape)}")
     torch._check(first.dtype == torch.int64, lambda: f"{op}: expected first of dtype int64 (bytes), got {first.dtype}")
@@ -276,6 +277,13 @@ def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv
                  lambda: f"{op}: expected byte_emb of shape (256, {C}), got {list(byte_emb.shape)}")
     torch._check(slot_emb.dim() == 2 and slot_emb.shape[0] >= K and slot_emb.shape[1] == C,
                  lambda: f"{op}: expected slot_emb of shape (>= K = {K}, {C}), got {list(slot_emb.shape)}")
+    for name, t in (("first", first), ("uniforms", uniforms), ("byte_emb", byte_emb), ("slot_emb", slot_emb),
+                    ("head", head)):
+        torch._check(t.device == context.device, lambda: f"{op}: expected every argument on context's device "
+                                                         f"({context.device}), got {t.device}")
+    torch._check(byte_emb.is_floating_point() and slot_emb.is_floating_point(),
+                 lambda: f"{op}: expected floating-point embeddings, got byte_emb {byte_emb.dtype} and slot_emb "
+                         f"{slot_emb.dtype}")
     layers = len(qkv)
     torch._check(1 <= layers <= 8, lambda: f"{op}: expected 1 to 8 decoder layers (qkv tensors), got {layers}")
     for lst in (norm1, proj, norm2, fc, fc_proj):
@@ -292,9 +300,12 @@ def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv
             torch._check(tuple(t.shape) == shape, lambda: f"{op}: expected {name}[{i}] of shape {shape}, got {list(t.shape)}")
             torch._check(t.dtype == wt, lambda: f"{op}: expected {name}[{i}] of dtype {wt} (every linear weight in one "
                                                 f"dtype, qkv[0]'s), got {t.dtype}")
-        for name, t in (("norm1", norm1[i]), ("norm2", norm2[i])):
+        for name, t in (("norm1", norm1[i]), ("norm2", norm2[i]), ("norm_f", norm_f)):
             torch._check(tuple(t.shape) == (C,), lambda: f"{op}: expected {name} of shape ({C},), got {list(t.shape)}")
-    torch._check(tuple(norm_f.shape) == (C,), lambda: f"{op}: expected norm_f of shape ({C},), got {list(norm_f.shape)}")
+            torch._check(t.is_floating_point(), lambda: f"{op}: expected {name} to be floating point, got {t.dtype}")
+        for name, t in (("qkv", qkv[i]), ("proj", proj[i]), ("fc", fc[i]), ("fc_proj", fc_proj[i]),
+                        ("norm1", norm1[i]), ("norm2", norm2[i]), ("norm_f", norm_f)):
+            torch._check(t.device == context.device, lambda: f"{op}: expected {name}[{i}] on {context.device}, got {t.device}")
     torch._check(tuple(head.shape) == (256, C), lambda: f"{op}: expected head of shape (256, {C}), got {list(head.shape)}")
     torch._check(temperature >= 0 and temperature != float("inf"),
                  lambda: f"{op}: expected a finite temperature >= 0, got {temperature}")

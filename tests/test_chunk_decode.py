@@ -80,6 +80,28 @@ def test_fused_decode_is_taken():
     from fft_lm.generation import ByteStream
     model = make(32, 2, 1, 8, "cpu")
     assert ByteStream(model, b"abc", 8).fused_decode
+    # more layers than the op takes: generation keeps the decoder module
+    deep = make(32, 2, 9, 8, "cpu", std=0.1)
+    assert not deep.can_decode_chunk(8, "cpu") and not ByteStream(deep, b"abc", 8).fused_decode
+    out = __import__("fft_lm").generate(deep, b"abc", 20, temperature=0)
+    assert len(out) == 20
+
+
+def test_fused_path_only_for_inference():
+    """In training mode (dropout) or with grad on, a stream steps the decoder module, not the op."""
+    import fft_lm.generation as generation
+    from fft_lm.generation import ByteStream
+    model = make(32, 2, 1, 8, "cpu")
+    calls = []
+    model.decode_chunk = lambda *a, **k: calls.append(1) or ChunkLM.decode_chunk(model, *a, **k)
+    stream = ByteStream(model, b"abc", 8, cuda_graphs=False)
+    with torch.enable_grad():
+        stream.step()
+    assert not calls
+    stream = ByteStream(model, b"abc", 8, cuda_graphs=False)
+    with torch.no_grad():
+        stream.step()
+    assert calls and generation.FUSED_CHUNK_DECODE
 
 
 def decode_args(model, device, h, first, uniforms, temperature=0.0, top_k=0, weight_dtype=None):
@@ -178,7 +200,17 @@ from test_chunk_decode import make, decode_args, random_inputs
 model = make(128, 4, 2, 16, "cuda")
 torch.manual_seed(1)
 args = decode_args(model, "cuda", *random_inputs(model, 2, 16, "cuda"), temperature=0.9)
-torch.save([t.cpu() for t in torch.ops.fft_tensor.chunk_decode.default(*args)], sys.argv[1])
+out = [t.cpu() for t in torch.ops.fft_tensor.chunk_decode.default(*args)]
+# the launch grid (blocks per row) from a profiler trace: the cluster size the kernel really ran with
+import json, tempfile
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    torch.ops.fft_tensor.chunk_decode.default(*args)
+    torch.cuda.synchronize()
+with tempfile.NamedTemporaryFile(suffix=".json") as f:
+    prof.export_chrome_trace(f.name)
+    grids = [e.get("args", {{}}).get("grid") for e in json.load(open(f.name))["traceEvents"]
+             if "chunk_decode_kernel" in e.get("name", "")]
+torch.save([out, grids], sys.argv[1])
 """
     outs = []
     for g in ("1", "16"):
@@ -186,7 +218,11 @@ torch.save([t.cpu() for t in torch.ops.fft_tensor.chunk_decode.default(*args)], 
         env = dict(__import__("os").environ, FFT_TENSOR_DECODE_CLUSTER=g)
         subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
         outs.append(torch.load(path))
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    (one, grid_one), (cluster, grid_cluster) = outs
+    assert grid_one == [[2, 1, 1]]  # 2 rows, one block each
+    if torch.cuda.get_device_capability()[0] >= 9:
+        assert grid_cluster == [[32, 1, 1]]  # 2 rows, a 16-block cluster each
+    assert torch.equal(one[0], cluster[0]) and torch.equal(one[1], cluster[1])
 
 
 def bad_cases():
@@ -204,6 +240,8 @@ def bad_cases():
         ("list lengths", lambda a: a[:5] + (a[5][:1],) + a[6:], "one tensor per layer"),
         ("qkv shape", lambda a: a[:6] + ([torch.zeros(95, 32)] * 2,) + a[7:], "qkv[0] of shape"),
         ("mixed dtypes", lambda a: a[:7] + ([t.bfloat16() for t in a[7]],) + a[8:], "proj[0] of dtype"),
+        ("byte_emb int", with_(3, torch.zeros(256, 32, dtype=torch.int64)), "floating-point embeddings"),
+        ("norm1 int", lambda a: a[:5] + ([torch.ones(32, dtype=torch.int64)] * 2,) + a[6:], "norm1 to be floating point"),
         ("heads", with_(13, 3), "heads >= 1 dividing C = 32"),
         ("temperature", with_(15, -1.0), "temperature >= 0"),
         ("top_k", with_(16, -2), "top_k >= 0"),
@@ -233,3 +271,17 @@ def test_cuda_device_mismatch():
     args = decode_args(model, "cuda", *random_inputs(model, 2, 8))
     with pytest.raises(RuntimeError, match="on context's device"):
         ops.chunk_decode.default(*((args[0].cpu(),) + args[1:]))
+
+
+def test_autocast_close_to_the_decoder_module():
+    """Under bf16 autocast the op reads bf16 weights but keeps float32 activations; the module also rounds
+    its activations to bf16, so the two agree to about bf16 rounding (not to the bit)."""
+    model = make(64, 2, 2, 16, "cpu", std=0.1)
+    h, first, uniforms = random_inputs(model, 2, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, picked = model.decode_chunk(h, first, uniforms)
+        module = model.decode_logits(h, torch.cat([first[:, None], picked[:, :-1]], dim=1)).float()
+    exact = reference_logits(model, h, first, picked)
+    err_op, err_module = ((x.double() - exact).abs().max().item() for x in (logits, module))
+    assert err_op <= 0.03 * exact.abs().max().item() and err_module <= 0.03 * exact.abs().max().item()
+    print(f"max error vs float64: op {err_op:.3g}, module under autocast {err_module:.3g}")

@@ -216,6 +216,19 @@ def test_emulated_graph_steps_equal_eager(family, mode):
         assert stream.cache.pos == stream.fed == len(prompt) + (96 if chunked else 99)
 
 
+@pytest.mark.parametrize("mode", ["overlap_save", "recompute"])
+def test_emulated_graph_steps_equal_eager_with_decoder_calls(mode, monkeypatch):
+    """The ChunkLM decoder as `chunk` module calls (FUSED_CHUNK_DECODE off) records and replays too."""
+    monkeypatch.setattr(generation, "FUSED_CHUNK_DECODE", False)
+    model = tiny_model("chunk")
+    prompt = random_prompt(70)
+    eager = run_stream(model, prompt, 100, graphs=False, mode=mode)
+    graphed = run_stream(model, prompt, 100, graphs="emulated", mode=mode)
+    assert not graphed[2].fused_decode
+    assert graphed[2].graph_replays == expected_replays("chunk", mode, 100)
+    assert_same_generation(eager, graphed, atol=1e-6)
+
+
 @pytest.mark.parametrize("family, mode", [("spectral", "overlap_save"), ("chunk", "recompute"),
                                           ("gpt", "overlap_save")])
 def test_emulated_graph_steps_sample_as_eager(family, mode):

@@ -71,3 +71,9 @@ def test_bench_generation_graphs_label():
     assert graphs_used(stream([("backbone", 12)], 5)) == "backbone"
     assert graphs_used(stream(["decoder"], 5)) == "decoder"
     assert graphs_used(stream([("backbone", None)], 0)) == "no"
+
+
+def test_bench_chunk_decode_needs_cuda():
+    # it times CUDA graph replays only: without a GPU it says so and exits non-zero (it ran on the device)
+    r = run_benchmark("bench_chunk_decode.py")
+    assert r.returncode != 0 and "needs a CUDA GPU" in r.stdout + r.stderr

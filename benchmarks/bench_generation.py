@@ -110,14 +110,16 @@ def main():
         torch.manual_seed(0)
         model = getattr(fft_lm, cls_name).from_preset(preset).to(device).eval()
         params = sum(q.numel() for q in model.parameters())
-        modes = [("overlap_save", "KV cache" if cls_name == "GPT" else "overlap-save"), ("recompute", "recompute")]
+        fused = not args.no_fused_decode  # a ChunkLM's decoder through fft_tensor.chunk_decode
+        modes = [("overlap_save", "KV cache" if cls_name == "GPT" else "overlap-save", fused),
+                 ("recompute", "recompute", fused)]
         if cls_name == "GPT" and args.skip_gpt_recompute:
             modes = modes[:1]
-        if cls_name == "ChunkLM" and not args.no_fused_decode:  # the decoder as chunk module calls, for comparison
-            modes.insert(1, ("overlap_save", "overlap-save, decoder calls"))
-        for mode, label in modes:
+        if cls_name == "ChunkLM" and fused:  # the decoder as chunk module calls, for comparison
+            modes.insert(1, ("overlap_save", "overlap-save, decoder calls", False))
+        for mode, label, fused_decode in modes:
             results = {}
-            fft_lm.generation.FUSED_CHUNK_DECODE = not args.no_fused_decode and "decoder calls" not in label
+            fft_lm.generation.FUSED_CHUNK_DECODE = fused_decode
             for ctx in contexts:
                 try:
                     results[ctx] = measure(model, ctx, mode, device, autocast, args.new_bytes, args.budget_s,

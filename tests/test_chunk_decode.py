@@ -3,6 +3,7 @@
 Against the decoder module run in float64 (teacher-forced on the bytes the op picked: the same
 computation as the op's slot-by-slot loop), picks against fft_lm.generation.sample_bytes on the op's
 own logits, odd sizes, opcheck, torch.compile, CUDA graph replay, bf16 weights and every bad input."""
+import os
 import re
 
 import pytest
@@ -193,35 +194,32 @@ def test_cuda_one_block_per_row_equals_cluster(tmp_path):
     cluster kernel: every row's dot product is computed the same way wherever it runs."""
     import subprocess
     import sys
+    tests = os.path.dirname(os.path.abspath(__file__))
+    bench = os.path.join(os.path.dirname(tests), "benchmarks")
     script = f"""
 import sys, torch
-sys.path.insert(0, {str(__import__("os").path.dirname(__file__))!r})
+sys.path.insert(0, {tests!r})
+sys.path.insert(0, {bench!r})
 from test_chunk_decode import make, decode_args, random_inputs
+from bench_chunk_decode import kernel_grid
 model = make(128, 4, 2, 16, "cuda")
 torch.manual_seed(1)
 args = decode_args(model, "cuda", *random_inputs(model, 2, 16, "cuda"), temperature=0.9)
 out = [t.cpu() for t in torch.ops.fft_tensor.chunk_decode.default(*args)]
 # the launch grid (blocks per row) from a profiler trace: the cluster size the kernel really ran with
-import json, tempfile
-with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-    torch.ops.fft_tensor.chunk_decode.default(*args)
-    torch.cuda.synchronize()
-with tempfile.NamedTemporaryFile(suffix=".json") as f:
-    prof.export_chrome_trace(f.name)
-    grids = [e.get("args", {{}}).get("grid") for e in json.load(open(f.name))["traceEvents"]
-             if "chunk_decode_kernel" in e.get("name", "")]
-torch.save([out, grids], sys.argv[1])
+grid = kernel_grid(lambda: torch.ops.fft_tensor.chunk_decode.default(*args))
+torch.save([out, grid], sys.argv[1])
 """
     outs = []
     for g in ("1", "16"):
         path = tmp_path / f"g{g}.pt"
-        env = dict(__import__("os").environ, FFT_TENSOR_DECODE_CLUSTER=g)
+        env = dict(os.environ, FFT_TENSOR_DECODE_CLUSTER=g)
         subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
         outs.append(torch.load(path))
     (one, grid_one), (cluster, grid_cluster) = outs
-    assert grid_one == [[2, 1, 1]]  # 2 rows, one block each
+    assert grid_one == [2, 1, 1]  # 2 rows, one block each
     if torch.cuda.get_device_capability()[0] >= 9:
-        assert grid_cluster == [[32, 1, 1]]  # 2 rows, a 16-block cluster each
+        assert grid_cluster == [32, 1, 1]  # 2 rows, a 16-block cluster each
     assert torch.equal(one[0], cluster[0]) and torch.equal(one[1], cluster[1])
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -104,6 +104,18 @@ for stage in "$@"; do
     lmgraphs) "$PY" benchmarks/bench_lm_throughput.py --compile-mode reduce-overhead 2>&1 | tee "$OUT/bench_lm_graphs.log" | tail -12
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_graphs.md" ;;
     lmprofile) "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70 ;;
+    # Nsight Compute on one chunk_decode launch (29m decoder, bf16, cluster 16): the details page and
+    # per-line stall samples (CUDA source and SASS, gzipped CSV).
+    decodencu) FFT_TENSOR_DECODE_CLUSTER=${DECODE_CLUSTER:-16} timeout 300 ncu --kernel-name regex:chunk_decode_kernel \
+               --launch-skip 2 --launch-count 1 --set full --import-source yes -f -o /tmp/decode_ncu \
+               "$PY" benchmarks/bench_chunk_decode.py --child --replays 3 > "$OUT/decode_ncu_run.log" 2>&1
+             ncu -i /tmp/decode_ncu.ncu-rep --page details > "$OUT/decode_ncu.txt" 2>&1
+             ncu -i /tmp/decode_ncu.ncu-rep --page raw 2>&1 | grep -E "average_warps_issue_stalled_.*per_issue_active|gpu__time_duration.sum|launch__cluster|sm__warps_active" \
+               | awk '$NF+0 > 0.01 || /duration|cluster/' > "$OUT/decode_ncu_stalls.txt"
+             for src in cuda sass; do
+               ncu -i /tmp/decode_ncu.ncu-rep --page source --csv --print-source $src 2>&1 | gzip > "$OUT/decode_ncu_$src.csv.gz"
+             done
+             grep -E "Duration|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Stall|L1/TEX Hit|L2 Hit|Executed Ipc" "$OUT/decode_ncu.txt" | head -40; cat "$OUT/decode_ncu_stalls.txt" ;;
     decodebench) "$PY" benchmarks/bench_chunk_decode.py 2>&1 | tee "$OUT/bench_chunk_decode.log" | tail -14 ;;
     genprofile) "$PY" benchmarks/profile_generation.py 2>&1 | tee "$OUT/profile_generation.log" | tail -60 ;;
     updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;

@@ -5,6 +5,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "chunk_decode/common.h"
+
 extern "C" {
 // Importing fft_tensor._C runs the static registrations below; the module itself is empty
 // (no pybind11: the ops are reached through torch.ops.fft_tensor.*).
@@ -39,4 +41,8 @@ TORCH_LIBRARY(fft_tensor, m) {
   m.def("chunk_decode(Tensor context, Tensor first, Tensor uniforms, Tensor byte_emb, Tensor slot_emb, "
         "Tensor[] norm1, Tensor[] qkv, Tensor[] proj, Tensor[] norm2, Tensor[] fc, Tensor[] fc_proj, "
         "Tensor norm_f, Tensor head, int heads, float eps, float temperature, int top_k) -> (Tensor, Tensor)");
+  // Shared memory per block chunk_decode's CUDA kernel needs for a decoder of width C, MLP width F and
+  // `layers` blocks decoding `slots` slots (callers compare it with the device's opt-in limit).
+  m.def("chunk_decode_smem_bytes(int C, int F, int heads, int slots, int layers) -> int",
+        &fft_tensor::chunk_decode_smem_bytes);
 }

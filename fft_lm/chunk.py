@@ -100,11 +100,9 @@ class ChunkDecoder(nn.Module):
         return self.head(self.norm_f(x))  # [N, J, 256]
 
     def fused_state_bytes(self, slots):
-        """Shared memory per block that fft_tensor.chunk_decode's CUDA kernel needs for `slots` slots
-        (its SmemLayout: residual, norm, attention, query, MLP, logits, keys and values, scores, scratch)."""
-        C, F, H, n = self.norm_f.weight.shape[0], self.blocks[0].mlp.fc.weight.shape[0], self.blocks[0].heads, len(self.blocks)
-        floats = 4 * C + F + 256 + 2 * n * slots * (C + 1) + H * slots + 32
-        return 4 * (floats + floats % 2) + (256 + 32) * 8 + 16
+        """Shared memory per block that fft_tensor.chunk_decode's CUDA kernel needs for `slots` slots."""
+        C, F = self.norm_f.weight.shape[0], self.blocks[0].mlp.fc.weight.shape[0]
+        return fft_tensor.chunk_decode_smem_bytes(C, F, self.blocks[0].heads, slots, len(self.blocks))
 
     def decode_chunk(self, h, first, uniforms, temperature=0.0, top_k=None):
         """The whole chunk in one fft_tensor.chunk_decode call: h [N, D] features, first [N] the byte before

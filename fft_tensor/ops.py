@@ -8,7 +8,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft_size", "chunk_decode"]
+__all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft_size", "chunk_decode",
+           "chunk_decode_smem_bytes"]
 
 _ops = torch.ops.fft_tensor
 
@@ -257,6 +258,13 @@ def chunk_decode(context: Tensor, first: Tensor, uniforms: Tensor, byte_emb: Ten
     return _ops.chunk_decode.default(context, first, uniforms, byte_emb, slot_emb, list(norm1), list(qkv),
                                      list(proj), list(norm2), list(fc), list(fc_proj), norm_f, head, heads, eps,
                                      temperature, 0 if top_k is None else top_k)
+
+
+def chunk_decode_smem_bytes(C: int, F: int, heads: int, slots: int, layers: int) -> int:
+    """Shared memory per thread block that chunk_decode's CUDA kernel needs for a decoder of width C,
+    MLP width F, ``heads`` heads and ``layers`` blocks decoding ``slots`` slots (the kernel's own
+    layout; compare with ``torch.cuda.get_device_properties(d).shared_memory_per_block_optin``)."""
+    return _ops.chunk_decode_smem_bytes.default(C, F, heads, slots, layers)
 
 
 def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv, proj, norm2, fc, fc_proj,

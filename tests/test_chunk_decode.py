@@ -88,6 +88,22 @@ def test_fused_decode_is_taken():
     assert len(out) == 20
 
 
+@pytest.mark.parametrize("C,F,H,K,layers", [(256, 1024, 4, 16, 2), (64, 256, 2, 16, 2), (33, 7, 3, 5, 1)])
+def test_smem_bytes(C, F, H, K, layers):
+    """The kernel's shared-memory need, counted here independently: float32 residual, norm, attention
+    output and query (C each), MLP hidden (F), 256 logits, keys and values (rows padded to C + 1),
+    scores (H per slot), 32 reduction slots, padded to 8 bytes; then 256 + 32 float64, the pick and
+    two 8-byte mbarriers."""
+    floats = 4 * C + F + 256 + 2 * layers * K * (C + 1) + H * K + 32
+    expect = 4 * (floats + floats % 2) + 8 * (256 + 32) + 8 + 16
+    assert fft_tensor.chunk_decode_smem_bytes(C, F, H, K, layers) == expect
+    model = make(C, H, layers, K, "cpu") if (C, H) == (64, 2) else None
+    if model is not None:
+        assert model.decoder.fused_state_bytes(K) == expect
+    with pytest.raises(RuntimeError, match="expected positive sizes"):
+        fft_tensor.chunk_decode_smem_bytes(C, F, H, 0, layers)
+
+
 def test_fused_path_only_for_inference():
     """In training mode (dropout) or with grad on, a stream steps the decoder module, not the op."""
     import fft_lm.generation as generation

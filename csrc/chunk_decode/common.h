@@ -2,6 +2,7 @@
 // mirrors the checks in the fake kernel).
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
 
 #include <string>
 #include <vector>
@@ -12,6 +13,41 @@ namespace fft_tensor {
 
 constexpr int kDecodeVocab = 256;     // bytes
 constexpr int kDecodeMaxLayers = 8;   // decoder blocks one launch takes (kernel arguments hold the pointers)
+
+// The CUDA kernel's shared memory per block (floats, then doubles): the launcher allocates bytes(),
+// and fft_lm asks chunk_decode_smem_bytes whether a decoder fits before it picks the op.
+struct SmemLayout {
+  int x, a, y, q, hid, logit, kc, vc, scores, red, end_floats;
+  C10_HOST_DEVICE static SmemLayout of(int C, int F, int H, int K, int layers) {
+    SmemLayout s;
+    int o = 0;
+    s.x = o; o += C;
+    s.a = o; o += C;
+    s.y = o; o += C;
+    s.q = o; o += C;
+    s.hid = o; o += F;
+    s.logit = o; o += kDecodeVocab;
+    s.kc = o; o += layers * K * (C + 1);  // rows padded to C + 1: lane i reading key i is conflict-free
+    s.vc = o; o += layers * K * (C + 1);
+    s.scores = o; o += H * K;
+    s.red = o; o += 32;
+    s.end_floats = (o + 1) & ~1;  // doubles after, 8-byte aligned
+    return s;
+  }
+  // then kDecodeVocab + 32 doubles of scratch, the pick (8 bytes) and the 2 exchange mbarriers
+  C10_HOST_DEVICE size_t bytes() const { return (size_t)end_floats * 4 + (kDecodeVocab + 32 + 1 + 2) * 8; }
+};
+
+inline int64_t chunk_decode_smem_bytes(int64_t C, int64_t F, int64_t heads, int64_t slots, int64_t layers) {
+  TORCH_CHECK(C >= 1 && F >= 1 && heads >= 1 && slots >= 1 && layers >= 1,
+              "chunk_decode_smem_bytes: expected positive sizes, got C = ", std::to_string(C), ", F = ",
+              std::to_string(F), ", heads = ", std::to_string(heads), ", slots = ", std::to_string(slots),
+              ", layers = ", std::to_string(layers));
+  const int64_t floats = 4 * C + F + kDecodeVocab + 2 * layers * slots * (C + 1) + heads * slots + 32;
+  TORCH_CHECK(floats < (int64_t(1) << 28), "chunk_decode_smem_bytes: sizes too large (",
+              std::to_string(floats), " floats of state)");
+  return (int64_t)SmemLayout::of((int)C, (int)F, (int)heads, (int)slots, (int)layers).bytes();
+}
 
 // The decoder's sizes, read from the weights: C model width, F MLP width, H heads, K slots decoded.
 struct DecodeShape {

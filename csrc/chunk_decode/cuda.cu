@@ -40,9 +40,13 @@ namespace cg = cooperative_groups;
 namespace fft_tensor {
 namespace {
 
-constexpr int kThreads = kDecodeVocab;  // thread i owns byte i in the pick
+// 16 warps: at cluster 16 every warp's rows of each matrix are one pass of kRowsInFlight (8 warps
+// took two passes for the 768 qkv and 1024 fc rows, and had half the warps to hide latency with).
+constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kRowsInFlight = 4;        // matrix rows a warp loads before reducing (memory-level parallelism)
+constexpr int kPickWarps = kDecodeVocab / 32;  // thread i < 256 owns byte i in the pick
+constexpr int kRowsInFlight = 4;               // matrix rows a warp loads before reducing (memory-level parallelism)
+static_assert(kThreads >= kDecodeVocab && kWarps <= 32, "the pick and the reductions assume these");
 constexpr int kMaxCluster = 16;
 
 template <typename w_t>
@@ -139,21 +143,22 @@ struct Exchange {
 #endif
   }
 
-  // v into element p of every block's shared memory (lanes 0..G-1 of a warp, one block each)
-  __device__ __forceinline__ void send(float* p, float v, int lane) {
+  // v into element p of every block's shared memory, by the `group` lanes that hold v (sub: this
+  // lane's index among them): lane sub sends to blocks sub, sub + group, ...
+  __device__ __forceinline__ void send(float* p, float v, int sub, int group) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (G > 1) {
-      if (lane < G) {
+      for (int g = sub; g < G; g += group) {
         unsigned dst, bar;
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(dst) : "r"(smem_u32(p)), "r"(lane));
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(bar) : "r"(smem_u32(bars + (e & 1))), "r"(lane));
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(dst) : "r"(smem_u32(p)), "r"(g));
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(bar) : "r"(smem_u32(bars + (e & 1))), "r"(g));
         asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(dst),
                      "r"(__float_as_uint(v)), "r"(bar) : "memory");
       }
       return;
     }
 #endif
-    if (lane == 0) *p = v;
+    if (sub == 0) *p = v;
   }
 
   // every thread: this exchange's values have all arrived (ends with a block barrier)
@@ -200,8 +205,22 @@ struct Vec {
   }
 };
 
-// This block's rows of W (R, Cin) times the shared vector v (Cin): epilogue(r, dot, lane) for each
-// row r, called by every lane of the row's warp with the full sum.
+// The 4 partial sums of a lane (rows u = 0..3) reduced over the warp in 6 shuffles instead of 20:
+// halve the rows while halving the lanes (offsets 16, 8), then sum within groups of 8 lanes. Lanes
+// 8u .. 8u + 7 end with row u's total.
+__device__ __forceinline__ float warp_sum4(const float (&a)[4], int lane) {
+  const bool upper = lane & 16;  // keeps rows 2, 3; the partner lane (lane ^ 16) keeps rows 0, 1
+  const float b0 = (upper ? a[2] : a[0]) + __shfl_xor_sync(0xffffffffu, upper ? a[0] : a[2], 16);
+  const float b1 = (upper ? a[3] : a[1]) + __shfl_xor_sync(0xffffffffu, upper ? a[1] : a[3], 16);
+  const bool odd = lane & 8;     // keeps row 2*upper + 1
+  float c = (odd ? b1 : b0) + __shfl_xor_sync(0xffffffffu, odd ? b0 : b1, 8);
+#pragma unroll
+  for (int off = 4; off > 0; off >>= 1) c += __shfl_xor_sync(0xffffffffu, c, off);
+  return c;
+}
+
+// This block's rows of W (R, Cin) times the shared vector v (Cin): epilogue(r, dot, sub, 8) for each
+// row r, called by the 8 lanes holding its full sum (sub = lane % 8).
 template <typename w_t, typename Epilogue>
 __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const float* v, int Cin, int R, int rank,
                                             int G, Epilogue epilogue) {
@@ -232,12 +251,10 @@ __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const flo
         }
       }
     }
-#pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) {
-      const float s = warp_sum(acc[u]);
-      const int r = rb + u * kWarps;
-      if (r < r1) epilogue(r, s, lane);
-    }
+    static_assert(kRowsInFlight == 4, "warp_sum4 reduces 4 rows");
+    const float s = warp_sum4(acc, lane);
+    const int r = rb + (lane >> 3) * kWarps;
+    if (r < r1) epilogue(r, s, lane & 7, 8);
   }
 }
 
@@ -272,13 +289,15 @@ __device__ __forceinline__ void rms_norm(const float* x, const float* __restrict
 }
 
 // The byte drawn from logit[0..255] (every thread of the block gets it): fft_lm.generation.sample_bytes's
-// rule, see chunk_decode's doc. dbl: 256 + 32 doubles of scratch, pick: one int.
+// rule, see chunk_decode's doc. Threads i < 256 hold byte i (whole warps); the others only meet the
+// barriers. dbl: 256 + 32 doubles of scratch, pick: one int.
 __device__ int pick_byte(const float* logit, double u, double temperature, int top_k, double* dbl, int* pick) {
   const int i = threadIdx.x, warp = i / 32, lane = i % 32;
+  const bool mine = i < kDecodeVocab;
   double* red = dbl + kDecodeVocab;
   if (temperature == 0) {
     // argmax, first index on ties, NaN as the largest (torch.argmax)
-    float v = logit[i];
+    float v = mine ? logit[i] : 0.f;
     int idx = i;
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -287,14 +306,14 @@ __device__ int pick_byte(const float* logit, double u, double temperature, int t
       const bool better = (isnan(ov) && !isnan(v)) || (isnan(ov) == isnan(v) && (ov > v || ((ov == v || isnan(v)) && oi < idx)));
       if (better) { v = ov; idx = oi; }
     }
-    if (lane == 0) { red[warp] = v; reinterpret_cast<int*>(red + kWarps)[warp] = idx; }
+    if (lane == 0 && mine) { red[warp] = v; reinterpret_cast<int*>(red + kPickWarps)[warp] = idx; }
     __syncthreads();
     if (i == 0) {
       float bv = (float)red[0];
-      int bi = reinterpret_cast<int*>(red + kWarps)[0];
-      for (int w = 1; w < kWarps; ++w) {
+      int bi = reinterpret_cast<int*>(red + kPickWarps)[0];
+      for (int w = 1; w < kPickWarps; ++w) {
         const float ov = (float)red[w];
-        const int oi = reinterpret_cast<int*>(red + kWarps)[w];
+        const int oi = reinterpret_cast<int*>(red + kPickWarps)[w];
         // warps hold ascending index ranges: a later warp wins only if strictly better
         if ((isnan(ov) && !isnan(bv)) || (!isnan(bv) && ov > bv)) { bv = ov; bi = oi; }
       }
@@ -303,32 +322,34 @@ __device__ int pick_byte(const float* logit, double u, double temperature, int t
     __syncthreads();
     return *pick;
   }
-  double s = (double)logit[i] / temperature;
+  double s = mine ? (double)logit[i] / temperature : -INFINITY;
   if (top_k > 0 && top_k < kDecodeVocab) {
-    dbl[i] = s;
+    if (mine) dbl[i] = s;
     __syncthreads();
-    int greater = 0;  // s is among the top_k iff fewer than top_k scores exceed it
-    for (int j = 0; j < kDecodeVocab; ++j) greater += dbl[j] > s;
-    if (greater >= top_k) s = -INFINITY;
+    if (mine) {
+      int greater = 0;  // s is among the top_k iff fewer than top_k scores exceed it
+      for (int j = 0; j < kDecodeVocab; ++j) greater += dbl[j] > s;
+      if (greater >= top_k) s = -INFINITY;
+    }
     __syncthreads();
   }
   // softmax in float64: max, exp, sum
   double m = s;
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, off));
-  if (lane == 0) red[warp] = m;
+  if (lane == 0 && mine) red[warp] = m;
   __syncthreads();
   m = red[0];
-  for (int w = 1; w < kWarps; ++w) m = fmax(m, red[w]);
+  for (int w = 1; w < kPickWarps; ++w) m = fmax(m, red[w]);
   __syncthreads();
-  const double e = exp(s - m);
+  const double e = mine ? exp(s - m) : 0.0;
   double total = e;
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
-  if (lane == 0) red[warp] = total;
+  if (lane == 0 && mine) red[warp] = total;
   __syncthreads();
   total = 0;
-  for (int w = 0; w < kWarps; ++w) total += red[w];
+  for (int w = 0; w < kPickWarps; ++w) total += red[w];
   __syncthreads();
   // inclusive prefix sum of the probabilities (the CDF)
   double c = e / total;
@@ -337,14 +358,16 @@ __device__ int pick_byte(const float* logit, double u, double temperature, int t
     const double o = __shfl_up_sync(0xffffffffu, c, off);
     if (lane >= off) c += o;
   }
-  if (lane == 31) red[warp] = c;
+  if (lane == 31 && mine) red[warp] = c;
   if (i == 0) *pick = kDecodeVocab - 1;
   __syncthreads();
-  for (int w = 0; w < warp; ++w) c += red[w];
-  dbl[i] = c;
+  if (mine) {
+    for (int w = 0; w < warp; ++w) c += red[w];
+    dbl[i] = c;
+  }
   __syncthreads();
   // the first byte whose cumulative mass exceeds u * total mass
-  if (c > u * dbl[kDecodeVocab - 1]) atomicMin(pick, i);
+  if (mine && c > u * dbl[kDecodeVocab - 1]) atomicMin(pick, i);
   __syncthreads();
   return *pick;
 }
@@ -380,9 +403,9 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       float* vl = vc + l * K * CP;
       rms_norm(x, p.norm1[l], a, red, C, p.eps);
       ex.begin(3 * C);
-      matvec_rows(p.qkv[l], a, C, 3 * C, rank, G, [&](int r, float s, int ln) {
+      matvec_rows(p.qkv[l], a, C, 3 * C, rank, G, [&](int r, float s, int sub, int group) {
         float* dst = r < C ? q + r : (r < 2 * C ? kl + j * CP + (r - C) : vl + j * CP + (r - 2 * C));
-        ex.send(dst, s, ln);
+        ex.send(dst, s, sub, group);
       });
       prefetch_rows(p.proj[l], C, C, rank, G);
       ex.wait();
@@ -410,10 +433,10 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
         }
       }
       __syncthreads();
-      auto add_to_x = [&](int r, float s, int ln) {
+      auto add_to_x = [&](int r, float s, int sub, int group) {
         const float v = x[r] + s;
-        __syncwarp();  // every lane has read x[r] before the owner's copy is rewritten
-        ex.send(x + r, v, ln);
+        __syncwarp(0xffu << (lane & 24));  // the row's 8 lanes have read x[r] before the owner's copy is rewritten
+        ex.send(x + r, v, sub, group);
       };
       ex.begin(C);
       matvec_rows(p.proj[l], y, C, C, rank, G, add_to_x);
@@ -421,8 +444,8 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       ex.wait();
       rms_norm(x, p.norm2[l], a, red, C, p.eps);
       ex.begin(F);
-      matvec_rows(p.fc[l], a, C, F, rank, G, [&](int r, float s, int ln) {
-        ex.send(hid + r, 0.5f * s * (1.f + erff(s * 0.70710678118654752f)), ln);  // exact GELU
+      matvec_rows(p.fc[l], a, C, F, rank, G, [&](int r, float s, int sub, int group) {
+        ex.send(hid + r, 0.5f * s * (1.f + erff(s * 0.70710678118654752f)), sub, group);  // exact GELU
       });
       prefetch_rows(p.fc_proj[l], F, C, rank, G);
       ex.wait();
@@ -434,11 +457,12 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
     }
     rms_norm(x, p.norm_f, a, red, C, p.eps);
     ex.begin(kDecodeVocab);
-    matvec_rows(p.head, a, C, kDecodeVocab, rank, G, [&](int r, float s, int ln) { ex.send(logit + r, s, ln); });
+    matvec_rows(p.head, a, C, kDecodeVocab, rank, G,
+                [&](int r, float s, int sub, int group) { ex.send(logit + r, s, sub, group); });
     prefetch_rows(p.qkv[0], C, 3 * C, rank, G);
     ex.wait();
     byte = pick_byte(logit, p.temperature == 0 ? 0.0 : p.uniforms[n * K + j], p.temperature, p.top_k, dbl, pick);
-    if (rank == 0) {
+    if (rank == 0 && tid < kDecodeVocab) {
       p.logits[(n * K + j) * kDecodeVocab + tid] = logit[tid];
       if (tid == 0) p.bytes[n * K + j] = byte;
     }

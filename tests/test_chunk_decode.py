@@ -91,10 +91,10 @@ def test_fused_decode_is_taken():
 @pytest.mark.parametrize("C,F,H,K,layers", [(256, 1024, 4, 16, 2), (64, 256, 2, 16, 2), (33, 7, 3, 5, 1)])
 def test_smem_bytes(C, F, H, K, layers):
     """The kernel's shared-memory need, counted here independently: float32 residual, norm, attention
-    output and query (C each), MLP hidden (F), 256 logits, keys and values (rows padded to C + 1),
+    output and query (C each), MLP hidden (F), the MLP output's 16 column-group partials (16 C), 256 logits, keys and values (rows padded to C + 1),
     scores (H per slot), 32 reduction slots, padded to 8 bytes; then 256 + 32 float64, the pick and
     two 8-byte mbarriers."""
-    floats = 4 * C + F + 256 + 2 * layers * K * (C + 1) + H * K + 32
+    floats = 4 * C + F + 16 * C + 256 + 2 * layers * K * (C + 1) + H * K + 32
     expect = 4 * (floats + floats % 2) + 8 * (256 + 32) + 8 + 16
     assert fft_tensor.chunk_decode_smem_bytes(C, F, H, K, layers) == expect
     model = make(C, H, layers, K, "cpu") if (C, H) == (64, 2) else None
@@ -206,8 +206,9 @@ def test_cuda_graph_replay():
 
 @requires_cuda
 def test_cuda_one_block_per_row_equals_cluster(tmp_path):
-    """FFT_TENSOR_DECODE_CLUSTER=1 (the pre-Hopper path, one block per row) gives the same bits as the
-    cluster kernel: every row's dot product is computed the same way wherever it runs."""
+    """FFT_TENSOR_DECODE_CLUSTER=1 (the pre-Hopper path, one block per row) gives the same bits as
+    clusters of 2, 4 and 16 blocks: every row's dot product, and the MLP's column-group partial sums
+    and their order, are the same wherever they run."""
     import subprocess
     import sys
     tests = os.path.dirname(os.path.abspath(__file__))
@@ -226,17 +227,19 @@ out = [t.cpu() for t in torch.ops.fft_tensor.chunk_decode.default(*args)]
 grid = kernel_grid(lambda: torch.ops.fft_tensor.chunk_decode.default(*args))
 torch.save([out, grid], sys.argv[1])
 """
-    outs = []
-    for g in ("1", "16"):
+    outs = {}
+    for g in (1, 2, 4, 16):  # each block owns 16 / g of the MLP's column groups
         path = tmp_path / f"g{g}.pt"
-        env = dict(os.environ, FFT_TENSOR_DECODE_CLUSTER=g)
+        env = dict(os.environ, FFT_TENSOR_DECODE_CLUSTER=str(g))
         subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
-        outs.append(torch.load(path))
-    (one, grid_one), (cluster, grid_cluster) = outs
+        outs[g] = torch.load(path)
+    one, grid_one = outs[1]
     assert grid_one == [2, 1, 1]  # 2 rows, one block each
-    if torch.cuda.get_device_capability()[0] >= 9:
-        assert grid_cluster == [32, 1, 1]  # 2 rows, a 16-block cluster each
-    assert torch.equal(one[0], cluster[0]) and torch.equal(one[1], cluster[1])
+    for g in (2, 4, 16):
+        cluster, grid_cluster = outs[g]
+        if torch.cuda.get_device_capability()[0] >= 9:
+            assert grid_cluster == [2 * g, 1, 1]  # 2 rows, a g-block cluster each
+        assert torch.equal(one[0], cluster[0]) and torch.equal(one[1], cluster[1]), g
 
 
 def bad_cases():

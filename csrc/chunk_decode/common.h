@@ -13,11 +13,14 @@ namespace fft_tensor {
 
 constexpr int kDecodeVocab = 256;     // bytes
 constexpr int kDecodeMaxLayers = 8;   // decoder blocks one launch takes (kernel arguments hold the pointers)
+// The CUDA kernel sums the MLP's second product over this many column groups of the hidden vector, in a
+// fixed order, whatever the cluster size (1 to 16 blocks, each owning 16 / G groups): same bits.
+constexpr int kDecodeColumnGroups = 16;
 
 // The CUDA kernel's shared memory per block (floats, then doubles): the launcher allocates bytes(),
 // and fft_lm asks chunk_decode_smem_bytes whether a decoder fits before it picks the op.
 struct SmemLayout {
-  int x, a, y, q, hid, logit, kc, vc, scores, red, end_floats;
+  int x, a, y, q, hid, part, logit, kc, vc, scores, red, end_floats;
   C10_HOST_DEVICE static SmemLayout of(int C, int F, int H, int K, int layers) {
     SmemLayout s;
     int o = 0;
@@ -26,6 +29,7 @@ struct SmemLayout {
     s.y = o; o += C;
     s.q = o; o += C;
     s.hid = o; o += F;
+    s.part = o; o += kDecodeColumnGroups * C;  // the MLP output's column-group partial sums
     s.logit = o; o += kDecodeVocab;
     s.kc = o; o += layers * K * (C + 1);  // rows padded to C + 1: lane i reading key i is conflict-free
     s.vc = o; o += layers * K * (C + 1);
@@ -43,7 +47,7 @@ inline int64_t chunk_decode_smem_bytes(int64_t C, int64_t F, int64_t heads, int6
               "chunk_decode_smem_bytes: expected positive sizes, got C = ", std::to_string(C), ", F = ",
               std::to_string(F), ", heads = ", std::to_string(heads), ", slots = ", std::to_string(slots),
               ", layers = ", std::to_string(layers));
-  const int64_t floats = 4 * C + F + kDecodeVocab + 2 * layers * slots * (C + 1) + heads * slots + 32;
+  const int64_t floats = (4 + kDecodeColumnGroups) * C + F + kDecodeVocab + 2 * layers * slots * (C + 1) + heads * slots + 32;
   TORCH_CHECK(floats < (int64_t(1) << 28), "chunk_decode_smem_bytes: sizes too large (",
               std::to_string(floats), " floats of state)");
   return (int64_t)SmemLayout::of((int)C, (int)F, (int)heads, (int)slots, (int)layers).bytes();

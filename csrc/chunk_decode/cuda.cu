@@ -7,9 +7,10 @@
 // rows of the matrix-vector product (one warp per row, 16-byte weight loads, 4 rows in flight), and
 // sends each result into every block's shared memory (distributed shared memory, sm_90). The slot's
 // keys and values stay in shared memory (the decoder attends within the chunk only), and every block
-// computes the small causal attention and the byte pick redundantly, so no other exchange is needed:
-// 4 exchanges per layer + 1 per slot. The weights (a few MB) stay in L2 across slots and chunks, and
-// each block pulls its next slice into L1 while it waits.
+// computes the small causal attention and the byte pick redundantly, so no other exchange is needed.
+// The MLP is split by hidden units instead (each block's share of the second product is summed over
+// the cluster in one exchange): 3 exchanges per layer + 1 per slot. The weights (a few MB) stay in L2
+// across slots and chunks, and each block pulls its next slice into L1 while it waits.
 //
 // An exchange is asynchronous stores into the peers' shared memory (st.async) that count their bytes
 // on the receiver's mbarrier; a block waits only for the bytes it expects. A cluster barrier here
@@ -222,12 +223,10 @@ __device__ __forceinline__ float warp_sum4(const float (&a)[4], int lane) {
 // This block's rows of W (R, Cin) times the shared vector v (Cin): epilogue(r, dot, sub, 8) for each
 // row r, called by the 8 lanes holding its full sum (sub = lane % 8).
 template <typename w_t, typename Epilogue>
-__device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const float* v, int Cin, int R, int rank,
-                                            int G, Epilogue epilogue) {
+__device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const float* v, int Cin, int r0, int r1,
+                                            Epilogue epilogue) {
   constexpr int n = Vec<w_t>::n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int per_block = (R + G - 1) / G;
-  const int r0 = rank * per_block, r1 = min(R, r0 + per_block);
   for (int rb = r0 + warp; rb < r1; rb += kWarps * kRowsInFlight) {
     float acc[kRowsInFlight];
 #pragma unroll
@@ -258,12 +257,76 @@ __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const flo
   }
 }
 
-// This block's rows of W (R, Cin) pulled into L1 while the block waits at the barrier before the
+// Rows [r0, r1) of R split evenly over the G blocks: this block's.
+__device__ __forceinline__ int2 block_rows(int R, int rank, int G) {
+  const int per_block = (R + G - 1) / G;
+  return make_int2(min(R, rank * per_block), min(R, (rank + 1) * per_block));
+}
+
+// Columns per group of the MLP's hidden vector (kDecodeColumnGroups groups): F / 16 rounded up to
+// whole 16-byte vectors, so every group starts aligned.
+template <typename w_t>
+__device__ __forceinline__ int group_cols(int F) {
+  constexpr int n = Vec<w_t>::n;
+  return ((F + kDecodeColumnGroups - 1) / kDecodeColumnGroups + n - 1) / n * n;
+}
+
+// Rows 0..R-1 of W (R, Cin) over columns [c0, c1) times v[c0..c1): epilogue(r, dot, sub) for each
+// row, by the 8 lanes that hold it (sub = lane % 8). A warp takes 16 rows: 4 groups of 8 lanes, 4
+// rows in flight each; every row's sum has the same shape whatever the warp or block.
+template <typename w_t, typename Epilogue>
+__device__ __forceinline__ void matvec_cols(const w_t* __restrict__ W, const float* v, int Cin, int R, int c0, int c1,
+                                            Epilogue epilogue) {
+  constexpr int n = Vec<w_t>::n;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 3, sub = lane & 7;
+  for (int base = warp * 16; base < R; base += kWarps * 16) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int c = c0 + sub * n; c < c1; c += 8 * n) {
+      Vec<w_t> w[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int r = base + u * 4 + grp;
+        if (r < R) w[u].load(W + (int64_t)r * Cin + c);
+      }
+      float xv[n];
+#pragma unroll
+      for (int e = 0; e < n; ++e) xv[e] = v[c + e];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (base + u * 4 + grp < R) {
+#pragma unroll
+          for (int e = 0; e < n; ++e) acc[u] = fmaf(w[u].v[e], xv[e], acc[u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+#pragma unroll
+      for (int off = 4; off > 0; off >>= 1) acc[u] += __shfl_xor_sync(0xffffffffu, acc[u], off);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int r = base + u * 4 + grp;
+      if (r < R) epilogue(r, acc[u], sub);
+    }
+  }
+}
+
+// Columns [c0, c1) of every row of W (R, Cin) pulled into L1 (128-byte lines).
+template <typename w_t>
+__device__ __forceinline__ void prefetch_cols(const w_t* W, int Cin, int R, int c0, int c1) {
+  if (c1 <= c0) return;
+  constexpr int per_line = 128 / sizeof(w_t);
+  const int lines = (c1 - c0 + per_line - 1) / per_line;
+  for (int i = threadIdx.x; i < R * lines; i += kThreads)
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(W + (int64_t)(i / lines) * Cin + c0 + (i % lines) * per_line));
+}
+
+// Rows [r0, r1) of W (R, Cin) pulled into L1 while the block waits for an exchange before the
 // product that reads them (the weights never depend on the exchange; the vector does).
 template <typename w_t>
-__device__ __forceinline__ void prefetch_rows(const w_t* W, int Cin, int R, int rank, int G) {
-  const int per_block = (R + G - 1) / G;
-  const int r0 = rank * per_block, r1 = min(R, r0 + per_block);
+__device__ __forceinline__ void prefetch_rows(const w_t* W, int Cin, int2 rows) {
+  const int r0 = rows.x, r1 = rows.y;
   if (r1 <= r0) return;
   const char* base = reinterpret_cast<const char*>(W + (int64_t)r0 * Cin);
   const int64_t bytes = (int64_t)(r1 - r0) * Cin * (int64_t)sizeof(w_t);
@@ -380,7 +443,7 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   const int64_t n = blockIdx.x / G;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const SmemLayout L = SmemLayout::of(C, F, H, K, p.layers);
-  float *x = smem + L.x, *a = smem + L.a, *y = smem + L.y, *q = smem + L.q, *hid = smem + L.hid,
+  float *x = smem + L.x, *a = smem + L.a, *y = smem + L.y, *q = smem + L.q, *hid = smem + L.hid, *part = smem + L.part,
         *logit = smem + L.logit, *kc = smem + L.kc, *vc = smem + L.vc, *scores = smem + L.scores, *red = smem + L.red;
   double* dbl = reinterpret_cast<double*>(smem + L.end_floats);
   int* pick = reinterpret_cast<int*>(dbl + kDecodeVocab + 32);
@@ -392,7 +455,12 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
 
   int64_t byte = p.first[n];
   CUDA_KERNEL_ASSERT(byte >= 0 && byte < kDecodeVocab);
-  prefetch_rows(p.qkv[0], C, 3 * C, rank, G);
+  // this block's rows of each row-split matrix; of the MLP, its column groups of the hidden vector
+  const int2 qkv_rows = block_rows(3 * C, rank, G), c_rows = block_rows(C, rank, G),
+             head_rows = block_rows(kDecodeVocab, rank, G);
+  const int groups = kDecodeColumnGroups / G, pf = group_cols<w_t>(F);
+  const int2 hid_rows = make_int2(min(F, rank * groups * pf), min(F, (rank + 1) * groups * pf));
+  prefetch_rows(p.qkv[0], C, qkv_rows);
   ex.init();  // also: every block of the cluster is running before anyone writes into its memory
   for (int j = 0; j < K; ++j) {
     for (int i = tid; i < C; i += kThreads) x[i] = p.byte_emb[byte * C + i] + p.slot_emb[(int64_t)j * C + i] + ctx[i];
@@ -403,11 +471,11 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       float* vl = vc + l * K * CP;
       rms_norm(x, p.norm1[l], a, red, C, p.eps);
       ex.begin(3 * C);
-      matvec_rows(p.qkv[l], a, C, 3 * C, rank, G, [&](int r, float s, int sub, int group) {
+      matvec_rows(p.qkv[l], a, C, qkv_rows.x, qkv_rows.y, [&](int r, float s, int sub, int group) {
         float* dst = r < C ? q + r : (r < 2 * C ? kl + j * CP + (r - C) : vl + j * CP + (r - 2 * C));
         ex.send(dst, s, sub, group);
       });
-      prefetch_rows(p.proj[l], C, C, rank, G);
+      prefetch_rows(p.proj[l], C, c_rows);
       ex.wait();
       // causal attention of slot j over slots 0..j, one warp per head (every block, redundantly);
       // lane i scores key i
@@ -439,27 +507,39 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
         ex.send(x + r, v, sub, group);
       };
       ex.begin(C);
-      matvec_rows(p.proj[l], y, C, C, rank, G, add_to_x);
-      prefetch_rows(p.fc[l], C, F, rank, G);
+      matvec_rows(p.proj[l], y, C, c_rows.x, c_rows.y, add_to_x);
+      prefetch_rows(p.fc[l], C, hid_rows);
+      prefetch_cols(p.fc_proj[l], F, C, hid_rows.x, hid_rows.y);
       ex.wait();
+      // MLP in one exchange: this block's hidden units (its column groups) stay local, and their share
+      // of the second product goes out as one partial sum per group and output row; every block then
+      // adds the 16 partials in group order (an exchange of the hidden vector and then of the output
+      // rows cost one more round trip per layer)
       rms_norm(x, p.norm2[l], a, red, C, p.eps);
-      ex.begin(F);
-      matvec_rows(p.fc[l], a, C, F, rank, G, [&](int r, float s, int sub, int group) {
-        ex.send(hid + r, 0.5f * s * (1.f + erff(s * 0.70710678118654752f)), sub, group);  // exact GELU
+      matvec_rows(p.fc[l], a, C, hid_rows.x, hid_rows.y, [&](int r, float s, int sub, int group) {
+        if (sub == 0) hid[r] = 0.5f * s * (1.f + erff(s * 0.70710678118654752f));  // exact GELU
       });
-      prefetch_rows(p.fc_proj[l], F, C, rank, G);
+      __syncthreads();
+      ex.begin(kDecodeColumnGroups * C);
+      for (int g = rank * groups; g < (rank + 1) * groups; ++g) {
+        matvec_cols(p.fc_proj[l], hid, F, C, min(F, g * pf), min(F, (g + 1) * pf),
+                    [&](int r, float s, int sub) { ex.send(part + g * C + r, s, sub, 8); });
+      }
+      if (l + 1 < p.layers) prefetch_rows(p.qkv[l + 1], C, qkv_rows);
+      else prefetch_rows(p.head, C, head_rows);
       ex.wait();
-      ex.begin(C);
-      matvec_rows(p.fc_proj[l], hid, F, C, rank, G, add_to_x);
-      if (l + 1 < p.layers) prefetch_rows(p.qkv[l + 1], C, 3 * C, rank, G);
-      else prefetch_rows(p.head, C, kDecodeVocab, rank, G);
-      ex.wait();
+      for (int i = tid; i < C; i += kThreads) {
+        float sum = part[i];
+        for (int g = 1; g < kDecodeColumnGroups; ++g) sum += part[g * C + i];
+        x[i] += sum;
+      }
+      __syncthreads();
     }
     rms_norm(x, p.norm_f, a, red, C, p.eps);
     ex.begin(kDecodeVocab);
-    matvec_rows(p.head, a, C, kDecodeVocab, rank, G,
+    matvec_rows(p.head, a, C, head_rows.x, head_rows.y,
                 [&](int r, float s, int sub, int group) { ex.send(logit + r, s, sub, group); });
-    prefetch_rows(p.qkv[0], C, 3 * C, rank, G);
+    prefetch_rows(p.qkv[0], C, qkv_rows);
     ex.wait();
     byte = pick_byte(logit, p.temperature == 0 ? 0.0 : p.uniforms[n * K + j], p.temperature, p.top_k, dbl, pick);
     if (rank == 0 && tid < kDecodeVocab) {

@@ -20,21 +20,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fft_lm  # noqa: E402
+from common import record_cuda_graph  # noqa: E402
 import fft_lm.generation as generation  # noqa: E402
 from fft_lm.generation import ByteStream, low_precision_copy  # noqa: E402
 
 
 def graph_time_us(fn, replays):
-    """GPU microseconds per call of fn, recorded once into a CUDA graph and replayed."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    """GPU microseconds per call of fn, recorded once into a CUDA graph and replayed back to back."""
+    graph = record_cuda_graph(fn)
     for _ in range(5):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -63,6 +63,21 @@ def time_ms(fn, arg_sets=((),), warmup_ms=50.0, budget_ms=400.0, min_reps=5, max
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+def record_cuda_graph(fn, warmup=3):
+    """fn recorded into a CUDA graph, after `warmup` calls on a side stream (allocator and library
+    warm-up outside the capture, as torch.cuda.graphs recommends)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def peak_extra_bytes(fn, *args):
     """Peak bytes allocated during fn(*args) beyond what was allocated before the call (so the
     outputs and every workspace count; the inputs, already allocated, do not). None without a GPU."""

@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import fft_tensor
-from fft_tensor import ops
+import fft_tensor  # noqa: E402
+from common import record_cuda_graph  # noqa: E402
+from fft_tensor import ops  # noqa: E402
 
 SHAPES = [(1024, 1024), (1024, 128), (4096, 4096), (16384, 16384), (65536, 65536)]
 
@@ -82,16 +83,7 @@ def _wall_ms(fn, reps=50):
 
 
 def _graph_ms(fn, reps=50):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return _event_ms(g.replay, reps)
+    return _event_ms(record_cuda_graph(fn).replay, reps)
 
 
 def _kernel_ms(fn, reps=10):

@@ -219,13 +219,16 @@ sys.path.insert(0, {tests!r})
 sys.path.insert(0, {bench!r})
 from test_chunk_decode import make, decode_args, random_inputs
 from bench_chunk_decode import kernel_grid
-model = make(128, 4, 2, 16, "cuda")
-torch.manual_seed(1)
-args = decode_args(model, "cuda", *random_inputs(model, 2, 16, "cuda"), temperature=0.9)
-out = [t.cpu() for t in torch.ops.fft_tensor.chunk_decode.default(*args)]
-# the launch grid (blocks per row) from a profiler trace: the cluster size the kernel really ran with
-grid = kernel_grid(lambda: torch.ops.fft_tensor.chunk_decode.default(*args))
-torch.save([out, grid], sys.argv[1])
+results = []
+for width in (128, 40):  # 40: no cluster of 16 splits 3C = 120 rows over 16 blocks, so the op takes 8
+    model = make(width, 4, 2, 16, "cuda")
+    torch.manual_seed(1)
+    args = decode_args(model, "cuda", *random_inputs(model, 2, 16, "cuda"), temperature=0.9)
+    out = [t.cpu() for t in torch.ops.fft_tensor.chunk_decode.default(*args)]
+    # the launch grid (blocks per row) from a profiler trace: the cluster size the kernel really ran with
+    grid = kernel_grid(lambda: torch.ops.fft_tensor.chunk_decode.default(*args))
+    results.append([out, grid])
+torch.save(results, sys.argv[1])
 """
     outs = {}
     for g in (1, 2, 4, 16):  # each block owns 16 / g of the MLP's column groups
@@ -233,13 +236,15 @@ torch.save([out, grid], sys.argv[1])
         env = dict(os.environ, FFT_TENSOR_DECODE_CLUSTER=str(g))
         subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
         outs[g] = torch.load(path)
-    one, grid_one = outs[1]
-    assert grid_one == [2, 1, 1]  # 2 rows, one block each
-    for g in (2, 4, 16):
-        cluster, grid_cluster = outs[g]
-        if torch.cuda.get_device_capability()[0] >= 9:
-            assert grid_cluster == [2 * g, 1, 1]  # 2 rows, a g-block cluster each
-        assert torch.equal(one[0], cluster[0]) and torch.equal(one[1], cluster[1]), g
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    for i, width in enumerate((128, 40)):
+        one, grid_one = outs[1][i]
+        assert grid_one == [2, 1, 1]  # 2 rows, one block each
+        for g in (2, 4, 16):
+            cluster, grid_cluster = outs[g][i]
+            if hopper:  # 2 rows, a cluster each: g blocks, at most the largest power of two dividing C
+                assert grid_cluster == [2 * min(g, 8 if width == 40 else 16), 1, 1], (width, g, grid_cluster)
+            assert torch.equal(one[0], cluster[0]) and torch.equal(one[1], cluster[1]), (width, g)
 
 
 def bad_cases():

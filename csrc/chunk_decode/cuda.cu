@@ -110,7 +110,11 @@ __device__ __forceinline__ int cluster_rank(int G) {
 // Why a barrier is never reused early: a peer sends exchange e + 2 only after receiving this block's
 // part of e + 1, which this block sends only after its wait for e (and e - 1, so the barrier's last
 // phase is complete before it is armed again); likewise every buffer is rewritten only by sends that
-// follow a peer's wait on data this block sends after it has last read that buffer.
+// follow a peer's wait on data this block sends after it has last read that buffer. Both need every
+// block to send in every exchange: the launcher picks a cluster size dividing C, so each block owns
+// rows of every row-split product, and every block sends its MLP column groups.
+// The wait is an acquire at CTA scope on the block's own barrier (as for TMA multicast writes from
+// other CTAs); a cluster-scope acquire would add an L1 invalidation after every wait.
 // G == 1 (no cluster): plain shared-memory stores and a block barrier.
 struct Exchange {
   uint64_t* bars;  // 2 mbarriers in shared memory
@@ -651,6 +655,10 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
               std::to_string(max_smem), "; decode with fewer slots or layers");
   if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   p.G = cluster_size<w_t>(smem);
+  // every block must own rows of every row-split product (3C, C and 256 rows): the exchange protocol
+  // relies on each block sending in each exchange (a block with nothing to send could fall two
+  // exchanges behind a peer that writes into its buffers). G dividing C guarantees it.
+  while (p.G > 1 && p.C % p.G != 0) p.G /= 2;
   const auto stream = at::cuda::getCurrentCUDAStream();
   TORCH_CHECK(s.N * p.G < (int64_t(1) << 31), "chunk_decode: too many rows (", std::to_string(s.N), ")");
   if (p.G == 1) {

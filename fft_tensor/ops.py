@@ -251,9 +251,12 @@ def chunk_decode(context: Tensor, first: Tensor, uniforms: Tensor, byte_emb: Ten
     linear weights in one dtype (float32, bfloat16 or float16). Accumulation in float32.
     Returns (logits (N, K, 256) float32, bytes (N, K) int64). Inference only (no autograd).
 
-    CUDA: one launch per call, a thread-block cluster per row (up to 16 blocks on sm_90, the
-    weight matrices split over them by rows; one block per row before Hopper). The chunk's keys
-    and values live in shared memory: C, F, K and the layer count must fit it (an error says when not).
+    CUDA: one launch per call, a thread-block cluster per row (up to 16 blocks on sm_90, at most
+    the largest power of two dividing C; one block per row before Hopper). The attention and head
+    matrices are split over the blocks by rows, the MLP by hidden units; the results are exchanged
+    through distributed shared memory. The chunk's keys and values live in shared memory: C, F, K
+    and the layer count must fit it (``chunk_decode_smem_bytes``; an error says when not). The
+    result is the same bits whatever the cluster size.
     """
     return _ops.chunk_decode.default(context, first, uniforms, byte_emb, slot_emb, list(norm1), list(qkv),
                                      list(proj), list(norm2), list(fc), list(fc_proj), norm_f, head, heads, eps,

@@ -2,7 +2,7 @@
 
 A smoke test of the whole pipeline, not a good language model:
   CPU: preset "tiny" (~1M params), 256-byte context, about 2 minutes of training;
-  GPU: preset "small" (~5M params), 512-byte context, bf16, about 3 minutes.
+  GPU: preset "small" (~6M params), 512-byte context, bf16, about 3 minutes.
 Training goes through fft_lm.train (same loop, curriculum, checkpoints as train_fixed_full); the
 model is then loaded back with fft_lm.load_checkpoint and sampled with fft_lm.generate.
 Outputs under --out (default ./runs/quickstart/): ckpt.pt, metrics.jsonl, curves.png.

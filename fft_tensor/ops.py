@@ -107,7 +107,8 @@ def causal_conv_plan(L: int, Lk: int) -> tuple:
 def causal_conv_fft_size(L: int, Lk: int) -> int:
     """The FFT length ``causal_conv`` uses for rows of length L and Lk taps.
 
-    Short kernels on long rows use overlap-save blocks of ``max(1024, next_pow2(4*Lk))`` points; otherwise
+    Short kernels on long rows use overlap-save blocks of ``max(1024, next_pow2(4*Lk))`` points (capped at
+    16384 when ``2*Lk <= 16384``); otherwise
     one FFT of ``next_pow2(L + Lk - 1)`` covers the row. A spectral parameterisation that wants
     its frequency bins to be the op's own bins should use this size.
     """
@@ -255,7 +256,8 @@ def chunk_decode(context: Tensor, first: Tensor, uniforms: Tensor, byte_emb: Ten
     the largest power of two dividing C; one block per row before Hopper). The attention and head
     matrices are split over the blocks by rows, the MLP by hidden units; the results are exchanged
     through distributed shared memory. The chunk's keys and values live in shared memory: C, F, K
-    and the layer count must fit it (``chunk_decode_smem_bytes``; an error says when not). The
+    and the layer count must fit it (``chunk_decode_smem_bytes``; an error says when not), and C and F
+    must be whole 16-byte weight rows (divisible by 4 for float32 weights, 8 for bf16/fp16). The
     result is the same bits whatever the cluster size.
     """
     return _ops.chunk_decode.default(context, first, uniforms, byte_emb, slot_emb, list(norm1), list(qkv),

@@ -1,7 +1,7 @@
 // chunk_decode on CUDA: a ChunkLM's whole chunk (every slot, every decoder layer, the byte picks) in
 // one launch. At batch 1 the eager decoder is ~40 small kernels per slot (680 per 16-byte chunk),
 // each a few microseconds of launch and latency for almost no work; here one thread-block cluster
-// per row walks the slots, with every weight matrix split by rows over the cluster's G blocks.
+// per row walks the slots, with the weights split over the cluster's G blocks (a power of two).
 //
 // Per slot and layer: each block computes the RMSNorm of the residual stream itself (C values), its
 // rows of the matrix-vector product (one warp per row, 16-byte weight loads, 4 rows in flight), and
@@ -49,6 +49,8 @@ constexpr int kPickWarps = kDecodeVocab / 32;  // thread i < 256 owns byte i in 
 constexpr int kRowsInFlight = 4;               // matrix rows a warp loads before reducing (memory-level parallelism)
 static_assert(kThreads >= kDecodeVocab && kWarps <= 32, "the pick and the reductions assume these");
 constexpr int kMaxCluster = 16;
+static_assert(kDecodeColumnGroups % kMaxCluster == 0,
+              "every cluster size (a power of two up to 16) divides the MLP column groups");
 
 template <typename w_t>
 struct DecodeArgs {
@@ -580,11 +582,16 @@ bool cluster_fits(int G, size_t smem) {
   return clusters > 0;
 }
 
+// FFT_TENSOR_DECODE_CLUSTER rounded down to a power of two: each block owns 16 / G of the MLP's
+// column groups, so G must divide 16 (a cluster of 12 would leave 4 groups unsent).
 int max_cluster_env() {
   static const int value = [] {
     const char* env = std::getenv("FFT_TENSOR_DECODE_CLUSTER");
     const int v = env ? std::atoi(env) : kMaxCluster;
-    return v >= 1 && v <= kMaxCluster ? v : kMaxCluster;
+    if (v < 1 || v > kMaxCluster) return kMaxCluster;
+    int g = 1;
+    while (2 * g <= v) g *= 2;
+    return g;
   }();
   return value;
 }

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fft_lm  # noqa: E402
-from common import record_cuda_graph  # noqa: E402
+from common import record_cuda_graph, write_out  # noqa: E402
 import fft_lm.generation as generation  # noqa: E402
 from fft_lm.generation import ByteStream, low_precision_copy  # noqa: E402
 
@@ -118,9 +118,7 @@ def main():
             lines.append(f"| fused chunk_decode | {g} | {grid} | {us:.1f} | {calls_us / us:.2f}x |")
     table = "\n".join(lines)
     print(table)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "bench_chunk_decode.md"), "w") as f:
-            f.write(table + "\n")
+    write_out("bench_chunk_decode", table + "\n")
 
 
 if __name__ == "__main__":

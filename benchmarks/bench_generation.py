@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fft_lm  # noqa: E402
+from common import write_out  # noqa: E402
 from fft_lm.generation import ByteStream  # noqa: E402
 
 # (row name, family class name, preset) per --preset: matched parameter counts
@@ -170,9 +171,7 @@ def main():
     table = "\n".join(lines)
     print()
     print(table)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "bench_generation.md"), "w") as f:
-            f.write(table + "\n")
+    write_out("bench_generation", table + "\n")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from common import write_out  # noqa: E402
 from fft_lm.gpt import GPT  # noqa: E402
 from fft_lm.model import SpectralLM  # noqa: E402
 
@@ -187,11 +188,7 @@ def main():
     table = "\n".join(lines)
     print()
     print(table)
-    out = os.environ.get("OUT")
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "bench_lm_throughput.md"), "w") as f:
-            f.write(table + "\n")
+    write_out("bench_lm_throughput", table + "\n")
 
 
 if __name__ == "__main__":

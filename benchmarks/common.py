@@ -144,6 +144,15 @@ def command_line():
     return " ".join(switches + [shlex.quote(a) for a in ["python"] + sys.argv])
 
 
+def write_out(name, text):
+    """text as $OUT/<name>.md when $OUT is set (the folder the device tool brings back)."""
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+            f.write(text)
+
+
 def append_results(title, command, table, name=None, notes=""):
     """Append a section to benchmarks/RESULTS.md (and write $OUT/<name>.md when $OUT is set)."""
     name = name or os.path.splitext(os.path.basename(sys.argv[0]))[0]
@@ -154,9 +163,5 @@ def append_results(title, command, table, name=None, notes=""):
         section += f"\n{notes}\n"
     with open(RESULTS, "a") as f:
         f.write(section)
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-            f.write(section.lstrip())
+    write_out(name, section.lstrip())
     return section

@@ -18,12 +18,15 @@ constexpr int kDecodeMaxLayers = 8;   // decoder blocks one launch takes (kernel
 constexpr int kDecodeColumnGroups = 16;
 
 // The CUDA kernel's shared memory per block (floats, then doubles): the launcher allocates bytes(),
-// and fft_lm asks chunk_decode_smem_bytes whether a decoder fits before it picks the op.
-struct SmemLayout {
-  int x, a, y, q, hid, part, logit, kc, vc, scores, red, end_floats;
-  C10_HOST_DEVICE static SmemLayout of(int C, int F, int H, int K, int layers) {
-    SmemLayout s;
-    int o = 0;
+// and fft_lm asks chunk_decode_smem_bytes whether a decoder fits before it picks the op. Offsets are
+// int in the kernel; the host computes the same layout in int64 first (chunk_decode_smem_bytes), so
+// sizes whose offsets would overflow int are refused there.
+template <typename index_t>
+struct SmemLayoutT {
+  index_t x, a, y, q, hid, part, logit, kc, vc, scores, red, end_floats;
+  C10_HOST_DEVICE static SmemLayoutT of(index_t C, index_t F, index_t H, index_t K, index_t layers) {
+    SmemLayoutT s;
+    index_t o = 0;
     s.x = o; o += C;
     s.a = o; o += C;
     s.y = o; o += C;
@@ -41,16 +44,17 @@ struct SmemLayout {
   // then kDecodeVocab + 32 doubles of scratch, the pick (8 bytes) and the 2 exchange mbarriers
   C10_HOST_DEVICE size_t bytes() const { return (size_t)end_floats * 4 + (kDecodeVocab + 32 + 1 + 2) * 8; }
 };
+using SmemLayout = SmemLayoutT<int>;
 
 inline int64_t chunk_decode_smem_bytes(int64_t C, int64_t F, int64_t heads, int64_t slots, int64_t layers) {
   TORCH_CHECK(C >= 1 && F >= 1 && heads >= 1 && slots >= 1 && layers >= 1,
               "chunk_decode_smem_bytes: expected positive sizes, got C = ", std::to_string(C), ", F = ",
               std::to_string(F), ", heads = ", std::to_string(heads), ", slots = ", std::to_string(slots),
               ", layers = ", std::to_string(layers));
-  const int64_t floats = (4 + kDecodeColumnGroups) * C + F + kDecodeVocab + 2 * layers * slots * (C + 1) + heads * slots + 32;
-  TORCH_CHECK(floats < (int64_t(1) << 28), "chunk_decode_smem_bytes: sizes too large (",
-              std::to_string(floats), " floats of state)");
-  return (int64_t)SmemLayout::of((int)C, (int)F, (int)heads, (int)slots, (int)layers).bytes();
+  const auto layout = SmemLayoutT<int64_t>::of(C, F, heads, slots, layers);
+  TORCH_CHECK(layout.end_floats < (int64_t(1) << 28), "chunk_decode_smem_bytes: sizes too large (",
+              std::to_string(layout.end_floats), " floats of state)");
+  return (int64_t)layout.bytes();
 }
 
 // The decoder's sizes, read from the weights: C model width, F MLP width, H heads, K slots decoded.

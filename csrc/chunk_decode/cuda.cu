@@ -653,7 +653,7 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
   p.top_k = (int)std::min<int64_t>(top_k, kDecodeVocab);
   p.eps = (float)eps;
   p.temperature = temperature;
-  const size_t smem = SmemLayout::of(p.C, p.F, p.H, p.K, p.layers).bytes();
+  const size_t smem = (size_t)chunk_decode_smem_bytes(s.C, s.F, s.H, s.K, s.layers);  // refuses int overflow
   auto kernel = chunk_decode_kernel<w_t>;
   const int max_smem = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   TORCH_CHECK(smem <= (size_t)max_smem, "chunk_decode: the decoder's per-chunk state needs ", std::to_string(smem),

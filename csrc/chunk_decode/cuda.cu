@@ -237,7 +237,7 @@ __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const flo
     float acc[kRowsInFlight];
 #pragma unroll
     for (int u = 0; u < kRowsInFlight; ++u) acc[u] = 0.f;
-#pragma unroll 4
+#pragma unroll 1
     for (int c = lane * n; c < Cin; c += 32 * n) {
       Vec<w_t> w[kRowsInFlight];
 #pragma unroll
@@ -287,6 +287,7 @@ __device__ __forceinline__ void matvec_cols(const w_t* __restrict__ W, const flo
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 3, sub = lane & 7;
   for (int base = warp * 16; base < R; base += kWarps * 16) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
     for (int c = c0 + sub * n; c < c1; c += 8 * n) {
       Vec<w_t> w[4];
 #pragma unroll

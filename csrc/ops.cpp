@@ -32,7 +32,14 @@ TORCH_LIBRARY(fft_tensor, m) {
   // One streaming step: x = cat(state, u) along time, y[b,d,t] = sum_{s<Lk} k[d,s] x[b,d,S+t-s] + skip[d] u[b,d,t]
   // for the T new inputs u (B, D, T); state (B, D, S >= Lk-1, float32) is shifted by T in place.
   // Inference only (no autograd).
-  m.def("causal_conv_update(Tensor u, Tensor(a!) state, Tensor k, Tensor? skip=None) -> Tensor");
+  // gate (B, D, T) of u's dtype, when given: returns y.to(u.dtype) * silu(gate) instead of y (the gated
+  // conv mixer's product, rounded as the unfused torch expression rounds it).
+  m.def("causal_conv_update(Tensor u, Tensor(a!) state, Tensor k, Tensor? skip=None, Tensor? gate=None) -> Tensor");
+
+  // Over the last dim: s * rsqrt(mean(s^2) + eps) * weight in out_dtype (default x's), s = x, or
+  // s = x + delta (in x's dtype, returned too: the residual stream's next value).
+  m.def("rms_norm(Tensor x, Tensor weight, float eps, ScalarType? out_dtype=None) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor delta, Tensor weight, float eps, ScalarType? out_dtype=None) -> (Tensor, Tensor)");
 
   // A ChunkLM decoder's whole chunk (fft_lm/chunk.py): K slots through `layers` pre-norm blocks of
   // causal self-attention + GELU MLP, each slot's byte picked (argmax, or inverse-CDF sampling at

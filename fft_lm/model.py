@@ -178,6 +178,8 @@ class SpectralMixer(nn.Module):
         """x (B, T, D). tail: None, or the last kernel_len-1 conv inputs (B, D, kernel_len-1) float32
         seen before x. Returns (out (B, T, D), new tail or None)."""
         T = x.shape[1]
+        if tail is not None and T <= STREAM_STEP_MAX and not torch.is_grad_enabled():
+            return self._step(x, tail, taps), tail
         # Channels-first projections: each part of in_proj is W @ x^T per sequence, (B, D, T) with
         # time contiguous (cuBLAS reads x^T in place), so the conv's input, output and gradients need
         # no layout copies and the gate product is a plain contiguous pointwise kernel.
@@ -191,11 +193,6 @@ class SpectralMixer(nn.Module):
         new_tail = None
         if tail is None:
             y = fft_tensor.causal_conv(value, k, skip)
-        elif T <= STREAM_STEP_MAX and not torch.is_grad_enabled():
-            # a generation step: one kernel that reads the tail, writes the T outputs and shifts the
-            # tail in place (causal_conv_update); the same sums as the branch below
-            y = fft_tensor.causal_conv_update(value, tail, k, skip)
-            new_tail = tail
         else:
             # overlap-save: the tail supplies every input the new outputs can reach back to
             u_all = torch.cat([tail, value.float()], dim=-1)
@@ -203,6 +200,16 @@ class SpectralMixer(nn.Module):
             new_tail = u_all[..., u_all.shape[-1] - tail.shape[-1]:]
         z = y.to(gate.dtype) * F.silu(gate)                       # (B, D, T)
         return self.dropout(time_first_linear(self.out_proj.weight, z)), new_tail
+
+    def _step(self, x, tail, taps):
+        """A generation step of T <= STREAM_STEP_MAX inputs (grad off): one GEMM for every part of
+        in_proj, then one causal_conv_update that reads the tail, shifts it in place and applies the
+        gate (y * silu(gate), rounded as the expression above rounds it): the same sums as forward."""
+        parts = channels_first_linear(self.in_proj.weight, x).chunk(3 if self.pre_gate else 2, dim=1)
+        value = parts[0] * parts[1] if self.pre_gate else parts[0]
+        k, skip = self.kernel() if taps is None else taps
+        z = fft_tensor.causal_conv_update(value, tail, k, skip, gate=parts[-1])
+        return self.dropout(time_first_linear(self.out_proj.weight, z))
 
 
 def _autocast_weight(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -275,10 +282,35 @@ class SpectralBlock(nn.Module):
         self.mlp = MLP(cfg.d_model, cfg.dropout, cfg.mlp_mult)
 
     def forward(self, x, tail=None, taps=None):
+        if can_fuse_norms(self.norm1, x):
+            x, pending, new_tail = self.forward_fused_norms(x, None, tail, taps)
+            return x + pending, new_tail
         mixed, new_tail = self.mixer(self.norm1(x), tail, taps)
         x = x + mixed
         x = x + self.mlp(self.norm2(x))
         return x, new_tail
+
+    def forward_fused_norms(self, x, pending, tail=None, taps=None):
+        """forward with grad off (generation, evaluation), each norm one fft_tensor.rms_norm /
+        add_rms_norm launch that also writes the next GEMM's input dtype (ATen: residual add, norm and
+        autocast's cast, three kernels). The block's input is x + pending (pending: None, or the previous
+        block's MLP output, added by this block's first norm); returns (x, pending, new_tail) with the
+        MLP output left pending the same way. Same values as forward up to float rounding."""
+        gemm_dtype = _autocast_weight(self.mixer.out_proj.weight, x).dtype
+        if pending is None:
+            h = fft_tensor.rms_norm(x, self.norm1.weight, self.norm1.eps, gemm_dtype)
+        else:
+            x, h = fft_tensor.add_rms_norm(x, pending, self.norm1.weight, self.norm1.eps, gemm_dtype)
+        mixed, new_tail = self.mixer(h, tail, taps)
+        x, h = fft_tensor.add_rms_norm(x, mixed, self.norm2.weight, self.norm2.eps, gemm_dtype)
+        return x, self.mlp(h), new_tail
+
+
+def can_fuse_norms(norm: RMSNorm, x: torch.Tensor) -> bool:
+    """Whether a no-grad forward may use fft_tensor's fused norms: grad off and norm weights of the
+    dtype the op takes for x (float64 for float64 x, else float32)."""
+    want = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return not torch.is_grad_enabled() and norm.weight.dtype == want
 
 
 class SpectralCache:
@@ -385,17 +417,26 @@ class SpectralLM(ByteLM):
                 cache.taps = [block.mixer.kernel() for block in self.blocks]
                 cache.taps_cutoff = self.freq_cutoff
             taps = cache.taps
+        fused = can_fuse_norms(self.norm_f, x)
+        pending = None  # fused norms: the last block's MLP output, added by the next norm
         for i, block in enumerate(self.blocks):
             if cache is not None:
-                x, new_tail = block(x, cache.tails[i], taps[i])
+                if fused:
+                    x, pending, new_tail = block.forward_fused_norms(x, pending, cache.tails[i], taps[i])
+                else:
+                    x, new_tail = block(x, cache.tails[i], taps[i])
                 if torch.is_grad_enabled():
                     cache.tails[i] = new_tail  # a new tensor: autograd sees a plain chain of tails
                 elif new_tail is not cache.tails[i]:  # (causal_conv_update shifted it in place already)
                     cache.tails[i].copy_(new_tail)  # in place: fixed addresses (CUDA graphs replay steps)
             elif self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, _ = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            elif fused:
+                x, pending, _ = block.forward_fused_norms(x, pending)
             else:
                 x, _ = block(x)
         if cache is not None:
             cache.pos += idx.shape[1]
+        if pending is not None:
+            return fft_tensor.add_rms_norm(x, pending, self.norm_f.weight, self.norm_f.eps)[1]
         return self.norm_f(x)

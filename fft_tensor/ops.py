@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft_size", "chunk_decode",
-           "chunk_decode_smem_bytes"]
+           "chunk_decode_smem_bytes", "rms_norm", "add_rms_norm"]
 
 _ops = torch.ops.fft_tensor
 
@@ -175,7 +175,8 @@ def _causal_conv_backward_fake(grad_y, u, k, skip, need_u, need_k):
 
 # ----------------------------------------------------------------------------- causal_conv_update
 
-def causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tensor] = None) -> Tensor:
+def causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tensor] = None,
+                       gate: Optional[Tensor] = None) -> Tensor:
     """One streaming step of ``causal_conv``: T new inputs per row against the row's last S inputs.
 
     With ``x = cat(state, u, dim=-1)`` (S + T steps):
@@ -188,13 +189,16 @@ def causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tenso
       the cost is O(T * Lk) per row, one kernel launch, independent of how long the context is.
     state: (B, D, S) float32 (float64 for float64 u), S >= Lk - 1; mutated.
     k: (D, Lk) float32 (float64), skip: (D,) or None.
+    gate: None, or (B, D, T) of u's dtype, any strides: then the result is ``y * silu(gate)`` (a gated
+      conv mixer's product in the same launch), rounded as ``y.to(u.dtype) * F.silu(gate)`` rounds.
     Returns y (B, D, T) contiguous, u's dtype. Inference only: no autograd (use ``causal_conv`` on the
     concatenated sequence to train through a state).
     """
-    return _ops.causal_conv_update.default(u, state, k, skip)
+    return _ops.causal_conv_update.default(u, state, k, skip, gate)
 
 
-def _check_causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tensor]) -> None:
+def _check_causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tensor],
+                              gate: Optional[Tensor] = None) -> None:
     op = "causal_conv_update"
     torch._check(u.dim() == 3, lambda: f"{op}: expected u of shape (B, D, T), got a {u.dim()}-d tensor of shape {list(u.shape)}")
     torch._check(u.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64),
@@ -221,12 +225,131 @@ def _check_causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optiona
         torch._check(skip.dtype == acc, lambda: f"{op}: expected skip of dtype {acc}, got {skip.dtype}")
         torch._check(skip.device == u.device,
                      lambda: f"{op}: expected skip on the same device as u ({u.device}), got {skip.device}")
+    if gate is not None:
+        torch._check(tuple(gate.shape) == tuple(u.shape),
+                     lambda: f"{op}: expected gate of u's shape {list(u.shape)}, got {list(gate.shape)}")
+        torch._check(gate.dtype == u.dtype, lambda: f"{op}: expected gate of u's dtype ({u.dtype}), got {gate.dtype}")
+        torch._check(gate.device == u.device,
+                     lambda: f"{op}: expected gate on the same device as u ({u.device}), got {gate.device}")
 
 
 @torch.library.register_fake("fft_tensor::causal_conv_update")
-def _causal_conv_update_fake(u, state, k, skip=None):
-    _check_causal_conv_update(u, state, k, skip)
+def _causal_conv_update_fake(u, state, k, skip=None, gate=None):
+    _check_causal_conv_update(u, state, k, skip, gate)
     return u.new_empty(u.shape)
+
+
+# ----------------------------------------------------------------------------- rms_norm, add_rms_norm
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``x * rsqrt(mean(x^2, -1) + eps) * weight`` over the last dim, written in ``out_dtype``.
+
+    The same value as ``F.rms_norm(x, (D,), weight, eps).to(out_dtype)`` up to float rounding, in one
+    launch: a norm that feeds a low-precision GEMM writes that GEMM's input dtype directly.
+    x: (..., D) float32, bfloat16, float16 or float64, any strides; weight: (D,) float32 (float64 for
+    float64 x); out_dtype: None (x's dtype) or a floating dtype (float64 exactly when x is float64).
+    Arithmetic in float32 (float64). Differentiable in x and weight.
+    """
+    return _ops.rms_norm.default(x, weight, eps, out_dtype)
+
+
+def add_rms_norm(x: Tensor, delta: Tensor, weight: Tensor, eps: float = 1e-6,
+                 out_dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+    """``s = x + delta`` and ``rms_norm(s, weight, eps, out_dtype)`` in one launch: a pre-norm residual
+    block's "add the branch, normalise for the next one", the pattern ATen runs as three kernels
+    (add, norm, cast).
+
+    delta: x's shape, a dtype that promotes to x's (bfloat16 or float16 into a float32 stream), any
+    strides. ``s`` has x's dtype and is exactly ``x + delta`` as ATen computes it. Returns ``(s, normed)``.
+    Differentiable in x, delta and weight.
+    """
+    return _ops.add_rms_norm.default(x, delta, weight, eps, out_dtype)
+
+
+def _check_rms_norm(op: str, x: Tensor, delta: Optional[Tensor], weight: Tensor, eps: float,
+                    out_dtype: Optional[torch.dtype]) -> torch.dtype:
+    floats = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+    torch._check(x.dim() >= 1, lambda: f"{op}: expected x with at least one dimension (..., D), got a 0-d tensor")
+    torch._check(x.dtype in floats, lambda: f"{op}: expected x of dtype float32, bfloat16, float16 or float64, got {x.dtype}")
+    D = x.shape[-1]
+    torch._check(D >= 1, lambda: f"{op}: expected x with a non-empty last dimension, got x.shape {list(x.shape)}")
+    if delta is not None:
+        torch._check(tuple(delta.shape) == tuple(x.shape),
+                     lambda: f"{op}: expected delta of x's shape {list(x.shape)}, got {list(delta.shape)}")
+        torch._check(delta.dtype in floats,
+                     lambda: f"{op}: expected delta of dtype float32, bfloat16, float16 or float64, got {delta.dtype}")
+        torch._check(torch.promote_types(x.dtype, delta.dtype) == x.dtype,
+                     lambda: f"{op}: expected delta's dtype to promote to x's (the sum keeps x's dtype), got x {x.dtype} "
+                             f"and delta {delta.dtype}")
+        torch._check(delta.device == x.device, lambda: f"{op}: expected delta on x's device ({x.device}), got {delta.device}")
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    torch._check(weight.dim() == 1 and weight.shape[0] == D,
+                 lambda: f"{op}: expected weight of shape (D,) = ({D},), got {list(weight.shape)}")
+    torch._check(weight.dtype == acc, lambda: f"{op}: expected weight of dtype {acc} (for x of {x.dtype}), got {weight.dtype}")
+    torch._check(weight.device == x.device, lambda: f"{op}: expected weight on x's device ({x.device}), got {weight.device}")
+    torch._check(eps >= 0, lambda: f"{op}: expected eps >= 0, got {eps}")
+    out = x.dtype if out_dtype is None else out_dtype
+    torch._check(out in floats, lambda: f"{op}: expected out_dtype float32, bfloat16, float16 or float64, got {out}")
+    torch._check((out == torch.float64) == (x.dtype == torch.float64),
+                 lambda: f"{op}: expected out_dtype float64 exactly when x is float64, got x {x.dtype} and out_dtype {out}")
+    return out
+
+
+@torch.library.register_fake("fft_tensor::rms_norm")
+def _rms_norm_fake(x, weight, eps, out_dtype=None):
+    out = _check_rms_norm("rms_norm", x, None, weight, eps, out_dtype)
+    return x.new_empty(x.shape, dtype=out)
+
+
+@torch.library.register_fake("fft_tensor::add_rms_norm")
+def _add_rms_norm_fake(x, delta, weight, eps, out_dtype=None):
+    out = _check_rms_norm("add_rms_norm", x, delta, weight, eps, out_dtype)
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=out)
+
+
+def _rms_norm_grads(s: Tensor, weight: Tensor, eps: float, grad_out: Tensor, need_weight: bool):
+    """(grad_s, grad_weight) of out = s * rstd * weight, rstd = rsqrt(mean(s^2) + eps), in s's acc type."""
+    acc = weight.dtype
+    s, g = s.to(acc), grad_out.to(acc)
+    rstd = torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
+    s_hat = s * rstd
+    gw = g * weight
+    grad_s = rstd * (gw - s_hat * (gw * s_hat).mean(-1, keepdim=True))
+    grad_weight = (g * s_hat).reshape(-1, s.shape[-1]).sum(0) if need_weight else None
+    return grad_s, grad_weight
+
+
+def _rms_norm_setup_context(ctx, inputs, output):
+    x, weight, eps, _ = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.eps = eps
+
+
+def _rms_norm_backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    grad_s, grad_weight = _rms_norm_grads(x, weight, ctx.eps, grad_out, ctx.needs_input_grad[1])
+    return grad_s.to(x.dtype) if ctx.needs_input_grad[0] else None, grad_weight, None, None
+
+
+def _add_rms_norm_setup_context(ctx, inputs, output):
+    x, delta, weight, eps, _ = inputs
+    ctx.save_for_backward(output[0], weight)
+    ctx.eps, ctx.delta_dtype = eps, delta.dtype
+
+
+def _add_rms_norm_backward(ctx, grad_sum, grad_out):
+    s, weight = ctx.saved_tensors
+    grad_s, grad_weight = _rms_norm_grads(s, weight, ctx.eps, grad_out, ctx.needs_input_grad[2])
+    if grad_sum is not None:
+        grad_s = grad_s + grad_sum.to(grad_s.dtype)
+    grad_x = grad_s.to(s.dtype) if ctx.needs_input_grad[0] else None
+    grad_delta = grad_s.to(ctx.delta_dtype) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_delta, grad_weight, None, None
+
+
+torch.library.register_autograd("fft_tensor::rms_norm", _rms_norm_backward, setup_context=_rms_norm_setup_context)
+torch.library.register_autograd("fft_tensor::add_rms_norm", _add_rms_norm_backward,
+                                setup_context=_add_rms_norm_setup_context)
 
 
 # ----------------------------------------------------------------------------- chunk_decode

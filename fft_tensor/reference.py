@@ -50,3 +50,13 @@ def causal_conv_update_reference(u: torch.Tensor, state: torch.Tensor, k: torch.
     if skip is not None:
         y += skip.double()[:, None] * u.double()
     return y, x[:, :, T:]
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                       delta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, normed) in float64: s = x + delta rounded to x's dtype (as ATen's add rounds it, or x),
+    normed = s / sqrt(mean(s^2) + eps) * weight."""
+    s = x if delta is None else (x + delta)
+    s64 = s.double()
+    normed = s64 / torch.sqrt(s64.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
+    return s, normed

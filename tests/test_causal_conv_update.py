@@ -93,6 +93,27 @@ def test_empty_rows(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("shape", [(1, 7, 16, 127, 128), (2, 3, 1, 7, 8), (2, 5, 40, 9, 10)],
+                         ids=["window-T16", "loop-T1", "loop-T40"])
+def test_gate(shape, dtype, device):
+    """gate fuses the mixer's y * silu(gate): the same bits as the unfused torch expression on the
+    op's own y (both kernels, a strided gate), and the float64 reference within rounding."""
+    u, state, k, skip = make(*shape, device, dtype)
+    B, D, T = u.shape
+    gate = torch.randn(B, T, 2 * D, device=device).to(dtype).transpose(1, 2)[:, D:]  # strided, as a view
+    state0, state_plain = state.clone(), state.clone()
+    y_plain = fft_tensor.causal_conv_update(u, state_plain, k, skip)
+    z = fft_tensor.causal_conv_update(u, state, k, skip, gate=gate)
+    assert z.shape == u.shape and z.dtype == dtype and z.is_contiguous()
+    assert torch.equal(state, state_plain)
+    assert torch.equal(z, y_plain * torch.nn.functional.silu(gate))
+    y_ref, _ = causal_conv_update_reference(u, state0, k, skip)
+    z_ref = y_ref * torch.nn.functional.silu(gate.double())
+    assert rel_err(z, z_ref) <= 3 * tolerance(z_ref, dtype) + (0 if dtype == torch.float64 else 1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     samples = [make(2, 3, 1, 7, 8, device), make(1, 5, 4, 9, 3, device, torch.bfloat16, False),
                make(2, 33, 3, 127, 128, device)]
@@ -100,6 +121,8 @@ def test_opcheck(device):
         samples.append(make(2, 3, 2, 5, 6, device, torch.float64))
     for args in samples:
         torch.library.opcheck(ops.causal_conv_update.default, args)
+    u, state, k, skip = make(2, 7, 16, 127, 128, device, torch.bfloat16)
+    torch.library.opcheck(ops.causal_conv_update.default, (u, state, k, skip, torch.randn_like(u)))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -171,6 +194,9 @@ BAD = {
     "state dtype": (lambda: (_f(2, 3, 1), _f(2, 3, 4, dtype=torch.bfloat16), _f(3, 5), None), "expected state of dtype"),
     "skip shape": (lambda: (_f(2, 3, 1), _f(2, 3, 4), _f(3, 5), _f(4)), "expected skip of shape"),
     "skip dtype": (lambda: (_f(2, 3, 1), _f(2, 3, 4), _f(3, 5), _f(3, dtype=torch.float64)), "expected skip of dtype"),
+    "gate shape": (lambda: (_f(2, 3, 2), _f(2, 3, 4), _f(3, 5), None, _f(2, 3, 1)), "expected gate of u's shape"),
+    "gate dtype": (lambda: (_f(2, 3, 2), _f(2, 3, 4), _f(3, 5), None, _f(2, 3, 2, dtype=torch.bfloat16)),
+                   "expected gate of u's dtype"),
 }
 
 

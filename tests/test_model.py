@@ -140,6 +140,36 @@ def test_streaming_equals_full_forward(chunk, one_thread):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("pre_gate", [False, True])
+def test_fused_norm_inference_matches_training_forward(pre_gate, one_thread):
+    """With grad off the blocks run fft_tensor's fused norms and (streaming) the single in_proj GEMM
+    with the gate inside causal_conv_update; the same logits as the grad-on path, full and streamed,
+    and the fused path is really taken."""
+    model = small_model(pre_gate=pre_gate).eval()
+    randomize_kernels(model)
+    idx = torch.randint(0, 256, (2, 150))
+    ref, _ = model(idx)  # grad on: ATen norms, two GEMMs, the unfused gate
+    calls = []
+    real_add_rms_norm = fft_tensor.add_rms_norm
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real_add_rms_norm(*args, **kwargs)
+
+    import fft_lm.model as model_module
+    old, model_module.fft_tensor.add_rms_norm = model_module.fft_tensor.add_rms_norm, counting
+    try:
+        with torch.no_grad():
+            full, _ = model(idx)
+            cache = model.init_cache(2, idx.device)
+            pieces = [model(idx[:, i:i + 16], cache=cache)[0] for i in range(0, 150, 16)]
+    finally:
+        model_module.fft_tensor.add_rms_norm = old
+    assert len(calls) == (1 + len(pieces)) * 2 * 2  # two per block (the second block's first norm adds)
+    torch.testing.assert_close(full, ref.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), ref.detach(), atol=1e-4, rtol=0)
+
+
 def test_pre_gate_streams_exactly_and_gates(one_thread):
     """pre_gate: the conv reads value * pre; streaming stays exact, and the gate is not a no-op."""
     model = small_model(pre_gate=True).eval()

@@ -10,7 +10,8 @@
 namespace fft_tensor {
 
 inline void check_causal_conv_update_args(const at::Tensor& u, const at::Tensor& state, const at::Tensor& k,
-                                          const c10::optional<at::Tensor>& skip) {
+                                          const c10::optional<at::Tensor>& skip,
+                                          const c10::optional<at::Tensor>& gate = c10::nullopt) {
   constexpr const char* op = "causal_conv_update";
   TORCH_CHECK(u.dim() == 3, op, ": expected u of shape (B, D, T), got a ", std::to_string(u.dim()),
               "-d tensor of shape ", shape_str(u.sizes()));
@@ -44,6 +45,14 @@ inline void check_causal_conv_update_args(const at::Tensor& u, const at::Tensor&
     TORCH_CHECK(s.scalar_type() == acc, op, ": expected skip of dtype ", acc, ", got ", s.scalar_type());
     TORCH_CHECK(s.device() == u.device(), op, ": expected skip on the same device as u (", u.device(), "), got ",
                 s.device());
+  }
+  if (gate.has_value()) {
+    const auto& g = *gate;
+    TORCH_CHECK(g.sizes() == u.sizes(), op, ": expected gate of u's shape ", shape_str(u.sizes()), ", got ",
+                shape_str(g.sizes()));
+    TORCH_CHECK(g.scalar_type() == ut, op, ": expected gate of u's dtype (", ut, "), got ", g.scalar_type());
+    TORCH_CHECK(g.device() == u.device(), op, ": expected gate on the same device as u (", u.device(), "), got ",
+                g.device());
   }
 }
 

@@ -42,8 +42,8 @@ void update_rows(const at::Tensor& u_acc, at::Tensor& state, const at::Tensor& k
 }
 
 at::Tensor causal_conv_update_cpu(const at::Tensor& u, at::Tensor& state, const at::Tensor& k,
-                                  const c10::optional<at::Tensor>& skip) {
-  check_causal_conv_update_args(u, state, k, skip);
+                                  const c10::optional<at::Tensor>& skip, const c10::optional<at::Tensor>& gate) {
+  check_causal_conv_update_args(u, state, k, skip, gate);
   const auto acc = state.scalar_type();
   const at::Tensor u_acc = u.to(acc);
   at::Tensor y_acc = at::empty(u.sizes(), u.options().dtype(acc));
@@ -52,7 +52,10 @@ at::Tensor causal_conv_update_cpu(const at::Tensor& u, at::Tensor& state, const 
     update_rows<double>(u_acc, state, k, skip_c, y_acc);
   else
     update_rows<float>(u_acc, state, k, skip_c, y_acc);
-  return y_acc.to(u.scalar_type());
+  at::Tensor y = y_acc.to(u.scalar_type());
+  // the gated mixer's product, as ATen rounds the unfused expression (silu, then the product, each
+  // rounded to u's dtype)
+  return gate.has_value() ? at::mul(y, at::silu(*gate)) : y;
 }
 
 }  // namespace

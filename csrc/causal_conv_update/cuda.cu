@@ -31,10 +31,23 @@ struct Strides3 {
   int64_t b, d, t;
 };
 
+// y, or y * silu(gate) when gate is given, each step rounded to scalar_t as ATen's silu and mul round
+// them (both compute in float, or double for double, and round once).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t gated(scalar_t y, const scalar_t* __restrict__ gate, Strides3 gs, int64_t b,
+                                          int64_t d, int t) {
+  if (gate == nullptr) return y;
+  using op_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const op_t g = static_cast<op_t>(gate[b * gs.b + d * gs.d + (int64_t)t * gs.t]);
+  const scalar_t sg = static_cast<scalar_t>(g / (op_t(1) + exp(-g)));
+  return static_cast<scalar_t>(static_cast<op_t>(y) * static_cast<op_t>(sg));
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void conv_update_kernel(const scalar_t* __restrict__ u, Strides3 us, acc_t* __restrict__ state,
                                    Strides3 ss, const acc_t* __restrict__ k, int64_t k_row, int64_t k_tap,
-                                   const acc_t* __restrict__ skip, int64_t skip_stride, scalar_t* __restrict__ y,
+                                   const acc_t* __restrict__ skip, int64_t skip_stride,
+                                   const scalar_t* __restrict__ gate, Strides3 gs, scalar_t* __restrict__ y,
                                    int64_t rows, int64_t D, int T, int S, int Lk) {
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
@@ -52,7 +65,7 @@ __global__ void conv_update_kernel(const scalar_t* __restrict__ u, Strides3 us, 
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) {
       if (skip != nullptr) acc += skip[d * skip_stride] * x(S + t);
-      y[row * T + t] = static_cast<scalar_t>(acc);
+      y[row * T + t] = gated(static_cast<scalar_t>(acc), gate, gs, b, d, t);
     }
   }
   __syncwarp();
@@ -73,8 +86,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kWindowWarps * 32)
 conv_update_window_kernel(const scalar_t* __restrict__ u, Strides3 us, acc_t* __restrict__ state, Strides3 ss,
                           const acc_t* __restrict__ k, int64_t k_row, int64_t k_tap, const acc_t* __restrict__ skip,
-                          int64_t skip_stride, scalar_t* __restrict__ y, int64_t rows, int64_t D, int T, int S,
-                          int Lk, int P) {
+                          int64_t skip_stride, const scalar_t* __restrict__ gate, Strides3 gs,
+                          scalar_t* __restrict__ y, int64_t rows, int64_t D, int T, int S, int Lk, int P) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row = (int64_t)blockIdx.x * kWindowWarps + warp;
@@ -103,7 +116,7 @@ conv_update_window_kernel(const scalar_t* __restrict__ u, Strides3 us, acc_t* __
       for (int s = sub; s < Lk; s += P) acc += ks[s] * xt[-s];
     }
     for (int off = P / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (sub == 0 && t < T) y[row * T + t] = static_cast<scalar_t>(acc + skip_d * xw[Lk - 1 + t]);
+    if (sub == 0 && t < T) y[row * T + t] = gated(static_cast<scalar_t>(acc + skip_d * xw[Lk - 1 + t]), gate, gs, b, d, t);
   }
   // new state[i] = x[T + i]: below the window (i + T < a) from the old state, ascending chunks as in
   // conv_update_kernel (only when S > Lk - 1 + T), then the rest from the window, after every read
@@ -119,8 +132,8 @@ conv_update_window_kernel(const scalar_t* __restrict__ u, Strides3 us, acc_t* __
 }
 
 at::Tensor causal_conv_update_cuda(const at::Tensor& u, at::Tensor& state, const at::Tensor& k,
-                                   const c10::optional<at::Tensor>& skip) {
-  check_causal_conv_update_args(u, state, k, skip);
+                                   const c10::optional<at::Tensor>& skip, const c10::optional<at::Tensor>& gate) {
+  check_causal_conv_update_args(u, state, k, skip, gate);
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), T = u.size(2), S = state.size(2), Lk = k.size(1);
   TORCH_CHECK(T <= INT32_MAX && S <= INT32_MAX - T && Lk <= INT32_MAX, "causal_conv_update: T + S (",
@@ -131,6 +144,7 @@ at::Tensor causal_conv_update_cuda(const at::Tensor& u, at::Tensor& state, const
   const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv_update: too many rows (", std::to_string(rows), ")");
   const Strides3 us{u.stride(0), u.stride(1), u.stride(2)}, ss{state.stride(0), state.stride(1), state.stride(2)};
+  const Strides3 gs = gate.has_value() ? Strides3{gate->stride(0), gate->stride(1), gate->stride(2)} : Strides3{0, 0, 0};
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "causal_conv_update", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -145,6 +159,7 @@ at::Tensor causal_conv_update_cuda(const at::Tensor& u, at::Tensor& state, const
                                                    kWindowWarps * kWindowBytesPerWarp, stream>>>(
           u.data_ptr<scalar_t>(), us, state.data_ptr<acc_t>(), ss, k.data_ptr<acc_t>(), k.stride(0), k.stride(1),
           skip.has_value() ? skip->data_ptr<acc_t>() : nullptr, skip.has_value() ? skip->stride(0) : 0,
+          gate.has_value() ? gate->data_ptr<scalar_t>() : nullptr, gs,
           y.data_ptr<scalar_t>(), rows, D, (int)T, (int)S, (int)Lk, P);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
@@ -152,6 +167,7 @@ at::Tensor causal_conv_update_cuda(const at::Tensor& u, at::Tensor& state, const
     conv_update_kernel<scalar_t, acc_t><<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
         u.data_ptr<scalar_t>(), us, state.data_ptr<acc_t>(), ss, k.data_ptr<acc_t>(), k.stride(0), k.stride(1),
         skip.has_value() ? skip->data_ptr<acc_t>() : nullptr, skip.has_value() ? skip->stride(0) : 0,
+          gate.has_value() ? gate->data_ptr<scalar_t>() : nullptr, gs,
         y.data_ptr<scalar_t>(), rows, D, (int)T, (int)S, (int)Lk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests gradktests updatetests (with rms_norm) genprofile lmprofile lmcompile lmgraphs decodebench decodencu gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -118,7 +118,7 @@ for stage in "$@"; do
              grep -E "Duration|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Stall|L1/TEX Hit|L2 Hit|Executed Ipc" "$OUT/decode_ncu.txt" | head -40; cat "$OUT/decode_ncu_stalls.txt" ;;
     decodebench) "$PY" benchmarks/bench_chunk_decode.py 2>&1 | tee "$OUT/bench_chunk_decode.log" | tail -14 ;;
     genprofile) "$PY" benchmarks/profile_generation.py ${GP_ARGS:-} 2>&1 | tee "$OUT/profile_generation.log" | tail -60 ;;
-    updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;
+    updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py tests/test_rms_norm.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;
     gen)     "$PY" benchmarks/bench_generation.py ${GEN_ARGS:-} 2>&1 | tee "$OUT/bench_generation.log" | tail -20 ;;
     # the same without the low-precision weight copy (weights cast from fp32 by autocast every step)
     gencontrol) mkdir -p /tmp/gencontrol; OUT=/tmp/gencontrol "$PY" benchmarks/bench_generation.py --no-low-precision-weights ${GEN_ARGS:-} 2>&1 \

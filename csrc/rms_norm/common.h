@@ -43,7 +43,8 @@ inline at::ScalarType check_rms_norm_args(const char* op, const at::Tensor& x, c
               "), got ", weight.scalar_type());
   TORCH_CHECK(weight.device() == x.device(), op, ": expected weight on x's device (", x.device(), "), got ",
               weight.device());
-  TORCH_CHECK(eps >= 0, op, ": expected eps >= 0, got ", eps);
+  // (numbers reach the message through std::to_string: streaming them into it crashed on the device)
+  TORCH_CHECK(eps >= 0, op, ": expected eps >= 0, got ", std::to_string(eps));
   const auto out = out_dtype.value_or(x.scalar_type());
   TORCH_CHECK(rms_norm_dtype_ok(out), op, ": expected out_dtype float32, bfloat16, float16 or float64, got ", out);
   TORCH_CHECK((out == at::kDouble) == (x.scalar_type() == at::kDouble), op,

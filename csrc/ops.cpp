@@ -52,4 +52,8 @@ TORCH_LIBRARY(fft_tensor, m) {
   // `layers` blocks decoding `slots` slots (callers compare it with the device's opt-in limit).
   m.def("chunk_decode_smem_bytes(int C, int F, int heads, int slots, int layers) -> int",
         &fft_tensor::chunk_decode_smem_bytes);
+  // Why chunk_decode cannot run a decoder of these sizes on CPU or CUDA ("" when it can); shared
+  // memory aside (chunk_decode_smem_bytes).
+  m.def("chunk_decode_unsupported(int C, int F, int heads, int layers, ScalarType weight_dtype, bool cuda) -> str",
+        &fft_tensor::chunk_decode_unsupported);
 }

@@ -207,13 +207,16 @@ class ChunkLM(ByteLM):
         """Whether decode_chunk runs here: at most 8 decoder layers, and on a CUDA device widths in whole
         16-byte weight rows and a per-chunk state that fits a block's shared memory."""
         dec = self.decoder
-        if not 1 <= len(dec.blocks) <= 8:  # the op takes up to 8 layers (kDecodeMaxLayers)
-            return False
-        if torch.device(device).type != "cuda":
-            return True
         C, F = dec.norm_f.weight.shape[0], dec.blocks[0].mlp.fc.weight.shape[0]
-        if C % 8 or F % 8:  # whole 16-byte rows of bf16/fp16 weights (the autocast dtype is not known yet)
+        cuda = torch.device(device).type == "cuda"
+        # the op's own rules; on CUDA for 16-bit weights, the stricter row rule (the autocast dtype is
+        # not known yet)
+        why = fft_tensor.chunk_decode_unsupported(C, F, dec.blocks[0].heads, len(dec.blocks),
+                                                  torch.bfloat16 if cuda else torch.float32, cuda)
+        if why:
             return False
+        if not cuda:
+            return True
         return dec.fused_state_bytes(slots) <= torch.cuda.get_device_properties(device).shared_memory_per_block_optin
 
     def decode_chunk(self, h, first, uniforms, temperature=0.0, top_k=None):

@@ -10,8 +10,8 @@ _build_info = _load()
 WITH_CUDA = _build_info.WITH_CUDA
 
 from .ops import (add_rms_norm, causal_conv, causal_conv_fft_size, causal_conv_update, chunk_decode,  # noqa: E402
-                  chunk_decode_smem_bytes, phase_rotate, rms_norm)
+                  chunk_decode_smem_bytes, chunk_decode_unsupported, phase_rotate, rms_norm)
 
 __all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft_size", "chunk_decode",
-           "chunk_decode_smem_bytes", "rms_norm", "add_rms_norm", "WITH_CUDA"]
+           "chunk_decode_smem_bytes", "chunk_decode_unsupported", "rms_norm", "add_rms_norm", "WITH_CUDA"]
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft_size", "chunk_decode",
-           "chunk_decode_smem_bytes", "rms_norm", "add_rms_norm"]
+           "chunk_decode_smem_bytes", "chunk_decode_unsupported", "rms_norm", "add_rms_norm"]
 
 _ops = torch.ops.fft_tensor
 
@@ -393,6 +393,13 @@ def chunk_decode_smem_bytes(C: int, F: int, heads: int, slots: int, layers: int)
     MLP width F, ``heads`` heads and ``layers`` blocks decoding ``slots`` slots (the kernel's own
     layout; compare with ``torch.cuda.get_device_properties(d).shared_memory_per_block_optin``)."""
     return _ops.chunk_decode_smem_bytes.default(C, F, heads, slots, layers)
+
+
+def chunk_decode_unsupported(C: int, F: int, heads: int, layers: int, weight_dtype: torch.dtype, cuda: bool) -> str:
+    """Why ``chunk_decode`` cannot run a decoder of width C, MLP width F, ``heads`` heads and ``layers``
+    blocks with linear weights of ``weight_dtype`` (on CUDA when ``cuda``): the op's own rules, as an
+    error message; "" when it can. Shared memory is separate: ``chunk_decode_smem_bytes``."""
+    return _ops.chunk_decode_unsupported.default(C, F, heads, layers, weight_dtype, cuda)
 
 
 def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv, proj, norm2, fc, fc_proj,

@@ -249,6 +249,24 @@ torch.save(results, sys.argv[1])
             assert torch.equal(one[0], cluster[0]) and torch.equal(one[1], cluster[1]), (width, g)
 
 
+def test_unsupported_names_the_rule():
+    """chunk_decode_unsupported: "" for the 29m decoder; otherwise the op's own error (the same rule
+    ChunkLM.can_decode_chunk asks instead of repeating it)."""
+    assert fft_tensor.chunk_decode_unsupported(256, 1024, 4, 2, torch.bfloat16, True) == ""
+    assert fft_tensor.chunk_decode_unsupported(36, 20, 4, 1, torch.float32, True) == ""  # 16-byte rows of float32
+    assert "decoder layers" in fft_tensor.chunk_decode_unsupported(256, 1024, 4, 9, torch.bfloat16, False)
+    assert "dividing C = 32" in fft_tensor.chunk_decode_unsupported(32, 64, 3, 2, torch.float32, False)
+    why = fft_tensor.chunk_decode_unsupported(36, 20, 4, 1, torch.bfloat16, True)
+    assert "divisible by 8 (16-byte weight rows), got C = 36, F = 20" in why
+    assert fft_tensor.chunk_decode_unsupported(36, 20, 4, 1, torch.bfloat16, False) == ""  # no row rule on the CPU
+    # the op raises what the query says
+    model = make(32, 2, 2, 8, "cpu")
+    args = decode_args(model, "cpu", *random_inputs(model, 2, 8))
+    args = args[:13] + (3,) + args[14:]
+    with pytest.raises(RuntimeError, match=re.escape(fft_tensor.chunk_decode_unsupported(32, 128, 3, 2, torch.float32, False))):
+        ops.chunk_decode.default(*args)
+
+
 def bad_cases():
     def with_(i, value):
         return lambda a: a[:i] + (value,) + a[i + 1:]

@@ -597,6 +597,21 @@ int max_cluster_env() {
   return value;
 }
 
+// Raises the kernel's dynamic shared-memory limit on the current device to at least smem, once per
+// new maximum (an eager generation step called cudaFuncSetAttribute on every launch before).
+template <typename w_t>
+void allow_smem(size_t smem) {
+  if (smem <= 48 * 1024) return;
+  static std::mutex mutex;
+  static std::map<int, size_t> allowed;  // device -> the limit set so far
+  const int device = at::cuda::current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  size_t& limit = allowed[device];
+  if (smem <= limit) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(chunk_decode_kernel<w_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  limit = smem;
+}
+
 // The largest cluster (16, 8, 4, 2) the device runs with this much shared memory per block, else 1.
 template <typename w_t>
 int cluster_size(size_t smem) {
@@ -661,7 +676,7 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
               " bytes of shared memory (C = ", std::to_string(s.C), ", F = ", std::to_string(s.F), ", K = ",
               std::to_string(s.K), ", ", std::to_string(s.layers), " layers), more than this GPU's ",
               std::to_string(max_smem), "; decode with fewer slots or layers");
-  if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  allow_smem<w_t>(smem);
   p.G = cluster_size<w_t>(smem);
   // every block must own rows of every row-split product (3C, C and 256 rows): the exchange protocol
   // relies on each block sending in each exchange (a block with nothing to send could fall two
@@ -697,10 +712,8 @@ std::tuple<at::Tensor, at::Tensor> chunk_decode_cuda(const at::Tensor& context, 
                                                      double eps, double temperature, int64_t top_k) {
   const DecodeShape s = check_chunk_decode_args(context, first, uniforms, byte_emb, slot_emb, norm1, qkv, proj, norm2,
                                                 fc, fc_proj, norm_f, head, heads, temperature, top_k);
-  const int vec = qkv[0].scalar_type() == at::kFloat ? 4 : 8;
-  TORCH_CHECK(s.C % vec == 0 && s.F % vec == 0, "chunk_decode: on CUDA expected C and F divisible by ",
-              std::to_string(vec), " (16-byte weight rows), got C = ", std::to_string(s.C), ", F = ",
-              std::to_string(s.F));
+  const std::string why = chunk_decode_unsupported(s.C, s.F, s.H, s.layers, qkv[0].scalar_type(), /*cuda=*/true);
+  TORCH_CHECK(why.empty(), "chunk_decode: ", why);
   c10::cuda::CUDAGuard guard(context.device());
   // float32 copies of the small float tensors (no-ops when they already are), weights contiguous
   std::vector<at::Tensor> f32 = {byte_emb, slot_emb, norm_f};

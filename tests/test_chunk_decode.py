@@ -92,9 +92,9 @@ def test_fused_decode_is_taken():
 def test_smem_bytes(C, F, H, K, layers):
     """The kernel's shared-memory need, counted here independently: float32 residual, norm, attention
     output and query (C each), MLP hidden (F), the MLP output's 16 column-group partials (16 C), 256 logits, keys and values (rows padded to C + 1),
-    scores (H per slot), partial scores (16 warps per slot), 32 reduction slots, padded to 8 bytes; then 256 + 32 float64, the pick and
+    scores (H per slot), 32 reduction slots, padded to 8 bytes; then 256 + 32 float64, the pick and
     two 8-byte mbarriers."""
-    floats = 4 * C + F + 16 * C + 256 + 2 * layers * K * (C + 1) + H * K + 16 * K + 32
+    floats = 4 * C + F + 16 * C + 256 + 2 * layers * K * (C + 1) + H * K + 32
     expect = 4 * (floats + floats % 2) + 8 * (256 + 32) + 8 + 16
     assert fft_tensor.chunk_decode_smem_bytes(C, F, H, K, layers) == expect
     model = make(C, H, layers, K, "cpu") if (C, H) == (64, 2) else None

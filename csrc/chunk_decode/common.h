@@ -23,7 +23,7 @@ constexpr int kDecodeColumnGroups = 16;
 // sizes whose offsets would overflow int are refused there.
 template <typename index_t>
 struct SmemLayoutT {
-  index_t x, a, y, q, hid, part, logit, kc, vc, scores, spart, red, end_floats;
+  index_t x, a, y, q, hid, part, logit, kc, vc, scores, red, end_floats;
   C10_HOST_DEVICE static SmemLayoutT of(index_t C, index_t F, index_t H, index_t K, index_t layers) {
     SmemLayoutT s;
     index_t o = 0;
@@ -37,7 +37,6 @@ struct SmemLayoutT {
     s.kc = o; o += layers * K * (C + 1);  // rows padded to C + 1: lane i reading key i is conflict-free
     s.vc = o; o += layers * K * (C + 1);
     s.scores = o; o += H * K;
-    s.spart = o; o += 16 * K;  // partial attention scores, one row per warp (the CUDA kernel's 16 warps)
     s.red = o; o += 32;
     s.end_floats = (o + 1) & ~1;  // doubles after, 8-byte aligned
     return s;

@@ -70,7 +70,6 @@ struct DecodeArgs {
   float* logits;          // (N, K, 256)
   int64_t* bytes;         // (N, K)
   int C, F, H, K, layers, G, top_k;
-  bool split_attention;  // the attention over every warp (H divides kWarps), else one warp per head
   float eps;
   double temperature;
 };
@@ -443,60 +442,6 @@ __device__ int pick_byte(const float* logit, double u, double temperature, int t
   return *pick;
 }
 
-// Causal attention of slot j over slots 0..j with every warp busy (H divides kWarps): W = kWarps / H
-// warps per head, warp w taking head w / W and a chunk of dc = ceil(Dh / W) dimensions. One warp per
-// head left 12 of 16 warps waiting at the barrier after it (Nsight: 14% of stalls) while each lane ran
-// a Dh-long chain of shared-memory loads and FMAs per score; here the chains are Dh / W long:
-//   1. every warp: partial scores over its dimensions, lane i for key i;
-//   2. one warp per head: the W partials added in chunk order (the same bits at every cluster size),
-//      scaled, softmax numerators in scores, their sum in red[h];
-//   3. every warp: its dimensions of the output, P lanes per dimension splitting the keys.
-// Ends with the caller's barrier; reads q, kl, vl, writes y.
-__device__ __forceinline__ void attention_split(const float* q, const float* kl, const float* vl, float* y,
-                                                float* scores, float* spart, float* red, int H, int Dh, int K, int CP,
-                                                int j, float scale) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int W = kWarps / H, h = warp / W, c = warp % W, dc = (Dh + W - 1) / W;
-  const int d0 = min(Dh, c * dc), d1 = min(Dh, d0 + dc);
-  const float* qh = q + h * Dh;
-  for (int i = lane; i <= j; i += 32) {
-    const float* ki = kl + i * CP + h * Dh;
-    float dot = 0.f;
-    for (int d = d0; d < d1; ++d) dot = fmaf(qh[d], ki[d], dot);
-    spart[warp * K + i] = dot;
-  }
-  __syncthreads();
-  if (warp < H) {
-    float* sc = scores + warp * K;
-    float m = -INFINITY;
-    for (int i = lane; i <= j; i += 32) {
-      float sum = 0.f;
-      for (int cc = 0; cc < W; ++cc) sum += spart[(warp * W + cc) * K + i];
-      sc[i] = sum * scale;
-      m = fmaxf(m, sc[i]);
-    }
-    m = warp_max(m);
-    float total = 0.f;
-    for (int i = lane; i <= j; i += 32) total += (sc[i] = expf(sc[i] - m));
-    total = warp_sum(total);
-    if (lane == 0) red[warp] = total;
-  }
-  __syncthreads();
-  int P = 1;  // lanes per dimension: 32 / dc rounded down to a power of two
-  while (2 * P * dc <= 32) P *= 2;
-  const int per_pass = 32 / P, slot = lane / P, phase = lane % P;
-  const float* sc = scores + h * K;
-  const float total = red[h];
-  for (int base = d0; base < d1; base += per_pass) {  // the same trip count in every lane (shuffles)
-    const int d = base + slot;
-    float acc = 0.f;
-    if (d < d1)
-      for (int i = phase; i <= j; i += P) acc = fmaf(sc[i], vl[i * CP + h * Dh + d], acc);
-    for (int off = P / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (d < d1 && phase == 0) y[h * Dh + d] = acc / total;
-  }
-}
-
 template <typename w_t>
 __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs<w_t> p) {
   extern __shared__ __align__(16) float smem[];
@@ -506,8 +451,7 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const SmemLayout L = SmemLayout::of(C, F, H, K, p.layers);
   float *x = smem + L.x, *a = smem + L.a, *y = smem + L.y, *q = smem + L.q, *hid = smem + L.hid, *part = smem + L.part,
-        *logit = smem + L.logit, *kc = smem + L.kc, *vc = smem + L.vc, *scores = smem + L.scores,
-        *spart = smem + L.spart, *red = smem + L.red;
+        *logit = smem + L.logit, *kc = smem + L.kc, *vc = smem + L.vc, *scores = smem + L.scores, *red = smem + L.red;
   double* dbl = reinterpret_cast<double*>(smem + L.end_floats);
   int* pick = reinterpret_cast<int*>(dbl + kDecodeVocab + 32);
   Exchange ex;
@@ -540,11 +484,8 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       });
       prefetch_rows(p.proj[l], C, c_rows);
       ex.wait();
-      // causal attention of slot j over slots 0..j (every block, redundantly)
-      if (p.split_attention) {
-        attention_split(q, kl, vl, y, scores, spart, red, H, Dh, K, CP, j, scale);
-      } else {
-      // one warp per head; lane i scores key i
+      // causal attention of slot j over slots 0..j, one warp per head (every block, redundantly);
+      // lane i scores key i
       for (int h = warp; h < H; h += kWarps) {
         float* sc = scores + h * K;
         for (int i = lane; i <= j; i += 32) {
@@ -565,7 +506,6 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
           for (int i = 0; i <= j; ++i) acc = fmaf(sc[i], vl[i * CP + h * Dh + d], acc);
           y[h * Dh + d] = acc / total;
         }
-      }
       }
       __syncthreads();
       auto add_to_x = [&](int r, float s, int sub, int group) {
@@ -670,29 +610,6 @@ void allow_smem(size_t smem) {
   if (smem <= limit) return;
   C10_CUDA_CHECK(cudaFuncSetAttribute(chunk_decode_kernel<w_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   limit = smem;
-  // Ask for the smallest shared-memory carveout that holds the state, so the rest of the SM's 256 KB
-  // stays L1 for the weight slices each block prefetches before its next product (a hint;
-  // FFT_TENSOR_DECODE_CARVEOUT=0 leaves the driver's choice, for comparison).
-  static const bool carveout = [] {
-    const char* env = std::getenv("FFT_TENSOR_DECODE_CARVEOUT");
-    return !(env && std::atoi(env) == 0);
-  }();
-  const size_t per_sm = at::cuda::getCurrentDeviceProperties()->sharedMemPerMultiprocessor;
-  if (carveout && per_sm > 0) {
-    const int percent = (int)std::min<size_t>(100, (smem + 1024 + per_sm - 1) * 100 / per_sm + 1);
-    if (cudaFuncSetAttribute(chunk_decode_kernel<w_t>, cudaFuncAttributePreferredSharedMemoryCarveout, percent) !=
-        cudaSuccess)
-      (void)cudaGetLastError();  // only a hint
-  }
-}
-
-// FFT_TENSOR_DECODE_SPLIT_ATTENTION=0: one warp per head even when H divides the warps (comparison).
-bool split_attention_env() {
-  static const bool value = [] {
-    const char* env = std::getenv("FFT_TENSOR_DECODE_SPLIT_ATTENTION");
-    return !(env && std::atoi(env) == 0);
-  }();
-  return value;
 }
 
 // The largest cluster (16, 8, 4, 2) the device runs with this much shared memory per block, else 1.
@@ -752,7 +669,6 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
   p.top_k = (int)std::min<int64_t>(top_k, kDecodeVocab);
   p.eps = (float)eps;
   p.temperature = temperature;
-  p.split_attention = kWarps % s.H == 0 && split_attention_env();
   const size_t smem = (size_t)chunk_decode_smem_bytes(s.C, s.F, s.H, s.K, s.layers);  // refuses int overflow
   auto kernel = chunk_decode_kernel<w_t>;
   const int max_smem = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;

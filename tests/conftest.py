@@ -49,3 +49,13 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
+
+def tolerance(exact, dtype, *, fp64=1e-12, fp32=1e-5, multiple=4):
+    """Relative-error bound for an output of `dtype` against the float64 `exact`: fixed for float64 and
+    float32, else a small multiple of the error of rounding `exact` itself to `dtype` (bf16, fp16)."""
+    if dtype == torch.float64:
+        return fp64
+    if dtype == torch.float32:
+        return fp32
+    return multiple * rel_err(exact.to(dtype), exact) + 1e-6

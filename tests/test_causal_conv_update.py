@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fft_tensor
-from conftest import DEVICES, rel_err, requires_cuda
+from conftest import DEVICES, rel_err, requires_cuda, tolerance
 from fft_tensor.reference import causal_conv_reference, causal_conv_update_reference
 
 ops = torch.ops.fft_tensor
@@ -25,14 +25,6 @@ def make(B, D, T, S, Lk, device, dtype=torch.float32, with_skip=True):
     k = torch.randn(D, Lk, device=device, dtype=acc) / Lk**0.5
     skip = torch.randn(D, device=device, dtype=acc) if with_skip else None
     return u, state, k, skip
-
-
-def tolerance(y_exact, dtype):
-    if dtype == torch.float64:
-        return 1e-12
-    if dtype == torch.float32:
-        return 1e-5
-    return 4 * rel_err(y_exact.to(dtype), y_exact) + 1e-6  # a small multiple of rounding the exact result
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fft_tensor
-from conftest import DEVICES, rel_err, requires_cuda
+from conftest import DEVICES, rel_err, requires_cuda, tolerance
 from fft_tensor.reference import rms_norm_reference
 
 ops = torch.ops.fft_tensor
@@ -21,11 +21,7 @@ DTYPE_SETS = [(torch.float32, torch.float32, torch.float32), (torch.float32, tor
 
 
 def out_tolerance(exact, dtype):
-    if dtype == torch.float64:
-        return 1e-13
-    if dtype == torch.float32:
-        return 2e-6
-    return 2 * rel_err(exact.to(dtype), exact) + 1e-6  # a small multiple of rounding the exact result
+    return tolerance(exact, dtype, fp64=1e-13, fp32=2e-6, multiple=2)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -228,6 +228,19 @@ def test_bf16_autocast_forward_backward():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_compile_fullgraph_inference_with_fused_norms():
+    """With grad off the forward runs fft_tensor.rms_norm / add_rms_norm: torch.compile(fullgraph=True)
+    traces them (fake kernels) and gives the eager logits, in float32 and under bf16 autocast."""
+    model = small_model().eval()
+    randomize_kernels(model)
+    idx = torch.randint(0, 256, (2, 100))
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(idx)[0], model(idx)[0], atol=1e-5, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(compiled(idx)[0], model(idx)[0], atol=2e-2, rtol=0)
+
+
 def test_grad_checkpoint_gives_the_same_gradients():
     model = small_model()
     randomize_kernels(model)

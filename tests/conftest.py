@@ -59,3 +59,15 @@ def tolerance(exact, dtype, *, fp64=1e-12, fp32=1e-5, multiple=4):
     if dtype == torch.float32:
         return fp32
     return multiple * rel_err(exact.to(dtype), exact) + 1e-6
+
+
+def assert_rejected_eagerly_and_traced(fn, make_args, match):
+    """fn(*make_args()) raises RuntimeError matching `match`, and so does fn on fake copies of the
+    arguments (the op's fake kernel, what torch.compile meets while tracing). None stays None."""
+    with pytest.raises(RuntimeError, match=match):
+        fn(*make_args())
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        fake_args = [None if a is None else mode.from_tensor(a) for a in make_args()]
+        with pytest.raises(RuntimeError, match=match):
+            fn(*fake_args)

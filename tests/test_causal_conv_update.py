@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fft_tensor
-from conftest import DEVICES, rel_err, requires_cuda, tolerance
+from conftest import DEVICES, assert_rejected_eagerly_and_traced, rel_err, requires_cuda, tolerance
 from fft_tensor.reference import causal_conv_reference, causal_conv_update_reference
 
 ops = torch.ops.fft_tensor
@@ -195,14 +195,7 @@ BAD = {
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_inputs(name):
     make_args, match = BAD[name]
-    with pytest.raises(RuntimeError, match=match):
-        fft_tensor.causal_conv_update(*make_args())
-    # the fake kernel reports the same error while tracing
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode() as mode:
-        fake_args = [None if a is None else mode.from_tensor(a) for a in make_args()]
-        with pytest.raises(RuntimeError, match=match):
-            fft_tensor.causal_conv_update(*fake_args)
+    assert_rejected_eagerly_and_traced(fft_tensor.causal_conv_update, make_args, match)
 
 
 @requires_cuda

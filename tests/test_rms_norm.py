@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fft_tensor
-from conftest import DEVICES, rel_err, requires_cuda, tolerance
+from conftest import DEVICES, assert_rejected_eagerly_and_traced, rel_err, requires_cuda, tolerance
 from fft_tensor.reference import rms_norm_reference
 
 ops = torch.ops.fft_tensor
@@ -136,13 +136,7 @@ BAD = {
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_inputs(name):
     make_args, match = BAD[name]
-    with pytest.raises(RuntimeError, match=match):
-        fft_tensor.add_rms_norm(*make_args())
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    with FakeTensorMode() as mode:
-        fake_args = [mode.from_tensor(a) for a in make_args()]
-        with pytest.raises(RuntimeError, match=match):
-            fft_tensor.add_rms_norm(*fake_args)
+    assert_rejected_eagerly_and_traced(fft_tensor.add_rms_norm, make_args, match)
 
 
 def test_bad_out_dtype():

@@ -57,21 +57,34 @@ inline int64_t chunk_decode_smem_bytes(int64_t C, int64_t F, int64_t heads, int6
   return (int64_t)layout.bytes();
 }
 
-// Why chunk_decode cannot run a decoder of these sizes, "" when it can (the rules the op's checks
-// enforce; whether the state fits a block's shared memory is the caller's to compare,
-// chunk_decode_smem_bytes against the device). weight_dtype: the linear weights' dtype; cuda: the
-// CUDA kernel's 16-byte weight rows apply.
+// The op's size rules, each returning why a decoder breaks it ("" when it holds).
+inline std::string decode_layers_rule(int64_t layers) {
+  if (layers >= 1 && layers <= kDecodeMaxLayers) return "";
+  return "expected 1 to " + std::to_string(kDecodeMaxLayers) + " decoder layers (qkv tensors), got " +
+         std::to_string(layers);
+}
+inline std::string decode_heads_rule(int64_t C, int64_t heads) {
+  if (heads >= 1 && C % heads == 0) return "";
+  return "expected heads >= 1 dividing C = " + std::to_string(C) + ", got heads = " + std::to_string(heads);
+}
+// The CUDA kernel's 16-byte weight rows.
+inline std::string decode_cuda_rows_rule(int64_t C, int64_t F, at::ScalarType weight_dtype) {
+  const int vec = weight_dtype == at::kFloat ? 4 : 8;
+  if (C % vec == 0 && F % vec == 0) return "";
+  return "on CUDA expected C and F divisible by " + std::to_string(vec) + " (16-byte weight rows), got C = " +
+         std::to_string(C) + ", F = " + std::to_string(F);
+}
+
+// Why chunk_decode cannot run a decoder of these sizes, "" when it can: the rules above, which the
+// op's checks enforce. Whether the state fits a block's shared memory is the caller's to compare
+// (chunk_decode_smem_bytes against the device). weight_dtype: the linear weights' dtype; cuda: the
+// CUDA kernel's row rule applies.
 inline std::string chunk_decode_unsupported(int64_t C, int64_t F, int64_t heads, int64_t layers,
                                             at::ScalarType weight_dtype, bool cuda) {
-  if (layers < 1 || layers > kDecodeMaxLayers)
-    return "expected 1 to " + std::to_string(kDecodeMaxLayers) + " decoder layers (qkv tensors), got " +
-           std::to_string(layers);
-  if (heads < 1 || C % heads != 0)
-    return "expected heads >= 1 dividing C = " + std::to_string(C) + ", got heads = " + std::to_string(heads);
-  const int vec = weight_dtype == at::kFloat ? 4 : 8;
-  if (cuda && (C % vec != 0 || F % vec != 0))
-    return "on CUDA expected C and F divisible by " + std::to_string(vec) + " (16-byte weight rows), got C = " +
-           std::to_string(C) + ", F = " + std::to_string(F);
+  for (const std::string& why : {decode_layers_rule(layers), decode_heads_rule(C, heads),
+                                 cuda ? decode_cuda_rows_rule(C, F, weight_dtype) : std::string()}) {
+    if (!why.empty()) return why;
+  }
   return "";
 }
 
@@ -134,18 +147,14 @@ inline DecodeShape check_chunk_decode_args(const at::Tensor& context, const at::
   TORCH_CHECK(byte_emb.is_floating_point() && slot_emb.is_floating_point(), op,
               ": expected floating-point embeddings, got byte_emb ", byte_emb.scalar_type(), " and slot_emb ",
               slot_emb.scalar_type());
-  {
-    const std::string why = chunk_decode_unsupported(s.C, 0, 1, s.layers, at::kFloat, false);  // the layer limit
-    TORCH_CHECK(why.empty(), op, ": ", why);
-  }
+  const std::string layers_why = decode_layers_rule(s.layers);
+  TORCH_CHECK(layers_why.empty(), op, ": ", layers_why);
   for (auto list : {norm1, proj, norm2, fc, fc_proj}) {
     TORCH_CHECK((int64_t)list.size() == s.layers, op, ": expected one tensor per layer in every weight list (",
                 std::to_string(s.layers), ", as qkv), got a list of ", std::to_string(list.size()));
   }
-  {
-    const std::string why = chunk_decode_unsupported(s.C, 0, heads, s.layers, at::kFloat, false);  // heads | C
-    TORCH_CHECK(why.empty(), op, ": ", why);
-  }
+  const std::string heads_why = decode_heads_rule(s.C, heads);
+  TORCH_CHECK(heads_why.empty(), op, ": ", heads_why);
   TORCH_CHECK(fc[0].dim() == 2, op, ": expected fc[0] of shape (F, C), got ", shape_str(fc[0].sizes()));
   s.F = fc[0].size(0);
   const auto wt = qkv[0].scalar_type();

@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "../cpu_dot.h"
 #include "common.h"
 
 namespace fft_tensor {
@@ -19,25 +20,12 @@ struct CpuWeights {
   const float *byte_emb, *slot_emb, *norm_f;
 };
 
-// out = W v. Each row keeps 8 independent partial sums (columns c mod 8) that the compiler turns into
-// one SIMD accumulator; one running sum cannot be vectorised without reassociating it, and ran at
-// about 2 GMAC/s. Rows are split over threads (one launch has one row of the batch at generation);
-// every row is summed the same way whatever the thread count.
+// out = W v, each row a dot8 (csrc/cpu_dot.h). Rows are split over threads (one launch has one row
+// of the batch at generation); every row is summed the same way whatever the thread count.
 template <typename w_t>
 void matvec(const w_t* W, const float* v, int64_t rows, int64_t cols, float* out) {
-  constexpr int kLanes = 8;
   at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / cols), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const w_t* row = W + r * cols;
-      float acc[kLanes] = {};
-      int64_t c = 0;
-      for (; c + kLanes <= cols; c += kLanes) {
-        for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<float>(row[c + k]) * v[c + k];
-      }
-      float tail = 0.f;
-      for (; c < cols; ++c) tail += static_cast<float>(row[c]) * v[c];
-      out[r] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
-    }
+    for (int64_t r = r0; r < r1; ++r) out[r] = dot8<float>(W + r * cols, v, cols);
   });
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "../cpu_dot.h"
 #include "common.h"
 
 namespace fft_tensor {
@@ -20,13 +21,7 @@ void normalize_rows(const at::Tensor& s, const at::Tensor& w, at::Tensor& out, i
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const acc_t* x = sp + r * D;
-      acc_t ss[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 partial sums: vectorises without reassociation
-      int64_t i = 0;
-      for (; i + 8 <= D; i += 8)
-        for (int j = 0; j < 8; ++j) ss[j] += x[i + j] * x[i + j];
-      for (; i < D; ++i) ss[i % 8] += x[i] * x[i];
-      acc_t total = 0;
-      for (int j = 0; j < 8; ++j) total += ss[j];
+      const acc_t total = dot8<acc_t>(x, x, D);
       const acc_t rstd = acc_t(1) / std::sqrt(total / acc_t(D) + acc_t(eps));
       for (int64_t c = 0; c < D; ++c) op[r * D + c] = x[c] * rstd * wp[c];
     }

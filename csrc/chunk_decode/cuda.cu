@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -49,6 +50,7 @@ constexpr int kPickWarps = kDecodeVocab / 32;  // thread i < 256 owns byte i in 
 constexpr int kRowsInFlight = 4;               // matrix rows a warp loads before reducing (memory-level parallelism)
 static_assert(kThreads >= kDecodeVocab && kWarps <= 32, "the pick and the reductions assume these");
 constexpr int kMaxCluster = 16;
+constexpr int kStamps = 96;
 static_assert(kDecodeColumnGroups % kMaxCluster == 0,
               "every cluster size (a power of two up to 16) divides the MLP column groups");
 
@@ -70,6 +72,8 @@ struct DecodeArgs {
   float* logits;          // (N, K, 256)
   int64_t* bytes;         // (N, K)
   int C, F, H, K, layers, G, top_k;
+  long long* stamps;  // profiling (FFT_TENSOR_DECODE_STAMPS): clock64 at phase ends, (N, G, K, kStamps)
+  int vec_send;       // experiment (FFT_TENSOR_DECODE_VEC): the MLP exchange in 16-byte stores
   float eps;
   double temperature;
 };
@@ -166,6 +170,23 @@ struct Exchange {
     }
 #endif
     if (sub == 0) *p = v;
+  }
+
+  __device__ __forceinline__ void send4(float* p, float4 v, int sub, int group) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (G > 1) {
+      for (int g = sub; g < G; g += group) {
+        unsigned dst, bar;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(dst) : "r"(smem_u32(p)), "r"(g));
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(bar) : "r"(smem_u32(bars + (e & 1))), "r"(g));
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];"
+                     ::"r"(dst), "r"(__float_as_uint(v.x)), "r"(__float_as_uint(v.y)), "r"(__float_as_uint(v.z)),
+                     "r"(__float_as_uint(v.w)), "r"(bar) : "memory");
+      }
+      return;
+    }
+#endif
+    if (sub == 0) *reinterpret_cast<float4*>(p) = v;
   }
 
   // every thread: this exchange's values have all arrived (ends with a block barrier)
@@ -319,6 +340,49 @@ __device__ __forceinline__ void matvec_cols(const w_t* __restrict__ W, const flo
   }
 }
 
+template <typename w_t, typename Epilogue>
+__device__ __forceinline__ void matvec_cols4(const w_t* __restrict__ W, const float* v, int Cin, int R, int c0, int c1,
+                                            Epilogue epilogue) {
+  constexpr int n = Vec<w_t>::n;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 3, sub = lane & 7;
+  for (int base = warp * 16; base < R; base += kWarps * 16) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
+    for (int c = c0 + sub * n; c < c1; c += 8 * n) {
+      Vec<w_t> w[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int r = base + u * 4 + grp;
+        if (r < R) w[u].load(W + (int64_t)r * Cin + c);
+      }
+      float xv[n];
+#pragma unroll
+      for (int e = 0; e < n; ++e) xv[e] = v[c + e];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (base + u * 4 + grp < R) {
+#pragma unroll
+          for (int e = 0; e < n; ++e) acc[u] = fmaf(w[u].v[e], xv[e], acc[u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+#pragma unroll
+      for (int off = 4; off > 0; off >>= 1) acc[u] += __shfl_xor_sync(0xffffffffu, acc[u], off);
+    }
+    float4 rows4 = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const float t0 = __shfl_sync(0xffffffffu, acc[u], sub), t1 = __shfl_sync(0xffffffffu, acc[u], sub + 8),
+                  t2 = __shfl_sync(0xffffffffu, acc[u], sub + 16), t3 = __shfl_sync(0xffffffffu, acc[u], sub + 24);
+      if (u == grp) rows4 = make_float4(t0, t1, t2, t3);
+    }
+    const int r = base + grp * 4;
+    if (r < R) epilogue(r, rows4, sub);
+  }
+}
+
 // Columns [c0, c1) of every row of W (R, Cin) pulled into L1 (128-byte lines).
 template <typename w_t>
 __device__ __forceinline__ void prefetch_cols(const w_t* W, int Cin, int R, int c0, int c1) {
@@ -459,6 +523,12 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   ex.G = G;
   const float* ctx = p.context + n * C;
   const float scale = rsqrtf((float)Dh);
+  auto stamp = [&](int j, int idx) {
+    if (p.stamps) {
+      __syncthreads();
+      if (tid == 0) p.stamps[((n * G + rank) * K + j) * kStamps + idx] = clock64();
+    }
+  };
 
   int64_t byte = p.first[n];
   CUDA_KERNEL_ASSERT(byte >= 0 && byte < kDecodeVocab);
@@ -470,20 +540,26 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   prefetch_rows(p.qkv[0], C, qkv_rows);
   ex.init();  // also: every block of the cluster is running before anyone writes into its memory
   for (int j = 0; j < K; ++j) {
+    stamp(j, 0);
     for (int i = tid; i < C; i += kThreads) x[i] = p.byte_emb[byte * C + i] + p.slot_emb[(int64_t)j * C + i] + ctx[i];
     __syncthreads();
+    stamp(j, 1);
     for (int l = 0; l < p.layers; ++l) {
+      const int sb = 2 + 10 * l;
       const int CP = C + 1;  // padded row stride of the keys and values
       float* kl = kc + l * K * CP;
       float* vl = vc + l * K * CP;
       rms_norm(x, p.norm1[l], a, red, C, p.eps);
+      stamp(j, sb + 0);
       ex.begin(3 * C);
       matvec_rows(p.qkv[l], a, C, qkv_rows.x, qkv_rows.y, [&](int r, float s, int sub, int group) {
         float* dst = r < C ? q + r : (r < 2 * C ? kl + j * CP + (r - C) : vl + j * CP + (r - 2 * C));
         ex.send(dst, s, sub, group);
       });
       prefetch_rows(p.proj[l], C, c_rows);
+      stamp(j, sb + 1);
       ex.wait();
+      stamp(j, sb + 2);
       // causal attention of slot j over slots 0..j, one warp per head (every block, redundantly);
       // lane i scores key i
       for (int h = warp; h < H; h += kWarps) {
@@ -508,6 +584,7 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
         }
       }
       __syncthreads();
+      stamp(j, sb + 3);
       auto add_to_x = [&](int r, float s, int sub, int group) {
         const float v = x[r] + s;
         __syncwarp(0xffu << (lane & 24));  // the row's 8 lanes have read x[r] before the owner's copy is rewritten
@@ -517,7 +594,9 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       matvec_rows(p.proj[l], y, C, c_rows.x, c_rows.y, add_to_x);
       prefetch_rows(p.fc[l], C, hid_rows);
       prefetch_cols(p.fc_proj[l], F, C, hid_rows.x, hid_rows.y);
+      stamp(j, sb + 4);
       ex.wait();
+      stamp(j, sb + 5);
       // MLP in one exchange: this block's hidden units (its column groups) stay local, and their share
       // of the second product goes out as one partial sum per group and output row; every block then
       // adds the 16 partials in group order (an exchange of the hidden vector and then of the output
@@ -527,32 +606,45 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
         if (sub == 0) hid[r] = 0.5f * s * (1.f + erff(s * 0.70710678118654752f));  // exact GELU
       });
       __syncthreads();
+      stamp(j, sb + 6);
       ex.begin(kDecodeColumnGroups * C);
       for (int g = rank * groups; g < (rank + 1) * groups; ++g) {
-        matvec_cols(p.fc_proj[l], hid, F, C, min(F, g * pf), min(F, (g + 1) * pf),
-                    [&](int r, float s, int sub) { ex.send(part + g * C + r, s, sub, 8); });
+        if (p.vec_send)
+          matvec_cols4(p.fc_proj[l], hid, F, C, min(F, g * pf), min(F, (g + 1) * pf),
+                       [&](int r, float4 s, int sub) { ex.send4(part + g * C + r, s, sub, 8); });
+        else
+          matvec_cols(p.fc_proj[l], hid, F, C, min(F, g * pf), min(F, (g + 1) * pf),
+                      [&](int r, float s, int sub) { ex.send(part + g * C + r, s, sub, 8); });
       }
       if (l + 1 < p.layers) prefetch_rows(p.qkv[l + 1], C, qkv_rows);
       else prefetch_rows(p.head, C, head_rows);
+      stamp(j, sb + 7);
       ex.wait();
+      stamp(j, sb + 8);
       for (int i = tid; i < C; i += kThreads) {
         float sum = part[i];
         for (int g = 1; g < kDecodeColumnGroups; ++g) sum += part[g * C + i];
         x[i] += sum;
       }
       __syncthreads();
+      stamp(j, sb + 9);
     }
+    const int fb = 2 + 10 * p.layers;
     rms_norm(x, p.norm_f, a, red, C, p.eps);
+    stamp(j, fb);
     ex.begin(kDecodeVocab);
     matvec_rows(p.head, a, C, head_rows.x, head_rows.y,
                 [&](int r, float s, int sub, int group) { ex.send(logit + r, s, sub, group); });
     prefetch_rows(p.qkv[0], C, qkv_rows);
+    stamp(j, fb + 1);
     ex.wait();
+    stamp(j, fb + 2);
     byte = pick_byte(logit, p.temperature == 0 ? 0.0 : p.uniforms[n * K + j], p.temperature, p.top_k, dbl, pick);
     if (rank == 0 && tid < kDecodeVocab) {
       p.logits[(n * K + j) * kDecodeVocab + tid] = logit[tid];
       if (tid == 0) p.bytes[n * K + j] = byte;
     }
+    stamp(j, fb + 3);
   }
   cluster_barrier(G);  // no block leaves while its stores into another may still be in flight
 }
@@ -683,10 +775,32 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
   // exchanges behind a peer that writes into its buffers). G dividing C guarantees it.
   while (p.G > 1 && p.C % p.G != 0) p.G /= 2;
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const char* stamp_path = std::getenv("FFT_TENSOR_DECODE_STAMPS");
+  const char* vec_env = std::getenv("FFT_TENSOR_DECODE_VEC");
+  p.vec_send = vec_env && std::atoi(vec_env) != 0 && s.C % 4 == 0;
+  at::Tensor stamps;
+  if (stamp_path && *stamp_path) {
+    stamps = at::zeros({s.N * p.G * s.K * kStamps}, ctx.options().dtype(at::kLong));
+    p.stamps = reinterpret_cast<long long*>(stamps.data_ptr<int64_t>());
+  }
+  auto dump = [&] {
+    if (!stamps.defined()) return;
+    at::Tensor host = stamps.cpu();
+    FILE* f = std::fopen(stamp_path, "a");
+    if (!f) return;
+    std::fprintf(f, "# N %lld G %d K %d layers %d vec %d stamps %d\n", (long long)s.N, p.G, p.K, p.layers, p.vec_send, kStamps);
+    const int64_t* v = host.data_ptr<int64_t>();
+    for (int64_t i = 0; i < host.numel(); i += kStamps) {
+      for (int k = 0; k < kStamps; ++k) std::fprintf(f, k ? " %lld" : "%lld", (long long)v[i + k]);
+      std::fprintf(f, "\n");
+    }
+    std::fclose(f);
+  };
   TORCH_CHECK(s.N * p.G < (int64_t(1) << 31), "chunk_decode: too many rows (", std::to_string(s.N), ")");
   if (p.G == 1) {
     kernel<<<(unsigned)s.N, kThreads, smem, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dump();
     return;
   }
   cudaLaunchAttribute cluster{};
@@ -701,6 +815,7 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
   cfg.attrs = &cluster;
   cfg.numAttrs = 1;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
+  dump();
 }
 
 std::tuple<at::Tensor, at::Tensor> chunk_decode_cuda(const at::Tensor& context, const at::Tensor& first,

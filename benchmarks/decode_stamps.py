@@ -1,6 +1,7 @@
 """WIP profiling aid: where chunk_decode's slots spend their cycles (clock64 stamps per block and phase,
 written by the kernel when FFT_TENSOR_DECODE_STAMPS names a file). Also times the MLP exchange in 16-byte
-stores (FFT_TENSOR_DECODE_VEC=1) against 4-byte ones, from CUDA graph replays.
+stores (FFT_TENSOR_DECODE_STAGE=0: weights read from global
+memory) against the staged kernel, from CUDA graph replays.
 
     python benchmarks/decode_stamps.py
 """
@@ -42,7 +43,7 @@ def analyse(path, out):
         d = np.diff(st, axis=-1).astype(np.float64)             # (G, K, phases)
         slot = (st[:, :, -1] - st[:, :, 0]).astype(np.float64)  # (G, K)
         names = phases(layers)
-        out.append(f"\n### G={G} vec_send={vec}: cycles per slot (mean over slots 1..{K-1}), per phase\n")
+        out.append(f"\n### G={G} staged={vec}: cycles per slot (mean over slots 1..{K-1}), per phase\n")
         out.append("| phase | mean over blocks | max over blocks | min over blocks |\n|---|---|---|---|")
         dm = d[:, 1:, :].mean(axis=1)  # (G, phases), slot 0 skipped (cold)
         for k, name in enumerate(names):
@@ -60,14 +61,14 @@ def main():
     results = {}
     for rep in range(2):
         for vec in ("0", "1"):
-            os.environ["FFT_TENSOR_DECODE_VEC"] = vec
+            os.environ["FFT_TENSOR_DECODE_STAGE"] = vec
             us = graph_time_us(chunk, Args.replays)
             results[vec] = chunk()
-            out.append(f"vec_send={vec} (round {rep}): {us:.1f} us per chunk (graph replay)")
+            out.append(f"staged={vec} (round {rep}): {us:.1f} us per chunk (graph replay)")
     same = all(torch.equal(a, b) for a, b in zip(results["0"], results["1"]))
-    out.append(f"vec_send 0 and 1 give the same logits and bytes bit for bit: {same}")
+    out.append(f"staged 0 and 1 give the same logits and bytes bit for bit: {same}")
     for vec in ("0", "1"):
-        os.environ["FFT_TENSOR_DECODE_VEC"] = vec
+        os.environ["FFT_TENSOR_DECODE_STAGE"] = vec
         path = f"/tmp/stamps_{vec}.txt"
         if os.path.exists(path):
             os.remove(path)

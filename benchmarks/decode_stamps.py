@@ -1,9 +1,14 @@
-"""WIP profiling aid: where chunk_decode's slots spend their cycles (clock64 stamps per block and phase,
-written by the kernel when FFT_TENSOR_DECODE_STAMPS names a file). Also times the MLP exchange in 16-byte
-stores (FFT_TENSOR_DECODE_STAGE=0: weights read from global
-memory) against the staged kernel, from CUDA graph replays.
+"""Where chunk_decode's slots spend their cycles: clock64 stamps at the end of every phase of every slot,
+per block of the cluster (29m preset decoder, bf16 weights, batch 1, greedy).
 
+Needs the profiling build, whose kernel records the stamps when FFT_TENSOR_DECODE_STAMPS names a file:
+
+    FFT_TENSOR_DECODE_STAMPS_BUILD=1 python setup.py build_ext --inplace
     python benchmarks/decode_stamps.py
+
+Each stamp follows a block barrier, so a phase's cycles include its slowest warp. "wait" phases are the
+exchanges (st.async stores from the other blocks landing); the others are the block's own work.
+Writes $OUT/decode_stamps.md when OUT is set.
 """
 import os
 import sys
@@ -30,57 +35,45 @@ def phases(layers):
     return names + ["final norm", "head matvec+send", "wait head", "pick+write"]
 
 
-def analyse(path, out):
+def analyse(path):
     lines = open(path).read().splitlines()
-    i = 0
-    while i < len(lines):
-        head = lines[i].split()
-        N, G, K, layers, vec = int(head[2]), int(head[4]), int(head[6]), int(head[8]), int(head[10])
-        rows = np.array([[int(v) for v in l.split()] for l in lines[i + 1:i + 1 + N * G * K]], dtype=np.int64)
-        i += 1 + N * G * K
-        used = 2 + 10 * layers + 4
-        st = rows[:, :used].reshape(N, G, K, used)[0]          # (G, K, stamps)
-        d = np.diff(st, axis=-1).astype(np.float64)             # (G, K, phases)
-        slot = (st[:, :, -1] - st[:, :, 0]).astype(np.float64)  # (G, K)
-        names = phases(layers)
-        out.append(f"\n### G={G} staged={vec}: cycles per slot (mean over slots 1..{K-1}), per phase\n")
-        out.append("| phase | mean over blocks | max over blocks | min over blocks |\n|---|---|---|---|")
-        dm = d[:, 1:, :].mean(axis=1)  # (G, phases), slot 0 skipped (cold)
-        for k, name in enumerate(names):
-            out.append(f"| {name} | {dm[:, k].mean():.0f} | {dm[:, k].max():.0f} | {dm[:, k].min():.0f} |")
-        sm = slot[:, 1:].mean(axis=1)
-        out.append(f"| whole slot | {sm.mean():.0f} | {sm.max():.0f} | {sm.min():.0f} |")
-        out.append(f"slot 0 (cold): {slot[:, 0].mean():.0f} cycles; all slots: {(st[:, -1, -1] - st[:, 0, 0]).mean():.0f}")
+    head = lines[0].split()  # "# N n G g K k layers l stamps s"
+    N, G, K, layers, width = (int(head[i]) for i in (2, 4, 6, 8, 10))
+    rows = np.array([[int(v) for v in l.split()] for l in lines[1:1 + N * G * K]], dtype=np.int64)
+    used = 2 + 10 * layers + 4
+    st = rows[:, :used].reshape(N, G, K, used)[0]          # row 0: (G, K, stamps)
+    d = np.diff(st, axis=-1).astype(np.float64)             # (G, K, phases)
+    slot = (st[:, :, -1] - st[:, :, 0]).astype(np.float64)  # (G, K)
+    out = [f"### {G} blocks: cycles per slot (mean over slots 1..{K - 1}; slot 0 is cold), per phase", "",
+           "| phase | mean over blocks | max over blocks | min over blocks |", "|---|---|---|---|"]
+    dm = d[:, 1:, :].mean(axis=1)
+    for k, name in enumerate(phases(layers)):
+        out.append(f"| {name} | {dm[:, k].mean():.0f} | {dm[:, k].max():.0f} | {dm[:, k].min():.0f} |")
+    sm = slot[:, 1:].mean(axis=1)
+    out.append(f"| whole slot | {sm.mean():.0f} | {sm.max():.0f} | {sm.min():.0f} |")
+    out.append(f"\nslot 0: {slot[:, 0].mean():.0f} cycles; the chunk: {(st[:, -1, -1] - st[:, 0, 0]).mean():.0f}")
+    return out
 
 
 def main():
-    out = []
-    props = torch.cuda.get_device_properties(0)
-    out.append(f"{props.name}, torch {torch.__version__}")
+    if not torch.cuda.is_available():
+        raise SystemExit("decode_stamps.py: needs a CUDA GPU")
     _, chunk = setup(Args)
-    results = {}
-    for rep in range(2):
-        for vec in ("0", "1"):
-            os.environ["FFT_TENSOR_DECODE_STAGE"] = vec
-            us = graph_time_us(chunk, Args.replays)
-            results[vec] = chunk()
-            out.append(f"staged={vec} (round {rep}): {us:.1f} us per chunk (graph replay)")
-    same = all(torch.equal(a, b) for a, b in zip(results["0"], results["1"]))
-    out.append(f"staged 0 and 1 give the same logits and bytes bit for bit: {same}")
-    for vec in ("0", "1"):
-        os.environ["FFT_TENSOR_DECODE_STAGE"] = vec
-        path = f"/tmp/stamps_{vec}.txt"
-        if os.path.exists(path):
-            os.remove(path)
-        for _ in range(3):
-            chunk()
-        torch.cuda.synchronize()
-        os.environ["FFT_TENSOR_DECODE_STAMPS"] = path
+    out = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}",
+           f"{graph_time_us(chunk, Args.replays):.1f} us per chunk (CUDA graph replay, stamps off)", ""]
+    path = "/tmp/fft_tensor_decode_stamps.txt"
+    if os.path.exists(path):
+        os.remove(path)
+    for _ in range(3):
         chunk()
-        torch.cuda.synchronize()
-        del os.environ["FFT_TENSOR_DECODE_STAMPS"]
-        analyse(path, out)
-    text = "\n".join(out)
+    torch.cuda.synchronize()
+    os.environ["FFT_TENSOR_DECODE_STAMPS"] = path
+    chunk()
+    torch.cuda.synchronize()
+    del os.environ["FFT_TENSOR_DECODE_STAMPS"]
+    if not os.path.exists(path):
+        raise SystemExit("decode_stamps.py: no stamps written; build with FFT_TENSOR_DECODE_STAMPS_BUILD=1")
+    text = "\n".join(out + analyse(path))
     print(text)
     if os.environ.get("OUT"):
         open(os.path.join(os.environ["OUT"], "decode_stamps.md"), "w").write(text + "\n")

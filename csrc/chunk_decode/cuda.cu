@@ -4,13 +4,17 @@
 // per row walks the slots, with the weights split over the cluster's G blocks (a power of two).
 //
 // Per slot and layer: each block computes the RMSNorm of the residual stream itself (C values), its
-// rows of the matrix-vector product (one warp per row, 16-byte weight loads, 4 rows in flight), and
-// sends each result into every block's shared memory (distributed shared memory, sm_90). The slot's
+// rows of the matrix-vector product (4 consecutive rows per warp, 16-byte weight loads), and sends the
+// results into every block's shared memory (distributed shared memory, sm_90), 4 rows per 16-byte
+// store: clock64 stamps per phase showed each exchange's wait growing with its count of stores (the
+// qkv exchange waited ~2000 cycles with 4-byte stores, ~330 with 16-byte ones). The slot's
 // keys and values stay in shared memory (the decoder attends within the chunk only), and every block
 // computes the small causal attention and the byte pick redundantly, so no other exchange is needed.
 // The MLP is split by hidden units instead (each block's share of the second product is summed over
 // the cluster in one exchange): 3 exchanges per layer + 1 per slot. The weights (a few MB) stay in L2
-// across slots and chunks, and each block pulls its next slice into L1 while it waits.
+// across slots and chunks, and each block pulls its next slice into L1 while it waits. (Staging each
+// block's next weight slice in shared memory with cp.async instead measured 7% slower: the products
+// are not bound by their loads' latency. Profiling build: setup.py's FFT_TENSOR_DECODE_STAMPS_BUILD.)
 //
 // An exchange is asynchronous stores into the peers' shared memory (st.async) that count their bytes
 // on the receiver's mbarrier; a block waits only for the bytes it expects. A cluster barrier here
@@ -43,12 +47,11 @@ namespace cg = cooperative_groups;
 namespace fft_tensor {
 namespace {
 
-// 16 warps: at cluster 16 every warp's rows of each matrix are one pass of kRowsInFlight (8 warps
-// took two passes for the 768 qkv and 1024 fc rows, and had half the warps to hide latency with).
+// 16 warps: at cluster 16 every warp's rows of each matrix are one pass of 4 rows (8 warps took two
+// passes for the 768 qkv and 1024 fc rows, and had half the warps to hide latency with).
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPickWarps = kDecodeVocab / 32;  // thread i < 256 owns byte i in the pick
-constexpr int kRowsInFlight = 4;               // matrix rows a warp loads before reducing (memory-level parallelism)
 static_assert(kThreads >= kDecodeVocab && kWarps <= 32, "the pick and the reductions assume these");
 constexpr int kMaxCluster = 16;
 constexpr int kStamps = 96;
@@ -73,9 +76,7 @@ struct DecodeArgs {
   float* logits;          // (N, K, 256)
   int64_t* bytes;         // (N, K)
   int C, F, H, K, layers, G, top_k;
-  long long* stamps;  // profiling (FFT_TENSOR_DECODE_STAMPS): clock64 at phase ends, (N, G, K, kStamps)
-  int staged;         // weights staged through shared memory (2 buffers of stage_elems)
-  int stage_elems;
+  long long* stamps;  // profiling build only: clock64 at phase ends, (N, G, K, kStamps)
   float eps;
   double temperature;
 };
@@ -226,14 +227,13 @@ struct Exchange {
   }
 };
 
-// 16 bytes of weights (4 float32 or 8 bf16/fp16) as floats, from global memory (read-only path) or
-// from the block's staged copy in shared memory.
+// 16 bytes of weights (4 float32 or 8 bf16/fp16) as floats.
 template <typename w_t>
 struct Vec {
   static constexpr int n = 16 / sizeof(w_t);
   float v[n];
-  __device__ __forceinline__ void load(const w_t* p, bool shared) {
-    const uint4 raw = shared ? *reinterpret_cast<const uint4*>(p) : __ldg(reinterpret_cast<const uint4*>(p));
+  __device__ __forceinline__ void load(const w_t* p) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
     if constexpr (std::is_same_v<w_t, float>) {
       v[0] = __uint_as_float(raw.x); v[1] = __uint_as_float(raw.y);
       v[2] = __uint_as_float(raw.z); v[3] = __uint_as_float(raw.w);
@@ -264,16 +264,6 @@ __device__ __forceinline__ void load_vector(const float* v, float (&out)[n]) {
   }
 }
 
-// A block's view of one weight matrix: element (r, c) at ptr[(r - r0) * ld + (c - c0)], in global
-// memory (the whole matrix: r0 = c0 = 0) or in shared memory (the block's staged slice).
-template <typename w_t>
-struct Weights {
-  const w_t* ptr;
-  int ld, r0, c0;
-  bool shared;
-  __device__ __forceinline__ const w_t* at(int r, int c) const { return ptr + (int64_t)(r - r0) * ld + (c - c0); }
-};
-
 // The 4 partial sums of a lane (rows u = 0..3) reduced over the warp in 6 shuffles instead of 20:
 // halve the rows while halving the lanes (offsets 16, 8), then sum within groups of 8 lanes. Lanes
 // 8u .. 8u + 7 end with row u's total (all 8 the same: each step adds the same two values).
@@ -293,7 +283,7 @@ __device__ __forceinline__ float warp_sum4(const float (&a)[4], int lane) {
 // row rq + u, then every lane gathers the 4 totals: epilogue(rq, m, sums) by the whole warp, with
 // m = min(4, r1 - rq) rows valid. A row's sum has the same shape whatever the warp or block.
 template <typename w_t, typename Epilogue>
-__device__ __forceinline__ void matvec_rows(const Weights<w_t> W, const float* v, int Cin, int r0, int r1,
+__device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const float* v, int Cin, int r0, int r1,
                                             Epilogue epilogue) {
   constexpr int n = Vec<w_t>::n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -304,7 +294,7 @@ __device__ __forceinline__ void matvec_rows(const Weights<w_t> W, const float* v
       Vec<w_t> w[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        if (rq + u < r1) w[u].load(W.at(rq + u, c), W.shared);
+        if (rq + u < r1) w[u].load(W + (int64_t)(rq + u) * Cin + c);
       }
       float xv[n];
       load_vector<n>(v + c, xv);
@@ -343,7 +333,7 @@ __device__ __host__ __forceinline__ int group_cols(int F) {
 // a 16-shuffle transpose gives group k rows base + 4k .. base + 4k + 3; every row's sum has the same
 // shape whatever the warp or block.
 template <typename w_t, typename Epilogue4>
-__device__ __forceinline__ void matvec_cols(const Weights<w_t> W, const float* v, int R, int c0, int c1,
+__device__ __forceinline__ void matvec_cols(const w_t* __restrict__ W, const float* v, int Cin, int R, int c0, int c1,
                                             Epilogue4 epilogue4) {
   constexpr int n = Vec<w_t>::n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 3, sub = lane & 7;
@@ -355,7 +345,7 @@ __device__ __forceinline__ void matvec_cols(const Weights<w_t> W, const float* v
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int r = base + u * 4 + grp;
-        if (r < R) w[u].load(W.at(r, c), W.shared);
+        if (r < R) w[u].load(W + (int64_t)r * Cin + c);
       }
       float xv[n];
       load_vector<n>(v + c, xv);
@@ -384,7 +374,7 @@ __device__ __forceinline__ void matvec_cols(const Weights<w_t> W, const float* v
   }
 }
 
-// Columns [c0, c1) of every row of W (R, Cin) pulled into L1 (128-byte lines): the unstaged path.
+// Columns [c0, c1) of every row of W (R, Cin) pulled into L1 (128-byte lines).
 template <typename w_t>
 __device__ __forceinline__ void prefetch_cols(const w_t* W, int Cin, int R, int c0, int c1) {
   if (c1 <= c0) return;
@@ -395,7 +385,7 @@ __device__ __forceinline__ void prefetch_cols(const w_t* W, int Cin, int R, int 
 }
 
 // Rows [r0, r1) of W (R, Cin) pulled into L1 while the block waits for an exchange before the
-// product that reads them: the unstaged path.
+// product that reads them (the weights never depend on the exchange; the vector does).
 template <typename w_t>
 __device__ __forceinline__ void prefetch_rows(const w_t* W, int Cin, int2 rows) {
   const int r0 = rows.x, r1 = rows.y;
@@ -405,41 +395,6 @@ __device__ __forceinline__ void prefetch_rows(const w_t* W, int Cin, int2 rows) 
   for (int64_t off = (int64_t)threadIdx.x * 128; off < bytes; off += (int64_t)kThreads * 128)
     asm volatile("prefetch.global.L1 [%0];" ::"l"(base + off));
 }
-
-// Weight staging: 16 bytes from global into this block's shared memory without passing through
-// registers (cp.async, sm_80+; L1 bypassed), in commit groups the block waits for one matrix behind.
-__device__ __forceinline__ void copy16(void* dst, const void* src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src)
-               : "memory");
-#else
-  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-#endif
-}
-__device__ __forceinline__ void copy_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-// every copy but those of the last committed group has landed (this thread's)
-__device__ __forceinline__ void copy_wait_all_but_last() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group 1;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void copy_wait_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_all;" ::: "memory");
-#endif
-}
-
-// The part of a weight matrix one block reads: rows [r0, r1) over columns [c0, c1) of W (ld columns).
-template <typename w_t>
-struct WeightSlice {
-  const w_t* W;
-  int ld, r0, r1, c0, c1;
-  __host__ __device__ int64_t elems() const { return (int64_t)max(0, r1 - r0) * max(0, c1 - c0); }
-};
 
 // out = x / rms(x) * w over C values (every thread of the block; ends with a block barrier).
 __device__ __forceinline__ void rms_norm(const float* x, const float* w, float* out, float* red, int C, float eps) {
@@ -558,17 +513,20 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   Exchange ex;
   ex.bars = reinterpret_cast<uint64_t*>(dbl + kDecodeVocab + 32 + 1);
   ex.G = G;
-  // the staging buffers (2 x stage_elems weights) after the state, on 16 bytes
-  w_t* stage_buf = reinterpret_cast<w_t*>(reinterpret_cast<char*>(smem) + (L.bytes() + 15) / 16 * 16);
   const float* ctx = p.context + row * C;
   const float scale = rsqrtf((float)Dh);
   const int CP = SmemLayout::kv_stride(C);  // padded row stride of the keys and values
+#ifdef FFT_TENSOR_DECODE_STAMPS
+  // profiling build: clock64 at the end of each phase of each slot (after a block barrier)
   auto stamp = [&](int j, int idx) {
     if (p.stamps) {
       __syncthreads();
       if (tid == 0) p.stamps[((row * G + rank) * K + j) * kStamps + idx] = clock64();
     }
   };
+#else
+  auto stamp = [](int, int) {};
+#endif
 
   int64_t byte = p.first[row];
   CUDA_KERNEL_ASSERT(byte >= 0 && byte < kDecodeVocab);
@@ -578,49 +536,6 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   const int groups = kDecodeColumnGroups / G, pf = group_cols<w_t>(F);
   const int2 hid_rows = make_int2(min(F, rank * groups * pf), min(F, (rank + 1) * groups * pf));
 
-  // The weight matrices in the order a slot reads them: qkv, proj, fc, fc_proj per layer, then head.
-  const int per_slot = 4 * p.layers + 1, total = K * per_slot;
-  auto slice = [&](int k) -> WeightSlice<w_t> {
-    if (k == 4 * p.layers) return {p.head, C, head_rows.x, head_rows.y, 0, C};
-    const int l = k / 4;
-    switch (k % 4) {
-      case 0: return {p.qkv[l], C, qkv_rows.x, qkv_rows.y, 0, C};
-      case 1: return {p.proj[l], C, c_rows.x, c_rows.y, 0, C};
-      case 2: return {p.fc[l], C, hid_rows.x, hid_rows.y, 0, C};
-      default: return {p.fc_proj[l], F, 0, C, hid_rows.x, hid_rows.y};
-    }
-  };
-  // Staged (p.staged): matrix m of the launch is copied into buffer m & 1 while the block computes
-  // with matrix m - 1, so every product reads its weights from shared memory instead of waiting on L2
-  // (clock64 stamps put ~2000 cycles of latency on each product that read global memory).
-  auto stage = [&](int m) {
-    if (m < total) {
-      const WeightSlice<w_t> s = slice(m % per_slot);
-      w_t* dst = stage_buf + (int64_t)(m & 1) * p.stage_elems;
-      const int cols = s.c1 - s.c0, vecs = cols / n, count = max(0, s.r1 - s.r0) * vecs;
-      for (int i = tid; i < count; i += kThreads) {
-        const int rr = i / vecs, cv = (i - rr * vecs) * n;
-        copy16(dst + rr * cols + cv, s.W + (int64_t)(s.r0 + rr) * s.ld + s.c0 + cv);
-      }
-    }
-    copy_commit();  // possibly empty: every thread counts the same groups
-  };
-  int consumed = 0;  // matrices the block has started on
-  auto weights = [&](int k) -> Weights<w_t> {  // every thread: matrix k of the slot, ready to read
-    const WeightSlice<w_t> s = slice(k);
-    if (!p.staged) return {s.W, s.ld, 0, 0, false};
-    // buffer (consumed + 1) & 1 was last read by the product before the previous one, which a block
-    // barrier has closed since
-    stage(consumed + 1);
-    copy_wait_all_but_last();
-    __syncthreads();  // every thread's part of matrix `consumed` has landed
-    const w_t* buf = stage_buf + (int64_t)(consumed & 1) * p.stage_elems;
-    ++consumed;
-    return {buf, s.c1 - s.c0, s.r0, s.c0, true};
-  };
-
-  if (p.staged) stage(0);
-  else prefetch_rows(p.qkv[0], C, qkv_rows);
   // the norm weights in shared memory: norm1[l], norm2[l] per layer, then norm_f
   for (int l = 0; l <= p.layers; ++l) {
     for (int i = tid; i < C; i += kThreads) {
@@ -645,14 +560,13 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       float* vl = vc + l * K * CP;
       rms_norm(x, norms + 2 * l * C, a, red, C, p.eps);
       stamp(j, sb + 0);
-      const Weights<w_t> w_qkv = weights(4 * l);
       ex.begin(3 * C);
       // q, k or v row r; 4 aligned consecutive rows never straddle two of them (C % 4 == 0 on CUDA)
       auto qkv_dst = [&](int r) { return r < C ? q + r : (r < 2 * C ? kl + j * CP + (r - C) : vl + j * CP + (r - 2 * C)); };
-      matvec_rows(w_qkv, a, C, qkv_rows.x, qkv_rows.y, [&](int rq, int m, float4 v) {
+      matvec_rows(p.qkv[l], a, C, qkv_rows.x, qkv_rows.y, [&](int rq, int m, float4 v) {
         ex.send_rows(qkv_dst, rq, m, v, rq % 4 == 0, lane);
       });
-      if (!p.staged) prefetch_rows(p.proj[l], C, c_rows);
+      prefetch_rows(p.proj[l], C, c_rows);
       stamp(j, sb + 1);
       ex.wait();
       stamp(j, sb + 2);
@@ -692,19 +606,16 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       }
       __syncthreads();
       stamp(j, sb + 3);
-      const Weights<w_t> w_proj = weights(4 * l + 1);
       ex.begin(C);
       auto x_dst = [&](int r) { return x + r; };
-      matvec_rows(w_proj, y, C, c_rows.x, c_rows.y, [&](int rq, int m, float4 v) {
+      matvec_rows(p.proj[l], y, C, c_rows.x, c_rows.y, [&](int rq, int m, float4 v) {
         const float old[4] = {x[rq], m > 1 ? x[rq + 1] : 0.f, m > 2 ? x[rq + 2] : 0.f, m > 3 ? x[rq + 3] : 0.f};
         __syncwarp();  // every lane has read x[rq..] before a send rewrites this block's copy
         ex.send_rows(x_dst, rq, m, make_float4(old[0] + v.x, old[1] + v.y, old[2] + v.z, old[3] + v.w), rq % 4 == 0,
                      lane);
       });
-      if (!p.staged) {
-        prefetch_rows(p.fc[l], C, hid_rows);
-        prefetch_cols(p.fc_proj[l], F, C, hid_rows.x, hid_rows.y);
-      }
+      prefetch_rows(p.fc[l], C, hid_rows);
+      prefetch_cols(p.fc_proj[l], F, C, hid_rows.x, hid_rows.y);
       stamp(j, sb + 4);
       ex.wait();
       stamp(j, sb + 5);
@@ -713,8 +624,7 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       // adds the 16 partials in group order (an exchange of the hidden vector and then of the output
       // rows cost one more round trip per layer)
       rms_norm(x, norms + (2 * l + 1) * C, a, red, C, p.eps);
-      const Weights<w_t> w_fc = weights(4 * l + 2);
-      matvec_rows(w_fc, a, C, hid_rows.x, hid_rows.y, [&](int rq, int m, float4 v) {
+      matvec_rows(p.fc[l], a, C, hid_rows.x, hid_rows.y, [&](int rq, int m, float4 v) {
         const float vs[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
@@ -723,16 +633,13 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       });
       __syncthreads();
       stamp(j, sb + 6);
-      const Weights<w_t> w_fc_proj = weights(4 * l + 3);
       ex.begin(kDecodeColumnGroups * C);
       for (int g = rank * groups; g < (rank + 1) * groups; ++g) {
-        matvec_cols(w_fc_proj, hid, C, min(F, g * pf), min(F, (g + 1) * pf),
+        matvec_cols(p.fc_proj[l], hid, F, C, min(F, g * pf), min(F, (g + 1) * pf),
                     [&](int r, float4 v, int sub) { ex.send4(part + g * C + r, v, sub, 8); });
       }
-      if (!p.staged) {
-        if (l + 1 < p.layers) prefetch_rows(p.qkv[l + 1], C, qkv_rows);
-        else prefetch_rows(p.head, C, head_rows);
-      }
+      if (l + 1 < p.layers) prefetch_rows(p.qkv[l + 1], C, qkv_rows);
+      else prefetch_rows(p.head, C, head_rows);
       stamp(j, sb + 7);
       ex.wait();
       stamp(j, sb + 8);
@@ -747,12 +654,11 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
     const int fb = 2 + 10 * p.layers;
     rms_norm(x, norms + 2 * p.layers * C, a, red, C, p.eps);
     stamp(j, fb);
-    const Weights<w_t> w_head = weights(4 * p.layers);
     ex.begin(kDecodeVocab);
     auto logit_dst = [&](int r) { return logit + r; };
-    matvec_rows(w_head, a, C, head_rows.x, head_rows.y,
+    matvec_rows(p.head, a, C, head_rows.x, head_rows.y,
                 [&](int rq, int m, float4 v) { ex.send_rows(logit_dst, rq, m, v, rq % 4 == 0, lane); });
-    if (!p.staged) prefetch_rows(p.qkv[0], C, qkv_rows);
+    prefetch_rows(p.qkv[0], C, qkv_rows);
     stamp(j, fb + 1);
     ex.wait();
     stamp(j, fb + 2);
@@ -763,7 +669,6 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
     }
     stamp(j, fb + 3);
   }
-  copy_wait_all();
   cluster_barrier(G);  // no block leaves while its stores into another may still be in flight
 }
 
@@ -847,16 +752,6 @@ int cluster_size(size_t smem) {
   return G;
 }
 
-// The largest weight slice one block of a cluster of G reads (the kernel's `slice`), in elements of
-// w_size bytes: its rows of qkv, proj, fc or head (C columns), or all C rows of fc_proj over its columns.
-int64_t stage_slice_elems(int64_t C, int64_t F, int G, int w_size) {
-  const int64_t n = 16 / w_size;
-  const int64_t pf = ((F + kDecodeColumnGroups - 1) / kDecodeColumnGroups + n - 1) / n * n;
-  const int64_t hidden = std::min<int64_t>(F, kDecodeColumnGroups / G * pf);
-  auto per_block = [&](int64_t R) { return (R + G - 1) / G; };
-  return std::max({per_block(3 * C) * C, per_block(C) * C, hidden * C, per_block(kDecodeVocab) * C});
-}
-
 template <typename w_t, typename at_t>
 void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first, const at::Tensor& uni,
             const std::vector<at::Tensor>& f32, const std::vector<at::Tensor>& lin, double eps, double temperature,
@@ -896,31 +791,16 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
               " bytes of shared memory (C = ", std::to_string(s.C), ", F = ", std::to_string(s.F), ", K = ",
               std::to_string(s.K), ", ", std::to_string(s.layers), " layers), more than this GPU's ",
               std::to_string(max_smem), "; decode with fewer slots or layers");
+  allow_smem<w_t>(smem);  // before the cluster query, which counts blocks at this size
   p.G = cluster_size<w_t>(smem);
   // every block must own rows of every row-split product (3C, C and 256 rows): the exchange protocol
   // relies on each block sending in each exchange (a block with nothing to send could fall two
   // exchanges behind a peer that writes into its buffers). G dividing C guarantees it.
   while (p.G > 1 && p.C % p.G != 0) p.G /= 2;
-  // Weight staging: two buffers of the largest slice a block reads, after the state, when they fit
-  // beside it and the cluster size stays the same (sm_80+: cp.async).
-  const size_t stage_elems = (size_t)stage_slice_elems(s.C, s.F, p.G, (int)sizeof(w_t));
-  const size_t staged_smem = (smem + 15) / 16 * 16 + 2 * stage_elems * sizeof(w_t);
-  const char* stage_env = std::getenv("FFT_TENSOR_DECODE_STAGE");
-  const bool want_stage = !(stage_env && std::string(stage_env) == "0") &&
-                          at::cuda::getCurrentDeviceProperties()->major >= 8 && staged_smem <= (size_t)max_smem;
-  size_t launch_smem = smem;
-  if (want_stage) {
-    allow_smem<w_t>(staged_smem);
-    int G2 = cluster_size<w_t>(staged_smem);
-    while (G2 > 1 && p.C % G2 != 0) G2 /= 2;
-    if (G2 == p.G) {
-      p.staged = 1;
-      p.stage_elems = (int)stage_elems;
-      launch_smem = staged_smem;
-    }
-  }
-  if (!p.staged) allow_smem<w_t>(smem);
   const auto stream = at::cuda::getCurrentCUDAStream();
+#ifdef FFT_TENSOR_DECODE_STAMPS
+  // the profiling build: stamps written to the file FFT_TENSOR_DECODE_STAMPS names (eager calls only:
+  // the dump synchronizes), read by benchmarks/decode_stamps.py
   const char* stamp_path = std::getenv("FFT_TENSOR_DECODE_STAMPS");
   at::Tensor stamps;
   if (stamp_path && *stamp_path) {
@@ -932,7 +812,7 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
     at::Tensor host = stamps.cpu();
     FILE* f = std::fopen(stamp_path, "a");
     if (!f) return;
-    std::fprintf(f, "# N %lld G %d K %d layers %d staged %d stamps %d\n", (long long)s.N, p.G, p.K, p.layers, p.staged, kStamps);
+    std::fprintf(f, "# N %lld G %d K %d layers %d stamps %d\n", (long long)s.N, p.G, p.K, p.layers, kStamps);
     const int64_t* v = host.data_ptr<int64_t>();
     for (int64_t i = 0; i < host.numel(); i += kStamps) {
       for (int k = 0; k < kStamps; ++k) std::fprintf(f, k ? " %lld" : "%lld", (long long)v[i + k]);
@@ -940,9 +820,12 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
     }
     std::fclose(f);
   };
+#else
+  auto dump = [] {};
+#endif
   TORCH_CHECK(s.N * p.G < (int64_t(1) << 31), "chunk_decode: too many rows (", std::to_string(s.N), ")");
   if (p.G == 1) {
-    kernel<<<(unsigned)s.N, kThreads, launch_smem, stream>>>(p);
+    kernel<<<(unsigned)s.N, kThreads, smem, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     dump();
     return;
@@ -954,7 +837,7 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3((unsigned)(s.N * p.G));
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = launch_smem;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = &cluster;
   cfg.numAttrs = 1;

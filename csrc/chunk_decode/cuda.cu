@@ -55,6 +55,7 @@ constexpr int kPickWarps = kDecodeVocab / 32;  // thread i < 256 owns byte i in 
 static_assert(kThreads >= kDecodeVocab && kWarps <= 32, "the pick and the reductions assume these");
 constexpr int kMaxCluster = 16;
 constexpr int kStamps = 96;
+static_assert(10 * kDecodeMaxLayers + 6 <= kStamps, "a stamp per phase of a slot");
 static_assert(kDecodeColumnGroups % kMaxCluster == 0,
               "every cluster size (a power of two up to 16) divides the MLP column groups");
 
@@ -499,7 +500,6 @@ __device__ int pick_byte(const float* logit, double u, double temperature, int t
 template <typename w_t>
 __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs<w_t> p) {
   extern __shared__ __align__(16) float smem[];
-  constexpr int n = Vec<w_t>::n;
   const int G = p.G, C = p.C, F = p.F, H = p.H, K = p.K, Dh = C / H;
   const int rank = cluster_rank(G);
   const int64_t row = blockIdx.x / G;
@@ -536,6 +536,7 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   const int groups = kDecodeColumnGroups / G, pf = group_cols<w_t>(F);
   const int2 hid_rows = make_int2(min(F, rank * groups * pf), min(F, (rank + 1) * groups * pf));
 
+  prefetch_rows(p.qkv[0], C, qkv_rows);
   // the norm weights in shared memory: norm1[l], norm2[l] per layer, then norm_f
   for (int l = 0; l <= p.layers; ++l) {
     for (int i = tid; i < C; i += kThreads) {

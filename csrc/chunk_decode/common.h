@@ -26,7 +26,7 @@ constexpr int kDecodeColumnGroups = 16;
 // The launcher may add a weight staging area after bytes() (not counted here: it is optional).
 template <typename index_t>
 struct SmemLayoutT {
-  index_t x, y, q, hid, part, logit, kc, vc, scores, norms, end_floats;
+  index_t x, a, y, q, hid, part, logit, kc, vc, scores, norms, red, end_floats;
   C10_HOST_DEVICE static index_t align4(index_t n) { return (n + 3) / 4 * 4; }
   C10_HOST_DEVICE static index_t kv_stride(index_t C) {
     const index_t p = align4(C);
@@ -36,6 +36,7 @@ struct SmemLayoutT {
     SmemLayoutT s;
     index_t o = 0;
     s.x = o; o += align4(C);
+    s.a = o; o += align4(C);
     s.y = o; o += align4(C);
     s.q = o; o += align4(C);
     s.hid = o; o += align4(F);
@@ -45,6 +46,7 @@ struct SmemLayoutT {
     s.vc = o; o += layers * K * kv_stride(C);
     s.scores = o; o += align4(H * K);
     s.norms = o; o += align4((2 * layers + 1) * C);  // norm1[l], norm2[l] per layer, then norm_f
+    s.red = o; o += 32;
     s.end_floats = o;  // doubles after (8-byte aligned: o is a multiple of 4)
     return s;
   }

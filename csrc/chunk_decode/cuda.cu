@@ -279,27 +279,15 @@ __device__ __forceinline__ float warp_sum4(const float (&a)[4], int lane) {
   return c;
 }
 
-// This block's rows [r0, r1) of W (R, Cin) times the shared vector v (Cin), or with norm_w, times
-// RMSNorm(v) * norm_w: a warp takes 4 consecutive rows at a time (rq .. rq + 3, one 16-byte load of
-// each in flight per lane), lanes 8u .. 8u + 7 reduce row rq + u, then every lane gathers the 4
-// totals: epilogue(rq, m, sums) by the whole warp, with m = min(4, r1 - rq) rows valid. A row's sum
-// has the same shape whatever the warp or block. The norm is folded in: each warp sums v's squares
-// itself (the same order in every warp and block) and scales v as it reads it, instead of a block
-// normalising v into a buffer between two barriers (~1200 cycles a norm in the clock64 stamps).
+// This block's rows [r0, r1) of W (R, Cin) times the shared vector v (Cin): a warp takes 4 consecutive
+// rows at a time (rq .. rq + 3, one 16-byte load of each in flight per lane), lanes 8u .. 8u + 7 reduce
+// row rq + u, then every lane gathers the 4 totals: epilogue(rq, m, sums) by the whole warp, with
+// m = min(4, r1 - rq) rows valid. A row's sum has the same shape whatever the warp or block.
 template <typename w_t, typename Epilogue>
 __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const float* v, int Cin, int r0, int r1,
-                                            Epilogue epilogue, const float* norm_w = nullptr, float eps = 0.f) {
+                                            Epilogue epilogue) {
   constexpr int n = Vec<w_t>::n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float scale = 1.f;
-  if (norm_w != nullptr && r0 + 4 * warp < r1) {  // warp-uniform: warps with rows only
-    float ss = 0.f;
-    for (int c = lane * 4; c < Cin; c += 128) {
-      const float4 t = *reinterpret_cast<const float4*>(v + c);
-      ss = fmaf(t.x, t.x, ss); ss = fmaf(t.y, t.y, ss); ss = fmaf(t.z, t.z, ss); ss = fmaf(t.w, t.w, ss);
-    }
-    scale = rsqrtf(warp_sum(ss) / (float)Cin + eps);
-  }
   for (int rq = r0 + 4 * warp; rq < r1; rq += 4 * kWarps) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 1
@@ -311,12 +299,6 @@ __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const flo
       }
       float xv[n];
       load_vector<n>(v + c, xv);
-      if (norm_w != nullptr) {
-        float nw[n];
-        load_vector<n>(norm_w + c, nw);
-#pragma unroll
-        for (int e = 0; e < n; ++e) xv[e] = xv[e] * scale * nw[e];
-      }
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         if (rq + u < r1) {
@@ -415,6 +397,22 @@ __device__ __forceinline__ void prefetch_rows(const w_t* W, int Cin, int2 rows) 
     asm volatile("prefetch.global.L1 [%0];" ::"l"(base + off));
 }
 
+// out = x / rms(x) * w over C values (every thread of the block; ends with a block barrier).
+__device__ __forceinline__ void rms_norm(const float* x, const float* w, float* out, float* red, int C, float eps) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < C; i += kThreads) ss = fmaf(x[i], x[i], ss);
+  ss = warp_sum(ss);
+  if (lane == 0) red[warp] = ss;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int i = 0; i < kWarps; ++i) total += red[i];
+  const float r = rsqrtf(total / (float)C + eps);
+  for (int i = threadIdx.x; i < C; i += kThreads) out[i] = x[i] * r * w[i];
+  __syncthreads();  // out complete; red free again
+}
+
 // The byte drawn from logit[0..255] (every thread of the block gets it): fft_lm.generation.sample_bytes's
 // rule, see chunk_decode's doc. Threads i < 256 hold byte i (whole warps); the others only meet the
 // barriers. dbl: 256 + 32 doubles of scratch, pick: one int.
@@ -435,16 +433,19 @@ __device__ int pick_byte(const float* logit, double u, double temperature, int t
     }
     if (lane == 0 && mine) { red[warp] = v; reinterpret_cast<int*>(red + kPickWarps)[warp] = idx; }
     __syncthreads();
-    // every thread reduces the warps' winners itself, in the same order (one barrier, not two)
-    float bv = (float)red[0];
-    int bi = reinterpret_cast<int*>(red + kPickWarps)[0];
-    for (int w = 1; w < kPickWarps; ++w) {
-      const float ov = (float)red[w];
-      const int oi = reinterpret_cast<int*>(red + kPickWarps)[w];
-      // warps hold ascending index ranges: a later warp wins only if strictly better
-      if ((isnan(ov) && !isnan(bv)) || (!isnan(bv) && ov > bv)) { bv = ov; bi = oi; }
+    if (i == 0) {
+      float bv = (float)red[0];
+      int bi = reinterpret_cast<int*>(red + kPickWarps)[0];
+      for (int w = 1; w < kPickWarps; ++w) {
+        const float ov = (float)red[w];
+        const int oi = reinterpret_cast<int*>(red + kPickWarps)[w];
+        // warps hold ascending index ranges: a later warp wins only if strictly better
+        if ((isnan(ov) && !isnan(bv)) || (!isnan(bv) && ov > bv)) { bv = ov; bi = oi; }
+      }
+      *pick = bi;
     }
-    return bi;  // red is next written after the slot's many barriers
+    __syncthreads();
+    return *pick;
   }
   double s = mine ? (double)logit[i] / temperature : -INFINITY;
   if (top_k > 0 && top_k < kDecodeVocab) {
@@ -504,9 +505,9 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   const int64_t row = blockIdx.x / G;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const SmemLayout L = SmemLayout::of(C, F, H, K, p.layers);
-  float *x = smem + L.x, *y = smem + L.y, *q = smem + L.q, *hid = smem + L.hid, *part = smem + L.part,
+  float *x = smem + L.x, *a = smem + L.a, *y = smem + L.y, *q = smem + L.q, *hid = smem + L.hid, *part = smem + L.part,
         *logit = smem + L.logit, *kc = smem + L.kc, *vc = smem + L.vc, *scores = smem + L.scores,
-        *norms = smem + L.norms;
+        *norms = smem + L.norms, *red = smem + L.red;
   double* dbl = reinterpret_cast<double*>(smem + L.end_floats);
   int* pick = reinterpret_cast<int*>(dbl + kDecodeVocab + 32);
   Exchange ex;
@@ -558,13 +559,14 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       const int sb = 2 + 10 * l;
       float* kl = kc + l * K * CP;
       float* vl = vc + l * K * CP;
-      stamp(j, sb + 0);  // (the norm is folded into the qkv product)
+      rms_norm(x, norms + 2 * l * C, a, red, C, p.eps);
+      stamp(j, sb + 0);
       ex.begin(3 * C);
       // q, k or v row r; 4 aligned consecutive rows never straddle two of them (C % 4 == 0 on CUDA)
       auto qkv_dst = [&](int r) { return r < C ? q + r : (r < 2 * C ? kl + j * CP + (r - C) : vl + j * CP + (r - 2 * C)); };
-      matvec_rows(p.qkv[l], x, C, qkv_rows.x, qkv_rows.y, [&](int rq, int m, float4 v) {
+      matvec_rows(p.qkv[l], a, C, qkv_rows.x, qkv_rows.y, [&](int rq, int m, float4 v) {
         ex.send_rows(qkv_dst, rq, m, v, rq % 4 == 0, lane);
-      }, norms + 2 * l * C, p.eps);
+      });
       prefetch_rows(p.proj[l], C, c_rows);
       stamp(j, sb + 1);
       ex.wait();
@@ -597,17 +599,10 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
         for (int i = lane; i <= j; i += 32) total_e += (sc[i] = expf(sc[i] - m));
         total_e = warp_sum(total_e);
         __syncwarp();
-        for (int d = lane; d < Dh; d += 64) {  // two columns per lane: two independent chains
-          const bool two = d + 32 < Dh;
-          const float* vd = vl + h * Dh + d;
-          float acc0 = 0.f, acc1 = 0.f;
-#pragma unroll 4
-          for (int i = 0; i <= j; ++i) {
-            acc0 = fmaf(sc[i], vd[i * CP], acc0);
-            if (two) acc1 = fmaf(sc[i], vd[i * CP + 32], acc1);
-          }
-          y[h * Dh + d] = acc0 / total_e;
-          if (two) y[h * Dh + d + 32] = acc1 / total_e;
+        for (int d = lane; d < Dh; d += 32) {
+          float acc = 0.f;
+          for (int i = 0; i <= j; ++i) acc = fmaf(sc[i], vl[i * CP + h * Dh + d], acc);
+          y[h * Dh + d] = acc / total_e;
         }
       }
       __syncthreads();
@@ -629,13 +624,14 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       // of the second product goes out as one partial sum per group and output row; every block then
       // adds the 16 partials in group order (an exchange of the hidden vector and then of the output
       // rows cost one more round trip per layer)
-      matvec_rows(p.fc[l], x, C, hid_rows.x, hid_rows.y, [&](int rq, int m, float4 v) {
+      rms_norm(x, norms + (2 * l + 1) * C, a, red, C, p.eps);
+      matvec_rows(p.fc[l], a, C, hid_rows.x, hid_rows.y, [&](int rq, int m, float4 v) {
         const float vs[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           if (lane == u && u < m) hid[rq + u] = 0.5f * vs[u] * (1.f + erff(vs[u] * 0.70710678118654752f));  // exact GELU
         }
-      }, norms + (2 * l + 1) * C, p.eps);
+      });
       __syncthreads();
       stamp(j, sb + 6);
       ex.begin(kDecodeColumnGroups * C);
@@ -657,12 +653,12 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
       stamp(j, sb + 9);
     }
     const int fb = 2 + 10 * p.layers;
-    stamp(j, fb);  // (the final norm is folded into the head product)
+    rms_norm(x, norms + 2 * p.layers * C, a, red, C, p.eps);
+    stamp(j, fb);
     ex.begin(kDecodeVocab);
     auto logit_dst = [&](int r) { return logit + r; };
-    matvec_rows(p.head, x, C, head_rows.x, head_rows.y,
-                [&](int rq, int m, float4 v) { ex.send_rows(logit_dst, rq, m, v, rq % 4 == 0, lane); },
-                norms + 2 * p.layers * C, p.eps);
+    matvec_rows(p.head, a, C, head_rows.x, head_rows.y,
+                [&](int rq, int m, float4 v) { ex.send_rows(logit_dst, rq, m, v, rq % 4 == 0, lane); });
     prefetch_rows(p.qkv[0], C, qkv_rows);
     stamp(j, fb + 1);
     ex.wait();

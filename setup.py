@@ -6,6 +6,9 @@ Switches (environment variables):
   TORCH_CUDA_ARCH_LIST       GPU targets, default "8.0;9.0+PTX" (sm_80 and sm_90 code, PTX for newer GPUs).
   MAX_JOBS                   parallel compile jobs (read by torch.utils.cpp_extension).
   DEBUG=1                    -O0 -g build (and -G for device code is NOT added: too slow to be useful).
+  FFT_TENSOR_DECODE_STAMPS_BUILD=1  profiling build: chunk_decode's kernel records clock64 at each phase of each
+                             slot when the environment variable FFT_TENSOR_DECODE_STAMPS names a file at
+                             run time (benchmarks/decode_stamps.py reads it).
 """
 import glob
 import os
@@ -79,6 +82,8 @@ def extensions():
     if with_cuda:
         cxx.append("-DFFT_TENSOR_WITH_CUDA")
     nvcc = opt + ["-lineinfo", "-std=c++17", "--expt-relaxed-constexpr", "--extended-lambda"]
+    if os.environ.get("FFT_TENSOR_DECODE_STAMPS_BUILD") == "1":
+        nvcc.append("-DFFT_TENSOR_DECODE_STAMPS")
     write_build_info(with_cuda)
     kw = dict(name="fft_tensor._C", sources=cpp + cu, py_limited_api=True,
               extra_compile_args={"cxx": cxx, "nvcc": nvcc})

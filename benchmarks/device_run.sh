@@ -116,6 +116,7 @@ for stage in "$@"; do
                ncu -i /tmp/decode_ncu.ncu-rep --page source --csv --print-source $src 2>&1 | gzip > "$OUT/decode_ncu_$src.csv.gz"
              done
              grep -E "Duration|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Stall|L1/TEX Hit|L2 Hit|Executed Ipc" "$OUT/decode_ncu.txt" | head -40; cat "$OUT/decode_ncu_stalls.txt" ;;
+    stamps) FFT_TENSOR_DECODE_STAMPS_BUILD=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FFT_TENSOR_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT/build_stamps.log" 2>&1 && "$PY" benchmarks/decode_stamps.py 2>&1 | tee "$OUT/decode_stamps.log" | tail -80 ;;
     decodebench) "$PY" benchmarks/bench_chunk_decode.py 2>&1 | tee "$OUT/bench_chunk_decode.log" | tail -14 ;;
     genprofile) "$PY" benchmarks/profile_generation.py ${GP_ARGS:-} 2>&1 | tee "$OUT/profile_generation.log" | tail -60 ;;
     updatetests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv_update.py tests/test_rms_norm.py 2>&1 | tee "$OUT/tests_update.log" | tail -8 ;;

@@ -91,11 +91,15 @@ def test_fused_decode_is_taken():
 @pytest.mark.parametrize("C,F,H,K,layers", [(256, 1024, 4, 16, 2), (64, 256, 2, 16, 2), (33, 7, 3, 5, 1)])
 def test_smem_bytes(C, F, H, K, layers):
     """The kernel's shared-memory need, counted here independently: float32 residual, norm, attention
-    output and query (C each), MLP hidden (F), the MLP output's 16 column-group partials (16 C), 256 logits, keys and values (rows padded to C + 1),
-    scores (H per slot), 32 reduction slots, padded to 8 bytes; then 256 + 32 float64, the pick and
-    two 8-byte mbarriers."""
-    floats = 4 * C + F + 16 * C + 256 + 2 * layers * K * (C + 1) + H * K + 32
-    expect = 4 * (floats + floats % 2) + 8 * (256 + 32) + 8 + 16
+    output and query (C each), MLP hidden (F), the MLP output's 16 column-group partials (16 C), 256 logits,
+    keys and values (rows padded to a multiple of 4 floats that is 4 mod 8), scores (H per slot), the
+    2 layers + 1 norm weights (C each), every array rounded up to 4 floats, and 32 reduction slots; then
+    256 + 32 float64, the pick and two 8-byte mbarriers."""
+    up4 = lambda n: -(-n // 4) * 4  # noqa: E731
+    stride = up4(C) if up4(C) % 8 == 4 else up4(C) + 4
+    floats = (4 * up4(C) + up4(F) + up4(16 * C) + 256 + 2 * layers * K * stride + up4(H * K)
+              + up4((2 * layers + 1) * C) + 32)
+    expect = 4 * floats + 8 * (256 + 32) + 8 + 16
     assert fft_tensor.chunk_decode_smem_bytes(C, F, H, K, layers) == expect
     model = make(C, H, layers, K, "cpu") if (C, H) == (64, 2) else None
     if model is not None:

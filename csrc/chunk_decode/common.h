@@ -20,25 +20,34 @@ constexpr int kDecodeColumnGroups = 16;
 // The CUDA kernel's shared memory per block (floats, then doubles): the launcher allocates bytes(),
 // and fft_lm asks chunk_decode_smem_bytes whether a decoder fits before it picks the op. Offsets are
 // int in the kernel; the host computes the same layout in int64 first (chunk_decode_smem_bytes), so
-// sizes whose offsets would overflow int are refused there.
+// sizes whose offsets would overflow int are refused there. Every array starts on 16 bytes (the
+// exchanges store 4 floats at once), and key and value rows are padded to kv_stride(C) floats: a
+// multiple of 4 that is 4 mod 8, so 8 lanes loading 16 bytes of 8 different keys hit 32 distinct banks.
+// The launcher may add a weight staging area after bytes() (not counted here: it is optional).
 template <typename index_t>
 struct SmemLayoutT {
-  index_t x, a, y, q, hid, part, logit, kc, vc, scores, red, end_floats;
+  index_t x, a, y, q, hid, part, logit, kc, vc, scores, norms, red, end_floats;
+  C10_HOST_DEVICE static index_t align4(index_t n) { return (n + 3) / 4 * 4; }
+  C10_HOST_DEVICE static index_t kv_stride(index_t C) {
+    const index_t p = align4(C);
+    return p % 8 == 4 ? p : p + 4;
+  }
   C10_HOST_DEVICE static SmemLayoutT of(index_t C, index_t F, index_t H, index_t K, index_t layers) {
     SmemLayoutT s;
     index_t o = 0;
-    s.x = o; o += C;
-    s.a = o; o += C;
-    s.y = o; o += C;
-    s.q = o; o += C;
-    s.hid = o; o += F;
-    s.part = o; o += kDecodeColumnGroups * C;  // the MLP output's column-group partial sums
+    s.x = o; o += align4(C);
+    s.a = o; o += align4(C);
+    s.y = o; o += align4(C);
+    s.q = o; o += align4(C);
+    s.hid = o; o += align4(F);
+    s.part = o; o += align4(kDecodeColumnGroups * C);  // the MLP output's column-group partial sums
     s.logit = o; o += kDecodeVocab;
-    s.kc = o; o += layers * K * (C + 1);  // rows padded to C + 1: lane i reading key i is conflict-free
-    s.vc = o; o += layers * K * (C + 1);
-    s.scores = o; o += H * K;
+    s.kc = o; o += layers * K * kv_stride(C);
+    s.vc = o; o += layers * K * kv_stride(C);
+    s.scores = o; o += align4(H * K);
+    s.norms = o; o += align4((2 * layers + 1) * C);  // norm1[l], norm2[l] per layer, then norm_f
     s.red = o; o += 32;
-    s.end_floats = (o + 1) & ~1;  // doubles after, 8-byte aligned
+    s.end_floats = o;  // doubles after (8-byte aligned: o is a multiple of 4)
     return s;
   }
   // then kDecodeVocab + 32 doubles of scratch, the pick (8 bytes) and the 2 exchange mbarriers

@@ -4,13 +4,19 @@
 // per row walks the slots, with the weights split over the cluster's G blocks (a power of two).
 //
 // Per slot and layer: each block computes the RMSNorm of the residual stream itself (C values), its
-// rows of the matrix-vector product (one warp per row, 16-byte weight loads, 4 rows in flight), and
-// sends each result into every block's shared memory (distributed shared memory, sm_90). The slot's
+// rows of the matrix-vector product (4 consecutive rows per warp, 16-byte weight loads), and sends the
+// results into every block's shared memory (distributed shared memory, sm_90), 4 rows per 16-byte
+// store: clock64 stamps per phase showed each exchange's wait growing with its count of stores (the
+// qkv exchange waited ~2000 cycles with 4-byte stores, ~330 with 16-byte ones). The slot's
 // keys and values stay in shared memory (the decoder attends within the chunk only), and every block
 // computes the small causal attention and the byte pick redundantly, so no other exchange is needed.
 // The MLP is split by hidden units instead (each block's share of the second product is summed over
 // the cluster in one exchange): 3 exchanges per layer + 1 per slot. The weights (a few MB) stay in L2
-// across slots and chunks, and each block pulls its next slice into L1 while it waits.
+// across slots and chunks, and each block pulls its next slice into L1 while it waits. (Staging each
+// block's next weight slice in shared memory with cp.async instead measured 7% slower: the products
+// are not bound by their loads' latency. Folding each RMSNorm into the product that reads it, every
+// warp summing the squares itself, measured 10% slower too: 332 against 303 us per 29m chunk.
+// Profiling build: setup.py's FFT_TENSOR_DECODE_STAMPS_BUILD.)
 //
 // An exchange is asynchronous stores into the peers' shared memory (st.async) that count their bytes
 // on the receiver's mbarrier; a block waits only for the bytes it expects. A cluster barrier here
@@ -26,6 +32,8 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -41,14 +49,15 @@ namespace cg = cooperative_groups;
 namespace fft_tensor {
 namespace {
 
-// 16 warps: at cluster 16 every warp's rows of each matrix are one pass of kRowsInFlight (8 warps
-// took two passes for the 768 qkv and 1024 fc rows, and had half the warps to hide latency with).
+// 16 warps: at cluster 16 every warp's rows of each matrix are one pass of 4 rows (8 warps took two
+// passes for the 768 qkv and 1024 fc rows, and had half the warps to hide latency with).
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPickWarps = kDecodeVocab / 32;  // thread i < 256 owns byte i in the pick
-constexpr int kRowsInFlight = 4;               // matrix rows a warp loads before reducing (memory-level parallelism)
 static_assert(kThreads >= kDecodeVocab && kWarps <= 32, "the pick and the reductions assume these");
 constexpr int kMaxCluster = 16;
+constexpr int kStamps = 96;
+static_assert(10 * kDecodeMaxLayers + 6 <= kStamps, "a stamp per phase of a slot");
 static_assert(kDecodeColumnGroups % kMaxCluster == 0,
               "every cluster size (a power of two up to 16) divides the MLP column groups");
 
@@ -70,6 +79,7 @@ struct DecodeArgs {
   float* logits;          // (N, K, 256)
   int64_t* bytes;         // (N, K)
   int C, F, H, K, layers, G, top_k;
+  long long* stamps;  // profiling build only: clock64 at phase ends, (N, G, K, kStamps)
   float eps;
   double temperature;
 };
@@ -150,12 +160,12 @@ struct Exchange {
 #endif
   }
 
-  // v into element p of every block's shared memory, by the `group` lanes that hold v (sub: this
-  // lane's index among them): lane sub sends to blocks sub, sub + group, ...
-  __device__ __forceinline__ void send(float* p, float v, int sub, int group) {
+  // v into element p of every block's shared memory, by lanes that all hold v: this one sends to
+  // blocks first, first + stride, ...
+  __device__ __forceinline__ void send1(float* p, float v, int first, int stride) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (G > 1) {
-      for (int g = sub; g < G; g += group) {
+      for (int g = first; g < G; g += stride) {
         unsigned dst, bar;
         asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(dst) : "r"(smem_u32(p)), "r"(g));
         asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(bar) : "r"(smem_u32(bars + (e & 1))), "r"(g));
@@ -165,7 +175,42 @@ struct Exchange {
       return;
     }
 #endif
-    if (sub == 0) *p = v;
+    if (first == 0) *p = v;
+  }
+
+  // 4 consecutive values into p[0..3] (16-byte aligned) of every block's shared memory: one 16-byte
+  // st.async per destination instead of four 4-byte ones (the exchanges' cost grows with their count
+  // of stores: clock64 stamps showed the waits tracking it)
+  __device__ __forceinline__ void send4(float* p, float4 v, int first, int stride) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (G > 1) {
+      for (int g = first; g < G; g += stride) {
+        unsigned dst, bar;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(dst) : "r"(smem_u32(p)), "r"(g));
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(bar) : "r"(smem_u32(bars + (e & 1))), "r"(g));
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];"
+                     ::"r"(dst), "r"(__float_as_uint(v.x)), "r"(__float_as_uint(v.y)), "r"(__float_as_uint(v.z)),
+                     "r"(__float_as_uint(v.w)), "r"(bar) : "memory");
+      }
+      return;
+    }
+#endif
+    if (first == 0) *reinterpret_cast<float4*>(p) = v;
+  }
+
+  // rows r .. r + m - 1 (m <= 4, values v) to dst(r + u) in every block, by a whole warp (lane i sends
+  // to blocks i, i + 32, ...): 16-byte stores when the 4 rows are consecutive and aligned (rows4)
+  template <typename Dst>
+  __device__ __forceinline__ void send_rows(Dst dst, int r, int m, float4 v, bool rows4, int lane) {
+    if (m == 4 && rows4) {
+      send4(dst(r), v, lane, 32);
+      return;
+    }
+    const float vs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      if (u < m) send1(dst(r + u), vs[u], lane, 32);
+    }
   }
 
   // every thread: this exchange's values have all arrived (ends with a block barrier)
@@ -212,9 +257,19 @@ struct Vec {
   }
 };
 
+// n floats of a shared vector at a 16-byte aligned offset
+template <int n>
+__device__ __forceinline__ void load_vector(const float* v, float (&out)[n]) {
+#pragma unroll
+  for (int e = 0; e < n; e += 4) {
+    const float4 t = *reinterpret_cast<const float4*>(v + e);
+    out[e] = t.x; out[e + 1] = t.y; out[e + 2] = t.z; out[e + 3] = t.w;
+  }
+}
+
 // The 4 partial sums of a lane (rows u = 0..3) reduced over the warp in 6 shuffles instead of 20:
 // halve the rows while halving the lanes (offsets 16, 8), then sum within groups of 8 lanes. Lanes
-// 8u .. 8u + 7 end with row u's total.
+// 8u .. 8u + 7 end with row u's total (all 8 the same: each step adds the same two values).
 __device__ __forceinline__ float warp_sum4(const float (&a)[4], int lane) {
   const bool upper = lane & 16;  // keeps rows 2, 3; the partner lane (lane ^ 16) keeps rows 0, 1
   const float b0 = (upper ? a[2] : a[0]) + __shfl_xor_sync(0xffffffffu, upper ? a[0] : a[2], 16);
@@ -226,40 +281,38 @@ __device__ __forceinline__ float warp_sum4(const float (&a)[4], int lane) {
   return c;
 }
 
-// This block's rows of W (R, Cin) times the shared vector v (Cin): epilogue(r, dot, sub, 8) for each
-// row r, called by the 8 lanes holding its full sum (sub = lane % 8).
+// This block's rows [r0, r1) of W (R, Cin) times the shared vector v (Cin): a warp takes 4 consecutive
+// rows at a time (rq .. rq + 3, one 16-byte load of each in flight per lane), lanes 8u .. 8u + 7 reduce
+// row rq + u, then every lane gathers the 4 totals: epilogue(rq, m, sums) by the whole warp, with
+// m = min(4, r1 - rq) rows valid. A row's sum has the same shape whatever the warp or block.
 template <typename w_t, typename Epilogue>
 __device__ __forceinline__ void matvec_rows(const w_t* __restrict__ W, const float* v, int Cin, int r0, int r1,
                                             Epilogue epilogue) {
   constexpr int n = Vec<w_t>::n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int rb = r0 + warp; rb < r1; rb += kWarps * kRowsInFlight) {
-    float acc[kRowsInFlight];
-#pragma unroll
-    for (int u = 0; u < kRowsInFlight; ++u) acc[u] = 0.f;
+  for (int rq = r0 + 4 * warp; rq < r1; rq += 4 * kWarps) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 1
     for (int c = lane * n; c < Cin; c += 32 * n) {
-      Vec<w_t> w[kRowsInFlight];
+      Vec<w_t> w[4];
 #pragma unroll
-      for (int u = 0; u < kRowsInFlight; ++u) {
-        const int r = rb + u * kWarps;
-        if (r < r1) w[u].load(W + (int64_t)r * Cin + c);
+      for (int u = 0; u < 4; ++u) {
+        if (rq + u < r1) w[u].load(W + (int64_t)(rq + u) * Cin + c);
       }
       float xv[n];
+      load_vector<n>(v + c, xv);
 #pragma unroll
-      for (int e = 0; e < n; ++e) xv[e] = v[c + e];
-#pragma unroll
-      for (int u = 0; u < kRowsInFlight; ++u) {
-        if (rb + u * kWarps < r1) {
+      for (int u = 0; u < 4; ++u) {
+        if (rq + u < r1) {
 #pragma unroll
           for (int e = 0; e < n; ++e) acc[u] = fmaf(w[u].v[e], xv[e], acc[u]);
         }
       }
     }
-    static_assert(kRowsInFlight == 4, "warp_sum4 reduces 4 rows");
     const float s = warp_sum4(acc, lane);
-    const int r = rb + (lane >> 3) * kWarps;
-    if (r < r1) epilogue(r, s, lane & 7, 8);
+    const float4 sums = make_float4(__shfl_sync(0xffffffffu, s, 0), __shfl_sync(0xffffffffu, s, 8),
+                                    __shfl_sync(0xffffffffu, s, 16), __shfl_sync(0xffffffffu, s, 24));
+    epilogue(rq, min(4, r1 - rq), sums);
   }
 }
 
@@ -272,17 +325,19 @@ __device__ __forceinline__ int2 block_rows(int R, int rank, int G) {
 // Columns per group of the MLP's hidden vector (kDecodeColumnGroups groups): F / 16 rounded up to
 // whole 16-byte vectors, so every group starts aligned.
 template <typename w_t>
-__device__ __forceinline__ int group_cols(int F) {
-  constexpr int n = Vec<w_t>::n;
+__device__ __host__ __forceinline__ int group_cols(int F) {
+  constexpr int n = 16 / sizeof(w_t);
   return ((F + kDecodeColumnGroups - 1) / kDecodeColumnGroups + n - 1) / n * n;
 }
 
-// Rows 0..R-1 of W (R, Cin) over columns [c0, c1) times v[c0..c1): epilogue(r, dot, sub) for each
-// row, by the 8 lanes that hold it (sub = lane % 8). A warp takes 16 rows: 4 groups of 8 lanes, 4
-// rows in flight each; every row's sum has the same shape whatever the warp or block.
-template <typename w_t, typename Epilogue>
+// Rows 0..R-1 of W (R, Cin; R a multiple of 4) over columns [c0, c1) times v[c0..c1): epilogue4(r,
+// sums, sub) for rows r .. r + 3 as a float4, by the 8 lanes that hold them (sub = lane % 8). A warp
+// takes 16 rows: 4 groups of 8 lanes, 4 rows in flight each (group k's row u is base + 4u + k), then
+// a 16-shuffle transpose gives group k rows base + 4k .. base + 4k + 3; every row's sum has the same
+// shape whatever the warp or block.
+template <typename w_t, typename Epilogue4>
 __device__ __forceinline__ void matvec_cols(const w_t* __restrict__ W, const float* v, int Cin, int R, int c0, int c1,
-                                            Epilogue epilogue) {
+                                            Epilogue4 epilogue4) {
   constexpr int n = Vec<w_t>::n;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 3, sub = lane & 7;
   for (int base = warp * 16; base < R; base += kWarps * 16) {
@@ -296,8 +351,7 @@ __device__ __forceinline__ void matvec_cols(const w_t* __restrict__ W, const flo
         if (r < R) w[u].load(W + (int64_t)r * Cin + c);
       }
       float xv[n];
-#pragma unroll
-      for (int e = 0; e < n; ++e) xv[e] = v[c + e];
+      load_vector<n>(v + c, xv);
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         if (base + u * 4 + grp < R) {
@@ -311,11 +365,15 @@ __device__ __forceinline__ void matvec_cols(const w_t* __restrict__ W, const flo
 #pragma unroll
       for (int off = 4; off > 0; off >>= 1) acc[u] += __shfl_xor_sync(0xffffffffu, acc[u], off);
     }
+    float4 rows4 = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int r = base + u * 4 + grp;
-      if (r < R) epilogue(r, acc[u], sub);
+      const float t0 = __shfl_sync(0xffffffffu, acc[u], sub), t1 = __shfl_sync(0xffffffffu, acc[u], sub + 8),
+                  t2 = __shfl_sync(0xffffffffu, acc[u], sub + 16), t3 = __shfl_sync(0xffffffffu, acc[u], sub + 24);
+      if (u == grp) rows4 = make_float4(t0, t1, t2, t3);
     }
+    const int r = base + grp * 4;
+    if (r < R) epilogue4(r, rows4, sub);
   }
 }
 
@@ -342,8 +400,7 @@ __device__ __forceinline__ void prefetch_rows(const w_t* W, int Cin, int2 rows) 
 }
 
 // out = x / rms(x) * w over C values (every thread of the block; ends with a block barrier).
-__device__ __forceinline__ void rms_norm(const float* x, const float* __restrict__ w, float* out, float* red, int C,
-                                         float eps) {
+__device__ __forceinline__ void rms_norm(const float* x, const float* w, float* out, float* red, int C, float eps) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float ss = 0.f;
   for (int i = threadIdx.x; i < C; i += kThreads) ss = fmaf(x[i], x[i], ss);
@@ -447,112 +504,172 @@ __global__ void __launch_bounds__(kThreads) chunk_decode_kernel(const DecodeArgs
   extern __shared__ __align__(16) float smem[];
   const int G = p.G, C = p.C, F = p.F, H = p.H, K = p.K, Dh = C / H;
   const int rank = cluster_rank(G);
-  const int64_t n = blockIdx.x / G;
+  const int64_t row = blockIdx.x / G;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const SmemLayout L = SmemLayout::of(C, F, H, K, p.layers);
   float *x = smem + L.x, *a = smem + L.a, *y = smem + L.y, *q = smem + L.q, *hid = smem + L.hid, *part = smem + L.part,
-        *logit = smem + L.logit, *kc = smem + L.kc, *vc = smem + L.vc, *scores = smem + L.scores, *red = smem + L.red;
+        *logit = smem + L.logit, *kc = smem + L.kc, *vc = smem + L.vc, *scores = smem + L.scores,
+        *norms = smem + L.norms, *red = smem + L.red;
   double* dbl = reinterpret_cast<double*>(smem + L.end_floats);
   int* pick = reinterpret_cast<int*>(dbl + kDecodeVocab + 32);
   Exchange ex;
   ex.bars = reinterpret_cast<uint64_t*>(dbl + kDecodeVocab + 32 + 1);
   ex.G = G;
-  const float* ctx = p.context + n * C;
+  const float* ctx = p.context + row * C;
   const float scale = rsqrtf((float)Dh);
+  const int CP = SmemLayout::kv_stride(C);  // padded row stride of the keys and values
+#ifdef FFT_TENSOR_DECODE_STAMPS
+  // profiling build: clock64 at the end of each phase of each slot (after a block barrier)
+  auto stamp = [&](int j, int idx) {
+    if (p.stamps) {
+      __syncthreads();
+      if (tid == 0) p.stamps[((row * G + rank) * K + j) * kStamps + idx] = clock64();
+    }
+  };
+#else
+  auto stamp = [](int, int) {};
+#endif
 
-  int64_t byte = p.first[n];
+  int64_t byte = p.first[row];
   CUDA_KERNEL_ASSERT(byte >= 0 && byte < kDecodeVocab);
   // this block's rows of each row-split matrix; of the MLP, its column groups of the hidden vector
   const int2 qkv_rows = block_rows(3 * C, rank, G), c_rows = block_rows(C, rank, G),
              head_rows = block_rows(kDecodeVocab, rank, G);
   const int groups = kDecodeColumnGroups / G, pf = group_cols<w_t>(F);
   const int2 hid_rows = make_int2(min(F, rank * groups * pf), min(F, (rank + 1) * groups * pf));
-  prefetch_rows(p.qkv[0], C, qkv_rows);
+
+  // the norm weights in shared memory: norm1[l], norm2[l] per layer, then norm_f
+  for (int l = 0; l <= p.layers; ++l) {
+    for (int i = tid; i < C; i += kThreads) {
+      if (l < p.layers) {
+        norms[2 * l * C + i] = p.norm1[l][i];
+        norms[(2 * l + 1) * C + i] = p.norm2[l][i];
+      } else {
+        norms[2 * l * C + i] = p.norm_f[i];
+      }
+    }
+  }
+  __syncthreads();
   ex.init();  // also: every block of the cluster is running before anyone writes into its memory
   for (int j = 0; j < K; ++j) {
+    stamp(j, 0);
     for (int i = tid; i < C; i += kThreads) x[i] = p.byte_emb[byte * C + i] + p.slot_emb[(int64_t)j * C + i] + ctx[i];
     __syncthreads();
+    stamp(j, 1);
     for (int l = 0; l < p.layers; ++l) {
-      const int CP = C + 1;  // padded row stride of the keys and values
+      const int sb = 2 + 10 * l;
       float* kl = kc + l * K * CP;
       float* vl = vc + l * K * CP;
-      rms_norm(x, p.norm1[l], a, red, C, p.eps);
+      rms_norm(x, norms + 2 * l * C, a, red, C, p.eps);
+      stamp(j, sb + 0);
       ex.begin(3 * C);
-      matvec_rows(p.qkv[l], a, C, qkv_rows.x, qkv_rows.y, [&](int r, float s, int sub, int group) {
-        float* dst = r < C ? q + r : (r < 2 * C ? kl + j * CP + (r - C) : vl + j * CP + (r - 2 * C));
-        ex.send(dst, s, sub, group);
+      // q, k or v row r; 4 aligned consecutive rows never straddle two of them (C % 4 == 0 on CUDA)
+      auto qkv_dst = [&](int r) { return r < C ? q + r : (r < 2 * C ? kl + j * CP + (r - C) : vl + j * CP + (r - 2 * C)); };
+      matvec_rows(p.qkv[l], a, C, qkv_rows.x, qkv_rows.y, [&](int rq, int m, float4 v) {
+        ex.send_rows(qkv_dst, rq, m, v, rq % 4 == 0, lane);
       });
       prefetch_rows(p.proj[l], C, c_rows);
+      stamp(j, sb + 1);
       ex.wait();
+      stamp(j, sb + 2);
       // causal attention of slot j over slots 0..j, one warp per head (every block, redundantly);
-      // lane i scores key i
+      // lane i scores key i, with 4 partial sums over 16-byte loads
       for (int h = warp; h < H; h += kWarps) {
         float* sc = scores + h * K;
         for (int i = lane; i <= j; i += 32) {
-          float dot = 0.f;
-          for (int d = 0; d < Dh; ++d) dot = fmaf(q[h * Dh + d], kl[i * CP + h * Dh + d], dot);
-          sc[i] = dot * scale;
+          const float* qh = q + h * Dh;
+          const float* kr = kl + i * CP + h * Dh;
+          float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+          if (Dh % 4 == 0) {
+#pragma unroll 4
+            for (int d = 0; d < Dh; d += 4) {
+              const float4 qa = *reinterpret_cast<const float4*>(qh + d), ka = *reinterpret_cast<const float4*>(kr + d);
+              d0 = fmaf(qa.x, ka.x, d0); d1 = fmaf(qa.y, ka.y, d1);
+              d2 = fmaf(qa.z, ka.z, d2); d3 = fmaf(qa.w, ka.w, d3);
+            }
+          } else {
+            for (int d = 0; d < Dh; ++d) d0 = fmaf(qh[d], kr[d], d0);
+          }
+          sc[i] = ((d0 + d1) + (d2 + d3)) * scale;
         }
         __syncwarp();
         float m = -INFINITY;
         for (int i = lane; i <= j; i += 32) m = fmaxf(m, sc[i]);
         m = warp_max(m);
-        float total = 0.f;
-        for (int i = lane; i <= j; i += 32) total += (sc[i] = expf(sc[i] - m));
-        total = warp_sum(total);
+        float total_e = 0.f;
+        for (int i = lane; i <= j; i += 32) total_e += (sc[i] = expf(sc[i] - m));
+        total_e = warp_sum(total_e);
         __syncwarp();
         for (int d = lane; d < Dh; d += 32) {
           float acc = 0.f;
           for (int i = 0; i <= j; ++i) acc = fmaf(sc[i], vl[i * CP + h * Dh + d], acc);
-          y[h * Dh + d] = acc / total;
+          y[h * Dh + d] = acc / total_e;
         }
       }
       __syncthreads();
-      auto add_to_x = [&](int r, float s, int sub, int group) {
-        const float v = x[r] + s;
-        __syncwarp(0xffu << (lane & 24));  // the row's 8 lanes have read x[r] before the owner's copy is rewritten
-        ex.send(x + r, v, sub, group);
-      };
+      stamp(j, sb + 3);
       ex.begin(C);
-      matvec_rows(p.proj[l], y, C, c_rows.x, c_rows.y, add_to_x);
+      auto x_dst = [&](int r) { return x + r; };
+      matvec_rows(p.proj[l], y, C, c_rows.x, c_rows.y, [&](int rq, int m, float4 v) {
+        const float old[4] = {x[rq], m > 1 ? x[rq + 1] : 0.f, m > 2 ? x[rq + 2] : 0.f, m > 3 ? x[rq + 3] : 0.f};
+        __syncwarp();  // every lane has read x[rq..] before a send rewrites this block's copy
+        ex.send_rows(x_dst, rq, m, make_float4(old[0] + v.x, old[1] + v.y, old[2] + v.z, old[3] + v.w), rq % 4 == 0,
+                     lane);
+      });
       prefetch_rows(p.fc[l], C, hid_rows);
       prefetch_cols(p.fc_proj[l], F, C, hid_rows.x, hid_rows.y);
+      stamp(j, sb + 4);
       ex.wait();
+      stamp(j, sb + 5);
       // MLP in one exchange: this block's hidden units (its column groups) stay local, and their share
       // of the second product goes out as one partial sum per group and output row; every block then
       // adds the 16 partials in group order (an exchange of the hidden vector and then of the output
       // rows cost one more round trip per layer)
-      rms_norm(x, p.norm2[l], a, red, C, p.eps);
-      matvec_rows(p.fc[l], a, C, hid_rows.x, hid_rows.y, [&](int r, float s, int sub, int group) {
-        if (sub == 0) hid[r] = 0.5f * s * (1.f + erff(s * 0.70710678118654752f));  // exact GELU
+      rms_norm(x, norms + (2 * l + 1) * C, a, red, C, p.eps);
+      matvec_rows(p.fc[l], a, C, hid_rows.x, hid_rows.y, [&](int rq, int m, float4 v) {
+        const float vs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          if (lane == u && u < m) hid[rq + u] = 0.5f * vs[u] * (1.f + erff(vs[u] * 0.70710678118654752f));  // exact GELU
+        }
       });
       __syncthreads();
+      stamp(j, sb + 6);
       ex.begin(kDecodeColumnGroups * C);
       for (int g = rank * groups; g < (rank + 1) * groups; ++g) {
         matvec_cols(p.fc_proj[l], hid, F, C, min(F, g * pf), min(F, (g + 1) * pf),
-                    [&](int r, float s, int sub) { ex.send(part + g * C + r, s, sub, 8); });
+                    [&](int r, float4 v, int sub) { ex.send4(part + g * C + r, v, sub, 8); });
       }
       if (l + 1 < p.layers) prefetch_rows(p.qkv[l + 1], C, qkv_rows);
       else prefetch_rows(p.head, C, head_rows);
+      stamp(j, sb + 7);
       ex.wait();
+      stamp(j, sb + 8);
       for (int i = tid; i < C; i += kThreads) {
         float sum = part[i];
         for (int g = 1; g < kDecodeColumnGroups; ++g) sum += part[g * C + i];
         x[i] += sum;
       }
       __syncthreads();
+      stamp(j, sb + 9);
     }
-    rms_norm(x, p.norm_f, a, red, C, p.eps);
+    const int fb = 2 + 10 * p.layers;
+    rms_norm(x, norms + 2 * p.layers * C, a, red, C, p.eps);
+    stamp(j, fb);
     ex.begin(kDecodeVocab);
+    auto logit_dst = [&](int r) { return logit + r; };
     matvec_rows(p.head, a, C, head_rows.x, head_rows.y,
-                [&](int r, float s, int sub, int group) { ex.send(logit + r, s, sub, group); });
+                [&](int rq, int m, float4 v) { ex.send_rows(logit_dst, rq, m, v, rq % 4 == 0, lane); });
     prefetch_rows(p.qkv[0], C, qkv_rows);
+    stamp(j, fb + 1);
     ex.wait();
-    byte = pick_byte(logit, p.temperature == 0 ? 0.0 : p.uniforms[n * K + j], p.temperature, p.top_k, dbl, pick);
+    stamp(j, fb + 2);
+    byte = pick_byte(logit, p.temperature == 0 ? 0.0 : p.uniforms[row * K + j], p.temperature, p.top_k, dbl, pick);
     if (rank == 0 && tid < kDecodeVocab) {
-      p.logits[(n * K + j) * kDecodeVocab + tid] = logit[tid];
-      if (tid == 0) p.bytes[n * K + j] = byte;
+      p.logits[(row * K + j) * kDecodeVocab + tid] = logit[tid];
+      if (tid == 0) p.bytes[row * K + j] = byte;
     }
+    stamp(j, fb + 3);
   }
   cluster_barrier(G);  // no block leaves while its stores into another may still be in flight
 }
@@ -676,17 +793,43 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
               " bytes of shared memory (C = ", std::to_string(s.C), ", F = ", std::to_string(s.F), ", K = ",
               std::to_string(s.K), ", ", std::to_string(s.layers), " layers), more than this GPU's ",
               std::to_string(max_smem), "; decode with fewer slots or layers");
-  allow_smem<w_t>(smem);
+  allow_smem<w_t>(smem);  // before the cluster query, which counts blocks at this size
   p.G = cluster_size<w_t>(smem);
   // every block must own rows of every row-split product (3C, C and 256 rows): the exchange protocol
   // relies on each block sending in each exchange (a block with nothing to send could fall two
   // exchanges behind a peer that writes into its buffers). G dividing C guarantees it.
   while (p.G > 1 && p.C % p.G != 0) p.G /= 2;
   const auto stream = at::cuda::getCurrentCUDAStream();
+#ifdef FFT_TENSOR_DECODE_STAMPS
+  // the profiling build: stamps written to the file FFT_TENSOR_DECODE_STAMPS names (eager calls only:
+  // the dump synchronizes), read by benchmarks/decode_stamps.py
+  const char* stamp_path = std::getenv("FFT_TENSOR_DECODE_STAMPS");
+  at::Tensor stamps;
+  if (stamp_path && *stamp_path) {
+    stamps = at::zeros({s.N * p.G * s.K * kStamps}, ctx.options().dtype(at::kLong));
+    p.stamps = reinterpret_cast<long long*>(stamps.data_ptr<int64_t>());
+  }
+  auto dump = [&] {
+    if (!stamps.defined()) return;
+    at::Tensor host = stamps.cpu();
+    FILE* f = std::fopen(stamp_path, "a");
+    if (!f) return;
+    std::fprintf(f, "# N %lld G %d K %d layers %d stamps %d\n", (long long)s.N, p.G, p.K, p.layers, kStamps);
+    const int64_t* v = host.data_ptr<int64_t>();
+    for (int64_t i = 0; i < host.numel(); i += kStamps) {
+      for (int k = 0; k < kStamps; ++k) std::fprintf(f, k ? " %lld" : "%lld", (long long)v[i + k]);
+      std::fprintf(f, "\n");
+    }
+    std::fclose(f);
+  };
+#else
+  auto dump = [] {};
+#endif
   TORCH_CHECK(s.N * p.G < (int64_t(1) << 31), "chunk_decode: too many rows (", std::to_string(s.N), ")");
   if (p.G == 1) {
     kernel<<<(unsigned)s.N, kThreads, smem, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dump();
     return;
   }
   cudaLaunchAttribute cluster{};
@@ -701,6 +844,7 @@ void launch(const DecodeShape& s, const at::Tensor& ctx, const at::Tensor& first
   cfg.attrs = &cluster;
   cfg.numAttrs = 1;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
+  dump();
 }
 
 std::tuple<at::Tensor, at::Tensor> chunk_decode_cuda(const at::Tensor& context, const at::Tensor& first,

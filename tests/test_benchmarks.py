@@ -77,3 +77,31 @@ def test_bench_chunk_decode_needs_cuda():
     # it times CUDA graph replays only: without a GPU it says so and exits non-zero (it ran on the device)
     r = run_benchmark("bench_chunk_decode.py")
     assert r.returncode != 0 and "needs a CUDA GPU" in r.stdout + r.stderr
+
+
+def test_decode_stamps_needs_cuda():
+    r = run_benchmark("decode_stamps.py")
+    assert r.returncode != 0 and "needs a CUDA GPU" in r.stdout + r.stderr
+
+
+def test_decode_stamps_tables_per_phase(tmp_path):
+    """The stamp file the profiling build writes, made up here: every phase of every slot 10 cycles long
+    except layer 1's MLP wait, 50 in block 1 only."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from decode_stamps import analyse, phases
+    G, K, layers, width = 2, 3, 2, 96
+    names = phases(layers)
+    lines = [f"# N 1 G {G} K {K} layers {layers} stamps {width}"]
+    for g in range(G):
+        for j in range(K):
+            t, stamps = 1000 * (j + 1), [1000 * (j + 1)]
+            for name in names:
+                t += 50 if (name == "L1 wait mlp" and g == 1) else 10
+                stamps.append(t)
+            lines.append(" ".join(str(v) for v in stamps + [0] * (width - len(stamps))))
+    path = tmp_path / "stamps.txt"
+    path.write_text("\n".join(lines) + "\n")
+    out = "\n".join(analyse(str(path)))
+    assert "| L0 wait mlp | 10 | 10 | 10 |" in out
+    assert "| L1 wait mlp | 30 | 50 | 10 |" in out
+    assert f"| whole slot | {10 * len(names) + 20} | {10 * len(names) + 40} | {10 * len(names)} |" in out

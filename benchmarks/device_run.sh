@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -125,6 +125,9 @@ for stage in "$@"; do
     gencontrol) mkdir -p /tmp/gencontrol; OUT=/tmp/gencontrol "$PY" benchmarks/bench_generation.py --no-low-precision-weights ${GEN_ARGS:-} 2>&1 \
                | tee "$OUT/bench_generation_control.log" | tail -12 ;;
     quality) "$PY" benchmarks/bench_lm_quality.py ${Q_ARGS:-} 2>&1 | tee "$OUT/bench_lm_quality.log" | tail -20 ;;
+    # after quality: how much context each of its checkpoints uses (same corpus: pass its --data in CU_ARGS)
+    contextuse) "$PY" benchmarks/context_use.py --ckpt /tmp/bench_lm_quality/spectral/ckpt.pt \
+                  --ckpt /tmp/bench_lm_quality/gpt/ckpt.pt ${CU_ARGS:-} 2>&1 | tee "$OUT/context_use.log" | tail -14 ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
   [ "${PIPESTATUS[0]}" = 0 ] || status=1

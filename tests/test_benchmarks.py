@@ -105,3 +105,34 @@ def test_decode_stamps_tables_per_phase(tmp_path):
     assert "| L0 wait mlp | 10 | 10 | 10 |" in out
     assert "| L1 wait mlp | 30 | 50 | 10 |" in out
     assert f"| whole slot | {10 * len(names) + 20} | {10 * len(names) + 40} | {10 * len(names)} |" in out
+
+
+def test_context_use_copy_classes():
+    import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from context_use import copy_classes
+    w = np.frombuffer(b"abcdXabcdXabcdY", dtype=np.uint8)[None, :]  # targets are bytes 1..14
+    cls = copy_classes(w)[0]
+    assert cls.shape == (14,)
+    # target 9 ('X' after the second "abcd") is copyable, target 14 ('Y' after the third) is a wrong copy;
+    # "bcdX" -> 'a' (target 10) was seen followed by 'a' too
+    assert cls[9 - 1] == 1 and cls[14 - 1] == 2 and cls[10 - 1] == 1
+    assert (cls[:5] == 0).all()  # nothing repeats before the second "abcd" completes
+
+
+def test_context_use(tmp_path):
+    import fft_lm
+    from fft_lm.checkpoint import save_checkpoint
+    paths = []
+    for name, model in [("spectral", fft_lm.SpectralLM.from_preset("tiny", d_model=16, n_layers=1, seq_len=32,
+                                                                     kernel_len=8)),
+                        ("gpt", fft_lm.GPT.from_preset("tiny", d_model=16, n_layers=1, seq_len=32))]:
+        (tmp_path / name).mkdir()
+        paths.append(str(tmp_path / name / "ckpt.pt"))
+        save_checkpoint(paths[-1], model=model, step=0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat; the cat sat on the hat. " * 100)
+    r = run_benchmark("context_use.py", "--ckpt", paths[0], "--ckpt", paths[1], "--data", str(corpus),
+                      "--device", "cpu", "--max-windows", "8")
+    assert_table(r, "| | bytes | spectral (spectral) | gpt (gpt) |")
+    assert "| next byte copyable |" in r.stdout and "| positions 16-31 |" in r.stdout and "nan" not in r.stdout

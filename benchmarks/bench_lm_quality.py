@@ -36,6 +36,7 @@ def run_one(family, args, out_dir):
         max_time_s=args.budget_s, steps_per_epoch=10_000_000, eval_every=0, eval_batches=args.eval_batches,
         log_every_steps=25, curriculum_start_bins=args.curriculum_start_bins,
         curriculum_frac=args.curriculum_frac if family == "spectral" else 0.0,
+        model_set=args.spectral_set if family == "spectral" else args.gpt_set,
         ckpt_path=os.path.join(args.ckpt_dir, family, "ckpt.pt"),
         metrics_path=os.path.join(out_dir, f"bench_lm_quality_{family}.jsonl"),
         plot_path=os.path.join(out_dir, f"bench_lm_quality_{family}.png"))
@@ -68,6 +69,9 @@ def main():
     p.add_argument("--eval-batches", type=int, default=50, help="fixed batches of seq-len windows per split")
     p.add_argument("--sample-bytes", type=int, default=200)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--spectral-set", default="", help="SpectralLM config fields on top of the preset, "
+                   "name=value,... (train's --model-set), e.g. pre_gate=true")
+    p.add_argument("--gpt-set", default="", help="the same for the GPT")
     p.add_argument("--ckpt-dir", default="/tmp/bench_lm_quality")
     args = p.parse_args()
 
@@ -85,8 +89,10 @@ def main():
              f"budget, compile={args.compile}; val = held-out 10% tail, {args.eval_batches} fixed batches per split",
              "", "| model | params | steps | bytes seen | train bytes/s | train bpb (eval) | val bpb |",
              "|---|---|---|---|---|---|---|"]
+    sets = {"spectral": args.spectral_set, "gpt": args.gpt_set}
     for family, r in results.items():
-        lines.append(f"| {family} | {r['n_params'] / 1e6:.1f}M | {r['step']} | {r['bytes_seen'] / 1e6:.1f}M | "
+        label = f"{family} ({sets[family]})" if sets.get(family) else family
+        lines.append(f"| {label} | {r['n_params'] / 1e6:.1f}M | {r['step']} | {r['bytes_seen'] / 1e6:.1f}M | "
                      f"{r['bytes_seen'] / max(1e-9, r['elapsed_s']) / 1e6:.2f}M | {r['train_eval_bpb']:.3f} | "
                      f"{r['val_bpb']:.3f} |")
     table = "\n".join(lines)

@@ -52,6 +52,7 @@ class TrainConfig:
     preset: str = "tiny"  # model preset: tiny | small | 29m | base512
     seq_len: int = 0  # context length in bytes of each training window (0 = the preset's, 1024 for 29m)
     kernel_len: int = 0  # conv kernel taps for the spectral family (0 = the preset's value)
+    model_set: str = ""  # model config fields set on top of the preset, "name=value,..." (e.g. "pre_gate=true,dropout=0.1")
     grad_checkpoint: bool = False  # activation checkpointing per block (long contexts on one GPU)
     # optimizer
     lr: float = 1e-3  # peak learning rate (AdamW)
@@ -205,7 +206,50 @@ def build_model(cfg):
         if "kernel_len" not in names:
             raise ValueError(f"--kernel-len: family {cfg.family!r} has no kernel_len (its config has {sorted(names)})")
         overrides["kernel_len"] = cfg.kernel_len
+    for name, value in parse_model_set(cfg.model_set, cls.config_class).items():
+        if name in overrides:
+            raise ValueError(f"--model-set: {name} is also given by --{name.replace('_', '-')}; give it once")
+        overrides[name] = value
     return cls.from_preset(cfg.preset, **overrides)
+
+
+def parse_model_set(text, config_class):
+    """{field: value} from "name=value,name=value" for config_class's fields, each value read as the
+    type of the field's default (bool: true/false/1/0/yes/no; a None default: none, an int, a float or
+    the text). The config's own checks run when the model is built."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    out = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, raw = (x.strip() for x in item.partition("="))
+        if not sep or not name:
+            raise ValueError(f"--model-set: expected name=value, got {item!r}")
+        if name not in fields:
+            raise ValueError(f"--model-set: {config_class.__name__} has no field {name!r}; expected one of {sorted(fields)}")
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        try:
+            if isinstance(default, bool):
+                lowered = raw.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = lowered in ("true", "1", "yes")
+            elif default is None:
+                value = None if raw.lower() == "none" else _number_or_text(raw)
+            else:
+                value = type(default)(raw)
+        except ValueError:
+            raise ValueError(f"--model-set: {name} expects a {type(default).__name__}, got {raw!r}") from None
+        out[name] = value
+    return out
+
+
+def _number_or_text(raw):
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def model_seq_len(model):
@@ -324,6 +368,11 @@ def _train(cfg, model, rank, world, device, master):
             raise ConfigError(f"--resume (--ckpt-path): {e}") from e
         if model is None and ckpt is not None:
             model = model_from_checkpoint(ckpt, cfg.ckpt_path)  # family, config and weights
+            # the run continues with its own config: --model-set may only repeat it
+            for name, value in parse_model_set(cfg.model_set, type(model.config)).items():
+                if getattr(model.config, name) != value:
+                    raise ConfigError(f"--model-set {name}={value!r} differs from the run being resumed "
+                                      f"({name}={getattr(model.config, name)!r}); leave it out with --resume")
         else:
             model = model if model is not None else build_model(cfg)
             if ckpt is not None:

@@ -41,6 +41,9 @@ def head_overrides(cfg):
 
 def build_chunk_model(cfg):
     """The ChunkLM to train, or None on --resume (fft_lm.train rebuilds it from the checkpoint)."""
+    if cfg.model_set:
+        raise ValueError("--model-set: not supported by train_chunk_head (its model flags are --seq-len, "
+                         "--kernel-len, --chunk, --head-dim, --head-layers and --head-heads)")
     if cfg.resume:
         return None
     torch.manual_seed(cfg.seed)

@@ -55,8 +55,10 @@ def test_bench_lm_quality(tmp_path):
     corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
     r = run_benchmark("bench_lm_quality.py", "--data", str(corpus), "--preset", "tiny", "--budget-s", "1",
                       "--seq-len", "64", "--batch-size", "4", "--warmup-steps", "2", "--eval-batches", "2",
-                      "--sample-bytes", "16", "--dtype", "float32", "--ckpt-dir", str(tmp_path / "ckpt"))
+                      "--sample-bytes", "16", "--dtype", "float32", "--ckpt-dir", str(tmp_path / "ckpt"),
+                      "--spectral-set", "pre_gate=true")
     assert_table(r, "| model | params | steps |")
+    assert "| spectral (pre_gate=true) |" in r.stdout and "| gpt |" in r.stdout
 
 
 def test_bench_generation_graphs_label():

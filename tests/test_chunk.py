@@ -189,3 +189,10 @@ def test_train_script_defaults_seq_len_and_head_from_the_preset(tmp_path):
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2
     bad = run_train("--data", str(tmp_path / "missing.txt"), "--ckpt", str(tmp_path / "x.pt"))
     assert bad.returncode == 2 and "error: --data" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_chunk_head_refuses_model_set():
+    # TrainConfig's --model-set is for the backbone families; the chunk script names its own flags
+    from scripts.train_chunk_head import ChunkTrainConfig, build_chunk_model
+    with pytest.raises(ValueError, match="--model-set: not supported by train_chunk_head"):
+        build_chunk_model(ChunkTrainConfig(model_set="pre_gate=true"))

@@ -213,3 +213,34 @@ def test_ddp_two_ranks_gloo_stay_identical(corpus, tmp_path):
     _, meta = load_checkpoint(tmp_path / "ddp" / "ckpt.pt")  # only rank 0 wrote it, at the end
     assert meta["step"] == 3 and meta["extra"]["data"]["world_size"] == 2
     assert meta["extra"]["bytes_seen"] == 3 * 2 * 2 * 32 * 2
+
+
+def test_model_set_parses_each_field_as_its_type():
+    from fft_lm.model import SpectralLMConfig
+    from fft_lm.train import parse_model_set
+    got = parse_model_set("pre_gate=true, dropout=0.1,short_conv_len=0,freq_cutoff=none", SpectralLMConfig)
+    assert got == {"pre_gate": True, "dropout": 0.1, "short_conv_len": 0, "freq_cutoff": None}
+    assert parse_model_set("freq_cutoff=12", SpectralLMConfig) == {"freq_cutoff": 12}
+    assert parse_model_set("", SpectralLMConfig) == {}
+    for text, match in [("pre_gate=maybe", "pre_gate expects a bool, got 'maybe'"),
+                        ("dropout=lots", "dropout expects a float"), ("short_conv_len=2.5", "short_conv_len expects an? int"),
+                        ("depth=3", "has no field 'depth'"), ("pre_gate", "expected name=value")]:
+        with pytest.raises(ValueError, match=match):
+            parse_model_set(text, SpectralLMConfig)
+
+
+def test_model_set_builds_the_variant_and_errors_name_the_flag(corpus, tmp_path, capsys):
+    model = train_mod.build_model(tiny_cfg(corpus, tmp_path, kernel_len=8, model_set="pre_gate=true,dropout=0.1"))
+    assert model.config.pre_gate and model.config.dropout == 0.1
+    assert model.blocks[0].mixer.in_proj.out_features == 3 * model.config.d_model
+    with pytest.raises(ValueError, match="--model-set: kernel_len is also given by --kernel-len"):
+        train_mod.build_model(tiny_cfg(corpus, tmp_path, kernel_len=8, model_set="kernel_len=16"))
+    # the config's own check (dropout in [0, 1)) still runs
+    with pytest.raises(ValueError, match="dropout"):
+        train_mod.build_model(tiny_cfg(corpus, tmp_path, kernel_len=8, model_set="dropout=1.5"))
+    # a resumed run keeps its config: --model-set may repeat it, not change it
+    cfg = tiny_cfg(corpus, tmp_path, kernel_len=8, accum_steps=1, eval_every=0, eval_batches=1, model_set="pre_gate=true")
+    train(dataclasses.replace(cfg, stop_after_steps=2), model=train_mod.build_model(cfg))
+    assert train(dataclasses.replace(cfg, resume=True))["step"] == 4
+    with pytest.raises(ValueError, match="--model-set pre_gate=False differs from the run being resumed"):
+        train(dataclasses.replace(cfg, resume=True, model_set="pre_gate=false"))

@@ -41,6 +41,8 @@ class SpectralLMConfig:
                                        # resolved here and saved, so checkpoints survive changes to the op's plan
     freq_cutoff: Optional[int] = None  # spectral bins in use (curriculum); None = full band
     pre_gate: bool = False         # conv input = value * a second projection (Hyena order 2) instead of value
+    attn_blocks: int = 0           # blocks that mix by causal softmax attention instead of the conv, spread evenly
+    attn_window: int = 0           # positions an attention block sees (itself included); 0 = seq_len
     dropout: float = 0.0
     mlp_mult: int = 4
     tie_embeddings: bool = False
@@ -64,6 +66,14 @@ class SpectralLMConfig:
             raise ValueError(f"SpectralLMConfig.pre_gate: expected a bool, got {self.pre_gate!r}")
         if not (0.0 <= self.dropout < 1.0):
             raise ValueError(f"SpectralLMConfig.dropout: expected a float in [0, 1), got {self.dropout!r}")
+        if not (isinstance(self.attn_blocks, int) and 0 <= self.attn_blocks <= self.n_layers):
+            raise ValueError(f"SpectralLMConfig.attn_blocks: expected an int in [0, n_layers={self.n_layers}], "
+                             f"got {self.attn_blocks!r}")
+        if not (isinstance(self.attn_window, int) and (self.attn_window == 0 or self.attn_window >= 2)):
+            raise ValueError(f"SpectralLMConfig.attn_window: expected 0 (= seq_len) or an int >= 2, "
+                             f"got {self.attn_window!r}")
+        if self.attn_blocks and self.d_model % attention_heads(self.d_model):
+            raise ValueError(f"SpectralLMConfig.d_model: attention blocks need d_model divisible by their heads")
         if self.fft_size is None:
             self.fft_size = fft_tensor.causal_conv_fft_size(self.seq_len, self.kernel_len)
         if not (isinstance(self.fft_size, int) and self.fft_size >= self.kernel_len):
@@ -77,6 +87,15 @@ class SpectralLMConfig:
     @property
     def freq_bins(self) -> int:
         return self.fft_size // 2 + 1
+
+    def is_attention_block(self, i: int) -> bool:
+        """Block i mixes by attention: attn_blocks of them, at floor((k + 1/2) * n_layers / attn_blocks)."""
+        return i in {(2 * k + 1) * self.n_layers // (2 * self.attn_blocks) for k in range(self.attn_blocks)}
+
+
+def attention_heads(d_model: int) -> int:
+    """Heads of 64 channels where d_model allows, else one."""
+    return d_model // 64 if d_model % 64 == 0 else 1
 
 
 # Same names and (within ~10%) the same parameter counts as fft_lm.gpt.PRESETS.
@@ -173,6 +192,13 @@ class SpectralMixer(nn.Module):
         self.out_proj.is_residual_out = True
         self.kernel = SpectralKernel(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
+
+    def taps(self):
+        """(k, skip) of the conv, computed once per generation (SpectralCache.taps)."""
+        return self.kernel()
+
+    def tail_shape(self, batch_size: int):
+        return (batch_size, self.in_proj.in_features, self.kernel_len - 1)
 
     def forward(self, x, tail=None, taps=None):
         """x (B, T, D). tail: None, or the last kernel_len-1 conv inputs (B, D, kernel_len-1) float32
@@ -273,11 +299,95 @@ def time_first_linear(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return _TimeFirstLinear.apply(z.to(w.dtype), w)
 
 
-class SpectralBlock(nn.Module):
+class WindowAttentionMixer(nn.Module):
+    """Causal softmax attention over the last `window` positions (itself included), heads of 64
+    channels, no positional encoding (the conv blocks before it give each position its local context).
+    It adds what the fixed convolutions lack, lookup by content (benchmarks/context_use.py).
+
+    Streaming keeps the layer's last window-1 inputs as its tail, as the conv keeps its last
+    kernel_len-1: (B, D + 1, window - 1) float32, the extra channel 1 where a real byte sits (0 in a
+    fresh cache), so a step costs O(window) whatever the context and needs no host-side position
+    (CUDA graphs replay it). Training and recompute apply the same window: one SDPA call up to
+    `window` positions, block-local beyond (each block of `window` queries against itself and the
+    block before)."""
+
     def __init__(self, cfg: SpectralLMConfig):
         super().__init__()
+        D = cfg.d_model
+        self.window = cfg.attn_window or cfg.seq_len
+        self.heads = attention_heads(D)
+        self.in_proj = nn.Linear(D, 3 * D, bias=False)
+        self.out_proj = nn.Linear(D, D, bias=False)
+        self.out_proj.is_residual_out = True
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def taps(self):
+        return None
+
+    def tail_shape(self, batch_size: int):
+        return (batch_size, self.in_proj.in_features + 1, self.window - 1)
+
+    def _qkv(self, x):
+        B, S, D = x.shape
+        return self.in_proj(x).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _out(self, y):
+        B, H, T, Dh = y.shape
+        return self.dropout(self.out_proj(y.transpose(1, 2).reshape(B, T, H * Dh)))
+
+    def forward(self, x, tail=None, taps=None):
+        """x (B, T, D); tail None or (B, D + 1, window - 1) as above. Returns (out (B, T, D), new tail or None)."""
+        if tail is None:
+            return self._out(self._window_attention(*self._qkv(x))), None
+        outs = []
+        for start in range(0, x.shape[1], self.window):  # a long prefill in pieces: at most 2 windows of keys
+            y, tail = self._stream(x[:, start:start + self.window], tail)
+            outs.append(y)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, 1)), tail
+
+    def _window_attention(self, q, k, v):
+        B, H, T, Dh = q.shape
+        W = self.window
+        if T <= W:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        nb = -(-T // W)
+        pad = nb * W - T  # at the end: padded keys come after every real query, so causality masks them
+
+        def blocks(t):
+            return F.pad(t, (0, 0, 0, pad)).view(B, H, nb, W, Dh).transpose(1, 2)  # (B, nb, H, W, Dh)
+        qb, kb, vb = blocks(q), blocks(k), blocks(v)
+        keys = torch.cat([F.pad(kb, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1], kb], dim=3)  # the block before, then this one
+        vals = torch.cat([F.pad(vb, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1], vb], dim=3)
+        i = torch.arange(W, device=q.device)[:, None]
+        j = torch.arange(2 * W, device=q.device)[None, :]
+        allowed = (j > i) & (j <= i + W)  # key j of the 2W is query i's own position or one of the W-1 before
+        mask = allowed.expand(nb, W, 2 * W).clone()
+        mask[0, :, :W] = False  # block 0 has no block before it
+        y = F.scaled_dot_product_attention(qb.reshape(B * nb, H, W, Dh), keys.reshape(B * nb, H, 2 * W, Dh),
+                                           vals.reshape(B * nb, H, 2 * W, Dh),
+                                           attn_mask=mask[None].expand(B, nb, W, 2 * W).reshape(B * nb, 1, W, 2 * W))
+        return y.view(B, nb, H, W, Dh).transpose(1, 2).reshape(B, H, nb * W, Dh)[:, :, :T]
+
+    def _stream(self, x, tail):
+        B, T, D = x.shape
+        W = self.window
+        new = torch.cat([x.transpose(1, 2).float(), torch.ones(B, 1, T, device=x.device, dtype=torch.float32)], 1)
+        u_all = torch.cat([tail, new], dim=2)  # (B, D + 1, W - 1 + T)
+        q, k, v = self._qkv(u_all[:, :D].transpose(1, 2).to(x.dtype))
+        S = W - 1 + T
+        i = torch.arange(T, device=x.device)[:, None]
+        j = torch.arange(S, device=x.device)[None, :]
+        allowed = (j >= i) & (j <= i + W - 1)  # query i sits at W - 1 + i: itself and the W - 1 before
+        mask = allowed[None] & (u_all[:, D, None, :] > 0)  # and only real bytes
+        y = F.scaled_dot_product_attention(q[:, :, -T:], k, v, attn_mask=mask[:, None])
+        return self._out(y), u_all[..., T:]  # the last W - 1 columns
+
+
+class SpectralBlock(nn.Module):
+    def __init__(self, cfg: SpectralLMConfig, attention: bool = False):
+        super().__init__()
         self.norm1 = RMSNorm(cfg.d_model)
-        self.mixer = SpectralMixer(cfg)
+        self.mixer = WindowAttentionMixer(cfg) if attention else SpectralMixer(cfg)
         self.norm2 = RMSNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, cfg.dropout, cfg.mlp_mult)
 
@@ -342,7 +452,7 @@ class SpectralCache:
     def graph_tensors(self):
         """Tensors a recorded step reads or writes (a new address means recording again): the tails and
         the cached taps (made anew when the frequency cutoff changes)."""
-        return self.state_tensors() + [t for pair in (self.taps or []) for t in pair if t is not None]
+        return self.state_tensors() + [t for pair in (self.taps or []) if pair is not None for t in pair if t is not None]
 
     def snapshot(self):
         """What a step changes (tails, pos), for undoing a recording's warm-up calls."""
@@ -364,13 +474,14 @@ class SpectralLM(ByteLM):
         if not isinstance(config, SpectralLMConfig):
             raise TypeError(f"SpectralLM: expected a SpectralLMConfig, got {type(config).__name__}")
         self.config = dataclasses.replace(config)  # own copy: set_freq_cutoff writes to it
-        self._build_trunk(config, lambda i: SpectralBlock(config))
+        self._build_trunk(config, lambda i: SpectralBlock(config, config.is_attention_block(i)))
 
     def describe(self) -> str:
         c = self.config
         return (f"SpectralLM {format_params(self.num_params())} params: d_model={c.d_model} n_layers={c.n_layers} "
                 f"seq_len={c.seq_len} kernel_len={c.kernel_len} fft_size={c.fft_size} "
-                f"freq_cutoff={self.freq_cutoff}/{self.freq_bins}")
+                f"freq_cutoff={self.freq_cutoff}/{self.freq_bins}"
+                + (f" attn_blocks={c.attn_blocks} (window {c.attn_window or c.seq_len})" if c.attn_blocks else ""))
 
     # ------------------------------------------------------------------ curriculum
 
@@ -390,7 +501,8 @@ class SpectralLM(ByteLM):
             raise ValueError(f"set_freq_cutoff: expected None or an int bins in [1, {self.freq_bins}], got {bins!r}")
         self.config.freq_cutoff = bins
         for block in self.blocks:
-            block.mixer.kernel.set_freq_cutoff(bins)
+            if isinstance(block.mixer, SpectralMixer):
+                block.mixer.kernel.set_freq_cutoff(bins)
 
     def set_grad_checkpoint(self, enabled: bool) -> None:
         self.config.grad_checkpoint = bool(enabled)
@@ -401,8 +513,8 @@ class SpectralLM(ByteLM):
         """Empty streaming state; max_len is accepted for protocol symmetry (the state has fixed size)."""
         if device is None:
             device = self.embed.weight.device
-        shape = (batch_size, self.config.d_model, self.config.kernel_len - 1)
-        return SpectralCache([torch.zeros(shape, device=device, dtype=torch.float32) for _ in self.blocks], batch_size)
+        return SpectralCache([torch.zeros(block.mixer.tail_shape(batch_size), device=device, dtype=torch.float32)
+                              for block in self.blocks], batch_size)
 
     # ------------------------------------------------------------------ forward
 
@@ -414,7 +526,7 @@ class SpectralLM(ByteLM):
         if cache is not None and not torch.is_grad_enabled():
             cache.own_buffers()
             if cache.taps is None or cache.taps_cutoff != self.freq_cutoff:
-                cache.taps = [block.mixer.kernel() for block in self.blocks]
+                cache.taps = [block.mixer.taps() for block in self.blocks]
                 cache.taps_cutoff = self.freq_cutoff
             taps = cache.taps
         fused = can_fuse_norms(self.norm_f, x)

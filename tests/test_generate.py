@@ -54,6 +54,22 @@ def test_greedy_overlap_save_equals_recompute(family):
     assert out == ref
 
 
+@pytest.mark.parametrize("family", ["spectral", "chunk"])
+def test_attention_blocks_overlap_save_equals_recompute(family):
+    """A backbone with a windowed attention block (attn_blocks=1, window 24 < seq_len 64): streaming
+    keeps the block's last 23 inputs, recompute applies the same window block-locally over the whole
+    context (prompt 100 bytes, 512 generated)."""
+    model = tiny_model(family, attn_blocks=1, attn_window=24)
+    backbone = model.backbone if family == "chunk" else model
+    assert [type(b.mixer).__name__ for b in backbone.blocks] == ["SpectralMixer", "WindowAttentionMixer"]
+    prompt = random_prompt(100)
+    ref, ref_logits = generate_with_logits(model, prompt, 512, mode="recompute", temperature=0)
+    out, out_logits = generate_with_logits(model, prompt, 512, mode="overlap_save", temperature=0)
+    worst = max((a - b).abs().max().item() for a, b in zip(ref_logits, out_logits))
+    assert worst < 1e-4, worst
+    assert out == ref and len(out) == 512
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_seeded_sampling_same_across_modes(family):
     model = tiny_model(family)

@@ -402,3 +402,85 @@ def test_channels_first_projections_values_grads_and_layouts():
     torch.testing.assert_close(out, torch.einsum("oi,bit->bto", w, z))
     grad_z, = torch.autograd.grad(out, z, torch.randn_like(out))
     assert y.is_contiguous() and grad_x.is_contiguous() and out.is_contiguous() and grad_z.is_contiguous()
+
+
+# ----------------------------------------------------------------------------- attention blocks
+
+def hybrid_model(**overrides):
+    """small_model with block 1 of 2 mixing by attention over a 48-position window (< seq_len 128)."""
+    model = small_model(attn_blocks=1, attn_window=48, **overrides)
+    with torch.no_grad():
+        for block in model.blocks:
+            if hasattr(block.mixer, "kernel"):
+                block.mixer.kernel.short_taps.normal_(0, 0.3)
+                block.mixer.kernel.skip.normal_(1, 0.3)
+    return model
+
+
+def test_attention_block_placement_and_config_errors():
+    cfg = SpectralLMConfig(d_model=64, n_layers=8, seq_len=64, kernel_len=16, attn_blocks=2)
+    assert [i for i in range(8) if cfg.is_attention_block(i)] == [2, 6]
+    assert [i for i in range(6) if SpectralLMConfig(n_layers=6, attn_blocks=1).is_attention_block(i)] == [3]
+    assert not any(SpectralLMConfig(n_layers=6).is_attention_block(i) for i in range(6))
+    model = hybrid_model()
+    assert [type(b.mixer).__name__ for b in model.blocks] == ["SpectralMixer", "WindowAttentionMixer"]
+    assert "attn_blocks=1 (window 48)" in model.describe()
+    for field, value in [("attn_blocks", 3), ("attn_blocks", -1), ("attn_window", 1)]:
+        with pytest.raises(ValueError, match=f"SpectralLMConfig.{field}"):
+            SpectralLMConfig(d_model=32, n_layers=2, seq_len=64, kernel_len=16, **{field: value})
+
+
+@pytest.mark.parametrize("T", [1, 47, 48, 49, 150])
+def test_window_attention_matches_float64_reference(T):
+    """Each position attends to itself and the window - 1 before it: one SDPA call up to the window,
+    block-local beyond (150 = 3 blocks of 48 and a padded fourth)."""
+    mixer = hybrid_model().blocks[1].mixer.double()
+    x = torch.randn(2, T, 32, dtype=torch.float64)
+    q, k, v = mixer._qkv(x)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~((j <= i) & (i - j < 48)), -math.inf)
+    expected = mixer._out(torch.softmax(scores, -1) @ v)
+    torch.testing.assert_close(mixer(x)[0], expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_attention_blocks_stream_equal_full_forward(chunk, one_thread):
+    model = hybrid_model().eval()
+    model.set_freq_cutoff(20)  # reaches the conv blocks only
+    T = 300  # past seq_len and several windows
+    idx = torch.randint(0, 256, (2, T))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.init_cache(2, idx.device)
+        assert [tuple(t.shape) for t in cache.tails] == [(2, 32, 31), (2, 33, 47)]
+        pieces = [model(idx[:, i:i + chunk], cache=cache)[0] for i in range(0, T, chunk)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
+    # causal: a change at t0 leaves every earlier position alone
+    changed = idx.clone()
+    changed[:, 170] = (changed[:, 170] + 1) % 256
+    with torch.no_grad():
+        other, _ = model(changed)
+    assert (other[:, :170] - full[:, :170]).abs().max() < 1e-5
+
+
+def test_attention_blocks_compile_fullgraph_forward_backward_and_round_trip(tmp_path):
+    from fft_lm.checkpoint import load_checkpoint, save_checkpoint
+    model = hybrid_model()
+    model.set_freq_cutoff(9)
+    idx = torch.randint(0, 256, (2, 100))  # > window: the block-local path
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    _, loss = compiled(idx, idx)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    _, expected = model(idx, idx)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-5)
+    assert model.blocks[1].mixer.in_proj.weight.grad.abs().sum() > 0
+    save_checkpoint(tmp_path / "ckpt.pt", model=model, step=1)
+    loaded, _ = load_checkpoint(tmp_path / "ckpt.pt")
+    assert loaded.config.attn_blocks == 1 and loaded.config.attn_window == 48
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx)[0], model(idx)[0])

@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from common import write_out  # noqa: E402
 from fft_lm.gpt import GPT  # noqa: E402
-from fft_lm.model import SpectralLM  # noqa: E402
+from fft_lm.model import SpectralLM, SpectralLMConfig  # noqa: E402
+from fft_lm.train import parse_model_set  # noqa: E402
 
 DEFAULT_BATCH = {1024: 32, 4096: 8, 16384: 2, 65536: 1}  # the ANCHORS.md shapes: 32K bytes per step up to 16K
 # ANCHORS.md, measured on the device's H100: (GPT with SDPA, torch.fft gated long-conv LM), M bytes/s
@@ -39,6 +40,8 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--preset", default="base512", help="preset of both families")
     p.add_argument("--families", default="spectral,gpt", help="comma-separated subset of spectral,gpt")
+    p.add_argument("--spectral-set", default="", help="SpectralLM config fields on top of the preset, name=value,... "
+                   "(train's --model-set), e.g. attn_blocks=1")
     p.add_argument("--no-compile", action="store_true", help="run eagerly")
     p.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
                    help="compile each block (fast to compile) or the whole model")
@@ -54,7 +57,8 @@ def parse_args():
 
 
 def build(family, args, device):
-    model = FAMILIES[family].from_preset(args.preset).to(device)
+    overrides = parse_model_set(args.spectral_set, SpectralLMConfig) if family == "spectral" else {}
+    model = FAMILIES[family].from_preset(args.preset, **overrides).to(device)
     model.set_grad_checkpoint(args.grad_checkpoint)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
@@ -158,7 +162,8 @@ def main():
     compile_note = "eager" if args.no_compile else (f"torch.compile ({args.compile_scope}"
                                                     + ("" if args.compile_mode == "default" else f", {args.compile_mode}") + ")")
     lines = [
-        f"## LM training throughput, preset {args.preset}, {args.dtype} autocast, AdamW, {compile_note}"
+        f"## LM training throughput, preset {args.preset}"
+        f"{f' (SpectralLM: {args.spectral_set})' if args.spectral_set else ''}, {args.dtype} autocast, AdamW, {compile_note}"
         f"{', grad checkpointing' if args.grad_checkpoint else ''}",
         f"{gpu}, torch {torch.__version__}; median of {args.steps} steps after {args.warmup} warm-up; "
         f"total wall time {time.perf_counter() - started:.0f} s.",

@@ -44,6 +44,14 @@ def test_bench_lm_throughput():
     assert_table(r, "| L | batch | SpectralLM M bytes/s | GPT (SDPA) M bytes/s |")
 
 
+def test_bench_lm_throughput_spectral_variant():
+    r = run_benchmark("bench_lm_throughput.py", "--device", "cpu", "--preset", "tiny", "--lengths", "128",
+                      "--batch", "2", "--steps", "1", "--warmup", "1", "--no-compile", "--families", "spectral",
+                      "--spectral-set", "attn_blocks=1,attn_window=64")
+    assert_table(r, "| L | batch | SpectralLM M bytes/s |")
+    assert "(SpectralLM: attn_blocks=1,attn_window=64)" in r.stdout
+
+
 def test_bench_generation():
     r = run_benchmark("bench_generation.py", "--device", "cpu", "--preset", "tiny", "--contexts", "64,128",
                       "--new-bytes", "4", "--budget-s", "0.2", "--dtype", "float32")

@@ -21,6 +21,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import fft_lm  # noqa: E402
 from fft_lm.generation import generate  # noqa: E402
@@ -72,6 +73,8 @@ def main():
     p.add_argument("--spectral-set", default="", help="SpectralLM config fields on top of the preset, "
                    "name=value,... (train's --model-set), e.g. pre_gate=true")
     p.add_argument("--gpt-set", default="", help="the same for the GPT")
+    p.add_argument("--no-context-use", action="store_true",
+                   help="skip the table of validation bits per byte by position and copyability (context_use.py)")
     p.add_argument("--ckpt-dir", default="/tmp/bench_lm_quality")
     args = p.parse_args()
 
@@ -96,6 +99,12 @@ def main():
                      f"{r['bytes_seen'] / max(1e-9, r['elapsed_s']) / 1e6:.2f}M | {r['train_eval_bpb']:.3f} | "
                      f"{r['val_bpb']:.3f} |")
     table = "\n".join(lines)
+    if not args.no_context_use:
+        from context_use import context_table
+        ckpts = [os.path.join(args.ckpt_dir, family, "ckpt.pt") for family in results]
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+        table += "\n\n" + context_table(ckpts, args.data, args.seq_len, max_windows=256, device=device_name).replace(
+            "## Validation", "### Validation")
     with open(os.path.join(out_dir, "bench_lm_quality.md"), "w") as f:
         f.write(table + "\n\n" + "\n".join(samples))
     print("\n".join(samples))

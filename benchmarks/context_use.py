@@ -57,28 +57,21 @@ def bits_per_target(model, windows, batch, device):
     return torch.cat(out).numpy()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", action="append", required=True, help="checkpoint (repeat for each model)")
-    p.add_argument("--data", default=None, help="corpus file or folder (default: the training default)")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the first model's)")
-    p.add_argument("--max-windows", type=int, default=512)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+def context_table(ckpts, data=None, seq_len=None, max_windows=512, batch=16, device="cpu"):
+    """The markdown table for checkpoints ckpts on data's validation tail (see the module doc)."""
     models = []
-    for path in args.ckpt:
-        model, meta = fft_lm.load_checkpoint(path, map_location=args.device)
+    for path in ckpts:
+        model, meta = fft_lm.load_checkpoint(path, map_location=device)
         models.append((os.path.basename(os.path.dirname(os.path.abspath(path))) or path, meta["family"],
-                       model.to(args.device).eval()))
-    L = args.seq_len or models[0][2].config.seq_len
-    val = np.asarray(ByteCorpus(args.data).val)
-    W = min(args.max_windows, len(val) // (L + 1))
+                       model.to(device).eval()))
+    L = seq_len or models[0][2].config.seq_len
+    val = np.asarray(ByteCorpus(data or None).val)
+    W = min(max_windows, len(val) // (L + 1))
     if W < 1:
-        raise SystemExit(f"context_use.py: the validation tail ({len(val)} bytes) is shorter than one window of {L + 1}")
+        raise ValueError(f"context_use: the validation tail ({len(val)} bytes) is shorter than one window of {L + 1}")
     windows = val[:W * (L + 1)].reshape(W, L + 1)
     cls = copy_classes(windows)
-    bits = [bits_per_target(m, windows, args.batch, args.device) for _, _, m in models]
+    bits = [bits_per_target(m, windows, batch, device) for _, _, m in models]
     head = "| | bytes | " + " | ".join(f"{name} ({family})" for name, family, _ in models) + " |"
     lines = [f"## Validation bits per byte by context use ({W} windows of {L} targets)", "", head,
              "|---|---|" + "---|" * len(models)]
@@ -92,7 +85,22 @@ def main(argv=None):
     edges = [e for e in (0, 16, 64, 128, 256, 512, 1024, 4096) if e < L] + [L]
     for lo, hi in zip(edges[:-1], edges[1:]):
         row(f"positions {lo}-{hi - 1}", (pos >= lo) & (pos < hi))
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", action="append", required=True, help="checkpoint (repeat for each model)")
+    p.add_argument("--data", default=None, help="corpus file or folder (default: the training default)")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the first model's)")
+    p.add_argument("--max-windows", type=int, default=512)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    try:
+        table = context_table(args.ckpt, args.data, args.seq_len, args.max_windows, args.batch, args.device)
+    except ValueError as e:
+        raise SystemExit(f"context_use.py: {e}")
     print(table)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "context_use.md"), "w") as f:

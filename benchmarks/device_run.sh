@@ -125,7 +125,7 @@ for stage in "$@"; do
     gencontrol) mkdir -p /tmp/gencontrol; OUT=/tmp/gencontrol "$PY" benchmarks/bench_generation.py --no-low-precision-weights ${GEN_ARGS:-} 2>&1 \
                | tee "$OUT/bench_generation_control.log" | tail -12 ;;
     quality) "$PY" benchmarks/bench_lm_quality.py ${Q_ARGS:-} 2>&1 | tee "$OUT/bench_lm_quality.log" | tail -20 ;;
-    # after quality: how much context each of its checkpoints uses (same corpus: pass its --data in CU_ARGS)
+    # how much context two checkpoints use (quality prints this table itself; this reruns it on its checkpoints)
     contextuse) "$PY" benchmarks/context_use.py --ckpt /tmp/bench_lm_quality/spectral/ckpt.pt \
                   --ckpt /tmp/bench_lm_quality/gpt/ckpt.pt ${CU_ARGS:-} 2>&1 | tee "$OUT/context_use.log" | tail -14 ;;
     *) echo "unknown stage $stage"; status=1 ;;

@@ -67,6 +67,7 @@ def test_bench_lm_quality(tmp_path):
                       "--spectral-set", "pre_gate=true")
     assert_table(r, "| model | params | steps |")
     assert "| spectral (pre_gate=true) |" in r.stdout and "| gpt |" in r.stdout
+    assert "### Validation bits per byte by context use" in r.stdout and "| next byte copyable |" in r.stdout
 
 
 def test_bench_generation_graphs_label():

@@ -455,6 +455,9 @@ def test_attention_blocks_stream_equal_full_forward(chunk, one_thread):
         assert [tuple(t.shape) for t in cache.tails] == [(2, 32, 31), (2, 33, 47)]
         pieces = [model(idx[:, i:i + chunk], cache=cache)[0] for i in range(0, T, chunk)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
+    # what a CUDA graph of a step reads and writes: both tails and the conv block's taps (none for attention)
+    assert cache.taps[1] is None
+    assert [tuple(t.shape) for t in cache.graph_tensors()] == [(2, 32, 31), (2, 33, 47), (32, 32), (32,)]
     # causal: a change at t0 leaves every earlier position alone
     changed = idx.clone()
     changed[:, 170] = (changed[:, 170] + 1) % 256

@@ -33,7 +33,6 @@
 #include <torch/library.h>
 
 #include <cstdio>
-#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -325,8 +324,8 @@ __device__ __forceinline__ int2 block_rows(int R, int rank, int G) {
 // Columns per group of the MLP's hidden vector (kDecodeColumnGroups groups): F / 16 rounded up to
 // whole 16-byte vectors, so every group starts aligned.
 template <typename w_t>
-__device__ __host__ __forceinline__ int group_cols(int F) {
-  constexpr int n = 16 / sizeof(w_t);
+__device__ __forceinline__ int group_cols(int F) {
+  constexpr int n = Vec<w_t>::n;
   return ((F + kDecodeColumnGroups - 1) / kDecodeColumnGroups + n - 1) / n * n;
 }
 

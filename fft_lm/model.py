@@ -327,9 +327,13 @@ class WindowAttentionMixer(nn.Module):
     def tail_shape(self, batch_size: int):
         return (batch_size, self.in_proj.in_features + 1, self.window - 1)
 
+    def _heads(self, y, parts):
+        """(B, S, parts * D) -> parts tensors (B, H, S, Dh)."""
+        B, S, PD = y.shape
+        return y.view(B, S, parts, self.heads, PD // (parts * self.heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
     def _qkv(self, x):
-        B, S, D = x.shape
-        return self.in_proj(x).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return self._heads(self.in_proj(x), 3)
 
     def _out(self, y):
         B, H, T, Dh = y.shape
@@ -355,9 +359,10 @@ class WindowAttentionMixer(nn.Module):
 
         def blocks(t):
             return F.pad(t, (0, 0, 0, pad)).view(B, H, nb, W, Dh).transpose(1, 2)  # (B, nb, H, W, Dh)
-        qb, kb, vb = blocks(q), blocks(k), blocks(v)
-        keys = torch.cat([F.pad(kb, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1], kb], dim=3)  # the block before, then this one
-        vals = torch.cat([F.pad(vb, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1], vb], dim=3)
+
+        def with_block_before(t):  # (B, nb, H, 2W, Dh): the block before (zeros for block 0), then this one
+            return torch.cat([F.pad(t, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1], t], dim=3)
+        qb, keys, vals = blocks(q), with_block_before(blocks(k)), with_block_before(blocks(v))
         i = torch.arange(W, device=q.device)[:, None]
         j = torch.arange(2 * W, device=q.device)[None, :]
         allowed = (j > i) & (j <= i + W)  # key j of the 2W is query i's own position or one of the W-1 before
@@ -373,13 +378,16 @@ class WindowAttentionMixer(nn.Module):
         W = self.window
         new = torch.cat([x.transpose(1, 2).float(), torch.ones(B, 1, T, device=x.device, dtype=torch.float32)], 1)
         u_all = torch.cat([tail, new], dim=2)  # (B, D + 1, W - 1 + T)
-        q, k, v = self._qkv(u_all[:, :D].transpose(1, 2).to(x.dtype))
+        # keys and values for the whole window, queries for the new positions only
+        w_q, w_kv = self.in_proj.weight.split([D, 2 * D])
+        (q,) = self._heads(F.linear(x, w_q), 1)
+        k, v = self._heads(F.linear(u_all[:, :D].transpose(1, 2).to(x.dtype), w_kv), 2)
         S = W - 1 + T
         i = torch.arange(T, device=x.device)[:, None]
         j = torch.arange(S, device=x.device)[None, :]
         allowed = (j >= i) & (j <= i + W - 1)  # query i sits at W - 1 + i: itself and the W - 1 before
         mask = allowed[None] & (u_all[:, D, None, :] > 0)  # and only real bytes
-        y = F.scaled_dot_product_attention(q[:, :, -T:], k, v, attn_mask=mask[:, None])
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
         return self._out(y), u_all[..., T:]  # the last W - 1 columns
 
 

@@ -413,6 +413,25 @@ def test_cuda_graphs_bf16_autocast_and_sampling(family):
     assert a[0] == b[0]
 
 
+@requires_cuda
+@pytest.mark.parametrize("family", ["spectral", "chunk"])
+def test_cuda_graphs_attention_blocks(family):
+    """The hybrid backbone (a windowed attention block, window 24 < seq_len 64) under real CUDA graphs:
+    the graphed stream records, equals eager streaming and full recompute, also under bf16 autocast."""
+    model = tiny_model(family, attn_blocks=1, attn_window=24).cuda()
+    prompt = random_prompt(100)
+    graphed = run_stream(model, prompt, 256, graphs=True)
+    assert graphed[2].graph_replays == expected_replays(family, "overlap_save", 256), \
+        f"recording failed: {graphed[2].graphs.failed!r}"
+    assert_same_generation(run_stream(model, prompt, 256, graphs=False), graphed, atol=1e-5)
+    assert_same_generation(run_stream(model, prompt, 256, graphs=False, mode="recompute"), graphed, atol=1e-4)
+    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    graphed = run_stream(model, prompt, 128, graphs=True, autocast=amp())
+    assert graphed[2].graph_replays == expected_replays(family, "overlap_save", 128), \
+        f"recording failed: {graphed[2].graphs.failed!r}"
+    assert_same_generation(run_stream(model, prompt, 128, graphs=False, autocast=amp()), graphed, atol=1e-2)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_low_precision_copy_same_bits(family):
     """Under bf16 autocast the copy with bf16 nn.Linear weights gives the same bits as the model."""

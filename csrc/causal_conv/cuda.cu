@@ -14,7 +14,9 @@
 // power of two that keeps gy above u's rounding).
 // Windows of 2x to 8x kMaxFusedFFT points run on a thread-block cluster of 2 to 8 blocks
 // (Hopper+, cluster_fft.cuh): the same algorithm with the transform split across the cluster's
-// shared memory. Longer windows, older GPUs and float64 go to the composite at::fft (cuFFT) path
+// shared memory; when the row fills at most half the window (the usual long-kernel case) the window
+// starts at t = 0 and conv_cluster_padded_kernel skips the zero half's cross-block work. Longer
+// windows, older GPUs and float64 go to the composite at::fft (cuFFT) path
 // in cpu.cpp. The kernels are in fft_kernels.cuh (FFT paths), direct.cuh and direct_tiled.cuh.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -247,6 +249,7 @@ bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
   if (hit != known.end()) return hit->second;
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
   bool ok = cluster_launchable(conv_cluster_kernel<float, false>, smem, C) &&
+            cluster_launchable(conv_cluster_padded_kernel<float, false>, smem, C) &&
             cluster_launchable(kernel_spectrum_cluster_kernel, smem, C);
   if (with_grad_k) ok = ok && cluster_launchable(conv_grad_k_cluster_kernel<float>, smem, C);
   known[key] = ok;
@@ -272,11 +275,27 @@ at::Tensor kernel_spectrum_clusters(const at::Tensor& k_eff, const ConvShape& s,
   return K;
 }
 
+// conv_cluster_padded_kernel applies when the row fills at most half the window; it is the default
+// there, FFT_TENSOR_CONV_CLUSTER_PADDED=0 (read on every call) keeps conv_cluster_kernel for comparison.
+bool padded_window(const ConvShape& s) {
+  if (s.nseg != 1 || 2 * s.L > s.N) return false;
+  const char* env = std::getenv("FFT_TENSOR_CONV_CLUSTER_PADDED");
+  return !(env && std::string(env) == "0");
+}
+
 template <bool kReverse>
 void launch_conv_clusters(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s, int C) {
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
+  const bool padded = padded_window(s);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
+    if (padded) {
+      auto kernel = conv_cluster_padded_kernel<scalar_t, kReverse>;
+      allow_smem(kernel, smem);
+      launch_cluster(kernel, s.D * s.npairs * C, C, smem, x.data_ptr<scalar_t>(),
+                     reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s, C);
+      return;
+    }
     auto kernel = conv_cluster_kernel<scalar_t, kReverse>;
     allow_smem(kernel, smem);
     launch_cluster(kernel, s.D * s.npairs * s.nseg * C, C, smem, x.data_ptr<scalar_t>(),

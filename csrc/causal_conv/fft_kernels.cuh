@@ -377,6 +377,115 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
 #endif
 }
 
+// The cluster path when the row fills at most half the window (L <= N/2, one window per row; the
+// usual case: N = next_pow2(L + taps - 1) with taps close to L). The window is then z = [row, zeros]
+// from t = 0 (N >= L + taps - 1 keeps the circular convolution exact on [0, L)) instead of starting
+// taps - 1 before the row, and two of conv_cluster_kernel's four cross-block steps shrink:
+//  * forward: the C-point DFT of a column has only C/2 nonzero inputs z[n1*M + n2], n1 < C/2, so
+//    block k1 reads them from global memory itself and applies its own DFT row W_C^(n1 k1) and
+//    twiddle W_N^(n2 k1) while loading: no exchange and no cluster barrier before the transform;
+//  * inverse: only outputs n < N/2 are wanted, so each column's C values are read from the cluster
+//    and its C/2 outputs written straight to global memory (no write back to shared memory, no
+//    separate store loop).
+// Two cluster barriers instead of four. Block k1 reads C/2 rows' worth of u (the cluster's blocks
+// read the same row from L2, C times over).
+template <int C, typename scalar_t, bool kReverse>
+__device__ __forceinline__ void padded_window_outputs(float2* smem, scalar_t* y0, scalar_t* y1, bool has1,
+                                                      int64_t L, int N) {
+  namespace cg = cooperative_groups;
+  constexpr int M = (int)kMaxFusedFFT, cols = M / C;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = (int)cluster.block_rank();
+  float2* blocks[C];
+#pragma unroll
+  for (int r = 0; r < C; ++r) blocks[r] = cluster.map_shared_rank(smem, r);
+  for (int n2 = rank * cols + (int)threadIdx.x; n2 < (rank + 1) * cols; n2 += blockDim.x) {
+    float2 v[C];
+#pragma unroll
+    for (int r = 0; r < C; ++r) v[r] = blocks[r][pad(n2)];
+    float sn, cs;
+    sincospif(-2.f * (float)n2 / (float)N, &sn, &cs);  // exact argument: N is a power of two
+    const float2 w = make_float2(cs, sn);
+    float2 wr = w;
+#pragma unroll
+    for (int r = 1; r < C; ++r) {
+      v[r] = cmul(v[r], wr);
+      wr = cmul(wr, w);
+    }
+    smem_fft::dft<C>(v);
+#pragma unroll
+    for (int n1 = 0; n1 < C / 2; ++n1) {
+      const int64_t t = (int64_t)n1 * M + n2;
+      if (t >= L) break;
+      const int64_t tt = kReverse ? L - 1 - t : t;
+      y0[tt] = static_cast<scalar_t>(v[n1].x);
+      if (has1) y1[tt] = static_cast<scalar_t>(-v[n1].y);
+    }
+  }
+}
+
+template <typename scalar_t, bool kReverse>
+__global__ void __launch_bounds__(1024) conv_cluster_padded_kernel(const scalar_t* __restrict__ x,
+                                                                   const float2* __restrict__ K,
+                                                                   scalar_t* __restrict__ y, ConvShape s, int C) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int M = (int)kMaxFusedFFT;
+  extern __shared__ float2 smem[];
+  const int rank = cluster_fft::cluster_rank();
+  const int64_t item = blockIdx.x / C;  // one window per row pair
+  const int pair = (int)(item % s.npairs);
+  const int64_t d = item / s.npairs;
+  const int64_t b0 = 2 * pair, b1 = b0 + 1;
+  const bool has1 = b1 < s.B;
+  const scalar_t* x0 = x + (b0 * s.D + d) * s.L;
+  const scalar_t* x1 = has1 ? x + (b1 * s.D + d) * s.L : x0;
+  const int N = s.N;
+  const int64_t L = s.L;
+  // block rank's input at m: W_N^(m rank) * sum_{n1 < C/2} z[n1*M + m] W_C^(n1 rank)
+  auto load = [&](int m) {
+    float2 acc = make_float2(0.f, 0.f);
+    for (int n1 = 0; n1 < C / 2; ++n1) {
+      const int64_t t = (int64_t)n1 * M + m;
+      if (t >= L) break;
+      const int64_t tt = kReverse ? L - 1 - t : t;
+      const float2 v = make_float2(to_float(x0[tt]), has1 ? to_float(x1[tt]) : 0.f);
+      if (n1 == 0) {
+        acc = v;
+      } else {
+        float sn, cs;
+        sincospif(-2.f * (float)((n1 * rank) & (C - 1)) / (float)C, &sn, &cs);
+        acc = cadd(acc, cmul(v, make_float2(cs, sn)));
+      }
+    }
+    float sn, cs;
+    sincospif(-2.f * (float)(m * rank) / (float)N, &sn, &cs);  // m * rank < 2^17: exact in float
+    return cmul(acc, make_float2(cs, sn));
+  };
+  // Staged through shared memory rather than fed to the transform's first pass directly: loading
+  // there, with its twiddles, spilled registers at the 64-register bound of 1024 threads.
+  for (int m = threadIdx.x; m < M; m += blockDim.x) smem[pad(m)] = load(m);
+  __syncthreads();
+  const int half = N / 2;
+  const float2* Kd = K + d * (half + 1);
+  smem_fft::fused_conv<M, true>(
+      smem, [&](int m) { return smem[pad(m)]; },
+      [&](int q, int c) {
+        const int f = rank + C * (q + c);
+        return f <= half ? Kd[f] : conjf2(Kd[N - f]);
+      },
+      [&](int m, float2 w) { smem[pad(m)] = w; });
+  cluster_fft::cluster_sync();  // every block's inverse M-point transforms are in its shared memory
+  scalar_t* y0 = y + (b0 * s.D + d) * s.L;
+  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
+  switch (C) {
+    case 2: padded_window_outputs<2, scalar_t, kReverse>(smem, y0, y1, has1, L, N); break;
+    case 4: padded_window_outputs<4, scalar_t, kReverse>(smem, y0, y1, has1, L, N); break;
+    default: padded_window_outputs<8, scalar_t, kReverse>(smem, y0, y1, has1, L, N); break;
+  }
+  cluster_fft::cluster_sync();  // a block's shared memory stays until every peer has read it
+#endif
+}
+
 // K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2 with N = C * M (the cluster path's spectrum):
 // channels in pairs, z = k[d0] + i*k[d1] (k[d0] again for an odd last channel), one transform for
 // two real rows split by Hermitian symmetry: K0 = (Z[f] + conj Z[N-f])/2, K1 = (Z[f] - conj Z[N-f])/2i,

@@ -475,8 +475,9 @@ def test_cuda_peak_memory(L):
 # Windows of 2x, 4x and 8x the one-block FFT (N = 32768, 65536, 131072) run on thread-block
 # clusters on Hopper; elsewhere they take the cuFFT path. Odd batch (an unpaired last row), L not a
 # power of two, Lk < L and Lk > L.
-# Rows that fill at most half their window take conv_cluster_padded_kernel; (20000, 9000) (2 blocks)
-# and (40000, 17000) (4 blocks) fill more than half, so they keep conv_cluster_kernel.
+# Rows that fill at most half a 2-block window take conv_cluster_padded_kernel ((16384, 16384),
+# (9000, 9000), (10000, 12000)); (20000, 9000) fills more than half of its 2 blocks; 4 and 8 blocks
+# take conv_cluster_kernel by default (test_cuda_cluster_padded_equals_general forces the padded one).
 CLUSTER_SHAPES = [(16384, 16384, 2, 3), (9000, 9000, 3, 2), (10000, 12000, 1, 3), (20000, 20000, 3, 2),
                   (40000, 30000, 1, 2), (65536, 65536, 3, 2), (20000, 9000, 1, 2), (40000, 17000, 3, 1)]
 
@@ -495,10 +496,11 @@ def test_cuda_cluster_sizes(L, Lk, batch, dim):
 @requires_cuda
 @pytest.mark.parametrize("L,Lk", [(16384, 16384), (20000, 20000), (65536, 40000)])
 def test_cuda_cluster_padded_equals_general(L, Lk, monkeypatch):
-    """The padded-window cluster kernel and the general one (FFT_TENSOR_CONV_CLUSTER_PADDED=0) give
-    the same convolution and grad_u to float32 rounding, on 2, 4 and 8-block clusters."""
+    """The padded-window cluster kernel (forced: FFT_TENSOR_CONV_CLUSTER_PADDED=1) and the general one
+    (=0) give the same convolution and grad_u to float32 rounding, on 2, 4 and 8-block clusters."""
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=3, dim=2)
     gy = torch.randn_like(u)
+    monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", "1")
     padded = (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0])
     monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", "0")
     general = (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0])
@@ -523,13 +525,15 @@ def test_cuda_cluster_path_taken():
     gy = torch.randn_like(u)
     names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
                                         ops.causal_conv_backward(gy, u, k, skip, True, True)))
-    assert names.count("conv_cluster_padded_kernel") >= 2 and "conv_grad_k_cluster_kernel" in names, names
-    assert "conv_cluster_kernel" not in names, names  # the row fills half its 64K-point window
+    assert names.count("conv_cluster_kernel") >= 2 and "conv_grad_k_cluster_kernel" in names, names
+    assert "padded" not in names, names  # 4 blocks: the general kernel by default
     assert "kernel_spectrum_cluster_kernel" in names and "r2c" not in names, names  # no cuFFT for K
-    u, k, skip = make_inputs(20000, 9000, True, "cuda", batch=2, dim=2)  # 32K points: more than half
-    names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
-                                        ops.causal_conv_backward(gy, u, k, skip, True, False)))
-    assert names.count("conv_cluster_kernel") >= 2 and "padded" not in names, names
+    for L, Lk, kernel in [(16384, 16384, "conv_cluster_padded_kernel"), (20000, 9000, "conv_cluster_kernel")]:
+        u, k, skip = make_inputs(L, Lk, True, "cuda", batch=2, dim=2)  # 2 blocks: row in half / more
+        gy = torch.randn_like(u)
+        names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
+                                            ops.causal_conv_backward(gy, u, k, skip, True, False)))
+        assert names.count(kernel) >= 2 and names.count("conv_cluster") == names.count(kernel), (L, names)
     u, k, skip = make_inputs(4000, 4000, True, "cuda", batch=2, dim=2)
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
     assert "conv_window_kernel" in names and "cluster" not in names, names

@@ -14,8 +14,8 @@
 // power of two that keeps gy above u's rounding).
 // Windows of 2x to 8x kMaxFusedFFT points run on a thread-block cluster of 2 to 8 blocks
 // (Hopper+, cluster_fft.cuh): the same algorithm with the transform split across the cluster's
-// shared memory; when the row fills at most half the window (the usual long-kernel case) the window
-// starts at t = 0 and conv_cluster_padded_kernel skips the zero half's cross-block work. Longer
+// shared memory; when the row fills at most half a 2-block window (L <= 16K with long kernels) the
+// window starts at t = 0 and conv_cluster_padded_kernel skips the zero half's cross-block work. Longer
 // windows, older GPUs and float64 go to the composite at::fft (cuFFT) path
 // in cpu.cpp. The kernels are in fft_kernels.cuh (FFT paths), direct.cuh and direct_tiled.cuh.
 #include <ATen/ATen.h>
@@ -275,18 +275,24 @@ at::Tensor kernel_spectrum_clusters(const at::Tensor& k_eff, const ConvShape& s,
   return K;
 }
 
-// conv_cluster_padded_kernel applies when the row fills at most half the window; it is the default
-// there, FFT_TENSOR_CONV_CLUSTER_PADDED=0 (read on every call) keeps conv_cluster_kernel for comparison.
-bool padded_window(const ConvShape& s) {
+// conv_cluster_padded_kernel applies when the row fills at most half the window. Measured (H200, B=8,
+// D=768, Lk = L): 2-block clusters 2.03 -> 1.71 ms forward at L = 16K, but 8-block clusters 12.1 ->
+// 14.3 ms at 64K (each block there reads 4 rows' quarters from L2 where the general kernel exchanges
+// through the cluster). So it is the default for 2-block clusters only; 4 blocks is unmeasured and
+// keeps the general kernel. FFT_TENSOR_CONV_CLUSTER_PADDED (read on every call): 1 = wherever it
+// applies, 0 = never.
+bool padded_window(const ConvShape& s, int C) {
   if (s.nseg != 1 || 2 * s.L > s.N) return false;
   const char* env = std::getenv("FFT_TENSOR_CONV_CLUSTER_PADDED");
-  return !(env && std::string(env) == "0");
+  if (env && std::string(env) == "1") return true;
+  if (env && std::string(env) == "0") return false;
+  return C == 2;
 }
 
 template <bool kReverse>
 void launch_conv_clusters(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s, int C) {
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
-  const bool padded = padded_window(s);
+  const bool padded = padded_window(s, C);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     if (padded) {

@@ -52,6 +52,7 @@ PRESETS = {
     "small": dict(d_model=256, n_layers=7, seq_len=512),     # 5.64M (6.04M)
     "29m": dict(d_model=512, n_layers=9, seq_len=1024),      # 28.6M (29.2M)
     "base512": dict(d_model=512, n_layers=8, seq_len=1024),  # 25.4M (27.6M), ANCHORS.md throughput model
+    "29m-hybrid": dict(d_model=512, n_layers=9, seq_len=1024),  # 28.6M (28.6M): 29m, the hybrid's baseline
 }
 
 

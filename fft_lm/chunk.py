@@ -50,6 +50,9 @@ PRESETS = {
     "29m": dict(backbone_preset="base512", chunk=16, head_dim=256, head_layers=2, head_heads=4,
                 backbone_overrides=dict(seq_len=1024, kernel_len=128)),
     "base512": dict(backbone_preset="base512", chunk=16, head_dim=256, head_layers=2, head_heads=4),
+    # the 29m head on the hybrid backbone (two attention blocks of eight; its quality as a ChunkLM is
+    # not measured, the backbone's alone is: RESULTS.md, eleventh session)
+    "29m-hybrid": dict(backbone_preset="29m-hybrid", chunk=16, head_dim=256, head_layers=2, head_heads=4),
 }
 
 

@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -110,6 +111,10 @@ def test_presets_and_overrides():
 def test_29m_preset_matches_the_seed():
     cfg = fft_lm.ChunkLM.from_preset("29m").config
     assert (cfg.backbone["seq_len"], cfg.backbone["kernel_len"], cfg.chunk) == (1024, 128, 16)
+    hybrid = fft_lm.ChunkLM.from_preset("29m-hybrid").config  # same head, the hybrid backbone
+    assert hybrid.backbone["attn_blocks"] == 2 and hybrid.backbone["pre_gate"]
+    assert {k: v for k, v in asdict(hybrid).items() if k != "backbone"} == \
+        {k: v for k, v in asdict(cfg).items() if k != "backbone"}
 
 
 def test_checkpoint_round_trip_and_backbone_init(tmp_path):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -70,6 +70,10 @@ for stage in "$@"; do
     ops)     "$PY" benchmarks/bench_phase_rotate.py 2>&1 | tee "$OUT/bench_phase_rotate.log" | tail -20
              conv_variant main -- ${CC_ARGS:-} ;;
     conv)    conv_variant main -- ${CC_ARGS:-} ;;
+    # the cluster kernels at 16K-64K with full-length kernels: general, padded (loads), padded (exchange)
+    clustervariants) for v in 0 1 exchange; do
+               conv_variant padded_$v FFT_TENSOR_CONV_CLUSTER_PADDED=$v -- --lengths 16384,65536 --kernels L --no-peer
+             done ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;
     # The LM at 1K/4K with each conv variant in one run: direct (default), FFT windows, tiled direct
     # reading the (B, L, D) activations in place.

@@ -494,13 +494,15 @@ def test_cuda_cluster_sizes(L, Lk, batch, dim):
 
 
 @requires_cuda
+@pytest.mark.parametrize("mode", ["1", "exchange"])
 @pytest.mark.parametrize("L,Lk", [(16384, 16384), (20000, 20000), (65536, 40000)])
-def test_cuda_cluster_padded_equals_general(L, Lk, monkeypatch):
-    """The padded-window cluster kernel (forced: FFT_TENSOR_CONV_CLUSTER_PADDED=1) and the general one
-    (=0) give the same convolution and grad_u to float32 rounding, on 2, 4 and 8-block clusters."""
+def test_cuda_cluster_padded_equals_general(L, Lk, mode, monkeypatch):
+    """The padded-window cluster kernel (forced: FFT_TENSOR_CONV_CLUSTER_PADDED=1, or =exchange for
+    its variant that moves the row through the cluster) and the general one (=0) give the same
+    convolution and grad_u to float32 rounding, on 2, 4 and 8-block clusters."""
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=3, dim=2)
     gy = torch.randn_like(u)
-    monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", "1")
+    monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", mode)
     padded = (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0])
     monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", "0")
     general = (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0])

@@ -27,7 +27,8 @@ constexpr int kMaxClusterBlocks = 8;
 // In place over the cluster: each block owns M/C columns; reads column n2 from all C blocks,
 // transforms it and writes result k back to block k. Columns are independent, so no other
 // thread touches them; the caller syncs the cluster before (data ready) and after (writes landed).
-template <int C, bool kTwiddleBefore>
+// kInputs < C: blocks kInputs.. hold zeros and are not read (their shared memory may be garbage).
+template <int C, bool kTwiddleBefore, int kInputs = C>
 __device__ __forceinline__ void cross_block_dft(float2* smem, int M, int N) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
@@ -40,7 +41,7 @@ __device__ __forceinline__ void cross_block_dft(float2* smem, int M, int N) {
   for (int n2 = rank * cols + (int)threadIdx.x; n2 < (rank + 1) * cols; n2 += blockDim.x) {
     float2 x[C];
 #pragma unroll
-    for (int r = 0; r < C; ++r) x[r] = blocks[r][smem_fft::pad(n2)];
+    for (int r = 0; r < C; ++r) x[r] = r < kInputs ? blocks[r][smem_fft::pad(n2)] : make_float2(0.f, 0.f);
     float s, c;
     sincospif(-2.f * (float)n2 / (float)N, &s, &c);  // exact argument: N is a power of two
     const float2 w = make_float2(c, s);

@@ -249,7 +249,8 @@ bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
   if (hit != known.end()) return hit->second;
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
   bool ok = cluster_launchable(conv_cluster_kernel<float, false>, smem, C) &&
-            cluster_launchable(conv_cluster_padded_kernel<float, false>, smem, C) &&
+            cluster_launchable(conv_cluster_padded_kernel<float, false, false>, smem, C) &&
+            cluster_launchable(conv_cluster_padded_kernel<float, false, true>, smem, C) &&
             cluster_launchable(kernel_spectrum_cluster_kernel, smem, C);
   if (with_grad_k) ok = ok && cluster_launchable(conv_grad_k_cluster_kernel<float>, smem, C);
   known[key] = ok;
@@ -280,23 +281,28 @@ at::Tensor kernel_spectrum_clusters(const at::Tensor& k_eff, const ConvShape& s,
 // 14.3 ms at 64K (each block there reads 4 rows' quarters from L2 where the general kernel exchanges
 // through the cluster). So it is the default for 2-block clusters only; 4 blocks is unmeasured and
 // keeps the general kernel. FFT_TENSOR_CONV_CLUSTER_PADDED (read on every call): 1 = wherever it
-// applies, 0 = never.
-bool padded_window(const ConvShape& s, int C) {
-  if (s.nseg != 1 || 2 * s.L > s.N) return false;
+// applies, 0 = never, exchange = its kExchange variant wherever it applies (not yet run on a GPU).
+enum class PaddedWindow { kNo, kLoad, kExchange };
+
+PaddedWindow padded_window(const ConvShape& s, int C) {
+  if (s.nseg != 1 || 2 * s.L > s.N) return PaddedWindow::kNo;
   const char* env = std::getenv("FFT_TENSOR_CONV_CLUSTER_PADDED");
-  if (env && std::string(env) == "1") return true;
-  if (env && std::string(env) == "0") return false;
-  return C == 2;
+  const std::string mode = env ? env : "";
+  if (mode == "1") return PaddedWindow::kLoad;
+  if (mode == "exchange") return PaddedWindow::kExchange;
+  if (mode == "0") return PaddedWindow::kNo;
+  return C == 2 ? PaddedWindow::kLoad : PaddedWindow::kNo;
 }
 
 template <bool kReverse>
 void launch_conv_clusters(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s, int C) {
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
-  const bool padded = padded_window(s, C);
+  const PaddedWindow padded = padded_window(s, C);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    if (padded) {
-      auto kernel = conv_cluster_padded_kernel<scalar_t, kReverse>;
+    if (padded != PaddedWindow::kNo) {
+      auto kernel = padded == PaddedWindow::kExchange ? conv_cluster_padded_kernel<scalar_t, kReverse, true>
+                                                      : conv_cluster_padded_kernel<scalar_t, kReverse, false>;
       allow_smem(kernel, smem);
       launch_cluster(kernel, s.D * s.npairs * C, C, smem, x.data_ptr<scalar_t>(),
                      reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s, C);

@@ -389,6 +389,11 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
 //    separate store loop).
 // Two cluster barriers instead of four. Block k1 reads C/2 rows' worth of u (the cluster's blocks
 // read the same row from L2, C times over).
+// kExchange (NOT YET RUN ON A GPU; FFT_TENSOR_CONV_CLUSTER_PADDED=exchange): the blocks that hold
+// the row (rank < C/2) load their own part, and the forward's cross-block step reads only those C/2
+// blocks: the row crosses L2 once, for one more cluster barrier and half the general kernel's
+// forward exchange. Meant for 8-block clusters, where the loads above measured slower than the
+// general kernel.
 template <int C, typename scalar_t, bool kReverse>
 __device__ __forceinline__ void padded_window_outputs(float2* smem, scalar_t* y0, scalar_t* y1, bool has1,
                                                       int64_t L, int N) {
@@ -424,7 +429,7 @@ __device__ __forceinline__ void padded_window_outputs(float2* smem, scalar_t* y0
   }
 }
 
-template <typename scalar_t, bool kReverse>
+template <typename scalar_t, bool kReverse, bool kExchange>
 __global__ void __launch_bounds__(1024) conv_cluster_padded_kernel(const scalar_t* __restrict__ x,
                                                                    const float2* __restrict__ K,
                                                                    scalar_t* __restrict__ y, ConvShape s, int C) {
@@ -461,10 +466,31 @@ __global__ void __launch_bounds__(1024) conv_cluster_padded_kernel(const scalar_
     sincospif(-2.f * (float)(m * rank) / (float)N, &sn, &cs);  // m * rank < 2^17: exact in float
     return cmul(acc, make_float2(cs, sn));
   };
-  // Staged through shared memory rather than fed to the transform's first pass directly: loading
-  // there, with its twiddles, spilled registers at the 64-register bound of 1024 threads.
-  for (int m = threadIdx.x; m < M; m += blockDim.x) smem[pad(m)] = load(m);
-  __syncthreads();
+  if constexpr (kExchange) {
+    if (rank < C / 2) {
+      for (int m = threadIdx.x; m < M; m += blockDim.x) {
+        const int64_t t = (int64_t)rank * M + m;
+        float2 v = make_float2(0.f, 0.f);
+        if (t < L) {
+          const int64_t tt = kReverse ? L - 1 - t : t;
+          v = make_float2(to_float(x0[tt]), has1 ? to_float(x1[tt]) : 0.f);
+        }
+        smem[pad(m)] = v;
+      }
+    }
+    cluster_fft::cluster_sync();
+    switch (C) {
+      case 2: cluster_fft::cross_block_dft<2, false, 1>(smem, M, N); break;
+      case 4: cluster_fft::cross_block_dft<4, false, 2>(smem, M, N); break;
+      default: cluster_fft::cross_block_dft<8, false, 4>(smem, M, N); break;
+    }
+    cluster_fft::cluster_sync();
+  } else {
+    // Staged through shared memory rather than fed to the transform's first pass directly: loading
+    // there, with its twiddles, spilled registers at the 64-register bound of 1024 threads.
+    for (int m = threadIdx.x; m < M; m += blockDim.x) smem[pad(m)] = load(m);
+    __syncthreads();
+  }
   const int half = N / 2;
   const float2* Kd = K + d * (half + 1);
   smem_fft::fused_conv<M, true>(

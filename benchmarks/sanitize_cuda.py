@@ -26,7 +26,8 @@ CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (2, 1, 20000, 20000),  # N = 65536: a cluster of 4 blocks on sm_90 (cuFFT elsewhere)
 ]
 QUICK = CONV_CASES[:4]
-# clusters of 2 and 4 blocks (sm_90): rows filling half their window (padded kernel), then more (general)
+# clusters of 2 and 4 blocks (sm_90). By default (9000, 9000) takes the padded kernel and the other two
+# the general one; FFT_TENSOR_CONV_CLUSTER_PADDED=1 or =exchange sends (20000, 20000) to the padded ones.
 CLUSTER = [(3, 1, 9000, 9000), (2, 1, 20000, 20000), (1, 1, 20000, 9000)]
 
 

@@ -494,20 +494,29 @@ def test_cuda_cluster_sizes(L, Lk, batch, dim):
 
 
 @requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="thread-block clusters need sm_90")
 @pytest.mark.parametrize("mode", ["1", "exchange"])
 @pytest.mark.parametrize("L,Lk", [(16384, 16384), (20000, 20000), (65536, 40000)])
 def test_cuda_cluster_padded_equals_general(L, Lk, mode, monkeypatch):
     """The padded-window cluster kernel (forced: FFT_TENSOR_CONV_CLUSTER_PADDED=1, or =exchange for
     its variant that moves the row through the cluster) and the general one (=0) give the same
-    convolution and grad_u to float32 rounding, on 2, 4 and 8-block clusters."""
+    convolution and grad_u to float32 rounding, on 2, 4 and 8-block clusters; each really ran."""
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=3, dim=2)
     gy = torch.randn_like(u)
-    monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", mode)
-    padded = (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0])
-    monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", "0")
-    general = (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0])
-    for a, b in zip(padded, general):
+    results = {}
+    for m in (mode, "0"):
+        monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", m)
+        names = _cuda_kernel_names(lambda: results.__setitem__(m, (
+            fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0])))
+        padded_runs = names.count("conv_cluster_padded_kernel")
+        assert (padded_runs >= 2 and "conv_cluster_kernel" not in names) if m != "0" else \
+            (padded_runs == 0 and names.count("conv_cluster_kernel") >= 2), (m, names)
+    for a, b in zip(results[mode], results["0"]):
         assert rel_err(a, b) < 5e-6
+    monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", "yes")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_CLUSTER_PADDED: expected 0, 1 or exchange"):
+        fft_tensor.causal_conv(u, k, skip)
 
 
 def _cuda_kernel_names(fn):
@@ -520,9 +529,10 @@ def _cuda_kernel_names(fn):
 @requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
                     reason="thread-block clusters need sm_90")
-def test_cuda_cluster_path_taken():
+def test_cuda_cluster_path_taken(monkeypatch):
     # The value tests above pass on the cuFFT fallback too: check that Hopper really runs the cluster
     # kernels for every pass (forward, grad_u, grad_k), and the one-block kernels below 16K points.
+    monkeypatch.delenv("FFT_TENSOR_CONV_CLUSTER_PADDED", raising=False)  # the default policy
     u, k, skip = make_inputs(20000, 20000, True, "cuda", batch=2, dim=2)
     gy = torch.randn_like(u)
     names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),

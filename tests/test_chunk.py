@@ -112,6 +112,7 @@ def test_29m_preset_matches_the_seed():
     cfg = fft_lm.ChunkLM.from_preset("29m").config
     assert (cfg.backbone["seq_len"], cfg.backbone["kernel_len"], cfg.chunk) == (1024, 128, 16)
     hybrid = fft_lm.ChunkLM.from_preset("29m-hybrid").config  # same head, the hybrid backbone
+    assert hybrid.backbone == asdict(fft_lm.SpectralLM.from_preset("29m-hybrid").config)
     assert hybrid.backbone["attn_blocks"] == 2 and hybrid.backbone["pre_gate"]
     assert {k: v for k, v in asdict(hybrid).items() if k != "backbone"} == \
         {k: v for k, v in asdict(cfg).items() if k != "backbone"}

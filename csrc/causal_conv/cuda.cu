@@ -249,8 +249,6 @@ bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
   if (hit != known.end()) return hit->second;
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
   bool ok = cluster_launchable(conv_cluster_kernel<float, false>, smem, C) &&
-            cluster_launchable(conv_cluster_padded_kernel<float, false, false>, smem, C) &&
-            cluster_launchable(conv_cluster_padded_kernel<float, false, true>, smem, C) &&
             cluster_launchable(kernel_spectrum_cluster_kernel, smem, C);
   if (with_grad_k) ok = ok && cluster_launchable(conv_grad_k_cluster_kernel<float>, smem, C);
   known[key] = ok;
@@ -278,20 +276,40 @@ at::Tensor kernel_spectrum_clusters(const at::Tensor& k_eff, const ConvShape& s,
 
 // conv_cluster_padded_kernel applies when the row fills at most half the window. Measured (H200, B=8,
 // D=768, Lk = L): 2-block clusters 2.03 -> 1.71 ms forward at L = 16K, but 8-block clusters 12.1 ->
-// 14.3 ms at 64K (each block there reads 4 rows' quarters from L2 where the general kernel exchanges
-// through the cluster). So it is the default for 2-block clusters only; 4 blocks is unmeasured and
-// keeps the general kernel. FFT_TENSOR_CONV_CLUSTER_PADDED (read on every call): 1 = wherever it
-// applies, 0 = never, exchange = its kExchange variant wherever it applies (not yet run on a GPU).
+// 14.3 ms at 64K (not profiled; likely cause: each block there reads half the row from L2, the
+// cluster the row 8 times, where the general kernel moves it once through distributed shared
+// memory). So it is the default for 2-block clusters only; 4 blocks is unmeasured and keeps the
+// general kernel. FFT_TENSOR_CONV_CLUSTER_PADDED (read on every call): 1 = wherever it applies,
+// 0 = never, exchange = its kExchange variant wherever it applies (not yet run on a GPU); anything
+// else is an error. A variant the driver cannot launch in clusters of C leaves the general kernel.
 enum class PaddedWindow { kNo, kLoad, kExchange };
 
 PaddedWindow padded_window(const ConvShape& s, int C) {
-  if (s.nseg != 1 || 2 * s.L > s.N) return PaddedWindow::kNo;
   const char* env = std::getenv("FFT_TENSOR_CONV_CLUSTER_PADDED");
   const std::string mode = env ? env : "";
-  if (mode == "1") return PaddedWindow::kLoad;
-  if (mode == "exchange") return PaddedWindow::kExchange;
-  if (mode == "0") return PaddedWindow::kNo;
-  return C == 2 ? PaddedWindow::kLoad : PaddedWindow::kNo;
+  TORCH_CHECK(mode.empty() || mode == "0" || mode == "1" || mode == "exchange",
+              "FFT_TENSOR_CONV_CLUSTER_PADDED: expected 0, 1 or exchange (or unset), got '", mode, "'");
+  if (s.nseg != 1 || 2 * s.L > s.N) return PaddedWindow::kNo;
+  const PaddedWindow want = mode == "1"          ? PaddedWindow::kLoad
+                            : mode == "exchange" ? PaddedWindow::kExchange
+                            : mode == "0"        ? PaddedWindow::kNo
+                            : C == 2             ? PaddedWindow::kLoad
+                                                 : PaddedWindow::kNo;
+  if (want == PaddedWindow::kNo) return want;
+  // launchable in clusters of C on this device: asked once per (device, C, variant)
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int>, bool> known;
+  const auto key = std::make_tuple((int)at::cuda::current_device(), C, (int)want);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto hit = known.find(key);
+  if (hit == known.end()) {
+    const size_t smem = smem_bytes((int)kMaxFusedFFT);
+    const bool ok = want == PaddedWindow::kExchange
+                        ? cluster_launchable(conv_cluster_padded_kernel<float, false, true>, smem, C)
+                        : cluster_launchable(conv_cluster_padded_kernel<float, false, false>, smem, C);
+    hit = known.emplace(key, ok).first;
+  }
+  return hit->second ? want : PaddedWindow::kNo;
 }
 
 template <bool kReverse>

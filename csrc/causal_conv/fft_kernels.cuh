@@ -387,8 +387,8 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
 //  * inverse: only outputs n < N/2 are wanted, so each column's C values are read from the cluster
 //    and its C/2 outputs written straight to global memory (no write back to shared memory, no
 //    separate store loop).
-// Two cluster barriers instead of four. Block k1 reads C/2 rows' worth of u (the cluster's blocks
-// read the same row from L2, C times over).
+// Two cluster barriers instead of four. Each block reads the row's C/2 segments of M points (the
+// cluster reads the row C times over, from L2 after the first).
 // kExchange (NOT YET RUN ON A GPU; FFT_TENSOR_CONV_CLUSTER_PADDED=exchange): the blocks that hold
 // the row (rank < C/2) load their own part, and the forward's cross-block step reads only those C/2
 // blocks: the row crosses L2 once, for one more cluster barrier and half the general kernel's

@@ -46,10 +46,16 @@ def assert_greedy_overlap_save_equals_recompute(model):
     out, out_logits = generate_with_logits(model, prompt, 512, mode="overlap_save", temperature=0)
     assert len(ref) == len(out) == 512
     assert len(ref_logits) == len(out_logits) == 512
-    # per-step logits agree (a wrong cache would drift from the first streamed step on)
-    worst = max((a - b).abs().max().item() for a, b in zip(ref_logits, out_logits))
+    # Per-step logits agree while the two streams share their history (a wrong cache would drift from
+    # the first streamed step on). Greedy bytes may part only where the reference's two best logits
+    # tie to rounding (the test seeds afresh each run: one such tie was seen in ~1000 runs); the
+    # histories differ after that, so the comparison stops there.
+    first = next((i for i, (a, b) in enumerate(zip(ref, out)) if a != b), len(ref))
+    worst = max((a - b).abs().max().item() for a, b in zip(ref_logits[:first + 1], out_logits[:first + 1]))
     assert worst < 1e-4, worst
-    assert out == ref
+    if first < len(ref):
+        best, second = ref_logits[first].flatten().topk(2).values.tolist()
+        assert best - second < 2 * worst + 1e-6, f"byte {first} differs without a tie: {best} vs {second}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -36,6 +36,9 @@ from fft_lm.generation import ByteStream  # noqa: E402
 MODEL_SETS = {
     "29m": [("ChunkLM", "ChunkLM", "29m"), ("SpectralLM", "SpectralLM", "base512"), ("GPT", "GPT", "29m")],
     "tiny": [("ChunkLM", "ChunkLM", "tiny"), ("SpectralLM", "SpectralLM", "tiny"), ("GPT", "GPT", "tiny")],
+    # the backbones with two attention blocks of eight (each streams its last seq_len - 1 inputs)
+    "29m-hybrid": [("ChunkLM", "ChunkLM", "29m-hybrid"), ("SpectralLM", "SpectralLM", "29m-hybrid"),
+                   ("GPT", "GPT", "29m")],
 }
 
 

@@ -9,6 +9,9 @@ frequency curriculum (from --curriculum-start-bins to the full band over the fir
 budget). Then both are evaluated on the same fixed windows: validation = the corpus's held-out 10%
 tail, "train" = windows of the training split measured the same way (memorisation shows as train
 far below val). A short greedy sample of each model is printed too.
+--seeds 1,2,3 repeats the pair once per seed (spectral then GPT each time, so both see the same
+machine state) and adds per-family means and the per-seed difference: how far one run's ranking can
+be trusted.
 Prints a markdown table last; writes $OUT/bench_lm_quality.md (and per-model metrics JSONL / PNG)
 when $OUT is set. Checkpoints go to --ckpt-dir (not $OUT: they are large).
 """
@@ -30,17 +33,17 @@ from fft_lm.train import TrainConfig, train  # noqa: E402
 PROMPT = b"The meaning of the word "
 
 
-def run_one(family, args, out_dir):
+def run_one(family, seed, args, out_dir, tag=""):
     cfg = TrainConfig(
         data=args.data, family=family, preset=args.preset, seq_len=args.seq_len, batch_size=args.batch_size,
-        lr=args.lr, warmup_steps=args.warmup_steps, dtype=args.dtype, compile=args.compile, seed=args.seed,
+        lr=args.lr, warmup_steps=args.warmup_steps, dtype=args.dtype, compile=args.compile, seed=seed,
         max_time_s=args.budget_s, steps_per_epoch=10_000_000, eval_every=0, eval_batches=args.eval_batches,
         log_every_steps=25, curriculum_start_bins=args.curriculum_start_bins,
         curriculum_frac=args.curriculum_frac if family == "spectral" else 0.0,
         model_set=args.spectral_set if family == "spectral" else args.gpt_set,
-        ckpt_path=os.path.join(args.ckpt_dir, family, "ckpt.pt"),
-        metrics_path=os.path.join(out_dir, f"bench_lm_quality_{family}.jsonl"),
-        plot_path=os.path.join(out_dir, f"bench_lm_quality_{family}.png"))
+        ckpt_path=os.path.join(args.ckpt_dir, family + tag, "ckpt.pt"),
+        metrics_path=os.path.join(out_dir, f"bench_lm_quality_{family}{tag}.jsonl"),
+        plot_path=os.path.join(out_dir, f"bench_lm_quality_{family}{tag}.png"))
     result = train(cfg)
     model, _ = fft_lm.load_checkpoint(cfg.ckpt_path)
     model.to(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -70,6 +73,8 @@ def main():
     p.add_argument("--eval-batches", type=int, default=50, help="fixed batches of seq-len windows per split")
     p.add_argument("--sample-bytes", type=int, default=200)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seeds", default="", help="comma-separated seeds: one run of every family per seed "
+                   "(replaces --seed), with means and per-seed differences")
     p.add_argument("--spectral-set", default="", help="SpectralLM config fields on top of the preset, "
                    "name=value,... (train's --model-set), e.g. pre_gate=true")
     p.add_argument("--gpt-set", default="", help="the same for the GPT")
@@ -81,11 +86,21 @@ def main():
     out_dir = os.environ.get("OUT") or os.path.join(args.ckpt_dir, "out")
     os.makedirs(out_dir, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    results = {f: run_one(f, args, out_dir) for f in args.families.split(",")}
+    families = args.families.split(",")
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v] or [args.seed]
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    multi = len(seeds) > 1
+    runs = {}  # (family, seed) -> result
+    for seed in seeds:
+        for family in families:
+            runs[family, seed] = run_one(family, seed, args, out_dir, tag=f"_seed{seed}" if multi else "")
+    results = {family: runs[family, seeds[-1]] for family in families}  # samples and context use: last seed
 
     samples = []
     for family, r in results.items():
-        samples += [f"{family} greedy sample:", "```", r["sample"], "```", ""]
+        samples += [f"{family} greedy sample{f' (seed {seeds[-1]})' if multi else ''}:", "```", r["sample"], "```", ""]
     lines = [f"## LM quality after {args.budget_s:.0f} s of training each ({device}, torch {torch.__version__})", "",
              f"corpus: {args.data or 'Jargon File (default)'}; preset {args.preset}; L={args.seq_len}, "
              f"batch {args.batch_size}, {args.dtype}, AdamW lr {args.lr} warmup {args.warmup_steps} + cosine to the "
@@ -93,15 +108,26 @@ def main():
              "", "| model | params | steps | bytes seen | train bytes/s | train bpb (eval) | val bpb |",
              "|---|---|---|---|---|---|---|"]
     sets = {"spectral": args.spectral_set, "gpt": args.gpt_set}
-    for family, r in results.items():
+    for (family, seed), r in runs.items():
         label = f"{family} ({sets[family]})" if sets.get(family) else family
+        label += f", seed {seed}" if multi else ""
         lines.append(f"| {label} | {r['n_params'] / 1e6:.1f}M | {r['step']} | {r['bytes_seen'] / 1e6:.1f}M | "
                      f"{r['bytes_seen'] / max(1e-9, r['elapsed_s']) / 1e6:.2f}M | {r['train_eval_bpb']:.3f} | "
                      f"{r['val_bpb']:.3f} |")
+    if multi:
+        lines += ["", "| model | seeds | val bpb mean | min | max |", "|---|---|---|---|---|"]
+        for family in families:
+            vals = [runs[family, seed]["val_bpb"] for seed in seeds]
+            lines.append(f"| {family} | {len(vals)} | {sum(vals) / len(vals):.3f} | {min(vals):.3f} | {max(vals):.3f} |")
+        if "spectral" in families and "gpt" in families:
+            diffs = [runs["spectral", seed]["val_bpb"] - runs["gpt", seed]["val_bpb"] for seed in seeds]
+            lines += ["", "spectral - gpt val bpb per seed: " + ", ".join(f"{d:+.3f}" for d in diffs)
+                      + f" (mean {sum(diffs) / len(diffs):+.3f}; negative: spectral better)"]
     table = "\n".join(lines)
     if not args.no_context_use:
         from context_use import context_table
-        ckpts = [os.path.join(args.ckpt_dir, family, "ckpt.pt") for family in results]
+        ckpts = [os.path.join(args.ckpt_dir, family + (f"_seed{seeds[-1]}" if multi else ""), "ckpt.pt")
+                 for family in results]
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
         table += "\n\n" + context_table(ckpts, args.data, args.seq_len, max_windows=256, device=device_name).replace(
             "## Validation", "### Validation")

@@ -70,6 +70,29 @@ def test_bench_lm_quality(tmp_path):
     assert "### Validation bits per byte by context use" in r.stdout and "| next byte copyable |" in r.stdout
 
 
+def test_bench_lm_quality_seeds(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
+    r = run_benchmark("bench_lm_quality.py", "--data", str(corpus), "--preset", "tiny", "--budget-s", "0.5",
+                      "--seq-len", "64", "--batch-size", "2", "--warmup-steps", "2", "--eval-batches", "1",
+                      "--sample-bytes", "4", "--dtype", "float32", "--ckpt-dir", str(tmp_path / "ckpt"),
+                      "--seeds", "3,4", "--no-context-use")
+    assert_table(r, "| model | params | steps |")
+    for family in ("spectral", "gpt"):
+        for seed in (3, 4):
+            assert f"| {family}, seed {seed} |" in r.stdout
+            assert (tmp_path / "ckpt" / f"{family}_seed{seed}" / "ckpt.pt").exists()
+    means = [line for line in r.stdout.splitlines() if line.startswith(("| spectral | 2 |", "| gpt | 2 |"))]
+    assert len(means) == 2, r.stdout
+    vals = {f: [float(line.split("|")[-2]) for line in r.stdout.splitlines() if line.startswith(f"| {f}, seed")]
+            for f in ("spectral", "gpt")}
+    line = next(line for line in r.stdout.splitlines() if line.startswith("spectral - gpt val bpb per seed: "))
+    printed = [float(v) for v in line.split(": ")[1].split(" (")[0].split(", ")]
+    assert len(printed) == 2 and all(abs(d - (s - g)) < 2e-3 for d, s, g in zip(printed, vals["spectral"], vals["gpt"]))
+    bad = run_benchmark("bench_lm_quality.py", "--seeds", "1,x")
+    assert bad.returncode == 2 and "--seeds: expected comma-separated integers" in bad.stderr
+
+
 def test_bench_generation_graphs_label():
     """The "graphs" column names the steps that were replayed, whatever form their keys take."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))

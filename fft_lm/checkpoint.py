@@ -83,16 +83,22 @@ def rng_state():
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # the current device's: what a DDP rank resumes on its own device (every rank is seeded alike,
+        # so an unbroken run has each rank's device generator where rank 0's is)
+        "cuda_current": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
                   "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
     }
 
 
-def set_rng_state(state):
+def set_rng_state(state, cuda_device=None):
+    """Restore rng_state(); cuda_device (a DDP rank's device) takes the saved current-device state."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if cuda_device is not None and state.get("cuda_current") is not None:
+        torch.cuda.set_rng_state(state["cuda_current"], cuda_device)
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     version, internal, gauss = state["python"]

@@ -30,13 +30,15 @@ def default_cache_dir():
     return os.environ.get("FFT_LM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fft_lm")
 
 
-def _corpus_files(path):
+def _corpus_files(path, cache_dir):
     """The files that make up `path`, in a fixed order."""
     if os.path.isfile(path):
         return [path]
     files = []
+    cache = os.path.abspath(cache_dir)
     for root, dirs, names in os.walk(path):
-        dirs.sort()
+        # hidden directories (.git) and this package's own cache (if it lives inside the data) are not data
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.abspath(os.path.join(root, d)) != cache)
         for name in sorted(names):
             if not name.startswith("."):
                 files.append(os.path.join(root, name))
@@ -80,10 +82,11 @@ def resolve_corpus(path=None, cache_dir=None):
         path = DEFAULT_CORPUS
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path!r}: no such file or directory")
-    files = _corpus_files(path)
+    cache_dir = cache_dir or default_cache_dir()
+    files = _corpus_files(path, cache_dir)
     if len(files) == 1 and not files[0].endswith(GZIP_SUFFIXES):
         return files[0]
-    out = _cache_path(path, files, cache_dir or default_cache_dir())
+    out = _cache_path(path, files, cache_dir)
     if not os.path.exists(out):
         _write_flat(files, out)
     return out

@@ -168,7 +168,7 @@ def lr_at(cfg, step, elapsed_s=0.0):
     """Learning rate for optimizer step `step` (0-based): warmup, then cosine to lr * min_lr_frac."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.total_steps - 1 - cfg.warmup_steps)  # 1 at the last step
     if cfg.max_time_s > 0:
         progress = max(progress, elapsed_s / cfg.max_time_s)
     progress = min(1.0, progress)
@@ -391,13 +391,20 @@ def _train(cfg, model, rank, world, device, master):
 
     optimizer = make_optimizer(raw, cfg, fused=device.type == "cuda")
     start_step, elapsed0, best_val, bytes_seen = 0, 0.0, float("inf"), 0
+    loss_window = (0.0, 0)
     if ckpt is not None:
+        with setup_errors():
+            if not ckpt.get("optimizer") or not ckpt.get("rng"):
+                raise ConfigError(f"--resume: {cfg.ckpt_path} holds no optimizer or RNG state (a weights-only "
+                                  f"checkpoint?); start a new run from it instead")
+            extra = ckpt.get("extra") or {}
+            check_same_stream(extra.get("data") or {}, corpus, cfg, world, master)
         optimizer.load_state_dict(ckpt["optimizer"])
-        extra = ckpt.get("extra") or {}
         start_step = ckpt["step"]
         elapsed0, bytes_seen = extra.get("elapsed_s", 0.0), extra.get("bytes_seen", 0)
         best_val = extra.get("best_val_bpb") or float("inf")
-        set_rng_state(ckpt["rng"])
+        loss_window = tuple(extra.get("train_loss_window") or (0.0, 0))
+        set_rng_state(ckpt["rng"], cuda_device=device if device.type == "cuda" else None)
         if master:
             print(f"resumed {cfg.ckpt_path} at step {start_step}")
     del ckpt
@@ -419,6 +426,8 @@ def _train(cfg, model, rank, world, device, master):
         os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
         if not cfg.resume:
             open(metrics_path, "w").close()
+        else:  # rows past the checkpoint (a crash, a non-finite stop) are logged again from here on
+            truncate_metrics(metrics_path, start_step)
     metrics_file = open(metrics_path, "a") if master else None
 
     def log(record):
@@ -430,7 +439,8 @@ def _train(cfg, model, rank, world, device, master):
         if master and cfg.ckpt_path:
             extra = {"data": {**corpus.state(), "seed": cfg.seed, "next_step": step, "world_size": world},
                      "best_val_bpb": best_val if math.isfinite(best_val) else None, "metrics": last,
-                     "elapsed_s": elapsed, "bytes_seen": bytes_seen, "n_params": n_params}
+                     "elapsed_s": elapsed, "bytes_seen": bytes_seen, "n_params": n_params,
+                     "train_loss_window": [loss_sum, loss_count]}
             save_checkpoint(cfg.ckpt_path, model=raw, optimizer=optimizer, scheduler=None, step=step,
                             train_config=cfg, extra=extra)
 
@@ -444,7 +454,7 @@ def _train(cfg, model, rank, world, device, master):
         else:
             bar = tqdm(total=cfg.total_steps, initial=start_step, dynamic_ncols=True, desc="train")
     step, elapsed, last_metrics = start_step, elapsed0, {}
-    loss_sum, loss_count, window_start, window_bytes = 0.0, 0, time.time(), 0
+    (loss_sum, loss_count), window_start, window_bytes = loss_window, time.time(), 0
     stop_step = min(cfg.total_steps, start_step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.total_steps
     t_run = time.time() - elapsed0
     cutoff = None
@@ -501,20 +511,26 @@ def _train(cfg, model, rank, world, device, master):
             log(last_metrics)
             loss_sum, loss_count, window_start, window_bytes = 0.0, 0, now, 0
         final = step >= stop_step or out_of_time
-        if master and (final or (cfg.eval_every and step % cfg.eval_every == 0)):
+        if final or (cfg.eval_every and step % cfg.eval_every == 0):  # the same decision on every rank
             t_eval = time.time()
-            val = evaluate(raw, corpus, cfg, device, autocast, "val")
-            train_eval = evaluate(raw, corpus, cfg, device, autocast, "train") if final else None
-            best_val = min(best_val, val)
-            record = {"step": step, "time_s": round(elapsed, 3), "val_bpb": val, "train_eval_bpb": train_eval,
-                      "cutoff": cutoff, "bytes_seen": bytes_seen}
-            log(record)
-            last_metrics = {**last_metrics, **record}
-            if bar is not None:
-                bar.write(f"step {step}: val {val:.4f} bpb" + (f", train (eval) {train_eval:.4f} bpb" if final else ""))
-            save(step, last_metrics)
-            t_run += time.time() - t_eval  # evaluation time does not count against the budget or bytes/s
-            window_start += time.time() - t_eval
+            if master:
+                val = evaluate(raw, corpus, cfg, device, autocast, "val")
+                train_eval = evaluate(raw, corpus, cfg, device, autocast, "train") if final else None
+                best_val = min(best_val, val)
+                record = {"step": step, "time_s": round(elapsed, 3), "val_bpb": val, "train_eval_bpb": train_eval,
+                          "cutoff": cutoff, "bytes_seen": bytes_seen}
+                log(record)
+                last_metrics = {**last_metrics, **record}
+                if bar is not None:
+                    bar.write(f"step {step}: val {val:.4f} bpb" + (f", train (eval) {train_eval:.4f} bpb" if final else ""))
+                save(step, last_metrics)
+            # evaluation time does not count against the budget or bytes/s. Only rank 0 evaluates; the
+            # others wait for it (here), so every rank takes rank 0's evaluation time off its clock.
+            eval_s = torch.tensor(time.time() - t_eval, dtype=torch.float64, device=device)
+            if world > 1:
+                torch.distributed.broadcast(eval_s, src=0)
+            t_run += eval_s.item()
+            window_start += eval_s.item()
         if out_of_time:
             break
     if bar is not None:
@@ -528,6 +544,42 @@ def _train(cfg, model, rank, world, device, master):
             "train_bpb": last_metrics.get("train_bpb"), "best_val_bpb": best_val if math.isfinite(best_val) else None,
             "bytes_seen": bytes_seen, "elapsed_s": elapsed, "n_params": n_params, "ckpt_path": cfg.ckpt_path,
             "metrics_path": metrics_path, "plot_path": plot_path, "family": raw.family}
+
+
+def check_same_stream(saved, corpus, cfg, world, master):
+    """--resume continues the run's data stream: the same corpus split and seed (a ConfigError
+    otherwise); another world size changes which batches each rank draws (a warning)."""
+    now = corpus.state()
+    for key in ("n_bytes", "n_train", "n_val"):
+        if key in saved and saved[key] != now[key]:
+            raise ConfigError(f"--data / --val-frac: the corpus split differs from the run being resumed "
+                              f"({key} {saved[key]:,} then, {now[key]:,} now); resume with the same data")
+    if "seed" in saved and saved["seed"] != cfg.seed:
+        raise ConfigError(f"--seed: the run being resumed used --seed {saved['seed']}, got {cfg.seed}; pass "
+                          f"--seed {saved['seed']} to continue its data stream")
+    if master and "world_size" in saved and saved["world_size"] != world:
+        print(f"warning: resuming a run of {saved['world_size']} processes with {world}: the data stream "
+              f"continues with other batches per rank (not the exact continuation)")
+
+
+def truncate_metrics(path, last_step):
+    """Keep the metrics rows of steps <= last_step (atomically: temporary file, then rename)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip()]
+    keep = []
+    for line in rows:
+        try:
+            step = json.loads(line).get("step", 0)
+        except json.JSONDecodeError:  # a torn last line from a crash
+            continue
+        if step <= last_step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
 
 
 def load_step(path):

@@ -37,7 +37,7 @@ def test_round_trip(tmp_path):
     assert meta["family"] == "spectral" and meta["step"] == 3 and meta["best_val_bpb"] == 2.5
     assert meta["model_config"]["d_model"] == 16 and meta["train_config"] == {"lr": 1e-3}
     ckpt = read_checkpoint(path)  # plain torch.load(weights_only=True) works: only safe types inside
-    assert ckpt["optimizer"]["state"] and set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert ckpt["optimizer"]["state"] and set(ckpt["rng"]) == {"torch", "cuda", "cuda_current", "numpy", "python"}
 
 
 def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):

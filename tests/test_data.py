@@ -58,6 +58,14 @@ def test_directory_with_gz_files_is_concatenated_in_order(tmp_path):
     corpus = ByteCorpus(str(root), val_frac=0.2, cache_dir=str(tmp_path / "cache"))
     assert bytes(corpus.data) == b"first file\nsecond file\nthird, compressed\n"
     assert corpus.flat_path.startswith(str(tmp_path / "cache"))
+    # hidden files and directories are not data, nor is the cache when it lives inside the corpus
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_bytes(b"ref: refs/heads/main")
+    (root / ".notes").write_bytes(b"hidden")
+    inside = ByteCorpus(str(root), val_frac=0.2, cache_dir=str(root / "cache"))
+    again = ByteCorpus(str(root), val_frac=0.2, cache_dir=str(root / "cache"))  # its cache file now exists
+    assert bytes(inside.data) == bytes(again.data) == bytes(corpus.data)
+    assert inside.flat_path == again.flat_path
 
 
 def test_single_gz_file_is_decompressed_once_into_the_cache(tmp_path):

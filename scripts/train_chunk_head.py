@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fft_lm.checkpoint import read_checkpoint
 from fft_lm.chunk import PRESETS, ChunkLM
 from fft_lm.train import ConfigError, NonFiniteLossError, TrainConfig, build_arg_parser, to_plain, train
 
@@ -39,12 +40,29 @@ def head_overrides(cfg):
     return {name: getattr(cfg, name) for name in HEAD_FIELDS if getattr(cfg, name)}
 
 
+def check_resume_flags(cfg):
+    """--resume continues the ChunkLM in --ckpt with its own sizes: a checkpoint of another family, or
+    model flags that differ from the run's, are errors rather than silently ignored."""
+    ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu")
+    if ckpt.get("family") != "chunk":
+        raise ValueError(f"--resume: {cfg.ckpt_path} is a {ckpt.get('family')!r} checkpoint, not a ChunkLM "
+                         f"(continue it with python -m fft_lm.train_fixed_full --resume)")
+    have = ckpt.get("model_config") or {}
+    given = {**head_overrides(cfg), **({"kernel_len": cfg.kernel_len} if cfg.kernel_len else {})}
+    for name, value in given.items():
+        run = (have.get("backbone") or {}).get(name) if name == "kernel_len" else have.get(name)
+        if run is not None and run != value:
+            raise ValueError(f"--{name.replace('_', '-')} {value} differs from the run being resumed "
+                             f"({name}={run}); leave it out with --resume")
+
+
 def build_chunk_model(cfg):
     """The ChunkLM to train, or None on --resume (fft_lm.train rebuilds it from the checkpoint)."""
     if cfg.model_set:
         raise ValueError("--model-set: not supported by train_chunk_head (its model flags are --seq-len, "
                          "--kernel-len, --chunk, --head-dim, --head-layers and --head-heads)")
     if cfg.resume:
+        check_resume_flags(cfg)
         return None
     torch.manual_seed(cfg.seed)
     if cfg.init_backbone:

@@ -190,6 +190,10 @@ def test_train_script_defaults_seq_len_and_head_from_the_preset(tmp_path):
     assert (model.config.head_dim, model.config.head_layers, model.config.head_heads) == \
         (tiny["head_dim"], tiny["head_layers"], tiny["head_heads"])
     assert meta["train_config"]["seq_len"] == 24
+    for flag, message in [(["--head-dim", "8"], "--head-dim 8 differs from the run being resumed"),
+                          (["--ckpt", bpath], "is a 'spectral' checkpoint, not a ChunkLM")]:
+        bad = run_train("--resume", "--epochs", "2", *common, *flag)  # the later --ckpt wins
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
     r = run_train("--resume", "--epochs", "2", *common)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2

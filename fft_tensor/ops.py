@@ -194,7 +194,21 @@ def causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tenso
     Returns y (B, D, T) contiguous, u's dtype. Inference only: no autograd (use ``causal_conv`` on the
     concatenated sequence to train through a state).
     """
+    _check_inference_only("causal_conv_update", "causal_conv on the concatenated sequence",
+                          u=u, k=k, skip=skip, gate=gate)
     return _ops.causal_conv_update.default(u, state, k, skip, gate)
+
+
+def _check_inference_only(op: str, instead: str, **tensors) -> None:
+    """The inference-only ops have no autograd: with grad mode on, an input that requires grad would get
+    no gradient (PyTorch only warns). Say so instead of training silently wrong."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        for x in (t if isinstance(t, (list, tuple)) else [t]):
+            if isinstance(x, Tensor) and x.requires_grad:
+                raise RuntimeError(f"{op}: inference only (no autograd), but {name} requires grad; call it under "
+                                   f"torch.no_grad() / torch.inference_mode(), or train through {instead}")
 
 
 def _check_causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tensor],
@@ -217,6 +231,9 @@ def _check_causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optiona
                          f"far back), got state.shape {list(state.shape)}")
     torch._check(state.dtype == acc,
                  lambda: f"{op}: expected state of dtype {acc} (it keeps u's past inputs exactly), got {state.dtype}")
+    torch._check(torch._debug_has_internal_overlap(state) != 1,  # 1: MemOverlap::Yes
+                 lambda: f"{op}: expected a state whose elements do not share memory (it is written in place), "
+                         f"got one with strides {list(state.stride())} (an expand()ed tensor?); pass a contiguous copy")
     for name, t in (("k", k), ("state", state)):
         torch._check(t.device == u.device, lambda: f"{op}: expected {name} on the same device as u ({u.device}), got {t.device}")
     if skip is not None:
@@ -383,6 +400,9 @@ def chunk_decode(context: Tensor, first: Tensor, uniforms: Tensor, byte_emb: Ten
     must be whole 16-byte weight rows (divisible by 4 for float32 weights, 8 for bf16/fp16). The
     result is the same bits whatever the cluster size.
     """
+    _check_inference_only("chunk_decode", "the decoder module (fft_lm.chunk.ChunkDecoder)", context=context,
+                          byte_emb=byte_emb, slot_emb=slot_emb, norm1=norm1, qkv=qkv, proj=proj, norm2=norm2,
+                          fc=fc, fc_proj=fc_proj, norm_f=norm_f, head=head)
     return _ops.chunk_decode.default(context, first, uniforms, byte_emb, slot_emb, list(norm1), list(qkv),
                                      list(proj), list(norm2), list(fc), list(fc_proj), norm_f, head, heads, eps,
                                      temperature, 0 if top_k is None else top_k)
@@ -434,6 +454,7 @@ def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv
                                                  f"({layers}, as qkv), got a list of {len(lst)}")
     torch._check(heads >= 1 and C % heads == 0, lambda: f"{op}: expected heads >= 1 dividing C = {C}, got heads = {heads}")
     F = fc[0].shape[0]
+    torch._check(F >= 1, lambda: f"{op}: expected fc[0] of shape (F, C) with F >= 1 hidden units, got {list(fc[0].shape)}")
     wt = qkv[0].dtype
     torch._check(wt in (torch.float32, torch.bfloat16, torch.float16),
                  lambda: f"{op}: expected linear weights of dtype float32, bfloat16 or float16, got {wt}")

@@ -366,6 +366,16 @@ def test_bad_inputs(name, make, match):
 
 
 
+def test_skip_gradient_is_not_a_view_of_the_kernel_gradient():
+    # grad_skip is tap 0 of grad_k: changing one in place (a hook, manual clipping) must not change the other
+    u, k, skip = (t.requires_grad_() for t in make_inputs(50, 7, True))
+    k.register_hook(lambda g: g.mul_(0))
+    fft_tensor.causal_conv(u, k, skip).square().sum().backward()
+    u64, k64, s64 = (t.detach().double().requires_grad_() for t in (u, k, skip))
+    causal_conv_reference(u64, k64, s64).square().sum().backward()
+    assert skip.grad.abs().max() > 0 and rel_err(skip.grad, s64.grad) < 1e-5
+
+
 def test_bad_grad_y_shape():
     u, k, skip = make_inputs(10, 3, True)
     for bad in (torch.randn(B, D, 11), torch.randn(B + 1, D, 10), torch.randn(B, D, 10, 1)):

@@ -189,7 +189,17 @@ BAD = {
     "gate shape": (lambda: (_f(2, 3, 2), _f(2, 3, 4), _f(3, 5), None, _f(2, 3, 1)), "expected gate of u's shape"),
     "gate dtype": (lambda: (_f(2, 3, 2), _f(2, 3, 4), _f(3, 5), None, _f(2, 3, 2, dtype=torch.bfloat16)),
                    "expected gate of u's dtype"),
+    # written in place: rows sharing memory would overwrite each other's past inputs
+    "state expanded": (lambda: (_f(2, 3, 1), _f(1, 3, 4).expand(2, 3, 4), _f(3, 5), None), "do not share memory"),
 }
+
+
+def test_inference_only():
+    u, state, k, skip = _f(2, 3, 2), _f(2, 3, 4), _f(3, 5).requires_grad_(), None
+    with pytest.raises(RuntimeError, match="causal_conv_update: inference only .* k requires grad"):
+        fft_tensor.causal_conv_update(u, state, k, skip)
+    with torch.no_grad():
+        fft_tensor.causal_conv_update(u, state, k, skip)
 
 
 @pytest.mark.parametrize("name", sorted(BAD))

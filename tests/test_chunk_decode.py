@@ -291,7 +291,19 @@ def bad_cases():
         ("heads", with_(13, 3), "heads >= 1 dividing C = 32"),
         ("temperature", with_(15, -1.0), "temperature >= 0"),
         ("top_k", with_(16, -2), "top_k >= 0"),
+        ("no hidden units", lambda a: a[:9] + ([torch.zeros(0, 32)] * 2,) + (([torch.zeros(32, 0)] * 2),) + a[11:],
+         "F >= 1 hidden units"),
     ]
+
+
+def test_inference_only():
+    model = make(32, 2, 1, 8, "cpu")
+    args = list(decode_args(model, "cpu", *random_inputs(model, 2, 8)))
+    args[12] = args[12].clone().requires_grad_()  # head
+    with pytest.raises(RuntimeError, match="chunk_decode: inference only .* head requires grad"):
+        fft_tensor.chunk_decode(*args[:13], heads=args[13])
+    with torch.no_grad():
+        fft_tensor.chunk_decode(*args[:13], heads=args[13])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -37,9 +37,10 @@ class CausalConvFunction : public torch::autograd::Function<CausalConvFunction> 
     const bool need_skip = skip.has_value() && ctx->needs_input_grad(2);
     const at::Tensor grad_y = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros_like(u);
     const auto [grad_u, grad_k] = op.call(grad_y, u, k, skip, need_u, need_k || need_skip);
-    // grad_skip is tap 0 of grad_k: the skip term is a tap at lag 0
+    // grad_skip is tap 0 of grad_k (the skip term is a tap at lag 0), copied: a view would let an
+    // in-place change of one gradient (a hook, manual clipping) change the other
     return {need_u ? grad_u : at::Tensor(), need_k ? grad_k : at::Tensor(),
-            need_skip ? grad_k.select(1, 0) : at::Tensor()};
+            need_skip ? grad_k.select(1, 0).clone() : at::Tensor()};
   }
 };
 

@@ -2,6 +2,7 @@
 // them in the fake kernel).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <string>
 
@@ -34,6 +35,10 @@ inline void check_causal_conv_update_args(const at::Tensor& u, const at::Tensor&
               shape_str(state.sizes()));
   TORCH_CHECK(state.scalar_type() == acc, op, ": expected state of dtype ", acc,
               " (it keeps u's past inputs exactly), got ", state.scalar_type());
+  // written in place: rows must not share memory (an expanded state would let one row overwrite another's)
+  TORCH_CHECK(at::has_internal_overlap(state) != at::MemOverlap::Yes, op,
+              ": expected a state whose elements do not share memory (it is written in place), got one with "
+              "strides ", shape_str(state.strides()), " (an expand()ed tensor?); pass a contiguous copy");
   for (const auto* t : {&k, &state}) {
     TORCH_CHECK(t->device() == u.device(), op, ": expected ", t == &k ? "k" : "state", " on the same device as u (",
                 u.device(), "), got ", t->device());

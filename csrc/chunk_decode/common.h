@@ -166,6 +166,7 @@ inline DecodeShape check_chunk_decode_args(const at::Tensor& context, const at::
   TORCH_CHECK(heads_why.empty(), op, ": ", heads_why);
   TORCH_CHECK(fc[0].dim() == 2, op, ": expected fc[0] of shape (F, C), got ", shape_str(fc[0].sizes()));
   s.F = fc[0].size(0);
+  TORCH_CHECK(s.F >= 1, op, ": expected fc[0] of shape (F, C) with F >= 1 hidden units, got ", shape_str(fc[0].sizes()));
   const auto wt = qkv[0].scalar_type();
   TORCH_CHECK(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf, op,
               ": expected linear weights of dtype float32, bfloat16 or float16, got ", wt);

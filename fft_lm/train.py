@@ -526,9 +526,9 @@ def _train(cfg, model, rank, world, device, master):
                 save(step, last_metrics)
             # evaluation time does not count against the budget or bytes/s. Only rank 0 evaluates; the
             # others wait for it (here), so every rank takes rank 0's evaluation time off its clock.
-            eval_s = torch.tensor(time.time() - t_eval, dtype=torch.float64, device=device)
-            if world > 1:
-                torch.distributed.broadcast(eval_s, src=0)
+            eval_s = torch.tensor(time.time() - t_eval if master else 0.0, dtype=torch.float64, device=device)
+            if world > 1:  # a sum, not a broadcast: no rank leaves before every rank has arrived
+                torch.distributed.all_reduce(eval_s)
             t_run += eval_s.item()
             window_start += eval_s.item()
         if out_of_time:

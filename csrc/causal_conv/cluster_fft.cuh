@@ -24,6 +24,21 @@ namespace cluster_fft {
 // Portable cluster size limit: 8 blocks.
 constexpr int kMaxClusterBlocks = 8;
 
+// Column n2 of the C-point step: x[r] = block r's value at n2 (zero for r >= kInputs, whose shared
+// memory is not read), then the C-point DFT with the twiddles W_N^(n2 r) before it (inverse order)
+// or after it (forward order). blocks: the C blocks' shared memory (cluster.map_shared_rank).
+template <int C, bool kTwiddleBefore, int kInputs = C>
+__device__ __forceinline__ void transform_column(float2* const (&blocks)[C], int n2, int N, float2 (&x)[C]) {
+#pragma unroll
+  for (int r = 0; r < C; ++r) x[r] = r < kInputs ? blocks[r][smem_fft::pad(n2)] : make_float2(0.f, 0.f);
+  float s, c;
+  sincospif(-2.f * (float)n2 / (float)N, &s, &c);  // exact argument: N is a power of two
+  const float2 w = make_float2(c, s);
+  if (kTwiddleBefore) smem_fft::twiddle_by_powers(x, w);
+  smem_fft::dft<C>(x);
+  if (!kTwiddleBefore) smem_fft::twiddle_by_powers(x, w);
+}
+
 // In place over the cluster: each block owns M/C columns; reads column n2 from all C blocks,
 // transforms it and writes result k back to block k. Columns are independent, so no other
 // thread touches them; the caller syncs the cluster before (data ready) and after (writes landed).
@@ -40,28 +55,7 @@ __device__ __forceinline__ void cross_block_dft(float2* smem, int M, int N) {
   const int cols = M / C;
   for (int n2 = rank * cols + (int)threadIdx.x; n2 < (rank + 1) * cols; n2 += blockDim.x) {
     float2 x[C];
-#pragma unroll
-    for (int r = 0; r < C; ++r) x[r] = r < kInputs ? blocks[r][smem_fft::pad(n2)] : make_float2(0.f, 0.f);
-    float s, c;
-    sincospif(-2.f * (float)n2 / (float)N, &s, &c);  // exact argument: N is a power of two
-    const float2 w = make_float2(c, s);
-    if (kTwiddleBefore) {
-      float2 wr = w;
-#pragma unroll
-      for (int r = 1; r < C; ++r) {
-        x[r] = smem_fft::cmul(x[r], wr);
-        wr = smem_fft::cmul(wr, w);
-      }
-    }
-    smem_fft::dft<C>(x);
-    if (!kTwiddleBefore) {
-      float2 wr = w;
-#pragma unroll
-      for (int r = 1; r < C; ++r) {
-        x[r] = smem_fft::cmul(x[r], wr);
-        wr = smem_fft::cmul(wr, w);
-      }
-    }
+    transform_column<C, kTwiddleBefore, kInputs>(blocks, n2, N, x);
 #pragma unroll
     for (int r = 0; r < C; ++r) blocks[r][smem_fft::pad(n2)] = x[r];
   }

@@ -313,6 +313,28 @@ __global__ void __launch_bounds__(N / kElemsPerThread) grad_k_taps_kernel(const 
 }
 
 // ---------------------------------------------------------------------------------------------
+// The cluster kernels' row pair: rows b0 and b1 at time t as (re, im) = (u[b0], u[b1]) (im 0 for an
+// unpaired last row), zero outside [0, L); kReverse reads time backwards (grad_u).
+template <bool kReverse, typename scalar_t>
+__device__ __forceinline__ float2 load_row_pair(const scalar_t* x0, const scalar_t* x1, bool has1, int64_t t,
+                                                int64_t L) {
+  float v0 = 0.f, v1 = 0.f;
+  if (t >= 0 && t < L) {
+    const int64_t tt = kReverse ? L - 1 - t : t;
+    v0 = to_float(x0[tt]);
+    if (has1) v1 = to_float(x1[tt]);
+  }
+  return make_float2(v0, v1);
+}
+
+// ... and their outputs at time t < L from w = conj(result): y[b0] = w.x, y[b1] = -w.y.
+template <bool kReverse, typename scalar_t>
+__device__ __forceinline__ void store_row_pair(scalar_t* y0, scalar_t* y1, bool has1, int64_t t, int64_t L, float2 w) {
+  const int64_t tt = kReverse ? L - 1 - t : t;
+  y0[tt] = static_cast<scalar_t>(w.x);
+  if (has1) y1[tt] = static_cast<scalar_t>(-w.y);
+}
+
 // Windows of N = C * M points, M = kMaxFusedFFT, C = 2, 4 or 8 (cluster_fft.cuh): one cluster of C
 // blocks per window, block r holding window points [r*M, (r+1)*M). Same algorithm and grid order
 // as conv_window_kernel (one cluster where that kernel has one block); the window is read once
@@ -335,16 +357,8 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
   const int64_t start = (int64_t)j * s.seg - (s.taps - 1);
   const int N = s.N, M = N >> logC;
 
-  for (int m = threadIdx.x; m < M; m += blockDim.x) {
-    const int64_t t = start + (int64_t)rank * M + m;
-    float v0 = 0.f, v1 = 0.f;
-    if (t >= 0 && t < s.L) {
-      const int64_t tt = kReverse ? s.L - 1 - t : t;
-      v0 = to_float(x0[tt]);
-      if (has1) v1 = to_float(x1[tt]);
-    }
-    smem[pad(m)] = make_float2(v0, v1);
-  }
+  for (int m = threadIdx.x; m < M; m += blockDim.x)
+    smem[pad(m)] = load_row_pair<kReverse>(x0, x1, has1, start + (int64_t)rank * M + m, s.L);
   cluster_fft::cluster_sync();
   cluster_fft::cross_block_dft<false>(smem, C, M, N);
   cluster_fft::cluster_sync();
@@ -369,10 +383,7 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
     const int n = rank * M + m;
     const int64_t t = start + n;
     if (n < first || n >= first + s.seg || t >= s.L) continue;
-    const int64_t tt = kReverse ? s.L - 1 - t : t;
-    const float2 w = smem[pad(m)];
-    y0[tt] = static_cast<scalar_t>(w.x);
-    if (has1) y1[tt] = static_cast<scalar_t>(-w.y);
+    store_row_pair<kReverse>(y0, y1, has1, t, s.L, smem[pad(m)]);
   }
 #endif
 }
@@ -406,25 +417,12 @@ __device__ __forceinline__ void padded_window_outputs(float2* smem, scalar_t* y0
   for (int r = 0; r < C; ++r) blocks[r] = cluster.map_shared_rank(smem, r);
   for (int n2 = rank * cols + (int)threadIdx.x; n2 < (rank + 1) * cols; n2 += blockDim.x) {
     float2 v[C];
-#pragma unroll
-    for (int r = 0; r < C; ++r) v[r] = blocks[r][pad(n2)];
-    float sn, cs;
-    sincospif(-2.f * (float)n2 / (float)N, &sn, &cs);  // exact argument: N is a power of two
-    const float2 w = make_float2(cs, sn);
-    float2 wr = w;
-#pragma unroll
-    for (int r = 1; r < C; ++r) {
-      v[r] = cmul(v[r], wr);
-      wr = cmul(wr, w);
-    }
-    smem_fft::dft<C>(v);
+    cluster_fft::transform_column<C, /*kTwiddleBefore=*/true>(blocks, n2, N, v);  // cross_block_dft<true>'s
 #pragma unroll
     for (int n1 = 0; n1 < C / 2; ++n1) {
       const int64_t t = (int64_t)n1 * M + n2;
       if (t >= L) break;
-      const int64_t tt = kReverse ? L - 1 - t : t;
-      y0[tt] = static_cast<scalar_t>(v[n1].x);
-      if (has1) y1[tt] = static_cast<scalar_t>(-v[n1].y);
+      store_row_pair<kReverse>(y0, y1, has1, t, L, v[n1]);
     }
   }
 }
@@ -452,8 +450,7 @@ __global__ void __launch_bounds__(1024) conv_cluster_padded_kernel(const scalar_
     for (int n1 = 0; n1 < C / 2; ++n1) {
       const int64_t t = (int64_t)n1 * M + m;
       if (t >= L) break;
-      const int64_t tt = kReverse ? L - 1 - t : t;
-      const float2 v = make_float2(to_float(x0[tt]), has1 ? to_float(x1[tt]) : 0.f);
+      const float2 v = load_row_pair<kReverse>(x0, x1, has1, t, L);
       if (n1 == 0) {
         acc = v;
       } else {
@@ -468,15 +465,8 @@ __global__ void __launch_bounds__(1024) conv_cluster_padded_kernel(const scalar_
   };
   if constexpr (kExchange) {
     if (rank < C / 2) {
-      for (int m = threadIdx.x; m < M; m += blockDim.x) {
-        const int64_t t = (int64_t)rank * M + m;
-        float2 v = make_float2(0.f, 0.f);
-        if (t < L) {
-          const int64_t tt = kReverse ? L - 1 - t : t;
-          v = make_float2(to_float(x0[tt]), has1 ? to_float(x1[tt]) : 0.f);
-        }
-        smem[pad(m)] = v;
-      }
+      for (int m = threadIdx.x; m < M; m += blockDim.x)
+        smem[pad(m)] = load_row_pair<kReverse>(x0, x1, has1, (int64_t)rank * M + m, L);
     }
     cluster_fft::cluster_sync();
     switch (C) {

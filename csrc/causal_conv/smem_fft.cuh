@@ -103,6 +103,17 @@ __device__ __forceinline__ void load_pass(const float2* data, float2 (&x)[kElems
   }
 }
 
+// x[r] *= w^r for 0 < r < R: the twiddles of one butterfly (or of one cross-block column).
+template <int R>
+__device__ __forceinline__ void twiddle_by_powers(float2 (&x)[R], float2 w) {
+  float2 wr = w;
+#pragma unroll
+  for (int r = 1; r < R; ++r) {
+    x[r] = cmul(x[r], wr);
+    wr = cmul(wr, w);
+  }
+}
+
 template <int N, int R, int Ns>
 __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
   constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread;
@@ -113,13 +124,7 @@ __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
       const int k = (threadIdx.x + b * T) & (Ns - 1);
       float s, c;
       sincospif((float)k * (-2.f / (float)(Ns * R)), &s, &c);  // exact argument: Ns * R is a power of two
-      const float2 w = make_float2(c, s);
-      float2 wr = w;
-#pragma unroll
-      for (int r = 1; r < R; ++r) {
-        xb[r] = cmul(xb[r], wr);
-        wr = cmul(wr, w);
-      }
+      twiddle_by_powers(xb, make_float2(c, s));
     }
     dft<R>(xb);
   }

@@ -526,11 +526,13 @@ def _train(cfg, model, rank, world, device, master):
                 save(step, last_metrics)
             # evaluation time does not count against the budget or bytes/s. Only rank 0 evaluates; the
             # others wait for it (here), so every rank takes rank 0's evaluation time off its clock.
-            eval_s = torch.tensor(time.time() - t_eval if master else 0.0, dtype=torch.float64, device=device)
+            eval_s = time.time() - t_eval if master else 0.0
             if world > 1:  # a sum, not a broadcast: no rank leaves before every rank has arrived
-                torch.distributed.all_reduce(eval_s)
-            t_run += eval_s.item()
-            window_start += eval_s.item()
+                shared_eval = torch.tensor(eval_s, dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(shared_eval)
+                eval_s = shared_eval.item()
+            t_run += eval_s
+            window_start += eval_s
         if out_of_time:
             break
     if bar is not None:

@@ -130,13 +130,14 @@ def save_checkpoint(path, *, model, optimizer=None, scheduler=None, step=0, trai
     return path
 
 
-def read_checkpoint(path, map_location="cpu"):
-    """The raw checkpoint dict, validated; CheckpointError naming the path if it is unusable."""
+def read_checkpoint(path, map_location="cpu", mmap=False):
+    """The raw checkpoint dict, validated; CheckpointError naming the path if it is unusable.
+    mmap=True maps the tensors instead of reading them (for a look at the metadata)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r}: no such file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, KeyError,
             AttributeError, ImportError, IndexError, TypeError, OSError) as e:
         size = os.path.getsize(path)

@@ -43,7 +43,7 @@ def head_overrides(cfg):
 def check_resume_flags(cfg):
     """--resume continues the ChunkLM in --ckpt with its own sizes: a checkpoint of another family, or
     model flags that differ from the run's, are errors rather than silently ignored."""
-    ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu")
+    ckpt = read_checkpoint(cfg.ckpt_path, mmap=True)  # metadata only: train() reads the weights
     if ckpt.get("family") != "chunk":
         raise ValueError(f"--resume: {cfg.ckpt_path} is a {ckpt.get('family')!r} checkpoint, not a ChunkLM "
                          f"(continue it with python -m fft_lm.train_fixed_full --resume)")

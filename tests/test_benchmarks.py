@@ -58,25 +58,25 @@ def test_bench_generation():
     assert_table(r, "| model | params | mode |")
 
 
-def test_bench_lm_quality(tmp_path):
+def run_lm_quality(tmp_path, *args):
+    """bench_lm_quality.py on a small synthetic corpus: tiny presets, 64-byte windows, float32."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
-    r = run_benchmark("bench_lm_quality.py", "--data", str(corpus), "--preset", "tiny", "--budget-s", "1",
-                      "--seq-len", "64", "--batch-size", "4", "--warmup-steps", "2", "--eval-batches", "2",
-                      "--sample-bytes", "16", "--dtype", "float32", "--ckpt-dir", str(tmp_path / "ckpt"),
-                      "--spectral-set", "pre_gate=true")
+    return run_benchmark("bench_lm_quality.py", "--data", str(corpus), "--preset", "tiny", "--seq-len", "64",
+                         "--warmup-steps", "2", "--dtype", "float32", "--ckpt-dir", str(tmp_path / "ckpt"), *args)
+
+
+def test_bench_lm_quality(tmp_path):
+    r = run_lm_quality(tmp_path, "--budget-s", "1", "--batch-size", "4", "--eval-batches", "2", "--sample-bytes", "16",
+                       "--spectral-set", "pre_gate=true")
     assert_table(r, "| model | params | steps |")
     assert "| spectral (pre_gate=true) |" in r.stdout and "| gpt |" in r.stdout
     assert "### Validation bits per byte by context use" in r.stdout and "| next byte copyable |" in r.stdout
 
 
 def test_bench_lm_quality_seeds(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
-    r = run_benchmark("bench_lm_quality.py", "--data", str(corpus), "--preset", "tiny", "--budget-s", "0.5",
-                      "--seq-len", "64", "--batch-size", "2", "--warmup-steps", "2", "--eval-batches", "1",
-                      "--sample-bytes", "4", "--dtype", "float32", "--ckpt-dir", str(tmp_path / "ckpt"),
-                      "--seeds", "3,4", "--no-context-use")
+    r = run_lm_quality(tmp_path, "--budget-s", "0.5", "--batch-size", "2", "--eval-batches", "1", "--sample-bytes", "4",
+                       "--seeds", "3,4", "--no-context-use")
     assert_table(r, "| model | params | steps |")
     for family in ("spectral", "gpt"):
         for seed in (3, 4):

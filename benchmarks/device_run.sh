@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -32,6 +32,7 @@ for stage in "$@"; do
     tests)   "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py 2>&1 | tee "$OUT/tests_ops.log" | tail -15 ;;
     checks)  "$PY" -m pytest -q -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py -k bad_inputs 2>&1 \
                | tee "$OUT/tests_checks.log" | tail -5 ;;
+    clustertests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and cluster" 2>&1 | tee "$OUT/tests_cluster.log" | tail -8 ;;
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
     # The same Lk=128 shapes with the direct kernels off (FFT overlap-save windows), for comparison.
     opsfft)  conv_variant fftwindows FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0 -- --kernels 128 --no-peer ;;
@@ -107,7 +108,9 @@ for stage in "$@"; do
     # the same grid with CUDA graphs per block for both families (torch.compile mode reduce-overhead)
     lmgraphs) "$PY" benchmarks/bench_lm_throughput.py --compile-mode reduce-overhead 2>&1 | tee "$OUT/bench_lm_graphs.log" | tail -12
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_graphs.md" ;;
-    lmprofile) "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70 ;;
+    lmprofile) [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
+             "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70
+             [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_profile.md" ;;
     # Nsight Compute on one chunk_decode launch (29m decoder, bf16, cluster 16): the details page and
     # per-line stall samples (CUDA source and SASS, gzipped CSV).
     decodencu) FFT_TENSOR_DECODE_CLUSTER=${DECODE_CLUSTER:-16} timeout 300 ncu --kernel-name regex:chunk_decode_kernel \

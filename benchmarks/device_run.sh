@@ -106,7 +106,8 @@ for stage in "$@"; do
                [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_$1_$2.md"
              done ;;
     # the same grid with CUDA graphs per block for both families (torch.compile mode reduce-overhead)
-    lmgraphs) "$PY" benchmarks/bench_lm_throughput.py --compile-mode reduce-overhead 2>&1 | tee "$OUT/bench_lm_graphs.log" | tail -12
+    lmgraphs) [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
+             "$PY" benchmarks/bench_lm_throughput.py --compile-mode reduce-overhead ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_graphs.log" | tail -12
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_graphs.md" ;;
     lmprofile) [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
              "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70

@@ -128,7 +128,7 @@ class SpectralKernel(nn.Module):
         self.short_taps = nn.Parameter(torch.zeros(D, cfg.short_conv_len))
         self.skip = nn.Parameter(torch.ones(D))
         # irfft(Z, n=N, norm="ortho")[:Lk] as two real matrices, so the kernel is a plain matmul
-        # (compiles everywhere, no complex tensors): k = Re Z @ cos_basis + Im Z @ sin_basis.
+        # (compiles everywhere, no complex tensors): k = [Re Z, Im Z] @ [cos_basis; sin_basis].
         f = torch.arange(bins, dtype=torch.float64)[:, None]
         t = torch.arange(Lk, dtype=torch.float64)[None, :]
         weight = torch.full((bins, 1), 2.0, dtype=torch.float64)
@@ -136,8 +136,9 @@ class SpectralKernel(nn.Module):
         if N % 2 == 0:
             weight[-1] = 1.0
         angle = 2 * math.pi * f * t / N
-        self.register_buffer("cos_basis", (weight * torch.cos(angle) / math.sqrt(N)).float(), persistent=False)
-        self.register_buffer("sin_basis", (-weight * torch.sin(angle) / math.sqrt(N)).float(), persistent=False)
+        # stacked, (2 * bins, Lk): both halves of the kernel in one GEMM
+        basis = torch.cat([weight * torch.cos(angle), -weight * torch.sin(angle)]) / math.sqrt(N)
+        self.register_buffer("basis", basis.float(), persistent=False)
         self.register_buffer("tap_pos", torch.arange(Lk, dtype=torch.float32) / Lk, persistent=False)
         self.register_buffer("bin_mask", torch.ones(bins), persistent=False)
         self.reset_parameters(cfg)
@@ -164,12 +165,12 @@ class SpectralKernel(nn.Module):
 
     def long_taps(self) -> torch.Tensor:
         """irfft(Z * mask, n=N, norm='ortho')[:, :kernel_len] * decay window, float32 (D, Lk)."""
-        spectral = (self.coef_real * self.bin_mask) @ self.cos_basis + (self.coef_imag * self.bin_mask) @ self.sin_basis
+        spectral = (torch.cat([self.coef_real, self.coef_imag], 1) * self.bin_mask.repeat(2)) @ self.basis
         window = torch.exp(-torch.exp(self.log_decay)[:, None] * self.tap_pos[None, :])
         return spectral * window
 
     def forward(self):
-        with torch.autocast(device_type=self.cos_basis.device.type, enabled=False):  # the op wants fp32 taps
+        with torch.autocast(device_type=self.basis.device.type, enabled=False):  # the op wants fp32 taps
             k = self.long_taps()
             if self.short_conv_len:
                 k = k + F.pad(self.short_taps, (0, self.kernel_len - self.short_conv_len))
@@ -213,12 +214,15 @@ class SpectralMixer(nn.Module):
         # Channels-first projections: each part of in_proj is W @ x^T per sequence, (B, D, T) with
         # time contiguous (cuBLAS reads x^T in place), so the conv's input, output and gradients need
         # no layout copies and the gate product is a plain contiguous pointwise kernel.
-        parts = [channels_first_linear(w, x) for w in self.in_proj.weight.chunk(3 if self.pre_gate else 2)]
         if self.pre_gate:
-            value, pre, gate = parts
+            # One GEMM for the three parts: the conv reads value * pre, a fresh contiguous product, and
+            # the gate is read pointwise, so no part needs a buffer of its own (3 GEMMs forward and 6
+            # backward become 1 and 2: at L = 1K the step is host-bound, RESULTS.md twelfth session).
+            value, pre, gate = channels_first_linear(self.in_proj.weight, x).chunk(3, dim=1)
             value = value * pre
         else:
-            value, gate = parts
+            # Two GEMMs: a chunk of one would hand the conv a strided block of rows to copy first.
+            value, gate = (channels_first_linear(w, x) for w in self.in_proj.weight.chunk(2))
         k, skip = self.kernel() if taps is None else taps
         new_tail = None
         if tail is None:

@@ -10,12 +10,14 @@ taps > L, float32/bfloat16/float16, forward, grad_u and grad_k; phase_rotate's r
 TensorIterator path, forward and backward. Not a test (tests/ has those); a debugging aid.
 """
 import argparse
+import os
 import sys
 
 import torch
 
-import fft_tensor
-from fft_tensor.ops import causal_conv_plan
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the in-place build, uninstalled
+import fft_tensor  # noqa: E402
+from fft_tensor.ops import causal_conv_plan  # noqa: E402
 
 CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (3, 2, 7, 3),        # N = 64, the smallest fused FFT, one window

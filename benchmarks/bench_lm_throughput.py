@@ -39,6 +39,9 @@ def parse_args():
     p.add_argument("--steps", type=int, default=10, help="timed steps per (family, L); the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--preset", default="base512", help="preset of both families")
+    p.add_argument("--gpt-preset", default=None,
+                   help="the GPT's preset when it differs (default: --preset), e.g. --preset 29m-hybrid "
+                   "--gpt-preset base512 for the 8-layer ANCHORS.md GPT instead of the matched 9-layer one")
     p.add_argument("--families", default="spectral,gpt", help="comma-separated subset of spectral,gpt")
     p.add_argument("--spectral-set", default="", help="SpectralLM config fields on top of the preset, name=value,... "
                    "(train's --model-set), e.g. attn_blocks=1")
@@ -58,7 +61,8 @@ def parse_args():
 
 def build(family, args, device):
     overrides = parse_model_set(args.spectral_set, SpectralLMConfig) if family == "spectral" else {}
-    model = FAMILIES[family].from_preset(args.preset, **overrides).to(device)
+    preset = args.gpt_preset if family == "gpt" and args.gpt_preset else args.preset
+    model = FAMILIES[family].from_preset(preset, **overrides).to(device)
     model.set_grad_checkpoint(args.grad_checkpoint)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
@@ -163,6 +167,7 @@ def main():
                                                     + ("" if args.compile_mode == "default" else f", {args.compile_mode}") + ")")
     lines = [
         f"## LM training throughput, preset {args.preset}"
+        f"{f' (GPT: preset {args.gpt_preset})' if args.gpt_preset else ''}"
         f"{f' (SpectralLM: {args.spectral_set})' if args.spectral_set else ''}, {args.dtype} autocast, AdamW, {compile_note}"
         f"{', grad checkpointing' if args.grad_checkpoint else ''}",
         f"{gpu}, torch {torch.__version__}; median of {args.steps} steps after {args.warmup} warm-up; "

@@ -52,6 +52,15 @@ def test_bench_lm_throughput_spectral_variant():
     assert "(SpectralLM: attn_blocks=1,attn_window=64)" in r.stdout
 
 
+def test_bench_lm_throughput_gpt_preset():
+    r = run_benchmark("bench_lm_throughput.py", "--device", "cpu", "--preset", "tiny", "--gpt-preset", "small",
+                      "--lengths", "64", "--batch", "1", "--steps", "1", "--warmup", "1", "--no-compile")
+    assert_table(r, "| L | batch | SpectralLM M bytes/s | GPT (SDPA) M bytes/s |")
+    assert "preset tiny (GPT: preset small)" in r.stdout
+    # each family printed its own parameter count: the tiny SpectralLM (1.05M) and the small GPT (5.64M)
+    assert "1.1M params" in r.stdout and "5.6M params" in r.stdout
+
+
 def test_bench_generation():
     r = run_benchmark("bench_generation.py", "--device", "cpu", "--preset", "tiny", "--contexts", "64,128",
                       "--new-bytes", "4", "--budget-s", "0.2", "--dtype", "float32")

@@ -336,7 +336,9 @@ def spectral_reference(model, idx):
         taps = torch.fft.irfft(Z, n=N, norm="ortho")[:, :Lk] * torch.exp(-kern.log_decay.double().exp()[:, None] * t)
         taps[:, :cfg.short_conv_len] += kern.short_taps.double()
         h = rms_norm64(x, block.norm1.weight)
-        value, gate = (h @ block.mixer.in_proj.weight.double().T).chunk(2, dim=-1)
+        parts = (h @ block.mixer.in_proj.weight.double().T).chunk(3 if cfg.pre_gate else 2, dim=-1)
+        value = parts[0] * parts[1] if cfg.pre_gate else parts[0]  # pre_gate: the conv reads value * pre
+        gate = parts[-1]
         y = causal_conv_reference(value.transpose(1, 2), taps, kern.skip.double()).transpose(1, 2)
         x = x + (y * gate * torch.sigmoid(gate)) @ block.mixer.out_proj.weight.double().T
         h = rms_norm64(x, block.norm2.weight)
@@ -351,15 +353,41 @@ def nll64(logits, targets):
     return -logp[keep, targets[keep]].mean()
 
 
-def test_forward_matches_float64_reference():
-    model = small_model(seq_len=64, kernel_len=24, short_conv_len=3)
+def spread_weights(model):
+    """Weights spread so every part of the model contributes visibly."""
     randomize_kernels(model)
-    with torch.no_grad():  # weights spread so every part contributes visibly
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.normal_(1, 0.3)
             elif "coef" not in name and "decay" not in name and "short_taps" not in name and "skip" not in name:
                 p.normal_(0, 0.3 / p.shape[-1] ** 0.5 if p.dim() == 2 and "embed" not in name else 1.0)
+
+
+@pytest.mark.parametrize("pre_gate", [False, True])
+def test_gradients_match_float64_reference(pre_gate):
+    """Every parameter's gradient against autograd through the float64 reference (its .double() copies
+    lead back to the same parameters): the projections' split into parts, the taps' one GEMM."""
+    model = small_model(seq_len=64, kernel_len=24, short_conv_len=3, pre_gate=pre_gate)
+    spread_weights(model)
+    model.set_freq_cutoff(int(torch.randint(2, model.freq_bins, ()).item()))
+    idx, targets = torch.randint(0, 256, (2, 97)), torch.randint(0, 256, (2, 97))
+    nll64(spectral_reference(model, idx), targets).backward()
+    want = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model(idx, targets)[1].backward()
+    from conftest import rel_err
+    for name, p in model.named_parameters():
+        if want[name].abs().max() == 0:  # e.g. coefficients above the cutoff: exactly zero in both
+            assert p.grad.abs().max() == 0, name
+        else:
+            assert rel_err(p.grad, want[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("pre_gate", [False, True])
+def test_forward_matches_float64_reference(pre_gate):
+    model = small_model(seq_len=64, kernel_len=24, short_conv_len=3, pre_gate=pre_gate)
+    spread_weights(model)
     cutoff = int(torch.randint(2, model.freq_bins, ()).item())
     model.set_freq_cutoff(cutoff)
     idx = torch.randint(0, 256, (2, 150))  # past seq_len

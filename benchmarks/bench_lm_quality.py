@@ -126,8 +126,7 @@ def main():
     table = "\n".join(lines)
     if not args.no_context_use:
         from context_use import context_table
-        ckpts = [os.path.join(args.ckpt_dir, family + (f"_seed{seeds[-1]}" if multi else ""), "ckpt.pt")
-                 for family in results]
+        ckpts = [r["ckpt_path"] for r in results.values()]
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
         table += "\n\n" + context_table(ckpts, args.data, args.seq_len, max_windows=256, device=device_name).replace(
             "## Validation", "### Validation")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fft_lm.atomic import atomic_write
 from fft_lm.checkpoint import (CheckpointError, load_weights, model_from_checkpoint, read_checkpoint,
                                save_checkpoint, set_rng_state, to_plain)
 from fft_lm.data import ByteCorpus
@@ -565,7 +566,7 @@ def check_same_stream(saved, corpus, cfg, world, master):
 
 
 def truncate_metrics(path, last_step):
-    """Keep the metrics rows of steps <= last_step (atomically: temporary file, then rename)."""
+    """Keep the metrics rows of steps <= last_step (atomically, fft_lm.atomic.atomic_write)."""
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -578,10 +579,8 @@ def truncate_metrics(path, last_step):
             continue
         if step <= last_step:
             keep.append(line if line.endswith("\n") else line + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write("".join(keep).encode())
 
 
 def load_step(path):

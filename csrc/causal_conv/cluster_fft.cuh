@@ -62,12 +62,13 @@ __device__ __forceinline__ void cross_block_dft(float2* smem, int M, int N) {
 #endif
 }
 
-template <bool kTwiddleBefore>
+// The same for a cluster size C known at run time (2, 4 or 8); kHalfInputs: only blocks < C/2 are read.
+template <bool kTwiddleBefore, bool kHalfInputs = false>
 __device__ __forceinline__ void cross_block_dft(float2* smem, int C, int M, int N) {
   switch (C) {
-    case 2: return cross_block_dft<2, kTwiddleBefore>(smem, M, N);
-    case 4: return cross_block_dft<4, kTwiddleBefore>(smem, M, N);
-    default: return cross_block_dft<8, kTwiddleBefore>(smem, M, N);
+    case 2: return cross_block_dft<2, kTwiddleBefore, kHalfInputs ? 1 : 2>(smem, M, N);
+    case 4: return cross_block_dft<4, kTwiddleBefore, kHalfInputs ? 2 : 4>(smem, M, N);
+    default: return cross_block_dft<8, kTwiddleBefore, kHalfInputs ? 4 : 8>(smem, M, N);
   }
 }
 

@@ -469,11 +469,7 @@ __global__ void __launch_bounds__(1024) conv_cluster_padded_kernel(const scalar_
         smem[pad(m)] = load_row_pair<kReverse>(x0, x1, has1, (int64_t)rank * M + m, L);
     }
     cluster_fft::cluster_sync();
-    switch (C) {
-      case 2: cluster_fft::cross_block_dft<2, false, 1>(smem, M, N); break;
-      case 4: cluster_fft::cross_block_dft<4, false, 2>(smem, M, N); break;
-      default: cluster_fft::cross_block_dft<8, false, 4>(smem, M, N); break;
-    }
+    cluster_fft::cross_block_dft<false, /*kHalfInputs=*/true>(smem, C, M, N);
     cluster_fft::cluster_sync();
   } else {
     // Staged through shared memory rather than fed to the transform's first pass directly: loading

@@ -56,7 +56,17 @@ def parse_args():
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (fp32 = none)")
     p.add_argument("--profile", action="store_true",
                    help="after timing, print the top GPU kernels and host time of 3 more steps (torch.profiler)")
-    return p.parse_args()
+    args = p.parse_args()
+    # checked here, not in the grid (which reports a family's failure and goes on): a misspelt preset
+    # would otherwise surface only after the other family's rows had run
+    families = args.families.split(",")
+    wanted = [("--preset", args.preset, SpectralLM)] if "spectral" in families else []
+    if "gpt" in families:
+        wanted.append(("--gpt-preset", args.gpt_preset, GPT) if args.gpt_preset else ("--preset", args.preset, GPT))
+    for flag, name, cls in wanted:
+        if name not in cls.presets:
+            p.error(f"{flag}: expected one of {sorted(cls.presets)} for {cls.__name__}, got {name!r}")
+    return args
 
 
 def build(family, args, device):

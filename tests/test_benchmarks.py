@@ -59,6 +59,8 @@ def test_bench_lm_throughput_gpt_preset():
     assert "preset tiny (GPT: preset small)" in r.stdout
     # each family printed its own parameter count: the tiny SpectralLM (1.05M) and the small GPT (5.64M)
     assert "1.1M params" in r.stdout and "5.6M params" in r.stdout
+    bad = run_benchmark("bench_lm_throughput.py", "--device", "cpu", "--gpt-preset", "nope")
+    assert bad.returncode == 2 and "--gpt-preset: expected one of" in bad.stderr and "got 'nope'" in bad.stderr
 
 
 def test_bench_generation():

@@ -29,6 +29,15 @@ DEFAULT_BATCH = {1024: 32, 4096: 8, 16384: 2, 65536: 1}  # the ANCHORS.md shapes
 # ANCHORS.md, measured on the device's H100: (GPT with SDPA, torch.fft gated long-conv LM), M bytes/s
 ANCHORS = {1024: (1.64, 0.84), 4096: (1.24, 0.81), 16384: (0.63, 0.69), 65536: (0.21, 0.57)}
 FAMILIES = {"spectral": SpectralLM, "gpt": GPT}
+# GPU kernel name -> part of the step, for --profile's breakdown (first match wins; lower-case substrings)
+KERNEL_PARTS = [
+    ("causal_conv", ("conv_window", "conv_grad_k", "kernel_spectrum", "conv_direct", "grad_k_taps", "conv_cluster",
+                     "conv_tiled")),
+    ("attention", ("flash", "fmha", "attention")),
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "splitk")),
+    ("optimizer", ("multi_tensor", "adam")),
+    ("triton (fused pointwise, norms, reductions)", ("triton",)),
+]
 
 
 def parse_args():
@@ -51,6 +60,9 @@ def parse_args():
     p.add_argument("--compile-mode", default="default",
                    choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                    help="torch.compile mode (reduce-overhead: CUDA graphs, no host launch overhead)")
+    p.add_argument("--cpp-wrapper", action="store_true",
+                   help="Inductor's C++ wrapper (torch._inductor.config.cpp_wrapper): the compiled graphs launch "
+                   "their kernels from C++ instead of Python, less host time per step")
     p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing per block")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (fp32 = none)")
@@ -134,11 +146,35 @@ def time_family(family, L, batch, args, device):
         print(table.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=90))
         print(f"{family} L={L}: host time by operator incl. children")
         print(table.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=90))
+        print_gpu_parts(f"{family} L={L}", table, steps=3, step_ms=statistics.median(times) * 1e3)
     return statistics.median(times), peak, warmup_s, model.num_params()
+
+
+def print_gpu_parts(title, key_averages, steps, step_ms):
+    """GPU kernel time per step by part (KERNEL_PARTS), against the timed step: where the GPU time goes,
+    and how much of the step the GPU idles waiting for the host."""
+    parts = {}
+    for evt in key_averages:
+        if evt.device_type != torch.autograd.DeviceType.CUDA or evt.self_device_time_total <= 0:
+            continue
+        name = evt.key.lower()
+        part = next((p for p, keys in KERNEL_PARTS if any(k in name for k in keys)), "other")
+        n, us = parts.get(part, (0, 0.0))
+        parts[part] = (n + evt.count, us + evt.self_device_time_total)
+    busy = sum(us for _, us in parts.values()) / steps / 1e3
+    print(f"{title}: GPU kernel time per step by part (timed step {step_ms:.1f} ms, GPU busy {busy:.1f} ms, "
+          f"idle {max(0.0, step_ms - busy):.1f} ms)")
+    print("| part | ms/step | kernels/step | share of GPU time |")
+    print("|---|---|---|---|")
+    for part, (n, us) in sorted(parts.items(), key=lambda kv: -kv[1][1]):
+        print(f"| {part} | {us / steps / 1e3:.2f} | {n / steps:.0f} | {us / steps / 1e3 / busy:.0%} |")
 
 
 def main():
     args = parse_args()
+    if args.cpp_wrapper:
+        import torch._inductor.config as inductor_config
+        inductor_config.cpp_wrapper = True
     device = torch.device(args.device)
     lengths = [int(s) for s in args.lengths.split(",") if s]
     families = [f for f in args.families.split(",") if f]
@@ -174,7 +210,8 @@ def main():
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     compile_note = "eager" if args.no_compile else (f"torch.compile ({args.compile_scope}"
-                                                    + ("" if args.compile_mode == "default" else f", {args.compile_mode}") + ")")
+                                                    + ("" if args.compile_mode == "default" else f", {args.compile_mode}")
+                                                    + (", C++ wrapper" if args.cpp_wrapper else "") + ")")
     lines = [
         f"## LM training throughput, preset {args.preset}"
         f"{f' (GPT: preset {args.gpt_preset})' if args.gpt_preset else ''}"

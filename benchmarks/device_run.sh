@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs lmcpp decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -109,6 +109,10 @@ for stage in "$@"; do
     lmgraphs) [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
              "$PY" benchmarks/bench_lm_throughput.py --compile-mode reduce-overhead ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_graphs.log" | tail -12
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_graphs.md" ;;
+    # the grid with Inductor's C++ wrapper (compiled graphs launch from C++, not Python); LMCPP_ARGS or LM_ARGS
+    lmcpp)   [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
+             timeout ${LMCPP_TIMEOUT:-240} "$PY" benchmarks/bench_lm_throughput.py --cpp-wrapper ${LMCPP_ARGS:-${LM_ARGS:-}} 2>&1 | tee "$OUT/bench_lm_cpp.log" | tail -12
+             [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_cpp.md" ;;
     lmprofile) [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
              "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_profile.md" ;;

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from common import write_out  # noqa: E402
 from fft_lm.gpt import GPT  # noqa: E402
 from fft_lm.model import SpectralLM, SpectralLMConfig  # noqa: E402
-from fft_lm.train import parse_model_set  # noqa: E402
+from fft_lm.train import compile_kwargs, parse_model_set  # noqa: E402
 
 DEFAULT_BATCH = {1024: 32, 4096: 8, 16384: 2, 65536: 1}  # the ANCHORS.md shapes: 32K bytes per step up to 16K
 # ANCHORS.md, measured on the device's H100: (GPT with SDPA, torch.fft gated long-conv LM), M bytes/s
@@ -61,8 +61,8 @@ def parse_args():
                    choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                    help="torch.compile mode (reduce-overhead: CUDA graphs, no host launch overhead)")
     p.add_argument("--cpp-wrapper", action="store_true",
-                   help="Inductor's C++ wrapper (torch._inductor.config.cpp_wrapper): the compiled graphs launch "
-                   "their kernels from C++ instead of Python, less host time per step")
+                   help="Inductor's C++ wrapper (train's --cpp-wrapper): the compiled graphs launch their "
+                   "kernels from C++ instead of Python, less host time per step")
     p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing per block")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (fp32 = none)")
@@ -90,11 +90,12 @@ def build(family, args, device):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
     runner = model
     if not args.no_compile:
+        kwargs = compile_kwargs(args.compile_mode, args.cpp_wrapper)
         if args.compile_scope == "model":
-            runner = torch.compile(model, dynamic=False, mode=args.compile_mode)
+            runner = torch.compile(model, dynamic=False, **kwargs)
         else:
             for block in model.blocks:
-                block.compile(dynamic=False, mode=args.compile_mode)
+                block.compile(dynamic=False, **kwargs)
     return model, runner, optimizer
 
 
@@ -172,9 +173,6 @@ def print_gpu_parts(title, key_averages, steps, step_ms):
 
 def main():
     args = parse_args()
-    if args.cpp_wrapper:
-        import torch._inductor.config as inductor_config
-        inductor_config.cpp_wrapper = True
     device = torch.device(args.device)
     lengths = [int(s) for s in args.lengths.split(",") if s]
     families = [f for f in args.families.split(",") if f]

@@ -20,7 +20,7 @@ SEED_FLAGS = ["--seq-len", "--kernel-len", "--lr", "--batch-size", "--accum-step
               "--ckpt-path", "--log-every-steps", "--data", "--preset", "--family", "--device", "--dtype", "--amp",
               "--compile", "--seed", "--eval-every", "--eval-batches", "--resume", "--grad-checkpoint",
               "--warmup-steps", "--weight-decay", "--grad-clip", "--metrics-path", "--plot-path",
-              "--curriculum-start-bins", "--curriculum-frac", "--max-time-s", "--compile-mode"]
+              "--curriculum-start-bins", "--curriculum-frac", "--max-time-s", "--compile-mode", "--cpp-wrapper"]
 
 
 @pytest.fixture
@@ -192,6 +192,24 @@ def test_bad_flags_are_named(corpus, tmp_path):
         train(tiny_cfg(corpus, tmp_path, dtype="float16"), model=tiny_model())
     with pytest.raises(ValueError, match="--compile-mode"):
         train(tiny_cfg(corpus, tmp_path, compile=True, compile_mode="fast"), model=tiny_model())
+    with pytest.raises(ValueError, match="--cpp-wrapper: .*add --compile"):
+        train(tiny_cfg(corpus, tmp_path, cpp_wrapper=True), model=tiny_model())
+
+
+def test_compile_with_cpp_wrapper_trains_like_eager(corpus, tmp_path):
+    # --compile --cpp-wrapper: every compiled graph has a C++ entry point (the wrapper's), the losses
+    # are eager's up to float rounding, and Inductor's global config is left as it was
+    import torch._inductor.config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+    kw = dict(eval_every=0, eval_batches=1)
+    train(tiny_cfg(corpus, tmp_path / "eager", **kw), model=tiny_model())
+    _, codes = run_and_get_code(
+        lambda: train(tiny_cfg(corpus, tmp_path / "cpp", compile=True, cpp_wrapper=True, **kw), model=tiny_model()))
+    assert codes and all("inductor_entry_impl" in code for code in codes)
+    a, b = (train_losses(tmp_path / d / "run" / "metrics.jsonl") for d in ("eager", "cpp"))
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
+    assert all(abs(x - y) <= 1e-4 for (_, x), (_, y) in zip(a, b)), (a, b)
+    assert inductor_config.cpp_wrapper is False
 
 
 def test_cli_user_errors_exit_2_naming_the_flag(corpus, tmp_path, capsys):

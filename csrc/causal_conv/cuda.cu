@@ -70,17 +70,33 @@ void dispatch_fft_size(int logN, F&& f) {
   TORCH_CHECK(false, "causal_conv: no fused kernel for an FFT of 2^", logN, " points");
 }
 
-// (D, N/2+1) complex64 spectrum of the effective kernel, scaled by 1/N.
-at::Tensor kernel_spectrum(const at::Tensor& k_eff, const ConvShape& s) {
-  const int64_t D = k_eff.size(0);
-  const at::Tensor kc = k_eff.to(at::kFloat).contiguous();
-  at::Tensor K = at::empty({D, s.N / 2 + 1}, kc.options().dtype(at::kComplexFloat));
+// k and skip as the spectrum kernels read them (KernelTaps): in place when k is float32 with unit
+// stride along taps (a model's taps are), else through a float32 copy; the tensors keep the data alive.
+struct SpectrumTaps {
+  at::Tensor k, skip;
+  KernelTaps taps;
+};
+
+SpectrumTaps spectrum_taps(const at::Tensor& k, const c10::optional<at::Tensor>& skip, int64_t taps) {
+  SpectrumTaps t;
+  t.k = k.scalar_type() == at::kFloat && (k.stride(1) == 1 || k.size(1) == 1) ? k : k.to(at::kFloat).contiguous();
+  if (skip.has_value()) t.skip = skip->to(at::kFloat);
+  t.taps = {t.k.data_ptr<float>(), t.k.stride(0), t.skip.defined() ? t.skip.data_ptr<float>() : nullptr,
+            t.skip.defined() ? t.skip.stride(0) : 0, (int)taps};
+  return t;
+}
+
+// (D, N/2+1) complex64 spectrum of the effective kernel (k's taps, skip at lag 0), scaled by 1/N.
+at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
+  const int64_t D = k.size(0);
+  const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
+  at::Tensor K = at::empty({D, s.N / 2 + 1}, k.options().dtype(at::kComplexFloat));
   const size_t bytes = smem_bytes(s.N);
   dispatch_fft_size(s.logN, [&](auto size) {
     constexpr int N = decltype(size)::value;
     allow_smem(kernel_spectrum_kernel<N>, bytes);
     kernel_spectrum_kernel<N><<<(unsigned)D, N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
-        kc.data_ptr<float>(), reinterpret_cast<float2*>(K.data_ptr()), s.taps);
+        taps.taps, reinterpret_cast<float2*>(K.data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return K;
@@ -263,14 +279,15 @@ int log2_int(int v) {
 
 // (D, N/2+1) spectrum of the effective kernel scaled by 1/N for cluster-sized N: two channels per
 // cluster transform (kernel_spectrum_cluster_kernel); the spectrum is the only allocation.
-at::Tensor kernel_spectrum_clusters(const at::Tensor& k_eff, const ConvShape& s, int C) {
-  const at::Tensor kc = k_eff.to(at::kFloat).contiguous();
-  const int64_t D = kc.size(0);
-  at::Tensor K = at::empty({D, s.N / 2 + 1}, kc.options().dtype(at::kComplexFloat));
+at::Tensor kernel_spectrum_clusters(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s,
+                                    int C) {
+  const int64_t D = k.size(0);
+  const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
+  at::Tensor K = at::empty({D, s.N / 2 + 1}, k.options().dtype(at::kComplexFloat));
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
   allow_smem(kernel_spectrum_cluster_kernel, smem);
-  launch_cluster(kernel_spectrum_cluster_kernel, (D + 1) / 2 * C, C, smem, kc.data_ptr<float>(),
-                 reinterpret_cast<float2*>(K.data_ptr()), D, s.taps, s.N, C, log2_int(C));
+  launch_cluster(kernel_spectrum_cluster_kernel, (D + 1) / 2 * C, C, smem, taps.taps,
+                 reinterpret_cast<float2*>(K.data_ptr()), D, s.N, C, log2_int(C));
   return K;
 }
 
@@ -487,12 +504,11 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
   const at::Tensor uc = layout::rows_contiguous(u);
   at::Tensor y = at::empty_like(uc);
   if (uc.numel() == 0) return y;
-  const at::Tensor k_eff = effective_kernel(k, skip, plan.taps);
   if (fused) {
-    launch_conv_windows<false>(uc, kernel_spectrum(k_eff, s), y, s);
+    launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s);
   } else {
     const int C = cluster_blocks(plan);
-    launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k_eff, s, C), y, s, C);
+    launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k, skip, s, C), y, s, C);
   }
   return y;
 }
@@ -539,14 +555,14 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   }
   if (need_u) {
     grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
-    const at::Tensor k_eff = effective_kernel(k, skip, plan.taps);
     if (direct) {
-      launch_conv_direct<true>(gy, k_eff.to(at::kFloat).contiguous(), grad_u, (int)plan.taps);
+      launch_conv_direct<true>(gy, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), grad_u,
+                               (int)plan.taps);
     } else if (fused) {
-      launch_conv_windows<true>(gy, kernel_spectrum(k_eff, s), grad_u, s);
+      launch_conv_windows<true>(gy, kernel_spectrum(k, skip, s), grad_u, s);
     } else {
       const int C = cluster_blocks(plan);
-      launch_conv_clusters<true>(gy, kernel_spectrum_clusters(k_eff, s, C), grad_u, s, C);
+      launch_conv_clusters<true>(gy, kernel_spectrum_clusters(k, skip, s, C), grad_u, s, C);
     }
   }
   if (need_k) {

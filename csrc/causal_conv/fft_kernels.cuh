@@ -29,17 +29,31 @@ ConvShape conv_shape(int64_t B, int64_t D, int64_t L, const ConvPlan& p) {
   return {B, D, L, (int)p.fft_size, logN, (int)p.taps, (int)p.segment, (int)p.segments, (int)((B + 1) / 2)};
 }
 
+// The effective kernel as the spectrum kernels read it: tap n of channel d is k[d, n] for n < taps,
+// plus skip[d] at n = 0 (effective_kernel's sum, same float32 rounding), read from k and skip in
+// their own strides, so a call makes no effective-kernel tensor (a clone, an add and a memcpy fewer).
+struct KernelTaps {
+  const float* k;
+  int64_t k_stride;
+  const float* skip;  // nullptr: no skip term
+  int64_t skip_stride;
+  int taps;
+  __device__ __forceinline__ float operator()(int64_t d, int n) const {
+    if (n >= taps) return 0.f;
+    const float v = k[d * k_stride + n];
+    return (n == 0 && skip != nullptr) ? v + skip[d * skip_stride] : v;
+  }
+};
+
 template <typename T>
 __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
 
 // K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2.  grid: D blocks of N/16 threads.
 template <int N>
-__global__ void __launch_bounds__(N / kElemsPerThread) kernel_spectrum_kernel(const float* __restrict__ k,
-                                                                              float2* __restrict__ K, int taps) {
+__global__ void __launch_bounds__(N / kElemsPerThread) kernel_spectrum_kernel(KernelTaps k, float2* __restrict__ K) {
   extern __shared__ float2 smem[];
   const int d = blockIdx.x;
-  for (int n = threadIdx.x; n < N; n += blockDim.x)
-    smem[pad(n)] = make_float2(n < taps ? k[(int64_t)d * taps + n] : 0.f, 0.f);
+  for (int n = threadIdx.x; n < N; n += blockDim.x) smem[pad(n)] = make_float2(k(d, n), 0.f);
   smem_fft::fft<N>(smem);
   constexpr float scale = 1.f / (float)N;
   constexpr int half = N / 2 + 1;
@@ -502,9 +516,8 @@ __global__ void __launch_bounds__(1024) conv_cluster_padded_kernel(const scalar_
 // channels in pairs, z = k[d0] + i*k[d1] (k[d0] again for an odd last channel), one transform for
 // two real rows split by Hermitian symmetry: K0 = (Z[f] + conj Z[N-f])/2, K1 = (Z[f] - conj Z[N-f])/2i,
 // with Z[N-f] read from the block that holds it. grid: ceil(D/2) clusters of C blocks.
-__global__ void __launch_bounds__(1024) kernel_spectrum_cluster_kernel(const float* __restrict__ k,
-                                                                       float2* __restrict__ K, int64_t D, int taps,
-                                                                       int N, int C, int logC) {
+__global__ void __launch_bounds__(1024) kernel_spectrum_cluster_kernel(KernelTaps k, float2* __restrict__ K,
+                                                                       int64_t D, int N, int C, int logC) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   constexpr int M = (int)kMaxFusedFFT;
@@ -514,7 +527,7 @@ __global__ void __launch_bounds__(1024) kernel_spectrum_cluster_kernel(const flo
   const int64_t d0 = 2 * (int64_t)(blockIdx.x / C), d1 = d0 + 1 < D ? d0 + 1 : d0;
   for (int m = threadIdx.x; m < M; m += blockDim.x) {
     const int n = rank * M + m;
-    smem[pad(m)] = n < taps ? make_float2(k[d0 * taps + n], k[d1 * taps + n]) : make_float2(0.f, 0.f);
+    smem[pad(m)] = make_float2(k(d0, n), k(d1, n));
   }
   cluster.sync();
   cluster_fft::cross_block_dft<false>(smem, C, M, N);

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from common import write_out  # noqa: E402
 from fft_lm.gpt import GPT  # noqa: E402
 from fft_lm.model import SpectralLM, SpectralLMConfig  # noqa: E402
-from fft_lm.train import compile_kwargs, parse_model_set  # noqa: E402
+from fft_lm.train import inductor_cpp_wrapper, parse_model_set  # noqa: E402
 
 DEFAULT_BATCH = {1024: 32, 4096: 8, 16384: 2, 65536: 1}  # the ANCHORS.md shapes: 32K bytes per step up to 16K
 # ANCHORS.md, measured on the device's H100: (GPT with SDPA, torch.fft gated long-conv LM), M bytes/s
@@ -90,12 +90,11 @@ def build(family, args, device):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
     runner = model
     if not args.no_compile:
-        kwargs = compile_kwargs(args.compile_mode, args.cpp_wrapper)
         if args.compile_scope == "model":
-            runner = torch.compile(model, dynamic=False, **kwargs)
+            runner = torch.compile(model, dynamic=False, mode=args.compile_mode)
         else:
             for block in model.blocks:
-                block.compile(dynamic=False, **kwargs)
+                block.compile(dynamic=False, mode=args.compile_mode)
     return model, runner, optimizer
 
 
@@ -188,6 +187,12 @@ def main():
 
     started = time.perf_counter()
     results = {}
+    with inductor_cpp_wrapper(args.cpp_wrapper):
+        run_grid(args, device, lengths, families, results)
+    write_table(args, device, lengths, families, results, started)
+
+
+def run_grid(args, device, lengths, families, results):
     for L in lengths:
         batch = args.batch or DEFAULT_BATCH.get(L, max(1, 32768 // L))
         for family in families:
@@ -206,6 +211,8 @@ def main():
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
+
+def write_table(args, device, lengths, families, results, started):
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     compile_note = "eager" if args.no_compile else (f"torch.compile ({args.compile_scope}"
                                                     + ("" if args.compile_mode == "default" else f", {args.compile_mode}")

@@ -111,7 +111,7 @@ for stage in "$@"; do
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_graphs.md" ;;
     # the grid with Inductor's C++ wrapper (compiled graphs launch from C++, not Python); LMCPP_ARGS or LM_ARGS
     lmcpp)   [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
-             timeout ${LMCPP_TIMEOUT:-240} "$PY" benchmarks/bench_lm_throughput.py --cpp-wrapper ${LMCPP_ARGS:-${LM_ARGS:-}} 2>&1 | tee "$OUT/bench_lm_cpp.log" | tail -12
+             TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) timeout ${LMCPP_TIMEOUT:-240} "$PY" benchmarks/bench_lm_throughput.py --cpp-wrapper ${LMCPP_ARGS:-${LM_ARGS:-}} 2>&1 | tee "$OUT/bench_lm_cpp.log" | tail -12
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_cpp.md" ;;
     lmprofile) [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
              "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70

@@ -166,14 +166,18 @@ def validate_config(cfg):
         raise ValueError("--resume needs --ckpt-path pointing at the run to continue")
 
 
-def compile_kwargs(mode: str, cpp_wrapper: bool = False) -> dict:
-    """torch.compile keyword arguments for a mode, with Inductor's C++ wrapper if asked. torch.compile
-    takes a mode or an options dict, not both, so the C++ wrapper goes with the mode's own options
-    (set per call: the global Inductor config stays as it was)."""
-    if not cpp_wrapper:
-        return {"mode": mode}
-    import torch._inductor
-    return {"options": {**torch._inductor.list_mode_options(mode), "cpp_wrapper": True}}
+@contextlib.contextmanager
+def inductor_cpp_wrapper(enabled: bool):
+    """Inductor's C++ wrapper (compiled graphs launch their kernels from C++, not Python) for graphs
+    compiled inside the block, restored after. torch.compile compiles lazily, at the first forward and
+    backward, so the setting must hold while the model runs. (Passing it as a per-call torch.compile
+    option instead failed on the GPU: "CudaKernelParamCache not populated" for the Triton kernels.)"""
+    if not enabled:
+        yield
+        return
+    import torch._inductor.config as inductor_config
+    with inductor_config.patch(cpp_wrapper=True):
+        yield
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -363,7 +367,8 @@ def train(cfg, model=None):
         rank, world, _, device = setup_distributed(cfg)
     master = rank == 0
     try:
-        return _train(cfg, model, rank, world, device, master)
+        with inductor_cpp_wrapper(cfg.cpp_wrapper):
+            return _train(cfg, model, rank, world, device, master)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -424,7 +429,7 @@ def _train(cfg, model, rank, world, device, master):
     del ckpt
 
     if cfg.compile:
-        model = torch.compile(model, **compile_kwargs(cfg.compile_mode, cfg.cpp_wrapper))
+        model = torch.compile(model, mode=cfg.compile_mode)
     if world > 1:
         ddp_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)

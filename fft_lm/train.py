@@ -476,7 +476,7 @@ def _train(cfg, model, rank, world, device, master):
     (loss_sum, loss_count), window_start, window_bytes = loss_window, time.time(), 0
     stop_step = min(cfg.total_steps, start_step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.total_steps
     t_run = time.time() - elapsed0
-    cutoff = None
+    cutoff, applied_cutoff = None, object()  # object(): the model's own cutoff is set on the first step
     model.train()
     while step < stop_step:
         lr = lr_at(cfg, step, elapsed)
@@ -484,7 +484,9 @@ def _train(cfg, model, rank, world, device, master):
             group["lr"] = lr
         if full_bins is not None:
             cutoff = cutoff_at(cfg, step, full_bins, elapsed)
-            raw.set_freq_cutoff(cutoff)
+            if cutoff != applied_cutoff:  # a few small launches per conv block: only when the cutoff moves
+                raw.set_freq_cutoff(cutoff)
+                applied_cutoff = cutoff
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.accum_steps):
             x, y = corpus.train_batch(cfg.batch_size, cfg.seq_len, seed=cfg.seed, step=step, rank=rank,

@@ -150,6 +150,25 @@ def test_curriculum_grows_cutoff_to_full_band(corpus, tmp_path):
     assert model.freq_cutoff == full
 
 
+def test_cutoff_is_applied_when_it_moves(corpus, tmp_path, monkeypatch):
+    # set_freq_cutoff runs on the first step and then only when the curriculum's cutoff changes; a
+    # model that arrives with a cutoff of its own (a checkpoint saved mid-curriculum) is set to the
+    # schedule's value even when that is the full band (None) from the start
+    model = tiny_model()
+    model.set_freq_cutoff(3)
+    applied = []
+    real = model.set_freq_cutoff
+    monkeypatch.setattr(model, "set_freq_cutoff", lambda bins: (applied.append(bins), real(bins)))
+    cfg = tiny_cfg(corpus, tmp_path, steps_per_epoch=8, curriculum_frac=0.0, eval_every=0)
+    train(cfg, model=model)
+    assert applied == [None] and model.freq_cutoff == model.freq_bins
+    applied.clear()
+    cfg = tiny_cfg(corpus, tmp_path / "grow", steps_per_epoch=8, curriculum_frac=0.5, eval_every=0)
+    train(cfg, model=model)
+    schedule = [cutoff_at(cfg, s, model.freq_bins) for s in range(8)]
+    assert applied == [c for i, c in enumerate(schedule) if i == 0 or c != schedule[i - 1]]
+
+
 def test_lr_schedule_warmup_then_cosine():
     cfg = TrainConfig(lr=1.0, warmup_steps=10, steps_per_epoch=110, min_lr_frac=0.1)
     assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)

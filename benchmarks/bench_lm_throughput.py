@@ -1,7 +1,9 @@
 """Training throughput (bytes/s) of SpectralLM vs the GPT baseline, preset "base512" (d=512, 8 layers).
 
 One training step = forward + backward + AdamW step under bf16 autocast, torch.compile on by default.
-Median over --steps timed steps after --warmup steps (the warm-up includes compilation), CUDA-synced.
+Median over --steps timed steps after --warmup steps (the warm-up includes compilation), CUDA-synced;
+--rounds R > 1 builds both families first and alternates R timing windows between them, so a change
+in the host's speed during the run (the 1K step is host-bound) reaches both alike.
 Prints a markdown table with the ratio and the ANCHORS.md figures; writes $OUT/bench_lm_throughput.md.
 
     python benchmarks/bench_lm_throughput.py                    # the ANCHORS.md grid, ~3-4 min on an H100
@@ -47,6 +49,9 @@ def parse_args():
                    help="batch size for every L (default: 32/8/2/1 at 1K/4K/16K/64K, else max(1, 32768 // L))")
     p.add_argument("--steps", type=int, default=10, help="timed steps per (family, L); the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="timing windows of --steps steps per family; above 1 the families' windows alternate "
+                   "(all built first) and the table adds each round's ratio")
     p.add_argument("--preset", default="base512", help="preset of both families")
     p.add_argument("--gpt-preset", default=None,
                    help="the GPT's preset when it differs (default: --preset), e.g. --preset 29m-hybrid "
@@ -71,6 +76,8 @@ def parse_args():
     args = p.parse_args()
     # checked here, not in the grid (which reports a family's failure and goes on): a misspelt preset
     # would otherwise surface only after the other family's rows had run
+    if args.rounds < 1:
+        p.error(f"--rounds: expected an int >= 1, got {args.rounds}")
     families = args.families.split(",")
     wanted = [("--preset", args.preset, SpectralLM)] if "spectral" in families else []
     if "gpt" in families:
@@ -98,56 +105,70 @@ def build(family, args, device):
     return model, runner, optimizer
 
 
-def time_family(family, L, batch, args, device):
-    """Median seconds per training step and peak memory (GiB), or an error string."""
-    torch.manual_seed(0)
-    model, runner, optimizer = build(family, args, device)
-    x = torch.randint(0, 256, (batch, L), device=device)
-    y = torch.randint(0, 256, (batch, L), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+class FamilyRun:
+    """One family at one length: built, compiled and warmed up on construction; time(n) runs n
+    CUDA-synced training steps and returns their seconds. peak_gib is the memory this family itself
+    allocated at its peak (weights, optimizer, activations), whatever else is resident."""
 
-    def step():
-        with autocast:
-            _, loss = runner(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
+    def __init__(self, family, L, batch, args, device):
+        self.family, self.L, self.device = family, L, device
+        cuda = device.type == "cuda"
+        self.sync = torch.cuda.synchronize if cuda else (lambda: None)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        torch.manual_seed(0)
+        self.model, runner, optimizer = build(family, args, device)
+        x = torch.randint(0, 256, (batch, L), device=device)
+        y = torch.randint(0, 256, (batch, L), device=device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(args.warmup):
-        loss = step()
-    sync()
-    warmup_s = time.perf_counter() - t0
-    if not torch.isfinite(loss):
-        raise RuntimeError(f"{family} L={L}: non-finite loss {loss.item()}")
-    times = []
-    for _ in range(args.steps):
-        sync()
-        t = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    if args.profile and device.type == "cuda":
+        def step():
+            with autocast:
+                _, loss = runner(x, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        self.step = step
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            loss = step()
+        self.sync()
+        self.warmup_s = time.perf_counter() - t0
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{family} L={L}: non-finite loss {loss.item()}")
+        self.peak_gib = (torch.cuda.max_memory_allocated() - before) / 2**30 if cuda else float("nan")
+        self.params = self.model.num_params()
+
+    def time(self, n):
+        times = []
+        for _ in range(n):
+            self.sync()
+            t = time.perf_counter()
+            self.step()
+            self.sync()
+            times.append(time.perf_counter() - t)
+        return times
+
+    def profile(self, step_ms):
+        """torch.profiler over 3 more steps: top GPU kernels, host time, GPU time by part."""
         acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=acts) as prof:
             for _ in range(3):
-                step()
-            sync()
+                self.step()
+            self.sync()
         table = prof.key_averages()
-        print(f"{family} L={L}: top GPU kernels over 3 steps")
+        title = f"{self.family} L={self.L}"
+        print(f"{title}: top GPU kernels over 3 steps")
         print(table.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=90))
         # where the host time of a step goes (the GPU idles when this exceeds its kernel time)
-        print(f"{family} L={L}: top host (CPU) time over 3 steps")
+        print(f"{title}: top host (CPU) time over 3 steps")
         print(table.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=90))
-        print(f"{family} L={L}: host time by operator incl. children")
+        print(f"{title}: host time by operator incl. children")
         print(table.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=90))
-        print_gpu_parts(f"{family} L={L}", table, steps=3, step_ms=statistics.median(times) * 1e3)
-    return statistics.median(times), peak, warmup_s, model.num_params()
+        print_gpu_parts(title, table, steps=3, step_ms=step_ms)
 
 
 def print_gpu_parts(title, key_averages, steps, step_ms):
@@ -193,23 +214,61 @@ def main():
 
 
 def run_grid(args, device, lengths, families, results):
+    """results[(family, L)] = (bytes/s, s/step, peak GiB) or an error string; results[("rounds", L)] =
+    the spectral/GPT ratio of each round's medians when --rounds > 1."""
     for L in lengths:
         batch = args.batch or DEFAULT_BATCH.get(L, max(1, 32768 // L))
-        for family in families:
-            try:
-                sec, peak, warm, n = time_family(family, L, batch, args, device)
-                results[(family, L)] = (batch * L / sec, sec, peak)
-                print(f"{family:8s} L={L:6d} batch={batch:3d}: {batch * L / sec / 1e6:7.3f} M bytes/s, "
-                      f"{sec * 1e3:8.1f} ms/step, peak {peak:.1f} GiB, warm-up {warm:.0f} s, "
-                      f"{n / 1e6:.1f}M params", flush=True)
-            except torch.cuda.OutOfMemoryError:
-                results[(family, L)] = "OOM"
-                print(f"{family:8s} L={L:6d} batch={batch:3d}: out of memory", flush=True)
-            except Exception as e:  # keep the rest of the grid; the table shows the failure
-                results[(family, L)] = f"error: {type(e).__name__}"
-                print(f"{family:8s} L={L:6d} batch={batch:3d}: {type(e).__name__}: {e}", flush=True)
+        runs, times = {}, {}
+
+        def fail(family, e):
+            results[(family, L)] = "OOM" if isinstance(e, torch.cuda.OutOfMemoryError) else f"error: {type(e).__name__}"
+            print(f"{family:8s} L={L:6d} batch={batch:3d}: {type(e).__name__}: {e}", flush=True)
+            runs.pop(family, None)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+
+        def report(family):
+            run = runs.pop(family)
+            sec = statistics.median(times[family])
+            results[(family, L)] = (batch * L / sec, sec, run.peak_gib)
+            print(f"{family:8s} L={L:6d} batch={batch:3d}: {batch * L / sec / 1e6:7.3f} M bytes/s, "
+                  f"{sec * 1e3:8.1f} ms/step, peak {run.peak_gib:.1f} GiB, warm-up {run.warmup_s:.0f} s, "
+                  f"{run.params / 1e6:.1f}M params", flush=True)
+            if args.profile and device.type == "cuda":
+                run.profile(sec * 1e3)
+            del run
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        # --rounds 1: each family alone on the GPU, built, timed and freed in turn. More rounds: every
+        # family is built first and their timing windows alternate, so a drift of the host's speed
+        # during the run reaches both families alike.
+        for family in families:
+            try:
+                runs[family] = FamilyRun(family, L, batch, args, device)
+                times[family] = []
+                if args.rounds == 1:
+                    times[family] = runs[family].time(args.steps)
+                    report(family)
+            except Exception as e:  # keep the rest of the grid; the table shows the failure
+                fail(family, e)
+        if args.rounds > 1:
+            medians = {family: [] for family in runs}
+            for r in range(args.rounds):
+                for family in list(runs):
+                    try:
+                        window = runs[family].time(args.steps)
+                    except Exception as e:
+                        fail(family, e)
+                        continue
+                    times[family] += window
+                    medians[family].append(statistics.median(window))
+            if all(len(medians.get(f, ())) == args.rounds for f in ("spectral", "gpt")):
+                results[("rounds", L)] = [g / s for s, g in zip(medians["spectral"], medians["gpt"])]
+                print(f"L={L}: spectral / GPT per round: "
+                      + ", ".join(f"{v:.2f}x" for v in results[("rounds", L)]), flush=True)
+            for family in list(runs):
+                report(family)
 
 
 def write_table(args, device, lengths, families, results, started):
@@ -222,7 +281,9 @@ def write_table(args, device, lengths, families, results, started):
         f"{f' (GPT: preset {args.gpt_preset})' if args.gpt_preset else ''}"
         f"{f' (SpectralLM: {args.spectral_set})' if args.spectral_set else ''}, {args.dtype} autocast, AdamW, {compile_note}"
         f"{', grad checkpointing' if args.grad_checkpoint else ''}",
-        f"{gpu}, torch {torch.__version__}; median of {args.steps} steps after {args.warmup} warm-up; "
+        f"{gpu}, torch {torch.__version__}; median of "
+        f"{f'{args.rounds} alternating windows of {args.steps}' if args.rounds > 1 else args.steps} steps "
+        f"after {args.warmup} warm-up; "
         f"total wall time {time.perf_counter() - started:.0f} s.",
         "",
         "| L | batch | SpectralLM M bytes/s | GPT (SDPA) M bytes/s | spectral / GPT | SpectralLM ms/step | GPT ms/step "
@@ -240,6 +301,9 @@ def write_table(args, device, lengths, families, results, started):
         batch = args.batch or DEFAULT_BATCH.get(L, max(1, 32768 // L))
         s, g = results.get(("spectral", L)), results.get(("gpt", L))
         ratio = f"{s[0] / g[0]:.2f}x" if isinstance(s, tuple) and isinstance(g, tuple) else "-"
+        rounds = results.get(("rounds", L))
+        if rounds and ratio != "-":
+            ratio += f" (rounds {min(rounds):.2f}-{max(rounds):.2f}x)"
         anchor = ANCHORS.get(L)
         lines.append(
             f"| {L} | {batch} | {cell('spectral', L, 0, lambda v: f'{v / 1e6:.3f}')} "

@@ -63,6 +63,18 @@ def test_bench_lm_throughput_gpt_preset():
     assert bad.returncode == 2 and "--gpt-preset: expected one of" in bad.stderr and "got 'nope'" in bad.stderr
 
 
+def test_bench_lm_throughput_alternating_rounds():
+    r = run_benchmark("bench_lm_throughput.py", "--device", "cpu", "--preset", "tiny", "--lengths", "64",
+                      "--batch", "1", "--steps", "1", "--warmup", "1", "--no-compile", "--rounds", "3")
+    assert_table(r, "| L | batch | SpectralLM M bytes/s | GPT (SDPA) M bytes/s |")
+    assert "median of 3 alternating windows of 1 steps" in r.stdout
+    per_round = [line for line in r.stdout.splitlines() if line.startswith("L=64: spectral / GPT per round: ")]
+    assert len(per_round) == 1 and per_round[0].count("x") == 3, r.stdout[-2000:]
+    assert "x (rounds " in r.stdout  # the table's ratio cell carries the rounds' range
+    bad = run_benchmark("bench_lm_throughput.py", "--device", "cpu", "--rounds", "0")
+    assert bad.returncode == 2 and "--rounds: expected an int >= 1, got 0" in bad.stderr
+
+
 def test_bench_generation():
     r = run_benchmark("bench_generation.py", "--device", "cpu", "--preset", "tiny", "--contexts", "64,128",
                       "--new-bytes", "4", "--budget-s", "0.2", "--dtype", "float32")

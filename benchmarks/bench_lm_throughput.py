@@ -22,7 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from common import write_out  # noqa: E402
+from common import command_line, write_out  # noqa: E402
 from fft_lm.gpt import GPT  # noqa: E402
 from fft_lm.model import SpectralLM, SpectralLMConfig  # noqa: E402
 from fft_lm.train import inductor_cpp_wrapper, parse_model_set  # noqa: E402
@@ -285,6 +285,7 @@ def write_table(args, device, lengths, families, results, started):
         f"{f'{args.rounds} alternating windows of {args.steps}' if args.rounds > 1 else args.steps} steps "
         f"after {args.warmup} warm-up; "
         f"total wall time {time.perf_counter() - started:.0f} s.",
+        f"Command: `{command_line()}`",
         "",
         "| L | batch | SpectralLM M bytes/s | GPT (SDPA) M bytes/s | spectral / GPT | SpectralLM ms/step | GPT ms/step "
         "| peak GiB (spectral / GPT) | anchor GPT M/s | anchor torch.fft LM M/s |",

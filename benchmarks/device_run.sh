@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs lmcpp decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -74,6 +74,14 @@ for stage in "$@"; do
     # the cluster kernels at 16K-64K with full-length kernels: general, padded (loads), padded (exchange)
     clustervariants) for v in 0 1 exchange; do
                conv_variant padded_$v FFT_TENSOR_CONV_CLUSTER_PADDED=$v -- --lengths 16384,65536 --kernels L --no-peer
+             done ;;
+    # the overlap-save window floor (FFT_TENSOR_CONV_MIN_WINDOW): the op at 1K/4K with 128 taps and the
+    # SpectralLM's training step at 1K (its kernels take the FFT size in force), 1024 (default) and 512
+    windows) for w in 1024 512; do
+               conv_variant window$w FFT_TENSOR_CONV_MIN_WINDOW=$w -- --lengths 1024,4096 --kernels 128 --no-peer
+               FFT_TENSOR_CONV_MIN_WINDOW=$w "$PY" benchmarks/bench_lm_throughput.py --families spectral --lengths 1024 \
+                 ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_window$w.log" | grep -E "L=|rror" | head -4
+               [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_window$w.md"
              done ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;
     # The LM at 1K/4K with each conv variant in one run: direct (default), FFT windows, tiled direct

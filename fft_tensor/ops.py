@@ -3,6 +3,7 @@
 The kernels are C++/CUDA (csrc/); schemas are in csrc/ops.cpp. The fake kernels mirror the C++
 argument checks so torch.compile reports the same errors while tracing.
 """
+import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -91,11 +92,22 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _min_window() -> int:
+    """csrc/causal_conv/common.h:min_window: 1024, or FFT_TENSOR_CONV_MIN_WINDOW (an experiment hook)."""
+    env = os.environ.get("FFT_TENSOR_CONV_MIN_WINDOW", "")
+    if not env:
+        return 1024
+    v = int(env) if env.isdigit() else 0
+    if not (_MIN_FFT <= v <= _MAX_FUSED_FFT and v & (v - 1) == 0):
+        raise ValueError(f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384], got {env!r}")
+    return v
+
+
 def causal_conv_plan(L: int, Lk: int) -> tuple:
     """(fft_size, taps, segment, segments) exactly as csrc/causal_conv/common.h:conv_plan."""
     taps = min(Lk, L)
     full = max(_next_pow2(L + taps - 1), _MIN_FFT)
-    os_ = max(_next_pow2(4 * taps), 1024)
+    os_ = max(_next_pow2(4 * taps), _min_window())
     if os_ > _MAX_FUSED_FFT and 2 * taps <= _MAX_FUSED_FFT:
         os_ = _MAX_FUSED_FFT
     if full <= os_ or os_ > _MAX_FUSED_FFT:
@@ -108,7 +120,7 @@ def causal_conv_fft_size(L: int, Lk: int) -> int:
     """The FFT length ``causal_conv`` uses for rows of length L and Lk taps.
 
     Short kernels on long rows use overlap-save blocks of ``max(1024, next_pow2(4*Lk))`` points (capped at
-    16384 when ``2*Lk <= 16384``); otherwise
+    16384 when ``2*Lk <= 16384``; the 1024 is FFT_TENSOR_CONV_MIN_WINDOW when set); otherwise
     one FFT of ``next_pow2(L + Lk - 1)`` covers the row. A spectral parameterisation that wants
     its frequency bins to be the op's own bins should use this size.
     """

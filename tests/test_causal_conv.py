@@ -204,6 +204,38 @@ def test_noncontiguous(device):
     assert rel_err(fft_tensor.causal_conv(u_sliced, k), causal_conv_reference(u_sliced.cpu(), k.cpu())) < 1e-5
 
 
+# ---------------------------------------------------------------- FFT_TENSOR_CONV_MIN_WINDOW (an experiment hook)
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window,Lk", [(512, 128), (256, 64)])
+def test_min_window(window, Lk, device, monkeypatch):
+    # Overlap-save windows under the default 1024 points (4 Lk still bounds them from below), several
+    # per row (L = 1024 and an odd L): the plan follows the variable, values and gradients against float64.
+    monkeypatch.setenv("FFT_TENSOR_CONV_MIN_WINDOW", str(window))
+    for L in (1024, 3001):
+        N, taps, seg, nseg = causal_conv_plan(L, Lk)
+        assert (N, taps, seg, nseg) == (window, Lk, window - Lk + 1, -(-L // (window - Lk + 1)))
+        u, k, skip = make_inputs(L, Lk, True, device, batch=3, dim=5)
+        assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
+        check_grads(L, Lk, device, batch=3, dim=5)
+    monkeypatch.setenv("FFT_TENSOR_CONV_MIN_WINDOW", "256")
+    assert causal_conv_plan(1024, 128)[0] == 512  # next_pow2(4 Lk) wins over a smaller floor
+    monkeypatch.delenv("FFT_TENSOR_CONV_MIN_WINDOW")
+    assert causal_conv_plan(1024, 128)[0] == 1024
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_min_window_bad_value(device, monkeypatch):
+    # both the op (C++) and its Python mirror read the variable, and both name it on a bad value
+    u, k, _ = make_inputs(1024, 128, False, device, batch=1, dim=2)
+    for bad in ("500", "32", "32768", "x"):
+        monkeypatch.setenv("FFT_TENSOR_CONV_MIN_WINDOW", bad)
+        with pytest.raises(ValueError, match=f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two .* got '{bad}'"):
+            causal_conv_plan(1024, 128)
+        with pytest.raises(RuntimeError, match=f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two .* got '{bad}'"):
+            fft_tensor.causal_conv(u, k)
+
+
 # ---------------------------------------------------------------- gradients
 
 @pytest.mark.parametrize("L,Lk,with_skip,fast",

@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdlib>
+
 namespace fft_tensor {
 
 // Largest FFT the fused CUDA kernel keeps in shared memory (complex64: 128 KiB).
@@ -15,8 +17,23 @@ inline int64_t next_pow2(int64_t n) {
   return p;
 }
 
+// Smallest overlap-save window, in points: 1024, or FFT_TENSOR_CONV_MIN_WINDOW (a power of two in
+// [64, 16384]), read on every call so a benchmark or a test can switch it. An experiment hook: at
+// L = 1024 with 128 taps the default transforms two windows of 1024 points per row, 2048 points for
+// 1024 outputs, where three of 512 would transform 1536 (RESULTS.md, thirteenth session). Windows
+// under 1024 points with several windows per row have run on the CPU only. fft_tensor/ops.py mirrors it.
+inline int64_t min_window() {
+  const char* env = std::getenv("FFT_TENSOR_CONV_MIN_WINDOW");
+  if (env == nullptr || *env == '\0') return 1024;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK(*end == '\0' && v >= kMinFFT && v <= kMaxFusedFFT && (v & (v - 1)) == 0,
+              "FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384], got '", env, "'");
+  return v;
+}
+
 // The FFT length used for a row of length L and a kernel of Lk taps (taps past L are ignored):
-//  * overlap-save blocks of N = next_pow2(4 Lk) (at least 1024, at most kMaxFusedFFT), each giving
+//  * overlap-save blocks of N = next_pow2(4 Lk) (at least min_window(), at most kMaxFusedFFT), each giving
 //    N - Lk + 1 outputs, when that is smaller than one FFT over the whole row (short kernels);
 //  * otherwise one FFT over the whole row, N = next_pow2(L + Lk - 1) (fused on CUDA up to
 //    kMaxFusedFFT, cuFFT beyond; pocketfft on the CPU).
@@ -30,7 +47,7 @@ struct ConvPlan {
 inline ConvPlan conv_plan(int64_t L, int64_t Lk) {
   const int64_t taps = std::min(Lk, L);
   const int64_t full = std::max<int64_t>(next_pow2(L + taps - 1), kMinFFT);
-  int64_t os = std::max<int64_t>(next_pow2(4 * taps), 1024);
+  int64_t os = std::max<int64_t>(next_pow2(4 * taps), min_window());
   if (os > kMaxFusedFFT && 2 * taps <= kMaxFusedFFT) os = kMaxFusedFFT;
   if (full <= os || os > kMaxFusedFFT) return {full, taps, L, 1};
   const int64_t seg = os - taps + 1;

@@ -51,7 +51,8 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     p.add_argument("--rounds", type=int, default=1,
                    help="timing windows of --steps steps per family; above 1 the families' windows alternate "
-                   "(all built first) and the table adds each round's ratio")
+                   "and the table adds each round's ratio (both families are resident at once: at long L a "
+                   "family that fits alone may run out of memory)")
     p.add_argument("--preset", default="base512", help="preset of both families")
     p.add_argument("--gpt-preset", default=None,
                    help="the GPT's preset when it differs (default: --preset), e.g. --preset 29m-hybrid "
@@ -78,6 +79,10 @@ def parse_args():
     # would otherwise surface only after the other family's rows had run
     if args.rounds < 1:
         p.error(f"--rounds: expected an int >= 1, got {args.rounds}")
+    if args.steps < 1:
+        p.error(f"--steps: expected an int >= 1, got {args.steps}")
+    if args.cpp_wrapper and args.no_compile:
+        p.error("--cpp-wrapper: applies to torch.compile's graphs; drop --no-compile")
     families = args.families.split(",")
     wanted = [("--preset", args.preset, SpectralLM)] if "spectral" in families else []
     if "gpt" in families:
@@ -223,20 +228,23 @@ def run_grid(args, device, lengths, families, results):
         def fail(family, e):
             results[(family, L)] = "OOM" if isinstance(e, torch.cuda.OutOfMemoryError) else f"error: {type(e).__name__}"
             print(f"{family:8s} L={L:6d} batch={batch:3d}: {type(e).__name__}: {e}", flush=True)
-            runs.pop(family, None)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
 
         def report(family):
-            run = runs.pop(family)
+            run = runs[family]
             sec = statistics.median(times[family])
             results[(family, L)] = (batch * L / sec, sec, run.peak_gib)
             print(f"{family:8s} L={L:6d} batch={batch:3d}: {batch * L / sec / 1e6:7.3f} M bytes/s, "
                   f"{sec * 1e3:8.1f} ms/step, peak {run.peak_gib:.1f} GiB, warm-up {run.warmup_s:.0f} s, "
                   f"{run.params / 1e6:.1f}M params", flush=True)
             if args.profile and device.type == "cuda":
-                run.profile(sec * 1e3)
-            del run
+                try:
+                    run.profile(sec * 1e3)
+                except Exception as e:  # the timing stands; the profile is extra
+                    print(f"{family:8s} L={L:6d}: profile failed: {type(e).__name__}: {e}", flush=True)
+            free(family)
+
+        def free(family):
+            runs.pop(family, None)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -244,6 +252,7 @@ def run_grid(args, device, lengths, families, results):
         # family is built first and their timing windows alternate, so a drift of the host's speed
         # during the run reaches both families alike.
         for family in families:
+            failed = False
             try:
                 runs[family] = FamilyRun(family, L, batch, args, device)
                 times[family] = []
@@ -252,6 +261,9 @@ def run_grid(args, device, lengths, families, results):
                     report(family)
             except Exception as e:  # keep the rest of the grid; the table shows the failure
                 fail(family, e)
+                failed = True
+            if failed:
+                free(family)  # after the except block, whose traceback holds the failed run's tensors
         if args.rounds > 1:
             medians = {family: [] for family in runs}
             for r in range(args.rounds):
@@ -260,6 +272,9 @@ def run_grid(args, device, lengths, families, results):
                         window = runs[family].time(args.steps)
                     except Exception as e:
                         fail(family, e)
+                        window = None
+                    if window is None:
+                        free(family)
                         continue
                     times[family] += window
                     medians[family].append(statistics.median(window))

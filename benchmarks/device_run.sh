@@ -79,8 +79,9 @@ for stage in "$@"; do
     # SpectralLM's training step at 1K (its kernels take the FFT size in force), 1024 (default) and 512
     windows) for w in 1024 512; do
                conv_variant window$w FFT_TENSOR_CONV_MIN_WINDOW=$w -- --lengths 1024,4096 --kernels 128 --no-peer
+               # fft_size pinned: the same kernel parameterisation under either window, only the op's plan moves
                FFT_TENSOR_CONV_MIN_WINDOW=$w "$PY" benchmarks/bench_lm_throughput.py --families spectral --lengths 1024 \
-                 ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_window$w.log" | grep -E "L=|rror" | head -4
+                 --spectral-set fft_size=1024 ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_window$w.log" | grep -E "L=|rror" | head -4
                [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_window$w.md"
              done ;;
     lm)      "$PY" benchmarks/bench_lm_throughput.py ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_throughput.log" | tail -20 ;;

@@ -97,7 +97,7 @@ def _min_window() -> int:
     env = os.environ.get("FFT_TENSOR_CONV_MIN_WINDOW", "")
     if not env:
         return 1024
-    v = int(env) if env.isdigit() else 0
+    v = int(env) if env.isascii() and env.isdigit() else 0  # ASCII digits only, as the C++ parser
     if not (_MIN_FFT <= v <= _MAX_FUSED_FFT and v & (v - 1) == 0):
         raise ValueError(f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384], got {env!r}")
     return v

@@ -6,6 +6,7 @@ References: fft_tensor.reference.causal_conv_reference (float64 direct sum, O(L*
 and fft64_reference below (float64 torch.fft on the CPU, differentiable) for long rows and gradients.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -218,6 +219,9 @@ def test_min_window(window, Lk, device, monkeypatch):
         u, k, skip = make_inputs(L, Lk, True, device, batch=3, dim=5)
         assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
         check_grads(L, Lk, device, batch=3, dim=5)
+        if device == "cuda":  # the C++ plan took the same windows: the kernels carry N in their names
+            names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+            assert f"conv_window_kernel<float, false, {window}>" in names, names
     monkeypatch.setenv("FFT_TENSOR_CONV_MIN_WINDOW", "256")
     assert causal_conv_plan(1024, 128)[0] == 512  # next_pow2(4 Lk) wins over a smaller floor
     monkeypatch.delenv("FFT_TENSOR_CONV_MIN_WINDOW")
@@ -228,12 +232,16 @@ def test_min_window(window, Lk, device, monkeypatch):
 def test_min_window_bad_value(device, monkeypatch):
     # both the op (C++) and its Python mirror read the variable, and both name it on a bad value
     u, k, _ = make_inputs(1024, 128, False, device, batch=1, dim=2)
-    for bad in ("500", "32", "32768", "x"):
+    for bad in ("500", "32", "32768", "99999999999999999999", "x", "+512", " 512", "512 ", "\uff15\uff11\uff12"):
         monkeypatch.setenv("FFT_TENSOR_CONV_MIN_WINDOW", bad)
-        with pytest.raises(ValueError, match=f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two .* got '{bad}'"):
+        message = f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two .* got '{re.escape(bad)}'"
+        with pytest.raises(ValueError, match=message):
             causal_conv_plan(1024, 128)
-        with pytest.raises(RuntimeError, match=f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two .* got '{bad}'"):
+        with pytest.raises(RuntimeError, match=message):
             fft_tensor.causal_conv(u, k)
+    monkeypatch.setenv("FFT_TENSOR_CONV_MIN_WINDOW", "0512")  # leading zeros: 512 in both
+    assert causal_conv_plan(1024, 128)[0] == 512
+    fft_tensor.causal_conv(u, k)
 
 
 # ---------------------------------------------------------------- gradients
@@ -448,27 +456,49 @@ def test_cuda_long_kernel():
     assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
 
 
+# Ways k and skip reach the spectrum kernels: views of leaf tensors (k_leaf, skip_leaf) -> (k, skip).
+TAP_LAYOUTS = {
+    # k strided both ways (copied to float32 rows first), skip with stride 2
+    "k_transposed": (lambda D, Lk: (torch.randn(2 * Lk, D), torch.randn(2 * D)),
+                     lambda kl, sl: (kl[::2].t(), sl[1::2])),
+    # unit tap stride, a row stride other than Lk and a storage offset: read in place
+    "k_rows": (lambda D, Lk: (torch.randn(D, Lk + 5), torch.randn(2 * D)),
+               lambda kl, sl: (kl[:, 2:kl.shape[1] - 3], sl[1::2])),
+    # one row for every channel (row stride 0), one skip for every channel (stride 0): read in place
+    "expanded": (lambda D, Lk: (torch.randn(1, Lk), torch.randn(1)),
+                 lambda kl, sl: (kl.expand(3, -1), sl.expand(3))),
+}
+
+
 @requires_cuda
+@pytest.mark.parametrize("layout", list(TAP_LAYOUTS))
 @pytest.mark.parametrize("L,Lk", [(4096, 128), (2000, 2000), (20000, 20000)], ids=["windows", "single", "cluster"])
-def test_cuda_strided_taps(L, Lk):
+def test_cuda_strided_taps(L, Lk, layout):
     # The FFT paths' spectrum kernels read k and skip in their own strides and add skip at lag 0
-    # themselves (no effective-kernel copy): k strided both ways and a strided skip against float64,
-    # forward and every gradient (grad_u transforms the same taps again).
+    # themselves (no effective-kernel copy): each layout against float64, forward and every gradient
+    # (grad_u transforms the same taps again).
+    if L == 20000 and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the cluster path needs sm_90 (elsewhere this size goes to cuFFT)")
     dim = 3
+    make, view = TAP_LAYOUTS[layout]
+    k_leaf, skip_leaf = make(dim, Lk)
+    k_leaf = (k_leaf / Lk**0.5).cuda().requires_grad_()
+    skip_leaf = skip_leaf.cuda().requires_grad_()
+    k, skip = view(k_leaf, skip_leaf)
+    assert k.shape == (dim, Lk) and skip.shape == (dim,)
     u = torch.randn(2, dim, L, device="cuda", requires_grad=True)
-    k_store = (torch.randn(2 * Lk, dim, device="cuda") / Lk**0.5).requires_grad_()
-    skip_store = torch.randn(2 * dim, device="cuda", requires_grad=True)
-    k, skip = k_store[::2].t(), skip_store[1::2]  # (D, Lk) with strides (1, 2 * D); skip stride 2
-    assert k.stride() == (1, 2 * dim) and skip.stride() == (2,)
     gy = torch.randn(2, dim, L, device="cuda")
-    leaves = (u, k_store, skip_store)
+    leaves = (u, k_leaf, skip_leaf)
     grads = torch.autograd.grad(fft_tensor.causal_conv(u, k, skip), leaves, gy)
     refs = [t.detach().cpu().double().requires_grad_() for t in leaves]
-    y_ref = fft64_reference(refs[0], refs[1][::2].t(), refs[2][1::2])
+    y_ref = fft64_reference(refs[0], *view(refs[1], refs[2]))
     ref_grads = torch.autograd.grad(y_ref, refs, gy.cpu().double())
     assert rel_err(fft_tensor.causal_conv(u, k, skip), y_ref) < 1e-5
     for name, g, ref in zip(("u", "k", "skip"), grads, ref_grads):
         assert rel_err(g, ref) < 1e-5, name
+    if L == 20000:
+        names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+        assert "kernel_spectrum_cluster_kernel" in names, names
 
 
 @requires_cuda

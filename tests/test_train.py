@@ -220,6 +220,7 @@ def test_compile_with_cpp_wrapper_trains_like_eager(corpus, tmp_path):
     # are eager's up to float rounding, and Inductor's global config is left as it was
     import torch._inductor.config as inductor_config
     from torch._inductor.utils import run_and_get_code
+    before = inductor_config.cpp_wrapper  # False unless TORCHINDUCTOR_CPP_WRAPPER=1 is set
     kw = dict(eval_every=0, eval_batches=1)
     train(tiny_cfg(corpus, tmp_path / "eager", **kw), model=tiny_model())
     _, codes = run_and_get_code(
@@ -228,7 +229,7 @@ def test_compile_with_cpp_wrapper_trains_like_eager(corpus, tmp_path):
     a, b = (train_losses(tmp_path / d / "run" / "metrics.jsonl") for d in ("eager", "cpp"))
     assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
     assert all(abs(x - y) <= 1e-4 for (_, x), (_, y) in zip(a, b)), (a, b)
-    assert inductor_config.cpp_wrapper is False
+    assert inductor_config.cpp_wrapper == before
 
 
 def test_cli_user_errors_exit_2_naming_the_flag(corpus, tmp_path, capsys):

@@ -25,9 +25,14 @@ inline int64_t next_pow2(int64_t n) {
 inline int64_t min_window() {
   const char* env = std::getenv("FFT_TENSOR_CONV_MIN_WINDOW");
   if (env == nullptr || *env == '\0') return 1024;
-  char* end = nullptr;
-  const long long v = std::strtoll(env, &end, 10);
-  TORCH_CHECK(*end == '\0' && v >= kMinFFT && v <= kMaxFusedFFT && (v & (v - 1)) == 0,
+  // ASCII digits only, as the Python mirror accepts (strtoll alone would take a sign or leading space)
+  int64_t v = 0;
+  bool digits = true;
+  for (const char* c = env; *c != '\0' && digits; ++c) {
+    digits = *c >= '0' && *c <= '9';
+    if (digits && v <= kMaxFusedFFT) v = 10 * v + (*c - '0');
+  }
+  TORCH_CHECK(digits && v >= kMinFFT && v <= kMaxFusedFFT && (v & (v - 1)) == 0,
               "FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384], got '", env, "'");
   return v;
 }

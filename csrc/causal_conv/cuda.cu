@@ -242,6 +242,40 @@ bool cluster_launchable(Kernel kernel, size_t smem, int C) {
   return clusters > 0;
 }
 
+// The kernel sets the cluster path chooses between, each launchable in clusters of C or not: the
+// driver is asked once per (device, C, set) and the answer kept (it cannot change in a process).
+enum class ClusterKernels { kGeneral, kGeneralGradK, kPaddedLoad, kPaddedExchange };
+
+bool cluster_kernels_launchable(ClusterKernels set, int C) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int>, bool> known;
+  const auto key = std::make_tuple((int)at::cuda::current_device(), C, (int)set);
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto hit = known.find(key);
+  if (hit != known.end()) return hit->second;
+  const size_t smem = smem_bytes((int)kMaxFusedFFT);
+  // every cluster forward and grad_u runs the general kernel and the spectrum kernel
+  const auto general = [&] {
+    return cluster_launchable(conv_cluster_kernel<float, false>, smem, C) &&
+           cluster_launchable(kernel_spectrum_cluster_kernel, smem, C);
+  };
+  bool ok = false;
+  switch (set) {
+    case ClusterKernels::kGeneral: ok = general(); break;
+    case ClusterKernels::kGeneralGradK:
+      ok = general() && cluster_launchable(conv_grad_k_cluster_kernel<float>, smem, C);
+      break;
+    case ClusterKernels::kPaddedLoad:
+      ok = cluster_launchable(conv_cluster_padded_kernel<float, false, false>, smem, C);
+      break;
+    case ClusterKernels::kPaddedExchange:
+      ok = cluster_launchable(conv_cluster_padded_kernel<float, false, true>, smem, C);
+      break;
+  }
+  known.emplace(key, ok);
+  return ok;
+}
+
 template <typename Kernel, typename... Args>
 void launch_cluster(Kernel kernel, int64_t blocks, int C, size_t smem, Args... args) {
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks / C),
@@ -255,20 +289,8 @@ bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
       plan.fft_size > kMaxFusedFFT * cluster_fft::kMaxClusterBlocks || !clusters_enabled())
     return false;
   if (at::cuda::getCurrentDeviceProperties()->major < 9) return false;
-  // The answer depends only on (device, C, grad_k): ask the driver once.
-  static std::mutex mutex;
-  static std::map<std::tuple<int, int, bool>, bool> known;
-  const int C = cluster_blocks(plan);
-  const auto key = std::make_tuple((int)at::cuda::current_device(), C, with_grad_k);
-  std::lock_guard<std::mutex> lock(mutex);
-  const auto hit = known.find(key);
-  if (hit != known.end()) return hit->second;
-  const size_t smem = smem_bytes((int)kMaxFusedFFT);
-  bool ok = cluster_launchable(conv_cluster_kernel<float, false>, smem, C) &&
-            cluster_launchable(kernel_spectrum_cluster_kernel, smem, C);
-  if (with_grad_k) ok = ok && cluster_launchable(conv_grad_k_cluster_kernel<float>, smem, C);
-  known[key] = ok;
-  return ok;
+  return cluster_kernels_launchable(with_grad_k ? ClusterKernels::kGeneralGradK : ClusterKernels::kGeneral,
+                                    cluster_blocks(plan));
 }
 
 int log2_int(int v) {
@@ -297,8 +319,9 @@ at::Tensor kernel_spectrum_clusters(const at::Tensor& k, const c10::optional<at:
 // cluster the row 8 times, where the general kernel moves it once through distributed shared
 // memory). So it is the default for 2-block clusters only; 4 blocks is unmeasured and keeps the
 // general kernel. FFT_TENSOR_CONV_CLUSTER_PADDED (read on every call): 1 = wherever it applies,
-// 0 = never, exchange = its kExchange variant wherever it applies (not yet run on a GPU); anything
-// else is an error. A variant the driver cannot launch in clusters of C leaves the general kernel.
+// 0 = never, exchange = its kExchange variant wherever it applies (tested and sanitized on the GPU,
+// not timed); anything else is an error. A variant the driver cannot launch in clusters of C leaves
+// the general kernel.
 enum class PaddedWindow { kNo, kLoad, kExchange };
 
 PaddedWindow padded_window(const ConvShape& s, int C) {
@@ -313,20 +336,9 @@ PaddedWindow padded_window(const ConvShape& s, int C) {
                             : C == 2             ? PaddedWindow::kLoad
                                                  : PaddedWindow::kNo;
   if (want == PaddedWindow::kNo) return want;
-  // launchable in clusters of C on this device: asked once per (device, C, variant)
-  static std::mutex mutex;
-  static std::map<std::tuple<int, int, int>, bool> known;
-  const auto key = std::make_tuple((int)at::cuda::current_device(), C, (int)want);
-  std::lock_guard<std::mutex> lock(mutex);
-  auto hit = known.find(key);
-  if (hit == known.end()) {
-    const size_t smem = smem_bytes((int)kMaxFusedFFT);
-    const bool ok = want == PaddedWindow::kExchange
-                        ? cluster_launchable(conv_cluster_padded_kernel<float, false, true>, smem, C)
-                        : cluster_launchable(conv_cluster_padded_kernel<float, false, false>, smem, C);
-    hit = known.emplace(key, ok).first;
-  }
-  return hit->second ? want : PaddedWindow::kNo;
+  const bool ok = cluster_kernels_launchable(
+      want == PaddedWindow::kExchange ? ClusterKernels::kPaddedExchange : ClusterKernels::kPaddedLoad, C);
+  return ok ? want : PaddedWindow::kNo;
 }
 
 template <bool kReverse>

@@ -75,14 +75,14 @@ def parse_args():
     p.add_argument("--profile", action="store_true",
                    help="after timing, print the top GPU kernels and host time of 3 more steps (torch.profiler)")
     args = p.parse_args()
-    # checked here, not in the grid (which reports a family's failure and goes on): a misspelt preset
-    # would otherwise surface only after the other family's rows had run
     if args.rounds < 1:
         p.error(f"--rounds: expected an int >= 1, got {args.rounds}")
     if args.steps < 1:
         p.error(f"--steps: expected an int >= 1, got {args.steps}")
     if args.cpp_wrapper and args.no_compile:
         p.error("--cpp-wrapper: applies to torch.compile's graphs; drop --no-compile")
+    # presets are checked here, not in the grid (which reports a family's failure and goes on): a
+    # misspelt preset would otherwise surface only after the other family's rows had run
     families = args.families.split(",")
     wanted = [("--preset", args.preset, SpectralLM)] if "spectral" in families else []
     if "gpt" in families:
@@ -116,7 +116,7 @@ class FamilyRun:
     allocated at its peak (weights, optimizer, activations), whatever else is resident."""
 
     def __init__(self, family, L, batch, args, device):
-        self.family, self.L, self.device = family, L, device
+        self.family, self.L = family, L
         cuda = device.type == "cuda"
         self.sync = torch.cuda.synchronize if cuda else (lambda: None)
         if cuda:

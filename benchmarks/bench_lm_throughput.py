@@ -34,7 +34,7 @@ FAMILIES = {"spectral": SpectralLM, "gpt": GPT}
 # GPU kernel name -> part of the step, for --profile's breakdown (first match wins; lower-case substrings)
 KERNEL_PARTS = [
     ("causal_conv", ("conv_window", "conv_grad_k", "kernel_spectrum", "conv_direct", "grad_k_taps", "conv_cluster",
-                     "conv_tiled")),
+                     "conv_tiled", "conv_mma")),
     ("attention", ("flash", "fmha", "attention")),
     ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "splitk")),
     ("optimizer", ("multi_tensor", "adam")),

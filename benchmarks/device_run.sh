@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests mma lmmma convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -34,6 +34,17 @@ for stage in "$@"; do
                | tee "$OUT/tests_checks.log" | tail -5 ;;
     clustertests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and cluster" 2>&1 | tee "$OUT/tests_cluster.log" | tail -8 ;;
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
+    # bf16 with 128 taps: the tensor-core direct kernels (default) against the FFT windows
+    # (FFT_TENSOR_CONV_MMA=0), after the mma tests.
+    mma)     "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k mma 2>&1 | tee "$OUT/tests_mma.log" | tail -8
+             for v in 1 0; do conv_variant mma$v FFT_TENSOR_CONV_MMA=$v -- --kernels 128 --dtypes bf16 --no-peer; done ;;
+    # The LM with the conv's mma kernels off (spectral family only) and on (both families), LM_ARGS as for lm.
+    lmmma)   for v in 0 1; do
+               fams=spectral; [ $v = 1 ] && fams=spectral,gpt
+               FFT_TENSOR_CONV_MMA=$v "$PY" benchmarks/bench_lm_throughput.py --families $fams ${LM_ARGS:-} 2>&1 \
+                 | tee "$OUT/bench_lm_mma$v.log" | grep -E "L=|rror|Command|x\)" | head -12
+               [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_mma$v.md"
+             done ;;
     # The same Lk=128 shapes with the direct kernels off (FFT overlap-save windows), for comparison.
     opsfft)  conv_variant fftwindows FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0 -- --kernels 128 --no-peer ;;
     gentests) "$PY" -m pytest -q -n 6 -p no:cacheprovider tests/test_generate.py tests/test_chunk_decode.py tests/test_causal_conv.py::test_cuda_peak_memory \

@@ -806,3 +806,90 @@ def test_cuda_channels_contiguous_rows(L, Lk, batch, dim, dtype):
                                         ops.causal_conv_backward(gy, u, k, skip, True, True)))
     # no generic strided copy (ATen's elementwise_kernel<128, 4, ...>: what Tensor::contiguous() runs here)
     assert "channels_to_rows_kernel" in names and "elementwise_kernel<128, 4" not in names, names
+
+
+# bfloat16 u with 33-128 taps takes the tensor-core direct kernels on sm_80+ (direct_mma.cuh): taps
+# as a bf16 hi + lo pair in mma.sync, 16-output tiles, 1024-output chunks per work item. Shapes:
+# the fewest taps it takes (33 at L = 33), taps not a multiple of 16, chunk edges (1024, 1025, 2049),
+# L % 8 != 0 (scalar loads), Lk > L (taps = L), odd B and D, long rows, and D = 1100 (more channels
+# than the launch wants blocks: one block per channel loops over every item).
+MMA_SHAPES = [(33, 33, 1, 3), (1000, 128, 3, 5), (1024, 128, 2, 3), (1025, 100, 3, 2), (2049, 48, 3, 1),
+              (3000, 64, 2, 2), (4097, 128, 1, 3), (100, 130, 2, 3), (70001, 128, 1, 2), (2100, 128, 2, 1100)]
+requires_mma = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                                  reason="bf16 mma.sync needs sm_80")
+
+
+def check_mma(u, k, skip, gy):
+    """causal_conv on bf16 u against float64 sums of the same (rounded) values: the output and
+    grad_u within 4x their own bf16 rounding and nearly all of them equal to the correctly rounded
+    value (taps held as bf16 only, without the lo half, measured ~0.6 equal); grad_k and grad_skip
+    (float32 sums of exact bf16 products) to float32 accuracy."""
+    inputs = [u, k] + ([skip] if skip is not None else [])
+    args = [t.detach().requires_grad_() for t in inputs]
+    y = fft_tensor.causal_conv(*args)
+    assert y.dtype == torch.bfloat16 and y.shape == u.shape
+    grads = torch.autograd.grad(y, args, gy)
+    refs = [t.detach().cpu().double().requires_grad_() for t in inputs]
+    exact = fft64_reference(*refs)
+    ref_grads = torch.autograd.grad(exact, refs, gy.cpu().double())
+    for name, got, want in (("y", y, exact), ("grad_u", grads[0], ref_grads[0])):
+        rounded = want.detach().to(torch.bfloat16)
+        assert rel_err(got, want) <= 4 * rel_err(rounded, want) + 1e-6, name
+        assert (got.cpu() == rounded).float().mean().item() > 0.95, name
+    L = u.shape[-1]
+    for name, g, ref in zip(("k", "skip"), grads[1:], ref_grads[1:]):
+        assert rel_err(g, ref) < 1e-5 * max(1.0, L / 10000) ** 0.5, name
+    if k.shape[1] > L:  # taps past L never touch the output
+        assert (grads[1][:, L:] == 0).all()
+    return grads
+
+
+@requires_mma
+@pytest.mark.parametrize("L,Lk,batch,dim", MMA_SHAPES, ids=[f"L{a}-Lk{b}-B{c}-D{d}" for a, b, c, d in MMA_SHAPES])
+def test_cuda_mma(L, Lk, batch, dim):
+    u, k, skip = make_inputs(L, Lk, True, "cuda", dtype=torch.bfloat16, batch=batch, dim=dim)
+    gy = torch.randn(u.shape, device="cuda").to(torch.bfloat16)
+    names = _cuda_kernel_names(lambda: check_mma(u, k, skip, gy))
+    assert names.count("conv_mma_kernel") >= 2, names  # forward and the reversed grad_u
+    assert "conv_mma_grad_k_kernel" in names, names
+    assert "conv_window_kernel" not in names and "conv_direct" not in names, names
+
+
+@requires_mma
+def test_cuda_mma_layouts():
+    # Rows not 16-byte aligned (a view at an odd offset: the scalar load path), time not contiguous
+    # (copied to rows first), grad_y not contiguous; taps from a strided k (copied), from rows of a
+    # wider k read in place, and no skip.
+    L, Lk = 2048, 128
+    flat = torch.randn(3 * 5 * L + 1, device="cuda").to(torch.bfloat16)
+    u_offset = flat[1:].view(3, 5, L)
+    u_t = torch.randn(3, L, 5, device="cuda").to(torch.bfloat16).transpose(1, 2)
+    k_strided = (torch.randn(2 * Lk, 5, device="cuda") / Lk**0.5)[::2].t()
+    k_rows = (torch.randn(5, Lk + 40, device="cuda") / Lk**0.5)[:, 7:7 + Lk]
+    skip = torch.randn(5, device="cuda")
+    for u, k, sk in ((u_offset, k_strided, skip), (u_t, k_rows, skip), (u_offset, k_rows, None)):
+        gy = torch.randn(3, L, 5, device="cuda").to(torch.bfloat16).transpose(1, 2)
+        check_mma(u, k, sk, gy)
+@requires_mma
+def test_cuda_mma_deterministic_and_switch(monkeypatch):
+    u, k, skip = make_inputs(4096, 128, True, "cuda", dtype=torch.bfloat16, batch=4, dim=6)
+    gy = torch.randn_like(u)
+    first = ops.causal_conv_backward(gy, u, k, skip, True, True)
+    for _ in range(3):  # fixed-order sums: bit-identical every call
+        again = ops.causal_conv_backward(gy, u, k, skip, True, True)
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    # FFT_TENSOR_CONV_MMA=0 (or a DIRECT_MAX_TAPS cutoff below the taps) sends the same call to the FFT
+    # windows, whose results agree to rounding
+    for env, value in (("FFT_TENSOR_CONV_MMA", "0"), ("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "64")):
+        monkeypatch.setenv(env, value)
+        names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
+                                            ops.causal_conv_backward(gy, u, k, skip, True, True)))
+        assert "conv_mma" not in names and "conv_window_kernel" in names, (env, names)
+        fft = ops.causal_conv_backward(gy, u, k, skip, True, True)
+        assert rel_err(fft[1], first[1]) < 1e-5
+        assert rel_err(fft[0], first[0]) < 1e-2
+        monkeypatch.delenv(env)
+    # float32 and float16 u, and 32 taps, keep their kernels
+    for uu, kk in ((u.float(), k), (u.half(), k), (u, k[:, :32])):
+        names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(uu, kk, skip))
+        assert "conv_mma" not in names, (uu.dtype, kk.shape, names)

@@ -17,7 +17,8 @@
 // shared memory; when the row fills at most half a 2-block window (L <= 16K with long kernels) the
 // window starts at t = 0 and conv_cluster_padded_kernel skips the zero half's cross-block work. Longer
 // windows, older GPUs and float64 go to the composite at::fft (cuFFT) path
-// in cpu.cpp. The kernels are in fft_kernels.cuh (FFT paths), direct.cuh and direct_tiled.cuh.
+// in cpu.cpp. bfloat16 rows with 33-128 taps take tensor-core direct kernels (direct_mma.cuh).
+// The kernels are in fft_kernels.cuh (FFT paths), direct.cuh, direct_mma.cuh and direct_tiled.cuh.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -32,6 +33,7 @@
 
 #include "common.h"
 #include "direct.cuh"
+#include "direct_mma.cuh"
 #include "direct_tiled.cuh"
 #include "fft_kernels.cuh"
 #include "layout.cuh"
@@ -399,6 +401,61 @@ bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
   return plan.taps <= (u.size(2) < kShortRow ? kDirectTapsShortRows : kDirectTaps);
 }
 
+// Tensor-core direct path (direct_mma.cuh): bfloat16 u with 33-128 taps at any length, on sm_80+.
+// At L = 1K with 128 taps the FFT windows transform 2048 points per 1024 outputs and run far from
+// the memory floor; this path reads the row once and does the taps as bf16 mma (RESULTS.md,
+// fourteenth session). FFT_TENSOR_CONV_MMA=0 switches it off (read on every call); a
+// FFT_TENSOR_CONV_DIRECT_MAX_TAPS cutoff also bounds it, so =0 still means FFT windows only.
+bool use_mma(const at::Tensor& u, const ConvPlan& plan) {
+  if (u.scalar_type() != at::kBFloat16 || plan.taps <= kDirectTaps || plan.taps > direct_mma::kMaxTaps) return false;
+  if (const char* env = std::getenv("FFT_TENSOR_CONV_MMA"); env && std::string(env) == "0") return false;
+  if (const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS"); env && plan.taps > std::atoi(env)) return false;
+  return at::cuda::getCurrentDeviceProperties()->major >= 8;
+}
+
+int64_t mma_chunks(int64_t L) { return (L + direct_mma::kChunk - 1) / direct_mma::kChunk; }
+
+// Blocks per channel: enough (channel, group) blocks for a few waves, at most one per item.
+int mma_groups(int64_t D, int64_t items) {
+  const int64_t want = 8 * (int64_t)at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return (int)std::max<int64_t>(1, std::min<int64_t>({(want + D - 1) / D, items, 65535}));
+}
+
+bool mma_vec(const at::Tensor& a, const at::Tensor& b) {
+  return a.size(2) % 8 == 0 && reinterpret_cast<uintptr_t>(a.data_ptr()) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(b.data_ptr()) % 16 == 0;
+}
+
+// k and skip read in place (no effective-kernel tensor per call: fewer launches on the LM's step).
+template <bool kReverse>
+void launch_conv_mma(const at::Tensor& x, const at::Tensor& k, const c10::optional<at::Tensor>& skip, at::Tensor& y,
+                     int64_t taps) {
+  const int64_t B = x.size(0), D = x.size(1), L = x.size(2), chunks = mma_chunks(L);
+  TORCH_CHECK(D < (int64_t(1) << 31), "causal_conv: too many channels (", std::to_string(D), ") for one launch");
+  const SpectrumTaps t = spectrum_taps(k, skip, taps);
+  const dim3 grid((unsigned)D, (unsigned)mma_groups(D, B * chunks));
+  direct_mma::conv_mma_kernel<kReverse><<<grid, direct_mma::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), t.taps, reinterpret_cast<__nv_bfloat16*>(y.data_ptr()),
+      B, D, L, chunks, mma_vec(x, y));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// (D, taps) float32: sum over rows and times of gy[t] u[t - s], from (groups, D, taps) partial sums.
+at::Tensor mma_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
+  const int64_t B = u.size(0), D = u.size(1), L = u.size(2), chunks = mma_chunks(L);
+  TORCH_CHECK(D < (int64_t(1) << 31), "causal_conv_backward: too many channels (", std::to_string(D), ")");
+  const int groups = mma_groups(D, B * chunks);
+  // one group writes the result itself (a fresh tensor, not a view of a larger one)
+  at::Tensor partial = groups == 1 ? at::empty({D, taps}, u.options().dtype(at::kFloat))
+                                   : at::empty({groups, D, taps}, u.options().dtype(at::kFloat));
+  direct_mma::conv_mma_grad_k_kernel<<<dim3((unsigned)D, (unsigned)groups), direct_mma::kThreads, 0,
+                                       at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const __nv_bfloat16*>(u.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(gy.data_ptr()),
+      partial.data_ptr<float>(), B, D, L, taps, chunks, mma_vec(u, gy));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return groups == 1 ? partial : partial.sum(0);
+}
+
 int64_t direct_tiles(int64_t L) { return (L + direct::kTile - 1) / direct::kTile; }
 
 template <bool kReverse>
@@ -425,7 +482,8 @@ at::Tensor direct_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
   const int64_t want = 4 * 16 * (int64_t)at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int groups = (int)std::max<int64_t>(1, std::min<int64_t>((want + D - 1) / D, B * tiles));
   TORCH_CHECK(D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (", std::to_string(D * groups), ")");
-  at::Tensor partial = at::empty({groups, D, taps}, u.options().dtype(at::kFloat));
+  at::Tensor partial = groups == 1 ? at::empty({D, taps}, u.options().dtype(at::kFloat))
+                                   : at::empty({groups, D, taps}, u.options().dtype(at::kFloat));
   dispatch_io_type(u.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     direct::conv_direct_grad_k_kernel<scalar_t><<<(unsigned)(D * groups), direct::kThreads, 0,
@@ -434,7 +492,7 @@ at::Tensor direct_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
         tiles, groups);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return groups == 1 ? partial[0] : partial.sum(0);
+  return groups == 1 ? partial : partial.sum(0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -503,6 +561,14 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
     launch_conv_tiled<false>(u, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), y, (int)plan.taps);
     return y;
   }
+  // (the experimental tiled kernels above first: FFT_TENSOR_CONV_CHANNELS_LAST=1 asks for them)
+  if (use_mma(u, plan)) {
+    const at::Tensor uc = layout::rows_contiguous(u);
+    at::Tensor y = at::empty_like(uc);
+    if (uc.numel() == 0) return y;
+    launch_conv_mma<false>(uc, k, skip, y, plan.taps);
+    return y;
+  }
   if (use_direct(u, plan)) {
     const at::Tensor uc = layout::rows_contiguous(u);
     at::Tensor y = at::empty_like(uc);
@@ -534,12 +600,14 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2), Lk = k.size(1);
   const ConvPlan plan = conv_plan(L, Lk);
-  const bool direct = use_direct(u, plan);
+  const bool tiled = use_direct(u, plan) && u.numel() > 0 && (use_tiled(u) || use_tiled(grad_y));
+  const bool mma = !tiled && use_mma(u, plan);
+  const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
   const bool clusters = !direct && !fused && use_cluster(u, plan, need_k);
   if (!direct && !fused && !clusters) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
-  if (direct && u.numel() > 0 && (use_tiled(u) || use_tiled(grad_y))) {
+  if (tiled) {
     // no layout copies: the tile loader reads u and grad_y in their own strides
     const at::Tensor gy_t = grad_y.to(u.scalar_type());
     const at::Tensor ut = tile_layout(u) ? u : u.contiguous();
@@ -567,7 +635,9 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
   }
   if (need_u) {
     grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
-    if (direct) {
+    if (mma) {
+      launch_conv_mma<true>(gy, k, skip, grad_u, plan.taps);
+    } else if (direct) {
       launch_conv_direct<true>(gy, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), grad_u,
                                (int)plan.taps);
     } else if (fused) {
@@ -583,10 +653,15 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
       grad_k = grad_k_windows(uc, gy, s, Lk).to(k.scalar_type());
     } else {
       const at::Tensor taps_grad =
-          direct ? direct_grad_k(uc, gy, (int)plan.taps)
+          mma      ? mma_grad_k(uc, gy, (int)plan.taps)
+          : direct ? direct_grad_k(uc, gy, (int)plan.taps)
                  : at::fft_irfft(grad_k_spectrum_clusters(uc, gy, s, cluster_blocks(plan)), s.N).narrow(-1, 0, plan.taps);
-      grad_k = at::zeros({D, Lk}, k.options());
-      grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
+      if (plan.taps == Lk && taps_grad.scalar_type() == k.scalar_type() && taps_grad.is_contiguous()) {
+        grad_k = taps_grad;  // every tap is in use: no zero fill and copy
+      } else {
+        grad_k = at::zeros({D, Lk}, k.options());
+        grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
+      }
     }
   }
   return {grad_u, grad_k};

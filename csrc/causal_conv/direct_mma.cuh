@@ -1,0 +1,293 @@
+// Tensor-core direct convolution for bfloat16 rows and kernels of 33-128 taps (the language models'
+// mixers: 128 taps at L = 1K-64K). The convolution of a tile of 16 outputs is a small matrix
+// product: with window_n[r] = x[16 n - 128 + r], r < 144,
+//     y[16 n + t] = sum_r A[t][r] window_n[r],   A[t][r] = k[t + 128 - r] (0 outside [0, taps)),
+// so for 8 tiles at once it is one (16 x 144) x (144 x 8) product: 9 mma.sync.m16n8k16 steps. A is
+// the same for every tile of a channel and lives in registers, as a bf16 pair hi + lo = k to 2^-17
+// (the taps are float32; rounding them to bf16 would add an error as large as the output's own
+// rounding): two mmas per step, products of bf16 values exact in the float32 accumulators.
+// The window operand comes straight from shared memory with ldmatrix (every tile's window is a
+// 16-aligned slice of the row strip), so a row is read once from global memory and written once.
+//
+// grad_k[s] = sum_{b,t} gy[t] u[t - s] is the transpose: G[t][r] = sum_n gy[16 n + t] window_n[r]
+// summed over tiles n is a (16 x tiles) x (tiles x 144) product (gy^T and the windows both read by
+// ldmatrix.trans), and grad_k[s] = sum_t G[t][t + 128 - s], a diagonal sum done once per block.
+// Both operands are bf16, so the products are exact and only the float32 sums round.
+//
+// Needs sm_80 (bf16 mma.sync); cuda.cu only launches it there.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "fft_kernels.cuh"  // KernelTaps
+
+namespace fft_tensor {
+namespace direct_mma {
+
+constexpr int kMaxTaps = 128;
+constexpr int kHalo = 128;                    // window samples before a tile's first output
+constexpr int kTile = 16;                     // outputs per tile (an mma's rows)
+constexpr int kSteps = (kHalo + kTile) / 16;  // 9 k-steps of 16 window samples
+constexpr int kCols = kHalo + kTile;          // 144 window samples per tile
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kChunk = 1024;                  // outputs per work item (row b, chunk c)
+constexpr int kStrip = kChunk + kHalo;
+constexpr int kGroupOutputs = 8 * kTile;      // outputs of one forward mma column group
+constexpr int kStepOutputs = 16 * kTile;      // outputs summed by one grad_k mma step
+
+using bf16 = __nv_bfloat16;
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define FFT_TENSOR_MMA_OK 1
+#else
+#define FFT_TENSOR_MMA_OK 0
+#endif
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+#if FFT_TENSOR_MMA_OK
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* p) {
+#if FFT_TENSOR_MMA_OK
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p)));
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+#if FFT_TENSOR_MMA_OK
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+#endif
+}
+
+// c += a (16 x 16, row) * b (16 x 8, col), bf16 inputs, float32 accumulators.
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if FFT_TENSOR_MMA_OK
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ uint32_t pack(bf16 first, bf16 second) {  // first at the lower index
+  return (uint32_t)__bfloat16_as_ushort(first) | ((uint32_t)__bfloat16_as_ushort(second) << 16);
+}
+
+__device__ __forceinline__ uint32_t swap_halves(uint32_t w) { return __byte_perm(w, 0, 0x1032); }
+
+// strip[i] = x at time t0 + i - halo for i < n (0 outside [0, L)); kReverse reads time backwards
+// (x[L - 1 - t]). vec: rows 16-byte aligned with L % 8 == 0, so groups of 8 times are one uint4
+// (t0 and halo are multiples of 8).
+template <bool kReverse>
+__device__ __forceinline__ void load_strip(bf16* strip, const bf16* row, int64_t L, int64_t t0, int halo, int n,
+                                           bool vec) {
+  for (int q = threadIdx.x; q < n / 8; q += blockDim.x) {
+    const int64_t t = t0 - halo + 8 * q;
+    uint4 v;
+    if (vec && t >= 0 && t + 8 <= L) {
+      v = *reinterpret_cast<const uint4*>(row + (kReverse ? L - 8 - t : t));
+      if (kReverse) v = make_uint4(swap_halves(v.w), swap_halves(v.z), swap_halves(v.y), swap_halves(v.x));
+    } else {
+      uint16_t e[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int64_t tj = t + j;
+        e[j] = tj >= 0 && tj < L ? __bfloat16_as_ushort(row[kReverse ? L - 1 - tj : tj]) : 0;
+      }
+      v = make_uint4(e[0] | (uint32_t)e[1] << 16, e[2] | (uint32_t)e[3] << 16, e[4] | (uint32_t)e[5] << 16,
+                     e[6] | (uint32_t)e[7] << 16);
+    }
+    *reinterpret_cast<uint4*>(strip + 8 * q) = v;
+  }
+}
+
+// y[t] = sum_{s < taps} k[s] x[t - s] for bf16 rows; kReverse runs time backwards (grad_u[t] =
+// sum_s k[s] gy[t + s]). kt reads k in its own strides and adds skip at tap 0.
+// grid (D, groups): block (d, g) takes the items g, g + groups, ... of channel d's B * chunks
+// (row b, chunk of kChunk outputs) items; each warp takes column groups of 8 tiles (128 outputs).
+template <bool kReverse>
+__global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restrict__ x, const KernelTaps kt,
+                                                            bf16* __restrict__ y, int64_t B, int64_t D, int64_t L,
+                                                            int64_t chunks, bool vec) {
+#if FFT_TENSOR_MMA_OK
+  __shared__ __align__(16) bf16 strip[kStrip];
+  __shared__ __align__(16) bf16 out[kChunk];
+  __shared__ float ks[kCols + 16];  // ks[16 + s] = k[s], 0 outside [0, taps); A reads s in [-15, 143]
+  const int64_t d = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tig = lane & 3;
+  const int taps = kt.taps;
+  for (int i = threadIdx.x; i < kCols + 16; i += kThreads) ks[i] = i >= 16 ? kt(d, i - 16) : 0.f;
+  __syncthreads();
+  // A's k-steps before step_first are all zero (taps < 128): skipped.
+  int step_first = 0;
+  while (16 * step_first + 15 <= kHalo - taps) ++step_first;
+  uint32_t a_hi[kSteps][4], a_lo[kSteps][4];
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {  // fragment q: rows g + 8 (q & 1), columns 2 tig + 8 (q >> 1), two of them
+      const int row = g + 8 * (q & 1), col = 16 * kk + 2 * tig + 8 * (q >> 1);
+      const float v0 = ks[16 + row + kHalo - col], v1 = ks[16 + row + kHalo - col - 1];
+      const bf16 h0 = __float2bfloat16_rn(v0), h1 = __float2bfloat16_rn(v1);
+      a_hi[kk][q] = pack(h0, h1);
+      a_lo[kk][q] = pack(__float2bfloat16_rn(v0 - __bfloat162float(h0)), __float2bfloat16_rn(v1 - __bfloat162float(h1)));
+    }
+  }
+  const int64_t items = B * chunks;
+  for (int64_t it = blockIdx.y; it < items; it += gridDim.y) {
+    const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
+    const int64_t row = b * D + d;
+    const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
+    const int groups = (n_out + kGroupOutputs - 1) / kGroupOutputs;
+    __syncthreads();  // the previous item's strip and out are consumed
+    load_strip<kReverse>(strip, x + row * L, L, t0, kHalo, kHalo + groups * kGroupOutputs, vec);
+    __syncthreads();
+    for (int grp = warp; grp < groups; grp += kWarps) {
+      const int n0 = 8 * grp;
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      // ldmatrix: lane gives row (lane & 7) of matrix (lane >> 3): window n0 + (lane & 7) at sample
+      // 16 kk + 8 (lane >> 3), so one x4 load is b0, b1 of steps kk and kk + 1.
+      const bf16* base = strip + 16 * (n0 + (lane & 7)) + 8 * (lane >> 3);
+#pragma unroll
+      for (int kk = 0; kk + 1 < kSteps; kk += 2) {
+        if (kk + 1 < step_first) continue;
+        uint32_t bq[4];
+        ldmatrix_x4(bq, base + 16 * kk);
+        if (kk >= step_first) {
+          mma(c, a_hi[kk], bq[0], bq[1]);
+          mma(c, a_lo[kk], bq[0], bq[1]);
+        }
+        mma(c, a_hi[kk + 1], bq[2], bq[3]);
+        mma(c, a_lo[kk + 1], bq[2], bq[3]);
+      }
+      {
+        constexpr int kk = kSteps - 1;
+        uint32_t bq[2];
+        ldmatrix_x2(bq, strip + 16 * (n0 + (lane & 7)) + 8 * ((lane >> 3) & 1) + 16 * kk);
+        mma(c, a_hi[kk], bq[0], bq[1]);
+        mma(c, a_lo[kk], bq[0], bq[1]);
+      }
+      // c[0], c[1]: output t = g of tiles n0 + 2 tig and n0 + 2 tig + 1; c[2], c[3]: t = g + 8
+      const int o = 16 * (n0 + 2 * tig) + g;
+      out[o] = __float2bfloat16_rn(c[0]);
+      out[o + 16] = __float2bfloat16_rn(c[1]);
+      out[o + 8] = __float2bfloat16_rn(c[2]);
+      out[o + 24] = __float2bfloat16_rn(c[3]);
+    }
+    __syncthreads();
+    bf16* yr = y + row * L;
+    for (int q = threadIdx.x; q < (n_out + 7) / 8; q += kThreads) {
+      const int64_t t = t0 + 8 * q;
+      if (vec && t + 8 <= L) {
+        uint4 v = *reinterpret_cast<const uint4*>(out + 8 * q);
+        if (kReverse) v = make_uint4(swap_halves(v.w), swap_halves(v.z), swap_halves(v.y), swap_halves(v.x));
+        *reinterpret_cast<uint4*>(yr + (kReverse ? L - 8 - t : t)) = v;
+      } else {
+        for (int j = 0; j < 8 && t + j < L; ++j) yr[kReverse ? L - 1 - (t + j) : t + j] = out[8 * q + j];
+      }
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // built without sm_80 code: cuda.cu checks the device, not the build
+#endif
+}
+
+// partial[group, d, s] = sum over the items of block (d, group) of sum_t gy[b,d,t] u[b,d,t - s].
+// grid (D, groups) as above; each warp takes steps of 16 tiles (256 times) of an item and keeps its
+// 16 x 144 G in registers across items; at the end the block sums the warps' diagonals in a fixed
+// order (deterministic).
+__global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* __restrict__ u,
+                                                                   const bf16* __restrict__ gy,
+                                                                   float* __restrict__ partial, int64_t B, int64_t D,
+                                                                   int64_t L, int taps, int64_t chunks, bool vec) {
+#if FFT_TENSOR_MMA_OK
+  __shared__ __align__(16) bf16 ustrip[kStrip];
+  __shared__ __align__(16) bf16 gstrip[kChunk];
+  constexpr int kRedRow = kCols + 1;  // padded row of G
+  __shared__ float red[kWarps][kTile][kRedRow];
+  const int64_t d = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tig = lane & 3;
+  constexpr int kColTiles = kCols / 8;  // 18 mma columns of 8 window samples
+  // G's columns r < 129 - taps never meet a tap: column tiles before col_first are skipped.
+  int col_first = 0;
+  while (8 * col_first + 7 < kHalo + 1 - taps) ++col_first;
+  // Each thread owns its acc elements' slots of red[warp]: the item sums go there (plain float32 adds,
+  // so no long chain of tensor-core accumulation), with no barrier until the diagonal sum.
+  float acc[kColTiles][4];
+  float* mine = &red[warp][g][2 * tig];  // + 8 j (+1), + 8 rows for acc[j][2..3]
+#pragma unroll
+  for (int j = 0; j < kColTiles; ++j) {
+    mine[8 * j] = mine[8 * j + 1] = mine[8 * kRedRow + 8 * j] = mine[8 * kRedRow + 8 * j + 1] = 0.f;
+  }
+
+  const int64_t items = B * chunks;
+  for (int64_t it = blockIdx.y; it < items; it += gridDim.y) {
+    const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
+    const int64_t row = b * D + d;
+    const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
+    const int steps = (n_out + kStepOutputs - 1) / kStepOutputs;
+    __syncthreads();
+    load_strip<false>(ustrip, u + row * L, L, t0, kHalo, kHalo + steps * kStepOutputs, vec);
+    load_strip<false>(gstrip, gy + row * L, L, t0, 0, steps * kStepOutputs, vec);
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kColTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int st = warp; st < steps; st += kWarps) {
+      const int n0 = 16 * st;
+      // A = gy^T (16 t x 16 tiles): matrix q = lane >> 3 holds tiles n0 + 8 (q >> 1) + (lane & 7),
+      // times 8 (q & 1) + 0..7, transposed on load.
+      uint32_t a[4];
+      const int q = lane >> 3;
+      ldmatrix_x4_trans(a, gstrip + 16 * (n0 + 8 * (q >> 1) + (lane & 7)) + 8 * (q & 1));
+      // B (16 tiles x 8 samples): matrix q holds tiles n0 + 8 (q & 1) + (lane & 7), samples of column
+      // tile j + (q >> 1): b0, b1 of column tiles j and j + 1 in one load.
+      const bf16* base = ustrip + 16 * (n0 + 8 * (q & 1) + (lane & 7)) + 8 * (q >> 1);
+#pragma unroll
+      for (int j = 0; j < kColTiles; j += 2) {
+        if (j + 1 < col_first) continue;
+        uint32_t bq[4];
+        ldmatrix_x4_trans(bq, base + 8 * j);
+        mma(acc[j], a, bq[0], bq[1]);
+        mma(acc[j + 1], a, bq[2], bq[3]);
+      }
+    }
+    // acc[j]: G[g][8 j + 2 tig + 0/1] and G[g + 8][same]
+#pragma unroll
+    for (int j = 0; j < kColTiles; ++j) {
+      mine[8 * j] += acc[j][0];
+      mine[8 * j + 1] += acc[j][1];
+      mine[8 * kRedRow + 8 * j] += acc[j][2];
+      mine[8 * kRedRow + 8 * j + 1] += acc[j][3];
+    }
+  }
+  __syncthreads();
+  float* dst = partial + ((int64_t)blockIdx.y * D + d) * taps;
+  for (int s = threadIdx.x; s < taps; s += kThreads) {
+    float sum = 0.f;
+    for (int w = 0; w < kWarps; ++w)
+      for (int t = 0; t < kTile; ++t) sum += red[w][t][t + kHalo - s];
+    dst[s] = sum;
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+}  // namespace direct_mma
+}  // namespace fft_tensor

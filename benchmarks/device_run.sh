@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests mma lmmma convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests mma mmabreak lmmma convtests clustertests clustervariants gradktests updatetests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -38,6 +38,11 @@ for stage in "$@"; do
     # (FFT_TENSOR_CONV_MMA=0), after the mma tests.
     mma)     "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k mma 2>&1 | tee "$OUT/tests_mma.log" | tail -8
              for v in 1 0; do conv_variant mma$v FFT_TENSOR_CONV_MMA=$v -- --kernels 128 --dtypes bf16 --no-peer; done ;;
+    # Kernel times of bf16 128-tap convs (the ANCHORS.md shapes and the LM's B=32 D=512 at 1K), mma on and off.
+    mmabreak) for v in 1 0; do
+               FFT_TENSOR_CONV_MMA=$v "$PY" benchmarks/profile_causal_conv.py --breakdown --dtype bf16 --shapes 1024:128,4096:128,16384:128
+               FFT_TENSOR_CONV_MMA=$v "$PY" benchmarks/profile_causal_conv.py --breakdown --dtype bf16 --shapes 1024:128 --batch 32 --dim 512
+             done 2>&1 | tee "$OUT/breakdown_mma.txt" | grep -E "^##|events|conv_mma|conv_window|grad_k|spectrum|reduce" | head -120 ;;
     # The LM with the conv's mma kernels off (spectral family only) and on (both families), LM_ARGS as for lm.
     lmmma)   for v in 0 1; do
                fams=spectral; [ $v = 1 ] && fams=spectral,gpt
@@ -134,7 +139,7 @@ for stage in "$@"; do
              TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) timeout ${LMCPP_TIMEOUT:-240} "$PY" benchmarks/bench_lm_throughput.py --cpp-wrapper ${LMCPP_ARGS:-${LM_ARGS:-}} 2>&1 | tee "$OUT/bench_lm_cpp.log" | tail -12
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_cpp.md" ;;
     lmprofile) [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_throughput_grid.md"
-             "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LM_ARGS:-} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70
+             "$PY" benchmarks/bench_lm_throughput.py --lengths 1024 --profile ${LMPROFILE_ARGS:-${LM_ARGS:-}} 2>&1 | tee "$OUT/bench_lm_profile.log" | tail -70
              [ -f "$OUT/bench_lm_throughput.md" ] && mv "$OUT/bench_lm_throughput.md" "$OUT/bench_lm_profile.md" ;;
     # Nsight Compute on one chunk_decode launch (29m decoder, bf16, cluster 16): the details page and
     # per-line stall samples (CUDA source and SASS, gzipped CSV).

@@ -37,10 +37,21 @@ def main():
     p.add_argument("--max-length", type=int, default=65536, help="skip shapes with L above this")
     p.add_argument("--breakdown", action="store_true", help="torch.profiler / CUDA graph breakdown instead of ncu brackets")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--shapes", default=None, metavar="L:Lk,...",
+                   help="shapes instead of the default list, e.g. 1024:128,4096:128")
     args = p.parse_args()
+    if args.shapes:
+        try:
+            args.shape_list = [tuple(int(v) for v in item.split(":")) for item in args.shapes.split(",")]
+        except ValueError:
+            p.error(f"--shapes: expected L:Lk pairs separated by commas, got {args.shapes!r}")
+        if any(len(t) != 2 or min(t) < 1 for t in args.shape_list):
+            p.error(f"--shapes: expected positive L:Lk pairs, got {args.shapes!r}")
+    else:
+        args.shape_list = SHAPES
     if args.breakdown:
         return breakdown(args)
-    for L, Lk in SHAPES:
+    for L, Lk in args.shape_list:
         if L > args.max_length:
             continue
         u = torch.randn(args.batch, args.dim, L, device="cuda")
@@ -103,7 +114,7 @@ def _kernel_ms(fn, reps=10):
 def breakdown(args):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     print(f"# causal_conv breakdown, B={args.batch} D={args.dim} {args.dtype}, {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    for L, Lk in SHAPES:
+    for L, Lk in args.shape_list:
         if L > args.max_length:
             continue
         u = torch.randn(args.batch, args.dim, L, device="cuda", dtype=dtype)

@@ -89,97 +89,129 @@ __device__ __forceinline__ uint32_t pack(bf16 first, bf16 second) {  // first at
   return (uint32_t)__bfloat16_as_ushort(first) | ((uint32_t)__bfloat16_as_ushort(second) << 16);
 }
 
-__device__ __forceinline__ uint32_t swap_halves(uint32_t w) { return __byte_perm(w, 0, 0x1032); }
+// cp.async of 16 bytes global -> shared (sm_80+), grouped so a strip can land while the previous one
+// is in use.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#if FFT_TENSOR_MMA_OK
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if FFT_TENSOR_MMA_OK
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_one() {  // all but the latest group have landed
+#if FFT_TENSOR_MMA_OK
+  asm volatile("cp.async.wait_group 1;\n" ::);
+#endif
+}
 
-// strip[i] = x at time t0 + i - halo for i < n (0 outside [0, L)); kReverse reads time backwards
-// (x[L - 1 - t]). vec: rows 16-byte aligned with L % 8 == 0, so groups of 8 times are one uint4
-// (t0 and halo are multiples of 8).
-template <bool kReverse>
-__device__ __forceinline__ void load_strip(bf16* strip, const bf16* row, int64_t L, int64_t t0, int halo, int n,
-                                           bool vec) {
+// strip[i] = row[t + i] for i < n, t = first time (a multiple of 8), 0 outside [0, L). vec (rows
+// 16-byte aligned, L % 8 == 0): 8 times per cp.async, so the strip lands asynchronously; otherwise
+// plain loads and stores (done by the next barrier either way).
+__device__ __forceinline__ void load_strip(bf16* strip, const bf16* row, int64_t L, int64_t t, int n, bool vec) {
   for (int q = threadIdx.x; q < n / 8; q += blockDim.x) {
-    const int64_t t = t0 - halo + 8 * q;
-    uint4 v;
-    if (vec && t >= 0 && t + 8 <= L) {
-      v = *reinterpret_cast<const uint4*>(row + (kReverse ? L - 8 - t : t));
-      if (kReverse) v = make_uint4(swap_halves(v.w), swap_halves(v.z), swap_halves(v.y), swap_halves(v.x));
+    const int64_t tq = t + 8 * q;
+    if (vec && tq >= 0 && tq + 8 <= L) {
+      cp_async16(strip + 8 * q, row + tq);
     } else {
       uint16_t e[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int64_t tj = t + j;
-        e[j] = tj >= 0 && tj < L ? __bfloat16_as_ushort(row[kReverse ? L - 1 - tj : tj]) : 0;
-      }
-      v = make_uint4(e[0] | (uint32_t)e[1] << 16, e[2] | (uint32_t)e[3] << 16, e[4] | (uint32_t)e[5] << 16,
+      for (int j = 0; j < 8; ++j) e[j] = tq + j >= 0 && tq + j < L ? __bfloat16_as_ushort(row[tq + j]) : 0;
+      *reinterpret_cast<uint4*>(strip + 8 * q) =
+          make_uint4(e[0] | (uint32_t)e[1] << 16, e[2] | (uint32_t)e[3] << 16, e[4] | (uint32_t)e[5] << 16,
                      e[6] | (uint32_t)e[7] << 16);
     }
-    *reinterpret_cast<uint4*>(strip + 8 * q) = v;
   }
 }
 
-// y[t] = sum_{s < taps} k[s] x[t - s] for bf16 rows; kReverse runs time backwards (grad_u[t] =
-// sum_s k[s] gy[t + s]). kt reads k in its own strides and adds skip at tap 0.
-// grid (D, groups): block (d, g) takes the items g, g + groups, ... of channel d's B * chunks
-// (row b, chunk of kChunk outputs) items; each warp takes column groups of 8 tiles (128 outputs).
+// A k-step kk of A is all zero when no (t, column) pair of it meets a tap in [0, taps).
+template <bool kReverse>
+__device__ __forceinline__ bool step_used(int kk, int taps) {
+  // lag s = t + halo - r (forward) or r - t (reversed) over t, c < 16 with r = 16 kk + c
+  const int lo = kReverse ? 16 * kk - 15 : kHalo - 16 * kk - 15;
+  return lo + 30 >= 0 && lo <= taps - 1;
+}
+
+// y[t] = sum_{s < taps} k[s] x[t - s] for bf16 rows (forward: window_n[r] = x[16 n - 128 + r],
+// A[t][r] = k[t + 128 - r]); kReverse gives grad_u[t] = sum_s k[s] gy[t + s] with the window after the
+// tile instead (window_n[r] = gy[16 n + r], A[t][r] = k[r - t]): rows are read forwards either way.
+// kt reads k in its own strides and adds skip at tap 0.
+// grid (D, groups): block (d, g) takes the items g, g + groups, ... of channel d's B * chunks (row b,
+// chunk of kChunk outputs) items, loading item i + 1's strip while it computes item i; each warp takes
+// column groups of 8 tiles (128 outputs).
 template <bool kReverse>
 __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restrict__ x, const KernelTaps kt,
                                                             bf16* __restrict__ y, int64_t B, int64_t D, int64_t L,
                                                             int64_t chunks, bool vec) {
 #if FFT_TENSOR_MMA_OK
-  __shared__ __align__(16) bf16 strip[kStrip];
+  __shared__ __align__(16) bf16 strip[2][kStrip];
   __shared__ __align__(16) bf16 out[kChunk];
   __shared__ float ks[kCols + 16];  // ks[16 + s] = k[s], 0 outside [0, taps); A reads s in [-15, 143]
   const int64_t d = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tig = lane & 3;
   const int taps = kt.taps;
+  const int64_t items = B * chunks;
+  // item it: strip of its outputs' windows (time t0 - halo on), kHalo + groups * 128 samples
+  auto issue = [&](int64_t it, int buf) {
+    const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
+    const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
+    const int n = kHalo + ((n_out + kGroupOutputs - 1) / kGroupOutputs) * kGroupOutputs;
+    load_strip(strip[buf], x + (b * D + d) * L, L, kReverse ? t0 : t0 - kHalo, n, vec);
+  };
+  if ((int64_t)blockIdx.y < items) issue(blockIdx.y, 0);
+  cp_async_commit();
   for (int i = threadIdx.x; i < kCols + 16; i += kThreads) ks[i] = i >= 16 ? kt(d, i - 16) : 0.f;
   __syncthreads();
-  // A's k-steps before step_first are all zero (taps < 128): skipped.
-  int step_first = 0;
-  while (16 * step_first + 15 <= kHalo - taps) ++step_first;
   uint32_t a_hi[kSteps][4], a_lo[kSteps][4];
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk) {
 #pragma unroll
     for (int q = 0; q < 4; ++q) {  // fragment q: rows g + 8 (q & 1), columns 2 tig + 8 (q >> 1), two of them
       const int row = g + 8 * (q & 1), col = 16 * kk + 2 * tig + 8 * (q >> 1);
-      const float v0 = ks[16 + row + kHalo - col], v1 = ks[16 + row + kHalo - col - 1];
+      const int lag = kReverse ? col - row : row + kHalo - col;  // of column col; col + 1 is lag -+ 1
+      const float v0 = ks[16 + lag], v1 = ks[16 + lag + (kReverse ? 1 : -1)];
       const bf16 h0 = __float2bfloat16_rn(v0), h1 = __float2bfloat16_rn(v1);
       a_hi[kk][q] = pack(h0, h1);
       a_lo[kk][q] = pack(__float2bfloat16_rn(v0 - __bfloat162float(h0)), __float2bfloat16_rn(v1 - __bfloat162float(h1)));
     }
   }
-  const int64_t items = B * chunks;
-  for (int64_t it = blockIdx.y; it < items; it += gridDim.y) {
+  int buf = 0;
+  for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf ^= 1) {
     const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
-    const int64_t row = b * D + d;
     const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
     const int groups = (n_out + kGroupOutputs - 1) / kGroupOutputs;
-    __syncthreads();  // the previous item's strip and out are consumed
-    load_strip<kReverse>(strip, x + row * L, L, t0, kHalo, kHalo + groups * kGroupOutputs, vec);
-    __syncthreads();
+    if (it + gridDim.y < items) issue(it + gridDim.y, buf ^ 1);  // its buffer was released by the last barrier
+    cp_async_commit();
+    cp_async_wait_one();
+    __syncthreads();  // this item's strip has landed; the previous item's out is stored
+    const bf16* sb = strip[buf];
     for (int grp = warp; grp < groups; grp += kWarps) {
       const int n0 = 8 * grp;
       float c[4] = {0.f, 0.f, 0.f, 0.f};
       // ldmatrix: lane gives row (lane & 7) of matrix (lane >> 3): window n0 + (lane & 7) at sample
       // 16 kk + 8 (lane >> 3), so one x4 load is b0, b1 of steps kk and kk + 1.
-      const bf16* base = strip + 16 * (n0 + (lane & 7)) + 8 * (lane >> 3);
+      const bf16* base = sb + 16 * (n0 + (lane & 7)) + 8 * (lane >> 3);
 #pragma unroll
       for (int kk = 0; kk + 1 < kSteps; kk += 2) {
-        if (kk + 1 < step_first) continue;
+        const bool use0 = step_used<kReverse>(kk, taps), use1 = step_used<kReverse>(kk + 1, taps);
+        if (!use0 && !use1) continue;
         uint32_t bq[4];
         ldmatrix_x4(bq, base + 16 * kk);
-        if (kk >= step_first) {
+        if (use0) {
           mma(c, a_hi[kk], bq[0], bq[1]);
           mma(c, a_lo[kk], bq[0], bq[1]);
         }
-        mma(c, a_hi[kk + 1], bq[2], bq[3]);
-        mma(c, a_lo[kk + 1], bq[2], bq[3]);
+        if (use1) {
+          mma(c, a_hi[kk + 1], bq[2], bq[3]);
+          mma(c, a_lo[kk + 1], bq[2], bq[3]);
+        }
       }
-      {
+      if (step_used<kReverse>(kSteps - 1, taps)) {
         constexpr int kk = kSteps - 1;
         uint32_t bq[2];
-        ldmatrix_x2(bq, strip + 16 * (n0 + (lane & 7)) + 8 * ((lane >> 3) & 1) + 16 * kk);
+        ldmatrix_x2(bq, sb + 16 * (n0 + (lane & 7)) + 8 * ((lane >> 3) & 1) + 16 * kk);
         mma(c, a_hi[kk], bq[0], bq[1]);
         mma(c, a_lo[kk], bq[0], bq[1]);
       }
@@ -190,16 +222,14 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
       out[o + 8] = __float2bfloat16_rn(c[2]);
       out[o + 24] = __float2bfloat16_rn(c[3]);
     }
-    __syncthreads();
-    bf16* yr = y + row * L;
+    __syncthreads();  // out is complete; every warp is done with strip[buf]
+    bf16* yr = y + (b * D + d) * L;
     for (int q = threadIdx.x; q < (n_out + 7) / 8; q += kThreads) {
       const int64_t t = t0 + 8 * q;
       if (vec && t + 8 <= L) {
-        uint4 v = *reinterpret_cast<const uint4*>(out + 8 * q);
-        if (kReverse) v = make_uint4(swap_halves(v.w), swap_halves(v.z), swap_halves(v.y), swap_halves(v.x));
-        *reinterpret_cast<uint4*>(yr + (kReverse ? L - 8 - t : t)) = v;
+        *reinterpret_cast<uint4*>(yr + t) = *reinterpret_cast<const uint4*>(out + 8 * q);
       } else {
-        for (int j = 0; j < 8 && t + j < L; ++j) yr[kReverse ? L - 1 - (t + j) : t + j] = out[8 * q + j];
+        for (int j = 0; j < 8 && t + j < L; ++j) yr[t + j] = out[8 * q + j];
       }
     }
   }
@@ -209,43 +239,51 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
 }
 
 // partial[group, d, s] = sum over the items of block (d, group) of sum_t gy[b,d,t] u[b,d,t - s].
-// grid (D, groups) as above; each warp takes steps of 16 tiles (256 times) of an item and keeps its
-// 16 x 144 G in registers across items; at the end the block sums the warps' diagonals in a fixed
-// order (deterministic).
+// grid (D, groups) as above, the next item's strips loading while one is in use; each warp takes
+// steps of 16 tiles (256 times) of an item and adds its 16 x 144 G to its own slots of red after each
+// item (float32 adds, no long chains of tensor-core accumulation); at the end the block sums the
+// warps' diagonals in a fixed order (deterministic).
 __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* __restrict__ u,
                                                                    const bf16* __restrict__ gy,
                                                                    float* __restrict__ partial, int64_t B, int64_t D,
                                                                    int64_t L, int taps, int64_t chunks, bool vec) {
 #if FFT_TENSOR_MMA_OK
-  __shared__ __align__(16) bf16 ustrip[kStrip];
-  __shared__ __align__(16) bf16 gstrip[kChunk];
+  __shared__ __align__(16) bf16 ustrip[2][kStrip];
+  __shared__ __align__(16) bf16 gstrip[2][kChunk];
   constexpr int kRedRow = kCols + 1;  // padded row of G
   __shared__ float red[kWarps][kTile][kRedRow];
   const int64_t d = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tig = lane & 3;
   constexpr int kColTiles = kCols / 8;  // 18 mma columns of 8 window samples
+  const int64_t items = B * chunks;
+  auto issue = [&](int64_t it, int buf) {
+    const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
+    const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
+    const int n = ((n_out + kStepOutputs - 1) / kStepOutputs) * kStepOutputs;
+    const int64_t off = (b * D + d) * L;
+    load_strip(ustrip[buf], u + off, L, t0 - kHalo, kHalo + n, vec);
+    load_strip(gstrip[buf], gy + off, L, t0, n, vec);
+  };
+  if ((int64_t)blockIdx.y < items) issue(blockIdx.y, 0);
+  cp_async_commit();
   // G's columns r < 129 - taps never meet a tap: column tiles before col_first are skipped.
   int col_first = 0;
   while (8 * col_first + 7 < kHalo + 1 - taps) ++col_first;
-  // Each thread owns its acc elements' slots of red[warp]: the item sums go there (plain float32 adds,
-  // so no long chain of tensor-core accumulation), with no barrier until the diagonal sum.
   float acc[kColTiles][4];
-  float* mine = &red[warp][g][2 * tig];  // + 8 j (+1), + 8 rows for acc[j][2..3]
+  float* mine = &red[warp][g][2 * tig];  // this thread's slots: + 8 j (+ 1), + 8 rows for acc[j][2..3]
 #pragma unroll
   for (int j = 0; j < kColTiles; ++j) {
     mine[8 * j] = mine[8 * j + 1] = mine[8 * kRedRow + 8 * j] = mine[8 * kRedRow + 8 * j + 1] = 0.f;
   }
-
-  const int64_t items = B * chunks;
-  for (int64_t it = blockIdx.y; it < items; it += gridDim.y) {
-    const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
-    const int64_t row = b * D + d;
+  int buf = 0;
+  for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf ^= 1) {
+    const int64_t t0 = (it % chunks) * kChunk;
     const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
     const int steps = (n_out + kStepOutputs - 1) / kStepOutputs;
-    __syncthreads();
-    load_strip<false>(ustrip, u + row * L, L, t0, kHalo, kHalo + steps * kStepOutputs, vec);
-    load_strip<false>(gstrip, gy + row * L, L, t0, 0, steps * kStepOutputs, vec);
-    __syncthreads();
+    if (it + gridDim.y < items) issue(it + gridDim.y, buf ^ 1);  // its buffers were released by the last barrier
+    cp_async_commit();
+    cp_async_wait_one();
+    __syncthreads();  // this item's strips have landed
 #pragma unroll
     for (int j = 0; j < kColTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     for (int st = warp; st < steps; st += kWarps) {
@@ -254,10 +292,10 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
       // times 8 (q & 1) + 0..7, transposed on load.
       uint32_t a[4];
       const int q = lane >> 3;
-      ldmatrix_x4_trans(a, gstrip + 16 * (n0 + 8 * (q >> 1) + (lane & 7)) + 8 * (q & 1));
+      ldmatrix_x4_trans(a, gstrip[buf] + 16 * (n0 + 8 * (q >> 1) + (lane & 7)) + 8 * (q & 1));
       // B (16 tiles x 8 samples): matrix q holds tiles n0 + 8 (q & 1) + (lane & 7), samples of column
       // tile j + (q >> 1): b0, b1 of column tiles j and j + 1 in one load.
-      const bf16* base = ustrip + 16 * (n0 + 8 * (q & 1) + (lane & 7)) + 8 * (q >> 1);
+      const bf16* base = ustrip[buf] + 16 * (n0 + 8 * (q & 1) + (lane & 7)) + 8 * (q >> 1);
 #pragma unroll
       for (int j = 0; j < kColTiles; j += 2) {
         if (j + 1 < col_first) continue;
@@ -275,6 +313,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
       mine[8 * kRedRow + 8 * j] += acc[j][2];
       mine[8 * kRedRow + 8 * j + 1] += acc[j][3];
     }
+    __syncthreads();  // every warp is done with this item's strips
   }
   __syncthreads();
   float* dst = partial + ((int64_t)blockIdx.y * D + d) * taps;

@@ -74,6 +74,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 #endif
 }
 
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* p) {
+#if FFT_TENSOR_MMA_OK
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p)));
+#endif
+}
+
 // c += a (16 x 16, row) * b (16 x 8, col), bf16 inputs, float32 accumulators.
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if FFT_TENSOR_MMA_OK
@@ -187,40 +195,57 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
     cp_async_wait_one();
     __syncthreads();  // this item's strip has landed; the previous item's out is stored
     const bf16* sb = strip[buf];
-    for (int grp = warp; grp < groups; grp += kWarps) {
-      const int n0 = 8 * grp;
-      float c[4] = {0.f, 0.f, 0.f, 0.f};
+    // Two column groups per warp at a time (grp and grp + kWarps), hi and lo in their own
+    // accumulators: four independent mma chains instead of one, so the tensor pipe stays fed.
+    for (int grp = warp; grp < groups; grp += 2 * kWarps) {
+      const bool two = grp + kWarps < groups;  // warp-uniform
+      float c[2][2][4] = {};                    // [group][hi, lo][fragment]
       // ldmatrix: lane gives row (lane & 7) of matrix (lane >> 3): window n0 + (lane & 7) at sample
       // 16 kk + 8 (lane >> 3), so one x4 load is b0, b1 of steps kk and kk + 1.
-      const bf16* base = sb + 16 * (n0 + (lane & 7)) + 8 * (lane >> 3);
+      const bf16* base[2];
+#pragma unroll
+      for (int m = 0; m < 2; ++m) base[m] = sb + 16 * (8 * (grp + m * kWarps) + (lane & 7)) + 8 * (lane >> 3);
 #pragma unroll
       for (int kk = 0; kk + 1 < kSteps; kk += 2) {
         const bool use0 = step_used<kReverse>(kk, taps), use1 = step_used<kReverse>(kk + 1, taps);
         if (!use0 && !use1) continue;
-        uint32_t bq[4];
-        ldmatrix_x4(bq, base + 16 * kk);
-        if (use0) {
-          mma(c, a_hi[kk], bq[0], bq[1]);
-          mma(c, a_lo[kk], bq[0], bq[1]);
-        }
-        if (use1) {
-          mma(c, a_hi[kk + 1], bq[2], bq[3]);
-          mma(c, a_lo[kk + 1], bq[2], bq[3]);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          if (m == 1 && !two) break;
+          uint32_t bq[4];
+          ldmatrix_x4(bq, base[m] + 16 * kk);
+          if (use0) {
+            mma(c[m][0], a_hi[kk], bq[0], bq[1]);
+            mma(c[m][1], a_lo[kk], bq[0], bq[1]);
+          }
+          if (use1) {
+            mma(c[m][0], a_hi[kk + 1], bq[2], bq[3]);
+            mma(c[m][1], a_lo[kk + 1], bq[2], bq[3]);
+          }
         }
       }
       if (step_used<kReverse>(kSteps - 1, taps)) {
         constexpr int kk = kSteps - 1;
-        uint32_t bq[2];
-        ldmatrix_x2(bq, sb + 16 * (n0 + (lane & 7)) + 8 * ((lane >> 3) & 1) + 16 * kk);
-        mma(c, a_hi[kk], bq[0], bq[1]);
-        mma(c, a_lo[kk], bq[0], bq[1]);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          if (m == 1 && !two) break;
+          uint32_t bq[2];
+          // lanes 0-15 address the x2 load's two matrices (b0, b1 of step kk)
+          ldmatrix_x2(bq, base[m] - 8 * (lane >> 3) + 8 * ((lane >> 3) & 1) + 16 * kk);
+          mma(c[m][0], a_hi[kk], bq[0], bq[1]);
+          mma(c[m][1], a_lo[kk], bq[0], bq[1]);
+        }
       }
-      // c[0], c[1]: output t = g of tiles n0 + 2 tig and n0 + 2 tig + 1; c[2], c[3]: t = g + 8
-      const int o = 16 * (n0 + 2 * tig) + g;
-      out[o] = __float2bfloat16_rn(c[0]);
-      out[o + 16] = __float2bfloat16_rn(c[1]);
-      out[o + 8] = __float2bfloat16_rn(c[2]);
-      out[o + 24] = __float2bfloat16_rn(c[3]);
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+        if (m == 1 && !two) break;
+        // c[0], c[1]: output t = g of tiles n0 + 2 tig and n0 + 2 tig + 1; c[2], c[3]: t = g + 8
+        const int o = 16 * (8 * (grp + m * kWarps) + 2 * tig) + g;
+        out[o] = __float2bfloat16_rn(c[m][0][0] + c[m][1][0]);
+        out[o + 16] = __float2bfloat16_rn(c[m][0][1] + c[m][1][1]);
+        out[o + 8] = __float2bfloat16_rn(c[m][0][2] + c[m][1][2]);
+        out[o + 24] = __float2bfloat16_rn(c[m][0][3] + c[m][1][3]);
+      }
     }
     __syncthreads();  // out is complete; every warp is done with strip[buf]
     bf16* yr = y + (b * D + d) * L;
@@ -250,11 +275,14 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
 #if FFT_TENSOR_MMA_OK
   __shared__ __align__(16) bf16 ustrip[2][kStrip];
   __shared__ __align__(16) bf16 gstrip[2][kChunk];
-  constexpr int kRedRow = kCols + 1;  // padded row of G
-  __shared__ float red[kWarps][kTile][kRedRow];
+  // A warp covers half of G's 18 column tiles (8 window samples each): warp & 1 picks the half,
+  // warp >> 1 the first of its steps (a warp holding all 18 tiles' accumulators needs ~150 registers).
+  constexpr int kHalfTiles = kCols / 16;
+  // each warp's half of G as its fragments, lane fastest: red[w][4 j + e][lane] is acc[j][e]
+  // (conflict-free adds)
+  __shared__ float red[kWarps][4 * kHalfTiles][32];
   const int64_t d = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tig = lane & 3;
-  constexpr int kColTiles = kCols / 8;  // 18 mma columns of 8 window samples
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t items = B * chunks;
   auto issue = [&](int64_t it, int buf) {
     const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
@@ -269,13 +297,29 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
   // G's columns r < 129 - taps never meet a tap: column tiles before col_first are skipped.
   int col_first = 0;
   while (8 * col_first + 7 < kHalo + 1 - taps) ++col_first;
-  float acc[kColTiles][4];
-  float* mine = &red[warp][g][2 * tig];  // this thread's slots: + 8 j (+ 1), + 8 rows for acc[j][2..3]
+  const int half = warp & 1;
+  float acc[kHalfTiles][4];
+  float(*mine)[32] = red[warp];
+  // acc sums at most kFlushItems items' mmas before it is added into red (float32 adds): no long
+  // chains of tensor-core accumulation.
+  constexpr int kFlushItems = 8;
+  auto flush = [&]() {
 #pragma unroll
-  for (int j = 0; j < kColTiles; ++j) {
-    mine[8 * j] = mine[8 * j + 1] = mine[8 * kRedRow + 8 * j] = mine[8 * kRedRow + 8 * j + 1] = 0.f;
-  }
-  int buf = 0;
+    for (int j = 0; j < kHalfTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        mine[4 * j + e][lane] += acc[j][e];
+        acc[j][e] = 0.f;
+      }
+  };
+#pragma unroll
+  for (int j = 0; j < kHalfTiles; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      mine[4 * j + e][lane] = 0.f;
+      acc[j][e] = 0.f;
+    }
+  int buf = 0, done = 0;
   for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf ^= 1) {
     const int64_t t0 = (it % chunks) * kChunk;
     const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
@@ -284,9 +328,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
     cp_async_commit();
     cp_async_wait_one();
     __syncthreads();  // this item's strips have landed
-#pragma unroll
-    for (int j = 0; j < kColTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    for (int st = warp; st < steps; st += kWarps) {
+    for (int st = warp >> 1; st < steps; st += kWarps / 2) {
       const int n0 = 16 * st;
       // A = gy^T (16 t x 16 tiles): matrix q = lane >> 3 holds tiles n0 + 8 (q >> 1) + (lane & 7),
       // times 8 (q & 1) + 0..7, transposed on load.
@@ -294,33 +336,37 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
       const int q = lane >> 3;
       ldmatrix_x4_trans(a, gstrip[buf] + 16 * (n0 + 8 * (q >> 1) + (lane & 7)) + 8 * (q & 1));
       // B (16 tiles x 8 samples): matrix q holds tiles n0 + 8 (q & 1) + (lane & 7), samples of column
-      // tile j + (q >> 1): b0, b1 of column tiles j and j + 1 in one load.
-      const bf16* base = ustrip[buf] + 16 * (n0 + 8 * (q & 1) + (lane & 7)) + 8 * (q >> 1);
+      // tile j + (q >> 1) of this warp's half: b0, b1 of column tiles j and j + 1 in one load.
+      const bf16* base = ustrip[buf] + 16 * (n0 + 8 * (q & 1) + (lane & 7)) + 8 * (kHalfTiles * half);
 #pragma unroll
-      for (int j = 0; j < kColTiles; j += 2) {
-        if (j + 1 < col_first) continue;
+      for (int j = 0; j + 1 < kHalfTiles; j += 2) {
+        if (kHalfTiles * half + j + 1 < col_first) continue;
         uint32_t bq[4];
-        ldmatrix_x4_trans(bq, base + 8 * j);
+        ldmatrix_x4_trans(bq, base + 8 * (j + (q >> 1)));
         mma(acc[j], a, bq[0], bq[1]);
         mma(acc[j + 1], a, bq[2], bq[3]);
       }
+      {  // the half's last (odd) column tile: an x2 load, lanes 16-31 repeating lanes 0-15's addresses
+        constexpr int j = kHalfTiles - 1;
+        uint32_t bq[2];
+        ldmatrix_x2_trans(bq, base + 8 * j);
+        mma(acc[j], a, bq[0], bq[1]);
+      }
     }
-    // acc[j]: G[g][8 j + 2 tig + 0/1] and G[g + 8][same]
-#pragma unroll
-    for (int j = 0; j < kColTiles; ++j) {
-      mine[8 * j] += acc[j][0];
-      mine[8 * j + 1] += acc[j][1];
-      mine[8 * kRedRow + 8 * j] += acc[j][2];
-      mine[8 * kRedRow + 8 * j + 1] += acc[j][3];
-    }
+    if (++done % kFlushItems == 0) flush();
     __syncthreads();  // every warp is done with this item's strips
   }
+  flush();
   __syncthreads();
+  // G[t][r] is in the warps of half h = r / 72: acc[j][e] of lane 4 g + tig with j = (r % 72) / 8,
+  // tig = (r % 8) / 2, e = (r % 2) + 2 (t / 8), g = t % 8
   float* dst = partial + ((int64_t)blockIdx.y * D + d) * taps;
   for (int s = threadIdx.x; s < taps; s += kThreads) {
     float sum = 0.f;
-    for (int w = 0; w < kWarps; ++w)
-      for (int t = 0; t < kTile; ++t) sum += red[w][t][t + kHalo - s];
+    for (int t = 0; t < kTile; ++t) {
+      const int r = t + kHalo - s, h = r / (8 * kHalfTiles), rr = r % (8 * kHalfTiles);
+      for (int w = h; w < kWarps; w += 2) sum += red[w][4 * (rr >> 3) + (r & 1) + 2 * (t >> 3)][4 * (t & 7) + ((r & 7) >> 1)];
+    }
     dst[s] = sum;
   }
 #elif defined(__CUDA_ARCH__)

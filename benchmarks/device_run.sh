@@ -37,9 +37,9 @@ for stage in "$@"; do
     # bf16 with 128 taps: the tensor-core direct kernels (default) against the FFT windows
     # (FFT_TENSOR_CONV_MMA=0), after the mma tests.
     mma)     "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k mma 2>&1 | tee "$OUT/tests_mma.log" | tail -8
-             for v in 1 0; do conv_variant mma$v FFT_TENSOR_CONV_MMA=$v -- --kernels 128 --dtypes bf16 --no-peer; done ;;
+             for v in ${MMA_VARIANTS:-1 0}; do conv_variant mma$v FFT_TENSOR_CONV_MMA=$v -- --kernels 128 --dtypes bf16 --no-peer; done ;;
     # Kernel times of bf16 128-tap convs (the ANCHORS.md shapes and the LM's B=32 D=512 at 1K), mma on and off.
-    mmabreak) for v in 1 0; do
+    mmabreak) for v in ${MMA_VARIANTS:-1 0}; do
                FFT_TENSOR_CONV_MMA=$v "$PY" benchmarks/profile_causal_conv.py --breakdown --dtype bf16 --shapes 1024:128,4096:128,16384:128
                FFT_TENSOR_CONV_MMA=$v "$PY" benchmarks/profile_causal_conv.py --breakdown --dtype bf16 --shapes 1024:128 --batch 32 --dim 512
              done 2>&1 | tee "$OUT/breakdown_mma.txt" | grep -E "^##|events|conv_mma|conv_window|grad_k|spectrum|reduce" | head -120 ;;

@@ -37,6 +37,10 @@ constexpr int kChunk = 1024;                  // outputs per work item (row b, c
 constexpr int kStrip = kChunk + kHalo;
 constexpr int kGroupOutputs = 8 * kTile;      // outputs of one forward mma column group
 constexpr int kStepOutputs = 16 * kTile;      // outputs summed by one grad_k mma step
+// Strips in flight per block: a block loads the next kStages - 1 items while it computes one. At
+// L = 1K an item is one row (2.3 KB): with two stages an SM had ~9 KB of loads in flight, far
+// under what hides DRAM latency at full bandwidth (RESULTS.md, fourteenth session).
+constexpr int kStages = 4;
 
 using bf16 = __nv_bfloat16;
 
@@ -109,9 +113,10 @@ __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
-__device__ __forceinline__ void cp_async_wait_one() {  // all but the latest group have landed
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {  // all but the latest kPending groups have landed
 #if FFT_TENSOR_MMA_OK
-  asm volatile("cp.async.wait_group 1;\n" ::);
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 #endif
 }
 
@@ -147,14 +152,14 @@ __device__ __forceinline__ bool step_used(int kk, int taps) {
 // tile instead (window_n[r] = gy[16 n + r], A[t][r] = k[r - t]): rows are read forwards either way.
 // kt reads k in its own strides and adds skip at tap 0.
 // grid (D, groups): block (d, g) takes the items g, g + groups, ... of channel d's B * chunks (row b,
-// chunk of kChunk outputs) items, loading item i + 1's strip while it computes item i; each warp takes
+// chunk of kChunk outputs) items, loading the next kStages - 1 items' strips while it computes one; each warp takes
 // column groups of 8 tiles (128 outputs).
 template <bool kReverse>
 __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restrict__ x, const KernelTaps kt,
                                                             bf16* __restrict__ y, int64_t B, int64_t D, int64_t L,
                                                             int64_t chunks, bool vec) {
 #if FFT_TENSOR_MMA_OK
-  __shared__ __align__(16) bf16 strip[2][kStrip];
+  __shared__ __align__(16) bf16 strip[kStages][kStrip];
   __shared__ __align__(16) bf16 out[kChunk];
   __shared__ float ks[kCols + 16];  // ks[16 + s] = k[s], 0 outside [0, taps); A reads s in [-15, 143]
   const int64_t d = blockIdx.x;
@@ -168,8 +173,11 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
     const int n = kHalo + ((n_out + kGroupOutputs - 1) / kGroupOutputs) * kGroupOutputs;
     load_strip(strip[buf], x + (b * D + d) * L, L, kReverse ? t0 : t0 - kHalo, n, vec);
   };
-  if ((int64_t)blockIdx.y < items) issue(blockIdx.y, 0);
-  cp_async_commit();
+  for (int st = 0; st + 1 < kStages; ++st) {  // prologue: the first kStages - 1 items
+    const int64_t it = blockIdx.y + (int64_t)st * gridDim.y;
+    if (it < items) issue(it, st);
+    cp_async_commit();
+  }
   for (int i = threadIdx.x; i < kCols + 16; i += kThreads) ks[i] = i >= 16 ? kt(d, i - 16) : 0.f;
   __syncthreads();
   uint32_t a_hi[kSteps][4], a_lo[kSteps][4];
@@ -186,13 +194,15 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
     }
   }
   int buf = 0;
-  for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf ^= 1) {
+  for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf = (buf + 1) % kStages) {
     const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
     const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
     const int groups = (n_out + kGroupOutputs - 1) / kGroupOutputs;
-    if (it + gridDim.y < items) issue(it + gridDim.y, buf ^ 1);  // its buffer was released by the last barrier
+    // the item kStages - 1 ahead, into the buffer the previous item released at its last barrier
+    const int64_t ahead = it + (int64_t)(kStages - 1) * gridDim.y;
+    if (ahead < items) issue(ahead, (buf + kStages - 1) % kStages);
     cp_async_commit();
-    cp_async_wait_one();
+    cp_async_wait<kStages - 1>();
     __syncthreads();  // this item's strip has landed; the previous item's out is stored
     const bf16* sb = strip[buf];
     // Two column groups per warp at a time (grp and grp + kWarps), hi and lo in their own
@@ -264,7 +274,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
 }
 
 // partial[group, d, s] = sum over the items of block (d, group) of sum_t gy[b,d,t] u[b,d,t - s].
-// grid (D, groups) as above, the next item's strips loading while one is in use; each warp takes
+// grid (D, groups) as above, kStages - 1 items' strips loading while one is in use; each warp takes
 // steps of 16 tiles (256 times) of an item and adds its 16 x 144 G to its own slots of red after each
 // item (float32 adds, no long chains of tensor-core accumulation); at the end the block sums the
 // warps' diagonals in a fixed order (deterministic).
@@ -273,8 +283,8 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
                                                                    float* __restrict__ partial, int64_t B, int64_t D,
                                                                    int64_t L, int taps, int64_t chunks, bool vec) {
 #if FFT_TENSOR_MMA_OK
-  __shared__ __align__(16) bf16 ustrip[2][kStrip];
-  __shared__ __align__(16) bf16 gstrip[2][kChunk];
+  __shared__ __align__(16) bf16 ustrip[kStages][kStrip];
+  __shared__ __align__(16) bf16 gstrip[kStages][kChunk];
   // A warp covers half of G's 18 column tiles (8 window samples each): warp & 1 picks the half,
   // warp >> 1 the first of its steps (a warp holding all 18 tiles' accumulators needs ~150 registers).
   constexpr int kHalfTiles = kCols / 16;
@@ -292,8 +302,11 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
     load_strip(ustrip[buf], u + off, L, t0 - kHalo, kHalo + n, vec);
     load_strip(gstrip[buf], gy + off, L, t0, n, vec);
   };
-  if ((int64_t)blockIdx.y < items) issue(blockIdx.y, 0);
-  cp_async_commit();
+  for (int st = 0; st + 1 < kStages; ++st) {  // prologue: the first kStages - 1 items
+    const int64_t it = blockIdx.y + (int64_t)st * gridDim.y;
+    if (it < items) issue(it, st);
+    cp_async_commit();
+  }
   // G's columns r < 129 - taps never meet a tap: column tiles before col_first are skipped.
   int col_first = 0;
   while (8 * col_first + 7 < kHalo + 1 - taps) ++col_first;
@@ -320,13 +333,15 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
       acc[j][e] = 0.f;
     }
   int buf = 0, done = 0;
-  for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf ^= 1) {
+  for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf = (buf + 1) % kStages) {
     const int64_t t0 = (it % chunks) * kChunk;
     const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
     const int steps = (n_out + kStepOutputs - 1) / kStepOutputs;
-    if (it + gridDim.y < items) issue(it + gridDim.y, buf ^ 1);  // its buffers were released by the last barrier
+    // the item kStages - 1 ahead, into the buffer the previous item released at its last barrier
+    const int64_t ahead = it + (int64_t)(kStages - 1) * gridDim.y;
+    if (ahead < items) issue(ahead, (buf + kStages - 1) % kStages);
     cp_async_commit();
-    cp_async_wait_one();
+    cp_async_wait<kStages - 1>();
     __syncthreads();  // this item's strips have landed
     for (int st = warp >> 1; st < steps; st += kWarps / 2) {
       const int n0 = 16 * st;

@@ -401,7 +401,8 @@ bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
   return plan.taps <= (u.size(2) < kShortRow ? kDirectTapsShortRows : kDirectTaps);
 }
 
-// Tensor-core direct path (direct_mma.cuh): bfloat16 u with 33-128 taps at any length, on sm_80+.
+// Tensor-core direct path (direct_mma.cuh): bfloat16 u with 33-128 taps, on sm_80+ (the forward on
+// rows shorter than 2048 only, below).
 // At L = 1K with 128 taps the FFT windows transform 2048 points per 1024 outputs and run far from
 // the memory floor; this path reads the row once and does the taps as bf16 mma (RESULTS.md,
 // fourteenth session). FFT_TENSOR_CONV_MMA=0 switches it off (read on every call); a
@@ -412,6 +413,13 @@ bool use_mma(const at::Tensor& u, const ConvPlan& plan) {
   if (const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS"); env && plan.taps > std::atoi(env)) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
 }
+
+// The forward takes the mma kernel on rows shorter than 2048 only. Measured on the H200 (bf16, 128
+// taps, B=8, D=768, kernel time): 31 vs 37 us at L = 1K (B=32, D=512: 75 vs 87 us), but 105 vs 85 us
+// at 4K, where the FFT windows transform 1.25 points per output instead of 2. The backward takes it
+// at every length: its grad_k (80 vs 195 us at 4K) outweighs grad_u (104 vs 85 us). 2K was not
+// measured; rows from 2048 keep the FFT windows they had before the mma kernels.
+constexpr int64_t kMmaForwardMaxRow = 2047;
 
 int64_t mma_chunks(int64_t L) { return (L + direct_mma::kChunk - 1) / direct_mma::kChunk; }
 
@@ -562,7 +570,7 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
     return y;
   }
   // (the experimental tiled kernels above first: FFT_TENSOR_CONV_CHANNELS_LAST=1 asks for them)
-  if (use_mma(u, plan)) {
+  if (L <= kMmaForwardMaxRow && use_mma(u, plan)) {
     const at::Tensor uc = layout::rows_contiguous(u);
     at::Tensor y = at::empty_like(uc);
     if (uc.numel() == 0) return y;

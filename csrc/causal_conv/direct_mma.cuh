@@ -9,6 +9,9 @@
 // The window operand comes straight from shared memory with ldmatrix (every tile's window is a
 // 16-aligned slice of the row strip), so a row is read once from global memory and written once.
 //
+// grad_u[t] = sum_s k[s] gy[t + s] is the same product with the window after the tile and the
+// mirrored matrix A[t][r] = k[r - t], so rows are always read forwards.
+//
 // grad_k[s] = sum_{b,t} gy[t] u[t - s] is the transpose: G[t][r] = sum_n gy[16 n + t] window_n[r]
 // summed over tiles n is a (16 x tiles) x (tiles x 144) product (gy^T and the windows both read by
 // ldmatrix.trans), and grad_k[s] = sum_t G[t][t + 128 - s], a diagonal sum done once per block.
@@ -37,9 +40,9 @@ constexpr int kChunk = 1024;                  // outputs per work item (row b, c
 constexpr int kStrip = kChunk + kHalo;
 constexpr int kGroupOutputs = 8 * kTile;      // outputs of one forward mma column group
 constexpr int kStepOutputs = 16 * kTile;      // outputs summed by one grad_k mma step
-// Strips in flight per block: a block loads the next kStages - 1 items while it computes one. At
-// L = 1K an item is one row (2.3 KB): with two stages an SM had ~9 KB of loads in flight, far
-// under what hides DRAM latency at full bandwidth (RESULTS.md, fourteenth session).
+// Strips in flight per block: a block loads the next kStages - 1 items while it computes one. Four
+// stages measured the same as two on the H200 (RESULTS.md, fourteenth session): the forward's distance
+// from the memory floor (4-5x) is not load latency alone; not profiled further yet.
 constexpr int kStages = 4;
 
 using bf16 = __nv_bfloat16;

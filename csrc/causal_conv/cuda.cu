@@ -394,10 +394,15 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 constexpr int kDirectTaps = 32, kDirectTapsShortRows = 128;
 constexpr int64_t kShortRow = 1024;
 
+// FFT_TENSOR_CONV_DIRECT_MAX_TAPS as a cutoff in [0, 128], or -1 when it is not set.
+int direct_max_taps_switch() {
+  const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS");
+  return env ? std::max(0, std::min(std::atoi(env), direct::kMaxTaps)) : -1;
+}
+
 bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
   if (u.scalar_type() == at::kDouble) return false;
-  if (const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS"))
-    return plan.taps <= std::max(0, std::min(std::atoi(env), direct::kMaxTaps));
+  if (const int cutoff = direct_max_taps_switch(); cutoff >= 0) return plan.taps <= cutoff;
   return plan.taps <= (u.size(2) < kShortRow ? kDirectTapsShortRows : kDirectTaps);
 }
 
@@ -410,7 +415,7 @@ bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
 bool use_mma(const at::Tensor& u, const ConvPlan& plan) {
   if (u.scalar_type() != at::kBFloat16 || plan.taps <= kDirectTaps || plan.taps > direct_mma::kMaxTaps) return false;
   if (const char* env = std::getenv("FFT_TENSOR_CONV_MMA"); env && std::string(env) == "0") return false;
-  if (const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS"); env && plan.taps > std::atoi(env)) return false;
+  if (const int cutoff = direct_max_taps_switch(); cutoff >= 0 && plan.taps > cutoff) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
 }
 

@@ -142,6 +142,17 @@ __device__ __forceinline__ void load_strip(bf16* strip, const bf16* row, int64_t
   }
 }
 
+// Work item it of a channel: row b, chunk of outputs [t0, t0 + n_out).
+struct Item {
+  int64_t b, t0;
+  int n_out;
+};
+
+__device__ __forceinline__ Item item_at(int64_t it, int64_t chunks, int64_t L) {
+  const int64_t t0 = (it % chunks) * kChunk;
+  return {it / chunks, t0, (int)(L - t0 < kChunk ? L - t0 : kChunk)};
+}
+
 // A k-step kk of A is all zero when no (t, column) pair of it meets a tap in [0, taps).
 template <bool kReverse>
 __device__ __forceinline__ bool step_used(int kk, int taps) {
@@ -171,10 +182,9 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
   const int64_t items = B * chunks;
   // item it: strip of its outputs' windows (time t0 - halo on), kHalo + groups * 128 samples
   auto issue = [&](int64_t it, int buf) {
-    const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
-    const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
-    const int n = kHalo + ((n_out + kGroupOutputs - 1) / kGroupOutputs) * kGroupOutputs;
-    load_strip(strip[buf], x + (b * D + d) * L, L, kReverse ? t0 : t0 - kHalo, n, vec);
+    const Item item = item_at(it, chunks, L);
+    const int n = kHalo + ((item.n_out + kGroupOutputs - 1) / kGroupOutputs) * kGroupOutputs;
+    load_strip(strip[buf], x + (item.b * D + d) * L, L, kReverse ? item.t0 : item.t0 - kHalo, n, vec);
   };
   for (int st = 0; st + 1 < kStages; ++st) {  // prologue: the first kStages - 1 items
     const int64_t it = blockIdx.y + (int64_t)st * gridDim.y;
@@ -198,8 +208,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
   }
   int buf = 0;
   for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf = (buf + 1) % kStages) {
-    const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
-    const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
+    const auto [b, t0, n_out] = item_at(it, chunks, L);
     const int groups = (n_out + kGroupOutputs - 1) / kGroupOutputs;
     // the item kStages - 1 ahead, into the buffer the previous item released at its last barrier
     const int64_t ahead = it + (int64_t)(kStages - 1) * gridDim.y;
@@ -213,8 +222,8 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
     for (int grp = warp; grp < groups; grp += 2 * kWarps) {
       const bool two = grp + kWarps < groups;  // warp-uniform
       float c[2][2][4] = {};                    // [group][hi, lo][fragment]
-      // ldmatrix: lane gives row (lane & 7) of matrix (lane >> 3): window n0 + (lane & 7) at sample
-      // 16 kk + 8 (lane >> 3), so one x4 load is b0, b1 of steps kk and kk + 1.
+      // ldmatrix: lane gives row (lane & 7) of matrix (lane >> 3): window (lane & 7) of group m's 8
+      // tiles at sample 16 kk + 8 (lane >> 3), so one x4 load is b0, b1 of steps kk and kk + 1.
       const bf16* base[2];
 #pragma unroll
       for (int m = 0; m < 2; ++m) base[m] = sb + 16 * (8 * (grp + m * kWarps) + (lane & 7)) + 8 * (lane >> 3);
@@ -252,7 +261,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
 #pragma unroll
       for (int m = 0; m < 2; ++m) {
         if (m == 1 && !two) break;
-        // c[0], c[1]: output t = g of tiles n0 + 2 tig and n0 + 2 tig + 1; c[2], c[3]: t = g + 8
+        // c[0], c[1]: output t = g of the group's tiles 2 tig and 2 tig + 1; c[2], c[3]: t = g + 8
         const int o = 16 * (8 * (grp + m * kWarps) + 2 * tig) + g;
         out[o] = __float2bfloat16_rn(c[m][0][0] + c[m][1][0]);
         out[o + 16] = __float2bfloat16_rn(c[m][0][1] + c[m][1][1]);
@@ -277,10 +286,11 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
 }
 
 // partial[group, d, s] = sum over the items of block (d, group) of sum_t gy[b,d,t] u[b,d,t - s].
-// grid (D, groups) as above, kStages - 1 items' strips loading while one is in use; each warp takes
-// steps of 16 tiles (256 times) of an item and adds its 16 x 144 G to its own slots of red after each
-// item (float32 adds, no long chains of tensor-core accumulation); at the end the block sums the
-// warps' diagonals in a fixed order (deterministic).
+// grid (D, groups) as above, kStages - 1 items' strips loading while one is in use; a pair of warps
+// takes each step of 16 tiles (256 times) of an item, each warp half of G's 144 columns, and every
+// kFlushItems items a warp adds its accumulators into its own slots of red (float32 adds, no long
+// chains of tensor-core accumulation); at the end the block sums G's diagonals over the warps in a
+// fixed order (deterministic).
 __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* __restrict__ u,
                                                                    const bf16* __restrict__ gy,
                                                                    float* __restrict__ partial, int64_t B, int64_t D,
@@ -298,12 +308,11 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t items = B * chunks;
   auto issue = [&](int64_t it, int buf) {
-    const int64_t b = it / chunks, t0 = (it % chunks) * kChunk;
-    const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
-    const int n = ((n_out + kStepOutputs - 1) / kStepOutputs) * kStepOutputs;
-    const int64_t off = (b * D + d) * L;
-    load_strip(ustrip[buf], u + off, L, t0 - kHalo, kHalo + n, vec);
-    load_strip(gstrip[buf], gy + off, L, t0, n, vec);
+    const Item item = item_at(it, chunks, L);
+    const int n = ((item.n_out + kStepOutputs - 1) / kStepOutputs) * kStepOutputs;
+    const int64_t off = (item.b * D + d) * L;
+    load_strip(ustrip[buf], u + off, L, item.t0 - kHalo, kHalo + n, vec);
+    load_strip(gstrip[buf], gy + off, L, item.t0, n, vec);
   };
   for (int st = 0; st + 1 < kStages; ++st) {  // prologue: the first kStages - 1 items
     const int64_t it = blockIdx.y + (int64_t)st * gridDim.y;
@@ -337,9 +346,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
     }
   int buf = 0, done = 0;
   for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf = (buf + 1) % kStages) {
-    const int64_t t0 = (it % chunks) * kChunk;
-    const int n_out = (int)(L - t0 < kChunk ? L - t0 : kChunk);
-    const int steps = (n_out + kStepOutputs - 1) / kStepOutputs;
+    const int steps = (item_at(it, chunks, L).n_out + kStepOutputs - 1) / kStepOutputs;
     // the item kStages - 1 ahead, into the buffer the previous item released at its last barrier
     const int64_t ahead = it + (int64_t)(kStages - 1) * gridDim.y;
     if (ahead < items) issue(ahead, (buf + kStages - 1) % kStages);

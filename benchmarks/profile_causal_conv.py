@@ -3,7 +3,7 @@
     ncu --profile-from-start off --kernel-name regex:conv_ --section SpeedOfLight --section Occupancy \
         python benchmarks/profile_causal_conv.py
 
-The shapes are bench_causal_conv.py's (B=8, D=768, fp32): the fused one-block FFT at L=1K (Lk=L and
+The shapes are bench_causal_conv.py's (B=8, D=768, fp32 unless --dtype bf16): the fused one-block FFT at L=1K (Lk=L and
 Lk=128) and 4K, and the cluster FFT at 16K and 64K. Each shape runs once unprofiled first (plans,
 lazy init), then once between cudaProfilerStart/Stop. Prints nothing useful itself; ncu's report is
 the output (device_run.sh's `ncu` stage keeps it in $OUT/ncu.txt).
@@ -51,10 +51,11 @@ def main():
         args.shape_list = SHAPES
     if args.breakdown:
         return breakdown(args)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     for L, Lk in args.shape_list:
         if L > args.max_length:
             continue
-        u = torch.randn(args.batch, args.dim, L, device="cuda")
+        u = torch.randn(args.batch, args.dim, L, device="cuda", dtype=dtype)
         k = torch.randn(args.dim, Lk, device="cuda") / Lk ** 0.5
         gy = torch.randn_like(u)
         for profiled in (False, True):

@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -414,6 +415,7 @@ bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
 // FFT_TENSOR_CONV_DIRECT_MAX_TAPS cutoff also bounds it, so =0 still means FFT windows only.
 bool use_mma(const at::Tensor& u, const ConvPlan& plan) {
   if (u.scalar_type() != at::kBFloat16 || plan.taps <= kDirectTaps || plan.taps > direct_mma::kMaxTaps) return false;
+  if (u.size(2) > std::numeric_limits<int>::max() - direct_mma::kChunk) return false;  // the kernels' times are int
   if (const char* env = std::getenv("FFT_TENSOR_CONV_MMA"); env && std::string(env) == "0") return false;
   if (const int cutoff = direct_max_taps_switch(); cutoff >= 0 && plan.taps > cutoff) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
@@ -425,6 +427,13 @@ bool use_mma(const at::Tensor& u, const ConvPlan& plan) {
 // at every length: its grad_k (80 vs 195 us at 4K) outweighs grad_u (104 vs 85 us). 2K was not
 // measured; rows from 2048 keep the FFT windows they had before the mma kernels.
 constexpr int64_t kMmaForwardMaxRow = 2047;
+
+// FFT_TENSOR_CONV_MMA=all (read on every call) takes the mma forward at every length, to measure it
+// against the FFT windows on long rows.
+int64_t mma_forward_max_row() {
+  const char* env = std::getenv("FFT_TENSOR_CONV_MMA");
+  return env && std::string(env) == "all" ? std::numeric_limits<int64_t>::max() : kMmaForwardMaxRow;
+}
 
 int64_t mma_chunks(int64_t L) { return (L + direct_mma::kChunk - 1) / direct_mma::kChunk; }
 
@@ -447,9 +456,11 @@ void launch_conv_mma(const at::Tensor& x, const at::Tensor& k, const c10::option
   TORCH_CHECK(D < (int64_t(1) << 31), "causal_conv: too many channels (", std::to_string(D), ") for one launch");
   const SpectrumTaps t = spectrum_taps(k, skip, taps);
   const dim3 grid((unsigned)D, (unsigned)mma_groups(D, B * chunks));
-  direct_mma::conv_mma_kernel<kReverse><<<grid, direct_mma::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  const auto kernel = taps >= direct_mma::kAllStepsTaps ? direct_mma::conv_mma_kernel<kReverse, true>
+                                                        : direct_mma::conv_mma_kernel<kReverse, false>;
+  kernel<<<grid, direct_mma::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), t.taps, reinterpret_cast<__nv_bfloat16*>(y.data_ptr()),
-      B, D, L, chunks, mma_vec(x, y));
+      B, D, (int)L, (int)chunks, mma_vec(x, y));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -464,7 +475,7 @@ at::Tensor mma_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
   direct_mma::conv_mma_grad_k_kernel<<<dim3((unsigned)D, (unsigned)groups), direct_mma::kThreads, 0,
                                        at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const __nv_bfloat16*>(u.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(gy.data_ptr()),
-      partial.data_ptr<float>(), B, D, L, taps, chunks, mma_vec(u, gy));
+      partial.data_ptr<float>(), B, D, (int)L, taps, (int)chunks, mma_vec(u, gy));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return groups == 1 ? partial : partial.sum(0);
 }
@@ -575,7 +586,7 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
     return y;
   }
   // (the experimental tiled kernels above first: FFT_TENSOR_CONV_CHANNELS_LAST=1 asks for them)
-  if (L <= kMmaForwardMaxRow && use_mma(u, plan)) {
+  if (L <= mma_forward_max_row() && use_mma(u, plan)) {
     const at::Tensor uc = layout::rows_contiguous(u);
     at::Tensor y = at::empty_like(uc);
     if (uc.numel() == 0) return y;

@@ -57,35 +57,37 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+// The loads take 32-bit shared-memory addresses (smem_addr once per block, then byte offsets), so the
+// inner loops do no generic-to-shared conversions.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
 #if FFT_TENSOR_MMA_OK
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* p) {
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) {
 #if FFT_TENSOR_MMA_OK
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
 #if FFT_TENSOR_MMA_OK
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* p) {
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t addr) {
 #if FFT_TENSOR_MMA_OK
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 #endif
 }
 
@@ -125,10 +127,11 @@ __device__ __forceinline__ void cp_async_wait() {  // all but the latest kPendin
 
 // strip[i] = row[t + i] for i < n, t = first time (a multiple of 8), 0 outside [0, L). vec (rows
 // 16-byte aligned, L % 8 == 0): 8 times per cp.async, so the strip lands asynchronously; otherwise
-// plain loads and stores (done by the next barrier either way).
-__device__ __forceinline__ void load_strip(bf16* strip, const bf16* row, int64_t L, int64_t t, int n, bool vec) {
+// plain loads and stores (done by the next barrier either way). Times are int: cuda.cu takes this
+// path for L < 2^31 only.
+__device__ __forceinline__ void load_strip(bf16* strip, const bf16* row, int L, int t, int n, bool vec) {
   for (int q = threadIdx.x; q < n / 8; q += blockDim.x) {
-    const int64_t tq = t + 8 * q;
+    const int tq = t + 8 * q;
     if (vec && tq >= 0 && tq + 8 <= L) {
       cp_async16(strip + 8 * q, row + tq);
     } else {
@@ -142,16 +145,30 @@ __device__ __forceinline__ void load_strip(bf16* strip, const bf16* row, int64_t
   }
 }
 
-// Work item it of a channel: row b, chunk of outputs [t0, t0 + n_out).
-struct Item {
-  int64_t b, t0;
-  int n_out;
+// A block's work items of its channel: item it = row b, chunk c (outputs [t0, t0 + n_out), t0 =
+// kChunk c) for it = first, first + stride, ...; advance() steps by stride without a 64-bit division
+// per item (the division is a subroutine call on the GPU).
+struct ItemCursor {
+  int64_t b, db;
+  int c, dc, chunks, L;
+  __device__ __forceinline__ ItemCursor(int64_t first, int64_t stride, int chunks_, int L_)
+      : b(first / chunks_), db(stride / chunks_), c((int)(first % chunks_)), dc((int)(stride % chunks_)),
+        chunks(chunks_), L(L_) {}
+  __device__ __forceinline__ void advance() {
+    b += db;
+    c += dc;
+    if (c >= chunks) {
+      c -= chunks;
+      ++b;
+    }
+  }
+  __device__ __forceinline__ int t0() const { return c * kChunk; }
+  __device__ __forceinline__ int n_out() const { return min(L - c * kChunk, kChunk); }
 };
 
-__device__ __forceinline__ Item item_at(int64_t it, int64_t chunks, int64_t L) {
-  const int64_t t0 = (it % chunks) * kChunk;
-  return {it / chunks, t0, (int)(L - t0 < kChunk ? L - t0 : kChunk)};
-}
+// Taps from which every k-step of A meets a tap, in either direction (step 0 forward and step
+// kSteps - 1 reversed reach lags down to kHalo - 15 at most).
+constexpr int kAllStepsTaps = kHalo - 15 + 1;
 
 // A k-step kk of A is all zero when no (t, column) pair of it meets a tap in [0, taps).
 template <bool kReverse>
@@ -164,34 +181,38 @@ __device__ __forceinline__ bool step_used(int kk, int taps) {
 // y[t] = sum_{s < taps} k[s] x[t - s] for bf16 rows (forward: window_n[r] = x[16 n - 128 + r],
 // A[t][r] = k[t + 128 - r]); kReverse gives grad_u[t] = sum_s k[s] gy[t + s] with the window after the
 // tile instead (window_n[r] = gy[16 n + r], A[t][r] = k[r - t]): rows are read forwards either way.
-// kt reads k in its own strides and adds skip at tap 0.
+// kt reads k in its own strides and adds skip at tap 0. kAllSteps: taps >= kAllStepsTaps, so every
+// k-step of A meets a tap and the step loop has no tests.
 // grid (D, groups): block (d, g) takes the items g, g + groups, ... of channel d's B * chunks (row b,
-// chunk of kChunk outputs) items, loading the next kStages - 1 items' strips while it computes one; each warp takes
-// column groups of 8 tiles (128 outputs).
-template <bool kReverse>
+// chunk of kChunk outputs) items, loading the next kStages - 1 items' strips while it computes one; each
+// warp takes column groups of 8 tiles (128 outputs).
+template <bool kReverse, bool kAllSteps>
 __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restrict__ x, const KernelTaps kt,
-                                                            bf16* __restrict__ y, int64_t B, int64_t D, int64_t L,
-                                                            int64_t chunks, bool vec) {
+                                                            bf16* __restrict__ y, int64_t B, int64_t D, int L,
+                                                            int chunks, bool vec) {
 #if FFT_TENSOR_MMA_OK
   __shared__ __align__(16) bf16 strip[kStages][kStrip];
   __shared__ __align__(16) bf16 out[kChunk];
-  __shared__ float ks[kCols + 16];  // ks[16 + s] = k[s], 0 outside [0, taps); A reads s in [-15, 143]
+  // Two copies of ks[16 + s] = k[s] (0 outside [0, taps); A reads s in [-15, 143]): A is Toeplitz, so
+  // fragment 3 of a step equals fragment 0, and fragment 1 equals fragment 2 of the step before.
+  // Loaded from one array, the compiler keeps each value once and copies it into every 4-register
+  // mma operand before each use (eight moves per step pair); fragments 2 and 3 come from the second
+  // copy, so every operand is its own registers, set once.
+  __shared__ float ks[2][kCols + 16];
   const int64_t d = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tig = lane & 3;
   const int taps = kt.taps;
-  const int64_t items = B * chunks;
-  // item it: strip of its outputs' windows (time t0 - halo on), kHalo + groups * 128 samples
-  auto issue = [&](int64_t it, int buf) {
-    const Item item = item_at(it, chunks, L);
-    const int n = kHalo + ((item.n_out + kGroupOutputs - 1) / kGroupOutputs) * kGroupOutputs;
-    load_strip(strip[buf], x + (item.b * D + d) * L, L, kReverse ? item.t0 : item.t0 - kHalo, n, vec);
+  ItemCursor cur(blockIdx.y, gridDim.y, chunks, L), ahead = cur;
+  // item's strip: its outputs' windows (time t0 - halo on), kHalo + groups * 128 samples
+  auto issue = [&](const ItemCursor& item, int buf) {
+    const int n = kHalo + ((item.n_out() + kGroupOutputs - 1) / kGroupOutputs) * kGroupOutputs;
+    load_strip(strip[buf], x + (item.b * D + d) * L, L, kReverse ? item.t0() : item.t0() - kHalo, n, vec);
   };
-  for (int st = 0; st + 1 < kStages; ++st) {  // prologue: the first kStages - 1 items
-    const int64_t it = blockIdx.y + (int64_t)st * gridDim.y;
-    if (it < items) issue(it, st);
+  for (int st = 0; st + 1 < kStages; ++st, ahead.advance()) {  // prologue: the first kStages - 1 items
+    if (ahead.b < B) issue(ahead, st);
     cp_async_commit();
   }
-  for (int i = threadIdx.x; i < kCols + 16; i += kThreads) ks[i] = i >= 16 ? kt(d, i - 16) : 0.f;
+  for (int i = threadIdx.x; i < kCols + 16; i += kThreads) ks[0][i] = ks[1][i] = i >= 16 ? kt(d, i - 16) : 0.f;
   __syncthreads();
   uint32_t a_hi[kSteps][4], a_lo[kSteps][4];
 #pragma unroll
@@ -200,60 +221,65 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
     for (int q = 0; q < 4; ++q) {  // fragment q: rows g + 8 (q & 1), columns 2 tig + 8 (q >> 1), two of them
       const int row = g + 8 * (q & 1), col = 16 * kk + 2 * tig + 8 * (q >> 1);
       const int lag = kReverse ? col - row : row + kHalo - col;  // of column col; col + 1 is lag -+ 1
-      const float v0 = ks[16 + lag], v1 = ks[16 + lag + (kReverse ? 1 : -1)];
+      const float* kq = ks[q >> 1] + 16;
+      const float v0 = kq[lag], v1 = kq[lag + (kReverse ? 1 : -1)];
       const bf16 h0 = __float2bfloat16_rn(v0), h1 = __float2bfloat16_rn(v1);
       a_hi[kk][q] = pack(h0, h1);
       a_lo[kk][q] = pack(__float2bfloat16_rn(v0 - __bfloat162float(h0)), __float2bfloat16_rn(v1 - __bfloat162float(h1)));
     }
   }
+  bool used[kSteps];
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) used[kk] = kAllSteps || step_used<kReverse>(kk, taps);
+  // ldmatrix: lane gives row (lane & 7) of matrix (lane >> 3): window (lane & 7) of a group's 8 tiles at
+  // sample 16 kk + 8 (lane >> 3), so one x4 load is b0, b1 of steps kk and kk + 1 (byte offsets).
+  const uint32_t strip0 = smem_addr(&strip[0][0]);
+  const uint32_t lane_x4 = 2 * (16 * (lane & 7) + 8 * (lane >> 3));
+  const uint32_t lane_x2 = 2 * (16 * (lane & 7) + 8 * ((lane >> 3) & 1));  // lanes 0-15 address the x2 load
   int buf = 0;
-  for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf = (buf + 1) % kStages) {
-    const auto [b, t0, n_out] = item_at(it, chunks, L);
+  for (; cur.b < B; cur.advance(), buf = (buf + 1) % kStages) {
+    const int n_out = cur.n_out();
     const int groups = (n_out + kGroupOutputs - 1) / kGroupOutputs;
     // the item kStages - 1 ahead, into the buffer the previous item released at its last barrier
-    const int64_t ahead = it + (int64_t)(kStages - 1) * gridDim.y;
-    if (ahead < items) issue(ahead, (buf + kStages - 1) % kStages);
+    if (ahead.b < B) issue(ahead, (buf + kStages - 1) % kStages);
+    ahead.advance();
     cp_async_commit();
     cp_async_wait<kStages - 1>();
     __syncthreads();  // this item's strip has landed; the previous item's out is stored
-    const bf16* sb = strip[buf];
+    const uint32_t sb = strip0 + 2 * kStrip * buf;
     // Two column groups per warp at a time (grp and grp + kWarps), hi and lo in their own
     // accumulators: four independent mma chains instead of one, so the tensor pipe stays fed.
     for (int grp = warp; grp < groups; grp += 2 * kWarps) {
       const bool two = grp + kWarps < groups;  // warp-uniform
       float c[2][2][4] = {};                    // [group][hi, lo][fragment]
-      // ldmatrix: lane gives row (lane & 7) of matrix (lane >> 3): window (lane & 7) of group m's 8
-      // tiles at sample 16 kk + 8 (lane >> 3), so one x4 load is b0, b1 of steps kk and kk + 1.
-      const bf16* base[2];
+      uint32_t base[2];
 #pragma unroll
-      for (int m = 0; m < 2; ++m) base[m] = sb + 16 * (8 * (grp + m * kWarps) + (lane & 7)) + 8 * (lane >> 3);
+      for (int m = 0; m < 2; ++m) base[m] = sb + 2 * 16 * 8 * (grp + m * kWarps);
 #pragma unroll
       for (int kk = 0; kk + 1 < kSteps; kk += 2) {
-        const bool use0 = step_used<kReverse>(kk, taps), use1 = step_used<kReverse>(kk + 1, taps);
-        if (!use0 && !use1) continue;
+        if (!used[kk] && !used[kk + 1]) continue;
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
           if (m == 1 && !two) break;
           uint32_t bq[4];
-          ldmatrix_x4(bq, base[m] + 16 * kk);
-          if (use0) {
+          ldmatrix_x4(bq, base[m] + lane_x4 + 2 * 16 * kk);
+          if (used[kk]) {
             mma(c[m][0], a_hi[kk], bq[0], bq[1]);
             mma(c[m][1], a_lo[kk], bq[0], bq[1]);
           }
-          if (use1) {
+          if (used[kk + 1]) {
             mma(c[m][0], a_hi[kk + 1], bq[2], bq[3]);
             mma(c[m][1], a_lo[kk + 1], bq[2], bq[3]);
           }
         }
       }
-      if (step_used<kReverse>(kSteps - 1, taps)) {
+      if (used[kSteps - 1]) {
         constexpr int kk = kSteps - 1;
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
           if (m == 1 && !two) break;
           uint32_t bq[2];
-          // lanes 0-15 address the x2 load's two matrices (b0, b1 of step kk)
-          ldmatrix_x2(bq, base[m] - 8 * (lane >> 3) + 8 * ((lane >> 3) & 1) + 16 * kk);
+          ldmatrix_x2(bq, base[m] + lane_x2 + 2 * 16 * kk);
           mma(c[m][0], a_hi[kk], bq[0], bq[1]);
           mma(c[m][1], a_lo[kk], bq[0], bq[1]);
         }
@@ -270,9 +296,10 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
       }
     }
     __syncthreads();  // out is complete; every warp is done with strip[buf]
-    bf16* yr = y + (b * D + d) * L;
+    bf16* yr = y + (cur.b * D + d) * L;
+    const int t0 = cur.t0();
     for (int q = threadIdx.x; q < (n_out + 7) / 8; q += kThreads) {
-      const int64_t t = t0 + 8 * q;
+      const int t = t0 + 8 * q;
       if (vec && t + 8 <= L) {
         *reinterpret_cast<uint4*>(yr + t) = *reinterpret_cast<const uint4*>(out + 8 * q);
       } else {
@@ -294,7 +321,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
 __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* __restrict__ u,
                                                                    const bf16* __restrict__ gy,
                                                                    float* __restrict__ partial, int64_t B, int64_t D,
-                                                                   int64_t L, int taps, int64_t chunks, bool vec) {
+                                                                   int L, int taps, int chunks, bool vec) {
 #if FFT_TENSOR_MMA_OK
   __shared__ __align__(16) bf16 ustrip[kStages][kStrip];
   __shared__ __align__(16) bf16 gstrip[kStages][kChunk];
@@ -306,17 +333,15 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
   __shared__ float red[kWarps][4 * kHalfTiles][32];
   const int64_t d = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t items = B * chunks;
-  auto issue = [&](int64_t it, int buf) {
-    const Item item = item_at(it, chunks, L);
-    const int n = ((item.n_out + kStepOutputs - 1) / kStepOutputs) * kStepOutputs;
+  ItemCursor cur(blockIdx.y, gridDim.y, chunks, L), ahead = cur;
+  auto issue = [&](const ItemCursor& item, int buf) {
+    const int n = ((item.n_out() + kStepOutputs - 1) / kStepOutputs) * kStepOutputs;
     const int64_t off = (item.b * D + d) * L;
-    load_strip(ustrip[buf], u + off, L, item.t0 - kHalo, kHalo + n, vec);
-    load_strip(gstrip[buf], gy + off, L, item.t0, n, vec);
+    load_strip(ustrip[buf], u + off, L, item.t0() - kHalo, kHalo + n, vec);
+    load_strip(gstrip[buf], gy + off, L, item.t0(), n, vec);
   };
-  for (int st = 0; st + 1 < kStages; ++st) {  // prologue: the first kStages - 1 items
-    const int64_t it = blockIdx.y + (int64_t)st * gridDim.y;
-    if (it < items) issue(it, st);
+  for (int st = 0; st + 1 < kStages; ++st, ahead.advance()) {  // prologue: the first kStages - 1 items
+    if (ahead.b < B) issue(ahead, st);
     cp_async_commit();
   }
   // G's columns r < 129 - taps never meet a tap: column tiles before col_first are skipped.
@@ -344,37 +369,42 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
       mine[4 * j + e][lane] = 0.f;
       acc[j][e] = 0.f;
     }
+  // byte offsets of this lane's ldmatrix rows (see the loads below)
+  const int q = lane >> 3;
+  const uint32_t ustrip0 = smem_addr(&ustrip[0][0]), gstrip0 = smem_addr(&gstrip[0][0]);
+  const uint32_t lane_a = 2 * (16 * (8 * (q >> 1) + (lane & 7)) + 8 * (q & 1));
+  const uint32_t lane_b = 2 * (16 * (8 * (q & 1) + (lane & 7)) + 8 * (kHalfTiles * half));
   int buf = 0, done = 0;
-  for (int64_t it = blockIdx.y; it < items; it += gridDim.y, buf = (buf + 1) % kStages) {
-    const int steps = (item_at(it, chunks, L).n_out + kStepOutputs - 1) / kStepOutputs;
+  for (; cur.b < B; cur.advance(), buf = (buf + 1) % kStages) {
+    const int steps = (cur.n_out() + kStepOutputs - 1) / kStepOutputs;
     // the item kStages - 1 ahead, into the buffer the previous item released at its last barrier
-    const int64_t ahead = it + (int64_t)(kStages - 1) * gridDim.y;
-    if (ahead < items) issue(ahead, (buf + kStages - 1) % kStages);
+    if (ahead.b < B) issue(ahead, (buf + kStages - 1) % kStages);
+    ahead.advance();
     cp_async_commit();
     cp_async_wait<kStages - 1>();
     __syncthreads();  // this item's strips have landed
+    const uint32_t ub = ustrip0 + 2 * kStrip * buf, gb = gstrip0 + 2 * kChunk * buf;
     for (int st = warp >> 1; st < steps; st += kWarps / 2) {
-      const int n0 = 16 * st;
+      const uint32_t n0 = 2 * 16 * 16 * st;  // bytes of 16 tiles
       // A = gy^T (16 t x 16 tiles): matrix q = lane >> 3 holds tiles n0 + 8 (q >> 1) + (lane & 7),
       // times 8 (q & 1) + 0..7, transposed on load.
       uint32_t a[4];
-      const int q = lane >> 3;
-      ldmatrix_x4_trans(a, gstrip[buf] + 16 * (n0 + 8 * (q >> 1) + (lane & 7)) + 8 * (q & 1));
+      ldmatrix_x4_trans(a, gb + n0 + lane_a);
       // B (16 tiles x 8 samples): matrix q holds tiles n0 + 8 (q & 1) + (lane & 7), samples of column
       // tile j + (q >> 1) of this warp's half: b0, b1 of column tiles j and j + 1 in one load.
-      const bf16* base = ustrip[buf] + 16 * (n0 + 8 * (q & 1) + (lane & 7)) + 8 * (kHalfTiles * half);
+      const uint32_t base = ub + n0 + lane_b;
 #pragma unroll
       for (int j = 0; j + 1 < kHalfTiles; j += 2) {
         if (kHalfTiles * half + j + 1 < col_first) continue;
         uint32_t bq[4];
-        ldmatrix_x4_trans(bq, base + 8 * (j + (q >> 1)));
+        ldmatrix_x4_trans(bq, base + 2 * 8 * (j + (q >> 1)));
         mma(acc[j], a, bq[0], bq[1]);
         mma(acc[j + 1], a, bq[2], bq[3]);
       }
       {  // the half's last (odd) column tile: an x2 load, lanes 16-31 repeating lanes 0-15's addresses
         constexpr int j = kHalfTiles - 1;
         uint32_t bq[2];
-        ldmatrix_x2_trans(bq, base + 8 * j);
+        ldmatrix_x2_trans(bq, base + 2 * 8 * j);
         mma(acc[j], a, bq[0], bq[1]);
       }
     }

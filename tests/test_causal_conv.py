@@ -824,7 +824,7 @@ def test_cuda_channels_contiguous_rows(L, Lk, batch, dim, dtype):
 # than the launch wants blocks: one block per channel loops over every item).
 MMA_SHAPES = [(33, 33, 1, 3), (1000, 128, 3, 5), (1024, 128, 2, 3), (1025, 100, 3, 2), (2049, 48, 3, 1),
               (3000, 64, 2, 2), (4097, 128, 1, 3), (100, 130, 2, 3), (70001, 128, 1, 2), (2000, 128, 2, 1100),
-              (1500, 113, 2, 3), (1030, 114, 1, 2)]  # 114 taps on: every k-step of A meets a tap
+              (1500, 113, 2, 3), (1030, 114, 1, 2), (5000, 100, 2, 3)]  # 114 taps on: every k-step of A meets a tap
 requires_mma = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
                                   reason="bf16 mma.sync needs sm_80")
 
@@ -860,25 +860,10 @@ def test_cuda_mma(L, Lk, batch, dim):
     u, k, skip = make_inputs(L, Lk, True, "cuda", dtype=torch.bfloat16, batch=batch, dim=dim)
     gy = torch.randn(u.shape, device="cuda").to(torch.bfloat16)
     names = _cuda_kernel_names(lambda: check_mma(u, k, skip, gy))
-    # the backward (grad_u, grad_k) at every length; the forward on rows shorter than 2048 (from
-    # there the FFT windows were measured faster)
-    assert "conv_mma_kernel<true," in names and "conv_mma_grad_k_kernel" in names, names
-    if L < 2048:
-        assert "conv_mma_kernel<false," in names and "conv_window_kernel" not in names, names
-    else:
-        assert "conv_mma_kernel<false," not in names and "conv_window_kernel<c10::BFloat16, false" in names, names
-    assert "conv_direct" not in names, names
-
-
-@requires_mma
-@pytest.mark.parametrize("L,Lk", [(4097, 128), (5000, 100)])
-def test_cuda_mma_forward_every_length(L, Lk, monkeypatch):
-    # FFT_TENSOR_CONV_MMA=all: the mma forward on rows from 2048 too (for measuring it there)
-    monkeypatch.setenv("FFT_TENSOR_CONV_MMA", "all")
-    u, k, skip = make_inputs(L, Lk, True, "cuda", dtype=torch.bfloat16, batch=2, dim=3)
-    gy = torch.randn(u.shape, device="cuda").to(torch.bfloat16)
-    names = _cuda_kernel_names(lambda: check_mma(u, k, skip, gy))
-    assert "conv_mma_kernel<false," in names and "conv_window_kernel" not in names, names
+    # forward, grad_u and grad_k at every length
+    assert "conv_mma_kernel<false," in names and "conv_mma_kernel<true," in names, names
+    assert "conv_mma_grad_k_kernel" in names, names
+    assert "conv_window_kernel" not in names and "conv_direct" not in names, names
 
 
 @requires_mma

@@ -407,32 +407,17 @@ bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
   return plan.taps <= (u.size(2) < kShortRow ? kDirectTapsShortRows : kDirectTaps);
 }
 
-// Tensor-core direct path (direct_mma.cuh): bfloat16 u with 33-128 taps, on sm_80+ (the forward on
-// rows shorter than 2048 only, below).
-// At L = 1K with 128 taps the FFT windows transform 2048 points per 1024 outputs and run far from
-// the memory floor; this path reads the row once and does the taps as bf16 mma (RESULTS.md,
-// fourteenth session). FFT_TENSOR_CONV_MMA=0 switches it off (read on every call); a
-// FFT_TENSOR_CONV_DIRECT_MAX_TAPS cutoff also bounds it, so =0 still means FFT windows only.
+// Tensor-core direct path (direct_mma.cuh): bfloat16 u with 33-128 taps, on sm_80+, forward and
+// backward at every length. It reads the row once and does the taps as bf16 mma; measured on the H200
+// (bf16, 128 taps, B=8, D=768, kernel time, RESULTS.md fifteenth session) against the FFT windows:
+// forward 25 vs 37 us at 1K, 76 vs 85 us at 4K, 275 vs 296 us at 16K; grad_k 30 vs 78 us at 1K.
+// FFT_TENSOR_CONV_MMA=0 switches it off (read on every call); a FFT_TENSOR_CONV_DIRECT_MAX_TAPS cutoff also bounds it, so =0 still means FFT windows only.
 bool use_mma(const at::Tensor& u, const ConvPlan& plan) {
   if (u.scalar_type() != at::kBFloat16 || plan.taps <= kDirectTaps || plan.taps > direct_mma::kMaxTaps) return false;
   if (u.size(2) > std::numeric_limits<int>::max() - direct_mma::kChunk) return false;  // the kernels' times are int
   if (const char* env = std::getenv("FFT_TENSOR_CONV_MMA"); env && std::string(env) == "0") return false;
   if (const int cutoff = direct_max_taps_switch(); cutoff >= 0 && plan.taps > cutoff) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
-}
-
-// The forward takes the mma kernel on rows shorter than 2048 only. Measured on the H200 (bf16, 128
-// taps, B=8, D=768, kernel time): 31 vs 37 us at L = 1K (B=32, D=512: 75 vs 87 us), but 105 vs 85 us
-// at 4K, where the FFT windows transform 1.25 points per output instead of 2. The backward takes it
-// at every length: its grad_k (80 vs 195 us at 4K) outweighs grad_u (104 vs 85 us). 2K was not
-// measured; rows from 2048 keep the FFT windows they had before the mma kernels.
-constexpr int64_t kMmaForwardMaxRow = 2047;
-
-// FFT_TENSOR_CONV_MMA=all (read on every call) takes the mma forward at every length, to measure it
-// against the FFT windows on long rows.
-int64_t mma_forward_max_row() {
-  const char* env = std::getenv("FFT_TENSOR_CONV_MMA");
-  return env && std::string(env) == "all" ? std::numeric_limits<int64_t>::max() : kMmaForwardMaxRow;
 }
 
 int64_t mma_chunks(int64_t L) { return (L + direct_mma::kChunk - 1) / direct_mma::kChunk; }
@@ -586,7 +571,7 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
     return y;
   }
   // (the experimental tiled kernels above first: FFT_TENSOR_CONV_CHANNELS_LAST=1 asks for them)
-  if (L <= mma_forward_max_row() && use_mma(u, plan)) {
+  if (use_mma(u, plan)) {
     const at::Tensor uc = layout::rows_contiguous(u);
     at::Tensor y = at::empty_like(uc);
     if (uc.numel() == 0) return y;

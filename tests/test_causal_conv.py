@@ -824,7 +824,8 @@ def test_cuda_channels_contiguous_rows(L, Lk, batch, dim, dtype):
 # than the launch wants blocks: one block per channel loops over every item).
 MMA_SHAPES = [(33, 33, 1, 3), (1000, 128, 3, 5), (1024, 128, 2, 3), (1025, 100, 3, 2), (2049, 48, 3, 1),
               (3000, 64, 2, 2), (4097, 128, 1, 3), (100, 130, 2, 3), (70001, 128, 1, 2), (2000, 128, 2, 1100),
-              (1500, 113, 2, 3), (1030, 114, 1, 2), (5000, 100, 2, 3)]  # 114 taps on: every k-step of A meets a tap
+              (1500, 113, 2, 3), (1030, 114, 1, 2),  # either side of kAllStepsTaps (114: no step tests)
+              (5000, 100, 2, 3)]
 requires_mma = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
                                   reason="bf16 mma.sync needs sm_80")
 

@@ -411,7 +411,8 @@ bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
 // backward at every length. It reads the row once and does the taps as bf16 mma; measured on the H200
 // (bf16, 128 taps, B=8, D=768, kernel time, RESULTS.md fifteenth session) against the FFT windows:
 // forward 25 vs 37 us at 1K, 76 vs 85 us at 4K, 275 vs 296 us at 16K; grad_k 30 vs 78 us at 1K.
-// FFT_TENSOR_CONV_MMA=0 switches it off (read on every call); a FFT_TENSOR_CONV_DIRECT_MAX_TAPS cutoff also bounds it, so =0 still means FFT windows only.
+// FFT_TENSOR_CONV_MMA=0 switches it off (read on every call); a FFT_TENSOR_CONV_DIRECT_MAX_TAPS
+// cutoff also bounds it, so =0 still means FFT windows only.
 bool use_mma(const at::Tensor& u, const ConvPlan& plan) {
   if (u.scalar_type() != at::kBFloat16 || plan.taps <= kDirectTaps || plan.taps > direct_mma::kMaxTaps) return false;
   if (u.size(2) > std::numeric_limits<int>::max() - direct_mma::kChunk) return false;  // the kernels' times are int

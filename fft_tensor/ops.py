@@ -72,6 +72,15 @@ def _phase_rotate_setup_context(ctx, inputs, output):
 def _phase_rotate_backward(ctx, grad):
     z, theta = ctx.saved_tensors
     need_z, need_theta = ctx.needs_input_grad
+    if torch.is_grad_enabled():
+        # create_graph=True (a second derivative is wanted): the same gradients from differentiable
+        # pieces, phase_rotate itself included, so every order works. dL/dtheta = Re(conj(grad) * i * y).
+        grad_z = _ops.phase_rotate.default(grad, -theta) if need_z else None
+        grad_theta = None
+        if need_theta:
+            y = _ops.phase_rotate.default(z, theta)
+            grad_theta = (grad.conj() * y).imag.neg().sum_to_size(theta.shape)
+        return grad_z, grad_theta
     if not need_theta:  # d/dz only: one rotation by -theta, no reduction
         return _ops.phase_rotate.default(grad, -theta) if need_z else None, None
     grad_z, grad_theta = _ops.phase_rotate_backward.default(grad, z, theta)

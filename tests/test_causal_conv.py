@@ -294,6 +294,57 @@ def test_grad_subsets(device):
     assert rel_err(g_u, ref_gu) < 1e-5
 
 
+# ---------------------------------------------------------------- second derivatives
+
+@pytest.mark.parametrize("L,Lk,with_skip", [(9, 1, True), (9, 4, True), (9, 9, False), (9, 13, True), (40, 7, True)])
+def test_gradgradcheck(L, Lk, with_skip):
+    u, k, skip = make_inputs(L, Lk, with_skip, dtype=torch.float64, batch=2, dim=3)
+    args = [u.requires_grad_(), k.requires_grad_()] + ([skip.requires_grad_()] if with_skip else [])
+    assert torch.autograd.gradgradcheck(lambda *a: fft_tensor.causal_conv(*a), args)
+
+
+def test_gradgradcheck_backward_op():
+    # causal_conv_backward's own autograd, every input and both outputs, gradients of every order
+    # through the same closure (the third order below checks the backward of the backward's backward)
+    u, k, skip = make_inputs(11, 5, True, dtype=torch.float64, batch=2, dim=3)
+    gy = torch.randn_like(u)
+    args = [t.requires_grad_() for t in (gy, u, k, skip)]
+    fn = lambda *a: ops.causal_conv_backward(*a, True, True)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+def second_order(conv, u, k, skip, w, a, b, c):
+    """Gradient of <a, dS/du> + <b, dS/dk> + <c, dS/dskip> for S = <w, conv(u, k, skip)>: the
+    Hessian-vector products a gradient penalty takes."""
+    y = conv(u, k, skip)
+    gu, gk, gs = torch.autograd.grad((y * w).sum(), (u, k, skip), create_graph=True)
+    penalty = (gu * a).sum() + (gk * b).sum() + (gs * c).sum()
+    return torch.autograd.grad(penalty, (u, k, skip, w), allow_unused=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,L,Lk", [(torch.float32, 1000, 3), (torch.float32, 1000, 128),
+                                        (torch.float32, 1024, 1024), (torch.float32, 4097, 4102),
+                                        (torch.bfloat16, 1000, 128)], ids=["fp32-L1000-Lk3", "fp32-L1000-Lk128",
+                                                                         "fp32-L1024-Lk1024", "fp32-L4097-Lk4102",
+                                                                         "bf16-L1000-Lk128"])
+def test_second_derivatives(dtype, L, Lk, device):
+    # Every path (direct, overlap-save, single FFT, the bf16 tensor-core kernels on CUDA) against
+    # float64 autograd through the FFT reference. w depends on nothing, but its gradient flows
+    # through d/d grad_y of the backward op.
+    u, k, skip = make_inputs(L, Lk, True, device, dtype=dtype)
+    w, a = (torch.randn(u.shape, device=device).to(dtype) for _ in range(2))
+    b, c = torch.randn_like(k), torch.randn_like(skip)
+    ours = second_order(fft_tensor.causal_conv, *(t.detach().requires_grad_() for t in (u, k, skip, w)), a, b, c)
+    ref = second_order(fft64_reference, *(t.detach().cpu().double().requires_grad_() for t in (u, k, skip, w)),
+                       *(t.cpu().double() for t in (a, b, c)))
+    tol = 1e-5 if dtype == torch.float32 else 3e-2  # bf16: each backward rounds its gradients to bf16
+    for name, g, r in zip(("u", "k", "skip", "w"), ours, ref):
+        assert g is not None and r is not None, name
+        assert rel_err(g, r) < tol, (name, rel_err(g, r))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("L,Lk", [(1000, 128), (1024, 1024)])
 @pytest.mark.parametrize("scale", [1e-3, 1e-6])

@@ -151,6 +151,17 @@ def test_gradcheck(device):
         assert torch.autograd.gradcheck(fft_tensor.phase_rotate, (z, theta))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradgradcheck(device):
+    # create_graph=True: the backward is built from differentiable pieces, so second (and higher)
+    # derivatives are right, for z, theta and the incoming gradient alike.
+    for z_shape, t_shape in [((3, 4, 5), (4, 1)), ((2, 3), (2, 3)), ((2, 6), (6,))]:
+        z = torch.randn(z_shape, dtype=torch.complex128, device=device, requires_grad=True)
+        theta = torch.randn(t_shape, dtype=torch.float64, device=device, requires_grad=True)
+        assert torch.autograd.gradgradcheck(fft_tensor.phase_rotate, (z, theta))
+        assert torch.autograd.gradgradcheck(lambda t: fft_tensor.phase_rotate(z.detach(), t), (theta,))
+
+
 def opcheck_samples(device):
     yield torch.randn(3, 4, dtype=torch.complex64, device=device), torch.randn(4, device=device)
     yield torch.randn(5, 3, dtype=torch.complex64, device=device).t(), torch.randn(3, 1, device=device)

@@ -79,6 +79,15 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b, c: fft_tensor.add_rms_norm(a, b, c, 1e-5)[1], (x, d, w))
 
 
+def test_gradgradcheck():
+    # the backward is torch ops, so second derivatives come through autograd
+    x = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    d = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b, c: fft_tensor.add_rms_norm(a, b, c, 1e-5), (x, d, w))
+    assert torch.autograd.gradgradcheck(lambda a, c: fft_tensor.rms_norm(a, c, 1e-5), (x, w))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_grad_matches_torch(device):
     """Mixed dtypes (the float32 stream plus a bfloat16 branch): gradients as autograd of the torch ops."""

@@ -174,6 +174,32 @@ class FamilyRun:
         print(f"{title}: host time by operator incl. children")
         print(table.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=90))
         print_gpu_parts(title, table, steps=3, step_ms=step_ms)
+        print_launch_sources(title, prof, key_averages=table, steps=3)
+
+
+def print_launch_sources(title, prof, key_averages, steps):
+    """Kernels per step by name (the host pays per launch), and which host ops issue the memsets and
+    copies (each runtime call's chain of enclosing ops): what to cut when the step waits on the host."""
+    kernels = [(evt.count / steps, evt.self_device_time_total / steps, evt.key) for evt in key_averages
+               if evt.device_type == torch.autograd.DeviceType.CUDA and evt.self_device_time_total > 0]
+    print(f"{title}: kernels per step by name ({sum(n for n, _, _ in kernels):.0f} in all)")
+    print("| per step | us/step | kernel |")
+    print("|---|---|---|")
+    for n, us, name in sorted(kernels, reverse=True)[:60]:
+        print(f"| {n:.0f} | {us:.0f} | {name[:110]} |")
+    sources = {}
+    for evt in prof.events():
+        if evt.name not in ("cudaMemsetAsync", "cudaMemcpyAsync"):
+            continue
+        chain, parent = [], evt.cpu_parent
+        while parent is not None and len(chain) < 4:
+            chain.append(parent.name[:60])
+            parent = parent.cpu_parent
+        key = (evt.name, " < ".join(chain) or "(no enclosing op)")
+        sources[key] = sources.get(key, 0) + 1
+    print(f"{title}: memsets and copies per step by the ops that issue them")
+    for (name, chain), n in sorted(sources.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"  {n / steps:5.1f}  {name}: {chain}")
 
 
 def print_gpu_parts(title, key_averages, steps, step_ms):

@@ -211,18 +211,16 @@ class SpectralMixer(nn.Module):
         T = x.shape[1]
         if tail is not None and T <= STREAM_STEP_MAX and not torch.is_grad_enabled():
             return self._step(x, tail, taps), tail
-        # Channels-first projections: each part of in_proj is W @ x^T per sequence, (B, D, T) with
-        # time contiguous (cuBLAS reads x^T in place), so the conv's input, output and gradients need
-        # no layout copies and the gate product is a plain contiguous pointwise kernel.
+        # Feature-major projections: in_proj is one GEMM W @ x^T over all B*T positions, its parts
+        # blocks of rows of the (parts*D, B*T) result viewed as (B, D, T) with time contiguous. The conv
+        # reads value in place and writes y in the same layout, the gate product keeps it, and the
+        # output projection reads z back in place: no layout copies, and each weight gradient is one
+        # GEMM (at L = 1K the step is host-bound, so kernels per block count: RESULTS.md).
         if self.pre_gate:
-            # One GEMM for the three parts: the conv reads value * pre, a fresh contiguous product, and
-            # the gate is read pointwise, so no part needs a buffer of its own (3 GEMMs forward and 6
-            # backward become 1 and 2: at L = 1K the step is host-bound, RESULTS.md twelfth session).
-            value, pre, gate = channels_first_linear(self.in_proj.weight, x).chunk(3, dim=1)
-            value = value * pre
+            value, pre, gate = channels_first_linear(self.in_proj.weight, x, parts=3)
+            value = value * pre  # Hyena's order-2 product: the conv reads value * pre
         else:
-            # Two GEMMs: a chunk of one would hand the conv a strided block of rows to copy first.
-            value, gate = (channels_first_linear(w, x) for w in self.in_proj.weight.chunk(2))
+            value, gate = channels_first_linear(self.in_proj.weight, x, parts=2)
         k, skip = self.kernel() if taps is None else taps
         new_tail = None
         if tail is None:
@@ -239,7 +237,7 @@ class SpectralMixer(nn.Module):
         """A generation step of T <= STREAM_STEP_MAX inputs (grad off): one GEMM for every part of
         in_proj, then one causal_conv_update that reads the tail, shifts it in place and applies the
         gate (y * silu(gate), rounded as the expression above rounds it): the same sums as forward."""
-        parts = channels_first_linear(self.in_proj.weight, x).chunk(3 if self.pre_gate else 2, dim=1)
+        parts = channels_first_linear(self.in_proj.weight, x, parts=3 if self.pre_gate else 2)
         value = parts[0] * parts[1] if self.pre_gate else parts[0]
         k, skip = self.kernel() if taps is None else taps
         z = fft_tensor.causal_conv_update(value, tail, k, skip, gate=parts[-1])
@@ -255,9 +253,53 @@ def _autocast_weight(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return w
 
 
+def feature_major(z: torch.Tensor) -> bool:
+    """z (B, I, T) views an (I, B * T) matrix: strides (T, B * T, 1)."""
+    return z.transpose(0, 1).is_contiguous()
+
+
+class _FeatureMajorLinear(torch.autograd.Function):
+    """x (B, T, I) -> parts (B, O_j, T), O = sum O_j, from one GEMM W @ x'^T with x' = x as the (B*T, I)
+    matrix it is. The result is the (O, B*T) matrix; each part is a block of its rows viewed as
+    (B, O_j, T) with strides (T, B*T, 1) ("feature-major"): time contiguous, so causal_conv reads it in
+    place and writes y in the same layout, which the output projection reads back in place.
+    Backward: grad_x = sum_j g_j'^T W_j (addmm, no separate add) and grad_W_j = g_j' x', each one GEMM
+    over all B*T positions (a batched GEMM per sequence would leave per-sequence partial sums to add)."""
+
+    @staticmethod
+    def forward(ctx, x, w, sizes):
+        B, T, I = x.shape
+        xm = x.reshape(B * T, I)
+        ctx.save_for_backward(xm, w)
+        ctx.sizes, ctx.shape = sizes, (B, T, I)
+        out = torch.mm(w, xm.t())                         # (O, B*T)
+        return tuple(part.view(-1, B, T).transpose(0, 1) for part in out.split(sizes))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        xm, w = ctx.saved_tensors
+        B, T, I = ctx.shape
+        ws = w.split(ctx.sizes)
+        # each part's gradient as its (O_j, B*T) matrix (a view when it is feature-major); a part that
+        # got no gradient contributes nothing
+        gms = [None if g is None else g.transpose(0, 1).reshape(-1, B * T) for g in grads]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            for gm, wj in zip(gms, ws):
+                if gm is not None:
+                    grad_x = torch.mm(gm.t(), wj) if grad_x is None else torch.addmm(grad_x, gm.t(), wj)
+            grad_x = torch.zeros_like(xm) if grad_x is None else grad_x
+            grad_x = grad_x.view(B, T, I)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.cat([wj.new_zeros(wj.shape) if gm is None else torch.mm(gm, xm)
+                                for gm, wj in zip(gms, ws)])
+        return grad_x, grad_w, None
+
+
 class _ChannelsFirstLinear(torch.autograd.Function):
     """out (B, O, T) = w (O, I) @ x^T per sequence, x (B, T, I); every GEMM reads its operands in place
-    and writes its result contiguous: grad_x comes back (B, T, I), the residual stream's layout."""
+    and writes its result contiguous: grad_x comes back (B, T, I), the residual stream's layout.
+    (Packed (B, O, T) output; the mixer's training path uses the feature-major one above.)"""
 
     @staticmethod
     def forward(ctx, x, w):
@@ -275,9 +317,35 @@ class _ChannelsFirstLinear(torch.autograd.Function):
         return grad_x, grad_w
 
 
+class _FeatureMajorTimeFirstLinear(torch.autograd.Function):
+    """out (B, T, O) = z'^T @ w^T for a feature-major z (B, I, T), z' its (I, B*T) matrix (read in place):
+    one GEMM each way, grad_z comes back feature-major (a fresh (I, B*T) matrix, so the conv's backward
+    reads it in place) and grad_w = g^T z'^T is one GEMM over all positions."""
+
+    @staticmethod
+    def forward(ctx, z, w):
+        B, I, T = z.shape
+        zm = z.transpose(0, 1).reshape(I, B * T)  # a view: z is feature-major
+        ctx.save_for_backward(zm, w)
+        ctx.shape = (B, I, T)
+        return torch.mm(zm.t(), w.t()).view(B, T, w.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        zm, w = ctx.saved_tensors
+        B, I, T = ctx.shape
+        gm = grad.reshape(B * T, w.shape[0])
+        grad_z = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.mm(w.t(), gm.t()).view(I, B, T).transpose(0, 1)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.mm(gm.t(), zm.t())
+        return grad_z, grad_w
+
+
 class _TimeFirstLinear(torch.autograd.Function):
-    """out (B, T, O) = z^T @ w^T per sequence, z (B, I, T) channels-first; grad_z comes back (B, I, T),
-    so the conv's backward reads its gradient row-contiguous."""
+    """out (B, T, O) = z^T @ w^T per sequence, z (B, I, T) packed channels-first; grad_z comes back
+    (B, I, T), so the conv's backward reads its gradient row-contiguous."""
 
     @staticmethod
     def forward(ctx, z, w):
@@ -295,16 +363,26 @@ class _TimeFirstLinear(torch.autograd.Function):
         return grad_z, grad_w
 
 
-def channels_first_linear(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(x @ w^T)^T as a contiguous (B, out, T) tensor, from x (B, T, in): one batched GEMM."""
+def channels_first_linear(w: torch.Tensor, x: torch.Tensor, parts: int = 1):
+    """x @ w^T channels-first, from x (B, T, in): `parts` equal row blocks of w, each result a (B, out/parts,
+    T) feature-major tensor (strides (T, B*T, 1), time contiguous), from one GEMM. parts=1 returns the
+    tensor, else a tuple."""
     w = _autocast_weight(w, x)
-    return _ChannelsFirstLinear.apply(x.to(w.dtype), w)
+    out_features = w.shape[0]
+    if out_features % parts:
+        raise ValueError(f"channels_first_linear: expected out_features ({out_features}) divisible by parts ({parts})")
+    outs = _FeatureMajorLinear.apply(x.to(w.dtype), w, [out_features // parts] * parts)
+    return outs[0] if parts == 1 else outs
 
 
 def time_first_linear(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """z^T @ w^T as a contiguous (B, T, out) tensor, from channels-first z (B, in, T)."""
+    """z^T @ w^T as a contiguous (B, T, out) tensor, from channels-first z (B, in, T): one GEMM when z
+    is feature-major (what channels_first_linear and causal_conv of it give), else a batched GEMM."""
     w = _autocast_weight(w, z)
-    return _TimeFirstLinear.apply(z.to(w.dtype), w)
+    z = z.to(w.dtype)
+    if feature_major(z):
+        return _FeatureMajorTimeFirstLinear.apply(z, w)
+    return _TimeFirstLinear.apply(z, w)
 
 
 class WindowAttentionMixer(nn.Module):

@@ -144,8 +144,12 @@ def causal_conv(u: Tensor, k: Tensor, skip: Optional[Tensor] = None) -> Tensor:
     u: (B, D, L) float32, bfloat16 or float16 (float64 for gradcheck); any strides.
     k: (D, Lk) float32 (float64 with float64 u), Lk >= 1; taps past L are ignored.
     skip: (D,) like k, or None.
-    Returns y of u's shape and dtype; arithmetic is float32 (float64 for float64 input).
-    Differentiable in u, k and skip.
+    Returns y of u's shape and dtype; arithmetic is float32 (float64 for float64 input). y (and, in
+    the backward, grad_u) has u's strides when u is dense with time contiguous, else it is contiguous:
+    a feature-major u (a GEMM's (D, B * L) output viewed as (B, D, L), strides (L, B * L, 1)) gives a
+    feature-major y that the next GEMM reads in place (bfloat16 with 33-128 taps on CUDA reads and
+    writes it in place; the other paths copy).
+    Differentiable in u, k and skip, to any order.
     """
     return _ops.causal_conv.default(u, k, skip)
 
@@ -172,10 +176,29 @@ def _check_causal_conv(u: Tensor, k: Tensor, skip: Optional[Tensor], op: str = "
                      lambda: f"{op}: expected skip on the same device as u ({u.device}), got {skip.device}")
 
 
+def _causal_conv_output_like(u: Tensor) -> Tensor:
+    """y's (and grad_u's) layout, as csrc/causal_conv/common.h:empty_like_output: u's own strides when u
+    is dense with time contiguous (packed (B, D, L), or feature-major: strides (L, B * L, 1), a GEMM's
+    (D, B * L) output), else packed."""
+    if _non_overlapping_and_dense(u) and (u.shape[2] <= 1 or u.stride(2) == 1):
+        return torch.empty_like(u)  # u's strides (empty_like keeps them for dense u)
+    return u.new_empty(u.shape)
+
+
+def _non_overlapping_and_dense(t: Tensor) -> bool:
+    """c10's is_non_overlapping_and_dense: the dims of size >= 2, by increasing stride, tile memory."""
+    want = 1
+    for stride, size in sorted((t.stride(i), t.shape[i]) for i in range(t.dim()) if t.shape[i] >= 2):
+        if stride != want:
+            return False
+        want *= size
+    return True
+
+
 @torch.library.register_fake("fft_tensor::causal_conv")
 def _causal_conv_fake(u, k, skip=None):
     _check_causal_conv(u, k, skip)
-    return u.new_empty(u.shape)
+    return _causal_conv_output_like(u)
 
 
 @torch.library.register_fake("fft_tensor::causal_conv_backward")
@@ -185,7 +208,7 @@ def _causal_conv_backward_fake(grad_y, u, k, skip, need_u, need_k):
                  lambda: f"causal_conv_backward: expected grad_y of shape {list(u.shape)}, got {list(grad_y.shape)}")
     torch._check(grad_y.device == u.device,
                  lambda: f"causal_conv_backward: expected grad_y on {u.device}, got {grad_y.device}")
-    grad_u = u.new_empty(u.shape) if need_u else u.new_empty((0,))
+    grad_u = _causal_conv_output_like(u) if need_u else u.new_empty((0,))
     grad_k = k.new_empty(k.shape) if need_k else k.new_empty((0,))
     return grad_u, grad_k
 

@@ -205,6 +205,45 @@ def test_noncontiguous(device):
     assert rel_err(fft_tensor.causal_conv(u_sliced, k), causal_conv_reference(u_sliced.cpu(), k.cpu())) < 1e-5
 
 
+def feature_major_u(batch, dim, L, device, dtype=torch.float32):
+    """(B, D, L) viewing a (D, B * L) matrix: strides (L, B * L, 1), what fft_lm's projections give."""
+    return torch.randn(dim, batch, L, device=device).to(dtype).transpose(0, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,L,Lk", [(torch.bfloat16, 1000, 128), (torch.bfloat16, 1000, 40),
+                                        (torch.float32, 1000, 128), (torch.float32, 1000, 3),
+                                        (torch.float32, 1024, 1024), (torch.bfloat16, 1001, 100)],
+                         ids=["bf16-mma-Lk128", "bf16-mma-Lk40", "fp32-Lk128", "fp32-Lk3", "fp32-Lk1024",
+                              "bf16-L1001"])
+def test_output_layout(dtype, L, Lk, device):
+    # y and grad_u keep u's strides when u is dense with time contiguous (feature-major included), on
+    # every path: the bf16 tensor-core kernels read and write them in place, the others copy.
+    u = feature_major_u(B, D, L, device, dtype)
+    _, k, skip = make_inputs(L, Lk, True, device)
+    gy = feature_major_u(B, D, L, device, dtype)
+    u.requires_grad_()
+    y = fft_tensor.causal_conv(u, k, skip)
+    assert y.stride() == u.stride() == (L, B * L, 1)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_err(y, fft64_reference(u.detach(), k, skip)) < tol
+    (grad_u,) = torch.autograd.grad(y, u, gy)
+    assert grad_u.stride() == u.stride()
+    ref = [t.detach().cpu().double().requires_grad_() for t in (u,)]
+    (ref_gu,) = torch.autograd.grad(fft64_reference(ref[0], k, skip), ref, gy.cpu().double())
+    assert rel_err(grad_u, ref_gu) < tol
+    # grad_k from feature-major rows
+    gu2, gk2 = ops.causal_conv_backward(gy, u.detach(), k, skip, False, True)
+    refs = [t.detach().cpu().double().requires_grad_() for t in (u, k)]
+    ref_gk = torch.autograd.grad(fft64_reference(refs[0], refs[1], skip), refs[1], gy.cpu().double())[0]
+    assert rel_err(gk2, ref_gk) < tol
+    # not dense (a block of channels of a packed tensor) or not time-contiguous: y comes out packed
+    for v in (torch.randn(B, 2 * D, L, device=device).to(dtype)[:, :D], u.detach().transpose(1, 2).contiguous().transpose(1, 2)):
+        out = fft_tensor.causal_conv(v, k, skip)
+        assert out.is_contiguous()
+        assert rel_err(out, fft64_reference(v, k, skip)) < tol
+
+
 # ---------------------------------------------------------------- FFT_TENSOR_CONV_MIN_WINDOW (an experiment hook)
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -386,6 +425,11 @@ def opcheck_samples(device):
     if device == "cpu":
         u, k, skip = make_inputs(20, 6, True, device, dtype=torch.float64)
         yield u.requires_grad_(), k.requires_grad_(), skip
+    # feature-major u (the fake kernels must give y and grad_u its strides), bf16 with 128 taps (the
+    # tensor-core kernels on CUDA) and float32
+    for dtype in (torch.bfloat16, torch.float32):
+        _, k, skip = make_inputs(200, 128, True, device)
+        yield feature_major_u(3, 5, 200, device, dtype), k, skip
 
 
 @pytest.mark.parametrize("device", DEVICES)

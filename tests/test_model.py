@@ -424,22 +424,37 @@ def test_config_errors_name_the_field():
 
 
 def test_channels_first_projections_values_grads_and_layouts():
-    # the mixer's projections: x (B, T, I) -> (B, O, T) and z (B, I, T) -> (B, T, O), each result and
-    # each input gradient contiguous in the layout its neighbour reads (no transposes around the conv)
-    from fft_lm.model import channels_first_linear, time_first_linear
+    # the mixer's projections: x (B, T, I) -> parts of (B, O, T) feature-major (strides (T, B*T, 1),
+    # from one GEMM) and z (B, I, T) -> (B, T, O), each result and each input gradient in the layout its
+    # neighbour reads in place (no transposes around the conv)
+    from fft_lm.model import channels_first_linear, feature_major, time_first_linear
     B, T, I, O = 3, 11, 5, 4
     x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
-    z = torch.randn(B, I, T, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(O, I, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(channels_first_linear, (w, x))
-    assert torch.autograd.gradcheck(time_first_linear, (w, z))
-    y = channels_first_linear(w, x)
-    torch.testing.assert_close(y, torch.einsum("oi,bti->bot", w, x))
-    grad_x, = torch.autograd.grad(y, x, torch.randn_like(y))
-    out = time_first_linear(w, z)
-    torch.testing.assert_close(out, torch.einsum("oi,bit->bto", w, z))
-    grad_z, = torch.autograd.grad(out, z, torch.randn_like(out))
-    assert y.is_contiguous() and grad_x.is_contiguous() and out.is_contiguous() and grad_z.is_contiguous()
+    w = torch.randn(3 * O, I, dtype=torch.float64, requires_grad=True)
+    for parts in (1, 3):
+        assert torch.autograd.gradcheck(lambda w, x: channels_first_linear(w, x, parts), (w, x))
+        outs = channels_first_linear(w, x, parts)
+        outs = (outs,) if parts == 1 else outs
+        for part, wj in zip(outs, w.chunk(parts)):
+            torch.testing.assert_close(part, torch.einsum("oi,bti->bot", wj, x))
+            assert feature_major(part) and part.stride() == (T, B * T, 1)
+        # gradient through some parts only (the others get None)
+        grads = torch.autograd.grad(outs[0].sum(), (x, w))
+        ref = torch.autograd.grad(torch.einsum("oi,bti->bot", w.chunk(parts)[0], x).sum(), (x, w))
+        for g, r in zip(grads, ref):
+            torch.testing.assert_close(g, r)
+        assert grads[0].is_contiguous()
+    wo = torch.randn(O, I, dtype=torch.float64, requires_grad=True)
+    z_packed = torch.randn(B, I, T, dtype=torch.float64, requires_grad=True)
+    z_major = torch.randn(I, B, T, dtype=torch.float64).transpose(0, 1).requires_grad_()
+    for z, major in ((z_packed, False), (z_major, True)):
+        assert feature_major(z) == major
+        assert torch.autograd.gradcheck(time_first_linear, (wo, z))
+        out = time_first_linear(wo, z)
+        torch.testing.assert_close(out, torch.einsum("oi,bit->bto", wo, z))
+        grad_z, = torch.autograd.grad(out, z, torch.randn_like(out))
+        assert out.is_contiguous()
+        assert feature_major(grad_z) if major else grad_z.is_contiguous()
 
 
 # ----------------------------------------------------------------------------- attention blocks

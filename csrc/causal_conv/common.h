@@ -59,6 +59,25 @@ inline ConvPlan conv_plan(int64_t L, int64_t Lk) {
   return {os, taps, seg, (L + seg - 1) / seg};
 }
 
+// The layout of y and grad_u: u's own strides when u is dense with time contiguous (a packed (B, D, L)
+// tensor, or the LMs' feature-major activations: one GEMM's (D, B * L) output viewed as (B, D, L) with
+// strides (L, B * L, 1), which the next GEMM reads back in place), else packed (B, D, L). The fake
+// kernels in fft_tensor/ops.py apply the same rule.
+inline bool keeps_layout(const at::Tensor& u) {
+  return u.is_non_overlapping_and_dense() && (u.size(2) <= 1 || u.stride(2) == 1);
+}
+
+inline at::Tensor empty_like_output(const at::Tensor& u) {
+  return keeps_layout(u) ? at::empty_like(u) : at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+// y (packed by a path that computes on packed rows) in the layout above: a copy only when u keeps a
+// layout other than packed.
+inline at::Tensor in_output_layout(const at::Tensor& y, const at::Tensor& u) {
+  if (!y.defined() || y.sizes() != u.sizes() || !keeps_layout(u) || y.strides() == u.strides()) return y;
+  return at::empty_like(u).copy_(y);
+}
+
 void check_causal_conv_args(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip,
                                    const char* op);
 

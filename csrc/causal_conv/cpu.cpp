@@ -166,7 +166,7 @@ namespace {
 
 at::Tensor causal_conv_cpu(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
   check_causal_conv_args(u, k, skip, "causal_conv");
-  return causal_conv_composite(u, k, skip);
+  return in_output_layout(causal_conv_composite(u, k, skip), u);
 }
 
 std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cpu(const at::Tensor& grad_y, const at::Tensor& u,
@@ -174,7 +174,8 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cpu(const at::Tensor& gr
                                                             bool need_u, bool need_k) {
   check_causal_conv_args(u, k, skip, "causal_conv_backward");
   check_causal_conv_grad_y(grad_y, u);
-  return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
+  const auto [grad_u, grad_k] = causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
+  return {in_output_layout(grad_u, u), grad_k};
 }
 
 }  // namespace

@@ -429,9 +429,17 @@ int mma_groups(int64_t D, int64_t items) {
   return (int)std::max<int64_t>(1, std::min<int64_t>({(want + D - 1) / D, items, 65535}));
 }
 
+// Rows with time contiguous (the mma kernels read and write any batch and channel strides).
+bool time_rows(const at::Tensor& t) { return t.size(2) <= 1 || t.stride(2) == 1; }
+
+direct_mma::RowStrides row_strides(const at::Tensor& t) { return {t.stride(0), t.stride(1)}; }
+
+// 16-byte loads and stores: every row starts 16-byte aligned.
 bool mma_vec(const at::Tensor& a, const at::Tensor& b) {
-  return a.size(2) % 8 == 0 && reinterpret_cast<uintptr_t>(a.data_ptr()) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(b.data_ptr()) % 16 == 0;
+  auto aligned = [](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0;
+  };
+  return a.size(2) % 8 == 0 && aligned(a) && aligned(b);
 }
 
 // k and skip read in place (no effective-kernel tensor per call: fewer launches on the LM's step).
@@ -445,8 +453,8 @@ void launch_conv_mma(const at::Tensor& x, const at::Tensor& k, const c10::option
   const auto kernel = taps >= direct_mma::kAllStepsTaps ? direct_mma::conv_mma_kernel<kReverse, true>
                                                         : direct_mma::conv_mma_kernel<kReverse, false>;
   kernel<<<grid, direct_mma::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), t.taps, reinterpret_cast<__nv_bfloat16*>(y.data_ptr()),
-      B, D, (int)L, (int)chunks, mma_vec(x, y));
+      reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), row_strides(x), t.taps,
+      reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), row_strides(y), B, (int)L, (int)chunks, mma_vec(x, y));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -460,8 +468,9 @@ at::Tensor mma_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
                                    : at::empty({groups, D, taps}, u.options().dtype(at::kFloat));
   direct_mma::conv_mma_grad_k_kernel<<<dim3((unsigned)D, (unsigned)groups), direct_mma::kThreads, 0,
                                        at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const __nv_bfloat16*>(u.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(gy.data_ptr()),
-      partial.data_ptr<float>(), B, D, (int)L, taps, (int)chunks, mma_vec(u, gy));
+      reinterpret_cast<const __nv_bfloat16*>(u.data_ptr()), row_strides(u),
+      reinterpret_cast<const __nv_bfloat16*>(gy.data_ptr()), row_strides(gy), partial.data_ptr<float>(), B, D,
+      (int)L, taps, (int)chunks, mma_vec(u, gy));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return groups == 1 ? partial : partial.sum(0);
 }
@@ -561,8 +570,7 @@ at::Tensor tiled_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
   return groups == 1 ? partial[0] : partial.sum(0);
 }
 
-at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
-  check_causal_conv_args(u, k, skip, "causal_conv");
+at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const ConvPlan plan = conv_plan(L, k.size(1));
@@ -573,8 +581,9 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
   }
   // (the experimental tiled kernels above first: FFT_TENSOR_CONV_CHANNELS_LAST=1 asks for them)
   if (use_mma(u, plan)) {
-    const at::Tensor uc = layout::rows_contiguous(u);
-    at::Tensor y = at::empty_like(uc);
+    // rows read in place wherever time is contiguous; y in the output layout directly
+    const at::Tensor uc = time_rows(u) ? u : layout::rows_contiguous(u);
+    at::Tensor y = empty_like_output(u);
     if (uc.numel() == 0) return y;
     launch_conv_mma<false>(uc, k, skip, y, plan.taps);
     return y;
@@ -601,12 +610,10 @@ at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10:
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& grad_y, const at::Tensor& u,
-                                                             const at::Tensor& k,
-                                                             const c10::optional<at::Tensor>& skip, bool need_u,
-                                                             bool need_k) {
-  check_causal_conv_args(u, k, skip, "causal_conv_backward");
-  check_causal_conv_grad_y(grad_y, u);
+std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Tensor& grad_y, const at::Tensor& u,
+                                                                    const at::Tensor& k,
+                                                                    const c10::optional<at::Tensor>& skip,
+                                                                    bool need_u, bool need_k) {
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2), Lk = k.size(1);
   const ConvPlan plan = conv_plan(L, Lk);
@@ -635,7 +642,9 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     }
     return {grad_u, grad_k};
   }
-  const at::Tensor gy = layout::rows_contiguous(grad_y.to(u.scalar_type()));
+  const at::Tensor gy_cast = grad_y.to(u.scalar_type());
+  // the mma kernels read rows in place wherever time is contiguous
+  const at::Tensor gy = mma && time_rows(gy_cast) ? gy_cast : layout::rows_contiguous(gy_cast);
   at::Tensor grad_u = at::empty({0}, u.options());
   at::Tensor grad_k = at::empty({0}, k.options());
   if (u.numel() == 0) {  // no rows: nothing to launch
@@ -644,7 +653,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     return {grad_u, grad_k};
   }
   if (need_u) {
-    grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+    grad_u = mma ? empty_like_output(u) : at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
     if (mma) {
       launch_conv_mma<true>(gy, k, skip, grad_u, plan.taps);
     } else if (direct) {
@@ -658,7 +667,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     }
   }
   if (need_k) {
-    const at::Tensor uc = layout::rows_contiguous(u);
+    const at::Tensor uc = mma && time_rows(u) ? u : layout::rows_contiguous(u);
     if (fused) {
       grad_k = grad_k_windows(uc, gy, s, Lk).to(k.scalar_type());
     } else {
@@ -675,6 +684,23 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& g
     }
   }
   return {grad_u, grad_k};
+}
+
+// The entry points: every path above computes y and grad_u either in the output layout (the mma
+// kernels) or packed; in_output_layout moves a packed one into u's layout where u keeps one (common.h).
+at::Tensor causal_conv_cuda(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
+  check_causal_conv_args(u, k, skip, "causal_conv");
+  return in_output_layout(causal_conv_cuda_packed(u, k, skip), u);
+}
+
+std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda(const at::Tensor& grad_y, const at::Tensor& u,
+                                                             const at::Tensor& k,
+                                                             const c10::optional<at::Tensor>& skip, bool need_u,
+                                                             bool need_k) {
+  check_causal_conv_args(u, k, skip, "causal_conv_backward");
+  check_causal_conv_grad_y(grad_y, u);
+  const auto [grad_u, grad_k] = causal_conv_backward_cuda_packed(grad_y, u, k, skip, need_u, need_k);
+  return {in_output_layout(grad_u, u), grad_k};
 }
 
 }  // namespace

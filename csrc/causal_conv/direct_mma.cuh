@@ -145,6 +145,14 @@ __device__ __forceinline__ void load_strip(bf16* strip, const bf16* row, int L, 
   }
 }
 
+// Where row (b, d) of a (B, D, L) tensor with time contiguous starts: b * batch + d * channel. Rows
+// need not be packed (B, D, L): the LMs hand the conv (D, B * L) feature-major activations, one GEMM's
+// output, viewed as (B, D, L) with strides (L, B * L, 1).
+struct RowStrides {
+  int64_t batch, channel;
+  __device__ __forceinline__ int64_t operator()(int64_t b, int64_t d) const { return b * batch + d * channel; }
+};
+
 // A block's work items of its channel: item it = row b, chunk c (outputs [t0, t0 + n_out), t0 =
 // kChunk c) for it = first, first + stride, ...; advance() steps by stride without a 64-bit division
 // per item (the division is a subroutine call on the GPU).
@@ -187,9 +195,10 @@ __device__ __forceinline__ bool step_used(int kk, int taps) {
 // chunk of kChunk outputs) items, loading the next kStages - 1 items' strips while it computes one; each
 // warp takes column groups of 8 tiles (128 outputs).
 template <bool kReverse, bool kAllSteps>
-__global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restrict__ x, const KernelTaps kt,
-                                                            bf16* __restrict__ y, int64_t B, int64_t D, int L,
-                                                            int chunks, bool vec) {
+__global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restrict__ x, const RowStrides xs,
+                                                            const KernelTaps kt, bf16* __restrict__ y,
+                                                            const RowStrides ys, int64_t B, int L, int chunks,
+                                                            bool vec) {
 #if FFT_TENSOR_MMA_OK
   __shared__ __align__(16) bf16 strip[kStages][kStrip];
   __shared__ __align__(16) bf16 out[kChunk];
@@ -206,7 +215,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
   // item's strip: its outputs' windows (time t0 - halo on), kHalo + groups * 128 samples
   auto issue = [&](const ItemCursor& item, int buf) {
     const int n = kHalo + ((item.n_out() + kGroupOutputs - 1) / kGroupOutputs) * kGroupOutputs;
-    load_strip(strip[buf], x + (item.b * D + d) * L, L, kReverse ? item.t0() : item.t0() - kHalo, n, vec);
+    load_strip(strip[buf], x + xs(item.b, d), L, kReverse ? item.t0() : item.t0() - kHalo, n, vec);
   };
   for (int st = 0; st + 1 < kStages; ++st, ahead.advance()) {  // prologue: the first kStages - 1 items
     if (ahead.b < B) issue(ahead, st);
@@ -296,7 +305,7 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
       }
     }
     __syncthreads();  // out is complete; every warp is done with strip[buf]
-    bf16* yr = y + (cur.b * D + d) * L;
+    bf16* yr = y + ys(cur.b, d);
     const int t0 = cur.t0();
     for (int q = threadIdx.x; q < (n_out + 7) / 8; q += kThreads) {
       const int t = t0 + 8 * q;
@@ -318,8 +327,8 @@ __global__ void __launch_bounds__(kThreads) conv_mma_kernel(const bf16* __restri
 // kFlushItems items a warp adds its accumulators into its own slots of red (float32 adds, no long
 // chains of tensor-core accumulation); at the end the block sums G's diagonals over the warps in a
 // fixed order (deterministic).
-__global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* __restrict__ u,
-                                                                   const bf16* __restrict__ gy,
+__global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* __restrict__ u, const RowStrides us,
+                                                                   const bf16* __restrict__ gy, const RowStrides gs,
                                                                    float* __restrict__ partial, int64_t B, int64_t D,
                                                                    int L, int taps, int chunks, bool vec) {
 #if FFT_TENSOR_MMA_OK
@@ -336,9 +345,8 @@ __global__ void __launch_bounds__(kThreads) conv_mma_grad_k_kernel(const bf16* _
   ItemCursor cur(blockIdx.y, gridDim.y, chunks, L), ahead = cur;
   auto issue = [&](const ItemCursor& item, int buf) {
     const int n = ((item.n_out() + kStepOutputs - 1) / kStepOutputs) * kStepOutputs;
-    const int64_t off = (item.b * D + d) * L;
-    load_strip(ustrip[buf], u + off, L, item.t0() - kHalo, kHalo + n, vec);
-    load_strip(gstrip[buf], gy + off, L, item.t0(), n, vec);
+    load_strip(ustrip[buf], u + us(item.b, d), L, item.t0() - kHalo, kHalo + n, vec);
+    load_strip(gstrip[buf], gy + gs(item.b, d), L, item.t0(), n, vec);
   };
   for (int st = 0; st + 1 < kStages; ++st, ahead.advance()) {  // prologue: the first kStages - 1 items
     if (ahead.b < B) issue(ahead, st);

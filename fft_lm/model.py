@@ -263,8 +263,10 @@ class _FeatureMajorLinear(torch.autograd.Function):
     matrix it is. The result is the (O, B*T) matrix; each part is a block of its rows viewed as
     (B, O_j, T) with strides (T, B*T, 1) ("feature-major"): time contiguous, so causal_conv reads it in
     place and writes y in the same layout, which the output projection reads back in place.
-    Backward: grad_x = sum_j g_j'^T W_j (addmm, no separate add) and grad_W_j = g_j' x', each one GEMM
-    over all B*T positions (a batched GEMM per sequence would leave per-sequence partial sums to add)."""
+    Backward: the parts' gradients g_j' stacked into one (O, B*T) matrix g' (torch.cat: the pointwise
+    ones are written into it directly under torch.compile), then grad_x = g'^T W and grad_W = g' x', one
+    GEMM each over all B*T positions (a batched GEMM per sequence would leave per-sequence partial
+    sums to add, and a GEMM per part more launches: the 1K step is host-bound)."""
 
     @staticmethod
     def forward(ctx, x, w, sizes):
@@ -279,20 +281,11 @@ class _FeatureMajorLinear(torch.autograd.Function):
     def backward(ctx, *grads):
         xm, w = ctx.saved_tensors
         B, T, I = ctx.shape
-        ws = w.split(ctx.sizes)
-        # each part's gradient as its (O_j, B*T) matrix (a view when it is feature-major); a part that
-        # got no gradient contributes nothing
-        gms = [None if g is None else g.transpose(0, 1).reshape(-1, B * T) for g in grads]
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            for gm, wj in zip(gms, ws):
-                if gm is not None:
-                    grad_x = torch.mm(gm.t(), wj) if grad_x is None else torch.addmm(grad_x, gm.t(), wj)
-            grad_x = torch.zeros_like(xm) if grad_x is None else grad_x
-            grad_x = grad_x.view(B, T, I)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.cat([wj.new_zeros(wj.shape) if gm is None else torch.mm(gm, xm)
-                                for gm, wj in zip(gms, ws)])
+        # each part's gradient as its (O_j, B*T) matrix (zeros for a part that got none)
+        gm = torch.cat([xm.new_zeros(wj.shape[0], B * T) if g is None else g.transpose(0, 1).reshape(-1, B * T)
+                        for g, wj in zip(grads, w.split(ctx.sizes))])
+        grad_x = torch.mm(gm.t(), w).view(B, T, I) if ctx.needs_input_grad[0] else None
+        grad_w = torch.mm(gm, xm) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None
 
 

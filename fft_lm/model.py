@@ -289,27 +289,6 @@ class _FeatureMajorLinear(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-class _ChannelsFirstLinear(torch.autograd.Function):
-    """out (B, O, T) = w (O, I) @ x^T per sequence, x (B, T, I); every GEMM reads its operands in place
-    and writes its result contiguous: grad_x comes back (B, T, I), the residual stream's layout.
-    (Packed (B, O, T) output; the mixer's training path uses the feature-major one above.)"""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return torch.bmm(w.expand(x.shape[0], -1, -1), x.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved_tensors
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(grad.transpose(1, 2), w.expand(grad.shape[0], -1, -1))
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(grad, x).sum(0, dtype=torch.float32).to(w.dtype)
-        return grad_x, grad_w
-
-
 class _FeatureMajorTimeFirstLinear(torch.autograd.Function):
     """out (B, T, O) = z'^T @ w^T for a feature-major z (B, I, T), z' its (I, B*T) matrix (read in place):
     one GEMM each way, grad_z comes back feature-major (a fresh (I, B*T) matrix, so the conv's backward

@@ -177,12 +177,18 @@ def _check_causal_conv(u: Tensor, k: Tensor, skip: Optional[Tensor], op: str = "
 
 
 def _causal_conv_output_like(u: Tensor) -> Tensor:
-    """y's (and grad_u's) layout, as csrc/causal_conv/common.h:empty_like_output: u's own strides when u
-    is dense with time contiguous (packed (B, D, L), or feature-major: strides (L, B * L, 1), a GEMM's
-    (D, B * L) output), else packed."""
+    """y's (and grad_u's) layout, as csrc/causal_conv/common.h:output_strides: u's layout when u is
+    dense with time contiguous (packed (B, D, L), or feature-major: strides (L, B * L, 1), a GEMM's
+    (D, B * L) output), else packed; u's layout spelled out as dense strides in u's dim order by
+    decreasing stride (ties: the lower dim outer), so size-1 dims agree with the C++ side."""
+    order = [0, 1, 2]  # outermost first
     if _non_overlapping_and_dense(u) and (u.shape[2] <= 1 or u.stride(2) == 1):
-        return torch.empty_like(u)  # u's strides (empty_like keeps them for dense u)
-    return u.new_empty(u.shape)
+        order.sort(key=lambda i: -u.stride(i))  # stable, like std::stable_sort
+    strides, step = [0, 0, 0], 1
+    for i in reversed(order):
+        strides[i] = step
+        step *= max(u.shape[i], 1)
+    return u.new_empty_strided(u.shape, strides)
 
 
 def _non_overlapping_and_dense(t: Tensor) -> bool:

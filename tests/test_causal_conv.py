@@ -244,6 +244,39 @@ def test_output_layout(dtype, L, Lk, device):
         assert rel_err(out, fft64_reference(v, k, skip)) < tol
 
 
+LAYOUTS = {  # name -> u (B, D, L) built from a base tensor
+    "packed": lambda dev: torch.randn(3, 5, 40, device=dev),
+    "feature-major": lambda dev: torch.randn(5, 3, 40, device=dev).transpose(0, 1),
+    "feature-major-B1": lambda dev: torch.randn(5, 1, 40, device=dev).transpose(0, 1),
+    "D1": lambda dev: torch.randn(1, 3, 40, device=dev).transpose(0, 1),
+    "L1": lambda dev: torch.randn(3, 1, 5, device=dev).transpose(1, 2),
+    "channels-last": lambda dev: torch.randn(3, 40, 5, device=dev).transpose(1, 2),
+    "time-strided": lambda dev: torch.randn(3, 5, 80, device=dev)[..., ::2],
+    "channel-block": lambda dev: torch.randn(3, 10, 40, device=dev)[:, 2:7],
+    "expanded": lambda dev: torch.randn(1, 5, 40, device=dev).expand(3, 5, 40),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_output_strides_match_fake(layout, device):
+    # the C++ rule (csrc/causal_conv/common.h:empty_like_output) and the fake kernels' must agree on
+    # every layout, or torch.compile would plan buffers the op does not write
+    u = LAYOUTS[layout](device)
+    D = u.shape[1]
+    k, skip = torch.randn(D, 7, device=device), torch.randn(D, device=device)
+    gy = torch.randn(u.shape, device=device)
+    y = fft_tensor.causal_conv(u, k, skip)
+    grad_u, _ = ops.causal_conv_backward(gy, u, k, skip, True, True)
+    with FakeTensorMode() as mode:
+        fu = mode.from_tensor(u)
+        fy = fft_tensor.causal_conv(fu, mode.from_tensor(k), mode.from_tensor(skip))
+        fgu, _ = ops.causal_conv_backward(mode.from_tensor(gy), fu, mode.from_tensor(k), mode.from_tensor(skip),
+                                          True, True)
+    assert y.stride() == fy.stride() and grad_u.stride() == fgu.stride(), (y.stride(), fy.stride())
+    assert rel_err(y, fft64_reference(u, k, skip)) < 1e-5
+
+
 # ---------------------------------------------------------------- FFT_TENSOR_CONV_MIN_WINDOW (an experiment hook)
 
 @pytest.mark.parametrize("device", DEVICES)

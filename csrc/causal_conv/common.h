@@ -3,7 +3,10 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <vector>
 
 namespace fft_tensor {
 
@@ -59,23 +62,38 @@ inline ConvPlan conv_plan(int64_t L, int64_t Lk) {
   return {os, taps, seg, (L + seg - 1) / seg};
 }
 
-// The layout of y and grad_u: u's own strides when u is dense with time contiguous (a packed (B, D, L)
+// The layout of y and grad_u: u's own layout when u is dense with time contiguous (a packed (B, D, L)
 // tensor, or the LMs' feature-major activations: one GEMM's (D, B * L) output viewed as (B, D, L) with
-// strides (L, B * L, 1), which the next GEMM reads back in place), else packed (B, D, L). The fake
-// kernels in fft_tensor/ops.py apply the same rule.
+// strides (L, B * L, 1), which the next GEMM reads back in place), else packed (B, D, L). "u's layout"
+// is spelled out, not left to empty_like: dense strides in u's dim order by decreasing stride (ties:
+// the lower dim outer), so size-1 dims get the same strides here and in the fake kernels
+// (fft_tensor/ops.py:_causal_conv_output_like), whatever u carried in them.
 inline bool keeps_layout(const at::Tensor& u) {
   return u.is_non_overlapping_and_dense() && (u.size(2) <= 1 || u.stride(2) == 1);
 }
 
-inline at::Tensor empty_like_output(const at::Tensor& u) {
-  return keeps_layout(u) ? at::empty_like(u) : at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+inline std::vector<int64_t> output_strides(const at::Tensor& u) {
+  std::array<int64_t, 3> order{0, 1, 2};  // outermost first
+  if (keeps_layout(u))
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return u.stride(a) > u.stride(b); });
+  std::vector<int64_t> strides(3);
+  int64_t next = 1;
+  for (int i = 2; i >= 0; --i) {
+    strides[order[i]] = next;
+    next *= std::max<int64_t>(u.size(order[i]), 1);
+  }
+  return strides;
 }
 
-// y (packed by a path that computes on packed rows) in the layout above: a copy only when u keeps a
-// layout other than packed.
+inline at::Tensor empty_like_output(const at::Tensor& u) {
+  return at::empty_strided(u.sizes(), output_strides(u), u.options());
+}
+
+// y (packed by a path that computes on packed rows) in the layout above: a copy only when that layout
+// is not y's.
 inline at::Tensor in_output_layout(const at::Tensor& y, const at::Tensor& u) {
-  if (!y.defined() || y.sizes() != u.sizes() || !keeps_layout(u) || y.strides() == u.strides()) return y;
-  return at::empty_like(u).copy_(y);
+  if (!y.defined() || y.sizes() != u.sizes() || y.strides() == c10::IntArrayRef(output_strides(u))) return y;
+  return empty_like_output(u).copy_(y);
 }
 
 void check_causal_conv_args(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip,

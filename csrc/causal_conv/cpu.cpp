@@ -95,12 +95,12 @@ int64_t row_workspace(int64_t N, int64_t segments, at::ScalarType ct) {
 at::Tensor causal_conv_composite(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip) {
   using at::indexing::Slice;
   const int64_t L = u.size(2);
-  if (u.numel() == 0) return at::empty(u.sizes(), u.options());  // FFT libraries reject empty batches
+  if (u.numel() == 0) return empty_like_output(u);  // FFT libraries reject empty batches
   const ConvPlan plan = conv_plan(L, k.size(1));
   const int64_t N = plan.fft_size;
   const auto ct = compute_dtype(u);
   const at::Tensor K = at::fft_rfft(effective_kernel(k, skip, plan.taps).to(ct), N);  // D x (N/2+1)
-  at::Tensor y = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor y = empty_like_output(u);  // chunks written straight into the output layout
   const int64_t io_bytes = 2 * u.numel() * u.element_size() + k.numel() * k.element_size();
   for_each_row_chunk(u, row_workspace(N, plan.segments, ct), chunk_budget(io_bytes, K.nbytes()), [&](Slice bs, Slice ds) {
     const at::Tensor uc = u.index({bs, ds}).to(ct);
@@ -136,15 +136,14 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_composite(const at::Tens
   using at::indexing::Slice;
   const int64_t D = u.size(1), L = u.size(2), Lk = k.size(1);
   if (u.numel() == 0)  // no rows: zero gradients (FFT libraries reject empty batches)
-    return {need_u ? at::zeros(u.sizes(), u.options()) : at::empty({0}, u.options()),
+    return {need_u ? empty_like_output(u).zero_() : at::empty({0}, u.options()),
             need_k ? at::zeros({D, Lk}, k.options()) : at::empty({0}, k.options())};
   const ConvPlan plan = conv_plan(L, Lk);
   const int64_t N = std::max<int64_t>(next_pow2(L + plan.taps - 1), kMinFFT);
   const auto ct = compute_dtype(u);
   const at::Tensor Kconj =
       need_u ? at::fft_rfft(effective_kernel(k, skip, plan.taps).to(ct), N).conj_physical() : at::Tensor();
-  at::Tensor grad_u = need_u ? at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous))
-                             : at::empty({0}, u.options());
+  at::Tensor grad_u = need_u ? empty_like_output(u) : at::empty({0}, u.options());
   at::Tensor spectrum_sum = need_k ? at::zeros({D, N / 2 + 1}, u.options().dtype(c10::toComplexType(ct)))
                                    : at::Tensor();  // sum_b GY * conj(U)
   const int64_t io_bytes = (2 + need_u) * u.numel() * u.element_size() + (1 + need_k) * k.numel() * k.element_size();

@@ -92,8 +92,10 @@ inline at::Tensor empty_like_output(const at::Tensor& u) {
 // y (packed by a path that computes on packed rows) in the layout above: a copy only when that layout
 // is not y's.
 inline at::Tensor in_output_layout(const at::Tensor& y, const at::Tensor& u) {
-  if (!y.defined() || y.sizes() != u.sizes() || y.strides() == c10::IntArrayRef(output_strides(u))) return y;
-  return empty_like_output(u).copy_(y);
+  if (!y.defined() || y.sizes() != u.sizes()) return y;
+  const std::vector<int64_t> strides = output_strides(u);
+  if (y.strides() == c10::IntArrayRef(strides)) return y;
+  return at::empty_strided(u.sizes(), strides, u.options()).copy_(y);
 }
 
 void check_causal_conv_args(const at::Tensor& u, const at::Tensor& k, const c10::optional<at::Tensor>& skip,

@@ -60,6 +60,9 @@ for stage in "$@"; do
     opscl)   for cl in 0 1; do
                conv_variant cl$cl FFT_TENSOR_CONV_CHANNELS_LAST=$cl -- --channels-last --kernels 128 --no-peer
              done ;;
+    # every other CUDA test: causal_conv_update, rms_norm, phase_rotate, the models and the training loop
+    othertests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests -k cuda --ignore=tests/test_causal_conv.py \
+               --ignore=tests/test_generate.py --ignore=tests/test_chunk_decode.py 2>&1 | tee "$OUT/tests_other_cuda.log" | tail -12 ;;
     alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     sanitize) for tool in memcheck racecheck synccheck; do
                args=""; [ $tool = memcheck ] || args="--quick"

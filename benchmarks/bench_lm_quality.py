@@ -17,6 +17,7 @@ when $OUT is set. Checkpoints go to --ckpt-dir (not $OUT: they are large).
 """
 import argparse
 import gc
+import json
 import os
 import sys
 
@@ -37,7 +38,7 @@ def run_one(family, seed, args, out_dir, tag=""):
     cfg = TrainConfig(
         data=args.data, family=family, preset=args.preset, seq_len=args.seq_len, batch_size=args.batch_size,
         lr=args.lr, warmup_steps=args.warmup_steps, dtype=args.dtype, compile=args.compile, seed=seed,
-        max_time_s=args.budget_s, steps_per_epoch=10_000_000, eval_every=0, eval_batches=args.eval_batches,
+        max_time_s=args.budget_s, steps_per_epoch=10_000_000, eval_every=args.eval_every, eval_batches=args.eval_batches,
         log_every_steps=25, curriculum_start_bins=args.curriculum_start_bins,
         curriculum_frac=args.curriculum_frac if family == "spectral" else 0.0,
         model_set=args.spectral_set if family == "spectral" else args.gpt_set,
@@ -45,6 +46,7 @@ def run_one(family, seed, args, out_dir, tag=""):
         metrics_path=os.path.join(out_dir, f"bench_lm_quality_{family}{tag}.jsonl"),
         plot_path=os.path.join(out_dir, f"bench_lm_quality_{family}{tag}.png"))
     result = train(cfg)
+    result["best_val"] = best_validation(cfg.metrics_path)
     model, _ = fft_lm.load_checkpoint(cfg.ckpt_path)
     model.to(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     sample = generate(model, PROMPT, args.sample_bytes, mode="overlap_save", temperature=0)
@@ -54,6 +56,14 @@ def run_one(family, seed, args, out_dir, tag=""):
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
+
+
+def best_validation(metrics_path):
+    """(val bits per byte, step, seconds) of the run's best evaluation, from its metrics JSONL."""
+    with open(metrics_path) as f:
+        evals = [r for r in map(json.loads, f) if r.get("val_bpb") is not None]
+    best = min(evals, key=lambda r: r["val_bpb"])
+    return best["val_bpb"], best["step"], best["time_s"]
 
 
 def main():
@@ -71,6 +81,11 @@ def main():
     p.add_argument("--curriculum-start-bins", type=int, default=128)
     p.add_argument("--curriculum-frac", type=float, default=0.5)
     p.add_argument("--eval-batches", type=int, default=50, help="fixed batches of seq-len windows per split")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also validate every this many steps (0: at the end only); adds the best validation "
+                        "bits per byte and when it was reached (the early-stopping figure: on a small corpus "
+                        "both families memorise, and the final value then says how far, not how good). "
+                        "Evaluation time does not count against the budget")
     p.add_argument("--sample-bytes", type=int, default=200)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--seeds", default="", help="comma-separated seeds: one run of every family per seed "
@@ -105,15 +120,16 @@ def main():
              f"corpus: {args.data or 'Jargon File (default)'}; preset {args.preset}; L={args.seq_len}, "
              f"batch {args.batch_size}, {args.dtype}, AdamW lr {args.lr} warmup {args.warmup_steps} + cosine to the "
              f"budget, compile={args.compile}; val = held-out 10% tail, {args.eval_batches} fixed batches per split",
-             "", "| model | params | steps | bytes seen | train bytes/s | train bpb (eval) | val bpb |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| model | params | steps | bytes seen | train bytes/s | train bpb (eval) | val bpb |"
+             + (" best val bpb (step, s) |" if args.eval_every else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if args.eval_every else "")]
     sets = {"spectral": args.spectral_set, "gpt": args.gpt_set}
     for (family, seed), r in runs.items():
         label = f"{family} ({sets[family]})" if sets.get(family) else family
         label += f", seed {seed}" if multi else ""
         lines.append(f"| {label} | {r['n_params'] / 1e6:.1f}M | {r['step']} | {r['bytes_seen'] / 1e6:.1f}M | "
                      f"{r['bytes_seen'] / max(1e-9, r['elapsed_s']) / 1e6:.2f}M | {r['train_eval_bpb']:.3f} | "
-                     f"{r['val_bpb']:.3f} |")
+                     f"{r['val_bpb']:.3f} |" + (" {:.3f} ({}, {:.0f}) |".format(*r["best_val"]) if args.eval_every else ""))
     if multi:
         lines += ["", "| model | seeds | val bpb mean | min | max |", "|---|---|---|---|---|"]
         for family in families:

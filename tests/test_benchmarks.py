@@ -4,6 +4,7 @@ The numbers mean nothing here; the point is that every script still runs end to 
 table, so a broken script is found on this machine rather than in a GPU session's limited time.
 Nothing is written to benchmarks/RESULTS.md (that happens only on CUDA) or to $OUT (unset here).
 """
+import json
 import os
 import subprocess
 import sys
@@ -114,6 +115,25 @@ def test_bench_lm_quality_seeds(tmp_path):
     assert len(printed) == 2 and all(abs(d - (s - g)) < 2e-3 for d, s, g in zip(printed, vals["spectral"], vals["gpt"]))
     bad = run_benchmark("bench_lm_quality.py", "--seeds", "1,x")
     assert bad.returncode == 2 and "--seeds: expected comma-separated integers" in bad.stderr
+
+
+def test_bench_lm_quality_eval_every(tmp_path):
+    # --eval-every adds the best validation figure (and when it came) from each run's metrics file
+    r = run_lm_quality(tmp_path, "--budget-s", "1", "--batch-size", "2", "--eval-batches", "1", "--sample-bytes", "4",
+                       "--eval-every", "3", "--no-context-use")
+    assert_table(r, "| model | params | steps |")
+    assert "| best val bpb (step, s) |" in r.stdout
+    for family in ("spectral", "gpt"):
+        row = next(line for line in r.stdout.splitlines() if line.startswith(f"| {family} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        steps, final_val = int(cells[2]), float(cells[6])
+        best_val, when = cells[7].split(" (")
+        best_step = int(when.split(",")[0])
+        evals = [json.loads(line) for line in open(tmp_path / "ckpt" / "out" / f"bench_lm_quality_{family}.jsonl")]
+        vals = {e["step"]: e["val_bpb"] for e in evals if e.get("val_bpb") is not None}
+        assert len(vals) >= 2 and steps in vals, vals  # the periodic evaluations and the final one
+        assert best_step in vals and float(best_val) == pytest.approx(min(vals.values()), abs=6e-4)
+        assert float(best_val) <= final_val + 5e-4
 
 
 def test_bench_generation_graphs_label():

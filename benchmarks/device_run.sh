@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests mma mmabreak lmmma convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -33,6 +33,14 @@ for stage in "$@"; do
     checks)  "$PY" -m pytest -q -p no:cacheprovider tests/test_phase_rotate.py tests/test_causal_conv.py -k bad_inputs 2>&1 \
                | tee "$OUT/tests_checks.log" | tail -5 ;;
     clustertests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and cluster" 2>&1 | tee "$OUT/tests_cluster.log" | tail -8 ;;
+    # The four-step path (one-window FFTs over 16K points through a global workspace): its tests, then
+    # Lk = L at 16K and 64K against the cluster kernels, and with the whole workspace in one chunk.
+    fourstep) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "fourstep or peak_memory" 2>&1 \
+               | tee "$OUT/tests_fourstep.log" | tail -15
+             for v in ${FOURSTEP_VARIANTS:-1:32 0:32 1:4096}; do
+               conv_variant "fourstep${v%%:*}_mb${v##*:}" FFT_TENSOR_CONV_FOURSTEP=${v%%:*} FFT_TENSOR_CONV_FOURSTEP_MB=${v##*:} \
+                 -- --kernels L --lengths ${FOURSTEP_LENGTHS:-16384,65536} --no-peer
+             done ;;
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
     # bf16 with 128 taps: the tensor-core direct kernels (default) against the FFT windows
     # (FFT_TENSOR_CONV_MMA=0), after the mma tests.

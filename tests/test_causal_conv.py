@@ -680,12 +680,14 @@ def test_row_chunks(device, batch, dim):
 
 
 @requires_cuda
-@pytest.mark.parametrize("L", [16384, 32768])
-def test_cuda_peak_memory(L):
+@pytest.mark.parametrize("L,fourstep", [(16384, "0"), (32768, "0"), (65536, "1"), (262144, "")])
+def test_cuda_peak_memory(L, fourstep, monkeypatch):
     # Beyond inputs and outputs, the forward allocates at most half of inputs plus outputs (the
-    # issue's 1.5x: the kernel spectrum, cuFFT rows in chunks) and the backward at most as much as
-    # inputs plus outputs (spectrum, partial sums, the small inverse FFT of grad_k).
-    B, D = 8, 96  # the benchmark's batch
+    # issue's 1.5x: the kernel spectrum, cuFFT rows in chunks, the four-step workspace) and the
+    # backward at most as much as inputs plus outputs (spectrum, partial sums, the small inverse FFT
+    # of grad_k).
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", fourstep)
+    B, D = 8, 96 if L <= 65536 else 24  # the benchmark's batch
     u = torch.randn(B, D, L, device="cuda")
     k = torch.randn(D, L, device="cuda") / L
     gy = torch.randn_like(u)
@@ -748,6 +750,78 @@ def test_cuda_cluster_padded_equals_general(L, Lk, mode, monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", "yes")
     with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_CLUSTER_PADDED: expected 0, 1 or exchange"):
         fft_tensor.causal_conv(u, k, skip)
+
+
+# The four-step path (fourstep.cuh): one-window FFTs of 32K to 4M points through a global
+# workspace in chunks of row pairs. Forced here with FFT_TENSOR_CONV_FOURSTEP=1 (by default it takes
+# the plans the cluster kernels do not: over 128K points, or no clusters) and a 1 MiB workspace so
+# the pairs run in several chunks. Odd batch (an unpaired row), L not a power of two, Lk < L and
+# Lk > L; N = 32K (N2 = 512) to 1M (N1 = 64, N2 = 16384), 2M (N1 = 128) and 4M (N1 = 256).
+FOURSTEP_SHAPES = [(16384, 16384, 3, 2), (9000, 9000, 1, 3), (20000, 25000, 3, 2), (40000, 17000, 2, 1),
+                   (65536, 65536, 3, 2), (300000, 300000, 1, 1), (600000, 10000, 1, 1),
+                   (1048576, 1048576, 1, 1), (1500000, 1500000, 1, 1)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", FOURSTEP_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in FOURSTEP_SHAPES])
+def test_cuda_fourstep_sizes(L, Lk, batch, dim, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "1")
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", "1")
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+    assert "columns_forward_kernel" in names and "rows_conv_kernel" in names and "rows_spectrum_kernel" in names \
+        and "columns_inverse_kernel" in names and "cluster" not in names and "fft" not in names.lower().replace(
+            "fft_tensor", ""), names
+    assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
+    ub = u.bfloat16()
+    exact = fft64_reference(ub.float(), k, skip)
+    assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= 4 * rel_err(exact.bfloat16(), exact) + 1e-6
+    uh = u.half()
+    exact = fft64_reference(uh.float(), k, skip)
+    assert rel_err(fft_tensor.causal_conv(uh, k, skip), exact) <= 4 * rel_err(exact.half(), exact) + 1e-6
+    if L <= 65536:
+        check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)  # grad_u four-step, grad_k clusters or cuFFT
+    else:  # grad_u alone (the float64 autograd reference of these rows is slow on 2 cores)
+        gy = torch.randn_like(u)
+        gu = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
+        taps = min(L, Lk)
+        ref = fft64_reference(gy.flip(-1), k[:, :taps], skip).flip(-1)  # correlation = reversed convolution
+        assert rel_err(gu, ref) < 1e-5
+
+
+@requires_cuda
+def test_cuda_fourstep_chunks_and_settings(monkeypatch):
+    # The chunking (one pair per chunk, several, all in one) does not change a bit of the result;
+    # FFT_TENSOR_CONV_FOURSTEP=0 takes the other paths; bad settings are errors naming the variable.
+    u, k, skip = make_inputs(20000, 20000, True, "cuda", batch=5, dim=3)
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "1")
+    ys = []
+    for mb in ("1", "3", "4096"):
+        monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", mb)
+        ys.append(fft_tensor.causal_conv(u, k, skip))
+    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")
+    names = _cuda_kernel_names(lambda: ys.append(fft_tensor.causal_conv(u, k, skip)))
+    assert "columns_forward_kernel" not in names, names
+    assert rel_err(ys[-1], ys[0]) < 5e-6
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "yes")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_FOURSTEP: expected 0 or 1"):
+        fft_tensor.causal_conv(u, k, skip)
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "1")
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", "0")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_FOURSTEP_MB: expected a positive integer"):
+        fft_tensor.causal_conv(u, k, skip)
+
+
+@requires_cuda
+def test_cuda_fourstep_default_beyond_clusters(monkeypatch):
+    # Unset, the four-step path takes what used to go to cuFFT: one window over 128K points.
+    monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
+    u, k, skip = make_inputs(100000, 100000, True, "cuda", batch=3, dim=1)
+    gy = torch.randn_like(u)
+    names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
+                                        ops.causal_conv_backward(gy, u, k, skip, True, False)))
+    assert names.count("columns_inverse_kernel") >= 2 and "c2c" not in names and "r2c" not in names, names
 
 
 def _cuda_kernel_names(fn):

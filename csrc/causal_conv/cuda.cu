@@ -37,6 +37,7 @@
 #include "direct_mma.cuh"
 #include "direct_tiled.cuh"
 #include "fft_kernels.cuh"
+#include "fourstep.cuh"
 #include "layout.cuh"
 
 namespace fft_tensor {
@@ -386,6 +387,135 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 }
 
 // ---------------------------------------------------------------------------------------------
+// Four-step path (fourstep.cuh): one-window plans of 32K to 4M points through a global workspace,
+// on any GPU. N = N1 x N2 with N1 = 64 up to 2^20 points (N2 <= 16384), then N2 = 16384.
+constexpr int64_t kMaxFourStepFFT = int64_t(1) << 22;
+
+// FFT_TENSOR_CONV_FOURSTEP (read on every call): 1 = the four-step path for every one-window plan it
+// serves, 0 = never (the cluster kernels, else cuFFT), unset = wherever the cluster kernels do not
+// serve the plan (over 128K points, or no clusters); anything else is an error.
+int fourstep_setting() {
+  const char* env = std::getenv("FFT_TENSOR_CONV_FOURSTEP");
+  const std::string mode = env ? env : "";
+  TORCH_CHECK(mode.empty() || mode == "0" || mode == "1",
+              "FFT_TENSOR_CONV_FOURSTEP: expected 0 or 1 (or unset), got '", mode, "'");
+  return mode.empty() ? -1 : mode == "1";
+}
+
+bool use_fourstep(const at::Tensor& u, const ConvPlan& plan) {
+  if (u.scalar_type() == at::kDouble || plan.segments != 1 || plan.fft_size <= kMaxFusedFFT ||
+      plan.fft_size > kMaxFourStepFFT)
+    return false;
+  const int setting = fourstep_setting();
+  if (setting >= 0) return setting == 1;
+  return !use_cluster(u, plan, /*with_grad_k=*/false);
+}
+
+// FFT_TENSOR_CONV_FOURSTEP_MB: the workspace (one chunk of row pairs, N complex each), default 32 MiB,
+// which stays in L2 between a chunk's three launches.
+int64_t fourstep_chunk(int64_t N, int64_t rows) {
+  const char* env = std::getenv("FFT_TENSOR_CONV_FOURSTEP_MB");
+  int64_t mb = 32;
+  if (env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    mb = std::strtoll(env, &end, 10);
+    TORCH_CHECK(*end == '\0' && mb >= 1, "FFT_TENSOR_CONV_FOURSTEP_MB: expected a positive integer, got '", env, "'");
+  }
+  const int64_t per_row = N * (int64_t)sizeof(float2);
+  return std::max<int64_t>(1, std::min<int64_t>({rows, (mb << 20) / per_row, 65535}));
+}
+
+fourstep::Shape fourstep_shape(const ConvShape& s) {
+  const int N1 = s.logN <= 20 ? 64 : 1 << (s.logN - 14);
+  return {s.B, s.D, s.L, N1, s.N / N1, s.logN, s.npairs, 0};
+}
+
+template <typename F>
+void dispatch_n1(int N1, F&& f) {
+  switch (N1) {
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    case 256: return f(std::integral_constant<int, 256>{});
+    default: TORCH_CHECK(false, "causal_conv: no four-step column kernel for ", N1, " points");
+  }
+}
+
+size_t fourstep_column_smem(int N1) { return (size_t)fourstep::kCols * fourstep::column_stride(N1) * sizeof(float2); }
+
+// Kp (D, N1/2 + 1, N2): the kernel spectrum / N in the transform's order, bins k1 <= N1/2 (fourstep.cuh).
+at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs) {
+  fourstep::Shape s = fourstep_shape(cs);
+  const int64_t D = k.size(0);
+  const SpectrumTaps taps = spectrum_taps(k, skip, cs.taps);
+  at::Tensor Kp = at::empty({D, s.N1 / 2 + 1, s.N2}, k.options().dtype(at::kComplexFloat));
+  const int64_t chunk = fourstep_chunk(cs.N, D);
+  at::Tensor T = at::empty({chunk * cs.N}, Kp.options());
+  auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_n1(s.N1, [&](auto n1) {
+    constexpr int N1 = decltype(n1)::value;
+    dispatch_fft_size<9, 14>(s.logN - log2_int(N1), [&](auto n2) {
+      constexpr int N2 = decltype(n2)::value;
+      auto columns = fourstep::columns_forward_kernel<N1, fourstep::TapRows>;
+      auto rows = fourstep::rows_spectrum_kernel<N2>;
+      allow_smem(columns, fourstep_column_smem(N1));
+      allow_smem(rows, smem_bytes(N2));
+      for (int64_t d0 = 0; d0 < D; d0 += chunk) {
+        const int64_t g = std::min(chunk, D - d0);
+        s.pair0 = d0;
+        columns<<<dim3(N2 / fourstep::kCols, (unsigned)g), dim3(N1 / kElemsPerThread, fourstep::kCols),
+                  fourstep_column_smem(N1), stream>>>(fourstep::TapRows{taps.taps, s, 0}, Tp, N2, s.logN);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        rows<<<dim3(N1 / 2 + 1, (unsigned)g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(
+            Tp, reinterpret_cast<float2*>(Kp.data_ptr()), s);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  });
+  return Kp;
+}
+
+// y (packed rows) = causal_conv of x's packed rows; kReverse: grad_u from gy (time reversed).
+template <bool kReverse>
+void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, const ConvShape& cs) {
+  fourstep::Shape s = fourstep_shape(cs);
+  const int64_t pairs = cs.D * cs.npairs;
+  const int64_t chunk = fourstep_chunk(cs.N, pairs);
+  at::Tensor T = at::empty({chunk * cs.N}, x.options().dtype(at::kComplexFloat));
+  auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
+  const auto* Kpp = reinterpret_cast<const float2*>(Kp.data_ptr());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_io_type(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    dispatch_n1(s.N1, [&](auto n1) {
+      constexpr int N1 = decltype(n1)::value;
+      dispatch_fft_size<9, 14>(s.logN - log2_int(N1), [&](auto n2) {
+        constexpr int N2 = decltype(n2)::value;
+        auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t, kReverse>>;
+        auto rows = fourstep::rows_conv_kernel<N2>;
+        auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t, kReverse>;
+        const size_t col_smem = fourstep_column_smem(N1);
+        allow_smem(forward, col_smem);
+        allow_smem(inverse, col_smem);
+        allow_smem(rows, smem_bytes(N2));
+        const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
+        for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+          const unsigned g = (unsigned)std::min(chunk, pairs - p0);
+          s.pair0 = p0;
+          fourstep::PairRows<scalar_t, kReverse> in{x.data_ptr<scalar_t>(), s};
+          forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp, N2, s.logN);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          rows<<<dim3(N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          inverse<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(Tp, y.data_ptr<scalar_t>(), s);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Direct path (direct.cuh): kernels of at most 32 taps, and of at most 128 taps on rows shorter than
 // 1024 (streaming steps, where an FFT window would be mostly padding). Its cost grows with the taps
 // while the FFT windows' does not: with 128 taps the fused windows measured 1.7-1.9x faster forward
@@ -596,13 +726,16 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
     return y;
   }
   const bool fused = use_fused(u, plan, /*with_grad_k=*/false);
-  if (!fused && !use_cluster(u, plan, /*with_grad_k=*/false)) return causal_conv_composite(u, k, skip);
+  const bool fourstep = !fused && use_fourstep(u, plan);
+  if (!fused && !fourstep && !use_cluster(u, plan, /*with_grad_k=*/false)) return causal_conv_composite(u, k, skip);
   const ConvShape s = conv_shape(B, D, L, plan);
   const at::Tensor uc = layout::rows_contiguous(u);
   at::Tensor y = at::empty_like(uc);
   if (uc.numel() == 0) return y;
   if (fused) {
     launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s);
+  } else if (fourstep) {
+    launch_fourstep<false>(uc, fourstep_spectrum(k, skip, s), y, s);
   } else {
     const int C = cluster_blocks(plan);
     launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k, skip, s, C), y, s, C);
@@ -621,8 +754,11 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   const bool mma = !tiled && use_mma(u, plan);
   const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
-  const bool clusters = !direct && !fused && use_cluster(u, plan, need_k);
-  if (!direct && !fused && !clusters) return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
+  // four-step: grad_u; grad_k from the cluster kernels where they serve, else from cuFFT
+  const bool fourstep = !direct && !fused && need_u && use_fourstep(u, plan);
+  const bool clusters = !direct && !fused && (!fourstep || need_k) && use_cluster(u, plan, need_k);
+  if (!direct && !fused && !clusters && !fourstep)
+    return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
   if (tiled) {
     // no layout copies: the tile loader reads u and grad_y in their own strides
@@ -661,6 +797,8 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
                                (int)plan.taps);
     } else if (fused) {
       launch_conv_windows<true>(gy, kernel_spectrum(k, skip, s), grad_u, s);
+    } else if (fourstep) {
+      launch_fourstep<true>(gy, fourstep_spectrum(k, skip, s), grad_u, s);
     } else {
       const int C = cluster_blocks(plan);
       launch_conv_clusters<true>(gy, kernel_spectrum_clusters(k, skip, s, C), grad_u, s, C);
@@ -670,6 +808,8 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
     const at::Tensor uc = mma && time_rows(u) ? u : layout::rows_contiguous(u);
     if (fused) {
       grad_k = grad_k_windows(uc, gy, s, Lk).to(k.scalar_type());
+    } else if (!direct && !clusters) {  // four-step grad_u; grad_k through cuFFT
+      grad_k = std::get<1>(causal_conv_backward_composite(grad_y, u, k, skip, false, true));
     } else {
       const at::Tensor taps_grad =
           mma      ? mma_grad_k(uc, gy, (int)plan.taps)

@@ -34,12 +34,13 @@ for stage in "$@"; do
                | tee "$OUT/tests_checks.log" | tail -5 ;;
     clustertests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and cluster" 2>&1 | tee "$OUT/tests_cluster.log" | tail -8 ;;
     # The four-step path (one-window FFTs over 16K points through a global workspace): its tests, then
-    # Lk = L at 16K and 64K against the cluster kernels, and with the whole workspace in one chunk.
+    # Lk = L at 16K and 64K with it (default) and without it (the cluster kernels). FOURSTEP_MB: also
+    # with that workspace size.
     fourstep) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "fourstep or peak_memory" 2>&1 \
                | tee "$OUT/tests_fourstep.log" | tail -15
-             for v in ${FOURSTEP_VARIANTS:-1:32 0:32 1:4096}; do
-               conv_variant "fourstep${v%%:*}_mb${v##*:}" FFT_TENSOR_CONV_FOURSTEP=${v%%:*} FFT_TENSOR_CONV_FOURSTEP_MB=${v##*:} \
-                 -- --kernels L --lengths ${FOURSTEP_LENGTHS:-16384,65536} --no-peer
+             for v in 1 0 ${FOURSTEP_MB:+mb}; do
+               envs=(FFT_TENSOR_CONV_FOURSTEP=${v/mb/1}); [ $v = mb ] && envs+=(FFT_TENSOR_CONV_FOURSTEP_MB=$FOURSTEP_MB)
+               conv_variant "fourstep$v" "${envs[@]}" -- --kernels L --lengths ${FOURSTEP_LENGTHS:-16384,65536} --no-peer
              done ;;
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
     # bf16 with 128 taps: the tensor-core direct kernels (default) against the FFT windows

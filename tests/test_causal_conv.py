@@ -600,13 +600,15 @@ TAP_LAYOUTS = {
 
 @requires_cuda
 @pytest.mark.parametrize("layout", list(TAP_LAYOUTS))
-@pytest.mark.parametrize("L,Lk", [(4096, 128), (2000, 2000), (20000, 20000)], ids=["windows", "single", "cluster"])
-def test_cuda_strided_taps(L, Lk, layout):
+@pytest.mark.parametrize("L,Lk", [(4096, 128), (2000, 2000), (20000, 20000), (20001, 20001)],
+                         ids=["windows", "single", "cluster", "fourstep"])
+def test_cuda_strided_taps(L, Lk, layout, monkeypatch):
     # The FFT paths' spectrum kernels read k and skip in their own strides and add skip at lag 0
     # themselves (no effective-kernel copy): each layout against float64, forward and every gradient
     # (grad_u transforms the same taps again).
     if L == 20000 and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("the cluster path needs sm_90 (elsewhere this size goes to cuFFT)")
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0" if L == 20000 else "1")
     dim = 3
     make, view = TAP_LAYOUTS[layout]
     k_leaf, skip_leaf = make(dim, Lk)
@@ -632,9 +634,9 @@ def test_cuda_strided_taps(L, Lk, layout):
     for name, g, ref in zip(("k", "skip"), grads[1:], ref_grads[1:]):
         scale = channel_scale if layout == "expanded" else ref.norm().item()
         assert (g.detach().cpu().double() - ref).norm().item() < 1e-5 * scale, name
-    if L == 20000:
+    if L >= 20000:
         names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
-        assert "kernel_spectrum_cluster_kernel" in names, names
+        assert ("kernel_spectrum_cluster_kernel" if L == 20000 else "rows_spectrum_kernel") in names, names
 
 
 @requires_cuda
@@ -717,7 +719,8 @@ CLUSTER_SHAPES = [(16384, 16384, 2, 3), (9000, 9000, 3, 2), (10000, 12000, 1, 3)
 
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", CLUSTER_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in CLUSTER_SHAPES])
-def test_cuda_cluster_sizes(L, Lk, batch, dim):
+def test_cuda_cluster_sizes(L, Lk, batch, dim, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")  # the four-step path is the default for these
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
     ub = u.bfloat16()
@@ -735,6 +738,7 @@ def test_cuda_cluster_padded_equals_general(L, Lk, mode, monkeypatch):
     """The padded-window cluster kernel (forced: FFT_TENSOR_CONV_CLUSTER_PADDED=1, or =exchange for
     its variant that moves the row through the cluster) and the general one (=0) give the same
     convolution and grad_u to float32 rounding, on 2, 4 and 8-block clusters; each really ran."""
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=3, dim=2)
     gy = torch.randn_like(u)
     results = {}
@@ -753,25 +757,38 @@ def test_cuda_cluster_padded_equals_general(L, Lk, mode, monkeypatch):
 
 
 # The four-step path (fourstep.cuh): one-window FFTs of 32K to 4M points through a global
-# workspace in chunks of row pairs. Forced here with FFT_TENSOR_CONV_FOURSTEP=1 (by default it takes
-# the plans the cluster kernels do not: over 128K points, or no clusters) and a 1 MiB workspace so
-# the pairs run in several chunks. Odd batch (an unpaired row), L not a power of two, Lk < L and
-# Lk > L; N = 32K (N2 = 512) to 1M (N1 = 64, N2 = 16384), 2M (N1 = 128) and 4M (N1 = 256).
+# workspace in chunks (of row pairs forward, of channels backward); the default for those plans.
+# Here with a 1 MiB workspace so the rows run in several chunks. Odd batch (an unpaired row), L not a
+# power of two, Lk < L and Lk > L; every split: N = 32K to 512K with N1 = 64 (N2 = 512 to 8192),
+# then N2 = 8192 with N1 = 128 (1M), 256 (2M) and 512 (4M).
 FOURSTEP_SHAPES = [(16384, 16384, 3, 2), (9000, 9000, 1, 3), (20000, 25000, 3, 2), (40000, 17000, 2, 1),
-                   (65536, 65536, 3, 2), (300000, 300000, 1, 1), (600000, 10000, 1, 1),
-                   (1048576, 1048576, 1, 1), (1500000, 1500000, 1, 1)]
+                   (65536, 65536, 3, 2), (200000, 50000, 1, 2), (250000, 250000, 1, 1), (300000, 300000, 1, 1),
+                   (600000, 10000, 3, 1), (1048576, 1048576, 1, 1), (1500000, 1500000, 2, 1)]
+FOURSTEP_KERNELS = ("columns_forward_kernel", "rows_conv_kernel", "rows_spectrum_kernel", "columns_inverse_kernel")
+
+
+def _no_other_fft(names):
+    return "cluster" not in names and "fft" not in names.lower().replace("fft_tensor", "")
+
+
+def _correlation_reference(gy, u, taps):
+    """grad_k of the float64 reference: sum over batch rows of corr(gy, u), lags < taps."""
+    L = u.shape[-1]
+    n = next_pow2(L + taps - 1)
+    g64, u64 = gy.cpu().double(), u.cpu().double()
+    c = torch.fft.irfft(torch.fft.rfft(g64, n=n) * torch.fft.rfft(u64, n=n).conj(), n=n)[..., :taps]
+    return c.sum(0)
 
 
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", FOURSTEP_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in FOURSTEP_SHAPES])
 def test_cuda_fourstep_sizes(L, Lk, batch, dim, monkeypatch):
-    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "1")
+    monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)  # the default
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", "1")
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
-    assert "columns_forward_kernel" in names and "rows_conv_kernel" in names and "rows_spectrum_kernel" in names \
-        and "columns_inverse_kernel" in names and "cluster" not in names and "fft" not in names.lower().replace(
-            "fft_tensor", ""), names
+    assert all(n in names for n in FOURSTEP_KERNELS) and _no_other_fft(names), names
     assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
     ub = u.bfloat16()
     exact = fft64_reference(ub.float(), k, skip)
@@ -779,31 +796,43 @@ def test_cuda_fourstep_sizes(L, Lk, batch, dim, monkeypatch):
     uh = u.half()
     exact = fft64_reference(uh.float(), k, skip)
     assert rel_err(fft_tensor.causal_conv(uh, k, skip), exact) <= 4 * rel_err(exact.half(), exact) + 1e-6
+    names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, True))
+    assert "rows_backward_kernel" in names and "columns_taps_kernel" in names and _no_other_fft(names), names
     if L <= 65536:
-        check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)  # grad_u four-step, grad_k clusters or cuFFT
-    else:  # grad_u alone (the float64 autograd reference of these rows is slow on 2 cores)
-        gy = torch.randn_like(u)
-        gu = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
+        check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)
+    else:  # the float64 autograd reference of these rows is slow on 2 cores: the two products directly
+        gu, gk = ops.causal_conv_backward(gy, u, k, skip, True, True)
+        ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
+        assert rel_err(gu, ref_gu) < 1e-5
         taps = min(L, Lk)
-        ref = fft64_reference(gy.flip(-1), k[:, :taps], skip).flip(-1)  # correlation = reversed convolution
-        assert rel_err(gu, ref) < 1e-5
+        ref_gk = _correlation_reference(gy, u, taps)
+        assert rel_err(gk[:, :taps], ref_gk) < 2e-5
+        assert gk.shape == k.shape and (gk[:, taps:] == 0).all()
 
 
 @requires_cuda
-def test_cuda_fourstep_chunks_and_settings(monkeypatch):
-    # The chunking (one pair per chunk, several, all in one) does not change a bit of the result;
-    # FFT_TENSOR_CONV_FOURSTEP=0 takes the other paths; bad settings are errors naming the variable.
+def test_cuda_fourstep_chunks_subsets_and_settings(monkeypatch):
+    # The chunking (one pair or channel per chunk, several, all in one) does not change a bit of the
+    # results; grad_u alone and grad_k alone equal both together; FFT_TENSOR_CONV_FOURSTEP=0 takes the
+    # other paths; bad settings are errors naming the variable.
+    monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
     u, k, skip = make_inputs(20000, 20000, True, "cuda", batch=5, dim=3)
-    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "1")
-    ys = []
+    gy = torch.randn_like(u)
+    outs = []
     for mb in ("1", "3", "4096"):
         monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", mb)
-        ys.append(fft_tensor.causal_conv(u, k, skip))
-    assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
+        outs.append((fft_tensor.causal_conv(u, k, skip), *ops.causal_conv_backward(gy, u, k, skip, True, True)))
+    for other in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], other))
+    gu_only = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
+    gk_only = ops.causal_conv_backward(gy, u, k, skip, False, True)[1]
+    assert torch.equal(gu_only, outs[0][1]) and torch.equal(gk_only, outs[0][2])
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")
-    names = _cuda_kernel_names(lambda: ys.append(fft_tensor.causal_conv(u, k, skip)))
-    assert "columns_forward_kernel" not in names, names
-    assert rel_err(ys[-1], ys[0]) < 5e-6
+    names = _cuda_kernel_names(lambda: outs.append((fft_tensor.causal_conv(u, k, skip),
+                                                    *ops.causal_conv_backward(gy, u, k, skip, True, True))))
+    assert not any(n in names for n in FOURSTEP_KERNELS), names
+    for a, b in zip(outs[-1], outs[0]):
+        assert rel_err(a, b) < 5e-6
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "yes")
     with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_FOURSTEP: expected 0 or 1"):
         fft_tensor.causal_conv(u, k, skip)
@@ -811,17 +840,6 @@ def test_cuda_fourstep_chunks_and_settings(monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", "0")
     with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_FOURSTEP_MB: expected a positive integer"):
         fft_tensor.causal_conv(u, k, skip)
-
-
-@requires_cuda
-def test_cuda_fourstep_default_beyond_clusters(monkeypatch):
-    # Unset, the four-step path takes what used to go to cuFFT: one window over 128K points.
-    monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
-    u, k, skip = make_inputs(100000, 100000, True, "cuda", batch=3, dim=1)
-    gy = torch.randn_like(u)
-    names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),
-                                        ops.causal_conv_backward(gy, u, k, skip, True, False)))
-    assert names.count("columns_inverse_kernel") >= 2 and "c2c" not in names and "r2c" not in names, names
 
 
 def _cuda_kernel_names(fn):
@@ -838,6 +856,7 @@ def test_cuda_cluster_path_taken(monkeypatch):
     # The value tests above pass on the cuFFT fallback too: check that Hopper really runs the cluster
     # kernels for every pass (forward, grad_u, grad_k), and the one-block kernels below 16K points.
     monkeypatch.delenv("FFT_TENSOR_CONV_CLUSTER_PADDED", raising=False)  # the default policy
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")  # else the four-step path
     u, k, skip = make_inputs(20000, 20000, True, "cuda", batch=2, dim=2)
     gy = torch.randn_like(u)
     names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),

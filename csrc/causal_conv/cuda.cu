@@ -12,12 +12,15 @@
 // grad_k sums G * conj(U) over (row, window) items per (channel, group) block: rows in pairs
 // (two FFTs per pair) up to 8192 points, else one FFT of u + i*sc*gy per row and window (sc: a
 // power of two that keeps gy above u's rounding).
-// Windows of 2x to 8x kMaxFusedFFT points run on a thread-block cluster of 2 to 8 blocks
-// (Hopper+, cluster_fft.cuh): the same algorithm with the transform split across the cluster's
-// shared memory; when the row fills at most half a 2-block window (L <= 16K with long kernels) the
-// window starts at t = 0 and conv_cluster_padded_kernel skips the zero half's cross-block work. Longer
-// windows, older GPUs and float64 go to the composite at::fft (cuFFT) path
-// in cpu.cpp. bfloat16 rows with 33-128 taps take tensor-core direct kernels (direct_mma.cuh).
+// One window of 32K to 4M points (long kernels, L from about 8K to 2M) takes the four-step path
+// (fourstep.cuh): column FFTs, row FFTs with the spectrum product, column inverse, through a global
+// workspace; its backward computes grad_u and grad_k from one transform of gy. With
+// FFT_TENSOR_CONV_FOURSTEP=0, windows of 2x to 8x kMaxFusedFFT points run on a thread-block cluster
+// of 2 to 8 blocks instead (Hopper+, cluster_fft.cuh: the transform split across the cluster's
+// shared memory; when the row fills at most half a 2-block window the window starts at t = 0 and
+// conv_cluster_padded_kernel skips the zero half's cross-block work); they measured slower (H200,
+// RESULTS.md, eighteenth session). Longer windows and float64 go to the composite at::fft (cuFFT)
+// path in cpu.cpp. bfloat16 rows with 33-128 taps take tensor-core direct kernels (direct_mma.cuh).
 // The kernels are in fft_kernels.cuh (FFT paths), direct.cuh, direct_mma.cuh and direct_tiled.cuh.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -387,13 +390,12 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 }
 
 // ---------------------------------------------------------------------------------------------
-// Four-step path (fourstep.cuh): one-window plans of 32K to 4M points through a global workspace,
-// on any GPU. N = N1 x N2 with N1 = 64 up to 2^20 points (N2 <= 16384), then N2 = 16384.
+// Four-step path (fourstep.cuh): one-window plans of 32K to 4M points through a global workspace.
 constexpr int64_t kMaxFourStepFFT = int64_t(1) << 22;
 
-// FFT_TENSOR_CONV_FOURSTEP (read on every call): 1 = the four-step path for every one-window plan it
-// serves, 0 = never (the cluster kernels, else cuFFT), unset = wherever the cluster kernels do not
-// serve the plan (over 128K points, or no clusters); anything else is an error.
+// FFT_TENSOR_CONV_FOURSTEP (read on every call): 1 or unset = the four-step path for every one-window
+// plan it serves (measured faster than the cluster kernels at 16K and 64K, H200, RESULTS.md), 0 = never
+// (the cluster kernels on Hopper, else cuFFT); anything else is an error.
 int fourstep_setting() {
   const char* env = std::getenv("FFT_TENSOR_CONV_FOURSTEP");
   const std::string mode = env ? env : "";
@@ -402,31 +404,43 @@ int fourstep_setting() {
   return mode.empty() ? -1 : mode == "1";
 }
 
+size_t fourstep_column_smem(int N1) { return (size_t)fourstep::kCols * fourstep::column_stride(N1) * sizeof(float2); }
+
+// N = N1 x N2: N1 = 64 up to 2^19 points (N2 <= 8192), then N2 = 8192 (N1 = 128 to 512): the row
+// kernel of the backward holds an FFT buffer and a running sum of N2 complex in shared memory.
+constexpr int kMaxFourStepRow = 8192;
+int fourstep_n1(int64_t N) { return N <= 64 * kMaxFourStepRow ? 64 : (int)(N / kMaxFourStepRow); }
+size_t fourstep_row_smem(int N2) { return smem_bytes(N2) + (size_t)N2 * sizeof(float2); }
+
 bool use_fourstep(const at::Tensor& u, const ConvPlan& plan) {
   if (u.scalar_type() == at::kDouble || plan.segments != 1 || plan.fft_size <= kMaxFusedFFT ||
       plan.fft_size > kMaxFourStepFFT)
     return false;
-  const int setting = fourstep_setting();
-  if (setting >= 0) return setting == 1;
-  return !use_cluster(u, plan, /*with_grad_k=*/false);
+  if (fourstep_setting() == 0) return false;
+  // the largest block: the row FFT (N2 <= 16384 points) or a column tile
+  const int N1 = fourstep_n1(plan.fft_size);
+  const size_t need = std::max(fourstep_row_smem((int)(plan.fft_size / N1)), fourstep_column_smem(N1));
+  return need <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
-// FFT_TENSOR_CONV_FOURSTEP_MB: the workspace (one chunk of row pairs, N complex each), default 32 MiB,
-// which stays in L2 between a chunk's three launches.
-int64_t fourstep_chunk(int64_t N, int64_t rows) {
+// FFT_TENSOR_CONV_FOURSTEP_MB: the workspace of one chunk (rows of N complex each; row_bytes per unit
+// of `units`), default 256 MiB but at most a quarter of u (so peak memory stays near inputs plus
+// outputs). Chunks much smaller than the default lose to the gaps between launches (H200, Lk = L at
+// 64K: 7.7 ms forward in 32 MiB chunks, 6.6 ms in one), so the workspace is not sized for L2.
+int64_t fourstep_chunk(int64_t row_bytes, int64_t units, int64_t u_bytes) {
   const char* env = std::getenv("FFT_TENSOR_CONV_FOURSTEP_MB");
-  int64_t mb = 32;
+  int64_t bytes = std::min<int64_t>(int64_t(256) << 20, u_bytes / 4);
   if (env != nullptr && *env != '\0') {
     char* end = nullptr;
-    mb = std::strtoll(env, &end, 10);
+    const int64_t mb = std::strtoll(env, &end, 10);
     TORCH_CHECK(*end == '\0' && mb >= 1, "FFT_TENSOR_CONV_FOURSTEP_MB: expected a positive integer, got '", env, "'");
+    bytes = mb << 20;
   }
-  const int64_t per_row = N * (int64_t)sizeof(float2);
-  return std::max<int64_t>(1, std::min<int64_t>({rows, (mb << 20) / per_row, 65535}));
+  return std::max<int64_t>(1, std::min<int64_t>({units, bytes / row_bytes, 65535}));
 }
 
 fourstep::Shape fourstep_shape(const ConvShape& s) {
-  const int N1 = s.logN <= 20 ? 64 : 1 << (s.logN - 14);
+  const int N1 = fourstep_n1(s.N);
   return {s.B, s.D, s.L, N1, s.N / N1, s.logN, s.npairs, 0};
 }
 
@@ -436,11 +450,10 @@ void dispatch_n1(int N1, F&& f) {
     case 64: return f(std::integral_constant<int, 64>{});
     case 128: return f(std::integral_constant<int, 128>{});
     case 256: return f(std::integral_constant<int, 256>{});
+    case 512: return f(std::integral_constant<int, 512>{});
     default: TORCH_CHECK(false, "causal_conv: no four-step column kernel for ", N1, " points");
   }
 }
-
-size_t fourstep_column_smem(int N1) { return (size_t)fourstep::kCols * fourstep::column_stride(N1) * sizeof(float2); }
 
 // Kp (D, N1/2 + 1, N2): the kernel spectrum / N in the transform's order, bins k1 <= N1/2 (fourstep.cuh).
 at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs) {
@@ -448,13 +461,13 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
   const int64_t D = k.size(0);
   const SpectrumTaps taps = spectrum_taps(k, skip, cs.taps);
   at::Tensor Kp = at::empty({D, s.N1 / 2 + 1, s.N2}, k.options().dtype(at::kComplexFloat));
-  const int64_t chunk = fourstep_chunk(cs.N, D);
+  const int64_t chunk = fourstep_chunk(cs.N * 8, D, (int64_t)cs.B * D * cs.L * 4);
   at::Tensor T = at::empty({chunk * cs.N}, Kp.options());
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_n1(s.N1, [&](auto n1) {
     constexpr int N1 = decltype(n1)::value;
-    dispatch_fft_size<9, 14>(s.logN - log2_int(N1), [&](auto n2) {
+    dispatch_fft_size<9, 13>(s.logN - log2_int(N1), [&](auto n2) {
       constexpr int N2 = decltype(n2)::value;
       auto columns = fourstep::columns_forward_kernel<N1, fourstep::TapRows>;
       auto rows = fourstep::rows_spectrum_kernel<N2>;
@@ -475,12 +488,11 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
   return Kp;
 }
 
-// y (packed rows) = causal_conv of x's packed rows; kReverse: grad_u from gy (time reversed).
-template <bool kReverse>
+// y (packed rows) = causal_conv of x's packed rows.
 void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, const ConvShape& cs) {
   fourstep::Shape s = fourstep_shape(cs);
   const int64_t pairs = cs.D * cs.npairs;
-  const int64_t chunk = fourstep_chunk(cs.N, pairs);
+  const int64_t chunk = fourstep_chunk(cs.N * 8, pairs, x.numel() * x.element_size());
   at::Tensor T = at::empty({chunk * cs.N}, x.options().dtype(at::kComplexFloat));
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const auto* Kpp = reinterpret_cast<const float2*>(Kp.data_ptr());
@@ -489,11 +501,11 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
     using scalar_t = decltype(tag);
     dispatch_n1(s.N1, [&](auto n1) {
       constexpr int N1 = decltype(n1)::value;
-      dispatch_fft_size<9, 14>(s.logN - log2_int(N1), [&](auto n2) {
+      dispatch_fft_size<9, 13>(s.logN - log2_int(N1), [&](auto n2) {
         constexpr int N2 = decltype(n2)::value;
-        auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t, kReverse>>;
-        auto rows = fourstep::rows_conv_kernel<N2>;
-        auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t, kReverse>;
+        auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t>>;
+        auto rows = fourstep::rows_conv_kernel<N2, false>;
+        auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t>;
         const size_t col_smem = fourstep_column_smem(N1);
         allow_smem(forward, col_smem);
         allow_smem(inverse, col_smem);
@@ -502,13 +514,85 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
         for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
           const unsigned g = (unsigned)std::min(chunk, pairs - p0);
           s.pair0 = p0;
-          fourstep::PairRows<scalar_t, kReverse> in{x.data_ptr<scalar_t>(), s};
+          fourstep::PairRows<scalar_t> in{x.data_ptr<scalar_t>(), s};
           forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp, N2, s.logN);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           rows<<<dim3(N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           inverse<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(Tp, y.data_ptr<scalar_t>(), s);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    });
+  });
+}
+
+// grad_u (into grad_u's packed rows, if defined) and grad_k's taps (into taps_grad, (D, taps) float32,
+// if defined) from gy and u's packed rows. gy's transform serves both: grad_u multiplies it by
+// conj(K) (a correlation, so no time reversal), grad_k accumulates G conj(U) over the channel's
+// pairs (rows_backward_kernel). Chunks are whole channels.
+void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& Kp, at::Tensor& grad_u,
+                              at::Tensor& taps_grad, const ConvShape& cs) {
+  fourstep::Shape s = fourstep_shape(cs);
+  const bool need_u = grad_u.defined(), need_k = taps_grad.defined();
+  const int64_t row_bytes = cs.N * 8;
+  const int64_t channel_bytes = need_k ? (2 * cs.npairs + 1) * row_bytes : cs.npairs * row_bytes;
+  const int64_t chunk = fourstep_chunk(channel_bytes, cs.D, gy.numel() * gy.element_size());
+  const auto cf = gy.options().dtype(at::kComplexFloat);
+  at::Tensor Tg = at::empty({chunk * cs.npairs * cs.N}, cf);
+  at::Tensor Tu = need_k ? at::empty({chunk * cs.npairs * cs.N}, cf) : at::Tensor();
+  at::Tensor Q = need_k ? at::empty({chunk * cs.N}, cf) : at::Tensor();
+  auto* Tgp = reinterpret_cast<float2*>(Tg.data_ptr());
+  auto* Tup = need_k ? reinterpret_cast<float2*>(Tu.data_ptr()) : nullptr;
+  auto* Qp = need_k ? reinterpret_cast<float2*>(Q.data_ptr()) : nullptr;
+  const auto* Kpp = reinterpret_cast<const float2*>(Kp.data_ptr());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_io_type(gy.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    dispatch_n1(s.N1, [&](auto n1) {
+      constexpr int N1 = decltype(n1)::value;
+      dispatch_fft_size<9, 13>(s.logN - log2_int(N1), [&](auto n2) {
+        constexpr int N2 = decltype(n2)::value;
+        auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t>>;
+        auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t>;
+        auto taps = fourstep::columns_taps_kernel<N1>;
+        auto rows_u = fourstep::rows_conv_kernel<N2, true>;
+        auto rows_uk = fourstep::rows_backward_kernel<N2, true>;
+        auto rows_k = fourstep::rows_backward_kernel<N2, false>;
+        const size_t col_smem = fourstep_column_smem(N1);
+        allow_smem(forward, col_smem);
+        allow_smem(inverse, col_smem);
+        allow_smem(taps, col_smem);
+        allow_smem(rows_u, smem_bytes(N2));
+        allow_smem(rows_uk, fourstep_row_smem(N2));
+        allow_smem(rows_k, fourstep_row_smem(N2));
+        const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
+        for (int64_t d0 = 0; d0 < cs.D; d0 += chunk) {
+          const int64_t channels = std::min(chunk, cs.D - d0);
+          const unsigned pairs = (unsigned)(channels * cs.npairs);
+          s.pair0 = d0 * cs.npairs;
+          forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
+              fourstep::PairRows<scalar_t>{gy.data_ptr<scalar_t>(), s}, Tgp, N2, s.logN);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if (need_k) {
+            forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
+                fourstep::PairRows<scalar_t>{u.data_ptr<scalar_t>(), s}, Tup, N2, s.logN);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            (need_u ? rows_uk : rows_k)<<<dim3(N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2),
+                                           stream>>>(
+                Tgp, Tup, Kpp, Qp, s);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            taps<<<dim3(N2 / fourstep::kCols, (unsigned)channels), col_block, col_smem, stream>>>(
+                Qp, taps_grad.data_ptr<float>(), s, cs.taps);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          } else {
+            rows_u<<<dim3(N1, pairs), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tgp, Kpp, s);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+          if (need_u) {
+            inverse<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(Tgp, grad_u.data_ptr<scalar_t>(), s);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
         }
       });
     });
@@ -735,7 +819,7 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   if (fused) {
     launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s);
   } else if (fourstep) {
-    launch_fourstep<false>(uc, fourstep_spectrum(k, skip, s), y, s);
+    launch_fourstep(uc, fourstep_spectrum(k, skip, s), y, s);
   } else {
     const int C = cluster_blocks(plan);
     launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k, skip, s, C), y, s, C);
@@ -754,12 +838,35 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   const bool mma = !tiled && use_mma(u, plan);
   const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
-  // four-step: grad_u; grad_k from the cluster kernels where they serve, else from cuFFT
-  const bool fourstep = !direct && !fused && need_u && use_fourstep(u, plan);
-  const bool clusters = !direct && !fused && (!fourstep || need_k) && use_cluster(u, plan, need_k);
+  const bool fourstep = !direct && !fused && use_fourstep(u, plan);
+  const bool clusters = !direct && !fused && !fourstep && use_cluster(u, plan, need_k);
   if (!direct && !fused && !clusters && !fourstep)
     return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
+  if (fourstep) {
+    const at::Tensor gy = layout::rows_contiguous(grad_y.to(u.scalar_type()));
+    at::Tensor grad_u = need_u ? at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous))
+                               : at::empty({0}, u.options());
+    at::Tensor taps_grad = need_k ? at::empty({D, plan.taps}, k.options().dtype(at::kFloat)) : at::Tensor();
+    if (u.numel() > 0 && (need_u || need_k)) {
+      at::Tensor grad_u_rows = need_u ? grad_u : at::Tensor();
+      launch_fourstep_backward(gy, need_k ? layout::rows_contiguous(u) : u, fourstep_spectrum(k, skip, s), grad_u_rows,
+                               taps_grad, s);
+    } else if (need_u) {
+      grad_u.zero_();
+    }
+    at::Tensor grad_k = at::empty({0}, k.options());
+    if (need_k) {
+      if (u.numel() == 0) taps_grad.zero_();
+      if (plan.taps == Lk && k.scalar_type() == at::kFloat) {
+        grad_k = taps_grad;
+      } else {
+        grad_k = at::zeros({D, Lk}, k.options());
+        grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
+      }
+    }
+    return {grad_u, grad_k};
+  }
   if (tiled) {
     // no layout copies: the tile loader reads u and grad_y in their own strides
     const at::Tensor gy_t = grad_y.to(u.scalar_type());
@@ -797,8 +904,6 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
                                (int)plan.taps);
     } else if (fused) {
       launch_conv_windows<true>(gy, kernel_spectrum(k, skip, s), grad_u, s);
-    } else if (fourstep) {
-      launch_fourstep<true>(gy, fourstep_spectrum(k, skip, s), grad_u, s);
     } else {
       const int C = cluster_blocks(plan);
       launch_conv_clusters<true>(gy, kernel_spectrum_clusters(k, skip, s, C), grad_u, s, C);
@@ -808,8 +913,6 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
     const at::Tensor uc = mma && time_rows(u) ? u : layout::rows_contiguous(u);
     if (fused) {
       grad_k = grad_k_windows(uc, gy, s, Lk).to(k.scalar_type());
-    } else if (!direct && !clusters) {  // four-step grad_u; grad_k through cuFFT
-      grad_k = std::get<1>(causal_conv_backward_composite(grad_y, u, k, skip, false, true));
     } else {
       const at::Tensor taps_grad =
           mma      ? mma_grad_k(uc, gy, (int)plan.taps)

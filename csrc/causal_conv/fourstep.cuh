@@ -1,5 +1,5 @@
 // causal_conv for one-window FFTs longer than one block holds (N = N1 * N2 > 16384 points): the
-// four-step FFT through a global workspace, three launches per chunk of row pairs.
+// four-step FFT through a global workspace, three launches per chunk of rows.
 //
 // A row pair z = u[b0] + i*u[b1] (fft_kernels.cuh) of N points, index n = N2*n1 + n2, bin
 // f = k1 + N1*k2:
@@ -12,16 +12,19 @@
 //      N2-point transform, times W_N^(m2 k1), back into T in place.
 //   3. columns_inverse_kernel: per column m2 the N1-point inverse over k1, giving
 //      y[N2*m1 + m2]; only the outputs t < L are written.
-// So no pass ever reorders data: the spectrum is used in the order the transform leaves it.
+// No pass reorders data: the spectrum is used in the order the transform leaves it.
 // Traffic per row pair: the rows once in, N complex out and in twice (T), the rows once out, and
-// Kp (shared by the pairs of a channel). T holds one chunk of pairs (FFT_TENSOR_CONV_FOURSTEP_MB),
-// so the workspace stays small and, at the default size, in L2 between the three launches.
+// Kp (shared by the pairs of a channel): about 5x the op's memory floor with N = 2L, where the
+// one-block kernels move each row once. T holds one chunk of rows (cuda.cu: fourstep_chunk).
 // Kp keeps bins k1 <= N1/2 only: the rest follow from K[f] = conj(K[N - f]) (k is real),
 //   K[k1 + N1*k2] = conj(Kp[N1 - k1][N2 - 1 - k2]) for k1 > N1/2,
 // and comes from the same two passes over the kernel taps (rows_spectrum_kernel instead of 2.).
-// The inverse transforms are forward transforms of conjugates (as in fused_conv): kernel 2 stores
-// conj(inverse row * W_N^(-m2 k1)), kernel 3's forward FFT over k1 gives conj(y), so y[b0] is its
+// The inverse transforms are forward transforms of conjugates (as in fused_conv): step 2 stores
+// conj(inverse row * W_N^(-m2 k1)), step 3's forward FFT over k1 gives conj(y), so y[b0] is its
 // real part and y[b1] minus its imaginary part.
+// Backward: gy's pairs through step 1 once serve both gradients. grad_u = the correlation
+// IFFT(G conj(K)) (no time reversal); grad_k = Re IFFT(sum over the channel's pairs of G conj(U))
+// with U from u's pairs through step 1 (rows_backward_kernel, then columns_taps_kernel).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -59,8 +62,8 @@ __device__ __forceinline__ float2 twiddle(int64_t e, int logN) {
   return make_float2(c, kConj ? -s : s);
 }
 
-// The row pair g of a chunk as a function of n (zero outside [0, L)); kReverse reads time backwards.
-template <typename scalar_t, bool kReverse>
+// The row pair g of a chunk as a function of n (zero outside [0, L)).
+template <typename scalar_t>
 struct PairRows {
   const scalar_t* x;
   Shape s;
@@ -71,15 +74,14 @@ struct PairRows {
     const int64_t pair = s.pair0 + g;
     const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
     has1 = b1 < s.B;
-    p0 = x + (b0 * s.D + d) * s.L + (kReverse ? s.L - 1 : 0);
-    p1 = has1 ? x + (b1 * s.D + d) * s.L + (kReverse ? s.L - 1 : 0) : p0;
+    p0 = x + (b0 * s.D + d) * s.L;
+    p1 = has1 ? x + (b1 * s.D + d) * s.L : p0;
   }
   __device__ __forceinline__ float2 operator()(int64_t n) const {
     float2 v = make_float2(0.f, 0.f);
     if (n < s.L) {
-      const int64_t i = kReverse ? -n : n;
-      v.x = static_cast<float>(p0[i]);
-      if (has1) v.y = static_cast<float>(p1[i]);
+      v.x = static_cast<float>(p0[n]);
+      if (has1) v.y = static_cast<float>(p1[n]);
     }
     return v;
   }
@@ -119,7 +121,21 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
 
 // Step 2 for the data. grid (N1, pairs in the chunk), block N2/16. In place: every thread's loads
 // of the row happen before fused_conv's first barrier, its stores after the last.
-template <int N2>
+// Row k1 of channel d's spectrum: bin k2 is Kp[d][k1][k2], or conj(Kp[d][N1 - k1][N2 - 1 - k2]) past
+// N1/2; kConj gives the conjugate spectrum (the time-reversed kernel: correlation, for grad_u).
+template <int N2, bool kConj>
+struct SpectrumRow {
+  const float2* row;
+  bool mirrored;
+  __device__ SpectrumRow(const float2* Kp, int64_t d, int k1, int N1)
+      : row(Kp + (d * (N1 / 2 + 1) + (k1 > N1 / 2 ? N1 - k1 : k1)) * (int64_t)N2), mirrored(k1 > N1 / 2) {}
+  __device__ __forceinline__ float2 operator()(int k2) const {
+    return mirrored != kConj ? conjf2(row[mirrored ? N2 - 1 - k2 : k2]) : row[mirrored ? N2 - 1 - k2 : k2];
+  }
+};
+
+// kConjK: multiply by conj(K) (grad_u as a correlation, no time reversal).
+template <int N2, bool kConjK>
 __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 1024>()))
     rows_conv_kernel(float2* __restrict__ T, const float2* __restrict__ Kp, Shape s) {
   extern __shared__ float2 smem[];
@@ -127,13 +143,79 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 1
   const int64_t g = blockIdx.y;
   const int64_t d = (s.pair0 + g) / s.npairs;
   float2* row = T + (g * N1 + k1) * (int64_t)N2;
-  const bool mirrored = k1 > N1 / 2;
-  const float2* Krow = Kp + (d * (N1 / 2 + 1) + (mirrored ? N1 - k1 : k1)) * (int64_t)N2;
+  const SpectrumRow<N2, kConjK> K(Kp, d, k1, N1);
   const int logN = s.logN;
   smem_fft::fused_conv<N2>(
-      smem, [&](int n) { return row[n]; },
-      [&](int q, int c) { return mirrored ? conjf2(Krow[N2 - 1 - (q + c)]) : Krow[q + c]; },
+      smem, [&](int n) { return row[n]; }, [&](int q, int c) { return K(q + c); },
       [&](int m2, float2 w) { row[m2] = cmul(w, twiddle<false>((int64_t)m2 * k1, logN)); });
+}
+
+// Backward step 2 when grad_k is wanted. grid (N1, channels in the chunk), block N2/16; the chunk's
+// pairs are whole channels. For each pair of channel d, with G and U the row-k1 spectra of gy and u
+// (step 1 left them in Tg and Tu):
+//   grad_u: Tg row <- inverse(G conj(K)) * W_N^(m2 k1), as rows_conv_kernel (kNeedU);
+//   grad_k: Q += G conj(U).
+// Then Q row <- inverse(Q / N) * W_N^(m2 k1): step 3 over Q gives sum_pairs corr(gy, u) of the
+// packed rows, whose real part is the sum over both rows of each pair of corr(gy[b], u[b]) (the
+// cross terms G[b0] conj(U[b1]) - G[b1] conj(U[b0]) are the spectrum of a real sequence times i).
+// The running sum lives in shared memory after the FFT buffer (each bin is read and written by the
+// thread that holds it, so it needs no barrier): in registers, beside the spectra of G and U, it
+// spilled at the 128-register bound.
+template <int N2, bool kNeedU>
+__global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 512>()))
+    rows_backward_kernel(float2* __restrict__ Tg, const float2* __restrict__ Tu, const float2* __restrict__ Kp,
+                         float2* __restrict__ Q, Shape s) {
+  extern __shared__ float2 smem[];
+  constexpr int Rl = smem_fft::last_radix(N2), N16 = N2 / kElemsPerThread, NR = N2 / Rl, kBfly = kElemsPerThread / Rl;
+  const int k1 = blockIdx.x, N1 = s.N1, q = threadIdx.x;
+  const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl;
+  const SpectrumRow<N2, true> Kc(Kp, d, k1, N1);
+  const int logN = s.logN;
+  float2* acc = smem + smem_fft::padded_size(N2) + q;  // bin q + b*N16 + r*NR at acc[b*N16 + r*NR]
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) acc[b * N16 + r * NR] = make_float2(0.f, 0.f);
+  for (int j = 0; j < s.npairs; ++j) {
+    const int64_t row = ((dl * s.npairs + j) * N1 + k1) * (int64_t)N2;
+    float2* g_row = Tg + row;
+    const float2* u_row = Tu + row;
+    float2 xg[kElemsPerThread], xu[kElemsPerThread];
+    __syncthreads();  // the previous inverse has read shared memory
+    smem_fft::fft_to_registers<N2>(smem, xg, [&](int n) { return g_row[n]; });
+    __syncthreads();
+    smem_fft::fft_to_registers<N2>(smem, xu, [&](int n) { return u_row[n]; });
+#pragma unroll
+    for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+      for (int r = 0; r < Rl; ++r) {
+        const float2 p = cmul(xg[b * Rl + r], conjf2(xu[b * Rl + r]));
+        const float2 a = acc[b * N16 + r * NR];
+        acc[b * N16 + r * NR] = make_float2(a.x + p.x, a.y + p.y);
+      }
+    if constexpr (kNeedU) {
+#pragma unroll
+      for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+        for (int r = 0; r < Rl; ++r) xg[b * Rl + r] = conjf2(cmul(xg[b * Rl + r], Kc(q + b * N16 + r * NR)));
+      __syncthreads();
+      smem_fft::inverse_from_registers<N2>(
+          smem, xg, [&](int m2, float2 w) { g_row[m2] = cmul(w, twiddle<false>((int64_t)m2 * k1, logN)); });
+    }
+  }
+  const float scale = ldexpf(1.f, -logN);
+  float2 x[kElemsPerThread];
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) {
+      const float2 a = acc[b * N16 + r * NR];
+      x[b * Rl + r] = make_float2(a.x * scale, -a.y * scale);  // conj(sum / N)
+    }
+  __syncthreads();
+  float2* q_row = Q + (dl * N1 + k1) * (int64_t)N2;
+  smem_fft::inverse_from_registers<N2>(
+      smem, x, [&](int m2, float2 w) { q_row[m2] = cmul(w, twiddle<false>((int64_t)m2 * k1, logN)); });
 }
 
 // Step 2 for the kernel spectrum. grid (N1/2 + 1, channels in the chunk), block N2/16:
@@ -160,7 +242,7 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread)
 }
 
 // Step 3. grid (N2 / kCols, pairs in the chunk), block (N1/16, kCols): y = conj of the column FFT.
-template <int N1, typename scalar_t, bool kReverse>
+template <int N1, typename scalar_t>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
     columns_inverse_kernel(const float2* __restrict__ T, scalar_t* __restrict__ y, Shape s) {
   extern __shared__ float2 tile[];
@@ -177,16 +259,39 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   const int64_t pair = s.pair0 + g;
   const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
   const bool has1 = b1 < s.B;
-  scalar_t* y0 = y + (b0 * s.D + d) * s.L + (kReverse ? s.L - 1 : 0);
-  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L + (kReverse ? s.L - 1 : 0) : y0;
+  scalar_t* y0 = y + (b0 * s.D + d) * s.L;
+  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
 #pragma unroll 4
   for (int m1 = r0; m1 < N1; m1 += kStep) {
     const int64_t n = (int64_t)m1 * N2 + n2;
     if (n >= s.L) break;  // n grows with m1
     const float2 v = tile[c * S1 + pad(m1)];
-    const int64_t i = kReverse ? -n : n;
-    y0[i] = static_cast<scalar_t>(v.x);
-    if (has1) y1[i] = static_cast<scalar_t>(-v.y);
+    y0[n] = static_cast<scalar_t>(v.x);
+    if (has1) y1[n] = static_cast<scalar_t>(-v.y);
+  }
+}
+
+// Backward step 3 for grad_k. grid (N2 / kCols, channels in the chunk), block (N1/16, kCols):
+// grad_k[d][n] = real part of the column FFT of Q (conj(x) has the same real part), n < taps.
+template <int N1>
+__global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
+    columns_taps_kernel(const float2* __restrict__ Q, float* __restrict__ grad_k, Shape s, int taps) {
+  extern __shared__ float2 tile[];
+  constexpr int S1 = column_stride(N1), kStep = N1 / kElemsPerThread;
+  const int N2 = s.N2;
+  const int tid = threadIdx.x + threadIdx.y * kStep;
+  const int c = tid % kCols, r0 = tid / kCols;
+  const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl;
+  const int n2 = blockIdx.x * kCols + c;
+  const float2* Qd = Q + dl * ((int64_t)N1 * N2);
+#pragma unroll 4
+  for (int k1 = r0; k1 < N1; k1 += kStep) tile[c * S1 + pad(k1)] = Qd[(int64_t)k1 * N2 + n2];
+  smem_fft::fft<N1>(tile + threadIdx.y * S1);
+#pragma unroll 4
+  for (int m1 = r0; m1 < N1; m1 += kStep) {
+    const int64_t n = (int64_t)m1 * N2 + n2;
+    if (n >= taps) break;
+    grad_k[d * taps + n] = tile[c * S1 + pad(m1)].x;
   }
 }
 

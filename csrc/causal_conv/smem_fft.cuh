@@ -207,6 +207,25 @@ __device__ __forceinline__ float2 hermitian_bin(const float2* K, int q, int c) {
   return q == 0 ? K[half] : conjf2(K[half - q]);
 }
 
+// The inverse half of fused_conv: x holds conj(X * S) in the order fft_to_registers leaves its bins
+// (bin q + b*N/16 + r*N/Rl at x[b*Rl + r]); the forward DFT of it goes to store(n, value). It writes
+// shared memory at once: the caller's barrier separates that from every earlier read.
+template <int N, bool kInPlace = false, typename Store>
+__device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)[kElemsPerThread], Store store) {
+  constexpr int Rl = last_radix(N), N16 = N / 16;
+  const int q = threadIdx.x;
+  compute_pass<N, Rl, 1>(x);
+  store_pass<N, Rl, 1>(data, x);
+  __syncthreads();
+  radix16_passes<N, Rl, N16>(data);  // middle passes of the inverse
+  // last inverse pass (radix 16, Ns = N/16): butterfly q writes outputs q + r*N/16, straight out
+  load_pass<N, 16>(data, x);
+  if (kInPlace) __syncthreads();
+  compute_pass<N, 16, N16>(x);
+#pragma unroll
+  for (int r = 0; r < 16; ++r) store(q + r * N16, x[r]);
+}
+
 // Circular convolution of one window z[0..N) with a spectrum given per frequency, passes fused at
 // both ends: fft_to_registers, then the spectrum product and the first inverse pass in registers
 // (the last forward pass leaves butterfly q holding bins q + r*N/Rl, exactly what the first inverse
@@ -228,16 +247,7 @@ __device__ __forceinline__ void fused_conv(float2* data, Load load, Spectrum spe
   for (int b = 0; b < kBfly; ++b)
 #pragma unroll
     for (int r = 0; r < Rl; ++r) x[b * Rl + r] = conjf2(cmul(x[b * Rl + r], spectrum(q, b * N16 + r * NR)));
-  compute_pass<N, Rl, 1>(x);
-  store_pass<N, Rl, 1>(data, x);
-  __syncthreads();
-  radix16_passes<N, Rl, N16>(data);  // middle passes of the inverse
-  // last inverse pass (radix 16, Ns = N/16): butterfly q writes outputs q + r*N/16, straight out
-  load_pass<N, 16>(data, x);
-  if (kInPlace) __syncthreads();
-  compute_pass<N, 16, N16>(x);
-#pragma unroll
-  for (int r = 0; r < 16; ++r) store(q + r * N16, x[r]);
+  inverse_from_registers<N, kInPlace>(data, x, store);
 }
 
 }  // namespace smem_fft

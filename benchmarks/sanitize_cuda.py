@@ -25,12 +25,15 @@ CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (3, 2, 2500, 100),   # overlap-save, N = 1024, 3 windows, odd B
     (2, 2, 100, 300),    # taps > L
     (1, 1, 8192, 8192),  # N = 16384, 1024 threads, the largest fused FFT
-    (2, 1, 20000, 20000),  # N = 65536: a cluster of 4 blocks on sm_90 (cuFFT elsewhere)
+    (2, 1, 20000, 20000),  # N = 65536: the four-step kernels
 ]
 QUICK = CONV_CASES[:4]
 # clusters of 2 and 4 blocks (sm_90). By default (9000, 9000) takes the padded kernel and the other two
 # the general one; FFT_TENSOR_CONV_CLUSTER_PADDED=1 or =exchange sends (20000, 20000) to the padded ones.
+# They run with FFT_TENSOR_CONV_FOURSTEP=0 (the four-step kernels are the default there).
 CLUSTER = [(3, 1, 9000, 9000), (2, 1, 20000, 20000), (1, 1, 20000, 9000)]
+# the four-step kernels: N = 32K (N1 = 64, N2 = 512, odd B), 64K, 256K (N2 = 4096, taps < L), 1M (N1 = 128)
+FOURSTEP = [(3, 1, 9000, 9000), (2, 2, 20000, 20000), (3, 1, 70000, 60000), (1, 1, 300000, 300000)]
 
 
 def rel_err(a, b):
@@ -80,14 +83,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="only the small cases (racecheck is slow)")
     p.add_argument("--cluster", action="store_true", help="only the thread-block cluster cases, float32")
+    p.add_argument("--fourstep", action="store_true", help="only the four-step cases, float32 and bfloat16")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("sanitize_cuda.py needs a CUDA GPU")
     torch.manual_seed(0)
     ok = True
-    if args.cluster:
-        for case in CLUSTER:
-            ok &= check_conv(*case, torch.float32)
+    if args.cluster or args.fourstep:
+        os.environ["FFT_TENSOR_CONV_FOURSTEP"] = "0" if args.cluster else "1"
+        for case in CLUSTER if args.cluster else FOURSTEP:
+            for dtype in (torch.float32,) if args.cluster else (torch.float32, torch.bfloat16):
+                ok &= check_conv(*case, dtype)
         print("ALL OK" if ok else "SOME CASES FAILED")
         sys.exit(0 if ok else 1)
     for case in (QUICK if args.quick else CONV_CASES):

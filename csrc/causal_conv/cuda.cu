@@ -416,7 +416,7 @@ bool use_fourstep(const at::Tensor& u, const ConvPlan& plan) {
   if (u.scalar_type() == at::kDouble || plan.segments != 1 || plan.fft_size <= kMaxFusedFFT ||
       plan.fft_size > kMaxFourStepFFT)
     return false;
-  if (fourstep_setting() == 0) return false;
+  if (fourstep_setting() == 0 || (u.size(0) + 1) / 2 > 65535) return false;  // a channel's pairs in one grid dim
   // the largest block: the row FFT (N2 <= 16384 points) or a column tile
   const int N1 = fourstep_n1(plan.fft_size);
   const size_t need = std::max(fourstep_row_smem((int)(plan.fft_size / N1)), fourstep_column_smem(N1));
@@ -455,6 +455,15 @@ void dispatch_n1(int N1, F&& f) {
   }
 }
 
+// f(std::integral_constant<int, N1>, std::integral_constant<int, N2>) for the shape's split: every
+// four-step kernel takes its FFT sizes as template parameters.
+template <typename F>
+void dispatch_fourstep_split(const fourstep::Shape& s, F&& f) {
+  dispatch_n1(s.N1, [&](auto n1) {
+    dispatch_fft_size<9, 13>(s.logN - log2_int(decltype(n1)::value), [&](auto n2) { f(n1, n2); });
+  });
+}
+
 // Kp (D, N1/2 + 1, N2): the kernel spectrum / N in the transform's order, bins k1 <= N1/2 (fourstep.cuh).
 at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs) {
   fourstep::Shape s = fourstep_shape(cs);
@@ -465,25 +474,22 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
   at::Tensor T = at::empty({chunk * cs.N}, Kp.options());
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_n1(s.N1, [&](auto n1) {
-    constexpr int N1 = decltype(n1)::value;
-    dispatch_fft_size<9, 13>(s.logN - log2_int(N1), [&](auto n2) {
-      constexpr int N2 = decltype(n2)::value;
-      auto columns = fourstep::columns_forward_kernel<N1, fourstep::TapRows>;
-      auto rows = fourstep::rows_spectrum_kernel<N2>;
-      allow_smem(columns, fourstep_column_smem(N1));
-      allow_smem(rows, smem_bytes(N2));
-      for (int64_t d0 = 0; d0 < D; d0 += chunk) {
-        const int64_t g = std::min(chunk, D - d0);
-        s.pair0 = d0;
-        columns<<<dim3(N2 / fourstep::kCols, (unsigned)g), dim3(N1 / kElemsPerThread, fourstep::kCols),
-                  fourstep_column_smem(N1), stream>>>(fourstep::TapRows{taps.taps, s, 0}, Tp, N2, s.logN);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        rows<<<dim3(N1 / 2 + 1, (unsigned)g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(
-            Tp, reinterpret_cast<float2*>(Kp.data_ptr()), s);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
+  dispatch_fourstep_split(s, [&](auto n1, auto n2) {
+    constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
+    auto columns = fourstep::columns_forward_kernel<N1, fourstep::TapRows>;
+    auto rows = fourstep::rows_spectrum_kernel<N2>;
+    allow_smem(columns, fourstep_column_smem(N1));
+    allow_smem(rows, smem_bytes(N2));
+    for (int64_t d0 = 0; d0 < D; d0 += chunk) {
+      const int64_t g = std::min(chunk, D - d0);
+      s.pair0 = d0;
+      columns<<<dim3(N2 / fourstep::kCols, (unsigned)g), dim3(N1 / kElemsPerThread, fourstep::kCols),
+                fourstep_column_smem(N1), stream>>>(fourstep::TapRows{taps.taps, s, 0}, Tp, N2, s.logN);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      rows<<<dim3(N1 / 2 + 1, (unsigned)g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(
+          Tp, reinterpret_cast<float2*>(Kp.data_ptr()), s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return Kp;
 }
@@ -499,30 +505,27 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    dispatch_n1(s.N1, [&](auto n1) {
-      constexpr int N1 = decltype(n1)::value;
-      dispatch_fft_size<9, 13>(s.logN - log2_int(N1), [&](auto n2) {
-        constexpr int N2 = decltype(n2)::value;
-        auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t>>;
-        auto rows = fourstep::rows_conv_kernel<N2, false>;
-        auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t>;
-        const size_t col_smem = fourstep_column_smem(N1);
-        allow_smem(forward, col_smem);
-        allow_smem(inverse, col_smem);
-        allow_smem(rows, smem_bytes(N2));
-        const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
-        for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
-          const unsigned g = (unsigned)std::min(chunk, pairs - p0);
-          s.pair0 = p0;
-          fourstep::PairRows<scalar_t> in{x.data_ptr<scalar_t>(), s};
-          forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp, N2, s.logN);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          rows<<<dim3(N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          inverse<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(Tp, y.data_ptr<scalar_t>(), s);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-      });
+    dispatch_fourstep_split(s, [&](auto n1, auto n2) {
+      constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
+      auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t>>;
+      auto rows = fourstep::rows_conv_kernel<N2, false>;
+      auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t>;
+      const size_t col_smem = fourstep_column_smem(N1);
+      allow_smem(forward, col_smem);
+      allow_smem(inverse, col_smem);
+      allow_smem(rows, smem_bytes(N2));
+      const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
+      for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+        const unsigned g = (unsigned)std::min(chunk, pairs - p0);
+        s.pair0 = p0;
+        fourstep::PairRows<scalar_t> in{x.data_ptr<scalar_t>(), s};
+        forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp, N2, s.logN);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        rows<<<dim3(N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        inverse<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(Tp, y.data_ptr<scalar_t>(), s);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     });
   });
 }
@@ -537,7 +540,9 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
   const bool need_u = grad_u.defined(), need_k = taps_grad.defined();
   const int64_t row_bytes = cs.N * 8;
   const int64_t channel_bytes = need_k ? (2 * cs.npairs + 1) * row_bytes : cs.npairs * row_bytes;
-  const int64_t chunk = fourstep_chunk(channel_bytes, cs.D, gy.numel() * gy.element_size());
+  // a chunk's pairs are one grid dimension (at most 65535; use_fourstep bounds npairs)
+  const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, cs.D, gy.numel() * gy.element_size()),
+                                          std::max<int64_t>(1, 65535 / cs.npairs));
   const auto cf = gy.options().dtype(at::kComplexFloat);
   at::Tensor Tg = at::empty({chunk * cs.npairs * cs.N}, cf);
   at::Tensor Tu = need_k ? at::empty({chunk * cs.npairs * cs.N}, cf) : at::Tensor();
@@ -549,52 +554,46 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_io_type(gy.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    dispatch_n1(s.N1, [&](auto n1) {
-      constexpr int N1 = decltype(n1)::value;
-      dispatch_fft_size<9, 13>(s.logN - log2_int(N1), [&](auto n2) {
-        constexpr int N2 = decltype(n2)::value;
-        auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t>>;
-        auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t>;
-        auto taps = fourstep::columns_taps_kernel<N1>;
-        auto rows_u = fourstep::rows_conv_kernel<N2, true>;
-        auto rows_uk = fourstep::rows_backward_kernel<N2, true>;
-        auto rows_k = fourstep::rows_backward_kernel<N2, false>;
-        const size_t col_smem = fourstep_column_smem(N1);
-        allow_smem(forward, col_smem);
-        allow_smem(inverse, col_smem);
-        allow_smem(taps, col_smem);
-        allow_smem(rows_u, smem_bytes(N2));
-        allow_smem(rows_uk, fourstep_row_smem(N2));
-        allow_smem(rows_k, fourstep_row_smem(N2));
-        const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
-        for (int64_t d0 = 0; d0 < cs.D; d0 += chunk) {
-          const int64_t channels = std::min(chunk, cs.D - d0);
-          const unsigned pairs = (unsigned)(channels * cs.npairs);
-          s.pair0 = d0 * cs.npairs;
+    dispatch_fourstep_split(s, [&](auto n1, auto n2) {
+      constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
+      auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t>>;
+      auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t>;
+      auto taps = fourstep::columns_taps_kernel<N1>;
+      auto rows_u = fourstep::rows_conv_kernel<N2, true>;
+      auto rows_k = need_u ? fourstep::rows_backward_kernel<N2, true> : fourstep::rows_backward_kernel<N2, false>;
+      const size_t col_smem = fourstep_column_smem(N1);
+      allow_smem(forward, col_smem);
+      allow_smem(inverse, col_smem);
+      allow_smem(taps, col_smem);
+      allow_smem(rows_u, smem_bytes(N2));
+      allow_smem(rows_k, fourstep_row_smem(N2));
+      const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
+      for (int64_t d0 = 0; d0 < cs.D; d0 += chunk) {
+        const int64_t channels = std::min(chunk, cs.D - d0);
+        const unsigned pairs = (unsigned)(channels * cs.npairs);
+        s.pair0 = d0 * cs.npairs;
+        forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
+            fourstep::PairRows<scalar_t>{gy.data_ptr<scalar_t>(), s}, Tgp, N2, s.logN);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (need_k) {
           forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
-              fourstep::PairRows<scalar_t>{gy.data_ptr<scalar_t>(), s}, Tgp, N2, s.logN);
+              fourstep::PairRows<scalar_t>{u.data_ptr<scalar_t>(), s}, Tup, N2, s.logN);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          if (need_k) {
-            forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
-                fourstep::PairRows<scalar_t>{u.data_ptr<scalar_t>(), s}, Tup, N2, s.logN);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-            (need_u ? rows_uk : rows_k)<<<dim3(N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2),
-                                           stream>>>(
-                Tgp, Tup, Kpp, Qp, s);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-            taps<<<dim3(N2 / fourstep::kCols, (unsigned)channels), col_block, col_smem, stream>>>(
-                Qp, taps_grad.data_ptr<float>(), s, cs.taps);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          } else {
-            rows_u<<<dim3(N1, pairs), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tgp, Kpp, s);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          }
-          if (need_u) {
-            inverse<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(Tgp, grad_u.data_ptr<scalar_t>(), s);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          }
+          rows_k<<<dim3(N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2), stream>>>(Tgp, Tup, Kpp,
+                                                                                                       Qp, s);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          taps<<<dim3(N2 / fourstep::kCols, (unsigned)channels), col_block, col_smem, stream>>>(
+              Qp, taps_grad.data_ptr<float>(), s, cs.taps);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        } else {
+          rows_u<<<dim3(N1, pairs), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tgp, Kpp, s);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
-      });
+        if (need_u) {
+          inverse<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(Tgp, grad_u.data_ptr<scalar_t>(), s);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
     });
   });
 }

@@ -417,7 +417,7 @@ bool use_fourstep(const at::Tensor& u, const ConvPlan& plan) {
       plan.fft_size > kMaxFourStepFFT)
     return false;
   if (fourstep_setting() == 0 || (u.size(0) + 1) / 2 > 65535) return false;  // a channel's pairs in one grid dim
-  // the largest block: the row FFT (N2 <= 16384 points) or a column tile
+  // the largest block: the backward's row kernel (FFT buffer and running sum) or a column tile
   const int N1 = fourstep_n1(plan.fft_size);
   const size_t need = std::max(fourstep_row_smem((int)(plan.fft_size / N1)), fourstep_column_smem(N1));
   return need <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
@@ -465,12 +465,14 @@ void dispatch_fourstep_split(const fourstep::Shape& s, F&& f) {
 }
 
 // Kp (D, N1/2 + 1, N2): the kernel spectrum / N in the transform's order, bins k1 <= N1/2 (fourstep.cuh).
-at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs) {
+// u_bytes: the size of the input the convolution runs over, which bounds the workspace (fourstep_chunk).
+at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs,
+                             int64_t u_bytes) {
   fourstep::Shape s = fourstep_shape(cs);
   const int64_t D = k.size(0);
   const SpectrumTaps taps = spectrum_taps(k, skip, cs.taps);
   at::Tensor Kp = at::empty({D, s.N1 / 2 + 1, s.N2}, k.options().dtype(at::kComplexFloat));
-  const int64_t chunk = fourstep_chunk(cs.N * 8, D, (int64_t)cs.B * D * cs.L * 4);
+  const int64_t chunk = fourstep_chunk(cs.N * 8, D, u_bytes);
   at::Tensor T = at::empty({chunk * cs.N}, Kp.options());
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -818,7 +820,7 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   if (fused) {
     launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s);
   } else if (fourstep) {
-    launch_fourstep(uc, fourstep_spectrum(k, skip, s), y, s);
+    launch_fourstep(uc, fourstep_spectrum(k, skip, s, uc.numel() * uc.element_size()), y, s);
   } else {
     const int C = cluster_blocks(plan);
     launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k, skip, s, C), y, s, C);
@@ -849,8 +851,8 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
     at::Tensor taps_grad = need_k ? at::empty({D, plan.taps}, k.options().dtype(at::kFloat)) : at::Tensor();
     if (u.numel() > 0 && (need_u || need_k)) {
       at::Tensor grad_u_rows = need_u ? grad_u : at::Tensor();
-      launch_fourstep_backward(gy, need_k ? layout::rows_contiguous(u) : u, fourstep_spectrum(k, skip, s), grad_u_rows,
-                               taps_grad, s);
+      launch_fourstep_backward(gy, need_k ? layout::rows_contiguous(u) : u,
+                               fourstep_spectrum(k, skip, s, gy.numel() * gy.element_size()), grad_u_rows, taps_grad, s);
     } else if (need_u) {
       grad_u.zero_();
     }

@@ -52,14 +52,12 @@ struct Shape {
   int64_t pair0;  // first row pair of this chunk; pair p is (channel p / npairs, rows 2*(p % npairs) + {0, 1})
 };
 
-// W_N^e = exp(-2 pi i e / N) (conj: its conjugate); N = 2^logN <= 2^24, so e mod N and the argument
-// e * 2 / N are exact in float.
-template <bool kConj>
+// W_N^e = exp(-2 pi i e / N); N = 2^logN <= 2^24, so e mod N and the argument e * 2 / N are exact in float.
 __device__ __forceinline__ float2 twiddle(int64_t e, int logN) {
   const int r = (int)(e & ((int64_t(1) << logN) - 1));
   float s, c;
   sincospif(ldexpf(-(float)r, 1 - logN), &s, &c);
-  return make_float2(c, kConj ? -s : s);
+  return make_float2(c, s);
 }
 
 // The row pair g of a chunk as a function of n (zero outside [0, L)).
@@ -116,11 +114,9 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   float2* Tg = T + g * ((int64_t)N1 * N2);
 #pragma unroll 4
   for (int k1 = r0; k1 < N1; k1 += kStep)
-    Tg[(int64_t)k1 * N2 + n2] = cmul(tile[c * S1 + pad(k1)], twiddle<false>((int64_t)n2 * k1, logN));
+    Tg[(int64_t)k1 * N2 + n2] = cmul(tile[c * S1 + pad(k1)], twiddle((int64_t)n2 * k1, logN));
 }
 
-// Step 2 for the data. grid (N1, pairs in the chunk), block N2/16. In place: every thread's loads
-// of the row happen before fused_conv's first barrier, its stores after the last.
 // Row k1 of channel d's spectrum: bin k2 is Kp[d][k1][k2], or conj(Kp[d][N1 - k1][N2 - 1 - k2]) past
 // N1/2; kConj gives the conjugate spectrum (the time-reversed kernel: correlation, for grad_u).
 template <int N2, bool kConj>
@@ -134,6 +130,8 @@ struct SpectrumRow {
   }
 };
 
+// Step 2 for the data. grid (N1, pairs in the chunk), block N2/16. In place: every thread's loads
+// of the row happen before fused_conv's first barrier, its stores after the last.
 // kConjK: multiply by conj(K) (grad_u as a correlation, no time reversal).
 template <int N2, bool kConjK>
 __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 1024>()))
@@ -147,7 +145,7 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 1
   const int logN = s.logN;
   smem_fft::fused_conv<N2>(
       smem, [&](int n) { return row[n]; }, [&](int q, int c) { return K(q + c); },
-      [&](int m2, float2 w) { row[m2] = cmul(w, twiddle<false>((int64_t)m2 * k1, logN)); });
+      [&](int m2, float2 w) { row[m2] = cmul(w, twiddle((int64_t)m2 * k1, logN)); });
 }
 
 // Backward step 2 when grad_k is wanted. grid (N1, channels in the chunk), block N2/16; the chunk's
@@ -200,7 +198,7 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
         for (int r = 0; r < Rl; ++r) xg[b * Rl + r] = conjf2(cmul(xg[b * Rl + r], Kc(q + b * N16 + r * NR)));
       __syncthreads();
       smem_fft::inverse_from_registers<N2>(
-          smem, xg, [&](int m2, float2 w) { g_row[m2] = cmul(w, twiddle<false>((int64_t)m2 * k1, logN)); });
+          smem, xg, [&](int m2, float2 w) { g_row[m2] = cmul(w, twiddle((int64_t)m2 * k1, logN)); });
     }
   }
   const float scale = ldexpf(1.f, -logN);
@@ -215,7 +213,7 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
   __syncthreads();
   float2* q_row = Q + (dl * N1 + k1) * (int64_t)N2;
   smem_fft::inverse_from_registers<N2>(
-      smem, x, [&](int m2, float2 w) { q_row[m2] = cmul(w, twiddle<false>((int64_t)m2 * k1, logN)); });
+      smem, x, [&](int m2, float2 w) { q_row[m2] = cmul(w, twiddle((int64_t)m2 * k1, logN)); });
 }
 
 // Step 2 for the kernel spectrum. grid (N1/2 + 1, channels in the chunk), block N2/16:

@@ -83,11 +83,11 @@ for stage in "$@"; do
     segv)    timeout 300 cuda-gdb -q -batch -ex run -ex "thread apply all bt 25" --args "$PY" -m pytest -q -x -p no:xdist \
                -p no:cacheprovider tests/test_phase_rotate.py 2>&1 | tee "$OUT/segv.log" | tail -60 ;;
     # Nsight Compute on the causal_conv kernels at the benchmark shapes (what limits each one).
-    ncu)     timeout 240 ncu --profile-from-start off --kernel-name regex:conv_ --section SpeedOfLight --section Occupancy \
+    ncu)     timeout ${NCU_TIMEOUT:-240} ncu --profile-from-start off --kernel-name ${NCU_KERNELS:-regex:conv_} --section SpeedOfLight --section Occupancy \
                --section WarpStateStats --section ComputeWorkloadAnalysis \
                --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum \
                "$PY" benchmarks/profile_causal_conv.py ${NCU_ARGS:-} > "$OUT/ncu.txt" 2>&1
-             grep -E "profiled|conv_.*kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|bank_conflicts|wavefronts_mem_shared|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc A|Pipe" "$OUT/ncu.txt" \
+             grep -E "profiled|(conv_|columns_|rows_).*kernel|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|bank_conflicts|wavefronts_mem_shared|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc A|Pipe" "$OUT/ncu.txt" \
                | sed -E 's/\(fft_tensor::\(anonymous namespace\)::ConvShape.*//' | head -250 ;;
     # Where each call's time goes: CUDA events vs CUDA-graph replay vs host wall, kernels from torch.profiler.
     breakdown) for dt in fp32 bf16; do "$PY" benchmarks/profile_causal_conv.py --breakdown --dtype $dt ${NCU_ARGS:-}; done 2>&1 \

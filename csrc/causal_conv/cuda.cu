@@ -404,7 +404,7 @@ int fourstep_setting() {
   return mode.empty() ? -1 : mode == "1";
 }
 
-size_t fourstep_column_smem(int N1) { return (size_t)fourstep::kCols * fourstep::column_stride(N1) * sizeof(float2); }
+size_t fourstep_column_smem(int N1) { return (size_t)fourstep::column_tile_size(N1) * sizeof(float2); }
 
 // N = N1 x N2: N1 = 64 up to 2^19 points (N2 <= 8192), then N2 = 8192 (N1 = 128 to 512): the row
 // kernel of the backward holds an FFT buffer and a running sum of N2 complex in shared memory.

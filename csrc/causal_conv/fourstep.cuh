@@ -42,9 +42,45 @@ using smem_fft::pad;
 
 constexpr int kCols = 32;  // columns per block in the column passes: 32 consecutive samples per access
 
-// Shared-memory stride of one column: odd in float2, so kCols lanes reading one row of the tile
-// (column c at c * stride) hit distinct banks.
-__host__ __device__ constexpr int column_stride(int N1) { return smem_fft::padded_size(N1) + 1; }
+// The column tile in shared memory: column c (kCols of them) starts at column_offset<N1>(c), columns
+// padded_size(N1) apart plus one float2 per group of columns whose FFT threads share a half-warp
+// (16 / (N1/16) columns; one column from N1 = 256). Both access patterns then reach 16 distinct 8-byte
+// bank pairs per half-warp: the transposing global loads and stores (16 adjacent columns, same
+// index: offsets c*padded + c/group differ mod 16) and the FFT passes (the threads of a group's
+// columns; padded_size(N1) is 4 mod 16 at N1 = 64 and 8 at 128, which interleaves them). With an odd
+// stride instead (the first layout) the FFT passes of N1 = 64 and 128 took 1.8x the shared-memory
+// wavefronts (a model of both patterns, and Nsight Compute: 1.7M conflicts in 8.5M wavefronts).
+__host__ __device__ constexpr int column_group(int N1) { return N1 >= 256 ? 1 : 256 / N1; }
+__host__ __device__ constexpr int column_tile_size(int N1) { return kCols * (smem_fft::padded_size(N1) + 1); }
+template <int N1>
+__device__ __forceinline__ int column_offset(int c) {
+  return c * smem_fft::padded_size(N1) + c / column_group(N1);
+}
+
+// Thread roles in the column kernels, block (N1/16, kCols): for global memory thread tid takes column
+// c = tid % kCols at indices i = r0 + j*N1/16, j < 16 (a warp covers 32 adjacent columns of one row:
+// coalesced); in the FFT threadIdx.y is the column and threadIdx.x the thread within its FFT.
+template <int N1>
+struct ColumnTile {
+  static constexpr int kStep = N1 / kElemsPerThread;
+  float2* tile;
+  int c, r0, n2;
+  __device__ explicit ColumnTile(float2* smem) : tile(smem) {
+    const int tid = threadIdx.x + threadIdx.y * kStep;
+    c = tid % kCols;
+    r0 = tid / kCols;
+    n2 = blockIdx.x * kCols + c;
+  }
+  __device__ __forceinline__ float2& at(int j) { return tile[column_offset<N1>(c) + pad(r0 + j * kStep)]; }
+  // Element i = r0 + j*kStep of this thread's column from load(i), then the N1-point FFT of every
+  // column: on return the transformed tile is visible to all threads (smem_fft::fft's barriers).
+  template <typename Load>
+  __device__ __forceinline__ void load_and_transform(Load load) {
+#pragma unroll
+    for (int j = 0; j < kElemsPerThread; ++j) at(j) = load(r0 + j * kStep);
+    smem_fft::fft<N1>(tile + column_offset<N1>(threadIdx.y));
+  }
+};
 
 struct Shape {
   int64_t B, D, L;
@@ -59,6 +95,19 @@ __device__ __forceinline__ float2 twiddle(int64_t e, int logN) {
   sincospif(ldexpf(-(float)r, 1 - logN), &s, &c);
   return make_float2(c, s);
 }
+
+// W_N^(e0 + j*de) for j = 0, 1, 2, ... in that order: one pair of sincospif calls, then a running
+// product (at most 15 multiplications deep here, as smem_fft's twiddle_by_powers). It replaced a
+// sincospif per element, the costliest part of the column and row kernels' stores.
+struct TwiddleRun {
+  float2 w, step;
+  __device__ TwiddleRun(int64_t e0, int64_t de, int logN) : w(twiddle(e0, logN)), step(twiddle(de, logN)) {}
+  __device__ __forceinline__ float2 next() {
+    const float2 r = w;
+    w = cmul(w, step);
+    return r;
+  }
+};
 
 // The row pair g of a chunk as a function of n (zero outside [0, L)).
 template <typename scalar_t>
@@ -101,20 +150,15 @@ struct TapRows {
 template <int N1, typename Rows>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
     columns_forward_kernel(Rows rows, float2* __restrict__ T, int N2, int logN) {
-  extern __shared__ float2 tile[];
-  constexpr int S1 = column_stride(N1), kStep = N1 / kElemsPerThread;  // kThreads / kCols
-  const int tid = threadIdx.x + threadIdx.y * kStep;
-  const int c = tid % kCols, r0 = tid / kCols;
+  extern __shared__ float2 smem[];
+  ColumnTile<N1> t(smem);
   const int64_t g = blockIdx.y;
-  const int n2 = blockIdx.x * kCols + c;
   rows.begin(g);
-#pragma unroll 4
-  for (int n1 = r0; n1 < N1; n1 += kStep) tile[c * S1 + pad(n1)] = rows((int64_t)n1 * N2 + n2);
-  smem_fft::fft<N1>(tile + threadIdx.y * S1);  // barriers on both sides
-  float2* Tg = T + g * ((int64_t)N1 * N2);
-#pragma unroll 4
-  for (int k1 = r0; k1 < N1; k1 += kStep)
-    Tg[(int64_t)k1 * N2 + n2] = cmul(tile[c * S1 + pad(k1)], twiddle((int64_t)n2 * k1, logN));
+  t.load_and_transform([&](int n1) { return rows((int64_t)n1 * N2 + t.n2); });
+  float2* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
+  TwiddleRun w((int64_t)t.n2 * t.r0, (int64_t)t.n2 * t.kStep, logN);  // W_N^(n2 k1), k1 = r0 + j*kStep
+#pragma unroll
+  for (int j = 0; j < kElemsPerThread; ++j) Tg[(int64_t)(t.r0 + j * t.kStep) * N2] = cmul(t.at(j), w.next());
 }
 
 // Row k1 of channel d's spectrum: bin k2 is Kp[d][k1][k2], or conj(Kp[d][N1 - k1][N2 - 1 - k2]) past
@@ -142,10 +186,10 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 1
   const int64_t d = (s.pair0 + g) / s.npairs;
   float2* row = T + (g * N1 + k1) * (int64_t)N2;
   const SpectrumRow<N2, kConjK> K(Kp, d, k1, N1);
-  const int logN = s.logN;
+  TwiddleRun tw((int64_t)threadIdx.x * k1, (int64_t)(N2 / kElemsPerThread) * k1, s.logN);  // W_N^(m2 k1)
   smem_fft::fused_conv<N2>(
       smem, [&](int n) { return row[n]; }, [&](int q, int c) { return K(q + c); },
-      [&](int m2, float2 w) { row[m2] = cmul(w, twiddle((int64_t)m2 * k1, logN)); });
+      [&](int m2, float2 w) { row[m2] = cmul(w, tw.next()); });
 }
 
 // Backward step 2 when grad_k is wanted. grid (N1, channels in the chunk), block N2/16; the chunk's
@@ -197,8 +241,8 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
 #pragma unroll
         for (int r = 0; r < Rl; ++r) xg[b * Rl + r] = conjf2(cmul(xg[b * Rl + r], Kc(q + b * N16 + r * NR)));
       __syncthreads();
-      smem_fft::inverse_from_registers<N2>(
-          smem, xg, [&](int m2, float2 w) { g_row[m2] = cmul(w, twiddle((int64_t)m2 * k1, logN)); });
+      TwiddleRun tw((int64_t)q * k1, (int64_t)N16 * k1, logN);  // W_N^(m2 k1)
+      smem_fft::inverse_from_registers<N2>(smem, xg, [&](int m2, float2 w) { g_row[m2] = cmul(w, tw.next()); });
     }
   }
   const float scale = ldexpf(1.f, -logN);
@@ -212,8 +256,8 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
     }
   __syncthreads();
   float2* q_row = Q + (dl * N1 + k1) * (int64_t)N2;
-  smem_fft::inverse_from_registers<N2>(
-      smem, x, [&](int m2, float2 w) { q_row[m2] = cmul(w, twiddle((int64_t)m2 * k1, logN)); });
+  TwiddleRun tw((int64_t)q * k1, (int64_t)N16 * k1, logN);
+  smem_fft::inverse_from_registers<N2>(smem, x, [&](int m2, float2 w) { q_row[m2] = cmul(w, tw.next()); });
 }
 
 // Step 2 for the kernel spectrum. grid (N1/2 + 1, channels in the chunk), block N2/16:
@@ -243,27 +287,22 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread)
 template <int N1, typename scalar_t>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
     columns_inverse_kernel(const float2* __restrict__ T, scalar_t* __restrict__ y, Shape s) {
-  extern __shared__ float2 tile[];
-  constexpr int S1 = column_stride(N1), kStep = N1 / kElemsPerThread;
+  extern __shared__ float2 smem[];
+  ColumnTile<N1> t(smem);
   const int N2 = s.N2;
-  const int tid = threadIdx.x + threadIdx.y * kStep;
-  const int c = tid % kCols, r0 = tid / kCols;
   const int64_t g = blockIdx.y;
-  const int n2 = blockIdx.x * kCols + c;
-  const float2* Tg = T + g * ((int64_t)N1 * N2);
-#pragma unroll 4
-  for (int k1 = r0; k1 < N1; k1 += kStep) tile[c * S1 + pad(k1)] = Tg[(int64_t)k1 * N2 + n2];
-  smem_fft::fft<N1>(tile + threadIdx.y * S1);
+  const float2* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
+  t.load_and_transform([&](int k1) { return Tg[(int64_t)k1 * N2]; });
   const int64_t pair = s.pair0 + g;
   const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
   const bool has1 = b1 < s.B;
   scalar_t* y0 = y + (b0 * s.D + d) * s.L;
   scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
-#pragma unroll 4
-  for (int m1 = r0; m1 < N1; m1 += kStep) {
-    const int64_t n = (int64_t)m1 * N2 + n2;
-    if (n >= s.L) break;  // n grows with m1
-    const float2 v = tile[c * S1 + pad(m1)];
+#pragma unroll
+  for (int j = 0; j < kElemsPerThread; ++j) {
+    const int64_t n = (int64_t)(t.r0 + j * t.kStep) * N2 + t.n2;
+    if (n >= s.L) break;  // n grows with j
+    const float2 v = t.at(j);
     y0[n] = static_cast<scalar_t>(v.x);
     if (has1) y1[n] = static_cast<scalar_t>(-v.y);
   }
@@ -274,22 +313,17 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
 template <int N1>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
     columns_taps_kernel(const float2* __restrict__ Q, float* __restrict__ grad_k, Shape s, int taps) {
-  extern __shared__ float2 tile[];
-  constexpr int S1 = column_stride(N1), kStep = N1 / kElemsPerThread;
+  extern __shared__ float2 smem[];
+  ColumnTile<N1> t(smem);
   const int N2 = s.N2;
-  const int tid = threadIdx.x + threadIdx.y * kStep;
-  const int c = tid % kCols, r0 = tid / kCols;
   const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl;
-  const int n2 = blockIdx.x * kCols + c;
-  const float2* Qd = Q + dl * ((int64_t)N1 * N2);
-#pragma unroll 4
-  for (int k1 = r0; k1 < N1; k1 += kStep) tile[c * S1 + pad(k1)] = Qd[(int64_t)k1 * N2 + n2];
-  smem_fft::fft<N1>(tile + threadIdx.y * S1);
-#pragma unroll 4
-  for (int m1 = r0; m1 < N1; m1 += kStep) {
-    const int64_t n = (int64_t)m1 * N2 + n2;
+  const float2* Qd = Q + dl * ((int64_t)N1 * N2) + t.n2;
+  t.load_and_transform([&](int k1) { return Qd[(int64_t)k1 * N2]; });
+#pragma unroll
+  for (int j = 0; j < kElemsPerThread; ++j) {
+    const int64_t n = (int64_t)(t.r0 + j * t.kStep) * N2 + t.n2;
     if (n >= taps) break;
-    grad_k[d * taps + n] = tile[c * S1 + pad(m1)].x;
+    grad_k[d * taps + n] = t.at(j).x;
   }
 }
 

@@ -208,7 +208,8 @@ __device__ __forceinline__ float2 hermitian_bin(const float2* K, int q, int c) {
 }
 
 // The inverse half of fused_conv: x holds conj(X * S) in the order fft_to_registers leaves its bins
-// (bin q + b*N/16 + r*N/Rl at x[b*Rl + r]); the forward DFT of it goes to store(n, value). It writes
+// (bin q + b*N/16 + r*N/Rl at x[b*Rl + r]); the forward DFT of it goes to store(n, value), called for
+// n = q + r*N/16 with r = 0, 1, ..., 15 in that order (callers may keep a running twiddle). It writes
 // shared memory at once: the caller's barrier separates that from every earlier read.
 template <int N, bool kInPlace = false, typename Store>
 __device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)[kElemsPerThread], Store store) {

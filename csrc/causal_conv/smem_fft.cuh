@@ -117,10 +117,22 @@ __device__ __forceinline__ void twiddle_by_powers(float2 (&x)[R], float2 w) {
 template <int N, int R, int Ns>
 __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
   constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread;
+  // The last pass of radix R < 16 (Ns * R == N) has several butterflies per thread, q = t + b*T < Ns:
+  // butterfly b's twiddle base exp(-2 pi i q / N) is thread t's times the constant root16(b) (T / N =
+  // 1/16), so one sincospif per thread serves them all (it was one per butterfly: 8 per thread when R = 2).
+  constexpr bool kSharedBase = Ns > 1 && kBfly > 1 && Ns * R == N;
+  float2 w0 = make_float2(1.f, 0.f);
+  if constexpr (kSharedBase) {
+    float s, c;
+    sincospif((float)threadIdx.x * (-2.f / (float)N), &s, &c);
+    w0 = make_float2(c, s);
+  }
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
     float2(&xb)[R] = *reinterpret_cast<float2(*)[R]>(&x[b * R]);
-    if constexpr (Ns > 1) {
+    if constexpr (kSharedBase) {
+      twiddle_by_powers(xb, b == 0 ? w0 : cmul(w0, root16(b)));
+    } else if constexpr (Ns > 1) {
       const int k = (threadIdx.x + b * T) & (Ns - 1);
       float s, c;
       sincospif((float)k * (-2.f / (float)(Ns * R)), &s, &c);  // exact argument: Ns * R is a power of two

@@ -82,8 +82,9 @@ for stage in "$@"; do
     # without xdist under cuda-gdb; on a crash, print every thread's native backtrace.
     segv)    timeout 300 cuda-gdb -q -batch -ex run -ex "thread apply all bt 25" --args "$PY" -m pytest -q -x -p no:xdist \
                -p no:cacheprovider tests/test_phase_rotate.py 2>&1 | tee "$OUT/segv.log" | tail -60 ;;
-    # Nsight Compute on the causal_conv kernels at the benchmark shapes (what limits each one).
-    ncu)     timeout ${NCU_TIMEOUT:-240} ncu --profile-from-start off --kernel-name ${NCU_KERNELS:-regex:conv_} --section SpeedOfLight --section Occupancy \
+    # Nsight Compute on the causal_conv kernels at the benchmark shapes (what limits each one);
+    # NCU_KERNELS narrows the kernels, NCU_ARGS the shapes (e.g. '--batch 2 --shapes 65536:65536').
+    ncu)     timeout ${NCU_TIMEOUT:-240} ncu --profile-from-start off --kernel-name "${NCU_KERNELS:-regex:conv_|columns_|rows_}" --section SpeedOfLight --section Occupancy \
                --section WarpStateStats --section ComputeWorkloadAnalysis \
                --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum \
                "$PY" benchmarks/profile_causal_conv.py ${NCU_ARGS:-} > "$OUT/ncu.txt" 2>&1

@@ -1,10 +1,10 @@
 """One forward and one backward of causal_conv per shape, bracketed for Nsight Compute.
 
-    ncu --profile-from-start off --kernel-name regex:conv_ --section SpeedOfLight --section Occupancy \
-        python benchmarks/profile_causal_conv.py
+    ncu --profile-from-start off --kernel-name 'regex:conv_|columns_|rows_' --section SpeedOfLight \
+        --section Occupancy python benchmarks/profile_causal_conv.py
 
 The shapes are bench_causal_conv.py's (B=8, D=768, fp32 unless --dtype bf16): the fused one-block FFT at L=1K (Lk=L and
-Lk=128) and 4K, and the cluster FFT at 16K and 64K. Each shape runs once unprofiled first (plans,
+Lk=128) and 4K, and the four-step FFT (fourstep.cuh: columns_*, rows_* kernels) at 16K and 64K. Each shape runs once unprofiled first (plans,
 lazy init), then once between cudaProfilerStart/Stop. Prints nothing useful itself; ncu's report is
 the output (device_run.sh's `ncu` stage keeps it in $OUT/ncu.txt).
 

@@ -18,8 +18,9 @@
 // FFT_TENSOR_CONV_FOURSTEP=0, windows of 2x to 8x kMaxFusedFFT points run on a thread-block cluster
 // of 2 to 8 blocks instead (Hopper+, cluster_fft.cuh: the transform split across the cluster's
 // shared memory; when the row fills at most half a 2-block window the window starts at t = 0 and
-// conv_cluster_padded_kernel skips the zero half's cross-block work); they measured slower (H200,
-// RESULTS.md, eighteenth session). Longer windows and float64 go to the composite at::fft (cuFFT)
+// conv_cluster_padded_kernel skips the zero half's cross-block work); they measured slower at 64K and in
+// forward+backward at 16K, about even in the 16K forward (H200, RESULTS.md, eighteenth session).
+// Longer windows and float64 go to the composite at::fft (cuFFT)
 // path in cpu.cpp. bfloat16 rows with 33-128 taps take tensor-core direct kernels (direct_mma.cuh).
 // The kernels are in fft_kernels.cuh (FFT paths), direct.cuh, direct_mma.cuh and direct_tiled.cuh.
 #include <ATen/ATen.h>
@@ -394,7 +395,8 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 constexpr int64_t kMaxFourStepFFT = int64_t(1) << 22;
 
 // FFT_TENSOR_CONV_FOURSTEP (read on every call): 1 or unset = the four-step path for every one-window
-// plan it serves (measured faster than the cluster kernels at 16K and 64K, H200, RESULTS.md), 0 = never
+// plan it serves (measured faster than the cluster kernels at 64K and in forward+backward at 16K, H200,
+// RESULTS.md), 0 = never
 // (the cluster kernels on Hopper, else cuFFT); anything else is an error.
 int fourstep_setting() {
   const char* env = std::getenv("FFT_TENSOR_CONV_FOURSTEP");

@@ -49,7 +49,8 @@ constexpr int kCols = 32;  // columns per block in the column passes: 32 consecu
 // index: offsets c*padded + c/group differ mod 16) and the FFT passes (the threads of a group's
 // columns; padded_size(N1) is 4 mod 16 at N1 = 64 and 8 at 128, which interleaves them). With an odd
 // stride instead (the first layout) the FFT passes of N1 = 64 and 128 took 1.8x the shared-memory
-// wavefronts (a model of both patterns, and Nsight Compute: 1.7M conflicts in 8.5M wavefronts).
+// wavefronts (a model of both patterns; Nsight Compute at N1 = 64: 1.69M + 1.64M load + store
+// conflicts in 8.65M wavefronts).
 __host__ __device__ constexpr int column_group(int N1) { return N1 >= 256 ? 1 : 256 / N1; }
 __host__ __device__ constexpr int column_tile_size(int N1) { return kCols * (smem_fft::padded_size(N1) + 1); }
 template <int N1>

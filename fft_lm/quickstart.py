@@ -53,7 +53,10 @@ def main(argv=None):
         cfg = TrainConfig(preset="tiny", seq_len=256, batch_size=8, lr=3e-3, warmup_steps=20,
                           eval_batches=8, max_time_s=args.budget_s or 120.0, **common)
 
-    corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)  # fails early, with the install hint
+    try:  # fails early: a missing corpus is a usage error naming --data (and how to install the default)
+        corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
     print(f"quickstart: training SpectralLM preset {cfg.preset!r} on {corpus.source} for {cfg.max_time_s:.0f} s "
           f"({'GPU' if on_gpu else 'CPU'}), frequency curriculum from {cfg.curriculum_start_bins} bins to full band")
     result = train(cfg)

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=/usr/share/doc/jargon-text/jargon.txt.gz
-if [ ! -f "$corpus" ]; then
+own_corpus=0  # --data PATH: the default corpus is not needed
+for arg in "$@"; do case $arg in --data|--data=*) own_corpus=1 ;; esac; done
+if [ "$own_corpus" = 0 ] && [ ! -f "$corpus" ]; then
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq jargon-text \
     || echo "could not install jargon-text: pass your own corpus with --data PATH" >&2

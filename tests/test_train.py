@@ -274,7 +274,7 @@ def test_ddp_two_ranks_gloo_stay_identical(corpus, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fft_lm.train_fixed_full", "--data", corpus, "--preset", "tiny", "--seq-len", "32",
            "--kernel-len", "8", "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "3",
-           "--eval-every", "0", "--eval-batches", "1", "--device", "cpu", "--no-progress",
+           "--eval-every", "0", "--eval-batches", "1", "--device", "cpu", "--no-progress", "--log-every-steps", "1",
            "--ckpt-path", str(tmp_path / "ddp" / "ckpt.pt"), "--plot-path", "-"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -283,6 +283,11 @@ def test_ddp_two_ranks_gloo_stay_identical(corpus, tmp_path):
     _, meta = load_checkpoint(tmp_path / "ddp" / "ckpt.pt")  # only rank 0 wrote it, at the end
     assert meta["step"] == 3 and meta["extra"]["data"]["world_size"] == 2
     assert meta["extra"]["bytes_seen"] == 3 * 2 * 2 * 32 * 2
+    # only rank 0 logs: one start line, and each step's row once in the metrics file
+    assert proc.stdout.count(" params=") == 1, proc.stdout[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
+    steps = [r["step"] for r in rows if "train_bpb" in r]
+    assert steps == [1, 2, 3], rows
 
 
 def test_model_set_parses_each_field_as_its_type():
@@ -314,3 +319,12 @@ def test_model_set_builds_the_variant_and_errors_name_the_flag(corpus, tmp_path,
     assert train(dataclasses.replace(cfg, resume=True))["step"] == 4
     with pytest.raises(ValueError, match="--model-set pre_gate=False differs from the run being resumed"):
         train(dataclasses.replace(cfg, resume=True, model_set="pre_gate=false"))
+
+
+def test_progress_bar_shows_step_bpb_lr_cutoff_and_throughput(corpus, tmp_path, capsys):
+    # tqdm writes to stderr; the last refresh carries the postfix of the last step
+    train(tiny_cfg(corpus, tmp_path, progress=True), model=tiny_model())
+    err = capsys.readouterr().err
+    assert "train" in err and "4/4" in err, err
+    for key in ("step=4", "bpb=", "lr=", "cutoff=", "Bps="):
+        assert key in err, (key, err)

@@ -328,3 +328,31 @@ def test_progress_bar_shows_step_bpb_lr_cutoff_and_throughput(corpus, tmp_path, 
     assert "train" in err and "4/4" in err, err
     for key in ("step=4", "bpb=", "lr=", "cutoff=", "Bps="):
         assert key in err, (key, err)
+
+
+def test_weight_decay_only_on_linear_weights():
+    # decay would shrink the spectral coefficients the curriculum masks off, and norms/embeddings
+    model = tiny_model()
+    cfg = TrainConfig(weight_decay=0.1)
+    decay, no_decay = train_mod.make_optimizer(model, cfg).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    linear = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    embedding = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    decayed = {id(p) for p in decay["params"]}
+    assert decayed == {id(w) for w in linear} - {id(w) for w in embedding} and decayed
+    assert len(decay["params"]) + len(no_decay["params"]) == len([p for p in model.parameters() if p.requires_grad])
+    kernel = model.blocks[0].mixer.kernel
+    for p in (kernel.coef_real, kernel.coef_imag, kernel.log_decay):
+        assert id(p) not in decayed
+
+
+def test_grad_checkpoint_and_bf16_through_the_training_loop(corpus, tmp_path):
+    # activation checkpointing recomputes the same forward: the same losses step for step (CPU, no
+    # dropout); bf16 autocast runs the same loop to finite losses near the fp32 ones
+    runs = {name: train(tiny_cfg(corpus, tmp_path / name, **kw), model=tiny_model())
+            for name, kw in [("plain", {}), ("ckpt", {"grad_checkpoint": True}), ("bf16", {"dtype": "bfloat16"})]}
+    plain, ckpt, bf16 = (train_losses(tmp_path / name / "run" / "metrics.jsonl") for name in ("plain", "ckpt", "bf16"))
+    assert [s for s, _ in plain] == [s for s, _ in ckpt] == [s for s, _ in bf16] == [1, 2, 3, 4]
+    assert all(abs(a - b) <= 1e-5 for (_, a), (_, b) in zip(plain, ckpt)), (plain, ckpt)
+    assert all(math.isfinite(b) and abs(a - b) < 0.1 * a for (_, a), (_, b) in zip(plain, bf16)), (plain, bf16)
+    assert runs["ckpt"]["step"] == runs["bf16"]["step"] == 4

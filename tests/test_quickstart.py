@@ -33,7 +33,10 @@ def test_quickstart_trains_generates_and_reports(corpus, tmp_path, capsys):
         assert os.path.abspath(out_dir / name) in out, name
     assert (out_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a PNG, not an empty file
     rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
-    assert any(r.get("val_bpb") is not None for r in rows) and any("train_bpb" in r for r in rows)
+    # the final evaluation always logs; train rows come every 10 steps, which a loaded machine may not
+    # reach within the budget
+    assert rows[-1].get("val_bpb") == pytest.approx(result["val_bpb"])
+    assert all(r["step"] % 10 == 0 for r in rows if "train_bpb" in r)
     model, meta = fft_lm.load_checkpoint(str(out_dir / "ckpt.pt"))
     assert meta["step"] == result["step"] and sum(p.numel() for p in model.parameters()) == result["n_params"]
 

@@ -528,7 +528,8 @@ def _train(cfg, model, rank, world, device, master):
             now = time.time()
             last_metrics = {"step": step, "time_s": round(elapsed, 3), "train_bpb": loss_sum / loss_count / LN2,
                             "lr": lr, "bytes_per_s": window_bytes / max(1e-9, now - window_start),
-                            "cutoff": cutoff, "bytes_seen": bytes_seen}
+                            "cutoff": cutoff, "bytes_seen": bytes_seen,
+                            "grad_norm": float(grad_norm)}  # this step's, before clipping
             log(last_metrics)
             loss_sum, loss_count, window_start, window_bytes = 0.0, 0, now, 0
         final = step >= stop_step or out_of_time

@@ -6,6 +6,7 @@ Replay a failing test with the seed it printed: FFT_TENSOR_TEST_SEED=1234 python
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,11 @@ def assert_rejected_eagerly_and_traced(fn, make_args, match):
         fake_args = [None if a is None else mode.from_tensor(a) for a in make_args()]
         with pytest.raises(RuntimeError, match=match):
             fn(*fake_args)
+
+
+def write_word_corpus(path, n_words):
+    """A small synthetic text corpus: n_words words from a 9-word vocabulary, fixed seed."""
+    rng = np.random.default_rng(0)
+    words = [b"spectral", b"bytes", b"kernel", b"the", b"a", b"of", b"fft", b"model", b"\n"]
+    path.write_bytes(b" ".join(words[i] for i in rng.integers(0, len(words), n_words)))
+    return str(path)

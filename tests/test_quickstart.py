@@ -6,16 +6,13 @@ import numpy as np
 import pytest
 
 import fft_lm
+from conftest import write_word_corpus
 from fft_lm import quickstart
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    rng = np.random.default_rng(0)
-    words = [b"spectral", b"bytes", b"kernel", b"the", b"a", b"of", b"fft", b"model", b"\n"]
-    path = tmp_path / "corpus.txt"
-    path.write_bytes(b" ".join(words[i] for i in rng.integers(0, len(words), 6000)))
-    return str(path)
+    return write_word_corpus(tmp_path / "corpus.txt", 6000)
 
 
 def test_quickstart_trains_generates_and_reports(corpus, tmp_path, capsys):

@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 import fft_lm.train as train_mod
+from conftest import write_word_corpus
 from fft_lm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fft_lm.model import SpectralLM
 from fft_lm.train import ConfigError, NonFiniteLossError, TrainConfig, build_arg_parser, cutoff_at, lr_at, train
@@ -25,12 +25,7 @@ SEED_FLAGS = ["--seq-len", "--kernel-len", "--lr", "--batch-size", "--accum-step
 
 @pytest.fixture
 def corpus(tmp_path):
-    rng = np.random.default_rng(0)
-    words = [b"spectral", b"bytes", b"kernel", b"the", b"a", b"of", b"fft", b"model", b"\n"]
-    text = b" ".join(words[i] for i in rng.integers(0, len(words), 4000))
-    path = tmp_path / "corpus.txt"
-    path.write_bytes(text)
-    return str(path)
+    return write_word_corpus(tmp_path / "corpus.txt", 4000)
 
 
 def tiny_model(seed=0):
@@ -356,3 +351,66 @@ def test_grad_checkpoint_and_bf16_through_the_training_loop(corpus, tmp_path):
     assert all(abs(a - b) <= 1e-5 for (_, a), (_, b) in zip(plain, ckpt)), (plain, ckpt)
     assert all(math.isfinite(b) and abs(a - b) < 0.1 * a for (_, a), (_, b) in zip(plain, bf16)), (plain, bf16)
     assert runs["ckpt"]["step"] == runs["bf16"]["step"] == 4
+
+
+def test_accumulation_equals_the_larger_batch(corpus, tmp_path, monkeypatch):
+    """batch_size 2 x accum_steps 2 takes the same steps as batch_size 4 x 1 when the micro-batches are
+    the halves of that batch: the same losses and the same weights (to float32 summation order)."""
+    draw = train_mod.ByteCorpus.train_batch
+
+    def halves_of_four(self, batch_size, seq_len, *, seed, step, rank=0, micro_step=0, device=None):
+        x, y = draw(self, 4, seq_len, seed=seed, step=step, rank=rank, micro_step=0, device=device)
+        part = slice(micro_step * batch_size, (micro_step + 1) * batch_size)
+        return x[part], y[part]
+
+    monkeypatch.setattr(train_mod.ByteCorpus, "train_batch", halves_of_four)
+    kw = dict(grad_clip=0.0, eval_every=0)
+    train(tiny_cfg(corpus, tmp_path / "big", batch_size=4, accum_steps=1, **kw), model=tiny_model())
+    train(tiny_cfg(corpus, tmp_path / "acc", batch_size=2, accum_steps=2, **kw), model=tiny_model())
+    big, acc = (train_losses(tmp_path / d / "run" / "metrics.jsonl") for d in ("big", "acc"))
+    assert [s for s, _ in big] == [s for s, _ in acc] == [1, 2, 3, 4]
+    assert all(abs(a - b) <= 1e-5 for (_, a), (_, b) in zip(big, acc)), (big, acc)
+    assert big[0][1] != big[-1][1]  # the weights moved between steps
+    # the gradient itself (AdamW alone would hide a factor of accum_steps)
+    norms = [[json.loads(line)["grad_norm"] for line in open(tmp_path / d / "run" / "metrics.jsonl")
+              if "grad_norm" in line] for d in ("big", "acc")]
+    assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(*norms)), norms
+    m_big, _ = load_checkpoint(tmp_path / "big" / "run" / "ckpt.pt")
+    m_acc, _ = load_checkpoint(tmp_path / "acc" / "run" / "ckpt.pt")
+    for (name, p), q in zip(m_big.state_dict().items(), m_acc.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-5, rtol=0), name
+    # a different split of the same windows is not the same step: the halves really were used
+    monkeypatch.setattr(train_mod.ByteCorpus, "train_batch", draw)
+    train(tiny_cfg(corpus, tmp_path / "own", batch_size=2, accum_steps=2, **kw), model=tiny_model())
+    own = train_losses(tmp_path / "own" / "run" / "metrics.jsonl")
+    assert any(abs(a - b) > 1e-3 for (_, a), (_, b) in zip(big, own)), (big, own)
+
+
+@pytest.mark.parametrize("clip", [1e-3, 0.0])
+def test_grad_clip_bounds_the_norm_the_optimizer_sees(corpus, tmp_path, monkeypatch, clip):
+    """--grad-clip scales the gradients to that global norm before AdamW steps (0: untouched); the
+    metrics rows log the norm before clipping."""
+    seen = []
+    make = train_mod.make_optimizer
+
+    def recording_optimizer(model, cfg, fused=False):
+        opt = make(model, cfg, fused)
+        step = opt.step
+
+        def recorded_step(*args, **kwargs):
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+            return step(*args, **kwargs)
+        opt.step = recorded_step
+        return opt
+
+    monkeypatch.setattr(train_mod, "make_optimizer", recording_optimizer)
+    cfg = tiny_cfg(corpus, tmp_path, grad_clip=clip, eval_every=0)
+    train(cfg, model=tiny_model())
+    logged = [json.loads(line)["grad_norm"] for line in open(tmp_path / "run" / "metrics.jsonl")
+              if "grad_norm" in line]
+    assert len(seen) == len(logged) == 4 and all(n > 1e-2 for n in logged), logged  # log_every_steps=1
+    if clip:
+        assert all(math.isclose(n, clip, rel_tol=1e-4) for n in seen), seen
+    else:
+        assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(seen, logged)), (seen, logged)

@@ -139,6 +139,75 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
       });
 }
 
+// exp(-2 pi i m / 32) for a compile-time m (after unrolling: immediates).
+__device__ __forceinline__ float2 root32(int m) {
+  constexpr float kCos32[32] = {1.000000000f, 0.980785280f, 0.923879533f, 0.831469612f, 0.707106781f, 0.555570233f, 0.382683432f, 0.195090322f, 0.000000000f, -0.195090322f, -0.382683432f, -0.555570233f, -0.707106781f, -0.831469612f, -0.923879533f, -0.980785280f, -1.000000000f, -0.980785280f, -0.923879533f, -0.831469612f, -0.707106781f, -0.555570233f, -0.382683432f, -0.195090322f, -0.000000000f, 0.195090322f, 0.382683432f, 0.555570233f, 0.707106781f, 0.831469612f, 0.923879533f, 0.980785280f};
+  return make_float2(kCos32[m & 31], -kCos32[(m + 24) & 31]);  // sin(2 pi m/32) = cos(2 pi (m - 8)/32)
+}
+
+// y = causal_conv(x, k) for a one-window plan of 2N real points (N = 16384: rows the pair kernel
+// cannot hold, two rows of 32K points being 256 KB), one row per block. The N-point complex FFT of
+// z[n] = x[2n] + i*x[2n+1] gives Z; bins f and f + N of the row's 2N-point spectrum are
+//   X[f] = (P + t M) / 2, X[f + N] = (P - t M) / 2, with P = Z[f] + conj(Z[N-f]), M = -i (Z[f] - conj(Z[N-f])),
+// t = W_2N^f. Z[N-f] sits with another thread: the spectrum goes through shared memory once. With
+// Y1 = X[f] Kr[f] and Y2 = X[f+N] conj(Kr[N-f]) (the kernel's spectrum is Hermitian),
+//   Z'[f] = (Y[f] + Y[f+N]) / 2 + i W_2N^-f (Y[f] - Y[f+N]) / 2
+// is the N-point spectrum of y[2n] + i*y[2n+1]; Kr is scaled by 1/(4N) (the halves and the inverse's
+// 1/N), and the inverse is again the forward FFT of the conjugate (fused_conv's convention). So the
+// row is read once and written once, as in the pair kernel. kReverse: time runs backwards (grad_u).
+// grid: B * D blocks (row b * D + d), N/16 threads; Kr: (D, N + 1).
+template <typename scalar_t, bool kReverse, int N>
+__global__ void __launch_bounds__(N / kElemsPerThread, 1)
+    conv_real_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ Kr, scalar_t* __restrict__ y,
+                            ConvShape s) {
+  extern __shared__ float2 smem[];
+  constexpr int Rl = smem_fft::last_radix(N), N16 = N / kElemsPerThread, NR = N / Rl, kBfly = kElemsPerThread / Rl;
+  const int64_t row = blockIdx.x, d = row % s.D;
+  // sample m of the window is time start + m, start = -(taps - 1); valid: lo <= m < hi (times 0..L-1),
+  // which are also the outputs the window owns (one window covers the row)
+  const int64_t start = -(int64_t)(s.taps - 1);
+  const int lo = s.taps - 1, hi = (int)(s.L - start);
+  const int64_t first = kReverse ? s.L - 1 - start : start;  // sample m lives at first +- m
+  const scalar_t* xr = x + row * s.L + first;
+  scalar_t* yr = y + row * s.L + first;
+  auto sample = [&](int m) {
+    return (unsigned)(m - lo) < (unsigned)(hi - lo) ? to_float(xr[kReverse ? -m : m]) : 0.f;
+  };
+  float2 v[kElemsPerThread];
+  const int q = threadIdx.x;
+  smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
+  __syncthreads();  // every thread has read the last pass's input
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) smem[pad(q + b * N16 + r * NR)] = v[b * Rl + r];
+  __syncthreads();
+  float sn, cs;
+  sincospif(-(float)q / (float)N, &sn, &cs);  // W_2N^q; exact argument (N a power of two)
+  const float2 w0 = make_float2(cs, sn);
+  const float2* K = Kr + d * (N + 1);
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) {
+      const int f = q + b * N16 + r * NR;
+      const float2 t = (b == 0 && r == 0) ? w0 : cmul(w0, root32(b + r * (16 / Rl)));  // W_2N^f
+      const float2 a = v[b * Rl + r], c = conjf2(smem[pad((N - f) & (N - 1))]);
+      const float2 P = cadd(a, c), Md = smem_fft::csub(a, c);
+      const float2 tM = cmul(t, make_float2(Md.y, -Md.x));  // t * (-i) * (a - c)
+      const float2 Y1 = cmul(cadd(P, tM), K[f]);
+      const float2 Y2 = cmul(smem_fft::csub(P, tM), conjf2(K[N - f]));
+      const float2 Dt = cmul(conjf2(t), smem_fft::csub(Y1, Y2));
+      v[b * Rl + r] = make_float2(Y1.x + Y2.x - Dt.y, -(Y1.y + Y2.y + Dt.x));  // conj(Z')
+    }
+  __syncthreads();  // every partner has been read before the inverse overwrites shared memory
+  smem_fft::inverse_from_registers<N>(smem, v, [&](int n, float2 w) {  // w = conj(z'[n])
+    const int m0 = 2 * n, m1 = m0 + 1;
+    if ((unsigned)(m0 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m0 : m0] = static_cast<scalar_t>(w.x);
+    if ((unsigned)(m1 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m1 : m1] = static_cast<scalar_t>(-w.y);
+  });
+}
+
 // The pieces of grad_k that the 16384-point kernel and the cluster kernel share (u + i*sc*gy per item).
 // Loads elements n = n0 + m (m = threadIdx.x, + blockDim.x, ... < count) of item `item` = (row b,
 // window j) of channel d as smem[pad(m)] = (u, gy), gy only at the outputs the window owns; folds

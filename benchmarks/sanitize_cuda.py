@@ -34,8 +34,8 @@ QUICK = CONV_CASES[:4]
 CLUSTER = [(3, 1, 9000, 9000), (2, 1, 20000, 20000), (1, 1, 20000, 9000)]
 # the four-step kernels: N = 32K (N1 = 64, N2 = 512, odd B), 64K, 256K (N2 = 4096, taps < L), 1M (N1 = 128)
 FOURSTEP = [(3, 1, 9000, 9000), (2, 2, 20000, 20000), (3, 1, 70000, 60000), (1, 1, 300000, 300000)]
-# the real-window kernel: one-window 32K-point plans (the smallest, Lk > L, Lk < L, the largest). Its
-# forward and grad_u alone; with grad_k the backward is the four-step one (covered above).
+# the real-window kernels: one-window 32K-point plans (the smallest, Lk > L, Lk < L, the largest): the
+# forward, grad_u alone (the forward kernel backwards in time) and every gradient (the channel kernel).
 REAL_WINDOW = [(1, 2, 8193, 8193), (3, 1, 10000, 12000), (2, 1, 12000, 10000), (2, 2, 16384, 16384)]
 
 
@@ -118,6 +118,7 @@ def main():
         for case in REAL_WINDOW:
             for dtype in (torch.float32, torch.bfloat16):
                 ok &= check_conv_grad_u(*case, dtype)
+                ok &= check_conv(*case, dtype)
         print("ALL OK" if ok else "SOME CASES FAILED")
         sys.exit(0 if ok else 1)
     if args.cluster or args.fourstep:

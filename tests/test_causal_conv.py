@@ -847,9 +847,10 @@ def test_cuda_fourstep_chunks_subsets_and_settings(monkeypatch):
         fft_tensor.causal_conv(u, k, skip)
 
 
-# The real-window kernel: one-window plans of 32K points (Lk = L from about 8K to 16K), one row per
-# block as the 16K-point FFT of its even and odd samples; the forward's default for those plans, and
-# grad_u's when grad_k is not wanted. (8193, 8193) is the smallest such plan, (16384, 16384) the
+# The real-window kernels: one-window plans of 32K points (Lk = L from about 8K to 16K), one row per
+# block as the 16K-point FFT of its even and odd samples (the forward, and grad_u alone run backwards
+# in time), and one channel per block over its rows for the backward with grad_k; the default for those
+# plans. (8193, 8193) is the smallest such plan, (16384, 16384) the
 # largest; Lk > L and Lk < L both.
 REAL_WINDOW_SHAPES = [(16384, 16384, 3, 2), (8193, 8193, 1, 3), (10000, 12000, 2, 3), (12000, 10000, 3, 1),
                       (16384, 9000, 1, 2)]
@@ -879,8 +880,18 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     gu = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
     ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
     assert rel_err(gu, ref_gu) < 1e-5
-    # both gradients: the four-step backward, against float64 autograd
-    check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)
+    # with grad_k: the channel kernel, both gradients and grad_k alone
+    for need_u in (True, False):
+        names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, need_u, True))
+        assert "conv_real_window_backward_kernel" in names and "rows_backward_kernel" not in names, names
+    gu_both, gk_both = ops.causal_conv_backward(gy, u, k, skip, True, True)
+    assert rel_err(gu_both, ref_gu) < 1e-5
+    gk_only = ops.causal_conv_backward(gy, u, k, skip, False, True)[1]
+    assert rel_err(gk_only, gk_both) < 1e-6  # the same sums; the two instances may contract differently
+    taps = min(L, Lk)
+    assert rel_err(gk_both[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert gk_both.shape == k.shape and (gk_both[:, taps:] == 0).all()
+    check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)  # through autograd, skip included
     # switched off: the four-step path, the same values to float32 rounding
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))

@@ -395,9 +395,10 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 // ---------------------------------------------------------------------------------------------
 // One-window plans of 2 * kMaxFusedFFT = 32K points (Lk = L from about 8K to 16K): one row per block
 // (conv_real_window_kernel: the 16K-point complex FFT of the row's even and odd samples), so a row
-// crosses global memory once; the four-step path moves it three times as complex values. Forward only
-// (the backward keeps the four-step path, which serves grad_u and grad_k from one transform of gy).
-// FFT_TENSOR_CONV_REAL_WINDOW=0 (read on every call) turns it off.
+// crosses global memory once; the four-step path moves it three times as complex values. The backward
+// with grad_k runs one channel per block over its rows (conv_real_window_backward_kernel); grad_u alone
+// is the forward kernel run backwards in time. FFT_TENSOR_CONV_REAL_WINDOW=0 (read on every call) turns
+// it off.
 constexpr int kRealWindowN = (int)kMaxFusedFFT;  // complex points per row; the window is 2x as many real ones
 
 bool use_real_window(const at::Tensor& u, const ConvPlan& plan) {
@@ -412,6 +413,31 @@ bool use_real_window(const at::Tensor& u, const ConvPlan& plan) {
 at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
   const at::Tensor taps = effective_kernel(k, skip, s.taps).to(at::kFloat);
   return at::fft_rfft(taps, 2 * (int64_t)kRealWindowN, -1).div_(4.0 * kRealWindowN).contiguous();
+}
+
+// grad_k (D, taps) float32, and grad_u into grad_u_out when it is defined: one channel per block.
+at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& k,
+                                const c10::optional<at::Tensor>& skip, at::Tensor grad_u_out, const ConvShape& s) {
+  const int64_t D = s.D;
+  const bool need_u = grad_u_out.defined();
+  const at::Tensor Kr = need_u ? real_window_spectrum(k, skip, s) : at::Tensor();
+  const auto cf = u.options().dtype(at::kComplexFloat);
+  at::Tensor C = at::empty({D, kRealWindowN + 1}, cf), U_scratch = at::empty({D, kRealWindowN + 1}, cf);
+  const size_t bytes = smem_bytes(kRealWindowN);
+  dispatch_io_type(u.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto kernel = need_u ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, true>
+                         : conv_real_window_backward_kernel<scalar_t, kRealWindowN, false>;
+    allow_smem(kernel, bytes);
+    kernel<<<(unsigned)D, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+        need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
+        need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
+        reinterpret_cast<float2*>(U_scratch.data_ptr()), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // C holds 4 * sum_b G conj(U) over bins 0..N of the 2N-point spectra: the correlation's first taps
+  return at::fft_irfft(C, 2 * (int64_t)kRealWindowN, -1).narrow(1, 0, s.taps).mul_(0.25);
 }
 
 template <bool kReverse>
@@ -883,8 +909,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   const bool mma = !tiled && use_mma(u, plan);
   const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
-  // grad_u alone (frozen taps: input gradients) on the real-window kernel, run backwards in time
-  const bool real_window = !direct && !fused && need_u && !need_k && use_real_window(u, plan);
+  const bool real_window = !direct && !fused && (need_u || need_k) && use_real_window(u, plan);
   const bool fourstep = !direct && !fused && !real_window && use_fourstep(u, plan);
   const bool clusters = !direct && !fused && !real_window && !fourstep && use_cluster(u, plan, need_k);
   if (!direct && !fused && !real_window && !clusters && !fourstep)
@@ -892,9 +917,22 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   const ConvShape s = conv_shape(B, D, L, plan);
   if (real_window) {
     const at::Tensor gy = layout::rows_contiguous(grad_y.to(u.scalar_type()));
-    at::Tensor grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
-    if (gy.numel() > 0) launch_real_window<true>(gy, real_window_spectrum(k, skip, s), grad_u, s);
-    return {grad_u, at::empty({0}, k.options())};
+    at::Tensor grad_u = need_u ? at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous))
+                               : at::empty({0}, u.options());
+    at::Tensor grad_k = at::empty({0}, k.options());
+    if (!need_k) {  // grad_u alone (frozen taps): the forward kernel run backwards in time
+      if (gy.numel() > 0) launch_real_window<true>(gy, real_window_spectrum(k, skip, s), grad_u, s);
+      return {grad_u, grad_k};
+    }
+    grad_k = at::zeros({D, Lk}, k.options());
+    if (u.numel() > 0) {
+      const at::Tensor taps_grad = real_window_backward(gy, layout::rows_contiguous(u), k, skip,
+                                                        need_u ? grad_u : at::Tensor(), s);
+      grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
+    } else if (need_u) {
+      grad_u.zero_();
+    }
+    return {grad_u, grad_k};
   }
   if (fourstep) {
     const at::Tensor gy = layout::rows_contiguous(grad_y.to(u.scalar_type()));

@@ -145,23 +145,60 @@ __device__ __forceinline__ float2 root32(int m) {
   return make_float2(kCos32[m & 31], -kCos32[(m + 24) & 31]);  // sin(2 pi m/32) = cos(2 pi (m - 8)/32)
 }
 
-// y = causal_conv(x, k) for a one-window plan of 2N real points (N = 16384: rows the pair kernel
-// cannot hold, two rows of 32K points being 256 KB), one row per block. The N-point complex FFT of
-// z[n] = x[2n] + i*x[2n+1] gives Z; bins f and f + N of the row's 2N-point spectrum are
-//   X[f] = (P + t M) / 2, X[f + N] = (P - t M) / 2, with P = Z[f] + conj(Z[N-f]), M = -i (Z[f] - conj(Z[N-f])),
-// t = W_2N^f. Z[N-f] sits with another thread: the spectrum goes through shared memory once. With
-// Y1 = X[f] Kr[f] and Y2 = X[f+N] conj(Kr[N-f]) (the kernel's spectrum is Hermitian),
+// The real-window kernels: one row of a one-window plan of 2N real points per thread block (N = 16384:
+// rows the pair kernel cannot hold, two rows of 32K points being 256 KB). The N-point complex FFT of
+// z[n] = x[2n] + i*x[2n+1] gives Z, and bins f and f + N of the row's 2N-point spectrum are
+//   2 X[f] = P + t M, 2 X[f + N] = P - t M, with P = Z[f] + conj(Z[N-f]), M = -i (Z[f] - conj(Z[N-f])),
+// t = W_2N^f. Z[N-f] sits with another thread, so the spectrum goes through shared memory once. Back:
 //   Z'[f] = (Y[f] + Y[f+N]) / 2 + i W_2N^-f (Y[f] - Y[f+N]) / 2
-// is the N-point spectrum of y[2n] + i*y[2n+1]; Kr is scaled by 1/(4N) (the halves and the inverse's
-// 1/N), and the inverse is again the forward FFT of the conjugate (fused_conv's convention). So the
-// row is read once and written once, as in the pair kernel. kReverse: time runs backwards (grad_u).
-// grid: B * D blocks (row b * D + d), N/16 threads; Kr: (D, N + 1).
+// is the N-point spectrum of y[2n] + i*y[2n+1] for any Y with a real inverse. Kr, the kernel's
+// spectrum (bins 0..N), is scaled by 1/(4N) (the halves above and the inverse's 1/N), and the inverse
+// is the forward FFT of the conjugate (fused_conv's convention). A row is read once and written once.
+
+// After fft_to_registers<N> (v: Z at this thread's bins f = q + b*N16 + r*NR) and a barrier: Z to
+// shared memory, a barrier, then bin(slot, f, t, X1, X2) for each of the thread's bins with t = W_2N^f,
+// X1 = 2 X[f], X2 = 2 X[f + N]. bin may overwrite v[slot] (its input was read first). The caller's
+// barrier must separate these reads of shared memory from its next writes.
+template <int N, typename Bin>
+__device__ __forceinline__ void real_spectrum_bins(float2* smem, float2 (&v)[kElemsPerThread], Bin bin) {
+  constexpr int Rl = smem_fft::last_radix(N), N16 = N / kElemsPerThread, NR = N / Rl, kBfly = kElemsPerThread / Rl;
+  const int q = threadIdx.x;
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) smem[pad(q + b * N16 + r * NR)] = v[b * Rl + r];
+  __syncthreads();
+  float sn, cs;
+  sincospif(-(float)q / (float)N, &sn, &cs);  // W_2N^q; exact argument (N a power of two)
+  const float2 w0 = make_float2(cs, sn);
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) {
+      const int f = q + b * N16 + r * NR;
+      const float2 t = (b == 0 && r == 0) ? w0 : cmul(w0, root32(b + r * (16 / Rl)));  // W_2N^f
+      const float2 a = v[b * Rl + r], c = conjf2(smem[pad((N - f) & (N - 1))]);
+      const float2 P = cadd(a, c), Md = smem_fft::csub(a, c);
+      const float2 tM = cmul(t, make_float2(Md.y, -Md.x));  // t * (-i) * (a - c)
+      bin(b * Rl + r, f, t, cadd(P, tM), smem_fft::csub(P, tM));
+    }
+}
+
+// conj(Z'[f]) from Y1 = 2 Y[f] / (4N) and Y2 = 2 Y[f + N] / (4N) (the products with Kr): what the inverse
+// (a forward FFT) takes.
+__device__ __forceinline__ float2 real_merge_conj(float2 t, float2 Y1, float2 Y2) {
+  const float2 Dt = cmul(conjf2(t), smem_fft::csub(Y1, Y2));
+  return make_float2(Y1.x + Y2.x - Dt.y, -(Y1.y + Y2.y + Dt.x));
+}
+
+// y = causal_conv(x, k) for one row per block; kReverse: time runs backwards (the correlation
+// grad_u[t] = sum_s k[s] gy[t+s], when grad_k is not wanted). grid: B * D blocks (row b * D + d), N/16
+// threads; Kr: (D, N + 1).
 template <typename scalar_t, bool kReverse, int N>
 __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     conv_real_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ Kr, scalar_t* __restrict__ y,
                             ConvShape s) {
   extern __shared__ float2 smem[];
-  constexpr int Rl = smem_fft::last_radix(N), N16 = N / kElemsPerThread, NR = N / Rl, kBfly = kElemsPerThread / Rl;
   const int64_t row = blockIdx.x, d = row % s.D;
   // sample m of the window is time start + m, start = -(taps - 1); valid: lo <= m < hi (times 0..L-1),
   // which are also the outputs the window owns (one window covers the row)
@@ -174,38 +211,79 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     return (unsigned)(m - lo) < (unsigned)(hi - lo) ? to_float(xr[kReverse ? -m : m]) : 0.f;
   };
   float2 v[kElemsPerThread];
-  const int q = threadIdx.x;
   smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
   __syncthreads();  // every thread has read the last pass's input
-#pragma unroll
-  for (int b = 0; b < kBfly; ++b)
-#pragma unroll
-    for (int r = 0; r < Rl; ++r) smem[pad(q + b * N16 + r * NR)] = v[b * Rl + r];
-  __syncthreads();
-  float sn, cs;
-  sincospif(-(float)q / (float)N, &sn, &cs);  // W_2N^q; exact argument (N a power of two)
-  const float2 w0 = make_float2(cs, sn);
   const float2* K = Kr + d * (N + 1);
-#pragma unroll
-  for (int b = 0; b < kBfly; ++b)
-#pragma unroll
-    for (int r = 0; r < Rl; ++r) {
-      const int f = q + b * N16 + r * NR;
-      const float2 t = (b == 0 && r == 0) ? w0 : cmul(w0, root32(b + r * (16 / Rl)));  // W_2N^f
-      const float2 a = v[b * Rl + r], c = conjf2(smem[pad((N - f) & (N - 1))]);
-      const float2 P = cadd(a, c), Md = smem_fft::csub(a, c);
-      const float2 tM = cmul(t, make_float2(Md.y, -Md.x));  // t * (-i) * (a - c)
-      const float2 Y1 = cmul(cadd(P, tM), K[f]);
-      const float2 Y2 = cmul(smem_fft::csub(P, tM), conjf2(K[N - f]));
-      const float2 Dt = cmul(conjf2(t), smem_fft::csub(Y1, Y2));
-      v[b * Rl + r] = make_float2(Y1.x + Y2.x - Dt.y, -(Y1.y + Y2.y + Dt.x));  // conj(Z')
-    }
+  real_spectrum_bins<N>(smem, v, [&](int slot, int f, float2 t, float2 X1, float2 X2) {
+    v[slot] = real_merge_conj(t, cmul(X1, K[f]), cmul(X2, conjf2(K[N - f])));  // K[f + N] = conj(K[N - f])
+  });
   __syncthreads();  // every partner has been read before the inverse overwrites shared memory
   smem_fft::inverse_from_registers<N>(smem, v, [&](int n, float2 w) {  // w = conj(z'[n])
     const int m0 = 2 * n, m1 = m0 + 1;
     if ((unsigned)(m0 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m0 : m0] = static_cast<scalar_t>(w.x);
     if ((unsigned)(m1 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m1 : m1] = static_cast<scalar_t>(-w.y);
   });
+}
+
+// The backward with grad_k, one channel per block over its B rows (grid: D blocks, N/16 threads). For
+// row b, with the rows read from t = 0 (sample m = time m, zero from L: the 2N-point circular
+// correlations do not wrap, as 2N >= L + taps - 1):
+//   U = the spectrum of u[b], kept in U_scratch (this channel's N + 1 bins, global memory: each bin
+//       is written and read back by the thread that owns it, so it needs no barrier; it does not fit
+//       beside the FFT buffer in shared memory);
+//   G = the spectrum of gy[b]; C[f] += G[f] conj(U[f]) for f = 0..N (times 4: X1 and X2 are doubled),
+//       the first row writing instead of adding; grad_k = irfft(C / 4)[:taps] afterwards (cuFFT);
+//   kNeedU: grad_u[b] = the inverse of G conj(K) (correlation with k, no time reversal).
+// Three N-point FFTs per row (with kNeedU) against the four-step path's three passes over N complex
+// values of the row pair in global memory.
+template <typename scalar_t, int N, bool kNeedU>
+__global__ void __launch_bounds__(N / kElemsPerThread, 1)
+    conv_real_window_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
+                                     const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
+                                     float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s) {
+  extern __shared__ float2 smem[];
+  const int64_t d = blockIdx.x;
+  const int L = (int)s.L;
+  const float2* K = Kr + d * (N + 1);
+  float2* Cd = C + d * (N + 1);
+  float2* Ud = U_scratch + d * (N + 1);
+  float2 v[kElemsPerThread];
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t off = (b * s.D + d) * s.L;
+    const scalar_t* ur = u + off;
+    const scalar_t* gr = gy + off;
+    auto load = [&](const scalar_t* p, int m) { return m < L ? to_float(p[m]) : 0.f; };
+    __syncthreads();  // the previous row's last reads of shared memory are done
+    smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(load(ur, 2 * n), load(ur, 2 * n + 1)); });
+    __syncthreads();
+    real_spectrum_bins<N>(smem, v, [&](int slot, int f, float2 t, float2 X1, float2 X2) {
+      Ud[f] = X1;
+      if (f == 0) Ud[N] = X2;
+    });
+    __syncthreads();  // partner reads done before the next FFT writes shared memory
+    smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(load(gr, 2 * n), load(gr, 2 * n + 1)); });
+    __syncthreads();
+    const bool first_row = b == 0;
+    real_spectrum_bins<N>(smem, v, [&](int slot, int f, float2 t, float2 X1, float2 X2) {
+      const float2 p = cmul(X1, conjf2(Ud[f]));
+      Cd[f] = first_row ? p : cadd(Cd[f], p);
+      if (f == 0) {
+        const float2 pN = cmul(X2, conjf2(Ud[N]));
+        Cd[N] = first_row ? pN : cadd(Cd[N], pN);
+      }
+      if constexpr (kNeedU)  // G conj(K): conj(K[f + N]) = K[N - f]
+        v[slot] = real_merge_conj(t, cmul(X1, conjf2(K[f])), cmul(X2, K[N - f]));
+    });
+    if constexpr (kNeedU) {
+      scalar_t* yr = grad_u + off;
+      __syncthreads();  // every partner has been read before the inverse overwrites shared memory
+      smem_fft::inverse_from_registers<N>(smem, v, [&](int n, float2 w) {  // w = conj(z'[n])
+        const int m0 = 2 * n, m1 = m0 + 1;
+        if (m0 < L) yr[m0] = static_cast<scalar_t>(w.x);
+        if (m1 < L) yr[m1] = static_cast<scalar_t>(-w.y);
+      });
+    }
+  }
 }
 
 // The pieces of grad_k that the 16384-point kernel and the cluster kernel share (u + i*sc*gy per item).

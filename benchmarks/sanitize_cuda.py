@@ -107,7 +107,7 @@ def main():
     p.add_argument("--cluster", action="store_true", help="only the thread-block cluster cases, float32")
     p.add_argument("--fourstep", action="store_true", help="only the four-step cases, float32 and bfloat16")
     p.add_argument("--real-window", action="store_true",
-                   help="only the real-window cases (forward and grad_u alone), float32 and bfloat16")
+                   help="only the real-window cases (forward, grad_u alone, every gradient), float32 and bfloat16")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("sanitize_cuda.py needs a CUDA GPU")

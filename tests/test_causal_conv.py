@@ -897,6 +897,17 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
     assert "conv_real_window_kernel" not in names and all(n in names for n in FOURSTEP_KERNELS), names
     assert rel_err(fft_tensor.causal_conv(u, k, skip), y) < 5e-6
+    # "forward": the forward and grad_u alone keep the kernel, the backward with grad_k goes four-step
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "forward")
+    assert "conv_real_window_kernel" in _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+    assert "conv_real_window_kernel" in _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, False))
+    names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, True))
+    assert "conv_real_window" not in names and "rows_backward_kernel" in names, names
+    gu_four, gk_four = ops.causal_conv_backward(gy, u, k, skip, True, True)
+    assert rel_err(gu_four, ref_gu) < 1e-5 and rel_err(gk_four, gk_both) < 1e-5
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "yes")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got 'yes'"):
+        fft_tensor.causal_conv(u, k, skip)
 
 
 def _cuda_kernel_names(fn):

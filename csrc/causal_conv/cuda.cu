@@ -397,14 +397,20 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 // (conv_real_window_kernel: the 16K-point complex FFT of the row's even and odd samples), so a row
 // crosses global memory once; the four-step path moves it three times as complex values. The backward
 // with grad_k runs one channel per block over its rows (conv_real_window_backward_kernel); grad_u alone
-// is the forward kernel run backwards in time. FFT_TENSOR_CONV_REAL_WINDOW=0 (read on every call) turns
-// it off.
+// is the forward kernel run backwards in time. FFT_TENSOR_CONV_REAL_WINDOW (read on every call): 0 turns
+// it off, "forward" keeps it for the forward and grad_u alone only (the backward with grad_k then takes
+// the four-step path).
 constexpr int kRealWindowN = (int)kMaxFusedFFT;  // complex points per row; the window is 2x as many real ones
 
-bool use_real_window(const at::Tensor& u, const ConvPlan& plan) {
+bool use_real_window(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k = false) {
   if (u.scalar_type() == at::kDouble || plan.fft_size != 2 * kMaxFusedFFT || plan.segments != 1) return false;
   const char* v = std::getenv("FFT_TENSOR_CONV_REAL_WINDOW");
-  if (v != nullptr && std::string(v) == "0") return false;
+  if (v != nullptr) {
+    const std::string mode(v);
+    TORCH_CHECK(mode == "0" || mode == "1" || mode == "forward",
+                "FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got '", mode, "'");
+    if (mode == "0" || (mode == "forward" && with_grad_k)) return false;
+  }
   return smem_bytes(kRealWindowN) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
@@ -909,7 +915,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   const bool mma = !tiled && use_mma(u, plan);
   const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
-  const bool real_window = !direct && !fused && (need_u || need_k) && use_real_window(u, plan);
+  const bool real_window = !direct && !fused && (need_u || need_k) && use_real_window(u, plan, need_k);
   const bool fourstep = !direct && !fused && !real_window && use_fourstep(u, plan);
   const bool clusters = !direct && !fused && !real_window && !fourstep && use_cluster(u, plan, need_k);
   if (!direct && !fused && !real_window && !clusters && !fourstep)

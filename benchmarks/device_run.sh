@@ -101,7 +101,7 @@ for stage in "$@"; do
                | tee "$OUT/tests_real_window.log" | tail -8
              for tool in memcheck racecheck; do
                timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --real-window 2>&1 \
-                 | tee "$OUT/sanitize_real_window_$tool.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAIL|ALL OK" | head -6
+                 | tee "$OUT/sanitize_real_window_$tool.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAIL|ALL OK|Error|Traceback" | head -6
              done
              conv_variant realwindow -- --lengths 8192,12288,16384 --kernels L --no-peer
              conv_variant realwindow_fwd FFT_TENSOR_CONV_REAL_WINDOW=forward -- --lengths 8192,12288,16384 --kernels L --no-peer

@@ -70,7 +70,7 @@ def check_conv_grad_u(B, D, L, Lk, dtype):
     skip = torch.randn(D, device="cuda")
     gy = torch.randn_like(u)
     y = fft_tensor.causal_conv(u, k, skip)
-    gu = fft_tensor.ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
+    gu = torch.ops.fft_tensor.causal_conv_backward(gy, u, k, skip, True, False)[0]
     u64, k64, s64 = (t.double().cpu().requires_grad_() for t in (u, k, skip))
     y64 = fft_tensor.causal_conv(u64, k64, s64)
     gu64 = torch.autograd.grad(y64, u64, gy.double().cpu())[0]

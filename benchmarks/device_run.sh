@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -97,6 +97,15 @@ for stage in "$@"; do
                timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --cluster 2>&1 \
                  | tee "$OUT/sanitize_cluster_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -10
              done ;;
+    realwindow) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (real_window or fourstep or cluster)" 2>&1 \
+               | tee "$OUT/tests_real_window.log" | tail -8
+             for tool in memcheck racecheck; do
+               timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --real-window 2>&1 \
+                 | tee "$OUT/sanitize_real_window_$tool.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAIL|ALL OK|Error|Traceback" | head -6
+             done
+             conv_variant realwindow -- --lengths 8192,12288,16384 --kernels L --no-peer
+             conv_variant realwindow_fwd FFT_TENSOR_CONV_REAL_WINDOW=forward -- --lengths 8192,12288,16384 --kernels L --no-peer
+             conv_variant realwindow_off FFT_TENSOR_CONV_REAL_WINDOW=0 -- --lengths 8192,12288,16384 --kernels L --no-peer ;;
     fourstepcheck) for tool in memcheck racecheck; do
                timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --fourstep 2>&1 \
                  | tee "$OUT/sanitize_fourstep_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -12

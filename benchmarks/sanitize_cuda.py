@@ -34,6 +34,9 @@ QUICK = CONV_CASES[:4]
 CLUSTER = [(3, 1, 9000, 9000), (2, 1, 20000, 20000), (1, 1, 20000, 9000)]
 # the four-step kernels: N = 32K (N1 = 64, N2 = 512, odd B), 64K, 256K (N2 = 4096, taps < L), 1M (N1 = 128)
 FOURSTEP = [(3, 1, 9000, 9000), (2, 2, 20000, 20000), (3, 1, 70000, 60000), (1, 1, 300000, 300000)]
+# the real-window kernels: one-window 32K-point plans (the smallest, Lk > L, Lk < L, the largest): the
+# forward, grad_u alone (the forward kernel backwards in time) and every gradient (the channel kernel).
+REAL_WINDOW = [(1, 2, 8193, 8193), (3, 1, 10000, 12000), (2, 1, 12000, 10000), (2, 2, 16384, 16384)]
 
 
 def rel_err(a, b):
@@ -57,6 +60,25 @@ def check_conv(B, D, L, Lk, dtype):
     ok = all(e < tol for e in errs)
     print(f"causal_conv B={B} D={D} L={L} Lk={Lk} {str(dtype)[6:]:8s} plan={causal_conv_plan(L, Lk)} "
           f"rel err y/gu/gk/gskip = {' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
+def check_conv_grad_u(B, D, L, Lk, dtype):
+    """Forward and grad_u alone (no grad_k): the paths that serve input gradients of frozen taps."""
+    u = torch.randn(B, D, L, device="cuda", dtype=dtype)
+    k = torch.randn(D, Lk, device="cuda") / Lk ** 0.5
+    skip = torch.randn(D, device="cuda")
+    gy = torch.randn_like(u)
+    y = fft_tensor.causal_conv(u, k, skip)
+    gu = torch.ops.fft_tensor.causal_conv_backward(gy, u, k, skip, True, False)[0]
+    u64, k64, s64 = (t.double().cpu().requires_grad_() for t in (u, k, skip))
+    y64 = fft_tensor.causal_conv(u64, k64, s64)
+    gu64 = torch.autograd.grad(y64, u64, gy.double().cpu())[0]
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    errs = [rel_err(y.cpu(), y64), rel_err(gu.cpu(), gu64)]
+    ok = all(e < tol for e in errs)
+    print(f"causal_conv B={B} D={D} L={L} Lk={Lk} {str(dtype)[6:]:8s} plan={causal_conv_plan(L, Lk)} "
+          f"rel err y/gu (grad_u alone) = {' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'FAIL'}", flush=True)
     return ok
 
 
@@ -84,12 +106,23 @@ def main():
     p.add_argument("--quick", action="store_true", help="only the small cases (racecheck is slow)")
     p.add_argument("--cluster", action="store_true", help="only the thread-block cluster cases, float32")
     p.add_argument("--fourstep", action="store_true", help="only the four-step cases, float32 and bfloat16")
+    p.add_argument("--real-window", action="store_true",
+                   help="only the real-window cases (forward, grad_u alone, every gradient), float32 and bfloat16")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("sanitize_cuda.py needs a CUDA GPU")
     torch.manual_seed(0)
     ok = True
+    if args.real_window:
+        os.environ["FFT_TENSOR_CONV_REAL_WINDOW"] = "1"
+        for case in REAL_WINDOW:
+            for dtype in (torch.float32, torch.bfloat16):
+                ok &= check_conv_grad_u(*case, dtype)
+                ok &= check_conv(*case, dtype)
+        print("ALL OK" if ok else "SOME CASES FAILED")
+        sys.exit(0 if ok else 1)
     if args.cluster or args.fourstep:
+        os.environ["FFT_TENSOR_CONV_REAL_WINDOW"] = "0"  # (9000, 9000) is a 32K-point plan
         os.environ["FFT_TENSOR_CONV_FOURSTEP"] = "0" if args.cluster else "1"
         for case in CLUSTER if args.cluster else FOURSTEP:
             for dtype in (torch.float32,) if args.cluster else (torch.float32, torch.bfloat16):

@@ -721,6 +721,7 @@ CLUSTER_SHAPES = [(16384, 16384, 2, 3), (9000, 9000, 3, 2), (10000, 12000, 1, 3)
 @pytest.mark.parametrize("L,Lk,batch,dim", CLUSTER_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in CLUSTER_SHAPES])
 def test_cuda_cluster_sizes(L, Lk, batch, dim, monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")  # the four-step path is the default for these
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")  # 32K-point windows: else the real-window kernel
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
     ub = u.bfloat16()
@@ -739,6 +740,7 @@ def test_cuda_cluster_padded_equals_general(L, Lk, mode, monkeypatch):
     its variant that moves the row through the cluster) and the general one (=0) give the same
     convolution and grad_u to float32 rounding, on 2, 4 and 8-block clusters; each really ran."""
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")  # 32K-point windows: else the real-window kernel
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=3, dim=2)
     gy = torch.randn_like(u)
     results = {}
@@ -784,6 +786,7 @@ def _correlation_reference(gy, u, taps):
 @pytest.mark.parametrize("L,Lk,batch,dim", FOURSTEP_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in FOURSTEP_SHAPES])
 def test_cuda_fourstep_sizes(L, Lk, batch, dim, monkeypatch):
     monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)  # the default
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")  # 32K-point windows: else the real-window kernel
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", "1")
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     gy = torch.randn_like(u)
@@ -816,6 +819,7 @@ def test_cuda_fourstep_chunks_subsets_and_settings(monkeypatch):
     # results; grad_u alone and grad_k alone equal both together; FFT_TENSOR_CONV_FOURSTEP=0 takes the
     # other paths; bad settings are errors naming the variable.
     monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")  # 32K-point windows: else the real-window kernel
     u, k, skip = make_inputs(20000, 20000, True, "cuda", batch=5, dim=3)
     gy = torch.randn_like(u)
     outs = []
@@ -828,6 +832,7 @@ def test_cuda_fourstep_chunks_subsets_and_settings(monkeypatch):
     gk_only = ops.causal_conv_backward(gy, u, k, skip, False, True)[1]
     assert torch.equal(gu_only, outs[0][1]) and torch.equal(gk_only, outs[0][2])
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")  # 32K-point windows: else the real-window kernel
     names = _cuda_kernel_names(lambda: outs.append((fft_tensor.causal_conv(u, k, skip),
                                                     *ops.causal_conv_backward(gy, u, k, skip, True, True))))
     assert not any(n in names for n in FOURSTEP_KERNELS), names
@@ -839,6 +844,69 @@ def test_cuda_fourstep_chunks_subsets_and_settings(monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "1")
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", "0")
     with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_FOURSTEP_MB: expected a positive integer"):
+        fft_tensor.causal_conv(u, k, skip)
+
+
+# The real-window kernels: one-window plans of 32K points (Lk = L from about 8K to 16K), one row per
+# block as the 16K-point FFT of its even and odd samples (the forward, and grad_u alone run backwards
+# in time), and one channel per block over its rows for the backward with grad_k; the default for those
+# plans. (8193, 8193) is the smallest such plan, (16384, 16384) the
+# largest; Lk > L and Lk < L both.
+REAL_WINDOW_SHAPES = [(16384, 16384, 3, 2), (8193, 8193, 1, 3), (10000, 12000, 2, 3), (12000, 10000, 3, 1),
+                      (16384, 9000, 1, 2)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", REAL_WINDOW_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in REAL_WINDOW_SHAPES])
+def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
+    monkeypatch.delenv("FFT_TENSOR_CONV_REAL_WINDOW", raising=False)  # the default
+    monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
+    names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+    assert "conv_real_window_kernel" in names and not any(n in names for n in FOURSTEP_KERNELS), names
+    y = fft_tensor.causal_conv(u, k, skip)
+    assert rel_err(y, fft64_reference(u, k, skip)) < 1e-5
+    for low in (torch.bfloat16, torch.half):
+        ul = u.to(low)
+        exact = fft64_reference(ul.float(), k, skip)
+        assert rel_err(fft_tensor.causal_conv(ul, k, skip), exact) <= 4 * rel_err(exact.to(low), exact) + 1e-6
+    # rows with time not innermost: copied to rows first, the same kernel on the same values
+    u_strided = u.transpose(0, 2).contiguous().transpose(0, 2)
+    assert not u_strided.is_contiguous() and torch.equal(fft_tensor.causal_conv(u_strided, k, skip), y)
+    # grad_u alone runs the kernel backwards in time (the correlation with k)
+    names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, False))
+    assert "conv_real_window_kernel" in names and not any(n in names for n in FOURSTEP_KERNELS), names
+    gu = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
+    ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
+    assert rel_err(gu, ref_gu) < 1e-5
+    # with grad_k: the channel kernel, both gradients and grad_k alone
+    for need_u in (True, False):
+        names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, need_u, True))
+        assert "conv_real_window_backward_kernel" in names and "rows_backward_kernel" not in names, names
+    gu_both, gk_both = ops.causal_conv_backward(gy, u, k, skip, True, True)
+    assert rel_err(gu_both, ref_gu) < 1e-5
+    gk_only = ops.causal_conv_backward(gy, u, k, skip, False, True)[1]
+    assert rel_err(gk_only, gk_both) < 1e-6  # the same sums; the two instances may contract differently
+    taps = min(L, Lk)
+    assert rel_err(gk_both[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert gk_both.shape == k.shape and (gk_both[:, taps:] == 0).all()
+    check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)  # through autograd, skip included
+    # switched off: the four-step path, the same values to float32 rounding
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")
+    names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+    assert "conv_real_window_kernel" not in names and all(n in names for n in FOURSTEP_KERNELS), names
+    assert rel_err(fft_tensor.causal_conv(u, k, skip), y) < 5e-6
+    # "forward": the forward and grad_u alone keep the kernel, the backward with grad_k goes four-step
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "forward")
+    assert "conv_real_window_kernel" in _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+    assert "conv_real_window_kernel" in _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, False))
+    names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, True))
+    assert "conv_real_window" not in names and "rows_backward_kernel" in names, names
+    gu_four, gk_four = ops.causal_conv_backward(gy, u, k, skip, True, True)
+    assert rel_err(gu_four, ref_gu) < 1e-5 and rel_err(gk_four, gk_both) < 1e-5
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "yes")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got 'yes'"):
         fft_tensor.causal_conv(u, k, skip)
 
 
@@ -857,6 +925,7 @@ def test_cuda_cluster_path_taken(monkeypatch):
     # kernels for every pass (forward, grad_u, grad_k), and the one-block kernels below 16K points.
     monkeypatch.delenv("FFT_TENSOR_CONV_CLUSTER_PADDED", raising=False)  # the default policy
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "0")  # else the four-step path
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")  # 32K-point windows: else the real-window kernel
     u, k, skip = make_inputs(20000, 20000, True, "cuda", batch=2, dim=2)
     gy = torch.randn_like(u)
     names = _cuda_kernel_names(lambda: (fft_tensor.causal_conv(u, k, skip),

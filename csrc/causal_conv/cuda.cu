@@ -12,7 +12,9 @@
 // grad_k sums G * conj(U) over (row, window) items per (channel, group) block: rows in pairs
 // (two FFTs per pair) up to 8192 points, else one FFT of u + i*sc*gy per row and window (sc: a
 // power of two that keeps gy above u's rounding).
-// One window of 32K to 4M points (long kernels, L from about 8K to 2M) takes the four-step path
+// A window of 32K points whose row fits one block as a real sequence takes conv_real_window_kernel
+// (forward: one row per block, the 16K-point FFT of its even and odd samples). One window of 32K to
+// 4M points otherwise (long kernels, L from about 8K to 2M) takes the four-step path
 // (fourstep.cuh): column FFTs, row FFTs with the spectrum product, column inverse, through a global
 // workspace; its backward computes grad_u and grad_k from one transform of gy. With
 // FFT_TENSOR_CONV_FOURSTEP=0, windows of 2x to 8x kMaxFusedFFT points run on a thread-block cluster
@@ -391,6 +393,74 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 }
 
 // ---------------------------------------------------------------------------------------------
+// One-window plans of 2 * kMaxFusedFFT = 32K points (Lk = L from about 8K to 16K): one row per block
+// (conv_real_window_kernel: the 16K-point complex FFT of the row's even and odd samples), so a row
+// crosses global memory once; the four-step path moves it three times as complex values. The backward
+// with grad_k runs one channel per block over its rows (conv_real_window_backward_kernel); grad_u alone
+// is the forward kernel run backwards in time. FFT_TENSOR_CONV_REAL_WINDOW (read on every call): 0 turns
+// it off, "forward" keeps it for the forward and grad_u alone only (the backward with grad_k then takes
+// the four-step path).
+constexpr int kRealWindowN = (int)kMaxFusedFFT;  // complex points per row; the window is 2x as many real ones
+
+bool use_real_window(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k = false) {
+  if (u.scalar_type() == at::kDouble || plan.fft_size != 2 * kMaxFusedFFT || plan.segments != 1) return false;
+  const char* v = std::getenv("FFT_TENSOR_CONV_REAL_WINDOW");
+  if (v != nullptr) {
+    const std::string mode(v);
+    TORCH_CHECK(mode == "0" || mode == "1" || mode == "forward",
+                "FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got '", mode, "'");
+    if (mode == "0" || (mode == "forward" && with_grad_k)) return false;
+  }
+  return smem_bytes(kRealWindowN) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+
+// (D, N + 1) complex64: bins 0..N of the effective kernel's 2N-point spectrum over 4N (the kernel's
+// scale). cuFFT: D rows, against B * D rows for the convolution itself.
+at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
+  const at::Tensor taps = effective_kernel(k, skip, s.taps).to(at::kFloat);
+  return at::fft_rfft(taps, 2 * (int64_t)kRealWindowN, -1).div_(4.0 * kRealWindowN).contiguous();
+}
+
+// grad_k (D, taps) float32, and grad_u into grad_u_out when it is defined: one channel per block.
+at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& k,
+                                const c10::optional<at::Tensor>& skip, at::Tensor grad_u_out, const ConvShape& s) {
+  const int64_t D = s.D;
+  const bool need_u = grad_u_out.defined();
+  const at::Tensor Kr = need_u ? real_window_spectrum(k, skip, s) : at::Tensor();
+  const auto cf = u.options().dtype(at::kComplexFloat);
+  at::Tensor C = at::empty({D, kRealWindowN + 1}, cf), U_scratch = at::empty({D, kRealWindowN + 1}, cf);
+  const size_t bytes = smem_bytes(kRealWindowN);
+  dispatch_io_type(u.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto kernel = need_u ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, true>
+                         : conv_real_window_backward_kernel<scalar_t, kRealWindowN, false>;
+    allow_smem(kernel, bytes);
+    kernel<<<(unsigned)D, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+        need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
+        need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
+        reinterpret_cast<float2*>(U_scratch.data_ptr()), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // C holds 4 * sum_b G conj(U) over bins 0..N of the 2N-point spectra: the correlation's first taps
+  return at::fft_irfft(C, 2 * (int64_t)kRealWindowN, -1).narrow(1, 0, s.taps).mul_(0.25);
+}
+
+template <bool kReverse>
+void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y, const ConvShape& s) {
+  const int64_t blocks = s.B * s.D;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many rows (", std::to_string(blocks), ") for one launch");
+  const size_t bytes = smem_bytes(kRealWindowN);
+  dispatch_io_type(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto kernel = conv_real_window_kernel<scalar_t, kReverse, kRealWindowN>;
+    allow_smem(kernel, bytes);
+    kernel<<<(unsigned)blocks, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(Kr.data_ptr()), y.data_ptr<scalar_t>(), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 // Four-step path (fourstep.cuh): one-window plans of 32K to 4M points through a global workspace.
 constexpr int64_t kMaxFourStepFFT = int64_t(1) << 22;
 
@@ -813,14 +883,18 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
     return y;
   }
   const bool fused = use_fused(u, plan, /*with_grad_k=*/false);
-  const bool fourstep = !fused && use_fourstep(u, plan);
-  if (!fused && !fourstep && !use_cluster(u, plan, /*with_grad_k=*/false)) return causal_conv_composite(u, k, skip);
+  const bool real_window = !fused && use_real_window(u, plan);
+  const bool fourstep = !fused && !real_window && use_fourstep(u, plan);
+  if (!fused && !real_window && !fourstep && !use_cluster(u, plan, /*with_grad_k=*/false))
+    return causal_conv_composite(u, k, skip);
   const ConvShape s = conv_shape(B, D, L, plan);
   const at::Tensor uc = layout::rows_contiguous(u);
   at::Tensor y = at::empty_like(uc);
   if (uc.numel() == 0) return y;
   if (fused) {
     launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s);
+  } else if (real_window) {
+    launch_real_window<false>(uc, real_window_spectrum(k, skip, s), y, s);
   } else if (fourstep) {
     launch_fourstep(uc, fourstep_spectrum(k, skip, s, uc.numel() * uc.element_size()), y, s);
   } else {
@@ -841,11 +915,31 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   const bool mma = !tiled && use_mma(u, plan);
   const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
-  const bool fourstep = !direct && !fused && use_fourstep(u, plan);
-  const bool clusters = !direct && !fused && !fourstep && use_cluster(u, plan, need_k);
-  if (!direct && !fused && !clusters && !fourstep)
+  const bool real_window = !direct && !fused && (need_u || need_k) && use_real_window(u, plan, need_k);
+  const bool fourstep = !direct && !fused && !real_window && use_fourstep(u, plan);
+  const bool clusters = !direct && !fused && !real_window && !fourstep && use_cluster(u, plan, need_k);
+  if (!direct && !fused && !real_window && !clusters && !fourstep)
     return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
+  if (real_window) {
+    const at::Tensor gy = layout::rows_contiguous(grad_y.to(u.scalar_type()));
+    at::Tensor grad_u = need_u ? at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous))
+                               : at::empty({0}, u.options());
+    at::Tensor grad_k = at::empty({0}, k.options());
+    if (!need_k) {  // grad_u alone (frozen taps): the forward kernel run backwards in time
+      if (gy.numel() > 0) launch_real_window<true>(gy, real_window_spectrum(k, skip, s), grad_u, s);
+      return {grad_u, grad_k};
+    }
+    grad_k = at::zeros({D, Lk}, k.options());
+    if (u.numel() > 0) {
+      const at::Tensor taps_grad = real_window_backward(gy, layout::rows_contiguous(u), k, skip,
+                                                        need_u ? grad_u : at::Tensor(), s);
+      grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
+    } else if (need_u) {
+      grad_u.zero_();
+    }
+    return {grad_u, grad_k};
+  }
   if (fourstep) {
     const at::Tensor gy = layout::rows_contiguous(grad_y.to(u.scalar_type()));
     at::Tensor grad_u = need_u ? at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous))

@@ -139,6 +139,190 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
       });
 }
 
+// exp(-2 pi i m / 32) for a compile-time m (after unrolling: immediates).
+__device__ __forceinline__ float2 root32(int m) {
+  constexpr float kCos32[32] = {1.000000000f, 0.980785280f, 0.923879533f, 0.831469612f, 0.707106781f, 0.555570233f, 0.382683432f, 0.195090322f, 0.000000000f, -0.195090322f, -0.382683432f, -0.555570233f, -0.707106781f, -0.831469612f, -0.923879533f, -0.980785280f, -1.000000000f, -0.980785280f, -0.923879533f, -0.831469612f, -0.707106781f, -0.555570233f, -0.382683432f, -0.195090322f, -0.000000000f, 0.195090322f, 0.382683432f, 0.555570233f, 0.707106781f, 0.831469612f, 0.923879533f, 0.980785280f};
+  return make_float2(kCos32[m & 31], -kCos32[(m + 24) & 31]);  // sin(2 pi m/32) = cos(2 pi (m - 8)/32)
+}
+
+// The real-window kernels: one row of a one-window plan of 2N real points per thread block (N = 16384:
+// rows the pair kernel cannot hold, two rows of 32K points being 256 KB). The N-point complex FFT of
+// z[n] = x[2n] + i*x[2n+1] gives Z, and bins f and f + N of the row's 2N-point spectrum are
+//   2 X[f] = P + t M, 2 X[f + N] = P - t M, with P = Z[f] + conj(Z[N-f]), M = -i (Z[f] - conj(Z[N-f])),
+// t = W_2N^f. Z[N-f] sits with another thread, so the spectrum goes through shared memory once. Back:
+//   Z'[f] = (Y[f] + Y[f+N]) / 2 + i W_2N^-f (Y[f] - Y[f+N]) / 2
+// is the N-point spectrum of y[2n] + i*y[2n+1] for any Y with a real inverse. Kr, the kernel's
+// spectrum (bins 0..N), is scaled by 1/(4N) (the halves above and the inverse's 1/N), and the inverse
+// is the forward FFT of the conjugate (fused_conv's convention). A row is read once and written once.
+
+// Z (the N-point spectrum of z) in shared memory, natural order, visible to every thread: calls
+// bin(f, t, X1, X2) for every f < N, with t = W_2N^f, X1 = 2 X[f], X2 = 2 X[f + N]. One thread visits both
+// bins of a pair {f, N - f} (their X follow from the same two values of Z: P and M of bin N - f are the
+// conjugates of bin f's, and W_2N^(N-f) = -conj(W_2N^f), so X1(N - f) = conj(X2(f)), X2(N - f) = conj(X1(f)))
+// after reading both, so bin may overwrite smem[pad(f)] with no barrier; thread 0 also takes the
+// self-paired bins 0 and N/2. Thread q takes f = q + j*N/16 for j < 8 (f < N/2) and their partners:
+// the same bins on every call, so per-bin state in global memory needs no barrier either. No register
+// arrays: at 1024 threads (64 registers) the in-register version of this step spilled.
+template <int N, typename Bin>
+__device__ __forceinline__ void real_spectrum_pairs(const float2* smem, Bin bin) {
+  constexpr int N16 = N / kElemsPerThread;
+  const int q = threadIdx.x;
+#pragma unroll 2
+  for (int j = 0; j < kElemsPerThread / 2; ++j) {
+    const int f = q + j * N16, g = (N - f) & (N - 1);
+    const float2 af = smem[pad(f)], c = conjf2(smem[pad(g)]);
+    float sn, cs;
+    sincospif(-(float)f / (float)N, &sn, &cs);  // W_2N^f; exact argument (N a power of two)
+    const float2 t = make_float2(cs, sn);
+    const float2 P = cadd(af, c), Dd = smem_fft::csub(af, c);
+    const float2 tM = cmul(t, make_float2(Dd.y, -Dd.x));  // t * (-i) * (Z[f] - conj(Z[N-f]))
+    const float2 X1 = cadd(P, tM), X2 = smem_fft::csub(P, tM);
+    if (f == 0) {
+      bin(0, t, X1, X2);  // bins 0 and N, from Z[0] alone
+      const float2 ah = smem[pad(N / 2)], ch = conjf2(ah);
+      const float2 Ph = cadd(ah, ch), Dh = smem_fft::csub(ah, ch);
+      const float2 th = make_float2(0.f, -1.f);  // W_2N^(N/2) = -i
+      const float2 tMh = cmul(th, make_float2(Dh.y, -Dh.x));
+      bin(N / 2, th, cadd(Ph, tMh), smem_fft::csub(Ph, tMh));
+    } else {
+      bin(f, t, X1, X2);
+      bin(g, make_float2(-t.x, t.y), conjf2(X2), conjf2(X1));
+    }
+  }
+}
+
+// conj(Z'[f]) from Y1 = 2 Y[f] / (4N) and Y2 = 2 Y[f + N] / (4N) (the products with Kr): what the inverse
+// (a forward FFT) takes.
+__device__ __forceinline__ float2 real_merge_conj(float2 t, float2 Y1, float2 Y2) {
+  const float2 Dt = cmul(conjf2(t), smem_fft::csub(Y1, Y2));
+  return make_float2(Y1.x + Y2.x - Dt.y, -(Y1.y + Y2.y + Dt.x));
+}
+
+// fft_to_registers' bins (f = q + b*N/16 + r*N/Rl at v[b*Rl + r]) to shared memory, then a barrier.
+template <int N>
+__device__ __forceinline__ void registers_to_smem(float2* smem, const float2 (&v)[kElemsPerThread]) {
+  constexpr int Rl = smem_fft::last_radix(N), N16 = N / kElemsPerThread, NR = N / Rl, kBfly = kElemsPerThread / Rl;
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) smem[pad(threadIdx.x + b * N16 + r * NR)] = v[b * Rl + r];
+  __syncthreads();
+}
+
+// y = causal_conv(x, k) for one row per block; kReverse: time runs backwards (the correlation
+// grad_u[t] = sum_s k[s] gy[t+s], when grad_k is not wanted). grid: B * D blocks (row b * D + d), N/16
+// threads; Kr: (D, N + 1). The merged spectrum is written in place and transformed by smem_fft::fft
+// (one more shared-memory pass than inverse_from_registers, and no register array held across the step).
+template <typename scalar_t, bool kReverse, int N>
+__global__ void __launch_bounds__(N / kElemsPerThread, 1)
+    conv_real_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ Kr, scalar_t* __restrict__ y,
+                            ConvShape s) {
+  extern __shared__ float2 smem[];
+  constexpr int N16 = N / kElemsPerThread;
+  const int64_t row = blockIdx.x, d = row % s.D;
+  // sample m of the window is time start + m, start = -(taps - 1); valid: lo <= m < hi (times 0..L-1),
+  // which are also the outputs the window owns (one window covers the row)
+  const int64_t start = -(int64_t)(s.taps - 1);
+  const int lo = s.taps - 1, hi = (int)(s.L - start);
+  const int64_t first = kReverse ? s.L - 1 - start : start;  // sample m lives at first +- m
+  const scalar_t* xr = x + row * s.L + first;
+  scalar_t* yr = y + row * s.L + first;
+  auto sample = [&](int m) {
+    return (unsigned)(m - lo) < (unsigned)(hi - lo) ? to_float(xr[kReverse ? -m : m]) : 0.f;
+  };
+  {
+    float2 v[kElemsPerThread];
+    smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
+    __syncthreads();  // every thread has read the last pass's input
+    registers_to_smem<N>(smem, v);
+  }
+  const float2* K = Kr + d * (N + 1);
+  real_spectrum_pairs<N>(smem, [&](int f, float2 t, float2 X1, float2 X2) {
+    smem[pad(f)] = real_merge_conj(t, cmul(X1, K[f]), cmul(X2, conjf2(K[N - f])));  // K[f + N] = conj(K[N - f])
+  });
+  smem_fft::fft<N>(smem);  // barriers on both sides: smem[pad(n)] = conj(z'[n])
+#pragma unroll 4
+  for (int i = 0; i < kElemsPerThread; ++i) {
+    const int n = threadIdx.x + i * N16, m0 = 2 * n, m1 = m0 + 1;
+    const float2 w = smem[pad(n)];
+    if ((unsigned)(m0 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m0 : m0] = static_cast<scalar_t>(w.x);
+    if ((unsigned)(m1 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m1 : m1] = static_cast<scalar_t>(-w.y);
+  }
+}
+
+// The backward with grad_k, one channel per block over its B rows (grid: D blocks, N/16 threads). For
+// row b, with the rows read from t = 0 (sample m = time m, zero from L: the 2N-point circular
+// correlations do not wrap, as 2N >= L + taps - 1):
+//   U = the spectrum of u[b], kept in U_scratch (this channel's N + 1 bins, global memory, each bin
+//       written and read back by the thread that owns it; it does not fit beside the FFT buffer);
+//   G = the spectrum of gy[b]; C[f] += G[f] conj(U[f]) for f = 0..N (times 4: X1 and X2 are doubled),
+//       the first row writing instead of adding; grad_k = irfft(C / 4)[:taps] afterwards (cuFFT);
+//   kNeedU: grad_u[b] = the inverse of G conj(K) (correlation with k, no time reversal).
+// Three N-point FFTs per row (with kNeedU) against the four-step path's three passes over N complex
+// values of the row pair in global memory. The sums stay in L2 while a block works on its channel.
+template <typename scalar_t, int N, bool kNeedU>
+__global__ void __launch_bounds__(N / kElemsPerThread, 1)
+    conv_real_window_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
+                                     const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
+                                     float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s) {
+  extern __shared__ float2 smem[];
+  constexpr int N16 = N / kElemsPerThread;
+  const int64_t d = blockIdx.x;
+  const int L = (int)s.L;
+  const float2* K = Kr + d * (N + 1);
+  float2* Cd = C + d * (N + 1);
+  float2* Ud = U_scratch + d * (N + 1);
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t off = (b * s.D + d) * s.L;
+    const scalar_t* ur = u + off;
+    const scalar_t* gr = gy + off;
+    {
+      float2 v[kElemsPerThread];
+      __syncthreads();  // the previous row's last reads of shared memory are done
+      smem_fft::fft_to_registers<N>(smem, v, [&](int n) {
+        return make_float2(2 * n < L ? to_float(ur[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(ur[2 * n + 1]) : 0.f);
+      });
+      __syncthreads();
+      registers_to_smem<N>(smem, v);
+    }
+    real_spectrum_pairs<N>(smem, [&](int f, float2, float2 X1, float2 X2) {
+      Ud[f] = X1;
+      if (f == 0) Ud[N] = X2;
+    });
+    {
+      float2 v[kElemsPerThread];
+      __syncthreads();  // every pair has been read before the next FFT writes shared memory
+      smem_fft::fft_to_registers<N>(smem, v, [&](int n) {
+        return make_float2(2 * n < L ? to_float(gr[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(gr[2 * n + 1]) : 0.f);
+      });
+      __syncthreads();
+      registers_to_smem<N>(smem, v);
+    }
+    const bool first_row = b == 0;
+    real_spectrum_pairs<N>(smem, [&](int f, float2 t, float2 X1, float2 X2) {
+      const float2 p = cmul(X1, conjf2(Ud[f]));
+      Cd[f] = first_row ? p : cadd(Cd[f], p);
+      if (f == 0) {
+        const float2 pN = cmul(X2, conjf2(Ud[N]));
+        Cd[N] = first_row ? pN : cadd(Cd[N], pN);
+      }
+      if constexpr (kNeedU)  // G conj(K): conj(K[f + N]) = K[N - f]
+        smem[pad(f)] = real_merge_conj(t, cmul(X1, conjf2(K[f])), cmul(X2, K[N - f]));
+    });
+    if constexpr (kNeedU) {
+      smem_fft::fft<N>(smem);  // barriers on both sides: smem[pad(n)] = conj(z'[n])
+      scalar_t* yr = grad_u + off;
+#pragma unroll 4
+      for (int i = 0; i < kElemsPerThread; ++i) {
+        const int n = threadIdx.x + i * N16, m0 = 2 * n, m1 = m0 + 1;
+        const float2 w = smem[pad(n)];
+        if (m0 < L) yr[m0] = static_cast<scalar_t>(w.x);
+        if (m1 < L) yr[m1] = static_cast<scalar_t>(-w.y);
+      }
+    }
+  }
+}
+
 // The pieces of grad_k that the 16384-point kernel and the cluster kernel share (u + i*sc*gy per item).
 // Loads elements n = n0 + m (m = threadIdx.x, + blockDim.x, ... < count) of item `item` = (row b,
 // window j) of channel d as smem[pad(m)] = (u, gy), gy only at the outputs the window owns; folds

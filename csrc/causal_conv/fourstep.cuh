@@ -72,13 +72,14 @@ struct ColumnTile {
     r0 = tid / kCols;
     n2 = blockIdx.x * kCols + c;
   }
-  __device__ __forceinline__ float2& at(int j) { return tile[column_offset<N1>(c) + pad(r0 + j * kStep)]; }
+  __device__ __forceinline__ int row(int j) const { return r0 + j * kStep; }  // of this thread's element j
+  __device__ __forceinline__ float2& at(int j) { return tile[column_offset<N1>(c) + pad(row(j))]; }
   // Element i = r0 + j*kStep of this thread's column from load(i), then the N1-point FFT of every
   // column: on return the transformed tile is visible to all threads (smem_fft::fft's barriers).
   template <typename Load>
   __device__ __forceinline__ void load_and_transform(Load load) {
 #pragma unroll
-    for (int j = 0; j < kElemsPerThread; ++j) at(j) = load(r0 + j * kStep);
+    for (int j = 0; j < kElemsPerThread; ++j) at(j) = load(row(j));
     smem_fft::fft<N1>(tile + column_offset<N1>(threadIdx.y));
   }
 };
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   float2* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
   TwiddleRun w((int64_t)t.n2 * t.r0, (int64_t)t.n2 * t.kStep, logN);  // W_N^(n2 k1), k1 = r0 + j*kStep
 #pragma unroll
-  for (int j = 0; j < kElemsPerThread; ++j) Tg[(int64_t)(t.r0 + j * t.kStep) * N2] = cmul(t.at(j), w.next());
+  for (int j = 0; j < kElemsPerThread; ++j) Tg[(int64_t)t.row(j) * N2] = cmul(t.at(j), w.next());
 }
 
 // Row k1 of channel d's spectrum: bin k2 is Kp[d][k1][k2], or conj(Kp[d][N1 - k1][N2 - 1 - k2]) past
@@ -301,7 +302,7 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
 #pragma unroll
   for (int j = 0; j < kElemsPerThread; ++j) {
-    const int64_t n = (int64_t)(t.r0 + j * t.kStep) * N2 + t.n2;
+    const int64_t n = (int64_t)t.row(j) * N2 + t.n2;
     if (n >= s.L) break;  // n grows with j
     const float2 v = t.at(j);
     y0[n] = static_cast<scalar_t>(v.x);
@@ -322,7 +323,7 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   t.load_and_transform([&](int k1) { return Qd[(int64_t)k1 * N2]; });
 #pragma unroll
   for (int j = 0; j < kElemsPerThread; ++j) {
-    const int64_t n = (int64_t)(t.r0 + j * t.kStep) * N2 + t.n2;
+    const int64_t n = (int64_t)t.row(j) * N2 + t.n2;
     if (n >= taps) break;
     grad_k[d * taps + n] = t.at(j).x;
   }

@@ -39,6 +39,12 @@ __device__ __forceinline__ float cos16(int m) {
 }
 __device__ __forceinline__ float2 root16(int m) { return make_float2(cos16(m), -cos16(m + 12)); }
 
+// x * root16(m) for a compile-time m. m = 4 (-i) is a swap and a sign: cmul would keep its products
+// by 0 (IEEE forbids dropping x * 0.f), 7 of the 17 twiddle products of a radix-16 DFT.
+__device__ __forceinline__ float2 mul_root16(float2 x, int m) {
+  return (m & 15) == 4 ? make_float2(x.y, -x.x) : cmul(x, root16(m));
+}
+
 // One radix-2 stage (butterfly span len) of the in-register DFT, then the next; templates keep
 // every index a compile-time constant so the array stays in registers.
 template <int R, int len>
@@ -49,7 +55,7 @@ __device__ __forceinline__ void dft_stage(float2 (&x)[R]) {
 #pragma unroll
       for (int k = 0; k < len / 2; ++k) {
         const float2 a = x[i + k];
-        const float2 b = k == 0 ? x[i + k + len / 2] : cmul(x[i + k + len / 2], root16(k * (16 / len)));
+        const float2 b = k == 0 ? x[i + k + len / 2] : mul_root16(x[i + k + len / 2], k * (16 / len));
         x[i + k] = cadd(a, b);
         x[i + k + len / 2] = csub(a, b);
       }
@@ -131,7 +137,7 @@ __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
   for (int b = 0; b < kBfly; ++b) {
     float2(&xb)[R] = *reinterpret_cast<float2(*)[R]>(&x[b * R]);
     if constexpr (kSharedBase) {
-      twiddle_by_powers(xb, b == 0 ? w0 : cmul(w0, root16(b)));
+      twiddle_by_powers(xb, b == 0 ? w0 : mul_root16(w0, b));
     } else if constexpr (Ns > 1) {
       const int k = (threadIdx.x + b * T) & (Ns - 1);
       float s, c;

@@ -210,8 +210,10 @@ __device__ __forceinline__ void registers_to_smem(float2* smem, const float2 (&v
 }
 
 // y = causal_conv(x, k) for one row per block; kReverse: time runs backwards (the correlation
-// grad_u[t] = sum_s k[s] gy[t+s], when grad_k is not wanted). grid: B * D blocks (row b * D + d), N/16
-// threads; Kr: (D, N + 1). The merged spectrum is written in place and transformed by smem_fft::fft
+// grad_u[t] = sum_s k[s] gy[t+s], when grad_k is not wanted). grid: B * D blocks, batch fastest (block
+// d * B + b takes row b * D + d), N/16 threads; Kr: (D, N + 1). The B blocks of a channel are adjacent so
+// its 128 KB of Kr comes from DRAM once and from L2 for the other rows: in row order, channels D blocks
+// apart, Kr (D x 128 KB, more than L2) was read from DRAM once per row, as many bytes as the rows. The merged spectrum is written in place and transformed by smem_fft::fft
 // (one more shared-memory pass than inverse_from_registers, and no register array held across the step).
 template <typename scalar_t, bool kReverse, int N>
 __global__ void __launch_bounds__(N / kElemsPerThread, 1)
@@ -219,7 +221,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
                             ConvShape s) {
   extern __shared__ float2 smem[];
   constexpr int N16 = N / kElemsPerThread;
-  const int64_t row = blockIdx.x, d = row % s.D;
+  const int64_t d = blockIdx.x / s.B, row = (blockIdx.x % s.B) * s.D + d;
   // sample m of the window is time start + m, start = -(taps - 1); valid: lo <= m < hi (times 0..L-1),
   // which are also the outputs the window owns (one window covers the row)
   const int64_t start = -(int64_t)(s.taps - 1);

@@ -12,9 +12,11 @@
 // grad_k sums G * conj(U) over (row, window) items per (channel, group) block: rows in pairs
 // (two FFTs per pair) up to 8192 points, else one FFT of u + i*sc*gy per row and window (sc: a
 // power of two that keeps gy above u's rounding).
-// A window of 32K points whose row fits one block as a real sequence takes conv_real_window_kernel
-// (forward: one row per block, the 16K-point FFT of its even and odd samples). One window of 32K to
-// 4M points otherwise (long kernels, L from about 8K to 2M) takes the four-step path
+// A one-window plan of 32K points (Lk = L from about 8K to 16K) takes the real-window kernels: the
+// forward and grad_u alone one row per block (conv_real_window_kernel: the 16K-point FFT of its even
+// and odd samples), the backward with grad_k one channel per block (conv_real_window_backward_kernel);
+// measured faster than the four-step path at 8K-16K (H200, RESULTS.md, twentieth session). One window
+// of 32K to 4M points otherwise (long kernels, L from about 8K to 2M) takes the four-step path
 // (fourstep.cuh): column FFTs, row FFTs with the spectrum product, column inverse, through a global
 // workspace; its backward computes grad_u and grad_k from one transform of gy. With
 // FFT_TENSOR_CONV_FOURSTEP=0, windows of 2x to 8x kMaxFusedFFT points run on a thread-block cluster

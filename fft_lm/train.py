@@ -78,10 +78,10 @@ class TrainConfig:
     eval_batches: int = 20  # fixed validation batches per evaluation
     log_every_steps: int = 10  # write a train metrics line every this many steps
     # I/O
-    ckpt_path: str = "runs/train/ckpt.pt"  # checkpoint file ("" = no checkpoints)
+    ckpt_path: str = "runs/train/ckpt.pt"  # checkpoint file ("" = no checkpoints; metrics and plot then go to runs/train/ unless --metrics-path/--plot-path)
     metrics_path: str = ""  # JSONL metrics ("" = metrics.jsonl next to the checkpoint)
     plot_path: str = ""  # PNG of train/val bpb ("" = curves.png next to the checkpoint)
-    resume: bool = False  # continue the run saved at --ckpt-path (model, optimizer, step, RNG, data)
+    resume: bool = False  # continue the run saved at --ckpt-path (model, optimizer, step, RNG, data) with its own settings; flags given with it change them
     # system
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 (autocast; the conv op keeps its FFTs in fp32)
@@ -143,6 +143,49 @@ def build_arg_parser(config_cls=TrainConfig, *, aliases=None, description=None):
 def config_from_args(argv=None, config_cls=TrainConfig, **parser_kwargs):
     args = build_arg_parser(config_cls, **parser_kwargs).parse_args(argv)
     return config_cls(**vars(args))
+
+
+def parse_config(parser, config_cls, argv=None):
+    """(config, the names of the fields the command line set, whatever their values)."""
+    cfg = config_cls(**vars(parser.parse_args(argv)))
+    unset = object()
+    dests = {a.dest for a in parser._actions if a.dest != "help"}
+    defaults = {d: parser.get_default(d) for d in dests}
+    parser.set_defaults(**{d: unset for d in dests})
+    try:
+        given = {name for name, value in vars(parser.parse_args(argv)).items() if value is not unset}
+    finally:
+        parser.set_defaults(**defaults)
+    return cfg, given
+
+
+# What one invocation decides for itself; --resume takes every other field from the run it continues.
+PER_INVOCATION_FIELDS = frozenset({"resume", "stop_after_steps", "ckpt_path", "device", "compile", "compile_mode",
+                                   "cpp_wrapper", "progress", "init_backbone"})
+
+
+def resume_config(cfg, given):
+    """With --resume: cfg with the run's own settings (its checkpoint's train_config) for every field the
+    command line did not set, so a bare `--resume --ckpt-path P` continues the run as it was (batch size,
+    schedule, curriculum, data, preset...). Returns (cfg, {field: (run's value, given value)}) for the
+    flags that change a setting of the run. An unreadable checkpoint is left to train() to report."""
+    if not cfg.resume or not cfg.ckpt_path:
+        return cfg, {}
+    try:
+        saved = read_checkpoint(cfg.ckpt_path, map_location="cpu", mmap=True).get("train_config") or {}
+    except (CheckpointError, OSError):
+        return cfg, {}
+    fields = {f.name for f in dataclasses.fields(cfg)} - PER_INVOCATION_FIELDS
+    inherited = {name: saved[name] for name in fields - set(given) if name in saved}
+    changed = {name: (saved[name], getattr(cfg, name)) for name in fields & set(given)
+               if name in saved and saved[name] != getattr(cfg, name)}
+    return dataclasses.replace(cfg, **inherited), changed
+
+
+def announce_resume(cfg, changed):
+    if cfg.resume and int(os.environ.get("RANK", 0)) == 0:
+        what = ", ".join(f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        print(f"--resume: the run's own settings from {cfg.ckpt_path}" + (f"; changed here: {what}" if what else ""))
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -310,6 +353,8 @@ def setup_distributed(cfg):
         device = torch.device(name)
     except RuntimeError as e:
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: no CUDA GPU is visible to torch; use --device cpu or auto")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if device.type == "cuda":
@@ -628,7 +673,9 @@ def write_param_checksum(model, rank):
 
 def main(argv=None):
     parser = build_arg_parser(TrainConfig, description="Train a byte-level LM (spectral or GPT) on a byte corpus.")
-    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    cfg, given = parse_config(parser, TrainConfig, argv)
+    cfg, changed = resume_config(cfg, given)
+    announce_resume(cfg, changed)
     try:
         metrics = train(cfg)
     except ConfigError as e:

@@ -19,7 +19,8 @@ import torch
 
 from fft_lm.checkpoint import read_checkpoint
 from fft_lm.chunk import PRESETS, ChunkLM
-from fft_lm.train import ConfigError, NonFiniteLossError, TrainConfig, build_arg_parser, to_plain, train
+from fft_lm.train import (ConfigError, NonFiniteLossError, TrainConfig, announce_resume, build_arg_parser,
+                          parse_config, resume_config, to_plain, train)
 
 
 @dataclass
@@ -85,7 +86,8 @@ def build_chunk_model(cfg):
 def main(argv=None):
     parser = build_arg_parser(ChunkTrainConfig, aliases={"ckpt_path": ["--ckpt"], "log_every_steps": ["--log-every"]},
                               description=__doc__.strip().splitlines()[0])
-    cfg = ChunkTrainConfig(**vars(parser.parse_args(argv)))
+    cfg, given = parse_config(parser, ChunkTrainConfig, argv)
+    cfg, changed = resume_config(cfg, given)  # --resume: the run's own settings for flags not given
     if cfg.family != "chunk":
         parser.error(f"--family: this script trains family 'chunk', got {cfg.family!r} (use fft_lm.train_fixed_full)")
     if cfg.preset not in PRESETS:
@@ -94,6 +96,7 @@ def main(argv=None):
         parser.error(f"--chunk: expected an int >= 1, got {cfg.chunk}")
     if cfg.init_backbone and cfg.resume:
         parser.error("--init-backbone and --resume: give one (resume continues the ChunkLM in --ckpt)")
+    announce_resume(cfg, changed)
     try:
         model = build_chunk_model(cfg)
     except (ValueError, RuntimeError) as e:  # CheckpointError is a RuntimeError

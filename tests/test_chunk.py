@@ -197,6 +197,12 @@ def test_train_script_defaults_seq_len_and_head_from_the_preset(tmp_path):
     r = run_train("--resume", "--epochs", "2", *common)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2
+    # a bare --resume keeps the run's settings (batch size 1, its data, no plot), not the flags' defaults
+    r = run_train("--resume", "--ckpt", ckpt, "--epochs", "3", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "changed here: --epochs 2 -> 3" in r.stdout, r.stdout[-2000:]
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    assert metrics["step"] == 3 and metrics["bytes_seen"] == 3 * 1 * 24, metrics
     bad = run_train("--data", str(tmp_path / "missing.txt"), "--ckpt", str(tmp_path / "x.pt"))
     assert bad.returncode == 2 and "error: --data" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -414,3 +414,38 @@ def test_grad_clip_bounds_the_norm_the_optimizer_sees(corpus, tmp_path, monkeypa
         assert all(math.isclose(n, clip, rel_tol=1e-4) for n in seen), seen
     else:
         assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(seen, logged)), (seen, logged)
+
+
+def test_cli_resume_continues_with_the_runs_settings(corpus, tmp_path, capsys):
+    """`--resume --ckpt-path P` alone continues the run as it was: every flag it does not repeat (batch
+    size, steps, lr, schedule, curriculum, preset, model) comes from the checkpoint, and the losses equal
+    an uninterrupted run's. A flag given with --resume changes that setting and is named."""
+    run = ["--data", corpus, "--preset", "tiny", "--model-set", "d_model=16,n_layers=1", "--seq-len", "32",
+           "--kernel-len", "8", "--batch-size", "3", "--steps-per-epoch", "6", "--lr", "3e-3", "--warmup-steps", "1",
+           "--eval-every", "0", "--eval-batches", "1", "--log-every-steps", "1", "--curriculum-start-bins", "4",
+           "--seed", "5", "--no-progress", "--plot-path", "-"]
+    full = train_mod.main(run + ["--ckpt-path", str(tmp_path / "full" / "ckpt.pt")])
+    split = str(tmp_path / "split" / "ckpt.pt")
+    train_mod.main(run + ["--ckpt-path", split, "--stop-after-steps", "3"])
+    capsys.readouterr()
+    rest = train_mod.main(["--resume", "--ckpt-path", split, "--no-progress"])
+    out = capsys.readouterr().out
+    assert f"--resume: the run's own settings from {split}" in out and "changed here" not in out, out
+    assert rest["step"] == full["step"] == 6 and rest["bytes_seen"] == full["bytes_seen"] == 6 * 3 * 32
+    a, b = train_losses(tmp_path / "full" / "metrics.jsonl"), train_losses(tmp_path / "split" / "metrics.jsonl")
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4, 5, 6]
+    assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(a, b)), (a, b)
+    assert math.isclose(full["val_bpb"], rest["val_bpb"], abs_tol=1e-6)
+    meta = read_checkpoint(split)["train_config"]
+    assert (meta["batch_size"], meta["lr"], meta["preset"], meta["seed"]) == (3, 3e-3, "tiny", 5)
+    # a setting given with --resume wins and is announced
+    more = train_mod.main(["--resume", "--ckpt-path", split, "--epochs", "2", "--stop-after-steps", "1", "--no-progress"])
+    assert "changed here: --epochs 1 -> 2" in capsys.readouterr().out and more["step"] == 7
+
+
+def test_cli_device_cuda_without_a_gpu_is_a_usage_error(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main(["--data", corpus, "--device", "cuda", "--no-progress", "--ckpt-path", str(tmp_path / "c.pt")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "error: --device cuda: no CUDA GPU" in err and "Traceback" not in err, err

@@ -487,6 +487,9 @@ def _train(cfg, model, rank, world, device, master):
         print(f"{raw.family} preset={cfg.preset} params={n_params:,} ({n_params / 1e6:.2f}M) device={device} "
               f"dtype={cfg.dtype} world={world} corpus={corpus.source} ({len(corpus):,} bytes, "
               f"{corpus.n_val:,} held out)")
+        if cfg.warmup_steps >= cfg.total_steps:
+            print(f"note: --warmup-steps {cfg.warmup_steps} >= this run's {cfg.total_steps} steps: the lr ramps "
+                  f"up all run and never reaches --lr {cfg.lr:g}")
         os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
         if not cfg.resume:
             open(metrics_path, "w").close()

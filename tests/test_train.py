@@ -449,3 +449,10 @@ def test_cli_device_cuda_without_a_gpu_is_a_usage_error(corpus, tmp_path, capsys
         train_mod.main(["--data", corpus, "--device", "cuda", "--no-progress", "--ckpt-path", str(tmp_path / "c.pt")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "error: --device cuda: no CUDA GPU" in err and "Traceback" not in err, err
+
+
+def test_warmup_longer_than_the_run_is_noted(corpus, tmp_path, capsys):
+    train(tiny_cfg(corpus, tmp_path, warmup_steps=100, eval_every=0, eval_batches=1), model=tiny_model())
+    assert "note: --warmup-steps 100 >= this run's 4 steps" in capsys.readouterr().out
+    train(tiny_cfg(corpus, tmp_path / "b", eval_every=0, eval_batches=1), model=tiny_model())
+    assert "--warmup-steps" not in capsys.readouterr().out

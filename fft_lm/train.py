@@ -612,8 +612,11 @@ def _train(cfg, model, rank, world, device, master):
         if cfg.plot_path != "-":
             plot_metrics(metrics_path, plot_path)
     write_param_checksum(raw, rank)
+    # the latest training loss: the steps since the last metrics row when there are any (a run shorter
+    # than --log-every-steps wrote none), else that row's
+    train_bpb = loss_sum / loss_count / LN2 if loss_count else last_metrics.get("train_bpb")
     return {"step": step, "val_bpb": last_metrics.get("val_bpb"), "train_eval_bpb": last_metrics.get("train_eval_bpb"),
-            "train_bpb": last_metrics.get("train_bpb"), "best_val_bpb": best_val if math.isfinite(best_val) else None,
+            "train_bpb": train_bpb, "best_val_bpb": best_val if math.isfinite(best_val) else None,
             "bytes_seen": bytes_seen, "elapsed_s": elapsed, "n_params": n_params, "ckpt_path": cfg.ckpt_path,
             "metrics_path": metrics_path, "plot_path": plot_path, "family": raw.family}
 

@@ -456,3 +456,10 @@ def test_warmup_longer_than_the_run_is_noted(corpus, tmp_path, capsys):
     assert "note: --warmup-steps 100 >= this run's 4 steps" in capsys.readouterr().out
     train(tiny_cfg(corpus, tmp_path / "b", eval_every=0, eval_batches=1), model=tiny_model())
     assert "--warmup-steps" not in capsys.readouterr().out
+
+
+def test_summary_train_bpb_without_a_metrics_row(corpus, tmp_path):
+    # 4 steps with --log-every-steps 10 write no train row; the summary still reports their mean loss
+    out = train(tiny_cfg(corpus, tmp_path, log_every_steps=10, eval_every=0, eval_batches=1), model=tiny_model())
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert not any("train_bpb" in r for r in rows) and 0 < out["train_bpb"] < 9, out

@@ -49,7 +49,7 @@ class TrainConfig:
     data: str = ""  # corpus: a text file, a .gz file or a directory of files ("" = the Jargon File)
     val_frac: float = 0.1  # held-out tail of the corpus used for validation
     # model
-    family: str = "spectral"  # model family: spectral | gpt (chunk: scripts.train_chunk_head)
+    family: str = "spectral"  # model family: spectral | gpt | chunk (scripts.train_chunk_head has the chunk head's own flags)
     preset: str = "tiny"  # model preset: tiny | small | 29m | base512 | 29m-hybrid
     seq_len: int = 0  # context length in bytes of each training window (0 = the preset's, 1024 for 29m)
     kernel_len: int = 0  # conv kernel taps for the spectral family (0 = the preset's value)

@@ -139,12 +139,6 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
       });
 }
 
-// exp(-2 pi i m / 32) for a compile-time m (after unrolling: immediates).
-__device__ __forceinline__ float2 root32(int m) {
-  constexpr float kCos32[32] = {1.000000000f, 0.980785280f, 0.923879533f, 0.831469612f, 0.707106781f, 0.555570233f, 0.382683432f, 0.195090322f, 0.000000000f, -0.195090322f, -0.382683432f, -0.555570233f, -0.707106781f, -0.831469612f, -0.923879533f, -0.980785280f, -1.000000000f, -0.980785280f, -0.923879533f, -0.831469612f, -0.707106781f, -0.555570233f, -0.382683432f, -0.195090322f, -0.000000000f, 0.195090322f, 0.382683432f, 0.555570233f, 0.707106781f, 0.831469612f, 0.923879533f, 0.980785280f};
-  return make_float2(kCos32[m & 31], -kCos32[(m + 24) & 31]);  // sin(2 pi m/32) = cos(2 pi (m - 8)/32)
-}
-
 // The real-window kernels: one row of a one-window plan of 2N real points per thread block (N = 16384:
 // rows the pair kernel cannot hold, two rows of 32K points being 256 KB). The N-point complex FFT of
 // z[n] = x[2n] + i*x[2n+1] gives Z, and bins f and f + N of the row's 2N-point spectrum are
@@ -213,8 +207,9 @@ __device__ __forceinline__ void registers_to_smem(float2* smem, const float2 (&v
 // grad_u[t] = sum_s k[s] gy[t+s], when grad_k is not wanted). grid: B * D blocks, batch fastest (block
 // d * B + b takes row b * D + d), N/16 threads; Kr: (D, N + 1). The B blocks of a channel are adjacent so
 // its 128 KB of Kr comes from DRAM once and from L2 for the other rows: in row order, channels D blocks
-// apart, Kr (D x 128 KB, more than L2) was read from DRAM once per row, as many bytes as the rows. The merged spectrum is written in place and transformed by smem_fft::fft
-// (one more shared-memory pass than inverse_from_registers, and no register array held across the step).
+// apart, Kr (D x 128 KB, more than L2) was read from DRAM once per row, as many bytes as the rows. The
+// merged spectrum is written in place and transformed by smem_fft::fft (one more shared-memory pass than
+// inverse_from_registers, and no register array held across the step).
 template <typename scalar_t, bool kReverse, int N>
 __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     conv_real_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ Kr, scalar_t* __restrict__ y,

@@ -107,7 +107,8 @@ def main():
     p.add_argument("--cluster", action="store_true", help="only the thread-block cluster cases, float32")
     p.add_argument("--fourstep", action="store_true", help="only the four-step cases, float32 and bfloat16")
     p.add_argument("--real-window", action="store_true",
-                   help="only the real-window cases (forward, grad_u alone, every gradient), float32 and bfloat16")
+                   help="only the real-window cases (forward, grad_u alone, every gradient), float32 and bfloat16, "
+                        "both variants (FFT_TENSOR_CONV_REAL_WINDOW_REGS=0 and 1)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("sanitize_cuda.py needs a CUDA GPU")
@@ -115,10 +116,13 @@ def main():
     ok = True
     if args.real_window:
         os.environ["FFT_TENSOR_CONV_REAL_WINDOW"] = "1"
-        for case in REAL_WINDOW:
-            for dtype in (torch.float32, torch.bfloat16):
-                ok &= check_conv_grad_u(*case, dtype)
-                ok &= check_conv(*case, dtype)
+        for regs in ("0", "1"):  # the shared-memory and the register variants of both kernels
+            os.environ["FFT_TENSOR_CONV_REAL_WINDOW_REGS"] = regs
+            print(f"FFT_TENSOR_CONV_REAL_WINDOW_REGS={regs}", flush=True)
+            for case in REAL_WINDOW:
+                for dtype in (torch.float32, torch.bfloat16):
+                    ok &= check_conv_grad_u(*case, dtype)
+                    ok &= check_conv(*case, dtype)
         print("ALL OK" if ok else "SOME CASES FAILED")
         sys.exit(0 if ok else 1)
     if args.cluster or args.fourstep:

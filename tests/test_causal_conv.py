@@ -910,6 +910,44 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
         fft_tensor.causal_conv(u, k, skip)
 
 
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", [(16384, 16384, 3, 2), (10000, 12000, 2, 3)], ids=["L16384", "L10000-Lk12000"])
+def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
+    """FFT_TENSOR_CONV_REAL_WINDOW_REGS: the kernels' register variant (1: both kernels, forward: the
+    one-row kernel only) gives the shared-memory variant's values to float32 rounding, forward, grad_u
+    alone, both gradients and grad_k alone; a bad value is an error naming the variable."""
+    monkeypatch.delenv("FFT_TENSOR_CONV_REAL_WINDOW", raising=False)
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
+
+    def run():
+        return (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0],
+                *ops.causal_conv_backward(gy, u, k, skip, True, True), ops.causal_conv_backward(gy, u, k, skip, False, True)[1])
+
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", "0")
+    base = run()
+    ref = (fft64_reference(u, k, skip), fft64_reference(gy.flip(-1), k, skip).flip(-1))
+    assert rel_err(base[0], ref[0]) < 1e-5 and rel_err(base[1], ref[1]) < 1e-5
+    # the variant is the kernels' last template argument (demangled as true/false or 1/0)
+    def variant(kernel, names):
+        found = {m.group(1) in ("true", "1") for m in re.finditer(kernel + r"<[^<>]*, (true|false|1|0)>", names)}
+        assert len(found) == 1, (kernel, names)
+        return found.pop()
+
+    for mode, fwd_regs, bwd_regs in (("0", False, False), ("1", True, True), ("forward", True, False)):
+        monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", mode)
+        names = _cuda_kernel_names(run)
+        assert variant("conv_real_window_kernel", names) == fwd_regs, (mode, names)
+        assert variant("conv_real_window_backward_kernel", names) == bwd_regs, (mode, names)
+        if mode == "0":
+            continue
+        for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k", "grad_k alone"), run(), base):
+            assert a.shape == b.shape and rel_err(a, b) < 2e-6, (mode, name, rel_err(a, b))
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", "2")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_REAL_WINDOW_REGS must be 0, 1 or forward, got '2'"):
+        fft_tensor.causal_conv(u, k, skip)
+
+
 def _cuda_kernel_names(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()

@@ -416,6 +416,20 @@ bool use_real_window(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k
   return smem_bytes(kRealWindowN) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
+// FFT_TENSOR_CONV_REAL_WINDOW_REGS (read on every call): the kernels' register variant (each thread's
+// own bins through the real-spectrum step, the inverse from registers straight to global memory: two
+// shared-memory round trips fewer per inverse, but x live across the step: it spills 104 bytes in the
+// forward kernel and 680 in the backward at the 64-register bound) for 1 = both kernels, forward = the
+// one-row kernel (forward and grad_u alone); 0 or unset = the shared-memory pair step (0 spills).
+bool real_window_regs(bool backward_with_grad_k) {
+  const char* v = std::getenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS");
+  if (v == nullptr) return false;
+  const std::string mode(v);
+  TORCH_CHECK(mode == "0" || mode == "1" || mode == "forward",
+              "FFT_TENSOR_CONV_REAL_WINDOW_REGS must be 0, 1 or forward, got '", mode, "'");
+  return mode == "1" || (mode == "forward" && !backward_with_grad_k);
+}
+
 // (D, N + 1) complex64: bins 0..N of the effective kernel's 2N-point spectrum over 4N (the kernel's
 // scale). cuFFT: D rows, against B * D rows for the convolution itself.
 at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
@@ -434,8 +448,11 @@ at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const
   const size_t bytes = smem_bytes(kRealWindowN);
   dispatch_io_type(u.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    auto kernel = need_u ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, true>
-                         : conv_real_window_backward_kernel<scalar_t, kRealWindowN, false>;
+    const bool regs = real_window_regs(true);
+    auto kernel = need_u ? (regs ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>
+                                 : conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, false>)
+                         : (regs ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, true>
+                                 : conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, false>);
     allow_smem(kernel, bytes);
     kernel<<<(unsigned)D, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
         gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
@@ -455,7 +472,8 @@ void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y
   const size_t bytes = smem_bytes(kRealWindowN);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    auto kernel = conv_real_window_kernel<scalar_t, kReverse, kRealWindowN>;
+    auto kernel = real_window_regs(false) ? conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true>
+                                     : conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, false>;
     allow_smem(kernel, bytes);
     kernel<<<(unsigned)blocks, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(Kr.data_ptr()), y.data_ptr<scalar_t>(), s);

@@ -36,7 +36,7 @@ CLUSTER = [(3, 1, 9000, 9000), (2, 1, 20000, 20000), (1, 1, 20000, 9000)]
 FOURSTEP = [(3, 1, 9000, 9000), (2, 2, 20000, 20000), (3, 1, 70000, 60000), (1, 1, 300000, 300000)]
 # the real-window kernels: one-window 32K-point plans (the smallest, Lk > L, Lk < L, the largest): the
 # forward, grad_u alone (the forward kernel backwards in time) and every gradient (the channel kernel).
-REAL_WINDOW = [(1, 2, 8193, 8193), (3, 1, 10000, 12000), (2, 1, 12000, 10000), (2, 2, 16384, 16384)]
+REAL_WINDOW = [(1, 2, 8193, 8193), (3, 1, 10000, 12000), (2, 1, 12000, 10000), (2, 2, 16384, 16384), (1, 2, 24576, 8193)]
 
 
 def rel_err(a, b):

@@ -301,7 +301,8 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
   }
 }
 
-// The backward with grad_k, one channel per block over its B rows (grid: D blocks, N/16 threads). For
+// The backward with grad_k, one channel per block over its B rows (grid: one block per channel of a
+// chunk of channels d0, d0 + 1, ...; Kr, C and U_scratch hold the chunk's channels; N/16 threads). For
 // row b, with the rows read from t = 0 (sample m = time m, zero from L: the 2N-point circular
 // correlations do not wrap, as 2N >= L + taps - 1):
 //   U = the spectrum of u[b], kept in U_scratch (this channel's N + 1 bins, global memory, each bin
@@ -317,14 +318,15 @@ template <typename scalar_t, int N, bool kNeedU, bool kRegs>
 __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     conv_real_window_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
                                      const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
-                                     float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s) {
+                                     float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s,
+                                     int64_t d0) {
   extern __shared__ float2 smem[];
   constexpr int N16 = N / kElemsPerThread;
-  const int64_t d = blockIdx.x;
+  const int64_t d = d0 + blockIdx.x;
   const int L = (int)s.L;
-  const float2* K = Kr + d * (N + 1);
-  float2* Cd = C + d * (N + 1);
-  float2* Ud = U_scratch + d * (N + 1);
+  const float2* K = Kr + (int64_t)blockIdx.x * (N + 1);
+  float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
+  float2* Ud = U_scratch + (int64_t)blockIdx.x * (N + 1);
   for (int64_t b = 0; b < s.B; ++b) {
     const int64_t off = (b * s.D + d) * s.L;
     const scalar_t* ur = u + off;

@@ -923,7 +923,8 @@ def test_cuda_real_window_policy(monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     L = 16384
-    for batch, dim, channel_kernel in ((6, sms, True), (1, sms, False), (6, 4, False)):
+    # B = 8, D = SMs: scratch for all channels fits (B = 6 sits on the bound); B = 1: it does not
+    for batch, dim, channel_kernel in ((8, sms, True), (1, sms, False), (6, 4, False)):
         u = torch.randn(batch, dim, L, device="cuda")
         k = torch.randn(dim, L, device="cuda") / L
         gy = torch.randn_like(u)
@@ -955,8 +956,8 @@ def test_cuda_real_window_empty_and_forced(monkeypatch):
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", [(16384, 16384, 3, 2), (10000, 12000, 2, 3)], ids=["L16384", "L10000-Lk12000"])
 def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
-    """FFT_TENSOR_CONV_REAL_WINDOW_REGS: the kernels' register variant (1: both kernels, forward: the
-    one-row kernel only) gives the shared-memory variant's values to float32 rounding, forward, grad_u
+    """FFT_TENSOR_CONV_REAL_WINDOW_REGS: the kernels' register variant (1: both kernels; forward, unset or
+    empty: the one-row kernel only) gives the shared-memory variant's values to float32 rounding, forward, grad_u
     alone, both gradients and grad_k alone; a bad value is an error naming the variable."""
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")  # forced: these few channels (policy: four-step)
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
@@ -976,8 +977,12 @@ def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
         assert len(found) == 1, (kernel, names)
         return found.pop()
 
-    for mode, fwd_regs, bwd_regs in (("0", False, False), ("1", True, True), ("forward", True, False)):
-        monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", mode)
+    for mode, fwd_regs, bwd_regs in (("0", False, False), ("1", True, True), ("forward", True, False),
+                                     ("", True, False), (None, True, False)):
+        if mode is None:
+            monkeypatch.delenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS")
+        else:
+            monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", mode)
         names = _cuda_kernel_names(run)
         assert variant("conv_real_window_kernel", names) == fwd_regs, (mode, names)
         assert variant("conv_real_window_backward_kernel", names) == bwd_regs, (mode, names)

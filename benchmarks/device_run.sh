@@ -99,13 +99,16 @@ for stage in "$@"; do
              done ;;
     realwindow) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (real_window or fourstep or cluster)" 2>&1 \
                | tee "$OUT/tests_real_window.log" | tail -8
-             for tool in memcheck racecheck; do
-               timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --real-window 2>&1 \
-                 | tee "$OUT/sanitize_real_window_$tool.log" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAIL|ALL OK|Error|Traceback" | head -6
+             for tool in memcheck racecheck; do  # side by side: each runs both kernel variants
+               timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --real-window \
+                 > "$OUT/sanitize_real_window_$tool.log" 2>&1 &
              done
-             conv_variant realwindow -- --lengths 8192,12288,16384 --kernels L --no-peer
-             conv_variant realwindow_fwd FFT_TENSOR_CONV_REAL_WINDOW=forward -- --lengths 8192,12288,16384 --kernels L --no-peer
-             conv_variant realwindow_off FFT_TENSOR_CONV_REAL_WINDOW=0 -- --lengths 8192,12288,16384 --kernels L --no-peer ;;
+             wait
+             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_real_window_*.log | head -12
+             for regs in 0 forward 1; do
+               conv_variant realwindow_regs_$regs FFT_TENSOR_CONV_REAL_WINDOW_REGS=$regs -- --lengths 12288,16384 --kernels L --no-peer
+             done
+             conv_variant realwindow_off FFT_TENSOR_CONV_REAL_WINDOW=0 -- --lengths 12288,16384 --kernels L --no-peer ;;
     fourstepcheck) for tool in memcheck racecheck; do
                timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --fourstep 2>&1 \
                  | tee "$OUT/sanitize_fourstep_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -12

@@ -1,12 +1,26 @@
 """numpy emulation of the real-window kernels (fft_kernels.cuh: real_spectrum_pairs, conv_real_window_kernel,
-conv_real_window_backward_kernel) at N = 256, step for step, against direct sums: the forward, grad_u alone
-(the forward run backwards in time) and the backward with grad_k. A debugging aid for the formulas and the
+conv_real_window_backward_kernel) at N = 1024, step for step, against direct sums: the forward, grad_u alone
+(the forward run backwards in time) and the backward with grad_k; both spectrum steps, the pair step
+(real_spectrum_pairs) and the register variant's own bins (real_spectrum_own: bins q + b*N/16 + r*N/Rl
+of thread q, its twiddle W_2N^q times root32(b + r*16/Rl)). A debugging aid for the formulas and the
 indexing, not a test of the CUDA code: `python benchmarks/emulate_real_window.py` prints max errors (~1e-14).
 """
 import numpy as np
 rng = np.random.default_rng(7)
-N = 256; N16 = N//16
-def sweep(Z, binfn):
+N = 1024; N16 = N//16
+m = N.bit_length() - 1; Rl = 16 if m % 4 == 0 else 2**(m % 4); NR = N // Rl
+root32 = lambda j: np.exp(-2j*np.pi*j/32)
+def sweep_own(Z, binfn):
+    for q in range(N16):
+        wq = np.exp(-1j*np.pi*q/N)
+        for b in range(16 // Rl):
+            for r in range(Rl):
+                f = q + b*N16 + r*NR
+                t = wq*root32(b + r*(16 // Rl))
+                af, c = Z[f], np.conj(Z[(N - f) & (N - 1)])
+                P = af + c; tM = t*(-1j*(af - c))
+                binfn(f, t, P + tM, P - tM)
+def sweep_pairs(Z, binfn):
     for q in range(N16):
         for j in range(8):
             f = q + j*N16; g = (N - f) & (N - 1)
@@ -52,13 +66,14 @@ def backward(gy, u, k, taps, need_u=True):
         sweep(Z, bg)
         w = np.fft.fft(S); y = np.empty(2*N); y[0::2] = w.real; y[1::2] = -w.imag; gu[b] = y[:L]
     return gu, np.fft.irfft(C, n=2*N)[:taps]*0.25
-for (B, L, Lk) in [(2, 300, 200), (3, 256, 257), (1, 400, 113)]:
-    taps = min(L, Lk)
-    u = rng.standard_normal((B, L)); gy = rng.standard_normal((B, L)); k = rng.standard_normal(Lk)
-    y = np.array([forward(u[b], k, taps, False) for b in range(B)])
-    ref = np.array([np.convolve(u[b], k[:taps])[:L] for b in range(B)])
-    gr = np.array([forward(gy[b], k, taps, True) for b in range(B)])
-    ref_gu = np.array([[sum(k[s]*gy[b, t+s] for s in range(taps) if t+s < L) for t in range(L)] for b in range(B)])
-    ref_gk = np.array([sum(gy[b, t]*u[b, t-s] for b in range(B) for t in range(s, L)) for s in range(taps)])
-    gu, gk = backward(gy, u, k, taps)
-    print(B, L, Lk, np.abs(y-ref).max(), np.abs(gr-ref_gu).max(), np.abs(gu-ref_gu).max(), np.abs(gk-ref_gk).max())
+for sweep in (sweep_pairs, sweep_own):
+  for (B, L, Lk) in [(2, 1200, 800), (3, 1024, 1025), (1, 1500, 413)]:
+      taps = min(L, Lk)
+      u = rng.standard_normal((B, L)); gy = rng.standard_normal((B, L)); k = rng.standard_normal(Lk)
+      y = np.array([forward(u[b], k, taps, False) for b in range(B)])
+      ref = np.array([np.convolve(u[b], k[:taps])[:L] for b in range(B)])
+      gr = np.array([forward(gy[b], k, taps, True) for b in range(B)])
+      ref_gu = np.array([[sum(k[s]*gy[b, t+s] for s in range(taps) if t+s < L) for t in range(L)] for b in range(B)])
+      ref_gk = np.array([sum(gy[b, t]*u[b, t-s] for b in range(B) for t in range(s, L)) for s in range(taps)])
+      gu, gk = backward(gy, u, k, taps)
+      print(sweep.__name__, B, L, Lk, np.abs(y-ref).max(), np.abs(gr-ref_gu).max(), np.abs(gu-ref_gu).max(), np.abs(gk-ref_gk).max())

@@ -36,7 +36,7 @@ CLUSTER = [(3, 1, 9000, 9000), (2, 1, 20000, 20000), (1, 1, 20000, 9000)]
 FOURSTEP = [(3, 1, 9000, 9000), (2, 2, 20000, 20000), (3, 1, 70000, 60000), (1, 1, 300000, 300000)]
 # the real-window kernels: one-window 32K-point plans (the smallest, Lk > L, Lk < L, the largest): the
 # forward, grad_u alone (the forward kernel backwards in time) and every gradient (the channel kernel).
-REAL_WINDOW = [(1, 2, 8193, 8193), (3, 1, 10000, 12000), (2, 1, 12000, 10000), (2, 2, 16384, 16384)]
+REAL_WINDOW = [(1, 2, 8193, 8193), (3, 1, 10000, 12000), (2, 1, 12000, 10000), (2, 2, 16384, 16384), (1, 2, 24576, 8193)]
 
 
 def rel_err(a, b):
@@ -107,7 +107,8 @@ def main():
     p.add_argument("--cluster", action="store_true", help="only the thread-block cluster cases, float32")
     p.add_argument("--fourstep", action="store_true", help="only the four-step cases, float32 and bfloat16")
     p.add_argument("--real-window", action="store_true",
-                   help="only the real-window cases (forward, grad_u alone, every gradient), float32 and bfloat16")
+                   help="only the real-window cases (forward, grad_u alone, every gradient), float32 and bfloat16, "
+                        "both variants (FFT_TENSOR_CONV_REAL_WINDOW_REGS=0 and 1)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("sanitize_cuda.py needs a CUDA GPU")
@@ -115,10 +116,13 @@ def main():
     ok = True
     if args.real_window:
         os.environ["FFT_TENSOR_CONV_REAL_WINDOW"] = "1"
-        for case in REAL_WINDOW:
-            for dtype in (torch.float32, torch.bfloat16):
-                ok &= check_conv_grad_u(*case, dtype)
-                ok &= check_conv(*case, dtype)
+        for regs in ("0", "1"):  # the shared-memory and the register variants of both kernels
+            os.environ["FFT_TENSOR_CONV_REAL_WINDOW_REGS"] = regs
+            print(f"FFT_TENSOR_CONV_REAL_WINDOW_REGS={regs}", flush=True)
+            for case in REAL_WINDOW:
+                for dtype in (torch.float32, torch.bfloat16):
+                    ok &= check_conv_grad_u(*case, dtype)
+                    ok &= check_conv(*case, dtype)
         print("ALL OK" if ok else "SOME CASES FAILED")
         sys.exit(0 if ok else 1)
     if args.cluster or args.fourstep:

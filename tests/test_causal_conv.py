@@ -682,13 +682,15 @@ def test_row_chunks(device, batch, dim):
 
 
 @requires_cuda
-@pytest.mark.parametrize("L,fourstep", [(16384, "0"), (32768, "0"), (65536, "1"), (262144, "")])
-def test_cuda_peak_memory(L, fourstep, monkeypatch):
+@pytest.mark.parametrize("L,fourstep,real_window", [(16384, "0", ""), (16384, "1", "1"), (32768, "0", ""),
+                                                    (65536, "1", ""), (262144, "", "")])
+def test_cuda_peak_memory(L, fourstep, real_window, monkeypatch):
     # Beyond inputs and outputs, the forward allocates at most half of inputs plus outputs (the
     # issue's 1.5x: the kernel spectrum, cuFFT rows in chunks, the four-step workspace) and the
     # backward at most as much as inputs plus outputs (spectrum, partial sums, the small inverse FFT
     # of grad_k).
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", fourstep)
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", real_window)  # "1": both real-window kernels at 16K
     B, D = 8, 96 if L <= 65536 else 24  # the benchmark's batch
     u = torch.randn(B, D, L, device="cuda")
     k = torch.randn(D, L, device="cuda") / L
@@ -853,13 +855,15 @@ def test_cuda_fourstep_chunks_subsets_and_settings(monkeypatch):
 # plans. (8193, 8193) is the smallest such plan, (16384, 16384) the
 # largest; Lk > L and Lk < L both.
 REAL_WINDOW_SHAPES = [(16384, 16384, 3, 2), (8193, 8193, 1, 3), (10000, 12000, 2, 3), (12000, 10000, 3, 1),
-                      (16384, 9000, 1, 2)]
+                      (16384, 9000, 1, 2), (24576, 8193, 1, 2), (20000, 9000, 2, 3)]  # L + taps - 1 = 2N; L > N
 
 
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", REAL_WINDOW_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in REAL_WINDOW_SHAPES])
 def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
-    monkeypatch.delenv("FFT_TENSOR_CONV_REAL_WINDOW", raising=False)  # the default
+    # forced: these few channels would send the backward with grad_k to the four-step path (the policy
+    # is test_cuda_real_window_policy's); with D > 1 each channel is its own launch of that kernel
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")
     monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     gy = torch.randn_like(u)
@@ -907,6 +911,87 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     assert rel_err(gu_four, ref_gu) < 1e-5 and rel_err(gk_four, gk_both) < 1e-5
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "yes")
     with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got 'yes'"):
+        fft_tensor.causal_conv(u, k, skip)
+
+
+@requires_cuda
+def test_cuda_real_window_policy(monkeypatch):
+    """By default the backward with grad_k takes the channel kernel only with at least one channel per SM
+    and the memory for that many (half the backward's inputs plus outputs); else the four-step path.
+    The forward and grad_u alone take the row kernel whatever D. Values agree across the paths; an empty
+    FFT_TENSOR_CONV_REAL_WINDOW is the default."""
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    L = 16384
+    # B = 8, D = SMs: scratch for all channels fits (B = 6 sits on the bound); B = 1: it does not
+    for batch, dim, channel_kernel in ((8, sms, True), (1, sms, False), (6, 4, False)):
+        u = torch.randn(batch, dim, L, device="cuda")
+        k = torch.randn(dim, L, device="cuda") / L
+        gy = torch.randn_like(u)
+        names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k))
+        assert "conv_real_window_kernel" in names, names
+        names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, None, True, True))
+        assert ("conv_real_window_backward_kernel" in names) == channel_kernel, (batch, dim, names)
+        assert ("rows_backward_kernel" in names) == (not channel_kernel), (batch, dim, names)
+        gu, gk = ops.causal_conv_backward(gy, u, k, None, True, True)
+        monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")
+        gu0, gk0 = ops.causal_conv_backward(gy, u, k, None, True, True)
+        monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "")
+        assert rel_err(gu, gu0) < 1e-5 and rel_err(gk, gk0) < 1e-5
+        del u, k, gy, gu, gk, gu0, gk0
+
+
+@requires_cuda
+def test_cuda_real_window_empty_and_forced(monkeypatch):
+    """Empty batch or channels on a 32K-point plan, the kernels forced on: empty outputs, zero grad_k."""
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")
+    for shape in ((0, 2, 10000), (2, 0, 10000)):
+        u = torch.randn(*shape, device="cuda")
+        k = torch.randn(shape[1], 10000, device="cuda")
+        assert fft_tensor.causal_conv(u, k).shape == u.shape
+        gu, gk = ops.causal_conv_backward(torch.randn_like(u), u, k, None, True, True)
+        assert gu.shape == u.shape and gk.shape == k.shape and (gk == 0).all()
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", [(16384, 16384, 3, 2), (10000, 12000, 2, 3)], ids=["L16384", "L10000-Lk12000"])
+def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
+    """FFT_TENSOR_CONV_REAL_WINDOW_REGS: the kernels' register variant (1: both kernels; forward, unset or
+    empty: the one-row kernel only) gives the shared-memory variant's values to float32 rounding, forward, grad_u
+    alone, both gradients and grad_k alone; a bad value is an error naming the variable."""
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")  # forced: these few channels (policy: four-step)
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
+
+    def run():
+        return (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0],
+                *ops.causal_conv_backward(gy, u, k, skip, True, True), ops.causal_conv_backward(gy, u, k, skip, False, True)[1])
+
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", "0")
+    base = run()
+    ref = (fft64_reference(u, k, skip), fft64_reference(gy.flip(-1), k, skip).flip(-1))
+    assert rel_err(base[0], ref[0]) < 1e-5 and rel_err(base[1], ref[1]) < 1e-5
+    # the variant is the kernels' last template argument (demangled as true/false or 1/0)
+    def variant(kernel, names):
+        found = {m.group(1) in ("true", "1") for m in re.finditer(kernel + r"<[^<>]*, (true|false|1|0)>", names)}
+        assert len(found) == 1, (kernel, names)
+        return found.pop()
+
+    for mode, fwd_regs, bwd_regs in (("0", False, False), ("1", True, True), ("forward", True, False),
+                                     ("", True, False), (None, True, False)):
+        if mode is None:
+            monkeypatch.delenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS")
+        else:
+            monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", mode)
+        names = _cuda_kernel_names(run)
+        assert variant("conv_real_window_kernel", names) == fwd_regs, (mode, names)
+        assert variant("conv_real_window_backward_kernel", names) == bwd_regs, (mode, names)
+        if mode == "0":
+            continue
+        for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k", "grad_k alone"), run(), base):
+            assert a.shape == b.shape and rel_err(a, b) < 2e-6, (mode, name, rel_err(a, b))
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", "2")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_REAL_WINDOW_REGS must be 0, 1 or forward, got '2'"):
         fft_tensor.causal_conv(u, k, skip)
 
 

@@ -12,7 +12,8 @@
 // grad_k sums G * conj(U) over (row, window) items per (channel, group) block: rows in pairs
 // (two FFTs per pair) up to 8192 points, else one FFT of u + i*sc*gy per row and window (sc: a
 // power of two that keeps gy above u's rounding).
-// A one-window plan of 32K points (Lk = L from about 8K to 16K) takes the real-window kernels: the
+// A one-window plan of 32K points (taps > 8192 and L + taps - 1 <= 32768: Lk = L from 8193 to 16384,
+// L up to 24576) takes the real-window kernels: the
 // forward and grad_u alone one row per block (conv_real_window_kernel: the 16K-point FFT of its even
 // and odd samples), the backward with grad_k one channel per block (conv_real_window_backward_kernel);
 // measured faster than the four-step path at 8K-16K (H200, RESULTS.md, twentieth session). One window
@@ -404,16 +405,56 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 // the four-step path).
 constexpr int kRealWindowN = (int)kMaxFusedFFT;  // complex points per row; the window is 2x as many real ones
 
+enum class RealWindowMode { kAuto, kOff, kForced, kForwardOnly };
+
+// FFT_TENSOR_CONV_REAL_WINDOW, read on every call: unset or empty = the kernels where they apply (the
+// backward with grad_k only where real_window_backward_chunk allows it), 0 = never, 1 = wherever they
+// can run (tests), forward = the forward and grad_u alone only.
+RealWindowMode real_window_mode() {
+  const char* v = std::getenv("FFT_TENSOR_CONV_REAL_WINDOW");
+  if (v == nullptr || *v == '\0') return RealWindowMode::kAuto;
+  const std::string mode(v);
+  TORCH_CHECK(mode == "0" || mode == "1" || mode == "forward",
+              "FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got '", mode, "'");
+  return mode == "0" ? RealWindowMode::kOff : mode == "1" ? RealWindowMode::kForced : RealWindowMode::kForwardOnly;
+}
+
 bool use_real_window(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k = false) {
   if (u.scalar_type() == at::kDouble || plan.fft_size != 2 * kMaxFusedFFT || plan.segments != 1) return false;
-  const char* v = std::getenv("FFT_TENSOR_CONV_REAL_WINDOW");
-  if (v != nullptr) {
-    const std::string mode(v);
-    TORCH_CHECK(mode == "0" || mode == "1" || mode == "forward",
-                "FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got '", mode, "'");
-    if (mode == "0" || (mode == "forward" && with_grad_k)) return false;
-  }
+  const RealWindowMode mode = real_window_mode();
+  if (mode == RealWindowMode::kOff || (mode == RealWindowMode::kForwardOnly && with_grad_k)) return false;
   return smem_bytes(kRealWindowN) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+
+// Channels per launch of the backward with grad_k (one block per channel), 0 = not this kernel. Its
+// memory beyond inputs and outputs is 5 x 128 KB per channel of a launch (Kr, C, U_scratch, the irfft's
+// output and its input copy), kept under half the backward's inputs plus outputs and 256 MiB. By
+// default a launch takes a multiple of the SM count (one block per SM, each working through its rows):
+// fewer channels than SMs, or too little memory for that many, leave SMs idle, and the four-step path
+// takes the backward instead. FFT_TENSOR_CONV_REAL_WINDOW=1: whatever fits, at least one channel.
+int64_t real_window_backward_chunk(const at::Tensor& u, const at::Tensor& k) {
+  const int64_t D = u.size(1);
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t per_channel = 5 * ((int64_t)kRealWindowN + 1) * (int64_t)sizeof(float2);
+  const int64_t io = 3 * (int64_t)u.nbytes() + 2 * (int64_t)k.nbytes();
+  const int64_t fits = std::min<int64_t>(io / 2, int64_t(256) << 20) / per_channel;
+  if (real_window_mode() == RealWindowMode::kForced) return std::max<int64_t>(1, std::min(fits, D));
+  const int64_t chunk = fits / sms * sms;
+  return chunk >= sms && D >= sms ? std::min(chunk, D) : 0;
+}
+
+// FFT_TENSOR_CONV_REAL_WINDOW_REGS (read on every call): the kernels' register variant (each thread's
+// own bins through the real-spectrum step, the inverse from registers straight to global memory: two
+// shared-memory round trips fewer per inverse, but x live across the step: it spills 104 bytes in the
+// forward kernel and 680 in the backward at the 64-register bound). Unset, empty or forward = the
+// one-row kernel only (forward and grad_u alone: 16K 1.29 -> 1.27 ms fp32, 1.28 -> 1.20 bf16 on the
+// H200); 1 = the backward with grad_k too (its spills cost: fwd+bwd 3.95 -> 5.89 ms); 0 = neither.
+bool real_window_regs(bool backward_with_grad_k) {
+  const char* v = std::getenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS");
+  const std::string mode(v == nullptr || *v == '\0' ? "forward" : v);
+  TORCH_CHECK(mode == "0" || mode == "1" || mode == "forward",
+              "FFT_TENSOR_CONV_REAL_WINDOW_REGS must be 0, 1 or forward, got '", mode, "'");
+  return mode == "1" || (mode == "forward" && !backward_with_grad_k);
 }
 
 // (D, N + 1) complex64: bins 0..N of the effective kernel's 2N-point spectrum over 4N (the kernel's
@@ -423,29 +464,44 @@ at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Ten
   return at::fft_rfft(taps, 2 * (int64_t)kRealWindowN, -1).div_(4.0 * kRealWindowN).contiguous();
 }
 
-// grad_k (D, taps) float32, and grad_u into grad_u_out when it is defined: one channel per block.
+// grad_k (D, taps) float32, and grad_u into grad_u_out when it is defined: one channel per block, in
+// launches of `chunk` channels (real_window_backward_chunk) that reuse one set of buffers.
 at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& k,
-                                const c10::optional<at::Tensor>& skip, at::Tensor grad_u_out, const ConvShape& s) {
+                                const c10::optional<at::Tensor>& skip, at::Tensor grad_u_out, const ConvShape& s,
+                                int64_t chunk) {
   const int64_t D = s.D;
   const bool need_u = grad_u_out.defined();
-  const at::Tensor Kr = need_u ? real_window_spectrum(k, skip, s) : at::Tensor();
+  const at::Tensor taps = need_u ? effective_kernel(k, skip, s.taps).to(at::kFloat) : at::Tensor();
   const auto cf = u.options().dtype(at::kComplexFloat);
-  at::Tensor C = at::empty({D, kRealWindowN + 1}, cf), U_scratch = at::empty({D, kRealWindowN + 1}, cf);
+  at::Tensor C = at::empty({chunk, kRealWindowN + 1}, cf), U_scratch = at::empty({chunk, kRealWindowN + 1}, cf);
+  at::Tensor grad_k = at::empty({D, s.taps}, u.options().dtype(at::kFloat));
   const size_t bytes = smem_bytes(kRealWindowN);
-  dispatch_io_type(u.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    auto kernel = need_u ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, true>
-                         : conv_real_window_backward_kernel<scalar_t, kRealWindowN, false>;
-    allow_smem(kernel, bytes);
-    kernel<<<(unsigned)D, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
-        gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
-        need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
-        need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
-        reinterpret_cast<float2*>(U_scratch.data_ptr()), s);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  // C holds 4 * sum_b G conj(U) over bins 0..N of the 2N-point spectra: the correlation's first taps
-  return at::fft_irfft(C, 2 * (int64_t)kRealWindowN, -1).narrow(1, 0, s.taps).mul_(0.25);
+  for (int64_t d0 = 0; d0 < D; d0 += chunk) {
+    const int64_t n = std::min(chunk, D - d0);
+    // the kernel's spectrum (bins 0..N over 4N), for this chunk's channels
+    const at::Tensor Kr = need_u ? at::fft_rfft(taps.narrow(0, d0, n), 2 * (int64_t)kRealWindowN, -1)
+                                       .div_(4.0 * kRealWindowN).contiguous()
+                                 : at::Tensor();
+    dispatch_io_type(u.scalar_type(), [&](auto tag) {
+      using scalar_t = decltype(tag);
+      const bool regs = real_window_regs(true);
+      auto kernel = need_u ? (regs ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>
+                                   : conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, false>)
+                           : (regs ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, true>
+                                   : conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, false>);
+      allow_smem(kernel, bytes);
+      kernel<<<(unsigned)n, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+          gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+          need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
+          need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
+          reinterpret_cast<float2*>(U_scratch.data_ptr()), s, d0);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    // C holds 4 * sum_b G conj(U) over bins 0..N of the 2N-point spectra: the correlation's first taps
+    grad_k.narrow(0, d0, n).copy_(
+        at::fft_irfft(C.narrow(0, 0, n), 2 * (int64_t)kRealWindowN, -1).narrow(1, 0, s.taps).mul_(0.25));
+  }
+  return grad_k;
 }
 
 template <bool kReverse>
@@ -455,7 +511,8 @@ void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y
   const size_t bytes = smem_bytes(kRealWindowN);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    auto kernel = conv_real_window_kernel<scalar_t, kReverse, kRealWindowN>;
+    auto kernel = real_window_regs(false) ? conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true>
+                                     : conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, false>;
     allow_smem(kernel, bytes);
     kernel<<<(unsigned)blocks, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(Kr.data_ptr()), y.data_ptr<scalar_t>(), s);
@@ -917,7 +974,10 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   const bool mma = !tiled && use_mma(u, plan);
   const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
-  const bool real_window = !direct && !fused && (need_u || need_k) && use_real_window(u, plan, need_k);
+  const int64_t real_window_chunk =
+      !direct && !fused && need_k && use_real_window(u, plan, true) ? real_window_backward_chunk(u, k) : 0;
+  const bool real_window = !direct && !fused && (need_u || need_k) &&
+                           (need_k ? real_window_chunk > 0 : use_real_window(u, plan, false));
   const bool fourstep = !direct && !fused && !real_window && use_fourstep(u, plan);
   const bool clusters = !direct && !fused && !real_window && !fourstep && use_cluster(u, plan, need_k);
   if (!direct && !fused && !real_window && !clusters && !fourstep)
@@ -935,7 +995,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
     grad_k = at::zeros({D, Lk}, k.options());
     if (u.numel() > 0) {
       const at::Tensor taps_grad = real_window_backward(gy, layout::rows_contiguous(u), k, skip,
-                                                        need_u ? grad_u : at::Tensor(), s);
+                                                        need_u ? grad_u : at::Tensor(), s, real_window_chunk);
       grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
     } else if (need_u) {
       grad_u.zero_();

@@ -185,6 +185,45 @@ __device__ __forceinline__ void real_spectrum_pairs(const float2* smem, Bin bin)
   }
 }
 
+// exp(-2 pi i m / 32) for a compile-time m (after unrolling: immediates).
+__device__ __forceinline__ float2 root32(int m) {
+  constexpr float kCos32[32] = {1.000000000f, 0.980785280f, 0.923879533f, 0.831469612f, 0.707106781f, 0.555570233f, 0.382683432f, 0.195090322f, 0.000000000f, -0.195090322f, -0.382683432f, -0.555570233f, -0.707106781f, -0.831469612f, -0.923879533f, -0.980785280f, -1.000000000f, -0.980785280f, -0.923879533f, -0.831469612f, -0.707106781f, -0.555570233f, -0.382683432f, -0.195090322f, -0.000000000f, 0.195090322f, 0.382683432f, 0.555570233f, 0.707106781f, 0.831469612f, 0.923879533f, 0.980785280f};
+  return make_float2(kCos32[m & 31], -kCos32[(m + 24) & 31]);  // sin(2 pi m/32) = cos(2 pi (m - 8)/32)
+}
+
+// The register variant of the same step (kRegs kernels): after fft_to_registers (x[b*Rl + r] = Z[f],
+// f = q + b*N16 + r*NR) and registers_to_smem, bin(i, f, t, X1, X2) for each of this thread's 16 bins,
+// x[i] being bin f's Z: the partner Z[N - f] comes from shared memory, the thread's own from x, so bin
+// may overwrite x[i] (read first). These are exactly the bins the first pass of inverse_from_registers
+// takes from x, so the merged spectrum never goes back to shared memory and the inverse's last pass
+// writes global memory directly: two shared-memory round trips fewer per transform back than the pair
+// step, at the price of x live across the step (spills at the 64-register bound; which one is faster
+// is for the device to say: FFT_TENSOR_CONV_REAL_WINDOW_REGS). Bins 0 and N/2 pair with themselves:
+// the same formulas hold ((N - f) mod N). The caller's barrier must separate these shared-memory reads
+// from its next writes.
+template <int N, typename Bin>
+__device__ __forceinline__ void real_spectrum_own(const float2* smem, const float2 (&x)[kElemsPerThread], Bin bin) {
+  constexpr int Rl = smem_fft::last_radix(N), N16 = N / kElemsPerThread, NR = N / Rl, kBfly = kElemsPerThread / Rl;
+  const int q = threadIdx.x;
+  float sn, cs;
+  sincospif(-(float)q / (float)N, &sn, &cs);  // W_2N^q; exact argument (N a power of two)
+  const float2 wq = make_float2(cs, sn);
+#pragma unroll
+  for (int b = 0; b < kBfly; ++b) {
+#pragma unroll
+    for (int r = 0; r < Rl; ++r) {
+      const int f = q + b * N16 + r * NR;
+      // W_2N^f = W_2N^q * exp(-i pi (b*N16 + r*NR) / N) = W_2N^q * root32(b + r*16/Rl): an immediate
+      const float2 t = (b == 0 && r == 0) ? wq : cmul(wq, root32(b + r * (16 / Rl)));
+      const float2 af = x[b * Rl + r], c = conjf2(smem[pad((N - f) & (N - 1))]);
+      const float2 P = cadd(af, c), Dd = smem_fft::csub(af, c);
+      const float2 tM = cmul(t, make_float2(Dd.y, -Dd.x));  // t * (-i) * (Z[f] - conj(Z[N-f]))
+      bin(b * Rl + r, f, t, cadd(P, tM), smem_fft::csub(P, tM));
+    }
+    asm volatile("" ::: "memory");  // one butterfly's loads in flight at a time: fewer live registers
+  }
+}
+
 // conj(Z'[f]) from Y1 = 2 Y[f] / (4N) and Y2 = 2 Y[f + N] / (4N) (the products with Kr): what the inverse
 // (a forward FFT) takes.
 __device__ __forceinline__ float2 real_merge_conj(float2 t, float2 Y1, float2 Y2) {
@@ -210,7 +249,7 @@ __device__ __forceinline__ void registers_to_smem(float2* smem, const float2 (&v
 // apart, Kr (D x 128 KB, more than L2) was read from DRAM once per row, as many bytes as the rows. The
 // merged spectrum is written in place and transformed by smem_fft::fft (one more shared-memory pass than
 // inverse_from_registers, and no register array held across the step).
-template <typename scalar_t, bool kReverse, int N>
+template <typename scalar_t, bool kReverse, int N, bool kRegs>
 __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     conv_real_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ Kr, scalar_t* __restrict__ y,
                             ConvShape s) {
@@ -227,27 +266,43 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
   auto sample = [&](int m) {
     return (unsigned)(m - lo) < (unsigned)(hi - lo) ? to_float(xr[kReverse ? -m : m]) : 0.f;
   };
+  const float2* K = Kr + d * (N + 1);
+  auto store = [&](int n, float2 w) {  // w = conj(z'[n]): y at samples 2n and 2n + 1
+    const int m0 = 2 * n, m1 = m0 + 1;
+    if ((unsigned)(m0 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m0 : m0] = static_cast<scalar_t>(w.x);
+    if ((unsigned)(m1 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m1 : m1] = static_cast<scalar_t>(-w.y);
+  };
+  if constexpr (kRegs) {
+    float2 v[kElemsPerThread];
+    smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
+    __syncthreads();  // every thread has read the last pass's input
+    registers_to_smem<N>(smem, v);
+    real_spectrum_own<N>(smem, v, [&](int i, int f, float2 t, float2 X1, float2 X2) {
+      v[i] = real_merge_conj(t, cmul(X1, K[f]), cmul(X2, conjf2(K[N - f])));  // K[f + N] = conj(K[N - f])
+    });
+    __syncthreads();  // every partner has been read before the inverse writes shared memory
+    smem_fft::inverse_from_registers<N>(smem, v, store);
+    return;
+  }
   {
     float2 v[kElemsPerThread];
     smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
     __syncthreads();  // every thread has read the last pass's input
     registers_to_smem<N>(smem, v);
   }
-  const float2* K = Kr + d * (N + 1);
   real_spectrum_pairs<N>(smem, [&](int f, float2 t, float2 X1, float2 X2) {
     smem[pad(f)] = real_merge_conj(t, cmul(X1, K[f]), cmul(X2, conjf2(K[N - f])));  // K[f + N] = conj(K[N - f])
   });
   smem_fft::fft<N>(smem);  // barriers on both sides: smem[pad(n)] = conj(z'[n])
 #pragma unroll 4
   for (int i = 0; i < kElemsPerThread; ++i) {
-    const int n = threadIdx.x + i * N16, m0 = 2 * n, m1 = m0 + 1;
-    const float2 w = smem[pad(n)];
-    if ((unsigned)(m0 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m0 : m0] = static_cast<scalar_t>(w.x);
-    if ((unsigned)(m1 - lo) < (unsigned)(hi - lo)) yr[kReverse ? -m1 : m1] = static_cast<scalar_t>(-w.y);
+    const int n = threadIdx.x + i * N16;
+    store(n, smem[pad(n)]);
   }
 }
 
-// The backward with grad_k, one channel per block over its B rows (grid: D blocks, N/16 threads). For
+// The backward with grad_k, one channel per block over its B rows (grid: one block per channel of a
+// chunk of channels d0, d0 + 1, ...; Kr, C and U_scratch hold the chunk's channels; N/16 threads). For
 // row b, with the rows read from t = 0 (sample m = time m, zero from L: the 2N-point circular
 // correlations do not wrap, as 2N >= L + taps - 1):
 //   U = the spectrum of u[b], kept in U_scratch (this channel's N + 1 bins, global memory, each bin
@@ -257,64 +312,103 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
 //   kNeedU: grad_u[b] = the inverse of G conj(K) (correlation with k, no time reversal).
 // Three N-point FFTs per row (with kNeedU) against the four-step path's three passes over N complex
 // values of the row pair in global memory. The sums stay in L2 while a block works on its channel.
-template <typename scalar_t, int N, bool kNeedU>
+// kRegs: the spectrum steps on each thread's own bins in registers (real_spectrum_own) and grad_u's
+// inverse from registers straight to global memory; else the pair step through shared memory.
+template <typename scalar_t, int N, bool kNeedU, bool kRegs>
 __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     conv_real_window_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
                                      const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
-                                     float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s) {
+                                     float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s,
+                                     int64_t d0) {
   extern __shared__ float2 smem[];
   constexpr int N16 = N / kElemsPerThread;
-  const int64_t d = blockIdx.x;
+  const int64_t d = d0 + blockIdx.x;
   const int L = (int)s.L;
-  const float2* K = Kr + d * (N + 1);
-  float2* Cd = C + d * (N + 1);
-  float2* Ud = U_scratch + d * (N + 1);
+  const float2* K = Kr + (int64_t)blockIdx.x * (N + 1);
+  float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
+  float2* Ud = U_scratch + (int64_t)blockIdx.x * (N + 1);
   for (int64_t b = 0; b < s.B; ++b) {
     const int64_t off = (b * s.D + d) * s.L;
     const scalar_t* ur = u + off;
     const scalar_t* gr = gy + off;
-    {
-      float2 v[kElemsPerThread];
-      __syncthreads();  // the previous row's last reads of shared memory are done
-      smem_fft::fft_to_registers<N>(smem, v, [&](int n) {
-        return make_float2(2 * n < L ? to_float(ur[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(ur[2 * n + 1]) : 0.f);
-      });
-      __syncthreads();
-      registers_to_smem<N>(smem, v);
-    }
-    real_spectrum_pairs<N>(smem, [&](int f, float2, float2 X1, float2 X2) {
+    scalar_t* yr = kNeedU ? grad_u + off : nullptr;
+    auto load_u = [&](int n) {
+      return make_float2(2 * n < L ? to_float(ur[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(ur[2 * n + 1]) : 0.f);
+    };
+    auto load_gy = [&](int n) {
+      return make_float2(2 * n < L ? to_float(gr[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(gr[2 * n + 1]) : 0.f);
+    };
+    auto store_u = [&](int f, float2, float2 X1, float2 X2) {
       Ud[f] = X1;
       if (f == 0) Ud[N] = X2;
-    });
-    {
-      float2 v[kElemsPerThread];
-      __syncthreads();  // every pair has been read before the next FFT writes shared memory
-      smem_fft::fft_to_registers<N>(smem, v, [&](int n) {
-        return make_float2(2 * n < L ? to_float(gr[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(gr[2 * n + 1]) : 0.f);
-      });
-      __syncthreads();
-      registers_to_smem<N>(smem, v);
-    }
+    };
     const bool first_row = b == 0;
-    real_spectrum_pairs<N>(smem, [&](int f, float2 t, float2 X1, float2 X2) {
+    auto sum_c = [&](int f, float2 X1, float2 X2) {  // C[f] += G[f] conj(U[f]), bin N with bin 0
       const float2 p = cmul(X1, conjf2(Ud[f]));
       Cd[f] = first_row ? p : cadd(Cd[f], p);
       if (f == 0) {
         const float2 pN = cmul(X2, conjf2(Ud[N]));
         Cd[N] = first_row ? pN : cadd(Cd[N], pN);
       }
-      if constexpr (kNeedU)  // G conj(K): conj(K[f + N]) = K[N - f]
-        smem[pad(f)] = real_merge_conj(t, cmul(X1, conjf2(K[f])), cmul(X2, K[N - f]));
+    };
+    // G conj(K) merged (conj(K[f + N]) = K[N - f]): what grad_u's inverse takes
+    auto merged = [&](int f, float2 t, float2 X1, float2 X2) {
+      return real_merge_conj(t, cmul(X1, conjf2(K[f])), cmul(X2, K[N - f]));
+    };
+    auto store_grad_u = [&](int n, float2 w) {  // w = conj(z'[n]): grad_u at samples 2n and 2n + 1
+      const int m0 = 2 * n, m1 = m0 + 1;
+      if (m0 < L) yr[m0] = static_cast<scalar_t>(w.x);
+      if (m1 < L) yr[m1] = static_cast<scalar_t>(-w.y);
+    };
+    if constexpr (kRegs) {
+      {
+        float2 v[kElemsPerThread];
+        __syncthreads();  // the previous row's last reads of shared memory are done
+        smem_fft::fft_to_registers<N>(smem, v, load_u);
+        __syncthreads();
+        registers_to_smem<N>(smem, v);
+        real_spectrum_own<N>(smem, v, [&](int, int f, float2 t, float2 X1, float2 X2) { store_u(f, t, X1, X2); });
+      }
+      float2 v[kElemsPerThread];
+      __syncthreads();  // every partner has been read before the next FFT writes shared memory
+      smem_fft::fft_to_registers<N>(smem, v, load_gy);
+      __syncthreads();
+      registers_to_smem<N>(smem, v);
+      real_spectrum_own<N>(smem, v, [&](int i, int f, float2 t, float2 X1, float2 X2) {
+        sum_c(f, X1, X2);
+        if constexpr (kNeedU) v[i] = merged(f, t, X1, X2);
+      });
+      if constexpr (kNeedU) {
+        __syncthreads();  // every partner has been read before the inverse writes shared memory
+        smem_fft::inverse_from_registers<N>(smem, v, store_grad_u);
+      }
+      continue;
+    }
+    {
+      float2 v[kElemsPerThread];
+      __syncthreads();  // the previous row's last reads of shared memory are done
+      smem_fft::fft_to_registers<N>(smem, v, load_u);
+      __syncthreads();
+      registers_to_smem<N>(smem, v);
+    }
+    real_spectrum_pairs<N>(smem, store_u);
+    {
+      float2 v[kElemsPerThread];
+      __syncthreads();  // every pair has been read before the next FFT writes shared memory
+      smem_fft::fft_to_registers<N>(smem, v, load_gy);
+      __syncthreads();
+      registers_to_smem<N>(smem, v);
+    }
+    real_spectrum_pairs<N>(smem, [&](int f, float2 t, float2 X1, float2 X2) {
+      sum_c(f, X1, X2);
+      if constexpr (kNeedU) smem[pad(f)] = merged(f, t, X1, X2);
     });
     if constexpr (kNeedU) {
       smem_fft::fft<N>(smem);  // barriers on both sides: smem[pad(n)] = conj(z'[n])
-      scalar_t* yr = grad_u + off;
 #pragma unroll 4
       for (int i = 0; i < kElemsPerThread; ++i) {
-        const int n = threadIdx.x + i * N16, m0 = 2 * n, m1 = m0 + 1;
-        const float2 w = smem[pad(n)];
-        if (m0 < L) yr[m0] = static_cast<scalar_t>(w.x);
-        if (m1 < L) yr[m1] = static_cast<scalar_t>(-w.y);
+        const int n = threadIdx.x + i * N16;
+        store_grad_u(n, smem[pad(n)]);
       }
     }
   }

@@ -1,4 +1,4 @@
-"""ChunkLM: the spectral backbone plus a chunk head (the seed's "piston engine").
+"""ChunkLM: the spectral backbone plus a chunk head (the original pipeline's "piston engine").
 
 From every position t the backbone gives one feature h_t (it has read bytes 0..t). The head predicts
 the next `chunk` bytes c_0..c_{K-1} = x[t+1..t+K] from h_t with a small causal transformer over the
@@ -46,7 +46,8 @@ class ChunkLMConfig:
 PRESETS = {
     "tiny": dict(backbone_preset="tiny", chunk=16, head_dim=64, head_layers=1, head_heads=2),
     "small": dict(backbone_preset="small", chunk=16, head_dim=128, head_layers=2, head_heads=4),
-    # the seed's ~29M chunk LM: 1024 context, kernel 128, chunk 16 (8-layer d=512 backbone 27.6M + head 1.8M)
+    # the original pipeline's ~29M chunk LM: 1024 context, kernel 128, chunk 16
+    # (8-layer d=512 backbone 27.6M + head 1.8M)
     "29m": dict(backbone_preset="base512", chunk=16, head_dim=256, head_layers=2, head_heads=4,
                 backbone_overrides=dict(seq_len=1024, kernel_len=128)),
     "base512": dict(backbone_preset="base512", chunk=16, head_dim=256, head_layers=2, head_heads=4),

@@ -103,11 +103,11 @@ def attention_heads(d_model: int) -> int:
 PRESETS = {
     "tiny": dict(d_model=128, n_layers=4, seq_len=256, kernel_len=64),      # 1.05M, CPU tests and quickstart
     "small": dict(d_model=256, n_layers=6, seq_len=512, kernel_len=128),    # 6.04M
-    # the seed's scale. (pre_gate at d=504, 28.8M: 1.200 val bits/byte in the 120-s H100 run against
+    # the original pipeline's scale. (pre_gate at d=504, 28.8M: 1.200 val bits/byte in the 120-s H100 run against
     # 1.197 for this one, RESULTS.md; 0.03 better at the tiny scale on the CPU. Not adopted.)
     "29m": dict(d_model=528, n_layers=8, seq_len=1024, kernel_len=128),     # 29.1M
     "base512": dict(d_model=512, n_layers=8, seq_len=1024, kernel_len=128), # 27.6M, ANCHORS.md throughput model
-    # The seed's scale with two of its eight blocks mixing by attention (blocks 2 and 6) and the pre-gate:
+    # The original pipeline's scale with two of its eight blocks mixing by attention (blocks 2 and 6) and the pre-gate:
     # 0.995 val bits/byte after 120 s on gcide against the GPT's 1.006 in the same run (29m: 1.197
     # against 1.017), same parameter count (RESULTS.md, eleventh session).
     "29m-hybrid": dict(d_model=512, n_layers=8, seq_len=1024, kernel_len=128, attn_blocks=2, pre_gate=True),  # 28.6M

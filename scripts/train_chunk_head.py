@@ -6,7 +6,7 @@ r"""Train a ChunkLM: the spectral backbone plus the chunk head that predicts `--
     python -m scripts.train_chunk_head --init-backbone runs/train/ckpt.pt --chunk 16 ...   # from a trained backbone
 
 The loop is fft_lm.train's (data, curriculum, resume, progress bar, metrics, plot, DDP, compile);
-the flags are its flags plus --chunk, --init-backbone and the head sizes. The seed's spellings
+the flags are its flags plus --chunk, --init-backbone and the head sizes. The original pipeline's spellings
 --ckpt and --log-every are aliases of --ckpt-path and --log-every-steps. Reported losses are the
 per-byte cross-entropy over every byte of every predicted chunk, in bits per byte.
 """

@@ -1,4 +1,5 @@
-"""`python -m scripts.train_fixed_full`: the seed's script name for fft_lm.train_fixed_full (same CLI)."""
+"""`python -m scripts.train_fixed_full`: the original pipeline's script name for fft_lm.train_fixed_full
+(same CLI)."""
 from fft_lm.train import main
 
 if __name__ == "__main__":

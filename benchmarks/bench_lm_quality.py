@@ -42,7 +42,7 @@ def run_one(family, seed, args, out_dir, tag=""):
         log_every_steps=25, curriculum_start_bins=args.curriculum_start_bins,
         curriculum_frac=args.curriculum_frac if family == "spectral" else 0.0,
         model_set=args.spectral_set if family == "spectral" else args.gpt_set,
-        ckpt_path=os.path.join(args.ckpt_dir, family + tag, "ckpt.pt"),
+        ckpt_path=os.path.join(args.ckpt_dir, family + tag, "ckpt.pt"), overwrite=True,  # a benchmark run starts over
         metrics_path=os.path.join(out_dir, f"bench_lm_quality_{family}{tag}.jsonl"),
         plot_path=os.path.join(out_dir, f"bench_lm_quality_{family}{tag}.png"))
     result = train(cfg)

@@ -141,9 +141,12 @@ def read_checkpoint(path, map_location="cpu", mmap=False):
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, KeyError,
             AttributeError, ImportError, IndexError, TypeError, OSError) as e:
         size = os.path.getsize(path)
+        detail = str(e).splitlines()[0] if str(e) else ""
+        if "weights_only" in str(e) or "Weights only" in str(e):  # torch's advice to unpickle anyway does not apply
+            detail = "torch.load(weights_only=True) refused it"
         raise CheckpointError(
             f"checkpoint {path!r} ({size} bytes) cannot be read: truncated, corrupted or not a torch.save file "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+            f"({type(e).__name__}: {detail})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = f"a dict with keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"checkpoint {path!r} is not an fft_lm checkpoint: expected a dict with "

@@ -16,7 +16,7 @@ import torch
 import fft_lm
 from fft_lm.data import ByteCorpus
 from fft_lm.generation import generate
-from fft_lm.train import LN2, TrainConfig, train
+from fft_lm.train import LN2, ConfigError, TrainConfig, train
 
 
 def unigram_bpb(corpus):
@@ -43,7 +43,8 @@ def main(argv=None):
 
     on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     common = dict(data=args.data, device=args.device, seed=args.seed, eval_every=0, log_every_steps=10,
-                  ckpt_path=os.path.join(args.out, "ckpt.pt"), curriculum_start_bins=16, curriculum_frac=0.5,
+                  ckpt_path=os.path.join(args.out, "ckpt.pt"), overwrite=True,  # each quickstart starts over
+                  curriculum_start_bins=16, curriculum_frac=0.5,
                   steps_per_epoch=100_000)  # the time budget ends the run; lr and curriculum follow the clock
     if on_gpu:
         cfg = TrainConfig(preset="small", seq_len=512, batch_size=32, lr=2e-3, warmup_steps=100,
@@ -59,7 +60,10 @@ def main(argv=None):
         parser.error(str(e))
     print(f"quickstart: training SpectralLM preset {cfg.preset!r} on {corpus.source} for {cfg.max_time_s:.0f} s "
           f"({'GPU' if on_gpu else 'CPU'}), frequency curriculum from {cfg.curriculum_start_bins} bins to full band")
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except ConfigError as e:  # a bad --device or --data: usage and the message, no traceback
+        parser.error(str(e))
 
     model, meta = fft_lm.load_checkpoint(cfg.ckpt_path)
     device = "cuda" if on_gpu else "cpu"

@@ -82,6 +82,7 @@ class TrainConfig:
     metrics_path: str = ""  # JSONL metrics ("" = metrics.jsonl next to the checkpoint)
     plot_path: str = ""  # PNG of train/val bpb ("" = curves.png next to the checkpoint)
     resume: bool = False  # continue the run saved at --ckpt-path (model, optimizer, step, RNG, data) with its own settings; flags given with it change them
+    overwrite: bool = False  # start a new run even if --ckpt-path holds one (its checkpoint and metrics are replaced); without it that is an error
     # system
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 (autocast; the conv op keeps its FFTs in fp32)
@@ -115,10 +116,11 @@ def field_comments(cls):
     return helps
 
 
-def build_arg_parser(config_cls=TrainConfig, *, aliases=None, description=None):
+def build_arg_parser(config_cls=TrainConfig, *, aliases=None, description=None, hidden=()):
     """An argparse parser with one --flag-name per dataclass field (bools get --no-flag too).
 
     aliases: {field: ["--other-name", ...]} extra spellings (e.g. the chunk script's --ckpt).
+    hidden: fields whose flags --help leaves out (a script that fixes them; given, they still parse).
     """
     import argparse
     parser = argparse.ArgumentParser(description=description or (config_cls.__doc__ or "").strip() or None,
@@ -129,11 +131,11 @@ def build_arg_parser(config_cls=TrainConfig, *, aliases=None, description=None):
         flags = ["--" + f.name.replace("_", "-")] + list(aliases.get(f.name, []))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = type(default)
+        text = argparse.SUPPRESS if f.name in hidden else helps.get(f.name, f.name)
         if kind is bool:
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=helps.get(f.name, f.name))
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            parser.add_argument(*flags, dest=f.name, type=kind, default=default, help=helps.get(f.name, f.name))
+            parser.add_argument(*flags, dest=f.name, type=kind, default=default, help=text)
     if any(f.name == "dtype" for f in dataclasses.fields(config_cls)):
         parser.add_argument("--amp", dest="dtype", action="store_const", const="bfloat16",
                             help="alias for --dtype bfloat16")
@@ -160,25 +162,47 @@ def parse_config(parser, config_cls, argv=None):
 
 
 # What one invocation decides for itself; --resume takes every other field from the run it continues.
-PER_INVOCATION_FIELDS = frozenset({"resume", "stop_after_steps", "ckpt_path", "device", "compile", "compile_mode",
-                                   "cpp_wrapper", "progress", "init_backbone"})
+PER_INVOCATION_FIELDS = frozenset({"resume", "overwrite", "stop_after_steps", "ckpt_path", "device", "compile",
+                                   "compile_mode", "cpp_wrapper", "progress", "init_backbone"})
+# What the resumed run's model is: the checkpoint rebuilds it, so a flag may only repeat these.
+RUN_MODEL_FIELDS = ("family", "preset", "kernel_len")
+
+
+def saved_kernel_len(ckpt):
+    """The kernel taps of a checkpoint's model (a ChunkLM's are its backbone's); None when it has none."""
+    config = ckpt.get("model_config") or {}
+    return config.get("kernel_len", (config.get("backbone") or {}).get("kernel_len"))
 
 
 def resume_config(cfg, given):
     """With --resume: cfg with the run's own settings (its checkpoint's train_config) for every field the
     command line did not set, so a bare `--resume --ckpt-path P` continues the run as it was (batch size,
     schedule, curriculum, data, preset...). Returns (cfg, {field: (run's value, given value)}) for the
-    flags that change a setting of the run. An unreadable checkpoint is left to train() to report."""
+    flags that change a setting of the run. A flag that would change the run's model (--family, --preset,
+    --kernel-len: the checkpoint rebuilds the model, so it would be ignored) is a ConfigError. An
+    unreadable checkpoint is left to train() to report."""
     if not cfg.resume or not cfg.ckpt_path:
         return cfg, {}
     try:
-        saved = read_checkpoint(cfg.ckpt_path, map_location="cpu", mmap=True).get("train_config") or {}
+        ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu", mmap=True)
     except (CheckpointError, OSError):
         return cfg, {}
+    saved = ckpt.get("train_config") or {}
     fields = {f.name for f in dataclasses.fields(cfg)} - PER_INVOCATION_FIELDS
     inherited = {name: saved[name] for name in fields - set(given) if name in saved}
     changed = {name: (saved[name], getattr(cfg, name)) for name in fields & set(given)
                if name in saved and saved[name] != getattr(cfg, name)}
+    model_values = {"family": ckpt.get("family"), "preset": saved.get("preset"), "kernel_len": saved_kernel_len(ckpt)}
+    for name in RUN_MODEL_FIELDS:
+        value = getattr(cfg, name)
+        if name == "kernel_len" and value == 0:  # 0 = the preset's: not a change
+            continue
+        differs = value != model_values[name] and (model_values[name] is not None or name == "kernel_len")
+        if name in given and differs:
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r} differs from the run being resumed "
+                              f"({name}={model_values[name]!r}; --resume rebuilds its model from {cfg.ckpt_path}): "
+                              f"leave it out, or start a new run with another --ckpt-path")
+        changed.pop(name, None)  # given and equal to the model's (a saved 0 means the preset's value)
     return dataclasses.replace(cfg, **inherited), changed
 
 
@@ -426,6 +450,10 @@ def _train(cfg, model, rank, world, device, master):
     plot_path = cfg.plot_path or os.path.join(ckpt_dir, "curves.png")
 
     with setup_errors():
+        if not cfg.resume and not cfg.overwrite and cfg.ckpt_path and os.path.exists(cfg.ckpt_path):
+            raise ConfigError(f"--ckpt-path {cfg.ckpt_path} already holds a checkpoint: pass --resume to continue "
+                              f"that run, --overwrite to start a new one in its place (its checkpoint and metrics "
+                              f"are replaced), or another --ckpt-path")
         try:
             ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu") if cfg.resume else None
         except CheckpointError as e:
@@ -680,9 +708,9 @@ def write_param_checksum(model, rank):
 def main(argv=None):
     parser = build_arg_parser(TrainConfig, description="Train a byte-level LM (spectral or GPT) on a byte corpus.")
     cfg, given = parse_config(parser, TrainConfig, argv)
-    cfg, changed = resume_config(cfg, given)
-    announce_resume(cfg, changed)
     try:
+        cfg, changed = resume_config(cfg, given)
+        announce_resume(cfg, changed)
         metrics = train(cfg)
     except ConfigError as e:
         parser.error(str(e))  # usage + message, exit status 2
@@ -692,3 +720,7 @@ def main(argv=None):
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(to_plain(metrics)))
     return metrics
+
+
+if __name__ == "__main__":
+    main()

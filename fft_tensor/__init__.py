@@ -1,8 +1,8 @@
 """fft-tensor: fast spectral sequence operators for PyTorch.
 
 The ops are C++/CUDA custom ops registered as torch.ops.fft_tensor.*; this package holds thin
-typed wrappers (fft_tensor.ops), pure-torch reference definitions (fft_tensor.reference) and
-layers built on them.
+typed wrappers (fft_tensor.ops) and pure-torch reference definitions (fft_tensor.reference). The
+layers and language models built on them are in the fft_lm package.
 """
 from ._loader import load as _load
 

@@ -7,8 +7,8 @@ Each layer keeps only the state it needs (conv models: the last kernel_len-1 inp
 convolution; GPT: its KV cache), so a step costs the same however long the context, including
 past --seq-len. Greedy output is byte-identical to scripts.generate_chunked (full recompute).
 
---seq-len, --kernel-len and --chunk are checks against the checkpoint (the seed passed them by
-hand): they cannot change a trained model, and a mismatch is an error. Leave them out to use the
+--seq-len, --kernel-len and --chunk are checks against the checkpoint (the original pipeline
+passed them by hand): they cannot change a trained model, and a mismatch is an error. Leave them out to use the
 checkpoint's values. For byte-at-a-time models --chunk only sets the unit of --chunks.
 """
 import argparse

@@ -49,9 +49,8 @@ def check_resume_flags(cfg):
         raise ValueError(f"--resume: {cfg.ckpt_path} is a {ckpt.get('family')!r} checkpoint, not a ChunkLM "
                          f"(continue it with python -m fft_lm.train_fixed_full --resume)")
     have = ckpt.get("model_config") or {}
-    given = {**head_overrides(cfg), **({"kernel_len": cfg.kernel_len} if cfg.kernel_len else {})}
-    for name, value in given.items():
-        run = (have.get("backbone") or {}).get(name) if name == "kernel_len" else have.get(name)
+    for name, value in head_overrides(cfg).items():  # (fft_lm.train.resume_config checks --kernel-len)
+        run = have.get(name)
         if run is not None and run != value:
             raise ValueError(f"--{name.replace('_', '-')} {value} differs from the run being resumed "
                              f"({name}={run}); leave it out with --resume")
@@ -85,9 +84,14 @@ def build_chunk_model(cfg):
 
 def main(argv=None):
     parser = build_arg_parser(ChunkTrainConfig, aliases={"ckpt_path": ["--ckpt"], "log_every_steps": ["--log-every"]},
-                              description=__doc__.strip().splitlines()[0])
+                              description=__doc__.strip().splitlines()[0], hidden=("family", "model_set"))
     cfg, given = parse_config(parser, ChunkTrainConfig, argv)
-    cfg, changed = resume_config(cfg, given)  # --resume: the run's own settings for flags not given
+    try:
+        if cfg.resume:  # first: a checkpoint of another family names itself, not the --family it would pass on
+            check_resume_flags(cfg)
+        cfg, changed = resume_config(cfg, given)  # --resume: the run's own settings for flags not given
+    except (ValueError, RuntimeError) as e:  # ConfigError is a ValueError, CheckpointError a RuntimeError
+        parser.error(str(e))
     if cfg.family != "chunk":
         parser.error(f"--family: this script trains family 'chunk', got {cfg.family!r} (use fft_lm.train_fixed_full)")
     if cfg.preset not in PRESETS:

@@ -207,6 +207,28 @@ def test_train_script_defaults_seq_len_and_head_from_the_preset(tmp_path):
     assert bad.returncode == 2 and "error: --data" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_train_chunk_head_resume_of_another_family_and_hidden_flags(tmp_path, capsys):
+    """--resume on a checkpoint a backbone run wrote (its train_config says family 'spectral') names the
+    checkpoint's family, not a --family the user never gave; --help leaves out the flags the script fixes."""
+    from fft_lm.train import TrainConfig, train
+    from scripts import train_chunk_head
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"the cat sat on the mat. " * 40)
+    ckpt = str(tmp_path / "spectral" / "ckpt.pt")
+    train(TrainConfig(data=str(corpus), seq_len=16, batch_size=1, steps_per_epoch=1, eval_every=0, eval_batches=1,
+                      ckpt_path=ckpt, plot_path="-", progress=False),
+          model=fft_lm.SpectralLM.from_preset("tiny", d_model=16, n_layers=1, seq_len=16, kernel_len=4))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train_chunk_head.main(["--resume", "--ckpt", ckpt, "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is a 'spectral' checkpoint, not a ChunkLM" in err and "--family" not in err, err
+    with pytest.raises(SystemExit):
+        train_chunk_head.main(["--help"])
+    out = capsys.readouterr().out
+    assert "--head-dim" in out and "--family" not in out and "--model-set" not in out, out
+
+
 def test_train_chunk_head_refuses_model_set():
     # TrainConfig's --model-set is for the backbone families; the chunk script names its own flags
     from scripts.train_chunk_head import ChunkTrainConfig, build_chunk_model

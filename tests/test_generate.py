@@ -553,6 +553,17 @@ def test_script_argument_errors(checkpoints, capsys, args, words):
     assert words in capsys.readouterr().err
 
 
+def test_script_device_errors(checkpoints, capsys, monkeypatch):
+    """--device cuda where torch sees no GPU, or a device torch cannot parse: a usage error, no traceback."""
+    from scripts import generate_chunked
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, words in (("cuda", "--device cuda: no CUDA GPU is visible"), ("gpu0", "--device: expected cpu")):
+        with pytest.raises(SystemExit) as e:
+            generate_chunked.main(["--ckpt", checkpoints["spectral"], "--device", device, "--max-new-bytes", "2"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and "Traceback" not in err, err
+
+
 def test_script_gpt_has_no_kernel_len_and_bad_ckpt(checkpoints, capsys, tmp_path):
     from scripts import generate_chunked, generate_chunked_overlap_save
     with pytest.raises(SystemExit):
@@ -562,7 +573,8 @@ def test_script_gpt_has_no_kernel_len_and_bad_ckpt(checkpoints, capsys, tmp_path
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit):
         generate_chunked.main(["--ckpt", str(bad), "--device", "cpu"])
-    assert "--ckpt: cannot load" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--ckpt: cannot load" in err and "weights_only=False" not in err, err  # not torch's advice to unpickle
 
 
 def test_top_level_generate_after_submodule_import():

@@ -36,6 +36,18 @@ def test_quickstart_trains_generates_and_reports(corpus, tmp_path, capsys):
     assert all(r["step"] % 10 == 0 for r in rows if "train_bpb" in r)
     model, meta = fft_lm.load_checkpoint(str(out_dir / "ckpt.pt"))
     assert meta["step"] == result["step"] and sum(p.numel() for p in model.parameters()) == result["n_params"]
+    # run again into the same --out: each quickstart starts over (a training run would refuse the checkpoint)
+    again = quickstart.main(["--data", corpus, "--out", str(out_dir), "--budget-s", "1", "--device", "cpu",
+                             "--gen-bytes", "4", "--prompt", "a"])
+    assert fft_lm.load_checkpoint(str(out_dir / "ckpt.pt"))[1]["step"] == again["step"] >= 1
+
+
+def test_quickstart_device_cuda_without_a_gpu_is_a_usage_error(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(quickstart.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--data", corpus, "--out", str(tmp_path / "qs"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--device cuda: no CUDA GPU" in err and "Traceback" not in err, err
 
 
 def test_quickstart_missing_corpus_is_a_usage_error(tmp_path, capsys):

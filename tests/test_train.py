@@ -443,6 +443,51 @@ def test_cli_resume_continues_with_the_runs_settings(corpus, tmp_path, capsys):
     assert "changed here: --epochs 1 -> 2" in capsys.readouterr().out and more["step"] == 7
 
 
+def test_cli_resume_refuses_model_flags_it_would_ignore(corpus, tmp_path, capsys):
+    """--resume rebuilds the run's model from its checkpoint, so --family, --preset or --kernel-len that
+    differ from it are usage errors (they were announced as changes and ignored); repeating them is fine."""
+    ckpt = str(tmp_path / "run" / "ckpt.pt")
+    train_mod.main(["--data", corpus, "--preset", "tiny", "--model-set", "d_model=16,n_layers=1", "--seq-len", "32",
+                    "--kernel-len", "8", "--batch-size", "2", "--steps-per-epoch", "3", "--eval-every", "0",
+                    "--eval-batches", "1", "--stop-after-steps", "1", "--no-progress", "--plot-path", "-",
+                    "--ckpt-path", ckpt])
+    capsys.readouterr()
+    for flags, words in ((["--preset", "small"], "--preset 'small' differs from the run being resumed (preset='tiny'"),
+                         (["--kernel-len", "16"], "--kernel-len 16 differs from the run being resumed (kernel_len=8"),
+                         (["--family", "gpt"], "--family 'gpt' differs from the run being resumed (family='spectral'")):
+        with pytest.raises(SystemExit) as exit_info:
+            train_mod.main(["--resume", "--ckpt-path", ckpt, "--no-progress", *flags])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and words in err and "Traceback" not in err, err
+    assert read_checkpoint(ckpt)["step"] == 1  # untouched
+    more = train_mod.main(["--resume", "--ckpt-path", ckpt, "--no-progress", "--preset", "tiny", "--kernel-len", "8",
+                           "--family", "spectral", "--stop-after-steps", "1"])
+    assert more["step"] == 2 and "changed here" not in capsys.readouterr().out
+
+
+def test_new_run_at_an_existing_checkpoint_is_refused_unless_overwrite(corpus, tmp_path, capsys):
+    """A run without --resume whose --ckpt-path holds a checkpoint would replace it and its metrics:
+    an error that names --resume and --overwrite; the old run's files stay as they were."""
+    cfg = tiny_cfg(corpus, tmp_path, eval_every=0, eval_batches=1)
+    train(cfg, model=tiny_model())
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    before = (metrics.read_bytes(), read_checkpoint(cfg.ckpt_path)["step"])
+    with pytest.raises(ConfigError, match="already holds a checkpoint: pass --resume .* --overwrite"):
+        train(dataclasses.replace(cfg, steps_per_epoch=2), model=tiny_model())
+    assert (metrics.read_bytes(), read_checkpoint(cfg.ckpt_path)["step"]) == before
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main(["--data", corpus, "--ckpt-path", cfg.ckpt_path, "--no-progress"])
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    again = train(dataclasses.replace(cfg, steps_per_epoch=2, overwrite=True), model=tiny_model())
+    assert again["step"] == 2 and read_checkpoint(cfg.ckpt_path)["step"] == 2
+
+
+def test_train_module_runs_as_a_script():
+    """`python -m fft_lm.train --help` prints the flags (train_fixed_full's docstring points there)."""
+    r = subprocess.run([sys.executable, "-m", "fft_lm.train", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "--overwrite" in r.stdout and "--resume" in r.stdout, r.stderr[-2000:]
+
+
 def test_cli_device_cuda_without_a_gpu_is_a_usage_error(corpus, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exit_info:

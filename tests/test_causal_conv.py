@@ -116,15 +116,23 @@ def test_plan_invariants():
             assert N < next_pow2(L + taps - 1), (L, Lk)  # blocks only when smaller than one FFT
 
 
-@pytest.mark.parametrize("L,Lk", sizes([(7, 3), (1024, 128), (1000, 1000), (4097, 3), (10000, 10000)]))
-def test_cpu_follows_plan(L, Lk):
-    # The CPU composite cuts the row into overlapping blocks (aten::unfold) exactly when the plan
-    # says overlap-save. If the CPU path is rewritten without unfold, update this check.
+@pytest.mark.parametrize("L,Lk,cpu_windows", [(7, 3, False), (1024, 128, False), (2048, 128, True), (4097, 128, True),
+                                               (1000, 1000, False), (4097, 3, True), (10000, 10000, False)])
+def test_cpu_follows_plan(L, Lk, cpu_windows):
+    # The CPU composite cuts the row into overlapping blocks (aten::unfold) when the plan says
+    # overlap-save and the blocks transform at least a quarter fewer points than one FFT of the row
+    # (cpu.cpp): at (1024, 128) two blocks of 1024 points would transform as many as one FFT of 2048.
+    # If the CPU path is rewritten without unfold, update this check.
+    N, taps, _, nseg = causal_conv_plan(L, Lk)
+    full = max(64, next_pow2(L + taps - 1))
+    assert cpu_windows == (nseg > 1 and 4 * nseg * N <= 3 * full), (N, nseg, full)  # the table above, by hand
+    assert (plan_kind(L, Lk) == "overlap-save") >= cpu_windows
     u, k, _ = make_inputs(L, Lk, False, batch=1, dim=2)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fft_tensor.causal_conv(u, k)
+        y = fft_tensor.causal_conv(u, k)
     used_blocks = any(e.name == "aten::unfold" for e in prof.events())
-    assert used_blocks == (plan_kind(L, Lk) == "overlap-save")
+    assert used_blocks == cpu_windows
+    assert rel_err(y, causal_conv_reference(u, k)) < 1e-5
 
 
 # ---------------------------------------------------------------- values

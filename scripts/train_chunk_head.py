@@ -61,8 +61,7 @@ def build_chunk_model(cfg):
     if cfg.model_set:
         raise ValueError("--model-set: not supported by train_chunk_head (its model flags are --seq-len, "
                          "--kernel-len, --chunk, --head-dim, --head-layers and --head-heads)")
-    if cfg.resume:
-        check_resume_flags(cfg)
+    if cfg.resume:  # main() has checked the checkpoint's family and head flags (check_resume_flags)
         return None
     torch.manual_seed(cfg.seed)
     if cfg.init_backbone:

@@ -104,7 +104,7 @@ at::Tensor causal_conv_composite(const at::Tensor& u, const at::Tensor& k, const
   // fewer). The CUDA fallback keeps the plan. Either way the result is the same linear convolution.
   const int64_t full = std::max<int64_t>(next_pow2(L + plan.taps - 1), kMinFFT);
   const bool windows = plan.segments > 1 && !(u.is_cpu() && 4 * plan.segments * plan.fft_size > 3 * full);
-  const int64_t N = windows || plan.segments == 1 ? plan.fft_size : full;
+  const int64_t N = windows ? plan.fft_size : full;  // one block per row: the plan's N is full
   const int64_t segments = windows ? plan.segments : 1;
   const auto ct = compute_dtype(u);
   const at::Tensor K = at::fft_rfft(effective_kernel(k, skip, plan.taps).to(ct), N);  // D x (N/2+1)

@@ -457,11 +457,15 @@ bool real_window_regs(bool backward_with_grad_k) {
   return mode == "1" || (mode == "forward" && !backward_with_grad_k);
 }
 
-// (D, N + 1) complex64: bins 0..N of the effective kernel's 2N-point spectrum over 4N (the kernel's
-// scale). cuFFT: D rows, against B * D rows for the convolution itself.
-at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
-  const at::Tensor taps = effective_kernel(k, skip, s.taps).to(at::kFloat);
+// (rows, N + 1) complex64: bins 0..N of each float32 row of taps' 2N-point spectrum over 4N (the
+// kernels' scale). cuFFT: D rows, against B * D rows for the convolution itself.
+at::Tensor real_window_taps_spectrum(const at::Tensor& taps) {
   return at::fft_rfft(taps, 2 * (int64_t)kRealWindowN, -1).div_(4.0 * kRealWindowN).contiguous();
+}
+
+// The effective kernel's spectrum (skip folded into tap 0), (D, N + 1).
+at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
+  return real_window_taps_spectrum(effective_kernel(k, skip, s.taps).to(at::kFloat));
 }
 
 // grad_k (D, taps) float32, and grad_u into grad_u_out when it is defined: one channel per block, in
@@ -479,9 +483,7 @@ at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const
   for (int64_t d0 = 0; d0 < D; d0 += chunk) {
     const int64_t n = std::min(chunk, D - d0);
     // the kernel's spectrum (bins 0..N over 4N), for this chunk's channels
-    const at::Tensor Kr = need_u ? at::fft_rfft(taps.narrow(0, d0, n), 2 * (int64_t)kRealWindowN, -1)
-                                       .div_(4.0 * kRealWindowN).contiguous()
-                                 : at::Tensor();
+    const at::Tensor Kr = need_u ? real_window_taps_spectrum(taps.narrow(0, d0, n)) : at::Tensor();
     dispatch_io_type(u.scalar_type(), [&](auto tag) {
       using scalar_t = decltype(tag);
       const bool regs = real_window_regs(true);

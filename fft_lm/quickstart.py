@@ -15,6 +15,7 @@ import torch
 
 import fft_lm
 from fft_lm.data import ByteCorpus
+from fft_lm.device import resolve_device
 from fft_lm.generation import generate
 from fft_lm.train import LN2, ConfigError, TrainConfig, train
 
@@ -41,7 +42,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args(argv)
 
-    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    try:
+        device = resolve_device(args.device, allow_auto=True)
+    except ValueError as e:  # a bad --device, or cuda without a GPU: usage and the message, no traceback
+        parser.error(str(e))
+    on_gpu = device.type == "cuda"
     common = dict(data=args.data, device=args.device, seed=args.seed, eval_every=0, log_every_steps=10,
                   ckpt_path=os.path.join(args.out, "ckpt.pt"), overwrite=True,  # each quickstart starts over
                   curriculum_start_bins=16, curriculum_frac=0.5,
@@ -62,11 +67,10 @@ def main(argv=None):
           f"({'GPU' if on_gpu else 'CPU'}), frequency curriculum from {cfg.curriculum_start_bins} bins to full band")
     try:
         result = train(cfg)
-    except ConfigError as e:  # a bad --device or --data: usage and the message, no traceback
+    except ConfigError as e:  # a bad --data or setting: usage and the message, no traceback
         parser.error(str(e))
 
     model, meta = fft_lm.load_checkpoint(cfg.ckpt_path)
-    device = "cuda" if on_gpu else "cpu"
     model.to(device)
     text = generate(model, args.prompt.encode("utf-8"), args.gen_bytes, mode="overlap_save",
                            temperature=0.8, top_k=40, seed=args.seed)

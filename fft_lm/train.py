@@ -37,6 +37,7 @@ from fft_lm.atomic import atomic_write
 from fft_lm.checkpoint import (CheckpointError, load_weights, model_from_checkpoint, read_checkpoint,
                                save_checkpoint, set_rng_state, to_plain)
 from fft_lm.data import ByteCorpus
+from fft_lm.device import resolve_device
 from fft_lm.families import model_class
 from fft_lm.plot import plot_metrics
 
@@ -372,13 +373,7 @@ def setup_distributed(cfg):
     """(rank, world_size, local_rank, device); init_process_group under torchrun."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {cfg.device}: no CUDA GPU is visible to torch; use --device cpu or auto")
+    device = resolve_device(cfg.device, allow_auto=True)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if device.type == "cuda":

@@ -52,13 +52,11 @@ def read_prompt(parser, args) -> bytes:
 
 def load_model(parser, args):
     from fft_lm.checkpoint import load_checkpoint
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from fft_lm.device import resolve_device
     try:
-        device = torch.device(device)
-    except RuntimeError:
-        fail(parser, f"--device: expected cpu, cuda or cuda:N, got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(parser, f"--device {args.device}: no CUDA GPU is visible to torch; use --device cpu (or leave it out)")
+        device = resolve_device(args.device, allow_auto=False)
+    except ValueError as e:
+        fail(parser, str(e))
     try:
         model, meta = load_checkpoint(args.ckpt)
     except FileNotFoundError:

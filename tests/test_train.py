@@ -488,6 +488,27 @@ def test_train_module_runs_as_a_script():
     assert r.returncode == 0 and "--overwrite" in r.stdout and "--resume" in r.stdout, r.stderr[-2000:]
 
 
+def test_resolve_device(monkeypatch):
+    """One parse of --device for training (takes auto) and generation (leaving it out is automatic)."""
+    from fft_lm.device import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None, allow_auto=False) == torch.device("cpu")
+    assert resolve_device("auto", allow_auto=True) == torch.device("cpu")
+    assert resolve_device("cpu", allow_auto=False) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--device: expected cpu, cuda or cuda:N, got 'auto'"):
+        resolve_device("auto", allow_auto=False)
+    with pytest.raises(ValueError, match=r"--device: expected auto, cpu, cuda or cuda:N, got 'gpu0'"):
+        resolve_device("gpu0", allow_auto=True)
+    with pytest.raises(ValueError, match=r"--device cuda:1: no CUDA GPU is visible to torch; use --device cpu or auto"):
+        resolve_device("cuda:1", allow_auto=True)
+    with pytest.raises(ValueError, match=r"--device cuda: no CUDA GPU .* use --device cpu \(or leave it out\)"):
+        resolve_device("cuda", allow_auto=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None, allow_auto=False) == torch.device("cuda")
+    assert resolve_device("auto", allow_auto=True) == torch.device("cuda")
+    assert resolve_device("cuda:1", allow_auto=False) == torch.device("cuda", 1)
+
+
 def test_cli_device_cuda_without_a_gpu_is_a_usage_error(corpus, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exit_info:

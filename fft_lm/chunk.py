@@ -131,6 +131,11 @@ class ChunkDecoder(nn.Module):
             temperature=float(temperature), top_k=top_k)
 
 
+def _cutoff_from_backbone(model: "ChunkLM", incompatible_keys) -> None:
+    """After load_state_dict (the backbone's own hook has run): the config records the loaded cutoff."""
+    model.config.backbone["freq_cutoff"] = model.backbone.config.freq_cutoff
+
+
 class ChunkLM(ByteLM):
     family = "chunk"
     config_class = ChunkLMConfig
@@ -142,6 +147,7 @@ class ChunkLM(ByteLM):
         self.chunk = cfg.chunk
         self.backbone = SpectralLM.from_config(SpectralLMConfig(**cfg.backbone))
         self.decoder = ChunkDecoder(self.backbone.config.d_model, cfg)
+        self.register_load_state_dict_post_hook(_cutoff_from_backbone)
 
     # --- construction ---
     @classmethod

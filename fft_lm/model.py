@@ -13,6 +13,7 @@ taps are independent of the sequence length, so the model runs at any length.
 Streaming (cache=): each layer keeps the last kernel_len - 1 conv inputs, so a call with T new
 bytes costs O(T * kernel_len) per layer whatever the context length, and equals the full forward.
 """
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -122,13 +123,30 @@ class SpectralKernel(nn.Module):
         D, Lk, N = cfg.d_model, cfg.kernel_len, cfg.fft_size
         bins = N // 2 + 1
         self.fft_size, self.kernel_len, self.short_conv_len = N, Lk, cfg.short_conv_len
+        self.cutoff = cfg.freq_cutoff  # bins kept (None = all); bin_mask is its saved form
         self.coef_real = nn.Parameter(torch.empty(D, bins))   # Re Z
         self.coef_imag = nn.Parameter(torch.empty(D, bins))   # Im Z (unused at DC and Nyquist, as in irfft)
         self.log_decay = nn.Parameter(torch.empty(D))
         self.short_taps = nn.Parameter(torch.zeros(D, cfg.short_conv_len))
         self.skip = nn.Parameter(torch.ones(D))
-        # irfft(Z, n=N, norm="ortho")[:Lk] as two real matrices, so the kernel is a plain matmul
-        # (compiles everywhere, no complex tensors): k = [Re Z, Im Z] @ [cos_basis; sin_basis].
+        # basis and tap_pos depend on the sizes only and are not saved (_fill_grid); bin_mask is, so a
+        # state_dict round trip keeps the curriculum's cutoff
+        self.register_buffer("basis", torch.empty(2 * bins, Lk), persistent=False)
+        self.register_buffer("tap_pos", torch.empty(Lk), persistent=False)
+        self.register_buffer("bin_mask", torch.ones(bins))
+        self._fill_grid()
+        self.reset_parameters(cfg)
+        self.set_freq_cutoff(cfg.freq_cutoff)
+
+    @torch.no_grad()
+    def _fill_grid(self) -> None:
+        """basis: irfft(Z, n=N, norm="ortho")[:Lk] as two real matrices, so the kernel is a plain matmul
+        (compiles everywhere, no complex tensors): k = [Re Z, Im Z] @ [cos_basis; sin_basis], stacked
+        (2 * bins, Lk) for one GEMM. tap_pos: t / Lk for the decay window. Filled again after a load
+        (a module made on the meta device and materialised by to_empty gets them back) and after a cast
+        to a 16-bit dtype (they stay float32: the taps are summed in float32)."""
+        N, Lk = self.fft_size, self.kernel_len
+        bins = N // 2 + 1
         f = torch.arange(bins, dtype=torch.float64)[:, None]
         t = torch.arange(Lk, dtype=torch.float64)[None, :]
         weight = torch.full((bins, 1), 2.0, dtype=torch.float64)
@@ -136,13 +154,28 @@ class SpectralKernel(nn.Module):
         if N % 2 == 0:
             weight[-1] = 1.0
         angle = 2 * math.pi * f * t / N
-        # stacked, (2 * bins, Lk): both halves of the kernel in one GEMM
-        basis = torch.cat([weight * torch.cos(angle), -weight * torch.sin(angle)]) / math.sqrt(N)
-        self.register_buffer("basis", basis.float(), persistent=False)
-        self.register_buffer("tap_pos", torch.arange(Lk, dtype=torch.float32) / Lk, persistent=False)
-        self.register_buffer("bin_mask", torch.ones(bins), persistent=False)
-        self.reset_parameters(cfg)
-        self.set_freq_cutoff(cfg.freq_cutoff)
+        self.basis.copy_(torch.cat([weight * torch.cos(angle), -weight * torch.sin(angle)]) / math.sqrt(N))
+        self.tap_pos.copy_(torch.arange(Lk, dtype=torch.float64) / Lk)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.basis.dtype not in (torch.float32, torch.float64):  # model.to(torch.bfloat16), .half()
+            self.basis = torch.empty(self.basis.shape, dtype=torch.float32, device=self.basis.device)
+            self.tap_pos = torch.empty(self.tap_pos.shape, dtype=torch.float32, device=self.tap_pos.device)
+            self._fill_grid()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # checkpoints written before bin_mask was saved: the mask of this module's own cutoff (the
+        # loader builds the module from the checkpoint's config, which holds the cutoff)
+        state_dict.setdefault(prefix + "bin_mask", self._mask(self.cutoff))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if self.bin_mask.device.type != "meta":
+            keep = int(self.bin_mask.sum().item())
+            self.cutoff = None if keep == self.bin_mask.numel() else keep
+        self._fill_grid()
 
     @torch.no_grad()
     def reset_parameters(self, cfg: SpectralLMConfig) -> None:
@@ -157,24 +190,33 @@ class SpectralKernel(nn.Module):
         self.coef_real.mul_(scale)
         self.coef_imag.mul_(scale)
 
-    def set_freq_cutoff(self, bins: Optional[int]) -> None:
+    def _mask(self, bins: Optional[int]) -> torch.Tensor:
         n = self.bin_mask.numel()
-        keep = n if bins is None else bins
+        return (torch.arange(n) < (n if bins is None else bins)).float()
+
+    def set_freq_cutoff(self, bins: Optional[int]) -> None:
+        self.cutoff = bins
         with torch.no_grad():
-            self.bin_mask.copy_((torch.arange(n, device=self.bin_mask.device) < keep).float())
+            self.bin_mask.copy_(self._mask(bins))
 
     def long_taps(self) -> torch.Tensor:
-        """irfft(Z * mask, n=N, norm='ortho')[:, :kernel_len] * decay window, float32 (D, Lk)."""
-        spectral = (torch.cat([self.coef_real, self.coef_imag], 1) * self.bin_mask.repeat(2)) @ self.basis
-        window = torch.exp(-torch.exp(self.log_decay)[:, None] * self.tap_pos[None, :])
+        """irfft(Z * mask, n=N, norm='ortho')[:, :kernel_len] * decay window, (D, Lk) float32 (float64
+        in a float64 model: the op takes float64 for gradcheck), whatever dtype the module was cast to."""
+        dtype = torch.float64 if self.coef_real.dtype == torch.float64 else torch.float32
+        coef = torch.cat([self.coef_real, self.coef_imag], 1).to(dtype)
+        spectral = (coef * self.bin_mask.to(dtype).repeat(2)) @ self.basis.to(dtype)
+        window = torch.exp(-torch.exp(self.log_decay.to(dtype))[:, None] * self.tap_pos.to(dtype)[None, :])
         return spectral * window
 
     def forward(self):
-        with torch.autocast(device_type=self.basis.device.type, enabled=False):  # the op wants fp32 taps
+        device_type = self.basis.device.type  # the op wants fp32 taps; "meta" has no autocast
+        no_autocast = (torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu")
+                       else contextlib.nullcontext())
+        with no_autocast:
             k = self.long_taps()
             if self.short_conv_len:
-                k = k + F.pad(self.short_taps, (0, self.kernel_len - self.short_conv_len))
-        return k, self.skip
+                k = k + F.pad(self.short_taps.to(k.dtype), (0, self.kernel_len - self.short_conv_len))
+        return k, self.skip.to(k.dtype)
 
 
 # New bytes per streaming call up to which a layer steps its tail with causal_conv_update (O(T * taps)
@@ -227,7 +269,7 @@ class SpectralMixer(nn.Module):
             y = fft_tensor.causal_conv(value, k, skip)
         else:
             # overlap-save: the tail supplies every input the new outputs can reach back to
-            u_all = torch.cat([tail, value.float()], dim=-1)
+            u_all = torch.cat([tail, value.to(tail.dtype)], dim=-1)
             y = fft_tensor.causal_conv(u_all, k, skip)[..., -T:]
             new_tail = u_all[..., u_all.shape[-1] - tail.shape[-1]:]
         z = y.to(gate.dtype) * F.silu(gate)                       # (B, D, T)
@@ -248,7 +290,7 @@ def _autocast_weight(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """w in the dtype F.linear would use on x: the autocast dtype when autocast is on. Cast before
     the batch expand below, so autocast never materialises B copies of the weight."""
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):  # meta: no autocast
         return w.to(torch.get_autocast_dtype(device_type))
     return w
 
@@ -530,6 +572,13 @@ class SpectralCache:
         self.pos = snap[1]
 
 
+def _cutoff_from_kernels(model: "SpectralLM", incompatible_keys) -> None:
+    """After load_state_dict: the config's cutoff is the one the loaded kernel masks hold."""
+    kernels = [block.mixer.kernel for block in model.blocks if isinstance(block.mixer, SpectralMixer)]
+    if kernels:
+        model.config.freq_cutoff = kernels[0].cutoff
+
+
 class SpectralLM(ByteLM):
     family = "spectral"
     config_class = SpectralLMConfig
@@ -541,6 +590,7 @@ class SpectralLM(ByteLM):
             raise TypeError(f"SpectralLM: expected a SpectralLMConfig, got {type(config).__name__}")
         self.config = dataclasses.replace(config)  # own copy: set_freq_cutoff writes to it
         self._build_trunk(config, lambda i: SpectralBlock(config, config.is_attention_block(i)))
+        self.register_load_state_dict_post_hook(_cutoff_from_kernels)
 
     def describe(self) -> str:
         c = self.config
@@ -579,7 +629,9 @@ class SpectralLM(ByteLM):
         """Empty streaming state; max_len is accepted for protocol symmetry (the state has fixed size)."""
         if device is None:
             device = self.embed.weight.device
-        return SpectralCache([torch.zeros(block.mixer.tail_shape(batch_size), device=device, dtype=torch.float32)
+        # the conv's inputs as the op reads them: float32 (float64 in a float64 model)
+        dtype = torch.float64 if self.embed.weight.dtype == torch.float64 else torch.float32
+        return SpectralCache([torch.zeros(block.mixer.tail_shape(batch_size), device=device, dtype=dtype)
                               for block in self.blocks], batch_size)
 
     # ------------------------------------------------------------------ forward

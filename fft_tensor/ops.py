@@ -15,6 +15,14 @@ __all__ = ["phase_rotate", "causal_conv", "causal_conv_update", "causal_conv_fft
 _ops = torch.ops.fft_tensor
 
 
+def _check_tensors(op: str, **args) -> None:
+    """A TypeError naming the argument for a non-tensor (the dispatcher's own message, "tensor does not
+    have a device", names none). Optional arguments are passed only when given."""
+    for name, value in args.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{op}: expected {name} to be a Tensor, got {type(value).__name__}")
+
+
 # ----------------------------------------------------------------------------- phase_rotate
 
 def phase_rotate(z: Tensor, theta: Tensor) -> Tensor:
@@ -25,6 +33,7 @@ def phase_rotate(z: Tensor, theta: Tensor) -> Tensor:
       learned per-channel, per-frequency angle broadcast over the batch. Its gradient is reduced
       over the broadcast dimensions.
     """
+    _check_tensors("phase_rotate", z=z, theta=theta)
     return _ops.phase_rotate.default(z, theta)
 
 
@@ -114,6 +123,9 @@ def _min_window() -> int:
 
 def causal_conv_plan(L: int, Lk: int) -> tuple:
     """(fft_size, taps, segment, segments) exactly as csrc/causal_conv/common.h:conv_plan."""
+    for name, value in (("L", L), ("Lk", Lk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"causal_conv_plan: expected {name} an int >= 1, got {value!r}")
     taps = min(Lk, L)
     full = max(_next_pow2(L + taps - 1), _MIN_FFT)
     os_ = max(_next_pow2(4 * taps), _min_window())
@@ -151,6 +163,7 @@ def causal_conv(u: Tensor, k: Tensor, skip: Optional[Tensor] = None) -> Tensor:
     writes it in place; the other paths copy).
     Differentiable in u, k and skip, to any order.
     """
+    _check_tensors("causal_conv", u=u, k=k, **({} if skip is None else {"skip": skip}))
     return _ops.causal_conv.default(u, k, skip)
 
 
@@ -246,6 +259,7 @@ def causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tenso
     """
     _check_inference_only("causal_conv_update", "causal_conv on the concatenated sequence",
                           u=u, k=k, skip=skip, gate=gate)
+    _check_tensors("causal_conv_update", u=u, state=state, k=k, **{n: t for n, t in (("skip", skip), ("gate", gate)) if t is not None})
     return _ops.causal_conv_update.default(u, state, k, skip, gate)
 
 
@@ -317,6 +331,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, out_dtype: Optional[t
     float64 x); out_dtype: None (x's dtype) or a floating dtype (float64 exactly when x is float64).
     Arithmetic in float32 (float64). Differentiable in x and weight.
     """
+    _check_tensors("rms_norm", x=x, weight=weight)
     return _ops.rms_norm.default(x, weight, eps, out_dtype)
 
 
@@ -330,6 +345,7 @@ def add_rms_norm(x: Tensor, delta: Tensor, weight: Tensor, eps: float = 1e-6,
     strides. ``s`` has x's dtype and is exactly ``x + delta`` as ATen computes it. Returns ``(s, normed)``.
     Differentiable in x, delta and weight.
     """
+    _check_tensors("add_rms_norm", x=x, delta=delta, weight=weight)
     return _ops.add_rms_norm.default(x, delta, weight, eps, out_dtype)
 
 

@@ -542,6 +542,19 @@ def test_bad_inputs(name, make, match):
 
 
 
+def test_non_tensor_arguments_and_bad_plan_sizes_name_the_argument():
+    u, k = _u(2, D, 10), _u(D, 3)
+    for args, name, got in (((u, None), "k", "NoneType"), ((None, k), "u", "NoneType"),
+                            ((u, k, 1.0), "skip", "float"), ((u.tolist(), k), "u", "list")):
+        with pytest.raises(TypeError, match=rf"causal_conv: expected {name} to be a Tensor, got {got}"):
+            fft_tensor.causal_conv(*args)
+    with pytest.raises(TypeError, match=r"causal_conv_update: expected state to be a Tensor, got NoneType"):
+        fft_tensor.causal_conv_update(u, None, k)
+    for L, Lk, name in ((0, 4, "L"), (10, -1, "Lk"), (10.0, 4, "L"), (10, True, "Lk")):
+        with pytest.raises(ValueError, match=rf"causal_conv_plan: expected {name} an int >= 1, got {Lk if name == 'Lk' else L!r}"):
+            fft_tensor.causal_conv_fft_size(L, Lk)
+
+
 def test_skip_gradient_is_not_a_view_of_the_kernel_gradient():
     # grad_skip is tap 0 of grad_k: changing one in place (a hook, manual clipping) must not change the other
     u, k, skip = (t.requires_grad_() for t in make_inputs(50, 7, True))

@@ -314,6 +314,90 @@ def test_config_round_trip_rebuilds_the_same_model():
     torch.testing.assert_close(rebuilt(idx)[0], model(idx)[0])
 
 
+def test_state_dict_round_trip_keeps_the_cutoff_and_old_state_dicts_load():
+    """The cutoff travels in the state_dict (each kernel's bin_mask), not only in the config that
+    fft_lm.load_checkpoint reads: plain load_state_dict into a full-band model (DDP, user code) runs at
+    the saved cutoff. A state_dict from before bin_mask was saved still loads strictly, at the cutoff of
+    the config the model was built from."""
+    model = small_model()
+    randomize_kernels(model)
+    model.set_freq_cutoff(5)
+    idx = torch.randint(0, 256, (1, 50))
+    fresh = small_model()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.freq_cutoff == 5 and fresh.config.freq_cutoff == 5
+    assert torch.equal(fresh(idx)[0], model(idx)[0])
+    full_masks = {k: v for k, v in small_model().state_dict().items() if k.endswith("bin_mask")}
+    full_band = small_model(freq_cutoff=5)
+    full_band.load_state_dict(model.state_dict() | full_masks)  # the same weights at full band
+    assert full_band.config.freq_cutoff is None and full_band.freq_cutoff == full_band.freq_bins
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("bin_mask")}
+    assert len(old) < len(model.state_dict())
+    at_five = small_model(freq_cutoff=5)
+    at_five.load_state_dict(old)  # strict
+    assert at_five.freq_cutoff == 5 and torch.equal(at_five(idx)[0], model(idx)[0])
+
+
+def test_chunk_lm_state_dict_round_trip_keeps_the_cutoff():
+    from fft_lm.chunk import ChunkLM
+    a = ChunkLM.from_preset("tiny")
+    a.set_freq_cutoff(7)
+    b = ChunkLM.from_preset("tiny")
+    b.load_state_dict(a.state_dict())
+    assert b.freq_cutoff == 7 and b.config.backbone["freq_cutoff"] == 7
+
+
+def test_meta_device_then_to_empty_then_load_state_dict():
+    """The large-model pattern: build on the meta device, materialise with to_empty, load weights. The
+    kernel grid (not saved) is filled again on load, so the outputs are the source model's exactly."""
+    source = small_model()
+    randomize_kernels(source)
+    source.set_freq_cutoff(9)
+    with torch.device("meta"):
+        model = small_model()
+        logits, _ = model(torch.zeros(2, 40, dtype=torch.long, device="meta"))  # shapes only
+    assert logits.shape == (2, 40, 256) and logits.device.type == "meta"
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(source.state_dict())
+    idx = torch.randint(0, 256, (2, 60))
+    assert model.freq_cutoff == 9 and torch.equal(model(idx)[0], source(idx)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_model_cast_to_16_bit(dtype):
+    """model.to(bf16/fp16): the kernel taps are still summed in float32 from a float32 grid (the op
+    takes float32 taps), so the cast model runs forward and backward and stays near the float32 one."""
+    model = small_model()
+    randomize_kernels(model)
+    idx = torch.randint(0, 256, (2, 70))
+    ref = model(idx)[0]
+    cast = model.to(dtype)
+    kernel = cast.blocks[0].mixer.kernel
+    assert kernel.coef_real.dtype == dtype and kernel.basis.dtype == torch.float32
+    k, skip = kernel()
+    assert k.dtype == skip.dtype == torch.float32
+    logits, loss = cast(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in cast.parameters())
+    assert (logits.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_float64_model_streams_and_generates():
+    """A float64 model keeps float64 stream tails (the op takes the taps' dtype), so overlap-save
+    generation equals recompute, and streaming with grad on works too."""
+    from fft_lm.generation import generate
+    model = small_model().double()
+    randomize_kernels(model)
+    prompt = bytes(range(60, 90))
+    assert generate(model, prompt, 12, temperature=0) == generate(model, prompt, 12, temperature=0, mode="recompute")
+    cache = model.init_cache(1)
+    assert cache.tails[0].dtype == torch.float64
+    idx = torch.randint(0, 256, (1, 30))
+    logits, _ = model(idx[:, :20], cache=cache)
+    more, _ = model(idx[:, 20:], cache=cache)
+    torch.testing.assert_close(torch.cat([logits, more], 1), model(idx)[0], rtol=1e-9, atol=1e-9)
+
+
 # ---------------------------------------------------------------- an independent float64 reference
 
 def rms_norm64(x, weight, eps=1e-6):

@@ -134,6 +134,8 @@ def read_checkpoint(path, map_location="cpu", mmap=False):
     """The raw checkpoint dict, validated; CheckpointError naming the path if it is unusable.
     mmap=True maps the tensors instead of reading them (for a look at the metadata)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r}: is a directory, expected a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r}: no such file")
     try:

@@ -640,6 +640,8 @@ class SpectralLM(ByteLM):
         """Final-normed hidden states (B, T, d_model) for bytes idx (B, T)."""
         self._check_idx(idx, cache)
         x = self.drop(self.embed(idx))
+        if idx.shape[1] == 0:  # no positions to mix (the op takes L >= 1); the cache stays as it is
+            return self.norm_f(x)
         taps = [None] * len(self.blocks)
         if cache is not None and not torch.is_grad_enabled():
             cache.own_buffers()

@@ -93,6 +93,8 @@ def test_foreign_files_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "unsafe.pt")
     with pytest.raises(CheckpointError, match="missing.pt.*no such file"):
         load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="is a directory, expected a checkpoint file"):
+        load_checkpoint(tmp_path)
 
 
 def test_ddp_and_compile_prefixes_are_removed(tmp_path):

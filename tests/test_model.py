@@ -338,6 +338,17 @@ def test_state_dict_round_trip_keeps_the_cutoff_and_old_state_dicts_load():
     assert at_five.freq_cutoff == 5 and torch.equal(at_five(idx)[0], model(idx)[0])
 
 
+def test_empty_sequence_gives_empty_logits():
+    """T = 0 (the GPT's behaviour): empty logits, with or without a cache, and the cache unchanged."""
+    model = small_model(attn_blocks=1)
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    assert model(empty)[0].shape == (2, 0, 256)
+    cache = model.init_cache(2)
+    tails = [t.clone() for t in cache.tails]
+    assert model(empty, cache=cache)[0].shape == (2, 0, 256)
+    assert all(torch.equal(a, b) for a, b in zip(tails, cache.tails))
+
+
 def test_chunk_lm_state_dict_round_trip_keeps_the_cutoff():
     from fft_lm.chunk import ChunkLM
     a = ChunkLM.from_preset("tiny")

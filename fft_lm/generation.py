@@ -88,8 +88,9 @@ def _check_args(prompt, max_new_bytes, mode, temperature, top_k, seed):
 
 def sample_bytes(logits, uniforms, temperature=1.0, top_k=None):
     """Bytes (N,) int64 drawn from logits (N, 256): argmax when temperature == 0, else softmax(logits /
-    temperature) over the top_k largest (all when None), by inverse CDF in float64 at the uniforms
-    (N,) in [0, 1). Runs on the logits' device with no host sync (CUDA graphs record it)."""
+    temperature) over the top_k largest (all when None; logits tied with the k-th largest are kept too,
+    as in the fused chunk_decode), by inverse CDF in float64 at the uniforms (N,) in [0, 1). Runs on
+    the logits' device with no host sync (CUDA graphs record it)."""
     if logits.dim() != 2 or uniforms.shape != logits.shape[:1]:
         raise ValueError(f"sample_bytes: expected logits (N, V) and uniforms (N,), got logits {tuple(logits.shape)} "
                          f"and uniforms {tuple(uniforms.shape)}")

@@ -21,6 +21,7 @@ subclass TrainConfig to add fields and pass the subclass to build_arg_parser / c
 """
 import contextlib
 import dataclasses
+import glob
 import inspect
 import io
 import json
@@ -29,6 +30,7 @@ import os
 import sys
 import time
 import tokenize
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -76,14 +78,14 @@ class TrainConfig:
     curriculum_frac: float = 0.5  # fraction of the run over which the cutoff grows to the full band (0 = off)
     # evaluation and logging
     eval_every: int = 500  # validate (and checkpoint) every this many steps (0 = only at the end)
-    eval_batches: int = 20  # fixed validation batches per evaluation
+    eval_batches: int = 20  # validation batches per evaluation: batch_size * eval_batches evenly spaced held-out windows, so compare runs at equal --batch-size and --eval-batches
     log_every_steps: int = 10  # write a train metrics line every this many steps
     # I/O
     ckpt_path: str = "runs/train/ckpt.pt"  # checkpoint file ("" = no checkpoints; metrics and plot then go to runs/train/ unless --metrics-path/--plot-path)
     metrics_path: str = ""  # JSONL metrics ("" = metrics.jsonl next to the checkpoint)
     plot_path: str = ""  # PNG of train/val bpb ("" = curves.png next to the checkpoint)
     resume: bool = False  # continue the run saved at --ckpt-path (model, optimizer, step, RNG, data) with its own settings; flags given with it change them
-    overwrite: bool = False  # start a new run even if --ckpt-path holds one (its checkpoint and metrics are replaced); without it that is an error
+    overwrite: bool = False  # start a new run even if --ckpt-path holds one (its checkpoint and metrics are deleted at the start); without it that is an error
     # system
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 (autocast; the conv op keeps its FFTs in fp32)
@@ -220,7 +222,12 @@ def validate_config(cfg):
     checks = [("batch_size", cfg.batch_size >= 1), ("accum_steps", cfg.accum_steps >= 1),
               ("seq_len", cfg.seq_len >= 0), ("steps_per_epoch", cfg.steps_per_epoch >= 1),
               ("epochs", cfg.epochs >= 1), ("lr", cfg.lr > 0), ("eval_batches", cfg.eval_batches >= 1),
-              ("curriculum_frac", 0 <= cfg.curriculum_frac <= 1), ("log_every_steps", cfg.log_every_steps >= 1)]
+              ("curriculum_frac", 0 <= cfg.curriculum_frac <= 1), ("log_every_steps", cfg.log_every_steps >= 1),
+              ("lr", math.isfinite(cfg.lr)), ("min_lr_frac", 0 <= cfg.min_lr_frac <= 1),
+              ("warmup_steps", cfg.warmup_steps >= 0), ("weight_decay", cfg.weight_decay >= 0),
+              ("beta1", 0 <= cfg.beta1 < 1), ("beta2", 0 <= cfg.beta2 < 1), ("grad_clip", cfg.grad_clip >= 0),
+              ("eval_every", cfg.eval_every >= 0), ("stop_after_steps", cfg.stop_after_steps >= 0),
+              ("max_time_s", cfg.max_time_s >= 0), ("val_frac", 0 < cfg.val_frac < 1)]
     for name, ok in checks:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')}: got {getattr(cfg, name)!r}, which is out of range")
@@ -391,6 +398,30 @@ class ConfigError(ValueError):
     """A bad flag, corpus or checkpoint found while setting up a run; main() prints it without a traceback."""
 
 
+def check_output_paths(paths, create):
+    """Each output path (flag -> path, "" = none) must name a file, and its directory must exist or be
+    creatable (create: make it now), so that a bad path fails before the first step, not at the end."""
+    for flag, path in paths.items():
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise ConfigError(f"{flag} {path}: is a directory, expected a file path")
+        if create:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"{flag} {path}: cannot create its directory: {e}") from e
+
+
+def remove_stale_temp_files(ckpt_path):
+    """Temporary files atomic_write left behind when a run was killed during a save (each as large as a
+    checkpoint). Only rank 0 of one run writes a checkpoint path, so any found at start are stale."""
+    directory, name = os.path.split(os.path.abspath(ckpt_path))
+    for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")):
+        os.remove(stale)
+        print(f"removed {stale}, left by a run killed while saving")
+
+
 @contextlib.contextmanager
 def setup_errors():
     """Turn the user-facing errors of the setup phase (bad flags, --data, --ckpt-path) into ConfigError."""
@@ -445,6 +476,8 @@ def _train(cfg, model, rank, world, device, master):
     plot_path = cfg.plot_path or os.path.join(ckpt_dir, "curves.png")
 
     with setup_errors():
+        check_output_paths({"--ckpt-path": cfg.ckpt_path, "--metrics-path": metrics_path, "--plot-path": plot_path},
+                           create=master)
         if not cfg.resume and not cfg.overwrite and cfg.ckpt_path and os.path.exists(cfg.ckpt_path):
             raise ConfigError(f"--ckpt-path {cfg.ckpt_path} already holds a checkpoint: pass --resume to continue "
                               f"that run, --overwrite to start a new one in its place (its checkpoint and metrics "
@@ -473,7 +506,12 @@ def _train(cfg, model, rank, world, device, master):
         if cfg.grad_checkpoint:
             enable_grad_checkpointing(raw)
         n_params = sum(p.numel() for p in raw.parameters())
-        corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
+        try:
+            corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
+        except (FileNotFoundError, ValueError):
+            raise
+        except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz, an unreadable file
+            raise ConfigError(f"--data {cfg.data}: cannot read it: {e}") from e
         corpus.check_seq_len(cfg.seq_len)  # fail here, with the flag's name, not at the first batch
 
     optimizer = make_optimizer(raw, cfg, fused=device.type == "cuda")
@@ -494,6 +532,9 @@ def _train(cfg, model, rank, world, device, master):
         set_rng_state(ckpt["rng"], cuda_device=device if device.type == "cuda" else None)
         if master:
             print(f"resumed {cfg.ckpt_path} at step {start_step}")
+            if start_step >= cfg.total_steps:
+                print(f"note: that run is complete ({start_step} of {cfg.total_steps} steps): nothing to train; "
+                      f"raise --epochs or --steps-per-epoch to train past its end")
     del ckpt
 
     if cfg.compile:
@@ -514,7 +555,14 @@ def _train(cfg, model, rank, world, device, master):
             print(f"note: --warmup-steps {cfg.warmup_steps} >= this run's {cfg.total_steps} steps: the lr ramps "
                   f"up all run and never reaches --lr {cfg.lr:g}")
         os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
+        if cfg.ckpt_path:
+            remove_stale_temp_files(cfg.ckpt_path)
         if not cfg.resume:
+            if cfg.overwrite and cfg.ckpt_path and os.path.exists(cfg.ckpt_path):
+                # first, so that a crash before this run's first save cannot pair the old checkpoint
+                # with this run's metrics
+                os.remove(cfg.ckpt_path)
+                print(f"--overwrite: deleted the previous run's checkpoint {cfg.ckpt_path}")
             open(metrics_path, "w").close()
         else:  # rows past the checkpoint (a crash, a non-finite stop) are logged again from here on
             truncate_metrics(metrics_path, start_step)

@@ -482,6 +482,79 @@ def test_new_run_at_an_existing_checkpoint_is_refused_unless_overwrite(corpus, t
     assert again["step"] == 2 and read_checkpoint(cfg.ckpt_path)["step"] == 2
 
 
+def test_overwrite_deletes_the_old_checkpoint_before_training(corpus, tmp_path, monkeypatch):
+    """--overwrite: the old checkpoint goes at the start, with the old metrics, so a crash before the new
+    run's first save cannot leave the old checkpoint paired with the new run's metric rows."""
+    cfg = tiny_cfg(corpus, tmp_path, eval_every=0, eval_batches=1)
+    train(cfg, model=tiny_model())
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the first save")
+    monkeypatch.setattr(train_mod, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataclasses.replace(cfg, overwrite=True, seed=8), model=tiny_model())
+    assert not os.path.exists(cfg.ckpt_path)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(dataclasses.replace(cfg, resume=True), model=None)
+
+
+def test_output_paths_are_checked_before_training(corpus, tmp_path, capsys):
+    """A directory as --ckpt-path, --metrics-path or --plot-path, or a plot directory that cannot be made,
+    is a usage error naming the flag before the first step (it was a traceback at the end, or a wrong
+    'already holds a checkpoint')."""
+    (tmp_path / "adir").mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    for flag, value in (("--ckpt-path", str(tmp_path / "adir")), ("--metrics-path", str(tmp_path / "adir")),
+                        ("--plot-path", str(tmp_path / "adir")), ("--plot-path", str(blocker / "x" / "y.png"))):
+        args = ["--data", corpus, "--ckpt-path", str(tmp_path / "run" / "c.pt"), "--no-progress", "--overwrite",
+                "--preset", "tiny", "--seq-len", "32", "--batch-size", "2", "--steps-per-epoch", "1", flag, value]
+        with pytest.raises(SystemExit) as exit_info:
+            train_mod.main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"error: {flag} {value}" in err and "Traceback" not in err, err
+        assert not os.path.exists(tmp_path / "run" / "c.pt")
+
+
+def test_stale_temp_files_of_a_killed_save_are_removed(corpus, tmp_path, capsys):
+    cfg = tiny_cfg(corpus, tmp_path, eval_every=0, eval_batches=1)
+    os.makedirs(tmp_path / "run")
+    stale = tmp_path / "run" / ".ckpt.pt.abc123.tmp"
+    other = tmp_path / "run" / ".other.pt.abc123.tmp"  # another checkpoint's: not ours to remove
+    stale.write_bytes(b"half a checkpoint")
+    other.write_bytes(b"x")
+    train(cfg, model=tiny_model())
+    assert not stale.exists() and other.exists() and f"removed {stale}" in capsys.readouterr().out
+
+
+def test_corrupt_gzip_corpus_is_a_usage_error(tmp_path, capsys):
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(b"x" * 100)
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main(["--data", str(bad), "--ckpt-path", str(tmp_path / "c.pt"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"error: --data {bad}: cannot read it" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("flag,value", [("--min-lr-frac", "-1"), ("--grad-clip", "-1"), ("--warmup-steps", "-5"),
+                                        ("--weight-decay", "-1"), ("--eval-every", "-1"), ("--stop-after-steps", "-1"),
+                                        ("--lr", "inf"), ("--beta1", "2"), ("--beta2", "1"), ("--val-frac", "0"),
+                                        ("--max-time-s", "-3")])
+def test_out_of_range_flags_are_usage_errors(corpus, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main(["--data", corpus, "--ckpt-path", str(tmp_path / "c.pt"), "--no-progress", flag, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"error: {flag}: got" in err and "out of range" in err, err
+
+
+def test_resuming_a_complete_run_says_so(corpus, tmp_path, capsys):
+    cfg = tiny_cfg(corpus, tmp_path, eval_every=0, eval_batches=1)
+    train(cfg, model=tiny_model())
+    capsys.readouterr()
+    train(dataclasses.replace(cfg, resume=True), model=None)
+    assert "that run is complete (4 of 4 steps)" in capsys.readouterr().out
+
+
 def test_train_module_runs_as_a_script():
     """`python -m fft_lm.train --help` prints the flags (train_fixed_full's docstring points there)."""
     r = subprocess.run([sys.executable, "-m", "fft_lm.train", "--help"], cwd=REPO, capture_output=True, text=True)

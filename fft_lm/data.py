@@ -16,6 +16,7 @@ Validation uses fixed, evenly spaced windows over the tail.
 import gzip
 import hashlib
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -57,17 +58,24 @@ def _cache_path(path, files, cache_dir):
     return os.path.join(cache_dir, f"{name}-{h.hexdigest()[:16]}.bin")
 
 
+def _read_blocks(f):
+    """f's bytes (decompressed when .gz) in blocks; a file that cannot be read (a corrupt or truncated
+    .gz, no permission) is a ValueError naming it."""
+    opener = gzip.open if f.endswith(GZIP_SUFFIXES) else open
+    try:
+        with opener(f, "rb") as src:
+            while block := src.read(1 << 22):
+                yield block
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"--data {f}: cannot read it: {e}") from e
+
+
 def _write_flat(files, out_path):
     """Concatenate (decompressing .gz) into out_path, atomically."""
     with atomic_write(out_path) as out:
         for f in files:
-            opener = gzip.open if f.endswith(GZIP_SUFFIXES) else open
-            with opener(f, "rb") as src:
-                while True:
-                    block = src.read(1 << 22)
-                    if not block:
-                        break
-                    out.write(block)
+            for block in _read_blocks(f):
+                out.write(block)
             if len(files) > 1:
                 out.write(b"\n")  # keep files from running into each other mid-line
 

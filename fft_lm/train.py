@@ -21,7 +21,6 @@ subclass TrainConfig to add fields and pass the subclass to build_arg_parser / c
 """
 import contextlib
 import dataclasses
-import glob
 import inspect
 import io
 import json
@@ -30,12 +29,11 @@ import os
 import sys
 import time
 import tokenize
-import zlib
 from dataclasses import dataclass
 
 import torch
 
-from fft_lm.atomic import atomic_write
+from fft_lm.atomic import atomic_write, remove_stale_temp_files
 from fft_lm.checkpoint import (CheckpointError, load_weights, model_from_checkpoint, read_checkpoint,
                                save_checkpoint, set_rng_state, to_plain)
 from fft_lm.data import ByteCorpus
@@ -413,15 +411,6 @@ def check_output_paths(paths, create):
                 raise ConfigError(f"{flag} {path}: cannot create its directory: {e}") from e
 
 
-def remove_stale_temp_files(ckpt_path):
-    """Temporary files atomic_write left behind when a run was killed during a save (each as large as a
-    checkpoint). Only rank 0 of one run writes a checkpoint path, so any found at start are stale."""
-    directory, name = os.path.split(os.path.abspath(ckpt_path))
-    for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")):
-        os.remove(stale)
-        print(f"removed {stale}, left by a run killed while saving")
-
-
 @contextlib.contextmanager
 def setup_errors():
     """Turn the user-facing errors of the setup phase (bad flags, --data, --ckpt-path) into ConfigError."""
@@ -506,12 +495,7 @@ def _train(cfg, model, rank, world, device, master):
         if cfg.grad_checkpoint:
             enable_grad_checkpointing(raw)
         n_params = sum(p.numel() for p in raw.parameters())
-        try:
-            corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
-        except (FileNotFoundError, ValueError):
-            raise
-        except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz, an unreadable file
-            raise ConfigError(f"--data {cfg.data}: cannot read it: {e}") from e
+        corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
         corpus.check_seq_len(cfg.seq_len)  # fail here, with the flag's name, not at the first batch
 
     optimizer = make_optimizer(raw, cfg, fused=device.type == "cuda")
@@ -554,9 +538,9 @@ def _train(cfg, model, rank, world, device, master):
         if cfg.warmup_steps >= cfg.total_steps:
             print(f"note: --warmup-steps {cfg.warmup_steps} >= this run's {cfg.total_steps} steps: the lr ramps "
                   f"up all run and never reaches --lr {cfg.lr:g}")
-        os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
         if cfg.ckpt_path:
-            remove_stale_temp_files(cfg.ckpt_path)
+            for stale in remove_stale_temp_files(cfg.ckpt_path):
+                print(f"removed {stale}, left by a run killed while saving")
         if not cfg.resume:
             if cfg.overwrite and cfg.ckpt_path and os.path.exists(cfg.ckpt_path):
                 # first, so that a crash before this run's first save cannot pair the old checkpoint

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -109,6 +109,19 @@ for stage in "$@"; do
                conv_variant realwindow_regs_$regs FFT_TENSOR_CONV_REAL_WINDOW_REGS=$regs -- --lengths 12288,16384 --kernels L --no-peer
              done
              conv_variant realwindow_off FFT_TENSOR_CONV_REAL_WINDOW=0 -- --lengths 12288,16384 --kernels L --no-peer ;;
+    # the window kernel as a programmatic dependent of the spectrum kernel: its tests, compute-sanitizer
+    # on the window cases, and the 1K/4K grid with it on (default) and off
+    pdl)     "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (pdl or window or small or odd)" 2>&1 \
+               | tee "$OUT/tests_pdl.log" | tail -6
+             for tool in memcheck racecheck synccheck; do
+               timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --quick \
+                 > "$OUT/sanitize_pdl_$tool.log" 2>&1 &
+             done
+             wait
+             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_pdl_*.log | head -12
+             for v in 1 0; do
+               conv_variant pdl$v FFT_TENSOR_CONV_PDL=$v -- --lengths 1024,4096 --no-peer
+             done ;;
     fourstepcheck) for tool in memcheck racecheck; do
                timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --fourstep 2>&1 \
                  | tee "$OUT/sanitize_fourstep_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -12

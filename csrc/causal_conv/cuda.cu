@@ -115,20 +115,45 @@ at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>&
   return K;
 }
 
+// FFT_TENSOR_CONV_PDL (read on every call): unset, empty or 1 = the window kernel is launched as a
+// programmatic dependent of the spectrum kernel before it on sm_90 and later (it loads and transforms
+// its rows while the spectrum finishes, and waits for the spectrum before the product); 0 = an ordinary
+// launch after it.
+bool conv_pdl() {
+  const char* v = std::getenv("FFT_TENSOR_CONV_PDL");
+  const std::string mode(v == nullptr || *v == '\0' ? "1" : v);
+  TORCH_CHECK(mode == "0" || mode == "1", "FFT_TENSOR_CONV_PDL must be 0 or 1, got '", mode, "'");
+  return mode == "1" && at::cuda::getCurrentDeviceProperties()->major >= 9;
+}
+
+// y = the windows' convolution of x with K. K must be the output of the kernel launched just before
+// on this stream (kernel_spectrum), and y and x must be allocated before that kernel was launched: the
+// window kernel may start while the spectrum kernel runs (conv_pdl), so nothing either kernel touches
+// may be memory the allocator handed out in between.
 template <bool kReverse>
 void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s) {
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(s.N);
+  const bool pdl = conv_pdl();
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     dispatch_fft_size(s.logN, [&](auto size) {
       constexpr int N = decltype(size)::value;
       auto kernel = conv_window_kernel<scalar_t, kReverse, N>;
       allow_smem(kernel, bytes);
-      kernel<<<(unsigned)blocks, N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
-          x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr.val.programmaticStreamSerializationAllowed = 1;
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3((unsigned)blocks);
+      cfg.blockDim = dim3(N / kElemsPerThread);
+      cfg.dynamicSmemBytes = bytes;
+      cfg.stream = at::cuda::getCurrentCUDAStream();
+      cfg.attrs = &attr;
+      cfg.numAttrs = pdl ? 1 : 0;
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x.data_ptr<scalar_t>(),
+                                        reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s));
     });
   });
 }

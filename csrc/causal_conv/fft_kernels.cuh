@@ -49,9 +49,11 @@ template <typename T>
 __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
 
 // K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2.  grid: D blocks of N/16 threads.
+// The window kernel after it may start at once (programmatic dependent launch; it waits for K itself).
 template <int N>
 __global__ void __launch_bounds__(N / kElemsPerThread) kernel_spectrum_kernel(KernelTaps k, float2* __restrict__ K) {
   extern __shared__ float2 smem[];
+  smem_fft::pdl_launch_dependents();
   const int d = blockIdx.x;
   for (int n = threadIdx.x; n < N; n += blockDim.x) smem[pad(n)] = make_float2(k(d, n), 0.f);
   smem_fft::fft<N>(smem);
@@ -107,7 +109,8 @@ struct WindowRows {
 // Registers capped at 64 (the 1024-threads-per-SM bound): measured 12% faster at 4K points than a
 // 128-register bound (fewer resident blocks), third session.
 // grid: D * npairs * nseg blocks of N/16 threads, window fastest, then pair, then channel (so blocks
-// sharing K[d] are adjacent).
+// sharing K[d] are adjacent). Launched right after kernel_spectrum_kernel, possibly while it runs
+// (launch_conv_windows): its load and forward transform of the row pair overlap the spectrum's tail.
 template <typename scalar_t, bool kReverse, int N>
 __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 1024>()))
     conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K, scalar_t* __restrict__ y,
@@ -129,7 +132,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   const int last = (int)(s.L - start < first + s.seg ? s.L - start : first + s.seg);
   scalar_t* y0 = y + off0 + (kReverse ? s.L - 1 - start : start);
   scalar_t* y1 = y + off1 + (kReverse ? s.L - 1 - start : start);
-  smem_fft::fused_conv<N>(
+  smem_fft::fused_conv<N, false, true>(
       smem, rows, [&](int q, int c) { return smem_fft::hermitian_bin<N>(Kd, q, c); },
       [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
         if ((unsigned)(n - first) >= (unsigned)(last - first)) return;

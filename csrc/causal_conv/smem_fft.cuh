@@ -225,6 +225,23 @@ __device__ __forceinline__ float2 hermitian_bin(const float2* K, int q, int c) {
   return q == 0 ? K[half] : conjf2(K[half - q]);
 }
 
+// Programmatic dependent launch (sm_90): a kernel launched with programmatic stream serialization may
+// start while the kernel before it in the stream still runs. The one before calls pdl_launch_dependents
+// to allow that; the dependent calls pdl_wait before its first read of the earlier kernel's output (it
+// returns once that grid has finished and its writes are visible). Both are no-ops before sm_90 and in
+// a kernel launched the ordinary way.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // The inverse half of fused_conv: x holds conj(X * S) in the order fft_to_registers leaves its bins
 // (bin q + b*N/16 + r*N/Rl at x[b*Rl + r]); the forward DFT of it goes to store(n, value), called for
 // n = q + r*N/16 with r = 0, 1, ..., 15 in that order (callers may keep a running twiddle). It writes
@@ -255,12 +272,16 @@ __device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)
 // conj(result) (scale 1/N is the caller's, folded into the spectrum).
 // kInPlace: load and store address data itself, so barriers also separate the last pass's loads
 // from the stores. Like fft_to_registers, it starts and ends without a barrier.
-template <int N, bool kInPlace = false, typename Load, typename Spectrum, typename Store>
+// kSpectrumFromPriorGrid: the spectrum is the output of the kernel launched just before this one, which
+// may still be running (programmatic dependent launch): wait for it after the forward transform.
+template <int N, bool kInPlace = false, bool kSpectrumFromPriorGrid = false, typename Load, typename Spectrum,
+          typename Store>
 __device__ __forceinline__ void fused_conv(float2* data, Load load, Spectrum spectrum, Store store) {
   constexpr int Rl = last_radix(N), N16 = N / 16, NR = N / Rl, kBfly = kElemsPerThread / Rl;
   float2 x[kElemsPerThread];
   const int q = threadIdx.x;
   fft_to_registers<N, kInPlace>(data, x, load);
+  if (kSpectrumFromPriorGrid) pdl_wait();
   __syncthreads();  // every thread has read before the inverse pass overwrites
 #pragma unroll
   for (int b = 0; b < kBfly; ++b)

@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   scalar_t* y0 = y + off0 + (kReverse ? s.L - 1 - start : start);
   scalar_t* y1 = y + off1 + (kReverse ? s.L - 1 - start : start);
   smem_fft::fused_conv<N, false, true>(
-      smem, rows, [&](int q, int c) { return smem_fft::hermitian_bin<N>(Kd, q, c); },
+      smem, rows, [&](int q, int c) { return smem_fft::hermitian_bin<N, true>(Kd, q, c); },
       [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
         if ((unsigned)(n - first) >= (unsigned)(last - first)) return;
         const int i = kReverse ? -n : n;

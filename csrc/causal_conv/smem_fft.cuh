@@ -217,12 +217,20 @@ __device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElem
 // Bin q + c of the spectrum of a real sequence given by its half K[0..N/2]: K[f] or conj(K[N-f]).
 // q < N/16 and c a multiple of N/16 (how fused_conv names its bins): with c a constant after
 // unrolling, only the middle bin (c = N/2) tests q.
-template <int N>
+// kFromPriorGrid: K is written by the grid launched before this one, possibly while this one runs
+// (programmatic dependent launch), so it is read with ld.global.cg: the read-only path (ld.global.nc,
+// which const __restrict__ pointers get) requires data that does not change during the kernel, and the
+// compiler may move such loads above the grid-dependency wait.
+template <int N, bool kFromPriorGrid = false>
 __device__ __forceinline__ float2 hermitian_bin(const float2* K, int q, int c) {
   constexpr int half = N / 2;
-  if (c < half) return K[c + q];
-  if (c > half) return conjf2(K[(N - c) - q]);
-  return q == 0 ? K[half] : conjf2(K[half - q]);
+  const auto at = [K](int i) {
+    if constexpr (kFromPriorGrid) return __ldcg(K + i);
+    else return K[i];
+  };
+  if (c < half) return at(c + q);
+  if (c > half) return conjf2(at((N - c) - q));
+  return q == 0 ? at(half) : conjf2(at(half - q));
 }
 
 // Programmatic dependent launch (sm_90): a kernel launched with programmatic stream serialization may

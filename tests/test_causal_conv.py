@@ -973,8 +973,9 @@ def test_cuda_window_kernel_pdl_equals_ordinary_launch(L, Lk, dtype, dim, monkey
     values of an ordinary launch, forward, grad_u alone and both gradients, and matches float64; on a
     fresh k every call, so a stale spectrum would show (the spectrum usually lands where the last call's
     was). Few channels with Lk near L: the spectrum takes as long as the windows' forward transform; a
-    first version read it through the read-only cache and failed there on the H200. A bad value is an
-    error naming the variable."""
+    first version read it through the read-only cache and failed there on the H200. Only one-window
+    plans take the dependent launch; the many-window shapes here (4097/128, 1023/129) check that the
+    switch changes nothing for them. A bad value is an error naming the variable."""
     monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "0")  # the FFT windows, not the direct or mma kernels
     monkeypatch.setenv("FFT_TENSOR_CONV_MMA", "0")
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=5, dim=dim, dtype=dtype)

@@ -115,15 +115,20 @@ at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>&
   return K;
 }
 
-// FFT_TENSOR_CONV_PDL (read on every call): unset, empty or 1 = the window kernel is launched as a
-// programmatic dependent of the spectrum kernel before it on sm_90 and later (it loads and transforms
-// its rows while the spectrum finishes, and waits for the spectrum before the product); 0 = an ordinary
-// launch after it.
-bool conv_pdl() {
+// FFT_TENSOR_CONV_PDL (read on every call): unset, empty or 1 = for one-window plans (nseg == 1, where
+// the spectrum of a row's kernel costs about what the window kernel spends on a row pair's forward
+// transform) the window kernel is launched as a programmatic dependent of the spectrum kernel, on sm_90
+// and later: it loads and transforms its rows while the spectrum finishes, and waits for the spectrum
+// before the product. 0 = always the ordinary launch. Plans of many windows keep the ordinary launch:
+// their spectrum is a small part of the op, and the dependent kernel must read it through L2 (below).
+// H200, B = 8, D = 768, fp32, Lk = L = 4K (one window): 0.215 ms as a dependent, 0.220 for the ordinary
+// kernel (read-only loads), 0.229 for an ordinary launch with L2 reads. Windows of 128 taps at 16K and
+// 64K were 9% slower with every launch dependent and reading through L2 (0.309 -> 0.336 ms at 16K).
+bool conv_pdl(const ConvShape& s) {
   const char* v = std::getenv("FFT_TENSOR_CONV_PDL");
   const std::string mode(v == nullptr || *v == '\0' ? "1" : v);
   TORCH_CHECK(mode == "0" || mode == "1", "FFT_TENSOR_CONV_PDL must be 0 or 1, got '", mode, "'");
-  return mode == "1" && at::cuda::getCurrentDeviceProperties()->major >= 9;
+  return mode == "1" && s.nseg == 1 && at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 
 // y = the windows' convolution of x with K. K must be the output of the kernel launched just before
@@ -135,12 +140,12 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(s.N);
-  const bool pdl = conv_pdl();
+  const bool pdl = conv_pdl(s);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     dispatch_fft_size(s.logN, [&](auto size) {
       constexpr int N = decltype(size)::value;
-      auto kernel = conv_window_kernel<scalar_t, kReverse, N>;
+      auto kernel = pdl ? conv_window_kernel<scalar_t, kReverse, N, true> : conv_window_kernel<scalar_t, kReverse, N, false>;
       allow_smem(kernel, bytes);
       cudaLaunchAttribute attr{};
       attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;

@@ -109,9 +109,10 @@ struct WindowRows {
 // Registers capped at 64 (the 1024-threads-per-SM bound): measured 12% faster at 4K points than a
 // 128-register bound (fewer resident blocks), third session.
 // grid: D * npairs * nseg blocks of N/16 threads, window fastest, then pair, then channel (so blocks
-// sharing K[d] are adjacent). Launched right after kernel_spectrum_kernel, possibly while it runs
-// (launch_conv_windows): its load and forward transform of the row pair overlap the spectrum's tail.
-template <typename scalar_t, bool kReverse, int N>
+// sharing K[d] are adjacent). kAfterSpectrum: launched right after kernel_spectrum_kernel as its
+// programmatic dependent, possibly while it runs (launch_conv_windows): the load and forward transform
+// of the row pair overlap the spectrum's tail, then it waits for K and reads it through L2.
+template <typename scalar_t, bool kReverse, int N, bool kAfterSpectrum>
 __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 1024>()))
     conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K, scalar_t* __restrict__ y,
                        ConvShape s) {
@@ -132,8 +133,8 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   const int last = (int)(s.L - start < first + s.seg ? s.L - start : first + s.seg);
   scalar_t* y0 = y + off0 + (kReverse ? s.L - 1 - start : start);
   scalar_t* y1 = y + off1 + (kReverse ? s.L - 1 - start : start);
-  smem_fft::fused_conv<N, false, true>(
-      smem, rows, [&](int q, int c) { return smem_fft::hermitian_bin<N, true>(Kd, q, c); },
+  smem_fft::fused_conv<N, false, kAfterSpectrum>(
+      smem, rows, [&](int q, int c) { return smem_fft::hermitian_bin<N, kAfterSpectrum>(Kd, q, c); },
       [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
         if ((unsigned)(n - first) >= (unsigned)(last - first)) return;
         const int i = kReverse ? -n : n;

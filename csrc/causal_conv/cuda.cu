@@ -121,9 +121,10 @@ at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>&
 // and later: it loads and transforms its rows while the spectrum finishes, and waits for the spectrum
 // before the product. 0 = always the ordinary launch. Plans of many windows keep the ordinary launch:
 // their spectrum is a small part of the op, and the dependent kernel must read it through L2 (below).
-// H200, B = 8, D = 768, fp32, Lk = L = 4K (one window): 0.215 ms as a dependent, 0.220 for the ordinary
-// kernel (read-only loads), 0.229 for an ordinary launch with L2 reads. Windows of 128 taps at 16K and
-// 64K were 9% slower with every launch dependent and reading through L2 (0.309 -> 0.336 ms at 16K).
+// H200, B = 8, D = 768, fp32, Lk = L (one window): 1K 0.0460 -> 0.0425 ms, 4K 0.220 -> 0.216 ms (ordinary
+// -> dependent, one call, RESULTS.md twenty-third session). Windows of 128 taps at 16K and 64K were 9%
+// slower with every launch dependent and reading through L2 (0.309 -> 0.336 ms at 16K); with the
+// ordinary kernel kept for them they measured 0.311 and 1.20 ms again.
 bool conv_pdl(const ConvShape& s) {
   const char* v = std::getenv("FFT_TENSOR_CONV_PDL");
   const std::string mode(v == nullptr || *v == '\0' ? "1" : v);

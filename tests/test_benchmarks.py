@@ -215,3 +215,31 @@ def test_context_use(tmp_path):
                       "--device", "cpu", "--max-windows", "8")
     assert_table(r, "| | bytes | spectral (spectral) | gpt (gpt) |")
     assert "| next byte copyable |" in r.stdout and "| positions 16-31 |" in r.stdout and "nan" not in r.stdout
+
+
+def test_emulate_tc_dft():
+    # The emulator behind RESULTS.md's tensor-core precision table: its tf32 rounding is cvt.rna's, its
+    # matrix-product FFT is a DFT, and its conv is exact in fp32 and 3xtf32 but not in tf32.
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import emulate_tc_dft as emu
+    finally:
+        sys.path.pop(0)
+    import torch
+    x = torch.tensor([1 + 2 ** -11, 1 + 2 ** -12, 1 + 3 * 2 ** -11, -(1 + 2 ** -11), 1 + 2 ** -10], dtype=torch.float32)
+    assert emu.round_tf32(x).tolist() == [1 + 2 ** -10, 1.0, 1 + 2 ** -9, -(1 + 2 ** -10), 1 + 2 ** -10]
+    gen = torch.Generator().manual_seed(3)
+    for N, radix in ((2048, 16), (512, 8), (96, 16)):  # 96 = 16 * 6: a last pass of another size
+        z = torch.randn(3, N, dtype=torch.complex128, generator=gen)
+        yr, yi, scale = emu.fft_tc(z.real.float(), z.imag.float(), radix, "fp32")
+        assert scale == 1.0
+        ref = torch.fft.fft(z)
+        assert ((torch.complex(yr.double(), yi.double()) - ref).norm() / ref.norm()).item() < 1e-6
+    u = torch.randn(8, 300, generator=gen).float()
+    k = (torch.randn(300, generator=gen) / 300 ** 0.5).float()
+    exact = emu.direct64(u, k)
+    errs = {mode: emu.rel_err(emu.conv_tc(u, k, mode, 16), exact) for mode in ("fp32", "3xtf32", "tf32", "fp16")}
+    assert errs["fp32"] < 1e-6 and errs["3xtf32"] < 1e-6, errs
+    assert 1e-4 < errs["tf32"] < 3e-3 and 1e-4 < errs["fp16"] < 3e-3, errs
+    r = run_benchmark("emulate_tc_dft.py", "--lengths", "64", "--rows", "4")
+    assert_table(r, "| L = Lk | FFT points | input | fp32 | tf32 | 3xtf32 | fp16 | bf16 | 2xbf16 | bound |")

@@ -1,0 +1,184 @@
+"""How accurate would a tensor-core FFT convolution be? A CPU emulation, to decide before writing one.
+
+The fused window kernels are bound by instruction issue (RESULTS.md), and what would cut the instructions
+per point is running the small DFTs of each FFT pass as matrix products on the tensor cores (as FlashFFTConv
+does in fp16/bf16). The cost is precision: mma.sync multiplies operands of 10 (tf32, fp16) or 7 (bf16)
+mantissa bits and accumulates in fp32. This script emulates, on the CPU, the window kernels' algorithm (two
+real rows packed as one complex row, one N-point FFT, the product with the kernel's fp32 spectrum, the
+inverse as a forward FFT of the conjugate) with every radix-R DFT done as R x R complex matrix products
+whose operands are rounded to the chosen format and whose sums are fp32, and the twiddles between passes
+in fp32 (CUDA cores), then compares y with a float64 direct sum, in the tests' norm (tests/conftest.py
+rel_err), against the tests' bounds:
+  - float32 u: rel_err < 1e-5 (tests/test_causal_conv.py);
+  - bfloat16 u: rel_err <= 4 x (the error of rounding the exact result to bf16) + 1e-6.
+Operand formats ("modes"):
+  fp32      every product in fp32 (what the CUDA-core kernels do now; the baseline)
+  tf32      operands rounded to tf32 (cvt.rna.tf32.f32), one mma per real product
+  3xtf32    a = hi + lo split of both operands, hi*hi + hi*lo + lo*hi: three mmas per real product
+  fp16      operands rounded to fp16 (the data scaled by 1/sqrt(R) per pass to stay in range)
+  bf16      operands rounded to bf16
+  2xbf16    the data split hi + lo in bf16 (the DFT matrix in bf16 hi + lo too), three mmas
+The products of two rounded operands are exact in fp32 (at most 22 significant bits), so a float32 matmul
+of the rounded operands reproduces an fp32-accumulating mma up to the order of its sums.
+
+  python benchmarks/emulate_tc_dft.py [--lengths 1024,4096] [--radix 16] [--rows 64] [--seed 0]
+
+Prints one table (markdown) of rel_err per mode and length, float32 and bfloat16 input, with the bounds.
+"""
+import argparse
+import math
+import sys
+
+import torch
+
+torch.set_default_dtype(torch.float64)
+
+
+def round_tf32(x: torch.Tensor) -> torch.Tensor:
+    """fp32 -> tf32 (10 mantissa bits), round to nearest, ties away from zero (cvt.rna.tf32.f32)."""
+    bits = x.to(torch.float32).view(torch.int32)
+    bits = (bits + 0x1000) & ~0x1FFF  # add half an ulp of tf32 to the magnitude, then drop 13 bits
+    return bits.view(torch.float32)
+
+
+def rounder(fmt: str):
+    if fmt == "fp32":
+        return lambda x: x.to(torch.float32)
+    if fmt == "tf32":
+        return round_tf32
+    if fmt == "fp16":
+        return lambda x: x.to(torch.float16).to(torch.float32)
+    if fmt == "bf16":
+        return lambda x: x.to(torch.bfloat16).to(torch.float32)
+    raise ValueError(fmt)
+
+
+def split(x: torch.Tensor, fmt: str):
+    """x (fp32) = hi + lo, both in fmt."""
+    r = rounder(fmt)
+    hi = r(x)
+    return hi, r(x.to(torch.float32) - hi)
+
+
+def real_mm(a: torch.Tensor, m: torch.Tensor, mode: str) -> torch.Tensor:
+    """a (..., R) @ m (R, R) with fp32 sums, operands in the mode's format."""
+    if mode in ("fp32", "tf32", "fp16", "bf16"):
+        r = rounder(mode)
+        return r(a) @ r(m)
+    fmt = {"3xtf32": "tf32", "2xbf16": "bf16"}[mode]
+    ah, al = split(a, fmt)
+    mh, ml = split(m, fmt)
+    return ah @ mh + (ah @ ml + al @ mh)  # small terms first, as a split-precision kernel sums them
+
+
+def dft_matrix(R: int):
+    n = torch.arange(R, dtype=torch.float64)
+    ang = -2 * math.pi * torch.outer(n, n) / R
+    return torch.cos(ang).to(torch.float32), torch.sin(ang).to(torch.float32)
+
+
+def small_dft(xr, xi, R, mode, scale):
+    """DFT of length R along the last axis as complex matrix products (4 real ones), in fp32 out."""
+    cr, ci = dft_matrix(R)
+    if scale != 1.0:  # fp16: keep the data in range (a power of two: exact)
+        xr, xi = xr * scale, xi * scale
+    yr = real_mm(xr, cr.T, mode) - real_mm(xi, ci.T, mode)
+    yi = real_mm(xr, ci.T, mode) + real_mm(xi, cr.T, mode)
+    return yr.to(torch.float32), yi.to(torch.float32)
+
+
+def fft_tc(xr, xi, radix, mode):
+    """Forward DFT (sign -1) along the last axis, N = radix^p * r, by the four-step recursion
+    N = R * M: n = M n1 + n2, k = k1 + R k2: a length-R DFT over n1 (matrix products), twiddles
+    W_N^(n2 k1) in fp32, a length-M DFT over n2 (recursively), then the transpose. Returns fp32 parts
+    and the scale applied (fp16 mode divides by a power of two per pass)."""
+    N = xr.shape[-1]
+    R = min(radix, N)
+    scale = 1.0
+    if mode == "fp16":
+        scale = 2.0 ** -round(math.log2(R) / 2)  # ~1/sqrt(R): |DFT| grows by sqrt(R) per pass for noise
+    if R == N:
+        yr, yi = small_dft(xr, xi, R, mode, scale)
+        return yr, yi, scale
+    M = N // R
+    lead = xr.shape[:-1]
+    ar = xr.reshape(*lead, R, M).transpose(-1, -2)  # (..., M, R): n1 last
+    ai = xi.reshape(*lead, R, M).transpose(-1, -2)
+    br, bi = small_dft(ar, ai, R, mode, scale)  # (..., n2, k1)
+    n2 = torch.arange(M, dtype=torch.float64)[:, None]
+    k1 = torch.arange(R, dtype=torch.float64)[None, :]
+    ang = -2 * math.pi * n2 * k1 / N
+    wr, wi = torch.cos(ang).to(torch.float32), torch.sin(ang).to(torch.float32)
+    tr, ti = br * wr - bi * wi, br * wi + bi * wr  # fp32 twiddles (CUDA cores)
+    cr, ci, s2 = fft_tc(tr.transpose(-1, -2).contiguous(), ti.transpose(-1, -2).contiguous(), radix, mode)
+    # (..., k1, k2) -> k = k1 + R k2
+    return cr.transpose(-1, -2).reshape(*lead, N), ci.transpose(-1, -2).reshape(*lead, N), scale * s2
+
+
+def conv_tc(u: torch.Tensor, k: torch.Tensor, mode: str, radix: int) -> torch.Tensor:
+    """causal_conv(u, k) for u (rows, L) float32, k (L,) float32 (one channel), Lk = L, one window of
+    N = next_pow2(2L - 1) points, rows in pairs packed as u0 + i u1, as conv_window_kernel does."""
+    rows, L = u.shape
+    N = 1 << (2 * L - 1 - 1).bit_length()
+    K = torch.fft.fft(k.to(torch.float32), n=N)  # the kernel spectrum, fp32 (1/N applied at the end: fp16 range)
+    zr = torch.zeros(rows // 2, N, dtype=torch.float32)
+    zi = torch.zeros(rows // 2, N, dtype=torch.float32)
+    zr[:, :L], zi[:, :L] = u[0::2], u[1::2]  # window from t = 0: y[t] for t < L is exact (N >= 2L - 1)
+    Zr, Zi, s1 = fft_tc(zr, zi, radix, mode)
+    Kr, Ki = K.real, K.imag
+    Yr, Yi = Zr * Kr - Zi * Ki, Zr * Ki + Zi * Kr
+    Wr, Wi, s2 = fft_tc(Yr, -Yi, radix, mode)  # inverse = conj(FFT(conj(Y)))
+    Wr, Wi = Wr / (N * s1 * s2), -Wi / (N * s1 * s2)
+    y = torch.empty(rows, L, dtype=torch.float32)
+    y[0::2], y[1::2] = Wr[:, :L], Wi[:, :L]
+    return y
+
+
+def direct64(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """float64 causal convolution (exact up to float64 rounding), via a float64 FFT of 2L points."""
+    L = u.shape[-1]
+    n = 2 * L
+    return torch.fft.irfft(torch.fft.rfft(u.double(), n) * torch.fft.rfft(k.double(), n), n)[..., :L]
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--lengths", default="1024,4096")
+    p.add_argument("--radix", type=int, default=16, help="radix of the matrix-product DFT passes")
+    p.add_argument("--rows", type=int, default=64, help="rows per length (even)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", default="fp32,tf32,3xtf32,fp16,bf16,2xbf16")
+    args = p.parse_args(argv)
+    gen = torch.Generator().manual_seed(args.seed)
+    modes = args.modes.split(",")
+    print(f"`python benchmarks/emulate_tc_dft.py {' '.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"))
+    print()
+    print("| L = Lk | FFT points | input | " + " | ".join(modes) + " | bound |")
+    print("|---|---|---|" + "---|" * (len(modes) + 1))
+    for L in [int(x) for x in args.lengths.split(",")]:
+        N = 1 << (2 * L - 2).bit_length()
+        u = torch.randn(args.rows, L, generator=gen).to(torch.float32)
+        k = (torch.randn(L, generator=gen) / math.sqrt(L)).to(torch.float32)
+        for inp in ("float32", "bfloat16"):
+            ui = u if inp == "float32" else u.to(torch.bfloat16).to(torch.float32)
+            exact = direct64(ui, k)
+            errs = []
+            for mode in modes:
+                y = conv_tc(ui, k, mode, args.radix)
+                if inp == "bfloat16":
+                    y = y.to(torch.bfloat16).to(torch.float32)  # the op returns u's dtype
+                errs.append(rel_err(y, exact))
+            bound = 1e-5 if inp == "float32" else 4 * rel_err(exact.to(torch.bfloat16), exact) + 1e-6
+            cells = [f"**{e:.2e}**" if e <= bound else f"{e:.2e}" for e in errs]
+            print(f"| {L} | {N} | {inp} | " + " | ".join(cells) + f" | {bound:.2e} |")
+    print()
+    print("Bold: within the tests' bound for that input dtype (float32: 1e-5; bfloat16: 4x the error of "
+          "rounding the exact result to bf16, + 1e-6). One channel, random normal u, k ~ N(0, 1/L).")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ The products of two rounded operands are exact in fp32 (at most 22 significant b
 of the rounded operands reproduces an fp32-accumulating mma up to the order of its sums.
 
   python benchmarks/emulate_tc_dft.py [--lengths 1024,4096] [--radix 16] [--rows 64] [--seed 0]
+  python benchmarks/emulate_tc_dft.py --lengths 1024 --chain 32   (two dense passes, 2048 = 32 x 64)
 
 Prints one table (markdown) of rel_err per mode and length, float32 and bfloat16 input, with the bounds.
 """
@@ -36,7 +37,7 @@ torch.set_default_dtype(torch.float64)
 
 def round_tf32(x: torch.Tensor) -> torch.Tensor:
     """fp32 -> tf32 (10 mantissa bits), round to nearest, ties away from zero (cvt.rna.tf32.f32)."""
-    bits = x.to(torch.float32).view(torch.int32)
+    bits = x.to(torch.float32).resolve_neg().contiguous().view(torch.int32)
     bits = (bits + 0x1000) & ~0x1FFF  # add half an ulp of tf32 to the magnitude, then drop 13 bits
     return bits.view(torch.float32)
 
@@ -134,6 +135,64 @@ def conv_tc(u: torch.Tensor, k: torch.Tensor, mode: str, radix: int) -> torch.Te
     return y
 
 
+def _cmm(ar, ai, br, bi, mode):
+    """(ar + i ai) @ (br + i bi), both operands rounded to the mode's format, fp32 sums."""
+    return ((real_mm(ar, br, mode) - real_mm(ai, bi, mode)).to(torch.float32),
+            (real_mm(ar, bi, mode) + real_mm(ai, br, mode)).to(torch.float32))
+
+
+def conv_tc_chain(u: torch.Tensor, k: torch.Tensor, mode: str, n1: int) -> torch.Tensor:
+    """conv_tc with two dense DFT passes per transform, N = n1 * n2, in the orientation a kernel could
+    chain through mma accumulators without shared memory: each product contracts over the column index of
+    the previous result (the accumulator tile as the next A operand, or transposed as its B operand).
+      z[n2 + n2s * r] viewed X[r][c] (r < n1 rows, c < n2 columns), n2s = n2
+      A1[k1][c]  = F_n1[k1][r] X[r][c]              (DFT over r)
+      T1         = A1 * W_N^(k1 c)                  (fp32 twiddles, in registers)
+      A2[k1][k2] = T1[k1][c] F_n2[c][k2]            (DFT over c: spectrum bin k1 + n1 k2)
+      Y          = A2 * K[k1 + n1 k2]               (fp32)
+      A3[c][k1]  = conj F_n2[c][k2] Y[k1][k2]       (inverse over k2; Y as the transposed B operand)
+      T3         = A3 * W_N^(-c k1)
+      A4[c][r]   = T3[c][k1] conj F_n1[k1][r]       (inverse over k1): y[c + n2 r] = A4[c][r] / N
+    Data operands are scaled by powers of two (exact) to stay inside fp16's range: the row pair by its
+    largest magnitude, each DFT's output by about 1/sqrt(its length)."""
+    rows, L = u.shape
+    N = 1 << (2 * L - 1 - 1).bit_length()
+    n2 = N // n1
+    assert n1 * n2 == N and n1 <= n2
+    K = torch.fft.fft(k.to(torch.float32), n=N)
+    z = torch.zeros(rows // 2, N, dtype=torch.complex64)
+    z[:, :L] = torch.complex(u[0::2], u[1::2])
+    amax = z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    s0 = torch.exp2(-torch.ceil(torch.log2(amax)))  # per row pair, |z * s0| <= 1
+    z = z * s0
+    X = z.reshape(-1, n1, n2)  # X[r][c] = z[n2 r + c]
+    f1 = torch.fft.fft(torch.eye(n1, dtype=torch.complex128)).to(torch.complex64)  # F[k][n] = W^(kn)
+    f2 = torch.fft.fft(torch.eye(n2, dtype=torch.complex128)).to(torch.complex64)
+    c1 = 2.0 ** -round(math.log2(n1) / 2)
+    c2 = 2.0 ** -round(math.log2(n2) / 2)
+    kk = torch.arange(n1, dtype=torch.float64)[:, None]
+    cc = torch.arange(n2, dtype=torch.float64)[None, :]
+    tw = torch.polar(torch.ones(n1, n2, dtype=torch.float64), -2 * math.pi * kk * cc / N).to(torch.complex64)
+
+    def mm(a, b):
+        a, b = a.resolve_conj(), b.resolve_conj()
+        r, i = _cmm(a.real, a.imag, b.real, b.imag, mode)
+        return torch.complex(r, i)
+
+    A1 = mm(f1 * c1, X)                                   # [k1][c]
+    T1 = A1 * tw
+    A2 = mm(T1 * c2, f2)                                  # [k1][k2]
+    Y = A2 * K.reshape(n2, n1).T                          # K[k1 + n1 k2] at [k1][k2]
+    A3 = mm(f2.conj() * c2, Y.transpose(-1, -2))          # [c][k1]
+    T3 = A3 * tw.T.conj()
+    A4 = mm(T3 * c1, f1.conj())                           # [c][r]
+    scale = (c1 * c2) ** 2 * N
+    yz = A4.transpose(-1, -2).reshape(-1, N) / (s0 * scale)  # y[n2 r + c]
+    y = torch.empty(rows, L, dtype=torch.float32)
+    y[0::2], y[1::2] = yz.real[:, :L], yz.imag[:, :L]
+    return y
+
+
 def direct64(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """float64 causal convolution (exact up to float64 rounding), via a float64 FFT of 2L points."""
     L = u.shape[-1]
@@ -152,6 +211,8 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=64, help="rows per length (even)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default="fp32,tf32,3xtf32,fp16,bf16,2xbf16")
+    p.add_argument("--chain", type=int, default=0, metavar="N1",
+                   help="two dense passes per transform (N = N1 x N2, conv_tc_chain) instead of --radix passes")
     args = p.parse_args(argv)
     gen = torch.Generator().manual_seed(args.seed)
     modes = args.modes.split(",")
@@ -168,7 +229,7 @@ def main(argv=None):
             exact = direct64(ui, k)
             errs = []
             for mode in modes:
-                y = conv_tc(ui, k, mode, args.radix)
+                y = conv_tc_chain(ui, k, mode, args.chain) if args.chain else conv_tc(ui, k, mode, args.radix)
                 if inp == "bfloat16":
                     y = y.to(torch.bfloat16).to(torch.float32)  # the op returns u's dtype
                 errs.append(rel_err(y, exact))

@@ -241,5 +241,10 @@ def test_emulate_tc_dft():
     errs = {mode: emu.rel_err(emu.conv_tc(u, k, mode, 16), exact) for mode in ("fp32", "3xtf32", "tf32", "fp16")}
     assert errs["fp32"] < 1e-6 and errs["3xtf32"] < 1e-6, errs
     assert 1e-4 < errs["tf32"] < 3e-3 and 1e-4 < errs["fp16"] < 3e-3, errs
+    # the chained orientation (two dense passes, each contracting the previous result's column index)
+    assert emu.rel_err(emu.conv_tc_chain(u, k, "fp32", 32), exact) < 1e-6  # N = 1024 = 32 x 32
+    big = u * 3000.0  # fp16 operands: the power-of-two scales keep every product in range
+    err = emu.rel_err(emu.conv_tc_chain(big, k, "fp16", 16), emu.direct64(big, k))  # 16 x 64
+    assert 1e-4 < err < 3e-3, err
     r = run_benchmark("emulate_tc_dft.py", "--lengths", "64", "--rows", "4")
     assert_table(r, "| L = Lk | FFT points | input | fp32 | tf32 | 3xtf32 | fp16 | bf16 | 2xbf16 | bound |")

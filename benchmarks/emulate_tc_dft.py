@@ -32,8 +32,6 @@ import sys
 
 import torch
 
-torch.set_default_dtype(torch.float64)
-
 
 def round_tf32(x: torch.Tensor) -> torch.Tensor:
     """fp32 -> tf32 (10 mantissa bits), round to nearest, ties away from zero (cvt.rna.tf32.f32)."""
@@ -222,8 +220,8 @@ def main(argv=None):
     print("|---|---|---|" + "---|" * (len(modes) + 1))
     for L in [int(x) for x in args.lengths.split(",")]:
         N = 1 << (2 * L - 2).bit_length()
-        u = torch.randn(args.rows, L, generator=gen).to(torch.float32)
-        k = (torch.randn(L, generator=gen) / math.sqrt(L)).to(torch.float32)
+        u = torch.randn(args.rows, L, generator=gen, dtype=torch.float64).to(torch.float32)
+        k = (torch.randn(L, generator=gen, dtype=torch.float64) / math.sqrt(L)).to(torch.float32)
         for inp in ("float32", "bfloat16"):
             ui = u if inp == "float32" else u.to(torch.bfloat16).to(torch.float32)
             exact = direct64(ui, k)

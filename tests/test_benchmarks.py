@@ -221,11 +221,13 @@ def test_emulate_tc_dft():
     # The emulator behind RESULTS.md's tensor-core precision table: its tf32 rounding is cvt.rna's, its
     # matrix-product FFT is a DFT, and its conv is exact in fp32 and 3xtf32 but not in tf32.
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import torch
+    default_dtype = torch.get_default_dtype()
     try:
         import emulate_tc_dft as emu
     finally:
         sys.path.pop(0)
-    import torch
+    assert torch.get_default_dtype() == default_dtype  # importing it must not change global state
     x = torch.tensor([1 + 2 ** -11, 1 + 2 ** -12, 1 + 3 * 2 ** -11, -(1 + 2 ** -11), 1 + 2 ** -10], dtype=torch.float32)
     assert emu.round_tf32(x).tolist() == [1 + 2 ** -10, 1.0, 1 + 2 ** -9, -(1 + 2 ** -10), 1 + 2 ** -10]
     gen = torch.Generator().manual_seed(3)

@@ -7,7 +7,7 @@ mantissa bits and accumulates in fp32. This script emulates, on the CPU, the win
 real rows packed as one complex row, one N-point FFT, the product with the kernel's fp32 spectrum, the
 inverse as a forward FFT of the conjugate) with every radix-R DFT done as R x R complex matrix products
 whose operands are rounded to the chosen format and whose sums are fp32, and the twiddles between passes
-in fp32 (CUDA cores), then compares y with a float64 direct sum, in the tests' norm (tests/conftest.py
+in fp32 (CUDA cores), then compares y with a float64 convolution, in the tests' norm (tests/conftest.py
 rel_err), against the tests' bounds:
   - float32 u: rel_err < 1e-5 (tests/test_causal_conv.py);
   - bfloat16 u: rel_err <= 4 x (the error of rounding the exact result to bf16) + 1e-6.
@@ -76,14 +76,18 @@ def dft_matrix(R: int):
     return torch.cos(ang).to(torch.float32), torch.sin(ang).to(torch.float32)
 
 
+def _cmm(ar, ai, br, bi, mode):
+    """(ar + i ai) @ (br + i bi) as 4 real products, both operands rounded to the mode's format, fp32 sums."""
+    return ((real_mm(ar, br, mode) - real_mm(ai, bi, mode)).to(torch.float32),
+            (real_mm(ar, bi, mode) + real_mm(ai, br, mode)).to(torch.float32))
+
+
 def small_dft(xr, xi, R, mode, scale):
     """DFT of length R along the last axis as complex matrix products (4 real ones), in fp32 out."""
     cr, ci = dft_matrix(R)
     if scale != 1.0:  # fp16: keep the data in range (a power of two: exact)
         xr, xi = xr * scale, xi * scale
-    yr = real_mm(xr, cr.T, mode) - real_mm(xi, ci.T, mode)
-    yi = real_mm(xr, ci.T, mode) + real_mm(xi, cr.T, mode)
-    return yr.to(torch.float32), yi.to(torch.float32)
+    return _cmm(xr, xi, cr.T, ci.T, mode)
 
 
 def fft_tc(xr, xi, radix, mode):
@@ -114,36 +118,45 @@ def fft_tc(xr, xi, radix, mode):
     return cr.transpose(-1, -2).reshape(*lead, N), ci.transpose(-1, -2).reshape(*lead, N), scale * s2
 
 
-def conv_tc(u: torch.Tensor, k: torch.Tensor, mode: str, radix: int) -> torch.Tensor:
-    """causal_conv(u, k) for u (rows, L) float32, k (L,) float32 (one channel), Lk = L, one window of
-    N = next_pow2(2L - 1) points, rows in pairs packed as u0 + i u1, as conv_window_kernel does."""
-    rows, L = u.shape
-    N = 1 << (2 * L - 1 - 1).bit_length()
-    K = torch.fft.fft(k.to(torch.float32), n=N)  # the kernel spectrum, fp32 (1/N applied at the end: fp16 range)
-    zr = torch.zeros(rows // 2, N, dtype=torch.float32)
-    zi = torch.zeros(rows // 2, N, dtype=torch.float32)
-    zr[:, :L], zi[:, :L] = u[0::2], u[1::2]  # window from t = 0: y[t] for t < L is exact (N >= 2L - 1)
-    Zr, Zi, s1 = fft_tc(zr, zi, radix, mode)
-    Kr, Ki = K.real, K.imag
-    Yr, Yi = Zr * Kr - Zi * Ki, Zr * Ki + Zi * Kr
-    Wr, Wi, s2 = fft_tc(Yr, -Yi, radix, mode)  # inverse = conj(FFT(conj(Y)))
-    Wr, Wi = Wr / (N * s1 * s2), -Wi / (N * s1 * s2)
-    y = torch.empty(rows, L, dtype=torch.float32)
-    y[0::2], y[1::2] = Wr[:, :L], Wi[:, :L]
+def window_points(L: int) -> int:
+    """N = next_pow2(2L - 1): one window holds a row of L and a kernel of L taps without circular wrap."""
+    return 1 << (2 * L - 2).bit_length()
+
+
+def pack_rows(u: torch.Tensor, N: int) -> torch.Tensor:
+    """Rows in pairs as z = u0 + i u1, zero-padded to N (the window from t = 0: y[t] for t < L is exact
+    when N >= 2L - 1), complex64 (rows / 2, N)."""
+    z = torch.zeros(u.shape[0] // 2, N, dtype=torch.complex64)
+    z[:, :u.shape[1]] = torch.complex(u[0::2], u[1::2])
+    return z
+
+
+def unpack_rows(w: torch.Tensor, L: int) -> torch.Tensor:
+    """The two real rows of each complex row w (rows / 2, N): (rows, L) float32."""
+    y = torch.empty(2 * w.shape[0], L, dtype=torch.float32)
+    y[0::2], y[1::2] = w.real[:, :L], w.imag[:, :L]
     return y
 
 
-def _cmm(ar, ai, br, bi, mode):
-    """(ar + i ai) @ (br + i bi), both operands rounded to the mode's format, fp32 sums."""
-    return ((real_mm(ar, br, mode) - real_mm(ai, bi, mode)).to(torch.float32),
-            (real_mm(ar, bi, mode) + real_mm(ai, br, mode)).to(torch.float32))
+def conv_tc(u: torch.Tensor, k: torch.Tensor, mode: str, radix: int) -> torch.Tensor:
+    """causal_conv(u, k) for u (rows, L) float32, k (L,) float32 (one channel), Lk = L, one window of
+    N = next_pow2(2L - 1) points, rows in pairs packed as u0 + i u1, as conv_window_kernel does."""
+    L = u.shape[1]
+    N = window_points(L)
+    K = torch.fft.fft(k.to(torch.float32), n=N)  # the kernel spectrum, fp32 (1/N applied at the end: fp16 range)
+    z = pack_rows(u, N)
+    Zr, Zi, s1 = fft_tc(z.real, z.imag, radix, mode)
+    Kr, Ki = K.real, K.imag
+    Yr, Yi = Zr * Kr - Zi * Ki, Zr * Ki + Zi * Kr
+    Wr, Wi, s2 = fft_tc(Yr, -Yi, radix, mode)  # inverse = conj(FFT(conj(Y)))
+    return unpack_rows(torch.complex(Wr, -Wi) / (N * s1 * s2), L)
 
 
 def conv_tc_chain(u: torch.Tensor, k: torch.Tensor, mode: str, n1: int) -> torch.Tensor:
     """conv_tc with two dense DFT passes per transform, N = n1 * n2, in the orientation a kernel could
     chain through mma accumulators without shared memory: each product contracts over the column index of
     the previous result (the accumulator tile as the next A operand, or transposed as its B operand).
-      z[n2 + n2s * r] viewed X[r][c] (r < n1 rows, c < n2 columns), n2s = n2
+      z[n2 r + c] viewed X[r][c] (r < n1 rows, c < n2 columns)
       A1[k1][c]  = F_n1[k1][r] X[r][c]              (DFT over r)
       T1         = A1 * W_N^(k1 c)                  (fp32 twiddles, in registers)
       A2[k1][k2] = T1[k1][c] F_n2[c][k2]            (DFT over c: spectrum bin k1 + n1 k2)
@@ -153,13 +166,12 @@ def conv_tc_chain(u: torch.Tensor, k: torch.Tensor, mode: str, n1: int) -> torch
       A4[c][r]   = T3[c][k1] conj F_n1[k1][r]       (inverse over k1): y[c + n2 r] = A4[c][r] / N
     Data operands are scaled by powers of two (exact) to stay inside fp16's range: the row pair by its
     largest magnitude, each DFT's output by about 1/sqrt(its length)."""
-    rows, L = u.shape
-    N = 1 << (2 * L - 1 - 1).bit_length()
+    L = u.shape[1]
+    N = window_points(L)
     n2 = N // n1
     assert n1 * n2 == N and n1 <= n2
     K = torch.fft.fft(k.to(torch.float32), n=N)
-    z = torch.zeros(rows // 2, N, dtype=torch.complex64)
-    z[:, :L] = torch.complex(u[0::2], u[1::2])
+    z = pack_rows(u, N)
     amax = z.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
     s0 = torch.exp2(-torch.ceil(torch.log2(amax)))  # per row pair, |z * s0| <= 1
     z = z * s0
@@ -185,10 +197,7 @@ def conv_tc_chain(u: torch.Tensor, k: torch.Tensor, mode: str, n1: int) -> torch
     T3 = A3 * tw.T.conj()
     A4 = mm(T3 * c1, f1.conj())                           # [c][r]
     scale = (c1 * c2) ** 2 * N
-    yz = A4.transpose(-1, -2).reshape(-1, N) / (s0 * scale)  # y[n2 r + c]
-    y = torch.empty(rows, L, dtype=torch.float32)
-    y[0::2], y[1::2] = yz.real[:, :L], yz.imag[:, :L]
-    return y
+    return unpack_rows(A4.transpose(-1, -2).reshape(-1, N) / (s0 * scale), L)  # y[n2 r + c]
 
 
 def direct64(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -219,7 +228,7 @@ def main(argv=None):
     print("| L = Lk | FFT points | input | " + " | ".join(modes) + " | bound |")
     print("|---|---|---|" + "---|" * (len(modes) + 1))
     for L in [int(x) for x in args.lengths.split(",")]:
-        N = 1 << (2 * L - 2).bit_length()
+        N = window_points(L)
         u = torch.randn(args.rows, L, generator=gen, dtype=torch.float64).to(torch.float32)
         k = (torch.randn(L, generator=gen, dtype=torch.float64) / math.sqrt(L)).to(torch.float32)
         for inp in ("float32", "bfloat16"):

@@ -122,6 +122,19 @@ for stage in "$@"; do
              for v in 1 0; do
                conv_variant pdl$v FFT_TENSOR_CONV_PDL=$v -- --no-peer  # all lengths: many-window rows must not lose
              done ;;
+    # The tensor-core window kernel (FFT_TENSOR_CONV_TC=1, tc_window.cuh): its tests, compute-sanitizer on
+    # the quick cases with it on (bf16 L = 1000, Lk = 1000 takes it), then bf16 Lk = L at 1K-4K with it and without.
+    tc)      "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "tc_window" 2>&1 \
+               | tee "$OUT/tests_tc.log" | tail -12
+             for tool in memcheck racecheck synccheck; do
+               FFT_TENSOR_CONV_TC=1 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" \
+                 benchmarks/sanitize_cuda.py --quick > "$OUT/sanitize_tc_$tool.log" 2>&1 &
+             done
+             wait
+             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_tc_*.log | head -12
+             for v in 1 0; do
+               conv_variant tc$v FFT_TENSOR_CONV_TC=$v -- --no-peer --dtypes bf16 --kernels L --lengths ${TC_LENGTHS:-1024,2048,4096}
+             done ;;
     fourstepcheck) for tool in memcheck racecheck; do
                timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --fourstep 2>&1 \
                  | tee "$OUT/sanitize_fourstep_$tool.log" | grep -E "ERROR SUMMARY|FAIL|ALL OK|rel err" | head -12

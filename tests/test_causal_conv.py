@@ -1002,6 +1002,72 @@ def test_cuda_window_kernel_pdl_equals_ordinary_launch(L, Lk, dtype, dim, monkey
         fft_tensor.causal_conv(u, k, skip)
 
 
+def _bf16_bound(exact):
+    return 4 * rel_err(exact.bfloat16(), exact) + 1e-6
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", [(1024, 1024, 8, 7), (1000, 1000, 3, 5), (1024, 700, 5, 3),
+                                             (2048, 2048, 3, 5), (1500, 1500, 2, 3), (4096, 4096, 3, 4),
+                                             (4096, 3001, 1, 3), (3001, 3001, 5, 2), (600, 600, 3, 111)])
+def test_cuda_tc_window(L, Lk, batch, dim, monkeypatch):
+    """FFT_TENSOR_CONV_TC=1: bf16 rows of one-window plans of 2048-8192 points with L <= N/2 take the
+    tensor-core kernel (its name shows) and stay within the bound every bf16 path meets against float64
+    (4x the error of rounding the exact result to bf16): odd batches (a row alone in its pair), odd L
+    (scalar loads and stores), 111 channels (a partly filled last block), inputs and kernels 1e6 and
+    1e-6 times larger (fp16's range is handled by power-of-two scales), a row 1e-4 times the size of its
+    pair's other row (each row keeps its own scale: the bound holds per row), and an input at an odd
+    offset in its storage (no 16-byte loads)."""
+    monkeypatch.setenv("FFT_TENSOR_CONV_TC", "1")
+    N, taps, seg, nseg = causal_conv_plan(L, Lk)
+    assert nseg == 1 and 2048 <= N <= 8192 and 2 * L <= N
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    ub = u.bfloat16()
+    names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(ub, k, skip))
+    assert f"conv_tc_window_kernel<{N}>" in names and "conv_window_kernel" not in names, names
+    for su, sk in ((1.0, 1.0), (1e6, 1.0), (1e-6, 1.0), (1.0, 1e6), (1.0, 1e-6)):
+        x = (u * su).bfloat16()
+        y = fft_tensor.causal_conv(x, k * sk, skip * sk)
+        assert y.dtype == torch.bfloat16 and y.shape == u.shape
+        exact = fft64_reference(x, k * sk, skip * sk)
+        assert rel_err(y, exact) <= _bf16_bound(exact), (su, sk)
+    if batch > 1:  # row 1 shares its pair with row 0
+        x = ub.clone()
+        x[1] *= 1e-4
+        y, exact = fft_tensor.causal_conv(x, k, skip), fft64_reference(x, k, skip)
+        for b in range(batch):
+            assert rel_err(y[b], exact[b]) <= _bf16_bound(exact[b]), b
+    flat = torch.randn(batch * dim * L + 1, device="cuda").bfloat16()
+    x = flat[1:].view(batch, dim, L)  # contiguous, data 2 bytes past a 16-byte boundary
+    assert x.is_contiguous() and x.data_ptr() % 16 != 0
+    exact = fft64_reference(x, k, skip)
+    assert rel_err(fft_tensor.causal_conv(x, k, skip), exact) <= _bf16_bound(exact)
+
+
+@requires_cuda
+def test_cuda_tc_window_scope(monkeypatch):
+    # float16, float32, L > N/2 and many-window plans keep the FFT kernels with the switch on; the
+    # backward is unchanged; a bad value names the variable.
+    monkeypatch.setenv("FFT_TENSOR_CONV_TC", "1")
+    monkeypatch.setenv("FFT_TENSOR_CONV_MMA", "0")
+    for L, Lk, dtype in ((1024, 1024, torch.float16), (1024, 1024, torch.float32), (1500, 300, torch.bfloat16),
+                         (4096, 500, torch.bfloat16)):
+        u, k, skip = make_inputs(L, Lk, True, "cuda", batch=3, dim=3, dtype=dtype)
+        names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+        assert "conv_tc_window_kernel" not in names, (L, Lk, dtype, names)
+    u, k, skip = make_inputs(1024, 1024, True, "cuda", batch=3, dim=3, dtype=torch.bfloat16)
+    u.requires_grad_(True)
+    k.requires_grad_(True)
+    gy = torch.randn_like(u)
+    torch.autograd.backward(fft_tensor.causal_conv(u, k, skip), gy)
+    monkeypatch.setenv("FFT_TENSOR_CONV_TC", "0")
+    gu, gk = torch.autograd.grad(fft_tensor.causal_conv(u, k, skip), (u, k), gy)
+    assert torch.equal(u.grad, gu) and torch.equal(k.grad, gk)
+    monkeypatch.setenv("FFT_TENSOR_CONV_TC", "2")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_TC must be 0 or 1, got '2'"):
+        fft_tensor.causal_conv(u, k, skip)
+
+
 @requires_cuda
 def test_cuda_real_window_empty_and_forced(monkeypatch):
     """Empty batch or channels on a 32K-point plan, the kernels forced on: empty outputs, zero grad_k."""

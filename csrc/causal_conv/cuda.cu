@@ -33,6 +33,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <complex>
 #include <cstdlib>
 #include <limits>
 #include <mutex>
@@ -48,6 +50,7 @@
 #include "fft_kernels.cuh"
 #include "fourstep.cuh"
 #include "layout.cuh"
+#include "tc_window.cuh"
 
 namespace fft_tensor {
 namespace {
@@ -162,6 +165,125 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
                                         reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s));
     });
   });
+}
+
+// ---- the tensor-core window kernel (tc_window.cuh)
+
+// Its DFT and twiddle tables for one device and N, in the order the kernel's fragments read them; built
+// on the host in double precision on first use and kept for the life of the process (a few tens of KB).
+struct TcTableSet {
+  at::Tensor dft_n1, dft_64, twiddle;
+  tc_window::Tables view() const {
+    return {reinterpret_cast<const uint4*>(dft_n1.data_ptr()), reinterpret_cast<const uint4*>(dft_64.data_ptr()),
+            reinterpret_cast<const float4*>(twiddle.data_ptr())};
+  }
+};
+
+std::mutex tc_tables_mutex;
+std::map<std::pair<int, int>, TcTableSet> tc_tables_cache;
+
+const TcTableSet* tc_tables_cached(int N) {
+  std::lock_guard<std::mutex> lock(tc_tables_mutex);
+  const auto it = tc_tables_cache.find({(int)at::cuda::current_device(), N});
+  return it == tc_tables_cache.end() ? nullptr : &it->second;
+}
+
+const TcTableSet& tc_tables(int N) {
+  if (const TcTableSet* t = tc_tables_cached(N)) return *t;
+  const int N1 = N / tc_window::kN2;
+  // W_n^m = exp(-2 pi i m / n), m reduced mod n first (exact arguments)
+  const auto W = [](int64_t m, int64_t n) { return std::polar(1.0, -2.0 * M_PI * (double)(m % n) / (double)n); };
+  const auto half_bits = [](double v) { return (uint32_t)c10::Half((float)v).x; };
+  const auto pack = [&](double lo, double hi) { return (int32_t)(half_bits(lo) | (half_bits(hi) << 16)); };
+  // A fragments of F_N1 (row-major m16k16): register q holds rows g + 8 (q & 1), columns 2t + 8 (q >> 1), +1
+  std::vector<int32_t> a((size_t)(N1 / 16) * (N1 / 16) * 32 * 8);
+  for (int mt = 0; mt < N1 / 16; ++mt)
+    for (int ks = 0; ks < N1 / 16; ++ks)
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4;
+        const size_t base = (((size_t)mt * (N1 / 16) + ks) * 32 + lane) * 8;
+        for (int q = 0; q < 4; ++q) {
+          const int64_t r = 16 * mt + g + 8 * (q & 1), c = 16 * ks + 2 * t + 8 * (q >> 1);
+          const auto w0 = W(r * c, N1), w1 = W(r * (c + 1), N1);
+          a[base + q] = pack(w0.real(), w1.real());
+          a[base + 4 + q] = pack(w0.imag(), w1.imag());
+        }
+      }
+  // B fragments of F_64 (k x n, "col"): b0 rows k = 2t, 2t + 1, b1 rows + 8, column n = g
+  std::vector<int32_t> b(4 * 8 * 32 * 4);
+  for (int ks = 0; ks < 4; ++ks)
+    for (int j = 0; j < 8; ++j)
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4;
+        const int64_t n = 8 * j + g, k0 = 16 * ks + 2 * t;
+        const size_t base = (((size_t)ks * 8 + j) * 32 + lane) * 4;
+        for (int q = 0; q < 2; ++q) {
+          const auto w0 = W((k0 + 8 * q) * n, 64), w1 = W((k0 + 8 * q + 1) * n, 64);
+          b[base + q] = pack(w0.real(), w1.real());
+          b[base + 2 + q] = pack(w0.imag(), w1.imag());
+        }
+      }
+  // W_N^(k1 n2) at the m16n8 accumulator positions e: rows g + 8 (e >> 1), columns 2t + (e & 1)
+  std::vector<float> tw((size_t)(N1 / 16) * 8 * 32 * 8);
+  for (int w = 0; w < N1 / 16; ++w)
+    for (int j = 0; j < 8; ++j)
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4;
+        for (int e = 0; e < 4; ++e) {
+          const int64_t k1 = 16 * w + g + 8 * (e >> 1), n2 = 8 * j + 2 * t + (e & 1);
+          const auto v = W(k1 * n2, N);
+          const size_t i = ((((size_t)w * 8 + j) * 32 + lane) * 4 + e) * 2;
+          tw[i] = (float)v.real();
+          tw[i + 1] = (float)v.imag();
+        }
+      }
+  const auto dev = at::TensorOptions().device(at::kCUDA, at::cuda::current_device());
+  const auto upload = [&](auto& v, at::ScalarType type) {
+    return at::from_blob(v.data(), {(int64_t)v.size()}, at::TensorOptions().dtype(type)).to(dev.dtype(type));
+  };
+  TcTableSet set{upload(a, at::kInt), upload(b, at::kInt), upload(tw, at::kFloat)};
+  std::lock_guard<std::mutex> lock(tc_tables_mutex);
+  return tc_tables_cache.emplace(std::make_pair((int)at::cuda::current_device(), N), std::move(set)).first->second;
+}
+
+// FFT_TENSOR_CONV_TC (read on every call): 1 = bfloat16 rows of one-window plans of 2048 to 8192 points
+// with L <= N/2 (so taps <= N/2 too) take the tensor-core kernel (tc_window.cuh) in the forward; unset,
+// empty or 0 = the shared-memory FFT kernel (the default until the tensor-core kernel is measured
+// faster). On sm_80 and later, and not while a CUDA graph is captured before the tables exist (their
+// upload is a host-to-device copy).
+bool use_tc_window(const at::Tensor& u, const ConvPlan& plan) {
+  const char* v = std::getenv("FFT_TENSOR_CONV_TC");
+  const std::string mode(v == nullptr || *v == '\0' ? "0" : v);
+  TORCH_CHECK(mode == "0" || mode == "1", "FFT_TENSOR_CONV_TC must be 0 or 1, got '", mode, "'");
+  const int64_t N = plan.fft_size, L = u.size(2);
+  if (mode != "1" || u.scalar_type() != at::kBFloat16 || plan.segments != 1 || N < 2048 || N > 8192 || 2 * L > N)
+    return false;
+  if (at::cuda::getCurrentDeviceProperties()->major < 8) return false;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &capture));
+  return capture == cudaStreamCaptureStatusNone || tc_tables_cached((int)N) != nullptr;
+}
+
+// y = causal_conv(x, k) from K = kernel_spectrum(k, skip, s) on the tensor cores; x and y packed bf16.
+void launch_tc_window(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s) {
+  const tc_window::Tables tables = tc_tables(s.N).view();
+  const int64_t pairs = s.D * s.npairs;
+  const bool vec = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && s.L % 8 == 0;
+  const auto launch = [&](auto size) {
+    constexpr int N = decltype(size)::value;
+    using G = tc_window::Geometry<N>;
+    const int64_t blocks = (pairs + G::kPairsPerBlock - 1) / G::kPairsPerBlock;
+    TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many row pairs (", std::to_string(pairs), ") for one launch");
+    allow_smem(tc_window::conv_tc_window_kernel<N>, G::kSmemBytes);
+    tc_window::conv_tc_window_kernel<N><<<(unsigned)blocks, tc_window::kThreads, G::kSmemBytes,
+                                          at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const float2*>(K.data_ptr()),
+        reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), tables, s.B, s.D, (int)s.L, s.npairs, vec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (s.N == 2048) launch(std::integral_constant<int, 2048>{});
+  else if (s.N == 4096) launch(std::integral_constant<int, 4096>{});
+  else launch(std::integral_constant<int, 8192>{});
 }
 
 // grad_k: the row-pair kernel (FFT buffer + N complex of stash) up to 8192 points, where its
@@ -983,7 +1105,9 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   const at::Tensor uc = layout::rows_contiguous(u);
   at::Tensor y = at::empty_like(uc);
   if (uc.numel() == 0) return y;
-  if (fused) {
+  if (fused && use_tc_window(uc, plan)) {
+    launch_tc_window(uc, kernel_spectrum(k, skip, s), y, s);
+  } else if (fused) {
     launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s);
   } else if (real_window) {
     launch_real_window<false>(uc, real_window_spectrum(k, skip, s), y, s);

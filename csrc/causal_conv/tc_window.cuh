@@ -47,7 +47,10 @@ struct Geometry {
   static constexpr int kPlaneHalfs = N1 * kRowHalfs;   // one plane (real or imaginary) of V; x uses N1/2 rows
   static constexpr int kGroupHalfs = 2 * kPlaneHalfs;
   static constexpr int kChunksPerThread = (2 * N / 2 / 8) / kGroupThreads;  // 8-element chunks of x
-  static constexpr size_t kSmemBytes = (size_t)kPairsPerBlock * kGroupHalfs * sizeof(__half) + 2 * kWarps * sizeof(float2);
+  static constexpr int kSpectrumStride = N / 2 + 2;   // a group's copy of K[d] (N/2 + 1 bins), 16-byte multiple
+  static constexpr size_t kSpectrumOffset = (size_t)kPairsPerBlock * kGroupHalfs * sizeof(__half);
+  static constexpr size_t kSlotsOffset = kSpectrumOffset + (size_t)kPairsPerBlock * kSpectrumStride * sizeof(float2);
+  static constexpr size_t kSmemBytes = kSlotsOffset + 2 * kWarps * sizeof(float2);
   static_assert(N1 >= 32 && N1 <= 128 && kWarps % kWarpsPerPair == 0, "tc_window: N from 2048 to 8192");
   static_assert(kChunksPerThread * kGroupThreads == N / 8, "tc_window: chunks per thread");
 };
@@ -176,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   constexpr int N1 = G::N1;
   extern __shared__ __align__(16) unsigned char tc_smem_raw[];
   __half* smem = reinterpret_cast<__half*>(tc_smem_raw);
-  float2* slots_in = reinterpret_cast<float2*>(smem + G::kPairsPerBlock * G::kGroupHalfs);
+  float2* slots_in = reinterpret_cast<float2*>(tc_smem_raw + G::kSlotsOffset);
   float2* slots_z = slots_in + kWarps;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -192,6 +195,18 @@ __global__ void __launch_bounds__(kThreads, 2)
   const __nv_bfloat16* x1 = x + ((has1 ? b0 + 1 : b0) * D + d) * L;
   __half* xr = smem + group * G::kGroupHalfs;  // x, then V: real plane
   __half* xi = xr + G::kPlaneHalfs;            // imaginary plane
+  float2* spectrum = reinterpret_cast<float2*>(tc_smem_raw + G::kSpectrumOffset) + group * G::kSpectrumStride;
+
+  // ---- K[d] to shared memory (cp.async, waited for before the first barrier): the product reads it at
+  // scattered bins, which from global memory cost a round trip each at this kernel's register budget
+  if (active) {
+    const float2* Kd = K + d * (N / 2 + 1);
+    for (int i = gt; i <= N / 2; i += G::kGroupThreads) {
+      const uint32_t dst = (uint32_t)__cvta_generic_to_shared(spectrum + i);
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(Kd + i));
+    }
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
 
   // ---- load the row pair (8-element chunks; n >= L and a missing second row are zeros) and its max
   uint4 chunk[G::kChunksPerThread];
@@ -222,6 +237,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
     for (int q = 0; q < 4; ++q) amax[second] = __hmax2(amax[second], __habs2(h[q]));
   }
+  asm volatile("cp.async.wait_all;\n" ::: "memory");  // group_max's barrier makes K visible to the group
   // each row its own scale (rows of very different sizes keep their own precision)
   const float2 in_max = group_max(make_float2(fmaxf(__low2float(amax[0]), __high2float(amax[0])),
                                               fmaxf(__low2float(amax[1]), __high2float(amax[1]))),
@@ -291,7 +307,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 
   // ---- the product with the kernel's spectrum at f = k1 + N1 k2 (Hermitian half: f > N/2 is conj(K[N - f]))
-  const float2* Kd = K + d * (N / 2 + 1);
   float z_max = 0.f;
 #pragma unroll
   for (int j = 0; j < 8; ++j)
@@ -299,7 +314,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int e = 0; e < 4; ++e) {
       const int k1 = wg * 16 + g + 8 * (e >> 1), k2 = 8 * j + 2 * t + (e & 1);
       const int f = k1 + N1 * k2;
-      float2 s = __ldg(Kd + (f <= N / 2 ? f : N - f));
+      float2 s = spectrum[f <= N / 2 ? f : N - f];
       if (f > N / 2) s.y = -s.y;
       const float2 z = cmul(make_float2(re[j][e], im[j][e]), s);
       re[j][e] = z.x;

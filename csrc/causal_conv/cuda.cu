@@ -27,7 +27,9 @@
 // forward+backward at 16K, about even in the 16K forward (H200, RESULTS.md, eighteenth session).
 // Longer windows and float64 go to the composite at::fft (cuFFT)
 // path in cpu.cpp. bfloat16 rows with 33-128 taps take tensor-core direct kernels (direct_mma.cuh).
-// The kernels are in fft_kernels.cuh (FFT paths), direct.cuh, direct_mma.cuh and direct_tiled.cuh.
+// With FFT_TENSOR_CONV_TC=1, bfloat16 one-window plans of 2048-8192 points with L <= N/2 take the
+// tensor-core window kernel in the forward (tc_window.cuh; measured slower than the window kernel, so off).
+// The kernels are in fft_kernels.cuh (FFT paths), tc_window.cuh, direct.cuh, direct_mma.cuh and direct_tiled.cuh.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -248,8 +250,8 @@ const TcTableSet& tc_tables(int N) {
 
 // FFT_TENSOR_CONV_TC (read on every call): 1 = bfloat16 rows of one-window plans of 2048 to 8192 points
 // with L <= N/2 (so taps <= N/2 too) take the tensor-core kernel (tc_window.cuh) in the forward; unset,
-// empty or 0 = the shared-memory FFT kernel (the default until the tensor-core kernel is measured
-// faster). On sm_80 and later, and not while a CUDA graph is captured before the tables exist (their
+// empty or 0 = the shared-memory FFT kernel (the default: the tensor-core kernel measured 1.3-1.6x slower
+// on the H200 at 1K-4K, RESULTS.md twenty-fourth session). On sm_80 and later, and not while a CUDA graph is captured before the tables exist (their
 // upload is a host-to-device copy).
 bool use_tc_window(const at::Tensor& u, const ConvPlan& plan) {
   const char* v = std::getenv("FFT_TENSOR_CONV_TC");

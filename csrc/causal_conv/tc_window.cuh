@@ -1,5 +1,9 @@
 // causal_conv for one-window plans of bfloat16 rows on the tensor cores (sm_80+; host dispatch in
-// cuda.cu, the only file that includes this one, inside its anonymous namespace).
+// cuda.cu, the only file that includes this one). Opt-in (FFT_TENSOR_CONV_TC=1): on the H200 it ran
+// 1.3-1.6x slower than the shared-memory FFT kernel at 1K-4K (RESULTS.md, twenty-fourth session) with
+// half its instructions: 25% occupancy at 128 registers, and L1 75% busy, because each warp of 16 rows
+// loads the whole F_64 table and its twiddles for itself. wgmma (B in shared memory, read once per 64
+// rows of a warpgroup) is the way to cut that traffic.
 //
 // Why: the shared-memory FFT kernels (smem_fft.cuh) are bound by instruction issue (about 50 CUDA-core
 // instructions per point per transform). Here the N-point DFT of a row pair is two dense DFTs done as
@@ -167,6 +171,49 @@ __device__ __forceinline__ void times_dft64(const uint32_t (&a_re)[4][4], const 
   }
 }
 
+// C[16 x 8 kTiles] = (conj?) F_N1[the 16 rows of m-tile mt, k < 16 kSteps] . S[k, columns 8 j0 ...], S in
+// shared memory as fp16 planes (real sr, imaginary si; rows kRowHalfs apart), F_N1 from the table.
+template <int kSteps, int kTiles, bool kConjA>
+__device__ __forceinline__ void dft_n1_times_smem(const uint4* __restrict__ dft_n1, int N1, int mt, const __half* sr,
+                                                  const __half* si, int j0, int lane, float (&re)[kTiles][4],
+                                                  float (&im)[kTiles][4]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) re[j][e] = im[j][e] = 0.f;
+  const int mi = lane >> 3, r = lane & 7;  // ldmatrix: this lane's row address
+#pragma unroll
+  for (int ks = 0; ks < kSteps; ++ks) {
+    const uint4* fa = dft_n1 + ((mt * (N1 / 16) + ks) * 32 + lane) * 2;
+    const uint4 far = __ldg(fa), fai = __ldg(fa + 1);
+    const uint32_t a_re[4] = {far.x, far.y, far.z, far.w};
+    const uint32_t a_im[4] = {fai.x, fai.y, fai.z, fai.w};
+    const uint32_t a_neg[4] = {fai.x ^ kNegHalf2, fai.y ^ kNegHalf2, fai.z ^ kNegHalf2, fai.w ^ kNegHalf2};
+    const int row = ks * 16 + r + 8 * (mi & 1);
+#pragma unroll
+    for (int j = 0; j < kTiles; j += 2) {
+      const int col = 8 * (j0 + j + (mi >> 1));
+      uint32_t br[4], bi[4];
+      ldmatrix_b_pair(br, sr + row * kRowHalfs + col);
+      ldmatrix_b_pair(bi, si + row * kRowHalfs + col);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (!kConjA) {  // (ar + i ai)(br + i bi)
+          mma_f16(re[j + h], a_re, br[2 * h], br[2 * h + 1]);
+          mma_f16(re[j + h], a_neg, bi[2 * h], bi[2 * h + 1]);
+          mma_f16(im[j + h], a_re, bi[2 * h], bi[2 * h + 1]);
+          mma_f16(im[j + h], a_im, br[2 * h], br[2 * h + 1]);
+        } else {  // (ar - i ai)(br + i bi)
+          mma_f16(re[j + h], a_re, br[2 * h], br[2 * h + 1]);
+          mma_f16(re[j + h], a_im, bi[2 * h], bi[2 * h + 1]);
+          mma_f16(im[j + h], a_re, bi[2 * h], bi[2 * h + 1]);
+          mma_f16(im[j + h], a_neg, br[2 * h], br[2 * h + 1]);
+        }
+      }
+    }
+  }
+}
+
 // y = causal_conv(x, k) for row pairs of one-window plans, bfloat16 rows, L <= N/2, taps <= N/2.
 // K: kernel_spectrum's (D, N/2 + 1) spectrum (skip folded in, scaled by 1/N). grid: ceil(D * npairs /
 // kPairsPerBlock) blocks of kThreads; pair p = d * npairs + (b / 2) (the pairs of a channel adjacent).
@@ -263,36 +310,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   float re[8][4], im[8][4];
   // ---- pass 1: C[k1, n2] = sum_{n1 < N1/2} W_N1^(k1 n1) x[n1, n2] (rows k1 in [16 wg, 16 wg + 16))
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) re[j][e] = im[j][e] = 0.f;
-  {
-    const int mi = lane >> 3, r = lane & 7;  // ldmatrix: this lane's row address
-#pragma unroll
-    for (int ks = 0; ks < N1 / 32; ++ks) {
-      const uint4* fa = tables.dft_n1 + ((wg * (N1 / 16) + ks) * 32 + lane) * 2;
-      const uint4 far = __ldg(fa), fai = __ldg(fa + 1);
-      const uint32_t a_re[4] = {far.x, far.y, far.z, far.w};
-      const uint32_t a_im[4] = {fai.x, fai.y, fai.z, fai.w};
-      const uint32_t a_neg[4] = {fai.x ^ kNegHalf2, fai.y ^ kNegHalf2, fai.z ^ kNegHalf2, fai.w ^ kNegHalf2};
-      const int row = ks * 16 + r + 8 * (mi & 1);
-#pragma unroll
-      for (int j = 0; j < 8; j += 2) {
-        const int col = 8 * (j + (mi >> 1));
-        uint32_t br[4], bi[4];
-        ldmatrix_b_pair(br, xr + row * kRowHalfs + col);
-        ldmatrix_b_pair(bi, xi + row * kRowHalfs + col);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          mma_f16(re[j + h], a_re, br[2 * h], br[2 * h + 1]);
-          mma_f16(re[j + h], a_neg, bi[2 * h], bi[2 * h + 1]);
-          mma_f16(im[j + h], a_re, bi[2 * h], bi[2 * h + 1]);
-          mma_f16(im[j + h], a_im, br[2 * h], br[2 * h + 1]);
-        }
-      }
-    }
-  }
+  dft_n1_times_smem<N1 / 32, 8, false>(tables.dft_n1, N1, wg, xr, xi, 0, lane, re, im);
 
   // ---- twiddle W_N^(k1 n2), then pass 2: C[k1, k2] = sum_n2 C[k1, n2] W_64^(n2 k2)
   const float4* tw = tables.twiddle + (wg * 8 * 32 + lane) * 2;  // + j * 64 for n-tile j
@@ -347,36 +365,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   // n-tiles 4 (wg & 1) .. + 3
   const int mt = wg >> 1, j0 = 4 * (wg & 1);
   float yr[4][4], yi[4][4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) yr[j][e] = yi[j][e] = 0.f;
-  {
-    const int mi = lane >> 3, r = lane & 7;
-#pragma unroll
-    for (int ks = 0; ks < N1 / 16; ++ks) {
-      const uint4* fa = tables.dft_n1 + ((mt * (N1 / 16) + ks) * 32 + lane) * 2;
-      const uint4 far = __ldg(fa), fai = __ldg(fa + 1);
-      const uint32_t a_re[4] = {far.x, far.y, far.z, far.w};
-      const uint32_t a_im[4] = {fai.x, fai.y, fai.z, fai.w};
-      const uint32_t a_neg[4] = {fai.x ^ kNegHalf2, fai.y ^ kNegHalf2, fai.z ^ kNegHalf2, fai.w ^ kNegHalf2};
-      const int row = ks * 16 + r + 8 * (mi & 1);
-#pragma unroll
-      for (int j = 0; j < 4; j += 2) {
-        const int col = 8 * (j0 + j + (mi >> 1));
-        uint32_t br[4], bi[4];
-        ldmatrix_b_pair(br, xr + row * kRowHalfs + col);
-        ldmatrix_b_pair(bi, xi + row * kRowHalfs + col);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {  // (ar - i ai)(br + i bi)
-          mma_f16(yr[j + h], a_re, br[2 * h], br[2 * h + 1]);
-          mma_f16(yr[j + h], a_im, bi[2 * h], bi[2 * h + 1]);
-          mma_f16(yi[j + h], a_re, bi[2 * h], bi[2 * h + 1]);
-          mma_f16(yi[j + h], a_neg, br[2 * h], br[2 * h + 1]);
-        }
-      }
-    }
-  }
+  dft_n1_times_smem<N1 / 16, 4, true>(tables.dft_n1, N1, mt, xr, xi, j0, lane, yr, yi);
 
   // ---- y = the real (row b0) and imaginary (row b0 + 1) parts, scales undone (1/N is in K)
   if (!active) return;

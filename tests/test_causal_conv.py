@@ -1015,9 +1015,11 @@ def test_cuda_tc_window(L, Lk, batch, dim, monkeypatch):
     tensor-core kernel (its name shows) and stay within the bound every bf16 path meets against float64
     (4x the error of rounding the exact result to bf16): odd batches (a row alone in its pair), odd L
     (scalar loads and stores), 111 channels (a partly filled last block), inputs and kernels 1e6 and
-    1e-6 times larger (fp16's range is handled by power-of-two scales), a row 1e-4 times the size of its
-    pair's other row (each row keeps its own scale: the bound holds per row), and an input at an odd
-    offset in its storage (no 16-byte loads)."""
+    1e-6 times larger, rows of bf16 subnormals (2^-132) and rows near 2^120 (fp16's range is handled by
+    power-of-two scales, clamped to normal floats), a row 1e-4 times the size of its pair's other row
+    (each row keeps its own scale: the bound holds per row for rows that differ in size; a sparse row
+    paired with a dense one does not get that, see tc_window.cuh), and an input at an odd offset in its
+    storage (no 16-byte loads)."""
     monkeypatch.setenv("FFT_TENSOR_CONV_TC", "1")
     N, taps, seg, nseg = causal_conv_plan(L, Lk)
     assert nseg == 1 and 2048 <= N <= 8192 and 2 * L <= N
@@ -1025,7 +1027,7 @@ def test_cuda_tc_window(L, Lk, batch, dim, monkeypatch):
     ub = u.bfloat16()
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(ub, k, skip))
     assert f"conv_tc_window_kernel<{N}>" in names and "conv_window_kernel" not in names, names
-    for su, sk in ((1.0, 1.0), (1e6, 1.0), (1e-6, 1.0), (1.0, 1e6), (1.0, 1e-6)):
+    for su, sk in ((1.0, 1.0), (1e6, 1.0), (1e-6, 1.0), (1.0, 1e6), (1.0, 1e-6), (2.0**-132, 1.0), (2.0**120, 1.0)):
         x = (u * su).bfloat16()
         y = fft_tensor.causal_conv(x, k * sk, skip * sk)
         assert y.dtype == torch.bfloat16 and y.shape == u.shape
@@ -1054,7 +1056,7 @@ def test_cuda_tc_window_scope(monkeypatch):
                          (4096, 500, torch.bfloat16)):
         u, k, skip = make_inputs(L, Lk, True, "cuda", batch=3, dim=3, dtype=dtype)
         names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
-        assert "conv_tc_window_kernel" not in names, (L, Lk, dtype, names)
+        assert "conv_window_kernel" in names and "conv_tc_window_kernel" not in names, (L, Lk, dtype, names)
     u, k, skip = make_inputs(1024, 1024, True, "cuda", batch=3, dim=3, dtype=torch.bfloat16)
     u.requires_grad_(True)
     k.requires_grad_(True)
@@ -1064,6 +1066,10 @@ def test_cuda_tc_window_scope(monkeypatch):
     gu, gk = torch.autograd.grad(fft_tensor.causal_conv(u, k, skip), (u, k), gy)
     assert torch.equal(u.grad, gu) and torch.equal(k.grad, gk)
     monkeypatch.setenv("FFT_TENSOR_CONV_TC", "2")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_TC must be 0 or 1, got '2'"):
+        fft_tensor.causal_conv(u, k, skip)
+    monkeypatch.delenv("FFT_TENSOR_CONV_MMA")
+    u, k, skip = make_inputs(1000, 64, True, "cuda", batch=3, dim=3, dtype=torch.bfloat16)  # the mma path
     with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_TC must be 0 or 1, got '2'"):
         fft_tensor.causal_conv(u, k, skip)
 

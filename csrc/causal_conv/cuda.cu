@@ -172,7 +172,8 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
 // ---- the tensor-core window kernel (tc_window.cuh)
 
 // Its DFT and twiddle tables for one device and N, in the order the kernel's fragments read them; built
-// on the host in double precision on first use and kept for the life of the process (a few tens of KB).
+// on the host in double precision on first use and kept for the life of the process (144 KB at N = 8192,
+// 244 KB for the three sizes).
 struct TcTableSet {
   at::Tensor dft_n1, dft_64, twiddle;
   tc_window::Tables view() const {
@@ -253,12 +254,17 @@ const TcTableSet& tc_tables(int N) {
 // empty or 0 = the shared-memory FFT kernel (the default: the tensor-core kernel measured 1.3-1.6x slower
 // on the H200 at 1K-4K, RESULTS.md twenty-fourth session). On sm_80 and later, and not while a CUDA graph is captured before the tables exist (their
 // upload is a host-to-device copy).
-bool use_tc_window(const at::Tensor& u, const ConvPlan& plan) {
+// The switch alone, checked at the start of every forward whatever path the sizes take.
+bool tc_window_requested() {
   const char* v = std::getenv("FFT_TENSOR_CONV_TC");
   const std::string mode(v == nullptr || *v == '\0' ? "0" : v);
   TORCH_CHECK(mode == "0" || mode == "1", "FFT_TENSOR_CONV_TC must be 0 or 1, got '", mode, "'");
+  return mode == "1";
+}
+
+bool use_tc_window(const at::Tensor& u, const ConvPlan& plan, bool requested) {
   const int64_t N = plan.fft_size, L = u.size(2);
-  if (mode != "1" || u.scalar_type() != at::kBFloat16 || plan.segments != 1 || N < 2048 || N > 8192 || 2 * L > N)
+  if (!requested || u.scalar_type() != at::kBFloat16 || plan.segments != 1 || N < 2048 || N > 8192 || 2 * L > N)
     return false;
   if (at::cuda::getCurrentDeviceProperties()->major < 8) return false;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -1077,6 +1083,7 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const ConvPlan plan = conv_plan(L, k.size(1));
+  const bool tc_requested = tc_window_requested();
   if (use_direct(u, plan) && u.numel() > 0 && use_tiled(u)) {
     at::Tensor y = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
     launch_conv_tiled<false>(u, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), y, (int)plan.taps);
@@ -1107,7 +1114,7 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   const at::Tensor uc = layout::rows_contiguous(u);
   at::Tensor y = at::empty_like(uc);
   if (uc.numel() == 0) return y;
-  if (fused && use_tc_window(uc, plan)) {
+  if (fused && use_tc_window(uc, plan, tc_requested)) {
     launch_tc_window(uc, kernel_spectrum(k, skip, s), y, s);
   } else if (fused) {
     launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s);

@@ -23,6 +23,7 @@ of the rounded operands reproduces an fp32-accumulating mma up to the order of i
 
   python benchmarks/emulate_tc_dft.py [--lengths 1024,4096] [--radix 16] [--rows 64] [--seed 0]
   python benchmarks/emulate_tc_dft.py --lengths 1024 --chain 32   (two dense passes, 2048 = 32 x 64)
+  python benchmarks/emulate_tc_dft.py --pairs   (tc_window.cuh's kernel, error per row of unlike row pairs)
 
 Prints one table (markdown) of rel_err per mode and length, float32 and bfloat16 input, with the bounds.
 """
@@ -200,6 +201,87 @@ def conv_tc_chain(u: torch.Tensor, k: torch.Tensor, mode: str, n1: int) -> torch
     return unpack_rows(A4.transpose(-1, -2).reshape(-1, N) / (s0 * scale), L)  # y[n2 r + c]
 
 
+def pow2_scale(m: torch.Tensor) -> torch.Tensor:
+    """2^-e with m * 2^-e in [1/2, 1) (1 where m is 0): tc_window.cuh's range_exponent, unclamped."""
+    s = torch.exp2(-torch.frexp(m).exponent.to(m.dtype))
+    return torch.where(m > 0, s, torch.ones_like(s))
+
+
+def conv_tc_window(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """causal_conv(u, k) as csrc/causal_conv/tc_window.cuh computes it, for u (rows, L) (rows in pairs) and
+    k (L,) float32, Lk = L, N = next_pow2(2L - 1) = N1 x 64: each row of a pair scaled by its own power of
+    two to max |x| in [1/2, 1); pass 1 (F_N1 over the nonzero rows n1 < N1/2), fp32 twiddles W_N^(k1 n2),
+    pass 2 (F_64), the product with the fp32 spectrum K[k1 + N1 k2] / N, Z scaled by a power of two to its
+    largest component in [1/2, 1), the first inverse (conj F_64), conj twiddles, the second (conj F_N1, rows
+    n1' < N1/2 only); every matrix product with fp16 operands and fp32 sums. Returns (rows, L) float32."""
+    L = u.shape[1]
+    N = window_points(L)
+    N1 = N // 64
+    u0, u1 = u[0::2].to(torch.float32), u[1::2].to(torch.float32)
+    s0 = pow2_scale(u0.abs().amax(-1, keepdim=True))
+    s1 = pow2_scale(u1.abs().amax(-1, keepdim=True))
+    x = torch.zeros(u0.shape[0], N, dtype=torch.complex64)
+    x[:, :L] = torch.complex(u0 * s0, u1 * s1)
+    X = x.reshape(-1, N1, 64)[:, :N1 // 2]  # x[64 n1 + n2] at [n1][n2], n1 < N1/2
+    f1 = torch.fft.fft(torch.eye(N1, dtype=torch.complex128)).to(torch.complex64)  # F[a][b] = W^(ab)
+    f64 = torch.fft.fft(torch.eye(64, dtype=torch.complex128)).to(torch.complex64)
+    k1 = torch.arange(N1, dtype=torch.float64)[:, None]
+    n2 = torch.arange(64, dtype=torch.float64)[None, :]
+    tw = torch.polar(torch.ones(N1, 64, dtype=torch.float64), -2 * math.pi * k1 * n2 / N).to(torch.complex64)
+
+    def mm(a, b):
+        r, i = _cmm(a.real, a.imag, b.real, b.imag, "fp16")
+        return torch.complex(r, i)
+
+    K = (torch.fft.fft(k.to(torch.float64), n=N) / N).to(torch.complex64)
+    C = mm(f1[:, :N1 // 2], X)                                        # [k1][n2]
+    Z = mm(C * tw, f64) * K.reshape(64, N1).T                        # [k1][k2] times K[k1 + N1 k2]
+    zmax = torch.maximum(Z.real.abs(), Z.imag.abs()).amax(dim=(-2, -1), keepdim=True)
+    sz = pow2_scale(zmax)
+    V = mm(Z * sz, f64.conj()) * tw.conj()                           # [k1][n2']
+    Y = mm(f1.conj()[:N1 // 2], V).reshape(-1, N // 2)[:, :L] / sz[..., 0]  # y[64 n1' + n2'], n1' < N1/2
+    y = torch.empty(u.shape[0], L, dtype=torch.float32)
+    y[0::2], y[1::2] = Y.real / s0, Y.imag / s1
+    return y
+
+
+def pair_cases(L: int, gen: torch.Generator):
+    """Row pairs (name, row 0, row 1), bf16 values: rows that differ in size, and sparse rows next to dense ones."""
+    def randn():
+        return torch.randn(L, generator=gen, dtype=torch.float64).to(torch.float32)
+    impulse = torch.zeros(L)
+    impulse[0] = 1.0
+    cases = [("randn / randn", randn(), randn()), ("1e-4 randn / randn", 1e-4 * randn(), randn()),
+             ("impulse / randn", impulse, randn()), ("impulse / signs", impulse, torch.sign(randn()))]
+    return [(name, a.to(torch.bfloat16).float(), b.to(torch.bfloat16).float()) for name, a, b in cases]
+
+
+def bf16_bound(exact: torch.Tensor) -> float:
+    return 4 * rel_err(exact.to(torch.bfloat16), exact) + 1e-6
+
+
+def pair_table(lengths, gen):
+    """tc_window's error per row of a pair, against each row's own bf16 bound."""
+    print("| L = Lk | row 0 / row 1 | row 0 error | row 0 bound | row 1 error | row 1 bound |")
+    print("|---|---|---|---|---|---|")
+    for L in lengths:
+        k = (torch.randn(L, generator=gen, dtype=torch.float64) / math.sqrt(L)).to(torch.float32)
+        k[0] += torch.randn(1, generator=gen, dtype=torch.float64).item()  # a skip term, folded into tap 0
+        for name, a, b in pair_cases(L, gen):
+            u = torch.stack([a, b])
+            exact = direct64(u, k)
+            y = conv_tc_window(u, k).to(torch.bfloat16).float()
+            cells = []
+            for r in (0, 1):
+                e, bound = rel_err(y[r], exact[r]), bf16_bound(exact[r])
+                cells += [f"**{e:.2e}**" if e <= bound else f"{e:.2e}", f"{bound:.2e}"]
+            print(f"| {L} | {name} | " + " | ".join(cells) + " |")
+    print()
+    print("Bold: within the row's own bound (4x the error of rounding its exact result to bf16, + 1e-6). The fp16 "
+          "rounding of Z and V is shared by the pair, so the error is relative to the pair: a sparse row next "
+          "to a dense one can exceed its own bound.")
+
+
 def direct64(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """float64 causal convolution (exact up to float64 rounding), via a float64 FFT of 2L points."""
     L = u.shape[-1]
@@ -220,11 +302,16 @@ def main(argv=None):
     p.add_argument("--modes", default="fp32,tf32,3xtf32,fp16,bf16,2xbf16")
     p.add_argument("--chain", type=int, default=0, metavar="N1",
                    help="two dense passes per transform (N = N1 x N2, conv_tc_chain) instead of --radix passes")
+    p.add_argument("--pairs", action="store_true",
+                   help="tc_window.cuh's algorithm (conv_tc_window) on row pairs of unlike rows, error per row")
     args = p.parse_args(argv)
     gen = torch.Generator().manual_seed(args.seed)
     modes = args.modes.split(",")
     print(f"`python benchmarks/emulate_tc_dft.py {' '.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"))
     print()
+    if args.pairs:
+        pair_table([int(x) for x in args.lengths.split(",")], gen)
+        return
     print("| L = Lk | FFT points | input | " + " | ".join(modes) + " | bound |")
     print("|---|---|---|" + "---|" * (len(modes) + 1))
     for L in [int(x) for x in args.lengths.split(",")]:

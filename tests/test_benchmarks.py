@@ -250,3 +250,19 @@ def test_emulate_tc_dft():
     assert 1e-4 < err < 3e-3, err
     r = run_benchmark("emulate_tc_dft.py", "--lengths", "64", "--rows", "4")
     assert_table(r, "| L = Lk | FFT points | input | fp32 | tf32 | 3xtf32 | fp16 | bf16 | 2xbf16 | bound |")
+    # tc_window.cuh's algorithm: each row within its own bf16 bound when the rows of a pair differ only in
+    # size, not an impulse next to a +-1 row at 4K (the error is relative to the pair)
+    L = 4096
+    k = (torch.randn(L, generator=gen, dtype=torch.float64) / L ** 0.5).float()
+    errs = {}
+    for name, a, b in emu.pair_cases(L, gen):
+        u = torch.stack([a, b])
+        exact = emu.direct64(u, k)
+        y = emu.conv_tc_window(u, k).to(torch.bfloat16).float()
+        errs[name] = [(emu.rel_err(y[r], exact[r]), emu.bf16_bound(exact[r])) for r in (0, 1)]
+    for name in ("randn / randn", "1e-4 randn / randn", "impulse / randn"):
+        assert all(e <= bound for e, bound in errs[name]), (name, errs[name])
+    e, bound = errs["impulse / signs"][0]
+    assert e > bound, errs
+    r = run_benchmark("emulate_tc_dft.py", "--pairs", "--lengths", "1024")
+    assert_table(r, "| L = Lk | row 0 / row 1 | row 0 error | row 0 bound | row 1 error | row 1 bound |")

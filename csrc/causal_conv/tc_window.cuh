@@ -28,8 +28,8 @@
 // |pass 1| <= N1/sqrt 2 and |pass 2| <= N/sqrt 2 in fp32), and the product Z by a power of two to max |Z|
 // in [1/2, 1) (then |V| <= 64 sqrt 2 in fp16); both scales are undone exactly on the way out. Errors are
 // relative to the pair: the fp16 rounding of Z and V is shared by the two rows, so a sparse row (an
-// impulse) paired with a dense one can exceed the per-row bound (1.3e-2 against 6.6e-3 in a numpy
-// emulation at 4K); rows that differ only in size keep their own precision (the tests).
+// impulse) paired with a dense one can exceed the per-row bound (1.3e-2 against 8.9e-3 at 4K in
+// benchmarks/emulate_tc_dft.py --pairs); rows that differ only in size keep their own precision (the tests).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

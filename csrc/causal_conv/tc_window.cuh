@@ -2,8 +2,9 @@
 // cuda.cu, the only file that includes this one). Opt-in (FFT_TENSOR_CONV_TC=1): on the H200 it ran
 // 1.3-1.6x slower than the shared-memory FFT kernel at 1K-4K (RESULTS.md, twenty-fourth session) with
 // half its instructions: 25% occupancy at 128 registers, and L1 75% busy, because each warp of 16 rows
-// loads the whole F_64 table and its twiddles for itself. wgmma (B in shared memory, read once per 64
-// rows of a warpgroup) is the way to cut that traffic.
+// loads the whole F_64 table and its twiddles for itself and reads the whole row pair by ldmatrix.
+// wgmma (B in shared memory, read once per 64 rows of a warpgroup) would cut the table part of that traffic
+// (about a quarter of it, RESULTS.md); the twiddles (a recurrence in registers) and the row reads too.
 //
 // Why: the shared-memory FFT kernels (smem_fft.cuh) are bound by instruction issue (about 50 CUDA-core
 // instructions per point per transform). Here the N-point DFT of a row pair is two dense DFTs done as

@@ -1,7 +1,7 @@
 // causal_conv for one-window plans of bfloat16 rows on the tensor cores (sm_80+; host dispatch in
 // cuda.cu, the only file that includes this one). Opt-in (FFT_TENSOR_CONV_TC=1): on the H200 it ran
 // 1.3-1.6x slower than the shared-memory FFT kernel at 1K-4K (RESULTS.md, twenty-fourth session) with
-// half its instructions: 25% occupancy at 128 registers, and L1 75% busy, because each warp of 16 rows
+// half its instructions: 25% theoretical occupancy at 128 registers, and L1 75% busy, because each warp of 16 rows
 // loads the whole F_64 table and its twiddles for itself and reads the whole row pair by ldmatrix.
 // wgmma (B in shared memory, read once per 64 rows of a warpgroup) would cut the table part of that traffic
 // (about a quarter of it, RESULTS.md); the twiddles (a recurrence in registers) and the row reads too.

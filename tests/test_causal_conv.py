@@ -39,6 +39,11 @@ def fft64_reference(u, k, skip=None):
     return y
 
 
+def rounding_bound(exact, dtype=torch.bfloat16):
+    """The low-precision bound every path meets: 4x the error of rounding the exact result to dtype."""
+    return 4 * rel_err(exact.to(dtype), exact) + 1e-6
+
+
 def make_inputs(L, Lk, with_skip, device="cpu", dtype=torch.float32, batch=B, dim=D):
     u = torch.randn(batch, dim, L, device=device).to(dtype)
     # Kernel taps scaled like a decaying filter so y stays O(1) for long kernels.
@@ -595,7 +600,7 @@ def test_cuda_long_row(Lk):
     assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
     yb = fft_tensor.causal_conv(u.bfloat16(), k, skip)
     exact = fft64_reference(u.bfloat16(), k, skip)
-    assert rel_err(yb, exact) <= 4 * rel_err(exact.bfloat16(), exact) + 1e-6
+    assert rel_err(yb, exact) <= rounding_bound(exact)
 
 
 @requires_cuda
@@ -749,7 +754,7 @@ def test_cuda_cluster_sizes(L, Lk, batch, dim, monkeypatch):
     assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
     ub = u.bfloat16()
     exact = fft64_reference(ub.float(), k, skip)
-    assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= 4 * rel_err(exact.bfloat16(), exact) + 1e-6
+    assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= rounding_bound(exact)
     check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)
 
 
@@ -818,10 +823,10 @@ def test_cuda_fourstep_sizes(L, Lk, batch, dim, monkeypatch):
     assert rel_err(fft_tensor.causal_conv(u, k, skip), fft64_reference(u, k, skip)) < 1e-5
     ub = u.bfloat16()
     exact = fft64_reference(ub.float(), k, skip)
-    assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= 4 * rel_err(exact.bfloat16(), exact) + 1e-6
+    assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= rounding_bound(exact)
     uh = u.half()
     exact = fft64_reference(uh.float(), k, skip)
-    assert rel_err(fft_tensor.causal_conv(uh, k, skip), exact) <= 4 * rel_err(exact.half(), exact) + 1e-6
+    assert rel_err(fft_tensor.causal_conv(uh, k, skip), exact) <= rounding_bound(exact, torch.half)
     names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, True))
     assert "rows_backward_kernel" in names and "columns_taps_kernel" in names and _no_other_fft(names), names
     if L <= 65536:
@@ -895,7 +900,7 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     for low in (torch.bfloat16, torch.half):
         ul = u.to(low)
         exact = fft64_reference(ul.float(), k, skip)
-        assert rel_err(fft_tensor.causal_conv(ul, k, skip), exact) <= 4 * rel_err(exact.to(low), exact) + 1e-6
+        assert rel_err(fft_tensor.causal_conv(ul, k, skip), exact) <= rounding_bound(exact, low)
     # rows with time not innermost: copied to rows first, the same kernel on the same values
     u_strided = u.transpose(0, 2).contiguous().transpose(0, 2)
     assert not u_strided.is_contiguous() and torch.equal(fft_tensor.causal_conv(u_strided, k, skip), y)
@@ -1002,10 +1007,6 @@ def test_cuda_window_kernel_pdl_equals_ordinary_launch(L, Lk, dtype, dim, monkey
         fft_tensor.causal_conv(u, k, skip)
 
 
-def _bf16_bound(exact):
-    return 4 * rel_err(exact.bfloat16(), exact) + 1e-6
-
-
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", [(1024, 1024, 8, 7), (1000, 1000, 3, 5), (1024, 700, 5, 3),
                                              (2048, 2048, 3, 5), (1500, 1500, 2, 3), (4096, 4096, 3, 4),
@@ -1032,18 +1033,18 @@ def test_cuda_tc_window(L, Lk, batch, dim, monkeypatch):
         y = fft_tensor.causal_conv(x, k * sk, skip * sk)
         assert y.dtype == torch.bfloat16 and y.shape == u.shape
         exact = fft64_reference(x, k * sk, skip * sk)
-        assert rel_err(y, exact) <= _bf16_bound(exact), (su, sk)
+        assert rel_err(y, exact) <= rounding_bound(exact), (su, sk)
     if batch > 1:  # row 1 shares its pair with row 0
         x = ub.clone()
         x[1] *= 1e-4
         y, exact = fft_tensor.causal_conv(x, k, skip), fft64_reference(x, k, skip)
         for b in range(batch):
-            assert rel_err(y[b], exact[b]) <= _bf16_bound(exact[b]), b
+            assert rel_err(y[b], exact[b]) <= rounding_bound(exact[b]), b
     flat = torch.randn(batch * dim * L + 1, device="cuda").bfloat16()
     x = flat[1:].view(batch, dim, L)  # contiguous, data 2 bytes past a 16-byte boundary
     assert x.is_contiguous() and x.data_ptr() % 16 != 0
     exact = fft64_reference(x, k, skip)
-    assert rel_err(fft_tensor.causal_conv(x, k, skip), exact) <= _bf16_bound(exact)
+    assert rel_err(fft_tensor.causal_conv(x, k, skip), exact) <= rounding_bound(exact)
 
 
 @requires_cuda
@@ -1182,7 +1183,7 @@ def test_cuda_short_kernels(L, Lk, batch, dim, monkeypatch):
     for dtype in (torch.bfloat16, torch.float16):
         ub = u.to(dtype)
         exact = fft64_reference(ub.float(), k, skip)
-        assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= 4 * rel_err(exact.to(dtype), exact) + 1e-6
+        assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= rounding_bound(exact, dtype)
     # fp32 sums over L products (the skip and tap gradients) lose ~sqrt(L) ulps: scale the bound
     check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5 * max(1.0, L / 10000) ** 0.5)
     check_grads(L, Lk, "cuda", dtype=torch.bfloat16, batch=batch, dim=dim, tol=1e-2)
@@ -1276,7 +1277,7 @@ def test_cuda_channels_last_direct(L, Lk, batch, dim, dtype, monkeypatch):
     exact = fft64_reference(u.float(), k, skip)
     y = fft_tensor.causal_conv(u, k, skip)
     assert y.shape == u.shape and y.dtype == dtype and y.is_contiguous()
-    tol = 1e-5 if dtype == torch.float32 else 4 * rel_err(exact.to(dtype), exact) + 1e-6
+    tol = 1e-5 if dtype == torch.float32 else rounding_bound(exact, dtype)
     assert rel_err(y, exact) <= tol
     # gradients with grad_y channels-contiguous and contiguous; u, k, skip against float64 autograd
     for gy in (torch.randn(batch, L, dim, device="cuda").to(dtype).transpose(1, 2),
@@ -1309,7 +1310,7 @@ def test_cuda_channels_contiguous_rows(L, Lk, batch, dim, dtype):
     skip = torch.randn(dim, device="cuda")
     exact = fft64_reference(u.float(), k, skip)
     y = fft_tensor.causal_conv(u, k, skip)
-    tol = 1e-5 if dtype == torch.float32 else 4 * rel_err(exact.to(dtype), exact) + 1e-6
+    tol = 1e-5 if dtype == torch.float32 else rounding_bound(exact, dtype)
     assert y.is_contiguous() and rel_err(y, exact) <= tol
     gy = torch.randn(batch, L, dim, device="cuda").to(dtype).transpose(1, 2)
     refs = [t.detach().cpu().double().requires_grad_() for t in (u, k, skip)]

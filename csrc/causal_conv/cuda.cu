@@ -249,12 +249,11 @@ const TcTableSet& tc_tables(int N) {
   return tc_tables_cache.emplace(std::make_pair((int)at::cuda::current_device(), N), std::move(set)).first->second;
 }
 
-// FFT_TENSOR_CONV_TC (read on every call): 1 = bfloat16 rows of one-window plans of 2048 to 8192 points
-// with L <= N/2 (so taps <= N/2 too) take the tensor-core kernel (tc_window.cuh) in the forward; unset,
-// empty or 0 = the shared-memory FFT kernel (the default: the tensor-core kernel measured 1.3-1.6x slower
-// on the H200 at 1K-4K, RESULTS.md twenty-fourth session). On sm_80 and later, and not while a CUDA graph is captured before the tables exist (their
-// upload is a host-to-device copy).
-// The switch alone, checked at the start of every forward whatever path the sizes take.
+// FFT_TENSOR_CONV_TC (read on every call, checked at the start of every forward whatever path the sizes
+// take): 1 = bfloat16 rows of one-window plans of 2048 to 8192 points with L <= N/2 (so taps <= N/2 too)
+// take the tensor-core kernel (tc_window.cuh) in the forward; unset, empty or 0 = the shared-memory FFT
+// kernel (the default: the tensor-core kernel measured 1.3-1.6x slower on the H200 at 1K-4K, RESULTS.md
+// twenty-fourth session).
 bool tc_window_requested() {
   const char* v = std::getenv("FFT_TENSOR_CONV_TC");
   const std::string mode(v == nullptr || *v == '\0' ? "0" : v);
@@ -262,6 +261,8 @@ bool tc_window_requested() {
   return mode == "1";
 }
 
+// Whether this call takes it: as requested, on sm_80 and later, and not while a CUDA graph is captured
+// before the tables exist (their upload is a host-to-device copy).
 bool use_tc_window(const at::Tensor& u, const ConvPlan& plan, bool requested) {
   const int64_t N = plan.fft_size, L = u.size(2);
   if (!requested || u.scalar_type() != at::kBFloat16 || plan.segments != 1 || N < 2048 || N > 8192 || 2 * L > N)

@@ -37,6 +37,8 @@
 
 #include <cstdint>
 
+#include "smem_fft.cuh"  // cmul, conjf2
+
 namespace fft_tensor {
 namespace tc_window {
 
@@ -62,7 +64,7 @@ struct Geometry {
   static constexpr int kGroupThreads = kWarpsPerPair * 32;
   static constexpr int kPlaneHalfs = N1 * kRowHalfs;   // one plane (real or imaginary) of V; x uses N1/2 rows
   static constexpr int kGroupHalfs = 2 * kPlaneHalfs;
-  static constexpr int kChunksPerThread = (2 * N / 2 / 8) / kGroupThreads;  // 8-element chunks of x
+  static constexpr int kChunksPerThread = (N / 8) / kGroupThreads;  // 8-element chunks of the two rows (N/2 each)
   static constexpr int kSpectrumStride = N / 2 + 2;   // a group's copy of K[d] (N/2 + 1 bins), 16-byte multiple
   static constexpr size_t kSpectrumOffset = (size_t)kPairsPerBlock * kGroupHalfs * sizeof(__half);
   static constexpr size_t kSlotsOffset = kSpectrumOffset + (size_t)kPairsPerBlock * kSpectrumStride * sizeof(float2);
@@ -105,9 +107,8 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
 
 constexpr uint32_t kNegHalf2 = 0x80008000u;
 
-__device__ __forceinline__ float2 cmul(float2 a, float2 b) {
-  return make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
-}
+using smem_fft::cmul;
+using smem_fft::conjf2;
 
 // Maxima over the warp, then over the group's warps through shared memory (two per warp; the barrier
 // between the writes and the reads is the __syncthreads inside, so every thread must call it).
@@ -394,8 +395,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // rows g and g + 8, columns 2t and 2t + 1
       const float2 w0 = twiddle(j, 2 * h), w1 = twiddle(j, 2 * h + 1);
-      const float2 v0 = cmul(make_float2(re[j][2 * h], im[j][2 * h]), make_float2(w0.x, -w0.y));
-      const float2 v1 = cmul(make_float2(re[j][2 * h + 1], im[j][2 * h + 1]), make_float2(w1.x, -w1.y));
+      const float2 v0 = cmul(make_float2(re[j][2 * h], im[j][2 * h]), conjf2(w0));
+      const float2 v1 = cmul(make_float2(re[j][2 * h + 1], im[j][2 * h + 1]), conjf2(w1));
       const int off = (wg * 16 + g + 8 * h) * kRowHalfs + 8 * j + 2 * t;
       *reinterpret_cast<uint32_t*>(xr + off) = pack_half2(v0.x, v1.x);
       *reinterpret_cast<uint32_t*>(xi + off) = pack_half2(v0.y, v1.y);

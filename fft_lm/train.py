@@ -452,7 +452,10 @@ def train(cfg, model=None):
     master = rank == 0
     try:
         with inductor_cpp_wrapper(cfg.cpp_wrapper):
-            return _train(cfg, model, rank, world, device, master)
+            result = _train(cfg, model, rank, world, device, master)
+        if world > 1:  # rank 0 writes the metrics and the plot after the last collective: every rank
+            torch.distributed.barrier()  # waits for that before any of them tears gloo/NCCL down
+        return result
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

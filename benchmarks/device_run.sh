@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh half pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -134,6 +134,22 @@ for stage in "$@"; do
              grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_tc_*.log | head -12
              for v in 1 0; do
                conv_variant tc$v FFT_TENSOR_CONV_TC=$v -- --no-peer --dtypes bf16 --kernels L --lengths ${TC_LENGTHS:-1024,2048,4096}
+             done ;;
+    # The kHalf kernels (FFT_TENSOR_CONV_HALF, default on: one-window plans with L <= N/2 skip the window's
+    # zero half): their tests and the window/real-window tests around them, compute-sanitizer on the quick
+    # cases (N = 2048 one window) and the real-window cases, then Lk = L at 1K-16K with them and without.
+    half)    "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (half_window or real_window or window or odd)" 2>&1 \
+               | tee "$OUT/tests_half.log" | tail -6
+             for tool in memcheck racecheck synccheck; do
+               timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --quick \
+                 > "$OUT/sanitize_half_$tool.log" 2>&1 &
+             done
+             timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --real-window \
+               > "$OUT/sanitize_half_rw_memcheck.log" 2>&1 &
+             wait
+             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_half_*.log | head -12
+             for v in 1 0; do
+               conv_variant half$v FFT_TENSOR_CONV_HALF=$v -- --no-peer --kernels L --lengths ${HALF_LENGTHS:-1024,2048,4096,8192,16384}
              done ;;
     fourstepcheck) for tool in memcheck racecheck; do
                timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --fourstep 2>&1 \

@@ -1105,9 +1105,11 @@ def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
     base = run()
     ref = (fft64_reference(u, k, skip), fft64_reference(gy.flip(-1), k, skip).flip(-1))
     assert rel_err(base[0], ref[0]) < 1e-5 and rel_err(base[1], ref[1]) < 1e-5
-    # the variant is the kernels' last template argument (demangled as true/false or 1/0)
+    # the variant is the kernels' last template argument but one (kHalf is the last; demangled as
+    # true/false or 1/0)
     def variant(kernel, names):
-        found = {m.group(1) in ("true", "1") for m in re.finditer(kernel + r"<[^<>]*, (true|false|1|0)>", names)}
+        found = {m.group(1) in ("true", "1")
+                 for m in re.finditer(kernel + r"<[^<>]*, (true|false|1|0), (?:true|false|1|0)>", names)}
         assert len(found) == 1, (kernel, names)
         return found.pop()
 
@@ -1126,6 +1128,61 @@ def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
             assert a.shape == b.shape and rel_err(a, b) < 2e-6, (mode, name, rel_err(a, b))
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", "2")
     with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_REAL_WINDOW_REGS must be 0, 1 or forward, got '2'"):
+        fft_tensor.causal_conv(u, k, skip)
+
+
+# The kHalf kernels (FFT_TENSOR_CONV_HALF, on by default): one-window plans whose row fills at most half
+# the window (L <= N/2, N >= 2048) start the window at t = 0 and skip its zero half in the first forward
+# pass and the unwanted half in the last inverse pass. Shapes: each kernel that has the variant (the pair
+# window kernel forward and grad_u, the pair grad_k kernel, the real-window kernels), at and just under
+# the L = N/2 edge, odd batches (an unpaired last row), Lk > L, Lk < L, and L = N/2 + 1 (the general kernel).
+HALF_SHAPES = [(1024, 1024, 3, 5, True), (1000, 700, 1, 3, True), (4097, 4097, 2, 3, True), (2048, 2049, 3, 2, True),
+               (3000, 1100, 2, 3, True), (2049, 2000, 1, 2, False), (16384, 16384, 3, 2, True),
+               (10000, 9000, 2, 2, True), (20000, 9000, 1, 2, False)]
+
+
+def _last_template_flags(kernel, names):
+    """The last template argument of each launch of `kernel` in a profiler's kernel names."""
+    return {m.group(1) in ("true", "1") for m in re.finditer(kernel + r"<[^<>]*, (true|false|1|0)>", names)}
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim,half", HALF_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _, _ in HALF_SHAPES])
+def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")  # the real-window backward for these few channels too
+    monkeypatch.delenv("FFT_TENSOR_CONV_HALF", raising=False)
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
+
+    def run():
+        return (fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, False)[0],
+                *ops.causal_conv_backward(gy, u, k, skip, True, True))
+
+    names = _cuda_kernel_names(run)
+    window = "conv_real_window" if L + min(L, Lk) - 1 > 16384 else "conv_window"
+    kernels = [f"{window}_kernel"] + (["conv_real_window_backward_kernel"] if window == "conv_real_window"
+                                      else ["conv_grad_k_pair_kernel"] if L + min(L, Lk) - 1 <= 8192 else [])
+    for kernel in kernels:
+        assert _last_template_flags(kernel, names) == {half}, (kernel, names)
+    y, gu_alone, gu, gk = run()
+    taps = min(L, Lk)
+    ref_y = fft64_reference(u, k, skip)
+    ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
+    assert rel_err(y, ref_y) < 1e-5 and rel_err(gu_alone, ref_gu) < 1e-5 and rel_err(gu, ref_gu) < 1e-5
+    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    for low in (torch.bfloat16, torch.half):
+        ul = u.to(low)
+        exact = fft64_reference(ul.float(), k, skip)
+        assert rel_err(fft_tensor.causal_conv(ul, k, skip), exact) <= rounding_bound(exact, low)
+    # switched off: the general kernels, the same values to float32 rounding
+    monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "0")
+    names = _cuda_kernel_names(run)
+    for kernel in kernels:
+        assert _last_template_flags(kernel, names) == {False}, (kernel, names)
+    for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k"), run(), (y, gu_alone, gu, gk)):
+        assert a.shape == b.shape and rel_err(a, b) < 2e-6, (name, rel_err(a, b))
+    monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "yes")
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_HALF must be 0 or 1, got 'yes'"):
         fft_tensor.causal_conv(u, k, skip)
 
 
@@ -1261,7 +1318,7 @@ def test_cuda_grad_k_row_pairs(L, Lk, batch):
 
 
 # Channels-contiguous u (a transposed (B, L, D) activation) through the tiled direct kernels, which
-# read it without a layout copy. Behind FFT_TENSOR_CONV_CHANNELS_LAST=1 until these pass on a GPU.
+# read it without a layout copy. Behind FFT_TENSOR_CONV_CHANNELS_LAST=1 (not measured faster in the LM).
 CL_SHAPES = [(300, 5, 1, 3), (1000, 128, 3, 33), (2049, 100, 2, 64), (100, 300, 2, 2)]
 
 

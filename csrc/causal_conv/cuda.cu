@@ -137,6 +137,27 @@ bool conv_pdl(const ConvShape& s) {
   return mode == "1" && s.nseg == 1 && at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 
+// FFT_TENSOR_CONV_HALF (read on every call): unset, empty or 1 = one-window plans whose row fills at most
+// half the window (L <= N/2; every Lk = L plan) skip the window's zero half in the first forward pass
+// and its unwanted half in the last inverse pass (conv_window_kernel's and the real-window kernels'
+// kHalf), for FFTs of kMinHalfFFT points and more; 0 = the general kernels (an A/B switch for the
+// benchmark and the tests).
+constexpr int kMinHalfFFT = 2048;
+
+bool half_window_enabled() {
+  const char* v = std::getenv("FFT_TENSOR_CONV_HALF");
+  const std::string mode(v == nullptr || *v == '\0' ? "1" : v);
+  TORCH_CHECK(mode == "0" || mode == "1", "FFT_TENSOR_CONV_HALF must be 0 or 1, got '", mode, "'");
+  return mode == "1";
+}
+
+// Whether a plan's single window holds the row in its first half: L <= N/2 of the plan's N points (the
+// real-window kernels' complex FFT of the N/2 points z[n] = x[2n] + i x[2n+1] then has its second half
+// zero too).
+bool half_window(const ConvShape& s) {
+  return s.nseg == 1 && 2 * s.L <= s.N && s.N >= kMinHalfFFT && half_window_enabled();
+}
+
 // y = the windows' convolution of x with K. K must be the output of the kernel launched just before
 // on this stream (kernel_spectrum), and y and x must be allocated before that kernel was launched: the
 // window kernel may start while the spectrum kernel runs (conv_pdl), so nothing either kernel touches
@@ -146,12 +167,17 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(s.N);
-  const bool pdl = conv_pdl(s);
+  const bool pdl = conv_pdl(s), half = half_window(s);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     dispatch_fft_size(s.logN, [&](auto size) {
       constexpr int N = decltype(size)::value;
       auto kernel = pdl ? conv_window_kernel<scalar_t, kReverse, N, true> : conv_window_kernel<scalar_t, kReverse, N, false>;
+      // the kHalf kernels exist only in the dependent-launch build (one instantiation per size, not two):
+      // launched the ordinary way (no PDL), their grid-dependency wait returns at once
+      if constexpr (N >= kMinHalfFFT) {
+        if (half) kernel = conv_window_kernel<scalar_t, kReverse, N, true, true>;
+      }
       allow_smem(kernel, bytes);
       cudaLaunchAttribute attr{};
       attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -344,8 +370,13 @@ at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvS
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (pairs) {
+      const bool half = half_window(s);
       dispatch_fft_size<6, kMaxLogNGradKPairs>(s.logN, [&](auto size) {
-        launch(conv_grad_k_pair_kernel<scalar_t, decltype(size)::value>);
+        constexpr int N = decltype(size)::value;
+        if constexpr (N >= kMinHalfFFT) {
+          if (half) return launch(conv_grad_k_pair_kernel<scalar_t, N, true>);
+        }
+        launch(conv_grad_k_pair_kernel<scalar_t, N>);
       });
     } else {
       launch(conv_grad_k_kernel<scalar_t, (int)kMaxFusedFFT>);
@@ -648,11 +679,18 @@ at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const
     const at::Tensor Kr = need_u ? real_window_taps_spectrum(taps.narrow(0, d0, n)) : at::Tensor();
     dispatch_io_type(u.scalar_type(), [&](auto tag) {
       using scalar_t = decltype(tag);
-      const bool regs = real_window_regs(true);
-      auto kernel = need_u ? (regs ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>
-                                   : conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, false>)
-                           : (regs ? conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, true>
-                                   : conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, false>);
+      const bool regs = real_window_regs(true), half = half_window(s);
+      using Kernel = decltype(&conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>);
+      const Kernel kernels[2][2][2] = {  // [need_u][regs][half]
+          {{conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, false>,
+            conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, false, true>},
+           {conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, true>,
+            conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, true, true>}},
+          {{conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, false>,
+            conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, false, true>},
+           {conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>,
+            conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true, true>}}};
+      const Kernel kernel = kernels[need_u][regs][half];
       allow_smem(kernel, bytes);
       kernel<<<(unsigned)n, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
           gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
@@ -675,8 +713,13 @@ void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y
   const size_t bytes = smem_bytes(kRealWindowN);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    auto kernel = real_window_regs(false) ? conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true>
-                                     : conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, false>;
+    using Kernel = decltype(&conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true>);
+    const Kernel kernels[2][2] = {  // [regs][half]
+        {conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, false>,
+         conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, false, true>},
+        {conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true>,
+         conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true, true>}};
+    const Kernel kernel = kernels[real_window_regs(false)][half_window(s)];
     allow_smem(kernel, bytes);
     kernel<<<(unsigned)blocks, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(Kr.data_ptr()), y.data_ptr<scalar_t>(), s);
@@ -1025,8 +1068,8 @@ at::Tensor direct_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Channels-contiguous inputs (direct_tiled.cuh): NOT YET RUN ON A GPU, so off unless
-// FFT_TENSOR_CONV_CHANNELS_LAST=1 (read on every call, so tests can switch it).
+// Channels-contiguous inputs (direct_tiled.cuh): tested on the GPU, not measured faster in the LM, so off
+// unless FFT_TENSOR_CONV_CHANNELS_LAST=1 (read on every call, so tests can switch it).
 bool channels_last_enabled() {
   const char* env = std::getenv("FFT_TENSOR_CONV_CHANNELS_LAST");
   return env && std::string(env) == "1";

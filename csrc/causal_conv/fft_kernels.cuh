@@ -112,7 +112,11 @@ struct WindowRows {
 // sharing K[d] are adjacent). kAfterSpectrum: launched right after kernel_spectrum_kernel as its
 // programmatic dependent, possibly while it runs (launch_conv_windows): the load and forward transform
 // of the row pair overlap the spectrum's tail, then it waits for K and reads it through L2.
-template <typename scalar_t, bool kReverse, int N, bool kAfterSpectrum>
+// kHalf: a one-window plan whose row fills at most half the window (L <= N/2: Lk = L and the like).
+// The window then starts at t = 0, not -(taps - 1): N >= L + taps - 1, so the circular convolution
+// still wraps only zeros into outputs t < L; samples n >= N/2 are zeros and outputs n >= N/2 are not
+// wanted, so the first forward pass and the last inverse pass skip them (smem_fft's kHalf).
+template <typename scalar_t, bool kReverse, int N, bool kAfterSpectrum, bool kHalf = false>
 __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 1024>()))
     conv_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K, scalar_t* __restrict__ y,
                        ConvShape s) {
@@ -125,15 +129,15 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   const int64_t b0 = 2 * pair, b1 = b0 + 1;
   const bool has1 = b1 < s.B;
   const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? (b1 * s.D + d) * s.L : off0;
-  const int64_t start = (int64_t)j * s.seg - (s.taps - 1);  // time of window sample 0
+  const int64_t start = kHalf ? 0 : (int64_t)j * s.seg - (s.taps - 1);  // time of window sample 0
   const WindowRows<scalar_t, kReverse> rows(x + off0, x + off1, has1, start, s.L, N);
   const float2* Kd = K + d * (N / 2 + 1);
   // outputs the window owns: first <= n < last (and t < L)
-  const int first = s.taps - 1;
+  const int first = kHalf ? 0 : s.taps - 1;
   const int last = (int)(s.L - start < first + s.seg ? s.L - start : first + s.seg);
   scalar_t* y0 = y + off0 + (kReverse ? s.L - 1 - start : start);
   scalar_t* y1 = y + off1 + (kReverse ? s.L - 1 - start : start);
-  smem_fft::fused_conv<N, false, kAfterSpectrum>(
+  smem_fft::fused_conv<N, false, kAfterSpectrum, kHalf>(
       smem, rows, [&](int q, int c) { return smem_fft::hermitian_bin<N, kAfterSpectrum>(Kd, q, c); },
       [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
         if ((unsigned)(n - first) >= (unsigned)(last - first)) return;
@@ -253,17 +257,19 @@ __device__ __forceinline__ void registers_to_smem(float2* smem, const float2 (&v
 // apart, Kr (D x 128 KB, more than L2) was read from DRAM once per row, as many bytes as the rows. The
 // merged spectrum is written in place and transformed by smem_fft::fft (one more shared-memory pass than
 // inverse_from_registers, and no register array held across the step).
-template <typename scalar_t, bool kReverse, int N, bool kRegs>
+// kHalf: L <= N (the row fills at most half the 2N-point window, as with Lk = L): the window starts at
+// t = 0 (conv_window_kernel's kHalf), so z[n] = 0 for n >= N/2 and only z'[n], n < N/2, is wanted.
+template <typename scalar_t, bool kReverse, int N, bool kRegs, bool kHalf = false>
 __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     conv_real_window_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ Kr, scalar_t* __restrict__ y,
                             ConvShape s) {
   extern __shared__ float2 smem[];
   constexpr int N16 = N / kElemsPerThread;
   const int64_t d = blockIdx.x / s.B, row = (blockIdx.x % s.B) * s.D + d;
-  // sample m of the window is time start + m, start = -(taps - 1); valid: lo <= m < hi (times 0..L-1),
-  // which are also the outputs the window owns (one window covers the row)
-  const int64_t start = -(int64_t)(s.taps - 1);
-  const int lo = s.taps - 1, hi = (int)(s.L - start);
+  // sample m of the window is time start + m, start = -(taps - 1) (0 with kHalf); valid: lo <= m < hi
+  // (times 0..L-1), which are also the outputs the window owns (one window covers the row)
+  const int64_t start = kHalf ? 0 : -(int64_t)(s.taps - 1);
+  const int lo = (int)-start, hi = (int)(s.L - start);
   const int64_t first = kReverse ? s.L - 1 - start : start;  // sample m lives at first +- m
   const scalar_t* xr = x + row * s.L + first;
   scalar_t* yr = y + row * s.L + first;
@@ -278,19 +284,21 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
   };
   if constexpr (kRegs) {
     float2 v[kElemsPerThread];
-    smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
+    smem_fft::fft_to_registers<N, false, kHalf>(smem, v,
+                                                [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
     __syncthreads();  // every thread has read the last pass's input
     registers_to_smem<N>(smem, v);
     real_spectrum_own<N>(smem, v, [&](int i, int f, float2 t, float2 X1, float2 X2) {
       v[i] = real_merge_conj(t, cmul(X1, K[f]), cmul(X2, conjf2(K[N - f])));  // K[f + N] = conj(K[N - f])
     });
     __syncthreads();  // every partner has been read before the inverse writes shared memory
-    smem_fft::inverse_from_registers<N>(smem, v, store);
+    smem_fft::inverse_from_registers<N, false, kHalf>(smem, v, store);
     return;
   }
   {
     float2 v[kElemsPerThread];
-    smem_fft::fft_to_registers<N>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
+    smem_fft::fft_to_registers<N, false, kHalf>(smem, v,
+                                                [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); });
     __syncthreads();  // every thread has read the last pass's input
     registers_to_smem<N>(smem, v);
   }
@@ -299,7 +307,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
   });
   smem_fft::fft<N>(smem);  // barriers on both sides: smem[pad(n)] = conj(z'[n])
 #pragma unroll 4
-  for (int i = 0; i < kElemsPerThread; ++i) {
+  for (int i = 0; i < (kHalf ? kElemsPerThread / 2 : kElemsPerThread); ++i) {
     const int n = threadIdx.x + i * N16;
     store(n, smem[pad(n)]);
   }
@@ -318,7 +326,8 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
 // values of the row pair in global memory. The sums stay in L2 while a block works on its channel.
 // kRegs: the spectrum steps on each thread's own bins in registers (real_spectrum_own) and grad_u's
 // inverse from registers straight to global memory; else the pair step through shared memory.
-template <typename scalar_t, int N, bool kNeedU, bool kRegs>
+// kHalf: L <= N, so the rows' transforms skip their zero half and grad_u's inverse its unwanted one.
+template <typename scalar_t, int N, bool kNeedU, bool kRegs, bool kHalf = false>
 __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     conv_real_window_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
                                      const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
@@ -368,14 +377,14 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
       {
         float2 v[kElemsPerThread];
         __syncthreads();  // the previous row's last reads of shared memory are done
-        smem_fft::fft_to_registers<N>(smem, v, load_u);
+        smem_fft::fft_to_registers<N, false, kHalf>(smem, v, load_u);
         __syncthreads();
         registers_to_smem<N>(smem, v);
         real_spectrum_own<N>(smem, v, [&](int, int f, float2 t, float2 X1, float2 X2) { store_u(f, t, X1, X2); });
       }
       float2 v[kElemsPerThread];
       __syncthreads();  // every partner has been read before the next FFT writes shared memory
-      smem_fft::fft_to_registers<N>(smem, v, load_gy);
+      smem_fft::fft_to_registers<N, false, kHalf>(smem, v, load_gy);
       __syncthreads();
       registers_to_smem<N>(smem, v);
       real_spectrum_own<N>(smem, v, [&](int i, int f, float2 t, float2 X1, float2 X2) {
@@ -384,14 +393,14 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
       });
       if constexpr (kNeedU) {
         __syncthreads();  // every partner has been read before the inverse writes shared memory
-        smem_fft::inverse_from_registers<N>(smem, v, store_grad_u);
+        smem_fft::inverse_from_registers<N, false, kHalf>(smem, v, store_grad_u);
       }
       continue;
     }
     {
       float2 v[kElemsPerThread];
       __syncthreads();  // the previous row's last reads of shared memory are done
-      smem_fft::fft_to_registers<N>(smem, v, load_u);
+      smem_fft::fft_to_registers<N, false, kHalf>(smem, v, load_u);
       __syncthreads();
       registers_to_smem<N>(smem, v);
     }
@@ -399,7 +408,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     {
       float2 v[kElemsPerThread];
       __syncthreads();  // every pair has been read before the next FFT writes shared memory
-      smem_fft::fft_to_registers<N>(smem, v, load_gy);
+      smem_fft::fft_to_registers<N, false, kHalf>(smem, v, load_gy);
       __syncthreads();
       registers_to_smem<N>(smem, v);
     }
@@ -410,7 +419,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     if constexpr (kNeedU) {
       smem_fft::fft<N>(smem);  // barriers on both sides: smem[pad(n)] = conj(z'[n])
 #pragma unroll 4
-      for (int i = 0; i < kElemsPerThread; ++i) {
+      for (int i = 0; i < (kHalf ? kElemsPerThread / 2 : kElemsPerThread); ++i) {
         const int n = threadIdx.x + i * N16;
         store_grad_u(n, smem[pad(n)]);
       }
@@ -518,7 +527,10 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
 // no block-wide reduction per item.
 // Shared memory: the FFT buffer, then stash (N complex). Registers capped at 128 (512 threads per
 // SM: acc holds 16 more complex values than the window kernel). grid: D * groups blocks (group fastest).
-template <typename scalar_t, int N>
+// kHalf: one window per row that fills at most its first half (conv_window_kernel's kHalf): the windows
+// of u and gy both start at t = 0 (the correlation is shift-invariant and N >= L + taps - 1, so nothing
+// wraps) and both transforms skip their zero half.
+template <typename scalar_t, int N, bool kHalf = false>
 __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512>()))
     conv_grad_k_pair_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ gy,
                             float2* __restrict__ partial, ConvShape s, int groups) {
@@ -533,7 +545,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
   for (int i = 0; i < kElemsPerThread; ++i) acc[i] = make_float2(0.f, 0.f);
 
   const int64_t items = (int64_t)s.npairs * s.nseg;
-  const int first = s.taps - 1;
+  const int first = kHalf ? 0 : s.taps - 1;
   for (int64_t it = group; it < items; it += groups) {
     const int64_t pair = it / s.nseg;
     const int j = (int)(it % s.nseg);
@@ -542,7 +554,8 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
     const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? off0 + s.D * s.L : off0;
     const int64_t start = (int64_t)j * s.seg - first;
     float2 x[kElemsPerThread];
-    smem_fft::fft_to_registers<N>(smem, x, WindowRows<scalar_t, false>(u + off0, u + off1, has1, start, s.L, N));
+    smem_fft::fft_to_registers<N, false, kHalf>(smem, x,
+                                                WindowRows<scalar_t, false>(u + off0, u + off1, has1, start, s.L, N));
 #pragma unroll
     for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = x[i];
     __syncthreads();  // the last pass has read the FFT buffer before the next transform writes it
@@ -550,7 +563,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
     WindowRows<scalar_t, false> grads(gy + off0, gy + off1, has1, start, s.L, N);
     grads.lo = first;
     if (first + s.seg < grads.hi) grads.hi = first + s.seg;
-    smem_fft::fft_to_registers<N>(smem, x, grads);
+    smem_fft::fft_to_registers<N, false, kHalf>(smem, x, grads);
 #pragma unroll
     for (int i = 0; i < kElemsPerThread; ++i) acc[i] = cadd(acc[i], cmul(x[i], conjf2(stash[own_bin(i)])));
     __syncthreads();
@@ -693,7 +706,7 @@ __global__ void __launch_bounds__(1024) conv_cluster_kernel(const scalar_t* __re
 //    separate store loop).
 // Two cluster barriers instead of four. Each block reads the row's C/2 segments of M points (the
 // cluster reads the row C times over, from L2 after the first).
-// kExchange (NOT YET RUN ON A GPU; FFT_TENSOR_CONV_CLUSTER_PADDED=exchange): the blocks that hold
+// kExchange (FFT_TENSOR_CONV_CLUSTER_PADDED=exchange; tested and sanitized on the GPU): the blocks that hold
 // the row (rank < C/2) load their own part, and the forward's cross-block step reads only those C/2
 // blocks: the row crosses L2 once, for one more cluster barrier and half the general kernel's
 // forward exchange. Meant for 8-block clusters, where the loads above measured slower than the

@@ -80,6 +80,18 @@ __device__ __forceinline__ void dft(float2 (&x)[R]) {
   dft_stage<R, 2>(x);
 }
 
+// dft<16> of x whose x[8..15] are zero (a window whose second half is zero): bit reversal puts x[j]
+// and x[j + 8] side by side, so the first radix-2 stage is a copy (a + 0 and a - 0; the compiler may
+// not fold those itself: x + 0.f is not x for x = -0.f).
+__device__ __forceinline__ void dft16_upper_zero(float2 (&x)[16]) {
+  float2 t[16];
+#pragma unroll
+  for (int i = 0; i < 16; i += 2) t[i] = t[i + 1] = x[bitrev(i, 4)];
+  dft_stage<16, 4>(t);
+#pragma unroll
+  for (int i = 0; i < 16; ++i) x[i] = t[i];
+}
+
 // Every size below is a template parameter: with N, R and Ns known at compile time each thread's
 // shared-memory addresses are one base register plus immediate offsets, and the passes unroll.
 //
@@ -199,14 +211,17 @@ __device__ __forceinline__ void fft(float2* data) {
 // last pass reads it (a barrier is needed before anything writes it again).
 // kInPlace: load reads data itself (a window already in shared memory): a barrier separates the
 // first pass's loads from its stores.
-template <int N, bool kInPlace = false, typename Load>
+// kHalf: z[n] = 0 for n >= N/2 (a row that fills at most the first half of its window): load is
+// called for n < N/2 only and the first pass's first radix-2 stage is skipped (one stage of log2 N).
+template <int N, bool kInPlace = false, bool kHalf = false, typename Load>
 __device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElemsPerThread], Load load) {
   constexpr int Rl = last_radix(N), N16 = N / 16;
   const int q = threadIdx.x;
 #pragma unroll
-  for (int r = 0; r < 16; ++r) x[r] = load(q + r * N16);
+  for (int r = 0; r < 16; ++r) x[r] = !kHalf || r < 8 ? load(q + r * N16) : make_float2(0.f, 0.f);
   if (kInPlace) __syncthreads();
-  dft<16>(x);  // pass 1: radix 16, Ns = 1, no twiddles
+  if constexpr (kHalf) dft16_upper_zero(x);  // pass 1: radix 16, Ns = 1, no twiddles
+  else dft<16>(x);
   store_pass<N, 16, 1>(data, x);
   __syncthreads();
   radix16_passes<N, 16, N / Rl>(data);  // middle passes
@@ -254,7 +269,9 @@ __device__ __forceinline__ void pdl_wait() {
 // (bin q + b*N/16 + r*N/Rl at x[b*Rl + r]); the forward DFT of it goes to store(n, value), called for
 // n = q + r*N/16 with r = 0, 1, ..., 15 in that order (callers may keep a running twiddle). It writes
 // shared memory at once: the caller's barrier separates that from every earlier read.
-template <int N, bool kInPlace = false, typename Store>
+// kHalf: only outputs n < N/2 are wanted (r < 8); the other half of the last pass's last radix-2 stage
+// is then dead code.
+template <int N, bool kInPlace = false, bool kHalf = false, typename Store>
 __device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)[kElemsPerThread], Store store) {
   constexpr int Rl = last_radix(N), N16 = N / 16;
   const int q = threadIdx.x;
@@ -267,7 +284,7 @@ __device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)
   if (kInPlace) __syncthreads();
   compute_pass<N, 16, N16>(x);
 #pragma unroll
-  for (int r = 0; r < 16; ++r) store(q + r * N16, x[r]);
+  for (int r = 0; r < (kHalf ? 8 : 16); ++r) store(q + r * N16, x[r]);
 }
 
 // Circular convolution of one window z[0..N) with a spectrum given per frequency, passes fused at
@@ -282,20 +299,22 @@ __device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)
 // from the stores. Like fft_to_registers, it starts and ends without a barrier.
 // kSpectrumFromPriorGrid: the spectrum is the output of the kernel launched just before this one, which
 // may still be running (programmatic dependent launch): wait for it after the forward transform.
-template <int N, bool kInPlace = false, bool kSpectrumFromPriorGrid = false, typename Load, typename Spectrum,
-          typename Store>
+// kHalf: the window's second half is zero and its outputs there are not wanted (fft_to_registers and
+// inverse_from_registers).
+template <int N, bool kInPlace = false, bool kSpectrumFromPriorGrid = false, bool kHalf = false, typename Load,
+          typename Spectrum, typename Store>
 __device__ __forceinline__ void fused_conv(float2* data, Load load, Spectrum spectrum, Store store) {
   constexpr int Rl = last_radix(N), N16 = N / 16, NR = N / Rl, kBfly = kElemsPerThread / Rl;
   float2 x[kElemsPerThread];
   const int q = threadIdx.x;
-  fft_to_registers<N, kInPlace>(data, x, load);
+  fft_to_registers<N, kInPlace, kHalf>(data, x, load);
   if (kSpectrumFromPriorGrid) pdl_wait();
   __syncthreads();  // every thread has read before the inverse pass overwrites
 #pragma unroll
   for (int b = 0; b < kBfly; ++b)
 #pragma unroll
     for (int r = 0; r < Rl; ++r) x[b * Rl + r] = conjf2(cmul(x[b * Rl + r], spectrum(q, b * N16 + r * NR)));
-  inverse_from_registers<N, kInPlace>(data, x, store);
+  inverse_from_registers<N, kInPlace, kHalf>(data, x, store);
 }
 
 }  // namespace smem_fft

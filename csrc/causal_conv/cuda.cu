@@ -155,7 +155,8 @@ bool half_window_enabled() {
 // real-window kernels' complex FFT of the N/2 points z[n] = x[2n] + i x[2n+1] then has its second half
 // zero too).
 bool half_window(const ConvShape& s) {
-  return s.nseg == 1 && 2 * s.L <= s.N && s.N >= kMinHalfFFT && half_window_enabled();
+  const bool enabled = half_window_enabled();  // validated on every call, whatever the shape
+  return enabled && s.nseg == 1 && 2 * s.L <= s.N && s.N >= kMinHalfFFT;
 }
 
 // y = the windows' convolution of x with K. K must be the output of the kernel launched just before

@@ -24,6 +24,18 @@ conv_variant() {
   [ -f "$OUT/bench_causal_conv.md" ] && mv "$OUT/bench_causal_conv.md" "$OUT/bench_causal_conv_$name.md"
   return $rc
 }
+# quick_sanitizers NAME [ENV=VALUE ...]: memcheck, racecheck and synccheck side by side on
+# sanitize_cuda.py --quick under the given switches (logs sanitize_NAME_TOOL.log), then their summaries;
+# any other sanitizer job the stage started in the background is waited for too.
+quick_sanitizers() {
+  local name=$1; shift
+  for tool in memcheck racecheck synccheck; do
+    env "$@" timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --quick \
+      > "$OUT/sanitize_${name}_$tool.log" 2>&1 &
+  done
+  wait
+  grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_${name}_*.log | head -12
+}
 status=0
 for stage in "$@"; do
   t0=$(date +%s)
@@ -113,12 +125,7 @@ for stage in "$@"; do
     # on the window cases, and the grid with it on (default) and off
     pdl)     "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (pdl or window or small or odd)" 2>&1 \
                | tee "$OUT/tests_pdl.log" | tail -6
-             for tool in memcheck racecheck synccheck; do
-               timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --quick \
-                 > "$OUT/sanitize_pdl_$tool.log" 2>&1 &
-             done
-             wait
-             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_pdl_*.log | head -12
+             quick_sanitizers pdl
              for v in 1 0; do
                conv_variant pdl$v FFT_TENSOR_CONV_PDL=$v -- --no-peer  # all lengths: many-window rows must not lose
              done ;;
@@ -126,12 +133,7 @@ for stage in "$@"; do
     # the quick cases with it on (bf16 L = 1000, Lk = 1000 takes it), then bf16 Lk = L at 1K-4K with it and without.
     tc)      "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "tc_window" 2>&1 \
                | tee "$OUT/tests_tc.log" | tail -12
-             for tool in memcheck racecheck synccheck; do
-               FFT_TENSOR_CONV_TC=1 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" \
-                 benchmarks/sanitize_cuda.py --quick > "$OUT/sanitize_tc_$tool.log" 2>&1 &
-             done
-             wait
-             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_tc_*.log | head -12
+             quick_sanitizers tc FFT_TENSOR_CONV_TC=1
              for v in 1 0; do
                conv_variant tc$v FFT_TENSOR_CONV_TC=$v -- --no-peer --dtypes bf16 --kernels L --lengths ${TC_LENGTHS:-1024,2048,4096}
              done ;;
@@ -140,14 +142,9 @@ for stage in "$@"; do
     # cases (N = 2048 one window) and the real-window cases, then Lk = L at 1K-16K with them and without.
     half)    "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (half_window or real_window or window or odd)" 2>&1 \
                | tee "$OUT/tests_half.log" | tail -6
-             for tool in memcheck racecheck synccheck; do
-               timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --quick \
-                 > "$OUT/sanitize_half_$tool.log" 2>&1 &
-             done
              timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --real-window \
                > "$OUT/sanitize_half_rw_memcheck.log" 2>&1 &
-             wait
-             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_half_*.log | head -12
+             quick_sanitizers half
              for v in 1 0; do
                conv_variant half$v FFT_TENSOR_CONV_HALF=$v -- --no-peer --kernels L --lengths ${HALF_LENGTHS:-1024,2048,4096,8192,16384}
              done ;;

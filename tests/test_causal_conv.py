@@ -1171,9 +1171,18 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
     assert rel_err(y, ref_y) < 1e-5 and rel_err(gu_alone, ref_gu) < 1e-5 and rel_err(gu, ref_gu) < 1e-5
     assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
     for low in (torch.bfloat16, torch.half):
-        ul = u.to(low)
+        ul, gyl = u.to(low), gy.to(low)
         exact = fft64_reference(ul.float(), k, skip)
         assert rel_err(fft_tensor.causal_conv(ul, k, skip), exact) <= rounding_bound(exact, low)
+        gul, gkl = ops.causal_conv_backward(gyl, ul, k, skip, True, True)
+        exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
+        assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
+        assert rel_err(gkl[:, :taps], _correlation_reference(gyl.float(), ul.float(), taps)) < 2e-5
+    # the half kernels launched the ordinary way (no programmatic dependent launch): the same values
+    monkeypatch.setenv("FFT_TENSOR_CONV_PDL", "0")
+    for name, a, b in zip(("y", "grad_u alone"), run()[:2], (y, gu_alone)):
+        assert rel_err(a, b) < 2e-6, (name, rel_err(a, b))
+    monkeypatch.delenv("FFT_TENSOR_CONV_PDL")
     # switched off: the general kernels, the same values to float32 rounding
     monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "0")
     names = _cuda_kernel_names(run)
@@ -1184,6 +1193,8 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "yes")
     with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_HALF must be 0 or 1, got 'yes'"):
         fft_tensor.causal_conv(u, k, skip)
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_HALF must be 0 or 1, got 'yes'"):
+        ops.causal_conv_backward(gy, u, k, skip, True, True)
 
 
 def _cuda_kernel_names(fn):

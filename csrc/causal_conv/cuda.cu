@@ -155,8 +155,7 @@ bool half_window_enabled() {
 // real-window kernels' complex FFT of the N/2 points z[n] = x[2n] + i x[2n+1] then has its second half
 // zero too).
 bool half_window(const ConvShape& s) {
-  const bool enabled = half_window_enabled();  // validated on every call, whatever the shape
-  return enabled && s.nseg == 1 && 2 * s.L <= s.N && s.N >= kMinHalfFFT;
+  return s.nseg == 1 && 2 * s.L <= s.N && s.N >= kMinHalfFFT && half_window_enabled();
 }
 
 // y = the windows' convolution of x with K. K must be the output of the kernel launched just before
@@ -1129,6 +1128,7 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const ConvPlan plan = conv_plan(L, k.size(1));
   const bool tc_requested = tc_window_requested();
+  half_window_enabled();  // the switch is validated on every call, whichever path the plan takes
   if (use_direct(u, plan) && u.numel() > 0 && use_tiled(u)) {
     at::Tensor y = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
     launch_conv_tiled<false>(u, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), y, (int)plan.taps);
@@ -1181,6 +1181,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2), Lk = k.size(1);
   const ConvPlan plan = conv_plan(L, Lk);
+  half_window_enabled();  // validated on every call (as in the forward)
   const bool tiled = use_direct(u, plan) && u.numel() > 0 && (use_tiled(u) || use_tiled(grad_y));
   const bool mma = !tiled && use_mma(u, plan);
   const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones

@@ -269,8 +269,8 @@ __device__ __forceinline__ void pdl_wait() {
 // (bin q + b*N/16 + r*N/Rl at x[b*Rl + r]); the forward DFT of it goes to store(n, value), called for
 // n = q + r*N/16 with r = 0, 1, ..., 15 in that order (callers may keep a running twiddle). It writes
 // shared memory at once: the caller's barrier separates that from every earlier read.
-// kHalf: only outputs n < N/2 are wanted (r < 8); the other half of the last pass's last radix-2 stage
-// is then dead code.
+// kHalf: only outputs n < N/2 are wanted, so store is called for r = 0..7 only; the other half of the
+// last pass's last radix-2 stage is then dead code.
 template <int N, bool kInPlace = false, bool kHalf = false, typename Store>
 __device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)[kElemsPerThread], Store store) {
   constexpr int Rl = last_radix(N), N16 = N / 16;

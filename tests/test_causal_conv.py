@@ -1105,11 +1105,9 @@ def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
     base = run()
     ref = (fft64_reference(u, k, skip), fft64_reference(gy.flip(-1), k, skip).flip(-1))
     assert rel_err(base[0], ref[0]) < 1e-5 and rel_err(base[1], ref[1]) < 1e-5
-    # the variant is the kernels' last template argument but one (kHalf is the last; demangled as
-    # true/false or 1/0)
+    # the variant is the kernels' last template argument but one (kHalf is the last)
     def variant(kernel, names):
-        found = {m.group(1) in ("true", "1")
-                 for m in re.finditer(kernel + r"<[^<>]*, (true|false|1|0), (?:true|false|1|0)>", names)}
+        found = _template_flags(kernel, names, from_end=2)
         assert len(found) == 1, (kernel, names)
         return found.pop()
 
@@ -1141,9 +1139,12 @@ HALF_SHAPES = [(1024, 1024, 3, 5, True), (1000, 700, 1, 3, True), (4097, 4097, 2
                (10000, 9000, 2, 2, True), (20000, 9000, 1, 2, False)]
 
 
-def _last_template_flags(kernel, names):
-    """The last template argument of each launch of `kernel` in a profiler's kernel names."""
-    return {m.group(1) in ("true", "1") for m in re.finditer(kernel + r"<[^<>]*, (true|false|1|0)>", names)}
+def _template_flags(kernel, names, from_end=1):
+    """The set of values of `kernel`'s boolean template argument `from_end` places from the end (1: the
+    last), over its launches in a profiler's kernel names (demangled as true/false or 1/0)."""
+    flag = r"(true|false|1|0)"
+    pattern = kernel + r"<[^<>]*, " + flag + r", (?:true|false|1|0)" * (from_end - 1) + ">"
+    return {m.group(1) in ("true", "1") for m in re.finditer(pattern, names)}
 
 
 @requires_cuda
@@ -1163,7 +1164,7 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
     kernels = [f"{window}_kernel"] + (["conv_real_window_backward_kernel"] if window == "conv_real_window"
                                       else ["conv_grad_k_pair_kernel"] if L + min(L, Lk) - 1 <= 8192 else [])
     for kernel in kernels:
-        assert _last_template_flags(kernel, names) == {half}, (kernel, names)
+        assert _template_flags(kernel, names) == {half}, (kernel, names)
     y, gu_alone, gu, gk = run()
     taps = min(L, Lk)
     ref_y = fft64_reference(u, k, skip)
@@ -1187,7 +1188,7 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "0")
     names = _cuda_kernel_names(run)
     for kernel in kernels:
-        assert _last_template_flags(kernel, names) == {False}, (kernel, names)
+        assert _template_flags(kernel, names) == {False}, (kernel, names)
     for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k"), run(), (y, gu_alone, gu, gk)):
         assert a.shape == b.shape and rel_err(a, b) < 2e-6, (name, rel_err(a, b))
     monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "yes")

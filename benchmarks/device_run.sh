@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh half pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh rwspectrum half pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -121,6 +121,20 @@ for stage in "$@"; do
                conv_variant realwindow_regs_$regs FFT_TENSOR_CONV_REAL_WINDOW_REGS=$regs -- --lengths 12288,16384 --kernels L --no-peer
              done
              conv_variant realwindow_off FFT_TENSOR_CONV_REAL_WINDOW=0 -- --lengths 12288,16384 --kernels L --no-peer ;;
+    # The real-window path's taps spectrum and grad_k inverse as kernels of its own (twenty-sixth session):
+    # its tests and the switch tests, memcheck and racecheck side by side on its cases, Lk = L at 12K and
+    # 16K, the kernel times at 16K.
+    rwspectrum) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py \
+               -k "cuda and (real_window or switch or half_window or bad_inputs)" 2>&1 | tee "$OUT/tests_rwspectrum.log" | tail -6
+             for tool in memcheck racecheck; do
+               timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --real-window \
+                 > "$OUT/sanitize_rwspectrum_$tool.log" 2>&1 &
+             done
+             wait
+             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_rwspectrum_*.log | head -12
+             conv_variant rwspectrum -- --lengths 12288,16384 --kernels L --no-peer
+             for dt in fp32 bf16; do "$PY" benchmarks/profile_causal_conv.py --breakdown --dtype $dt --shapes 16384:16384; done 2>&1 \
+               | tee "$OUT/breakdown_rwspectrum.txt" | head -80 ;;
     # the window kernel as a programmatic dependent of the spectrum kernel: its tests, compute-sanitizer
     # on the window cases, and the grid with it on (default) and off
     pdl)     "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "cuda and (pdl or window or small or odd)" 2>&1 \

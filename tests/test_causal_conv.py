@@ -782,7 +782,7 @@ def test_cuda_cluster_padded_equals_general(L, Lk, mode, monkeypatch):
     for a, b in zip(results[mode], results["0"]):
         assert rel_err(a, b) < 5e-6
     monkeypatch.setenv("FFT_TENSOR_CONV_CLUSTER_PADDED", "yes")
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_CLUSTER_PADDED: expected 0, 1 or exchange"):
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_CLUSTER_PADDED: expected one of 0, 1, exchange"):
         fft_tensor.causal_conv(u, k, skip)
 
 
@@ -867,11 +867,11 @@ def test_cuda_fourstep_chunks_subsets_and_settings(monkeypatch):
     for a, b in zip(outs[-1], outs[0]):
         assert rel_err(a, b) < 5e-6
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "yes")
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_FOURSTEP: expected 0 or 1"):
+    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_FOURSTEP: expected one of 0, 1"):
         fft_tensor.causal_conv(u, k, skip)
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP", "1")
     monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", "0")
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_FOURSTEP_MB: expected a positive integer"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_FOURSTEP_MB: expected an integer in \[1, 1048576\]"):
         fft_tensor.causal_conv(u, k, skip)
 
 
@@ -895,6 +895,7 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     gy = torch.randn_like(u)
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
     assert "conv_real_window_kernel" in names and not any(n in names for n in FOURSTEP_KERNELS), names
+    assert "real_window_spectrum_kernel" in names, names  # the taps' spectrum by the rows' transform, not cuFFT
     y = fft_tensor.causal_conv(u, k, skip)
     assert rel_err(y, fft64_reference(u, k, skip)) < 1e-5
     for low in (torch.bfloat16, torch.half):
@@ -914,6 +915,7 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     for need_u in (True, False):
         names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, need_u, True))
         assert "conv_real_window_backward_kernel" in names and "rows_backward_kernel" not in names, names
+        assert "real_window_grad_k_kernel" in names and ("real_window_spectrum_kernel" in names) == need_u, names
     gu_both, gk_both = ops.causal_conv_backward(gy, u, k, skip, True, True)
     assert rel_err(gu_both, ref_gu) < 1e-5
     gk_only = ops.causal_conv_backward(gy, u, k, skip, False, True)[1]
@@ -936,7 +938,7 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     gu_four, gk_four = ops.causal_conv_backward(gy, u, k, skip, True, True)
     assert rel_err(gu_four, ref_gu) < 1e-5 and rel_err(gk_four, gk_both) < 1e-5
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "yes")
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got 'yes'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_REAL_WINDOW: expected one of 0, 1, forward \(or unset\), got 'yes'"):
         fft_tensor.causal_conv(u, k, skip)
 
 
@@ -1003,7 +1005,7 @@ def test_cuda_window_kernel_pdl_equals_ordinary_launch(L, Lk, dtype, dim, monkey
     for scale, run in zip(scales, results["1"]):
         assert rel_err(run[0], fft64_reference(u, k * scale, skip)) < tol
     monkeypatch.setenv("FFT_TENSOR_CONV_PDL", "yes")
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_PDL must be 0 or 1, got 'yes'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_PDL: expected one of 0, 1 \(or unset\), got 'yes'"):
         fft_tensor.causal_conv(u, k, skip)
 
 
@@ -1067,11 +1069,11 @@ def test_cuda_tc_window_scope(monkeypatch):
     gu, gk = torch.autograd.grad(fft_tensor.causal_conv(u, k, skip), (u, k), gy)
     assert torch.equal(u.grad, gu) and torch.equal(k.grad, gk)
     monkeypatch.setenv("FFT_TENSOR_CONV_TC", "2")
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_TC must be 0 or 1, got '2'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_TC: expected one of 0, 1 \(or unset\), got '2'"):
         fft_tensor.causal_conv(u, k, skip)
     monkeypatch.delenv("FFT_TENSOR_CONV_MMA")
     u, k, skip = make_inputs(1000, 64, True, "cuda", batch=3, dim=3, dtype=torch.bfloat16)  # the mma path
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_TC must be 0 or 1, got '2'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_TC: expected one of 0, 1 \(or unset\), got '2'"):
         fft_tensor.causal_conv(u, k, skip)
 
 
@@ -1125,7 +1127,7 @@ def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
         for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k", "grad_k alone"), run(), base):
             assert a.shape == b.shape and rel_err(a, b) < 2e-6, (mode, name, rel_err(a, b))
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", "2")
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_REAL_WINDOW_REGS must be 0, 1 or forward, got '2'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_REAL_WINDOW_REGS: expected one of 0, 1, forward \(or unset\), got '2'"):
         fft_tensor.causal_conv(u, k, skip)
 
 
@@ -1192,10 +1194,48 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
     for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k"), run(), (y, gu_alone, gu, gk)):
         assert a.shape == b.shape and rel_err(a, b) < 2e-6, (name, rel_err(a, b))
     monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "yes")
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_HALF must be 0 or 1, got 'yes'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_HALF: expected one of 0, 1 \(or unset\), got 'yes'"):
         fft_tensor.causal_conv(u, k, skip)
-    with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_HALF must be 0 or 1, got 'yes'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_HALF: expected one of 0, 1 \(or unset\), got 'yes'"):
         ops.causal_conv_backward(gy, u, k, skip, True, True)
+
+
+# Every FFT_TENSOR_CONV_* switch of the CUDA op (csrc/causal_conv/cuda.cu: ConvSwitches; MIN_WINDOW is
+# common.h's and the CPU's too), as README's switch table lists them.
+CUDA_CONV_SWITCHES = ("PDL", "HALF", "TC", "CLUSTERS", "CLUSTER_PADDED", "REAL_WINDOW", "REAL_WINDOW_REGS",
+                      "FOURSTEP", "FOURSTEP_MB", "DIRECT_MAX_TAPS", "MMA", "CHANNELS_LAST")
+
+
+def test_conv_switches_listed_where_documented():
+    """The switches the CUDA source reads are exactly this list, and README's table has a row for each."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "csrc", "causal_conv", "cuda.cu")) as f:
+        read = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)"', f.read()))
+    assert read == set(CUDA_CONV_SWITCHES), read ^ set(CUDA_CONV_SWITCHES)
+    with open(os.path.join(root, "README.md")) as f:
+        table = f.read().split("| `FFT_TENSOR_CONV_...` |", 1)[1].split("\n\n", 1)[0]
+    rows = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.M))
+    assert rows == set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW"}, rows ^ (set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW"})
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", CUDA_CONV_SWITCHES)
+def test_cuda_every_switch_validated_on_every_call(name, monkeypatch):
+    """Each switch is read at the op's entry: a bad value is an error naming it whatever path the sizes
+    take (here the plain direct kernels, which use none of the FFT switches), forward and backward; an
+    empty value is the default."""
+    u, k, skip = make_inputs(7, 3, True, "cuda", batch=2, dim=3)
+    gy = torch.randn_like(u)
+    y = fft_tensor.causal_conv(u, k, skip)
+    monkeypatch.setenv(f"FFT_TENSOR_CONV_{name}", "")
+    assert torch.equal(fft_tensor.causal_conv(u, k, skip), y)
+    for bad in ("yes", "-1", "1 "):
+        monkeypatch.setenv(f"FFT_TENSOR_CONV_{name}", bad)
+        expected = rf"FFT_TENSOR_CONV_{name}: expected .* \(or unset\), got '{re.escape(bad)}'"
+        with pytest.raises(RuntimeError, match=expected):
+            fft_tensor.causal_conv(u, k, skip)
+        with pytest.raises(RuntimeError, match=expected):
+            ops.causal_conv_backward(gy, u, k, skip, True, True)
 
 
 def _cuda_kernel_names(fn):

@@ -38,6 +38,8 @@
 #include <cmath>
 #include <complex>
 #include <cstdlib>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <mutex>
 #include <string>
@@ -76,6 +78,86 @@ void allow_smem(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
+
+// ---- FFT_TENSOR_CONV_* switches: A/B switches for the benchmarks and the tests (README's table). All of
+// them are read once per op call, at its entry, and passed down: one call sees one setting, and a bad
+// value is an error on every call whatever path the sizes take, naming the variable, the values it
+// takes and the value given. (FFT_TENSOR_CONV_MIN_WINDOW is common.h's: it also sets the CPU's plan.)
+
+// The value of `name`; `unset` when it is unset or empty.
+std::string env_choice(const char* name, std::initializer_list<const char*> allowed, const char* unset) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return unset;
+  std::string expected;
+  for (const char* a : allowed) {
+    if (std::strcmp(v, a) == 0) return v;
+    expected += expected.empty() ? a : std::string(", ") + a;
+  }
+  TORCH_CHECK(false, name, ": expected one of ", expected, " (or unset), got '", v, "'");
+}
+
+bool env_flag(const char* name, bool unset) { return env_choice(name, {"0", "1"}, unset ? "1" : "0") == "1"; }
+
+// A decimal integer in [lo, hi] (ASCII digits only), or `unset`.
+int64_t env_int(const char* name, int64_t lo, int64_t hi, int64_t unset) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return unset;
+  int64_t x = 0;
+  bool digits = true;
+  for (const char* c = v; *c != '\0' && digits; ++c) {
+    digits = *c >= '0' && *c <= '9';
+    if (digits && x <= hi) x = 10 * x + (*c - '0');
+  }
+  TORCH_CHECK(digits && x >= lo && x <= hi, name, ": expected an integer in [", lo, ", ", hi, "] (or unset), got '",
+              v, "'");
+  return x;
+}
+
+enum class RealWindowMode { kAuto, kOff, kForced, kForwardOnly };
+enum class PaddedMode { kAuto, kOff, kLoad, kExchange };
+
+struct ConvSwitches {
+  bool pdl;                     // PDL: the window kernel as a dependent launch of the spectrum kernel (conv_pdl)
+  bool half;                    // HALF: the half-window kernels (half_window)
+  bool tc;                      // TC: the tensor-core window kernel (use_tc_window)
+  bool clusters;                // CLUSTERS: the thread-block cluster path (use_cluster)
+  PaddedMode cluster_padded;    // CLUSTER_PADDED (padded_window)
+  RealWindowMode real_window;   // REAL_WINDOW (use_real_window)
+  bool regs_forward, regs_backward;  // REAL_WINDOW_REGS: the register variants (real_window_regs)
+  int fourstep;                 // FOURSTEP: -1 unset (the default), 0, 1 (use_fourstep)
+  int64_t fourstep_mb;          // FOURSTEP_MB: a workspace chunk in MiB, 0 = the default (fourstep_chunk)
+  int direct_max_taps;          // DIRECT_MAX_TAPS: -1 unset (the default rule), else 0..128 (use_direct)
+  bool mma;                     // MMA: the tensor-core direct kernels (use_mma)
+  bool channels_last;           // CHANNELS_LAST: the tiled direct kernels (use_tiled)
+
+  static ConvSwitches from_env() {
+    ConvSwitches w;
+    w.pdl = env_flag("FFT_TENSOR_CONV_PDL", true);
+    w.half = env_flag("FFT_TENSOR_CONV_HALF", true);
+    w.tc = env_flag("FFT_TENSOR_CONV_TC", false);
+    w.clusters = env_flag("FFT_TENSOR_CONV_CLUSTERS", true);
+    const std::string padded = env_choice("FFT_TENSOR_CONV_CLUSTER_PADDED", {"0", "1", "exchange"}, "");
+    w.cluster_padded = padded == "0"   ? PaddedMode::kOff
+                       : padded == "1" ? PaddedMode::kLoad
+                       : padded.empty() ? PaddedMode::kAuto
+                                        : PaddedMode::kExchange;
+    const std::string real = env_choice("FFT_TENSOR_CONV_REAL_WINDOW", {"0", "1", "forward"}, "");
+    w.real_window = real == "0"   ? RealWindowMode::kOff
+                    : real == "1" ? RealWindowMode::kForced
+                    : real.empty() ? RealWindowMode::kAuto
+                                   : RealWindowMode::kForwardOnly;
+    const std::string regs = env_choice("FFT_TENSOR_CONV_REAL_WINDOW_REGS", {"0", "1", "forward"}, "forward");
+    w.regs_forward = regs != "0";
+    w.regs_backward = regs == "1";
+    const std::string fourstep = env_choice("FFT_TENSOR_CONV_FOURSTEP", {"0", "1"}, "");
+    w.fourstep = fourstep.empty() ? -1 : fourstep == "1";
+    w.fourstep_mb = env_int("FFT_TENSOR_CONV_FOURSTEP_MB", 1, int64_t(1) << 20, 0);
+    w.direct_max_taps = (int)env_int("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", 0, direct::kMaxTaps, -1);
+    w.mma = env_flag("FFT_TENSOR_CONV_MMA", true);
+    w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
+    return w;
+  }
+};
 
 // Calls f(std::integral_constant<int, N>) for N = 2^logN, kLogN <= logN <= kMaxLogN: every fused
 // kernel takes its FFT size as a template parameter (immediate shared-memory offsets, unrolled passes).
@@ -120,7 +202,7 @@ at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>&
   return K;
 }
 
-// FFT_TENSOR_CONV_PDL (read on every call): unset, empty or 1 = for one-window plans (nseg == 1, where
+// FFT_TENSOR_CONV_PDL: unset, empty or 1 = for one-window plans (nseg == 1, where
 // the spectrum of a row's kernel costs about what the window kernel spends on a row pair's forward
 // transform) the window kernel is launched as a programmatic dependent of the spectrum kernel, on sm_90
 // and later: it loads and transforms its rows while the spectrum finishes, and waits for the spectrum
@@ -130,32 +212,22 @@ at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>&
 // -> dependent, one call, RESULTS.md twenty-third session). Windows of 128 taps at 16K and 64K were 9%
 // slower with every launch dependent and reading through L2 (0.309 -> 0.336 ms at 16K); with the
 // ordinary kernel kept for them they measured 0.311 and 1.20 ms again.
-bool conv_pdl(const ConvShape& s) {
-  const char* v = std::getenv("FFT_TENSOR_CONV_PDL");
-  const std::string mode(v == nullptr || *v == '\0' ? "1" : v);
-  TORCH_CHECK(mode == "0" || mode == "1", "FFT_TENSOR_CONV_PDL must be 0 or 1, got '", mode, "'");
-  return mode == "1" && s.nseg == 1 && at::cuda::getCurrentDeviceProperties()->major >= 9;
+bool conv_pdl(const ConvShape& s, const ConvSwitches& sw) {
+  return sw.pdl && s.nseg == 1 && at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 
-// FFT_TENSOR_CONV_HALF (read on every call): unset, empty or 1 = one-window plans whose row fills at most
+// FFT_TENSOR_CONV_HALF: unset, empty or 1 = one-window plans whose row fills at most
 // half the window (L <= N/2; every Lk = L plan) skip the window's zero half in the first forward pass
 // and its unwanted half in the last inverse pass (conv_window_kernel's and the real-window kernels'
 // kHalf), for FFTs of kMinHalfFFT points and more; 0 = the general kernels (an A/B switch for the
 // benchmark and the tests).
 constexpr int kMinHalfFFT = 2048;
 
-bool half_window_enabled() {
-  const char* v = std::getenv("FFT_TENSOR_CONV_HALF");
-  const std::string mode(v == nullptr || *v == '\0' ? "1" : v);
-  TORCH_CHECK(mode == "0" || mode == "1", "FFT_TENSOR_CONV_HALF must be 0 or 1, got '", mode, "'");
-  return mode == "1";
-}
-
 // Whether a plan's single window holds the row in its first half: L <= N/2 of the plan's N points (the
 // real-window kernels' complex FFT of the N/2 points z[n] = x[2n] + i x[2n+1] then has its second half
 // zero too).
-bool half_window(const ConvShape& s) {
-  return s.nseg == 1 && 2 * s.L <= s.N && s.N >= kMinHalfFFT && half_window_enabled();
+bool half_window(const ConvShape& s, const ConvSwitches& sw) {
+  return sw.half && s.nseg == 1 && 2 * s.L <= s.N && s.N >= kMinHalfFFT;
 }
 
 // y = the windows' convolution of x with K. K must be the output of the kernel launched just before
@@ -163,11 +235,12 @@ bool half_window(const ConvShape& s) {
 // window kernel may start while the spectrum kernel runs (conv_pdl), so nothing either kernel touches
 // may be memory the allocator handed out in between.
 template <bool kReverse>
-void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s) {
+void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s,
+                         const ConvSwitches& sw) {
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(s.N);
-  const bool pdl = conv_pdl(s), half = half_window(s);
+  const bool pdl = conv_pdl(s, sw), half = half_window(s, sw);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     dispatch_fft_size(s.logN, [&](auto size) {
@@ -275,23 +348,15 @@ const TcTableSet& tc_tables(int N) {
   return tc_tables_cache.emplace(std::make_pair((int)at::cuda::current_device(), N), std::move(set)).first->second;
 }
 
-// FFT_TENSOR_CONV_TC (read on every call, checked at the start of every forward whatever path the sizes
-// take): 1 = bfloat16 rows of one-window plans of 2048 to 8192 points with L <= N/2 (so taps <= N/2 too)
-// take the tensor-core kernel (tc_window.cuh) in the forward; unset, empty or 0 = the shared-memory FFT
-// kernel (the default: the tensor-core kernel measured 1.3-1.6x slower on the H200 at 1K-4K, RESULTS.md
-// twenty-fourth session).
-bool tc_window_requested() {
-  const char* v = std::getenv("FFT_TENSOR_CONV_TC");
-  const std::string mode(v == nullptr || *v == '\0' ? "0" : v);
-  TORCH_CHECK(mode == "0" || mode == "1", "FFT_TENSOR_CONV_TC must be 0 or 1, got '", mode, "'");
-  return mode == "1";
-}
-
+// FFT_TENSOR_CONV_TC: 1 = bfloat16 rows of one-window plans of 2048 to 8192 points with L <= N/2 (so
+// taps <= N/2 too) take the tensor-core kernel (tc_window.cuh) in the forward; unset, empty or 0 = the
+// shared-memory FFT kernel (the default: the tensor-core kernel measured 1.3-1.6x slower on the H200 at
+// 1K-4K, RESULTS.md twenty-fourth session).
 // Whether this call takes it: as requested, on sm_80 and later, and not while a CUDA graph is captured
 // before the tables exist (their upload is a host-to-device copy).
-bool use_tc_window(const at::Tensor& u, const ConvPlan& plan, bool requested) {
+bool use_tc_window(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches& sw) {
   const int64_t N = plan.fft_size, L = u.size(2);
-  if (!requested || u.scalar_type() != at::kBFloat16 || plan.segments != 1 || N < 2048 || N > 8192 || 2 * L > N)
+  if (!sw.tc || u.scalar_type() != at::kBFloat16 || plan.segments != 1 || N < 2048 || N > 8192 || 2 * L > N)
     return false;
   if (at::cuda::getCurrentDeviceProperties()->major < 8) return false;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -353,7 +418,8 @@ int grad_k_groups(const ConvShape& s, size_t smem, int64_t items) {
 // grad_k (D, Lk) float32 for windows of one block: partial sums of G conj(U) per (group, channel)
 // from the row-pair kernel where it applies, else one row per FFT; then grad_k_taps_kernel sums the
 // groups in a fixed order (deterministic) and transforms back.
-at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s, int64_t Lk) {
+at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s, int64_t Lk,
+                          const ConvSwitches& sw) {
   const bool pairs = s.logN <= kMaxLogNGradKPairs;
   const size_t smem = grad_k_smem_bytes(s.N);
   const int groups = grad_k_groups(s, smem, pairs ? (int64_t)s.npairs * s.nseg : s.B * s.nseg);
@@ -370,7 +436,7 @@ at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvS
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (pairs) {
-      const bool half = half_window(s);
+      const bool half = half_window(s, sw);
       dispatch_fft_size<6, kMaxLogNGradKPairs>(s.logN, [&](auto size) {
         constexpr int N = decltype(size)::value;
         if constexpr (N >= kMinHalfFFT) {
@@ -399,14 +465,6 @@ at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvS
 // when the kernels in this build were compiled for sm_90+ (a PTX-only build for sm_80 would JIT an
 // empty body). FFT_TENSOR_CONV_CLUSTERS=0 turns it off (then cuFFT, as on older GPUs).
 int cluster_blocks(const ConvPlan& plan) { return (int)(plan.fft_size / kMaxFusedFFT); }
-
-bool clusters_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("FFT_TENSOR_CONV_CLUSTERS");
-    return !(env && std::string(env) == "0");
-  }();
-  return enabled;
-}
 
 // A launch of `blocks` 1024-thread blocks in clusters of C (the attribute lives beside the config
 // that points at it, so the pair is built in place and never copied).
@@ -490,9 +548,9 @@ void launch_cluster(Kernel kernel, int64_t blocks, int C, size_t smem, Args... a
   C10_CUDA_CHECK(cudaLaunchKernelEx(&launch.cfg, kernel, args...));
 }
 
-bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
-  if (u.scalar_type() == at::kDouble || plan.fft_size <= kMaxFusedFFT ||
-      plan.fft_size > kMaxFusedFFT * cluster_fft::kMaxClusterBlocks || !clusters_enabled())
+bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k, const ConvSwitches& sw) {
+  if (!sw.clusters || u.scalar_type() == at::kDouble || plan.fft_size <= kMaxFusedFFT ||
+      plan.fft_size > kMaxFusedFFT * cluster_fft::kMaxClusterBlocks)
     return false;
   if (at::cuda::getCurrentDeviceProperties()->major < 9) return false;
   return cluster_kernels_launchable(with_grad_k ? ClusterKernels::kGeneralGradK : ClusterKernels::kGeneral,
@@ -524,23 +582,19 @@ at::Tensor kernel_spectrum_clusters(const at::Tensor& k, const c10::optional<at:
 // 14.3 ms at 64K (not profiled; likely cause: each block there reads half the row from L2, the
 // cluster the row 8 times, where the general kernel moves it once through distributed shared
 // memory). So it is the default for 2-block clusters only; 4 blocks is unmeasured and keeps the
-// general kernel. FFT_TENSOR_CONV_CLUSTER_PADDED (read on every call): 1 = wherever it applies,
-// 0 = never, exchange = its kExchange variant wherever it applies (tested and sanitized on the GPU,
-// not timed); anything else is an error. A variant the driver cannot launch in clusters of C leaves
-// the general kernel.
+// general kernel. FFT_TENSOR_CONV_CLUSTER_PADDED: 1 = wherever it applies, 0 = never, exchange = its
+// kExchange variant wherever it applies (tested and sanitized on the GPU, not timed). A variant the
+// driver cannot launch in clusters of C leaves the general kernel.
 enum class PaddedWindow { kNo, kLoad, kExchange };
 
-PaddedWindow padded_window(const ConvShape& s, int C) {
-  const char* env = std::getenv("FFT_TENSOR_CONV_CLUSTER_PADDED");
-  const std::string mode = env ? env : "";
-  TORCH_CHECK(mode.empty() || mode == "0" || mode == "1" || mode == "exchange",
-              "FFT_TENSOR_CONV_CLUSTER_PADDED: expected 0, 1 or exchange (or unset), got '", mode, "'");
+PaddedWindow padded_window(const ConvShape& s, int C, const ConvSwitches& sw) {
   if (s.nseg != 1 || 2 * s.L > s.N) return PaddedWindow::kNo;
-  const PaddedWindow want = mode == "1"          ? PaddedWindow::kLoad
-                            : mode == "exchange" ? PaddedWindow::kExchange
-                            : mode == "0"        ? PaddedWindow::kNo
-                            : C == 2             ? PaddedWindow::kLoad
-                                                 : PaddedWindow::kNo;
+  const PaddedMode mode = sw.cluster_padded;
+  const PaddedWindow want = mode == PaddedMode::kLoad       ? PaddedWindow::kLoad
+                            : mode == PaddedMode::kExchange ? PaddedWindow::kExchange
+                            : mode == PaddedMode::kOff      ? PaddedWindow::kNo
+                            : C == 2                        ? PaddedWindow::kLoad
+                                                            : PaddedWindow::kNo;
   if (want == PaddedWindow::kNo) return want;
   const bool ok = cluster_kernels_launchable(
       want == PaddedWindow::kExchange ? ClusterKernels::kPaddedExchange : ClusterKernels::kPaddedLoad, C);
@@ -548,9 +602,10 @@ PaddedWindow padded_window(const ConvShape& s, int C) {
 }
 
 template <bool kReverse>
-void launch_conv_clusters(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s, int C) {
+void launch_conv_clusters(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s, int C,
+                          const ConvSwitches& sw) {
   const size_t smem = smem_bytes((int)kMaxFusedFFT);
-  const PaddedWindow padded = padded_window(s, C);
+  const PaddedWindow padded = padded_window(s, C, sw);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     if (padded != PaddedWindow::kNo) {
@@ -593,93 +648,90 @@ at::Tensor grad_k_spectrum_clusters(const at::Tensor& u, const at::Tensor& gy, c
 // (conv_real_window_kernel: the 16K-point complex FFT of the row's even and odd samples), so a row
 // crosses global memory once; the four-step path moves it three times as complex values. The backward
 // with grad_k runs one channel per block over its rows (conv_real_window_backward_kernel); grad_u alone
-// is the forward kernel run backwards in time. FFT_TENSOR_CONV_REAL_WINDOW (read on every call): 0 turns
-// it off, "forward" keeps it for the forward and grad_u alone only (the backward with grad_k then takes
-// the four-step path).
+// is the forward kernel run backwards in time. FFT_TENSOR_CONV_REAL_WINDOW: 0 turns it off, "forward"
+// keeps it for the forward and grad_u alone only (the backward with grad_k then takes the four-step path).
 constexpr int kRealWindowN = (int)kMaxFusedFFT;  // complex points per row; the window is 2x as many real ones
 
-enum class RealWindowMode { kAuto, kOff, kForced, kForwardOnly };
-
-// FFT_TENSOR_CONV_REAL_WINDOW, read on every call: unset or empty = the kernels where they apply (the
-// backward with grad_k only where real_window_backward_chunk allows it), 0 = never, 1 = wherever they
-// can run (tests), forward = the forward and grad_u alone only.
-RealWindowMode real_window_mode() {
-  const char* v = std::getenv("FFT_TENSOR_CONV_REAL_WINDOW");
-  if (v == nullptr || *v == '\0') return RealWindowMode::kAuto;
-  const std::string mode(v);
-  TORCH_CHECK(mode == "0" || mode == "1" || mode == "forward",
-              "FFT_TENSOR_CONV_REAL_WINDOW must be 0, 1 or forward, got '", mode, "'");
-  return mode == "0" ? RealWindowMode::kOff : mode == "1" ? RealWindowMode::kForced : RealWindowMode::kForwardOnly;
-}
-
-bool use_real_window(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k = false) {
+// FFT_TENSOR_CONV_REAL_WINDOW: unset or empty = the kernels where they apply (the backward with grad_k
+// only where real_window_backward_chunk allows it), 0 = never, 1 = wherever they can run (tests),
+// forward = the forward and grad_u alone only.
+bool use_real_window(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k, const ConvSwitches& sw) {
   if (u.scalar_type() == at::kDouble || plan.fft_size != 2 * kMaxFusedFFT || plan.segments != 1) return false;
-  const RealWindowMode mode = real_window_mode();
+  const RealWindowMode mode = sw.real_window;
   if (mode == RealWindowMode::kOff || (mode == RealWindowMode::kForwardOnly && with_grad_k)) return false;
   return smem_bytes(kRealWindowN) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
 // Channels per launch of the backward with grad_k (one block per channel), 0 = not this kernel. Its
-// memory beyond inputs and outputs is 5 x 128 KB per channel of a launch (Kr, C, U_scratch, the irfft's
-// output and its input copy), kept under half the backward's inputs plus outputs and 256 MiB. By
-// default a launch takes a multiple of the SM count (one block per SM, each working through its rows):
-// fewer channels than SMs, or too little memory for that many, leave SMs idle, and the four-step path
-// takes the backward instead. FFT_TENSOR_CONV_REAL_WINDOW=1: whatever fits, at least one channel.
-int64_t real_window_backward_chunk(const at::Tensor& u, const at::Tensor& k) {
+// memory beyond inputs and outputs is 3 x 128 KB per channel of a launch (Kr, C, U_scratch), kept under
+// half the backward's inputs plus outputs and 256 MiB. By default a launch takes a multiple of the SM
+// count (one block per SM, each working through its rows): fewer channels than SMs, or too little memory
+// for that many, leave SMs idle, and the four-step path takes the backward instead.
+// FFT_TENSOR_CONV_REAL_WINDOW=1: whatever fits, at least one channel.
+int64_t real_window_backward_chunk(const at::Tensor& u, const at::Tensor& k, const ConvSwitches& sw) {
   const int64_t D = u.size(1);
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t per_channel = 5 * ((int64_t)kRealWindowN + 1) * (int64_t)sizeof(float2);
+  const int64_t per_channel = 3 * ((int64_t)kRealWindowN + 1) * (int64_t)sizeof(float2);
   const int64_t io = 3 * (int64_t)u.nbytes() + 2 * (int64_t)k.nbytes();
   const int64_t fits = std::min<int64_t>(io / 2, int64_t(256) << 20) / per_channel;
-  if (real_window_mode() == RealWindowMode::kForced) return std::max<int64_t>(1, std::min(fits, D));
+  if (sw.real_window == RealWindowMode::kForced) return std::max<int64_t>(1, std::min(fits, D));
   const int64_t chunk = fits / sms * sms;
   return chunk >= sms && D >= sms ? std::min(chunk, D) : 0;
 }
 
-// FFT_TENSOR_CONV_REAL_WINDOW_REGS (read on every call): the kernels' register variant (each thread's
-// own bins through the real-spectrum step, the inverse from registers straight to global memory: two
-// shared-memory round trips fewer per inverse, but x live across the step: it spills 104 bytes in the
-// forward kernel and 680 in the backward at the 64-register bound). Unset, empty or forward = the
+// FFT_TENSOR_CONV_REAL_WINDOW_REGS: the kernels' register variant (each thread's own bins through the
+// real-spectrum step, the inverse from registers straight to global memory: two shared-memory round trips
+// fewer per inverse, but x live across the step: it spills 104 bytes in the forward kernel and 680 in the
+// backward at the 64-register bound). Unset, empty or forward = the
 // one-row kernel only (forward and grad_u alone: 16K 1.29 -> 1.27 ms fp32, 1.28 -> 1.20 bf16 on the
 // H200); 1 = the backward with grad_k too (its spills cost: fwd+bwd 3.95 -> 5.89 ms); 0 = neither.
-bool real_window_regs(bool backward_with_grad_k) {
-  const char* v = std::getenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS");
-  const std::string mode(v == nullptr || *v == '\0' ? "forward" : v);
-  TORCH_CHECK(mode == "0" || mode == "1" || mode == "forward",
-              "FFT_TENSOR_CONV_REAL_WINDOW_REGS must be 0, 1 or forward, got '", mode, "'");
-  return mode == "1" || (mode == "forward" && !backward_with_grad_k);
+bool real_window_regs(bool backward_with_grad_k, const ConvSwitches& sw) {
+  return backward_with_grad_k ? sw.regs_backward : sw.regs_forward;
 }
 
-// (rows, N + 1) complex64: bins 0..N of each float32 row of taps' 2N-point spectrum over 4N (the
-// kernels' scale). cuFFT: D rows, against B * D rows for the convolution itself.
-at::Tensor real_window_taps_spectrum(const at::Tensor& taps) {
-  return at::fft_rfft(taps, 2 * (int64_t)kRealWindowN, -1).div_(4.0 * kRealWindowN).contiguous();
+// (channels, N + 1) complex64: bins 0..N of the 2N-point spectrum of the effective kernel over 4N (the
+// kernels' scale), for channels d0 .. d0 + channels - 1. D rows against the convolution's B * D.
+at::Tensor real_window_spectrum(const SpectrumTaps& taps, int64_t d0, int64_t channels,
+                                const at::TensorOptions& opts) {
+  at::Tensor Kr = at::empty({channels, kRealWindowN + 1}, opts.dtype(at::kComplexFloat));
+  if (channels == 0) return Kr;
+  KernelTaps t = taps.taps;
+  t.k += d0 * t.k_stride;
+  if (t.skip != nullptr) t.skip += d0 * t.skip_stride;
+  const size_t bytes = smem_bytes(kRealWindowN);
+  allow_smem(real_window_spectrum_kernel<kRealWindowN>, bytes);
+  real_window_spectrum_kernel<kRealWindowN><<<(unsigned)channels, kRealWindowN / kElemsPerThread, bytes,
+                                              at::cuda::getCurrentCUDAStream()>>>(
+      t, reinterpret_cast<float2*>(Kr.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return Kr;
 }
 
-// The effective kernel's spectrum (skip folded into tap 0), (D, N + 1).
 at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
-  return real_window_taps_spectrum(effective_kernel(k, skip, s.taps).to(at::kFloat));
+  return real_window_spectrum(spectrum_taps(k, skip, s.taps), 0, s.D, k.options());
 }
 
-// grad_k (D, taps) float32, and grad_u into grad_u_out when it is defined: one channel per block, in
-// launches of `chunk` channels (real_window_backward_chunk) that reuse one set of buffers.
-at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& k,
-                                const c10::optional<at::Tensor>& skip, at::Tensor grad_u_out, const ConvShape& s,
-                                int64_t chunk) {
+// grad_k's first taps (grad_k: (D, Lk) float32, rows contiguous; the rest of each row is left as it is),
+// and grad_u into grad_u_out when it is defined: one channel per block, in launches of `chunk` channels
+// (real_window_backward_chunk) that reuse one set of buffers.
+void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& k,
+                          const c10::optional<at::Tensor>& skip, at::Tensor grad_u_out, at::Tensor& grad_k,
+                          const ConvShape& s, int64_t chunk, const ConvSwitches& sw) {
   const int64_t D = s.D;
   const bool need_u = grad_u_out.defined();
-  const at::Tensor taps = need_u ? effective_kernel(k, skip, s.taps).to(at::kFloat) : at::Tensor();
+  TORCH_CHECK(grad_k.scalar_type() == at::kFloat && grad_k.stride(1) == 1, "causal_conv: internal: grad_k layout");
+  const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
   const auto cf = u.options().dtype(at::kComplexFloat);
   at::Tensor C = at::empty({chunk, kRealWindowN + 1}, cf), U_scratch = at::empty({chunk, kRealWindowN + 1}, cf);
-  at::Tensor grad_k = at::empty({D, s.taps}, u.options().dtype(at::kFloat));
   const size_t bytes = smem_bytes(kRealWindowN);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   for (int64_t d0 = 0; d0 < D; d0 += chunk) {
     const int64_t n = std::min(chunk, D - d0);
     // the kernel's spectrum (bins 0..N over 4N), for this chunk's channels
-    const at::Tensor Kr = need_u ? real_window_taps_spectrum(taps.narrow(0, d0, n)) : at::Tensor();
+    const at::Tensor Kr = need_u ? real_window_spectrum(taps, d0, n, k.options()) : at::Tensor();
     dispatch_io_type(u.scalar_type(), [&](auto tag) {
       using scalar_t = decltype(tag);
-      const bool regs = real_window_regs(true), half = half_window(s);
+      const bool regs = real_window_regs(true, sw), half = half_window(s, sw);
       using Kernel = decltype(&conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>);
       const Kernel kernels[2][2][2] = {  // [need_u][regs][half]
           {{conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, false>,
@@ -692,7 +744,7 @@ at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const
             conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true, true>}}};
       const Kernel kernel = kernels[need_u][regs][half];
       allow_smem(kernel, bytes);
-      kernel<<<(unsigned)n, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+      kernel<<<(unsigned)n, kRealWindowN / kElemsPerThread, bytes, stream>>>(
           gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
           need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
           need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
@@ -700,14 +752,17 @@ at::Tensor real_window_backward(const at::Tensor& gy, const at::Tensor& u, const
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     // C holds 4 * sum_b G conj(U) over bins 0..N of the 2N-point spectra: the correlation's first taps
-    grad_k.narrow(0, d0, n).copy_(
-        at::fft_irfft(C.narrow(0, 0, n), 2 * (int64_t)kRealWindowN, -1).narrow(1, 0, s.taps).mul_(0.25));
+    allow_smem(real_window_grad_k_kernel<kRealWindowN>, bytes);
+    real_window_grad_k_kernel<kRealWindowN><<<(unsigned)n, kRealWindowN / kElemsPerThread, bytes, stream>>>(
+        reinterpret_cast<const float2*>(C.data_ptr()), grad_k.data_ptr<float>() + d0 * grad_k.stride(0),
+        grad_k.stride(0), (int)s.taps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  return grad_k;
 }
 
 template <bool kReverse>
-void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y, const ConvShape& s) {
+void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y, const ConvShape& s,
+                        const ConvSwitches& sw) {
   const int64_t blocks = s.B * s.D;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many rows (", std::to_string(blocks), ") for one launch");
   const size_t bytes = smem_bytes(kRealWindowN);
@@ -719,7 +774,7 @@ void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y
          conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, false, true>},
         {conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true>,
          conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true, true>}};
-    const Kernel kernel = kernels[real_window_regs(false)][half_window(s)];
+    const Kernel kernel = kernels[real_window_regs(false, sw)][half_window(s, sw)];
     allow_smem(kernel, bytes);
     kernel<<<(unsigned)blocks, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(Kr.data_ptr()), y.data_ptr<scalar_t>(), s);
@@ -730,17 +785,9 @@ void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y
 // Four-step path (fourstep.cuh): one-window plans of 32K to 4M points through a global workspace.
 constexpr int64_t kMaxFourStepFFT = int64_t(1) << 22;
 
-// FFT_TENSOR_CONV_FOURSTEP (read on every call): 1 or unset = the four-step path for every one-window
-// plan it serves (measured faster than the cluster kernels at 64K and in forward+backward at 16K, H200,
-// RESULTS.md), 0 = never
-// (the cluster kernels on Hopper, else cuFFT); anything else is an error.
-int fourstep_setting() {
-  const char* env = std::getenv("FFT_TENSOR_CONV_FOURSTEP");
-  const std::string mode = env ? env : "";
-  TORCH_CHECK(mode.empty() || mode == "0" || mode == "1",
-              "FFT_TENSOR_CONV_FOURSTEP: expected 0 or 1 (or unset), got '", mode, "'");
-  return mode.empty() ? -1 : mode == "1";
-}
+// FFT_TENSOR_CONV_FOURSTEP: 1 or unset = the four-step path for every one-window plan it serves
+// (measured faster than the cluster kernels at 64K and in forward+backward at 16K, H200, RESULTS.md),
+// 0 = never (the cluster kernels on Hopper, else cuFFT).
 
 size_t fourstep_column_smem(int N1) { return (size_t)fourstep::column_tile_size(N1) * sizeof(float2); }
 
@@ -750,11 +797,11 @@ constexpr int kMaxFourStepRow = 8192;
 int fourstep_n1(int64_t N) { return N <= 64 * kMaxFourStepRow ? 64 : (int)(N / kMaxFourStepRow); }
 size_t fourstep_row_smem(int N2) { return smem_bytes(N2) + (size_t)N2 * sizeof(float2); }
 
-bool use_fourstep(const at::Tensor& u, const ConvPlan& plan) {
+bool use_fourstep(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches& sw) {
   if (u.scalar_type() == at::kDouble || plan.segments != 1 || plan.fft_size <= kMaxFusedFFT ||
       plan.fft_size > kMaxFourStepFFT)
     return false;
-  if (fourstep_setting() == 0 || (u.size(0) + 1) / 2 > 65535) return false;  // a channel's pairs in one grid dim
+  if (sw.fourstep == 0 || (u.size(0) + 1) / 2 > 65535) return false;  // a channel's pairs in one grid dim
   // the largest block: the backward's row kernel (FFT buffer and running sum) or a column tile
   const int N1 = fourstep_n1(plan.fft_size);
   const size_t need = std::max(fourstep_row_smem((int)(plan.fft_size / N1)), fourstep_column_smem(N1));
@@ -765,15 +812,8 @@ bool use_fourstep(const at::Tensor& u, const ConvPlan& plan) {
 // of `units`), default 256 MiB but at most a quarter of u (so peak memory stays near inputs plus
 // outputs). Chunks much smaller than the default lose to the gaps between launches (H200, Lk = L at
 // 64K: 7.7 ms forward in 32 MiB chunks, 6.6 ms in one), so the workspace is not sized for L2.
-int64_t fourstep_chunk(int64_t row_bytes, int64_t units, int64_t u_bytes) {
-  const char* env = std::getenv("FFT_TENSOR_CONV_FOURSTEP_MB");
-  int64_t bytes = std::min<int64_t>(int64_t(256) << 20, u_bytes / 4);
-  if (env != nullptr && *env != '\0') {
-    char* end = nullptr;
-    const int64_t mb = std::strtoll(env, &end, 10);
-    TORCH_CHECK(*end == '\0' && mb >= 1, "FFT_TENSOR_CONV_FOURSTEP_MB: expected a positive integer, got '", env, "'");
-    bytes = mb << 20;
-  }
+int64_t fourstep_chunk(int64_t row_bytes, int64_t units, int64_t u_bytes, const ConvSwitches& sw) {
+  const int64_t bytes = sw.fourstep_mb > 0 ? sw.fourstep_mb << 20 : std::min<int64_t>(int64_t(256) << 20, u_bytes / 4);
   return std::max<int64_t>(1, std::min<int64_t>({units, bytes / row_bytes, 65535}));
 }
 
@@ -805,12 +845,12 @@ void dispatch_fourstep_split(const fourstep::Shape& s, F&& f) {
 // Kp (D, N1/2 + 1, N2): the kernel spectrum / N in the transform's order, bins k1 <= N1/2 (fourstep.cuh).
 // u_bytes: the size of the input the convolution runs over, which bounds the workspace (fourstep_chunk).
 at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs,
-                             int64_t u_bytes) {
+                             int64_t u_bytes, const ConvSwitches& sw) {
   fourstep::Shape s = fourstep_shape(cs);
   const int64_t D = k.size(0);
   const SpectrumTaps taps = spectrum_taps(k, skip, cs.taps);
   at::Tensor Kp = at::empty({D, s.N1 / 2 + 1, s.N2}, k.options().dtype(at::kComplexFloat));
-  const int64_t chunk = fourstep_chunk(cs.N * 8, D, u_bytes);
+  const int64_t chunk = fourstep_chunk(cs.N * 8, D, u_bytes, sw);
   at::Tensor T = at::empty({chunk * cs.N}, Kp.options());
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -835,10 +875,11 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
 }
 
 // y (packed rows) = causal_conv of x's packed rows.
-void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, const ConvShape& cs) {
+void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, const ConvShape& cs,
+                     const ConvSwitches& sw) {
   fourstep::Shape s = fourstep_shape(cs);
   const int64_t pairs = cs.D * cs.npairs;
-  const int64_t chunk = fourstep_chunk(cs.N * 8, pairs, x.numel() * x.element_size());
+  const int64_t chunk = fourstep_chunk(cs.N * 8, pairs, x.numel() * x.element_size(), sw);
   at::Tensor T = at::empty({chunk * cs.N}, x.options().dtype(at::kComplexFloat));
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const auto* Kpp = reinterpret_cast<const float2*>(Kp.data_ptr());
@@ -875,13 +916,13 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
 // conj(K) (a correlation, so no time reversal), grad_k accumulates G conj(U) over the channel's
 // pairs (rows_backward_kernel). Chunks are whole channels.
 void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& Kp, at::Tensor& grad_u,
-                              at::Tensor& taps_grad, const ConvShape& cs) {
+                              at::Tensor& taps_grad, const ConvShape& cs, const ConvSwitches& sw) {
   fourstep::Shape s = fourstep_shape(cs);
   const bool need_u = grad_u.defined(), need_k = taps_grad.defined();
   const int64_t row_bytes = cs.N * 8;
   const int64_t channel_bytes = need_k ? (2 * cs.npairs + 1) * row_bytes : cs.npairs * row_bytes;
   // a chunk's pairs are one grid dimension (at most 65535; use_fourstep bounds npairs)
-  const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, cs.D, gy.numel() * gy.element_size()),
+  const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, cs.D, gy.numel() * gy.element_size(), sw),
                                           std::max<int64_t>(1, 65535 / cs.npairs));
   const auto cf = gy.options().dtype(at::kComplexFloat);
   at::Tensor Tg = at::empty({chunk * cs.npairs * cs.N}, cf);
@@ -944,19 +985,13 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
 // while the FFT windows' does not: with 128 taps the fused windows measured 1.7-1.9x faster forward
 // from 4K (0.152 vs 0.264 ms at 4K, B=8, D=768), while 32 taps are near the direct kernel's memory
 // floor. FFT_TENSOR_CONV_DIRECT_MAX_TAPS=N (0..128) replaces the rule by "at most N taps" (0 = never
-// direct); read on every call (one getenv) so tests can switch it.
+// direct).
 constexpr int kDirectTaps = 32, kDirectTapsShortRows = 128;
 constexpr int64_t kShortRow = 1024;
 
-// FFT_TENSOR_CONV_DIRECT_MAX_TAPS as a cutoff in [0, 128], or -1 when it is not set.
-int direct_max_taps_switch() {
-  const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS");
-  return env ? std::max(0, std::min(std::atoi(env), direct::kMaxTaps)) : -1;
-}
-
-bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
+bool use_direct(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches& sw) {
   if (u.scalar_type() == at::kDouble) return false;
-  if (const int cutoff = direct_max_taps_switch(); cutoff >= 0) return plan.taps <= cutoff;
+  if (sw.direct_max_taps >= 0) return plan.taps <= sw.direct_max_taps;
   return plan.taps <= (u.size(2) < kShortRow ? kDirectTapsShortRows : kDirectTaps);
 }
 
@@ -964,13 +999,13 @@ bool use_direct(const at::Tensor& u, const ConvPlan& plan) {
 // backward at every length. It reads the row once and does the taps as bf16 mma; measured on the H200
 // (bf16, 128 taps, B=8, D=768, kernel time, RESULTS.md fifteenth session) against the FFT windows:
 // forward 25 vs 37 us at 1K, 76 vs 85 us at 4K, 275 vs 296 us at 16K; grad_k 30 vs 78 us at 1K.
-// FFT_TENSOR_CONV_MMA=0 switches it off (read on every call); a FFT_TENSOR_CONV_DIRECT_MAX_TAPS
-// cutoff also bounds it, so =0 still means FFT windows only.
-bool use_mma(const at::Tensor& u, const ConvPlan& plan) {
-  if (u.scalar_type() != at::kBFloat16 || plan.taps <= kDirectTaps || plan.taps > direct_mma::kMaxTaps) return false;
+// FFT_TENSOR_CONV_MMA=0 switches it off; a FFT_TENSOR_CONV_DIRECT_MAX_TAPS cutoff also bounds it, so =0
+// still means FFT windows only.
+bool use_mma(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches& sw) {
+  if (!sw.mma || u.scalar_type() != at::kBFloat16 || plan.taps <= kDirectTaps || plan.taps > direct_mma::kMaxTaps)
+    return false;
   if (u.size(2) > std::numeric_limits<int>::max() - direct_mma::kChunk) return false;  // the kernels' times are int
-  if (const char* env = std::getenv("FFT_TENSOR_CONV_MMA"); env && std::string(env) == "0") return false;
-  if (const int cutoff = direct_max_taps_switch(); cutoff >= 0 && plan.taps > cutoff) return false;
+  if (sw.direct_max_taps >= 0 && plan.taps > sw.direct_max_taps) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
 }
 
@@ -1069,18 +1104,14 @@ at::Tensor direct_grad_k(const at::Tensor& u, const at::Tensor& gy, int taps) {
 
 // ---------------------------------------------------------------------------------------------
 // Channels-contiguous inputs (direct_tiled.cuh): tested on the GPU, not measured faster in the LM, so off
-// unless FFT_TENSOR_CONV_CHANNELS_LAST=1 (read on every call, so tests can switch it).
-bool channels_last_enabled() {
-  const char* env = std::getenv("FFT_TENSOR_CONV_CHANNELS_LAST");
-  return env && std::string(env) == "1";
-}
+// unless FFT_TENSOR_CONV_CHANNELS_LAST=1.
 
 // Layouts the tile loader reads coalesced: channels or time contiguous.
 bool tile_layout(const at::Tensor& t) { return t.stride(1) == 1 || t.stride(2) == 1; }
 
 // The tiled kernels pay off where the plain ones would first copy u: channels contiguous.
-bool use_tiled(const at::Tensor& u) {
-  return channels_last_enabled() && u.size(1) > 1 && u.stride(1) == 1 && u.size(0) <= 65535 &&
+bool use_tiled(const at::Tensor& u, const ConvSwitches& sw) {
+  return sw.channels_last && u.size(1) > 1 && u.stride(1) == 1 && u.size(0) <= 65535 &&
          (u.size(1) + direct_tiled::kLanes - 1) / direct_tiled::kLanes <= 65535;
 }
 
@@ -1127,15 +1158,14 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const ConvPlan plan = conv_plan(L, k.size(1));
-  const bool tc_requested = tc_window_requested();
-  half_window_enabled();  // the switch is validated on every call, whichever path the plan takes
-  if (use_direct(u, plan) && u.numel() > 0 && use_tiled(u)) {
+  const ConvSwitches sw = ConvSwitches::from_env();
+  if (use_direct(u, plan, sw) && u.numel() > 0 && use_tiled(u, sw)) {
     at::Tensor y = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
     launch_conv_tiled<false>(u, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), y, (int)plan.taps);
     return y;
   }
   // (the experimental tiled kernels above first: FFT_TENSOR_CONV_CHANNELS_LAST=1 asks for them)
-  if (use_mma(u, plan)) {
+  if (use_mma(u, plan, sw)) {
     // rows read in place wherever time is contiguous; y in the output layout directly
     const at::Tensor uc = time_rows(u) ? u : layout::rows_contiguous(u);
     at::Tensor y = empty_like_output(u);
@@ -1143,7 +1173,7 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
     launch_conv_mma<false>(uc, k, skip, y, plan.taps);
     return y;
   }
-  if (use_direct(u, plan)) {
+  if (use_direct(u, plan, sw)) {
     const at::Tensor uc = layout::rows_contiguous(u);
     at::Tensor y = at::empty_like(uc);
     if (uc.numel() == 0) return y;
@@ -1151,25 +1181,26 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
     return y;
   }
   const bool fused = use_fused(u, plan, /*with_grad_k=*/false);
-  const bool real_window = !fused && use_real_window(u, plan);
-  const bool fourstep = !fused && !real_window && use_fourstep(u, plan);
-  if (!fused && !real_window && !fourstep && !use_cluster(u, plan, /*with_grad_k=*/false))
+  const bool real_window = !fused && use_real_window(u, plan, /*with_grad_k=*/false, sw);
+  const bool fourstep = !fused && !real_window && use_fourstep(u, plan, sw);
+  if (!fused && !real_window && !fourstep && !use_cluster(u, plan, /*with_grad_k=*/false, sw))
     return causal_conv_composite(u, k, skip);
   const ConvShape s = conv_shape(B, D, L, plan);
   const at::Tensor uc = layout::rows_contiguous(u);
   at::Tensor y = at::empty_like(uc);
   if (uc.numel() == 0) return y;
-  if (fused && use_tc_window(uc, plan, tc_requested)) {
+  if (fused && use_tc_window(uc, plan, sw)) {
     launch_tc_window(uc, kernel_spectrum(k, skip, s), y, s);
   } else if (fused) {
-    launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s);
+    launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s, sw);
   } else if (real_window) {
-    launch_real_window<false>(uc, real_window_spectrum(k, skip, s), y, s);
+    launch_real_window<false>(uc, real_window_spectrum(k, skip, s), y, s, sw);
   } else if (fourstep) {
-    launch_fourstep(uc, fourstep_spectrum(k, skip, s, uc.numel() * uc.element_size()), y, s);
+    const int64_t u_bytes = uc.numel() * uc.element_size();
+    launch_fourstep(uc, fourstep_spectrum(k, skip, s, u_bytes, sw), y, s, sw);
   } else {
     const int C = cluster_blocks(plan);
-    launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k, skip, s, C), y, s, C);
+    launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k, skip, s, C), y, s, C, sw);
   }
   return y;
 }
@@ -1181,17 +1212,18 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   c10::cuda::CUDAGuard guard(u.device());
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2), Lk = k.size(1);
   const ConvPlan plan = conv_plan(L, Lk);
-  half_window_enabled();  // validated on every call (as in the forward)
-  const bool tiled = use_direct(u, plan) && u.numel() > 0 && (use_tiled(u) || use_tiled(grad_y));
-  const bool mma = !tiled && use_mma(u, plan);
-  const bool direct = mma || use_direct(u, plan);  // time-domain taps: the mma kernels or the plain ones
+  const ConvSwitches sw = ConvSwitches::from_env();
+  const bool tiled = use_direct(u, plan, sw) && u.numel() > 0 && (use_tiled(u, sw) || use_tiled(grad_y, sw));
+  const bool mma = !tiled && use_mma(u, plan, sw);
+  const bool direct = mma || use_direct(u, plan, sw);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
-  const int64_t real_window_chunk =
-      !direct && !fused && need_k && use_real_window(u, plan, true) ? real_window_backward_chunk(u, k) : 0;
+  const int64_t real_window_chunk = !direct && !fused && need_k && use_real_window(u, plan, true, sw)
+                                        ? real_window_backward_chunk(u, k, sw)
+                                        : 0;
   const bool real_window = !direct && !fused && (need_u || need_k) &&
-                           (need_k ? real_window_chunk > 0 : use_real_window(u, plan, false));
-  const bool fourstep = !direct && !fused && !real_window && use_fourstep(u, plan);
-  const bool clusters = !direct && !fused && !real_window && !fourstep && use_cluster(u, plan, need_k);
+                           (need_k ? real_window_chunk > 0 : use_real_window(u, plan, false, sw));
+  const bool fourstep = !direct && !fused && !real_window && use_fourstep(u, plan, sw);
+  const bool clusters = !direct && !fused && !real_window && !fourstep && use_cluster(u, plan, need_k, sw);
   if (!direct && !fused && !real_window && !clusters && !fourstep)
     return causal_conv_backward_composite(grad_y, u, k, skip, need_u, need_k);
   const ConvShape s = conv_shape(B, D, L, plan);
@@ -1201,14 +1233,14 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
                                : at::empty({0}, u.options());
     at::Tensor grad_k = at::empty({0}, k.options());
     if (!need_k) {  // grad_u alone (frozen taps): the forward kernel run backwards in time
-      if (gy.numel() > 0) launch_real_window<true>(gy, real_window_spectrum(k, skip, s), grad_u, s);
+      if (gy.numel() > 0) launch_real_window<true>(gy, real_window_spectrum(k, skip, s), grad_u, s, sw);
       return {grad_u, grad_k};
     }
-    grad_k = at::zeros({D, Lk}, k.options());
+    // the kernels write every tap in use; taps past L stay zero
+    grad_k = plan.taps == Lk && u.numel() > 0 ? at::empty({D, Lk}, k.options()) : at::zeros({D, Lk}, k.options());
     if (u.numel() > 0) {
-      const at::Tensor taps_grad = real_window_backward(gy, layout::rows_contiguous(u), k, skip,
-                                                        need_u ? grad_u : at::Tensor(), s, real_window_chunk);
-      grad_k.narrow(1, 0, plan.taps).copy_(taps_grad);
+      real_window_backward(gy, layout::rows_contiguous(u), k, skip, need_u ? grad_u : at::Tensor(), grad_k, s,
+                           real_window_chunk, sw);
     } else if (need_u) {
       grad_u.zero_();
     }
@@ -1222,7 +1254,8 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
     if (u.numel() > 0 && (need_u || need_k)) {
       at::Tensor grad_u_rows = need_u ? grad_u : at::Tensor();
       launch_fourstep_backward(gy, need_k ? layout::rows_contiguous(u) : u,
-                               fourstep_spectrum(k, skip, s, gy.numel() * gy.element_size()), grad_u_rows, taps_grad, s);
+                               fourstep_spectrum(k, skip, s, gy.numel() * gy.element_size(), sw), grad_u_rows,
+                               taps_grad, s, sw);
     } else if (need_u) {
       grad_u.zero_();
     }
@@ -1274,16 +1307,16 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
       launch_conv_direct<true>(gy, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), grad_u,
                                (int)plan.taps);
     } else if (fused) {
-      launch_conv_windows<true>(gy, kernel_spectrum(k, skip, s), grad_u, s);
+      launch_conv_windows<true>(gy, kernel_spectrum(k, skip, s), grad_u, s, sw);
     } else {
       const int C = cluster_blocks(plan);
-      launch_conv_clusters<true>(gy, kernel_spectrum_clusters(k, skip, s, C), grad_u, s, C);
+      launch_conv_clusters<true>(gy, kernel_spectrum_clusters(k, skip, s, C), grad_u, s, C, sw);
     }
   }
   if (need_k) {
     const at::Tensor uc = mma && time_rows(u) ? u : layout::rows_contiguous(u);
     if (fused) {
-      grad_k = grad_k_windows(uc, gy, s, Lk).to(k.scalar_type());
+      grad_k = grad_k_windows(uc, gy, s, Lk, sw).to(k.scalar_type());
     } else {
       const at::Tensor taps_grad =
           mma      ? mma_grad_k(uc, gy, (int)plan.taps)

@@ -313,6 +313,63 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
   }
 }
 
+// Kr for the real-window kernels: bins 0..N of the 2N-point spectrum of a channel's effective kernel,
+// scaled by 1/(4N) (X1 = 2 X[f], hence 1/(8N) below), by the row kernels' own transform and split. One
+// channel per block (grid: the channels of a launch; the host offsets taps to its first channel).
+// taps <= N always (one window holds the row: L + taps - 1 <= 2N with taps <= L), so z[n] = k[2n] +
+// i k[2n + 1] is zero from n = N/2 and the first pass skips that half. Replaces cuFFT's rfft of the taps
+// padded to 2N points and a separate scaling pass (three passes over D x 2N values).
+template <int N>
+__global__ void __launch_bounds__(N / kElemsPerThread, 1)
+    real_window_spectrum_kernel(KernelTaps taps, float2* __restrict__ Kr) {
+  extern __shared__ float2 smem[];
+  const int64_t d = blockIdx.x;
+  float2* K = Kr + d * (N + 1);
+  float2 v[kElemsPerThread];
+  smem_fft::fft_to_registers<N, false, true>(
+      smem, v, [&](int n) { return make_float2(taps(d, 2 * n), taps(d, 2 * n + 1)); });
+  __syncthreads();  // every thread has read the last pass's input
+  registers_to_smem<N>(smem, v);
+  constexpr float scale = 1.f / (8.f * (float)N);
+  real_spectrum_own<N>(smem, v, [&](int, int f, float2, float2 X1, float2 X2) {
+    K[f] = make_float2(scale * X1.x, scale * X1.y);
+    if (f == 0) K[N] = make_float2(scale * X2.x, scale * X2.y);
+  });
+}
+
+// grad_k from the backward kernel's sums C[f] = 4 sum_b G[f] conj(U[f]) (bins 0..N of 2N-point spectra):
+// grad_k[d, s] = irfft_2N(C / 4)[s] for s < taps (<= N), by the row kernels' merge (Y1 = C[f] / (8N),
+// Y2 = C[f + N] / (8N) = conj(C[N - f]) / (8N): the spectrum of a real signal) and inverse, written
+// straight into grad_k's first taps of each row (the rest of the row is the caller's). One channel per
+// block. Replaces cuFFT's irfft to 2N points, a scaling pass and two copies of the taps.
+template <int N>
+__global__ void __launch_bounds__(N / kElemsPerThread, 1)
+    real_window_grad_k_kernel(const float2* __restrict__ C, float* __restrict__ grad_k, int64_t grad_k_stride,
+                              int taps) {
+  extern __shared__ float2 smem[];
+  constexpr int N16 = N / kElemsPerThread;
+  const float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
+  float* g = grad_k + (int64_t)blockIdx.x * grad_k_stride;
+  constexpr float scale = 1.f / (8.f * (float)N);
+#pragma unroll 4
+  for (int i = 0; i < kElemsPerThread; ++i) {
+    const int f = threadIdx.x + i * N16;
+    float sn, cs;
+    sincospif(-(float)f / (float)N, &sn, &cs);  // W_2N^f; exact argument (N a power of two)
+    const float2 c1 = Cd[f], c2 = conjf2(Cd[N - f]);
+    smem[pad(f)] = real_merge_conj(make_float2(cs, sn), make_float2(scale * c1.x, scale * c1.y),
+                                   make_float2(scale * c2.x, scale * c2.y));
+  }
+  smem_fft::fft<N>(smem);  // barriers on both sides: smem[pad(n)] = conj(z'[n]), z'[n] = g[2n] + i g[2n + 1]
+#pragma unroll 4
+  for (int i = 0; i < kElemsPerThread / 2; ++i) {  // n < N/2 covers every tap (2n < N, taps <= N)
+    const int n = threadIdx.x + i * N16;
+    const float2 w = smem[pad(n)];
+    if (2 * n < taps) g[2 * n] = w.x;
+    if (2 * n + 1 < taps) g[2 * n + 1] = -w.y;
+  }
+}
+
 // The backward with grad_k, one channel per block over its B rows (grid: one block per channel of a
 // chunk of channels d0, d0 + 1, ...; Kr, C and U_scratch hold the chunk's channels; N/16 threads). For
 // row b, with the rows read from t = 0 (sample m = time m, zero from L: the 2N-point circular
@@ -320,7 +377,8 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
 //   U = the spectrum of u[b], kept in U_scratch (this channel's N + 1 bins, global memory, each bin
 //       written and read back by the thread that owns it; it does not fit beside the FFT buffer);
 //   G = the spectrum of gy[b]; C[f] += G[f] conj(U[f]) for f = 0..N (times 4: X1 and X2 are doubled),
-//       the first row writing instead of adding; grad_k = irfft(C / 4)[:taps] afterwards (cuFFT);
+//       the first row writing instead of adding; grad_k = irfft(C / 4)[:taps] afterwards
+//       (real_window_grad_k_kernel);
 //   kNeedU: grad_u[b] = the inverse of G conj(K) (correlation with k, no time reversal).
 // Three N-point FFTs per row (with kNeedU) against the four-step path's three passes over N complex
 // values of the row pair in global memory. The sums stay in L2 while a block works on its channel.

@@ -108,8 +108,10 @@ int64_t env_int(const char* name, int64_t lo, int64_t hi, int64_t unset) {
     digits = *c >= '0' && *c <= '9';
     if (digits && x <= hi) x = 10 * x + (*c - '0');
   }
-  TORCH_CHECK(digits && x >= lo && x <= hi, name, ": expected an integer in [", lo, ", ", hi, "] (or unset), got '",
-              v, "'");
+  // integers through std::to_string, as in every message of this file: streaming an int64_t into
+  // TORCH_CHECK's message segfaults in this nvcc-built code on the device (seen again for this check)
+  TORCH_CHECK(digits && x >= lo && x <= hi, name, ": expected an integer in [", std::to_string(lo), ", ",
+              std::to_string(hi), "] (or unset), got '", v, "'");
   return x;
 }
 
@@ -186,17 +188,23 @@ SpectrumTaps spectrum_taps(const at::Tensor& k, const c10::optional<at::Tensor>&
   return t;
 }
 
+// FFTs from this size take the half-window forms (smem_fft's kHalf) where a window's second half is zero.
+constexpr int kMinHalfFFT = 2048;
+
 // (D, N/2+1) complex64 spectrum of the effective kernel (k's taps, skip at lag 0), scaled by 1/N.
 at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
   const int64_t D = k.size(0);
   const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
   at::Tensor K = at::empty({D, s.N / 2 + 1}, k.options().dtype(at::kComplexFloat));
+  if (D == 0) return K;
+  TORCH_CHECK(2 * s.taps <= s.N, "causal_conv: internal: a plan with more than N/2 taps");  // kHalf's premise
   const size_t bytes = smem_bytes(s.N);
   dispatch_fft_size(s.logN, [&](auto size) {
     constexpr int N = decltype(size)::value;
-    allow_smem(kernel_spectrum_kernel<N>, bytes);
-    kernel_spectrum_kernel<N><<<(unsigned)D, N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
-        taps.taps, reinterpret_cast<float2*>(K.data_ptr()));
+    const auto kernel = kernel_spectrum_kernel<N, (N >= kMinHalfFFT)>;
+    allow_smem(kernel, bytes);
+    kernel<<<(unsigned)((D + 1) / 2), N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        taps.taps, D, reinterpret_cast<float2*>(K.data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return K;
@@ -221,7 +229,6 @@ bool conv_pdl(const ConvShape& s, const ConvSwitches& sw) {
 // and its unwanted half in the last inverse pass (conv_window_kernel's and the real-window kernels'
 // kHalf), for FFTs of kMinHalfFFT points and more; 0 = the general kernels (an A/B switch for the
 // benchmark and the tests).
-constexpr int kMinHalfFFT = 2048;
 
 // Whether a plan's single window holds the row in its first half: L <= N/2 of the plan's N points (the
 // real-window kernels' complex FFT of the N/2 points z[n] = x[2n] + i x[2n+1] then has its second half

@@ -48,23 +48,6 @@ struct KernelTaps {
 template <typename T>
 __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
 
-// K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2.  grid: D blocks of N/16 threads.
-// The window kernel after it may start at once (programmatic dependent launch; it waits for K itself).
-template <int N>
-__global__ void __launch_bounds__(N / kElemsPerThread) kernel_spectrum_kernel(KernelTaps k, float2* __restrict__ K) {
-  extern __shared__ float2 smem[];
-  smem_fft::pdl_launch_dependents();
-  const int d = blockIdx.x;
-  for (int n = threadIdx.x; n < N; n += blockDim.x) smem[pad(n)] = make_float2(k(d, n), 0.f);
-  smem_fft::fft<N>(smem);
-  constexpr float scale = 1.f / (float)N;
-  constexpr int half = N / 2 + 1;
-  for (int f = threadIdx.x; f < half; f += blockDim.x) {
-    const float2 v = smem[pad(f)];
-    K[(int64_t)d * half + f] = make_float2(v.x * scale, v.y * scale);
-  }
-}
-
 // Launch bound of a kernel of N/16 threads whose registers are capped at 65536 / kThreadsPerSM
 // (1024: 64 registers, 512: 128), whatever N (registers are allocated per warp: blocks under 32
 // threads count as 32).
@@ -310,6 +293,37 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
   for (int i = 0; i < (kHalf ? kElemsPerThread / 2 : kElemsPerThread); ++i) {
     const int n = threadIdx.x + i * N16;
     store(n, smem[pad(n)]);
+  }
+}
+
+// K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2, two channels per block: the FFT of
+// z = k[d0] + i k[d1] (zero for a missing last channel) split by Hermitian symmetry,
+//   K0[f] = (Z[f] + conj Z[N - f]) / 2,  K1[f] = (Z[f] - conj Z[N - f]) / 2i,
+// as the window kernels pack their rows (it took one block and one FFT per channel before: per row as
+// long as a convolution's row pair). kHalf: taps <= N/2 (every plan: N >= 4 taps with many windows,
+// N >= L + taps - 1 >= 2 taps - 1 with one), so the first pass skips z's zero half. grid: ceil(D/2)
+// blocks of N/16 threads. The window kernel after it may start at once (programmatic dependent launch;
+// it waits for K itself).
+template <int N, bool kHalf>
+__global__ void __launch_bounds__(N / kElemsPerThread) kernel_spectrum_kernel(KernelTaps k, int64_t D,
+                                                                              float2* __restrict__ K) {
+  extern __shared__ float2 smem[];
+  smem_fft::pdl_launch_dependents();
+  const int64_t d0 = 2 * (int64_t)blockIdx.x, d1 = d0 + 1;
+  const bool has1 = d1 < D;
+  float2 v[kElemsPerThread];
+  smem_fft::fft_to_registers<N, false, kHalf>(
+      smem, v, [&](int n) { return make_float2(k(d0, n), has1 ? k(d1, n) : 0.f); });
+  __syncthreads();  // every thread has read the last pass's input
+  registers_to_smem<N>(smem, v);
+  constexpr int half = N / 2 + 1;
+  constexpr float scale = 0.5f / (float)N;
+  float2* K0 = K + d0 * half;
+  float2* K1 = K + d1 * half;
+  for (int f = threadIdx.x; f < half; f += blockDim.x) {
+    const float2 a = smem[pad(f)], c = conjf2(smem[pad((N - f) & (N - 1))]);
+    K0[f] = make_float2(scale * (a.x + c.x), scale * (a.y + c.y));
+    if (has1) K1[f] = make_float2(scale * (a.y - c.y), scale * (c.x - a.x));  // (a - c) / i
   }
 }
 

@@ -35,6 +35,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <complex>
 #include <cstdlib>
@@ -803,15 +804,18 @@ size_t fourstep_column_smem(int N1) { return (size_t)fourstep::column_tile_size(
 constexpr int kMaxFourStepRow = 8192;
 int fourstep_n1(int64_t N) { return N <= 64 * kMaxFourStepRow ? 64 : (int)(N / kMaxFourStepRow); }
 size_t fourstep_row_smem(int N2) { return smem_bytes(N2) + (size_t)N2 * sizeof(float2); }
+// rows_spectrum_kernel holds two rows (k1 and N1 - k1)
+size_t fourstep_spectrum_smem(int N2) { return 2 * smem_bytes(N2); }
 
 bool use_fourstep(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches& sw) {
   if (u.scalar_type() == at::kDouble || plan.segments != 1 || plan.fft_size <= kMaxFusedFFT ||
       plan.fft_size > kMaxFourStepFFT)
     return false;
   if (sw.fourstep == 0 || (u.size(0) + 1) / 2 > 65535) return false;  // a channel's pairs in one grid dim
-  // the largest block: the backward's row kernel (FFT buffer and running sum) or a column tile
-  const int N1 = fourstep_n1(plan.fft_size);
-  const size_t need = std::max(fourstep_row_smem((int)(plan.fft_size / N1)), fourstep_column_smem(N1));
+  // the largest block: the backward's row kernel (FFT buffer and running sum), the spectrum's row kernel
+  // (two rows) or a column tile
+  const int N1 = fourstep_n1(plan.fft_size), N2 = (int)(plan.fft_size / N1);
+  const size_t need = std::max({fourstep_row_smem(N2), fourstep_spectrum_smem(N2), fourstep_column_smem(N1)});
   return need <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
@@ -857,23 +861,24 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
   const int64_t D = k.size(0);
   const SpectrumTaps taps = spectrum_taps(k, skip, cs.taps);
   at::Tensor Kp = at::empty({D, s.N1 / 2 + 1, s.N2}, k.options().dtype(at::kComplexFloat));
-  const int64_t chunk = fourstep_chunk(cs.N * 8, D, u_bytes, sw);
+  const int64_t pairs = (D + 1) / 2;  // two channels per transform (fourstep::TapPairRows)
+  const int64_t chunk = fourstep_chunk(cs.N * 8, pairs, u_bytes, sw);
   at::Tensor T = at::empty({chunk * cs.N}, Kp.options());
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_fourstep_split(s, [&](auto n1, auto n2) {
     constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
-    auto columns = fourstep::columns_forward_kernel<N1, fourstep::TapRows>;
+    auto columns = fourstep::columns_forward_kernel<N1, fourstep::TapPairRows>;
     auto rows = fourstep::rows_spectrum_kernel<N2>;
     allow_smem(columns, fourstep_column_smem(N1));
-    allow_smem(rows, smem_bytes(N2));
-    for (int64_t d0 = 0; d0 < D; d0 += chunk) {
-      const int64_t g = std::min(chunk, D - d0);
-      s.pair0 = d0;
+    allow_smem(rows, fourstep_spectrum_smem(N2));
+    for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+      const int64_t g = std::min(chunk, pairs - p0);
+      s.pair0 = p0;
       columns<<<dim3(N2 / fourstep::kCols, (unsigned)g), dim3(N1 / kElemsPerThread, fourstep::kCols),
-                fourstep_column_smem(N1), stream>>>(fourstep::TapRows{taps.taps, s, 0}, Tp, N2, s.logN);
+                fourstep_column_smem(N1), stream>>>(fourstep::TapPairRows{taps.taps, s, 0, false}, Tp, N2, s.logN);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      rows<<<dim3(N1 / 2 + 1, (unsigned)g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(
+      rows<<<dim3(N1 / 2 + 1, (unsigned)g), N2 / kElemsPerThread, fourstep_spectrum_smem(N2), stream>>>(
           Tp, reinterpret_cast<float2*>(Kp.data_ptr()), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

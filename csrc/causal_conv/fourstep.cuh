@@ -18,7 +18,8 @@
 // one-block kernels move each row once. T holds one chunk of rows (cuda.cu: fourstep_chunk).
 // Kp keeps bins k1 <= N1/2 only: the rest follow from K[f] = conj(K[N - f]) (k is real),
 //   K[k1 + N1*k2] = conj(Kp[N1 - k1][N2 - 1 - k2]) for k1 > N1/2,
-// and comes from the same two passes over the kernel taps (rows_spectrum_kernel instead of 2.).
+// and comes from the same two passes over the kernel taps, two channels per transform
+// (TapPairRows, rows_spectrum_kernel instead of 2.).
 // The inverse transforms are forward transforms of conjugates (as in fused_conv): step 2 stores
 // conj(inverse row * W_N^(-m2 k1)), step 3's forward FFT over k1 gives conj(y), so y[b0] is its
 // real part and y[b1] minus its imaginary part.
@@ -136,14 +137,21 @@ struct PairRows {
   }
 };
 
-// Row g of a chunk of channels: the effective kernel taps of channel s.pair0 + g (imaginary part 0).
-struct TapRows {
+// Row g of a chunk of channel pairs: z = k[d0] + i k[d1], the effective kernel taps of channels
+// d0 = 2 (s.pair0 + g) and d0 + 1 (zero when D is odd and d0 is the last channel); rows_spectrum_kernel
+// splits the two spectra.
+struct TapPairRows {
   KernelTaps k;
   Shape s;
-  int64_t d;
-  __device__ __forceinline__ void begin(int64_t g) { d = s.pair0 + g; }
+  int64_t d0;
+  bool has1;
+  __device__ __forceinline__ void begin(int64_t g) {
+    d0 = 2 * (s.pair0 + g);
+    has1 = d0 + 1 < s.D;
+  }
   __device__ __forceinline__ float2 operator()(int64_t n) const {
-    return make_float2(n < k.taps ? k(d, (int)n) : 0.f, 0.f);
+    if (n >= k.taps) return make_float2(0.f, 0.f);
+    return make_float2(k(d0, (int)n), has1 ? k(d0 + 1, (int)n) : 0.f);
   }
 };
 
@@ -262,27 +270,38 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
   smem_fft::inverse_from_registers<N2>(smem, x, [&](int m2, float2 w) { q_row[m2] = cmul(w, tw.next()); });
 }
 
-// Step 2 for the kernel spectrum. grid (N1/2 + 1, channels in the chunk), block N2/16:
-// Kp[d][k1][k2] = X[k1 + N1*k2] / N for the channel's taps transformed by step 1.
+// Step 2 for the kernel spectrum, two channels per transform (TapPairRows). grid (N1/2 + 1, channel
+// pairs in the chunk), block N2/16, shared memory for two rows. With Z the spectrum of z = k[d0] +
+// i k[d1], bin f = k1 + N1*k2 of channel d0 is (Z[f] + conj Z[N - f]) / 2 and of d1 (Z[f] - conj Z[N - f]) / 2i,
+// and N - f = (N1 - k1) + N1*(N2 - 1 - k2) for k1 > 0 (row N1 - k1), N1*((N2 - k2) mod N2) for k1 = 0:
+// block k1 transforms rows k1 and N1 - k1 (one row for k1 = 0 and N1/2) and writes
+// Kp[d][k1][k2] = X_d[k1 + N1*k2] / N for both channels. Half the column and row transforms and half the
+// workspace traffic of one channel per transform.
 template <int N2>
 __global__ void __launch_bounds__(N2 / kElemsPerThread)
     rows_spectrum_kernel(const float2* __restrict__ T, float2* __restrict__ Kp, Shape s) {
   extern __shared__ float2 smem[];
-  constexpr int Rl = smem_fft::last_radix(N2), N16 = N2 / kElemsPerThread, NR = N2 / Rl, kBfly = kElemsPerThread / Rl;
-  const int k1 = blockIdx.x, N1 = s.N1;
-  const int64_t g = blockIdx.y, d = s.pair0 + g;
-  const float2* row = T + (g * N1 + k1) * (int64_t)N2;
-  float2 x[kElemsPerThread];
-  smem_fft::fft_to_registers<N2>(smem, x, [&](int n) { return row[n]; });
-  const float scale = ldexpf(1.f, -s.logN);
-  float2* out = Kp + (d * (N1 / 2 + 1) + k1) * (int64_t)N2 + threadIdx.x;
-#pragma unroll
-  for (int b = 0; b < kBfly; ++b)
-#pragma unroll
-    for (int r = 0; r < Rl; ++r) {
-      const float2 v = x[b * Rl + r];
-      out[b * N16 + r * NR] = make_float2(v.x * scale, v.y * scale);
-    }
+  const int k1 = blockIdx.x, N1 = s.N1, k1m = (N1 - k1) & (N1 - 1);
+  const int64_t g = blockIdx.y, d0 = 2 * (s.pair0 + g);
+  const bool has1 = d0 + 1 < s.D, two_rows = k1m != k1;
+  float2* a = smem;                                                // row k1, then its spectrum
+  float2* b = two_rows ? smem + smem_fft::padded_size(N2) : smem;  // row N1 - k1
+  const float2* Tg = T + g * (int64_t)N1 * N2;
+  for (int n = threadIdx.x; n < N2; n += blockDim.x) {
+    a[pad(n)] = Tg[(int64_t)k1 * N2 + n];
+    if (two_rows) b[pad(n)] = Tg[(int64_t)k1m * N2 + n];
+  }
+  smem_fft::fft<N2>(a);  // barriers on both sides
+  if (two_rows) smem_fft::fft<N2>(b);
+  const float scale = ldexpf(0.5f, -s.logN);
+  float2* K0 = Kp + (d0 * (N1 / 2 + 1) + k1) * (int64_t)N2;
+  float2* K1 = K0 + (int64_t)(N1 / 2 + 1) * N2;
+  for (int k2 = threadIdx.x; k2 < N2; k2 += blockDim.x) {
+    const float2 z = a[pad(k2)];
+    const float2 c = conjf2(k1 == 0 ? a[pad((N2 - k2) & (N2 - 1))] : b[pad(N2 - 1 - k2)]);  // conj Z[N - f]
+    K0[k2] = make_float2(scale * (z.x + c.x), scale * (z.y + c.y));
+    if (has1) K1[k2] = make_float2(scale * (z.y - c.y), scale * (c.x - z.x));  // (z - c) / i
+  }
 }
 
 // Step 3. grid (N2 / kCols, pairs in the chunk), block (N1/16, kCols): y = conj of the column FFT.

@@ -275,8 +275,10 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
 // i k[d1], bin f = k1 + N1*k2 of channel d0 is (Z[f] + conj Z[N - f]) / 2 and of d1 (Z[f] - conj Z[N - f]) / 2i,
 // and N - f = (N1 - k1) + N1*(N2 - 1 - k2) for k1 > 0 (row N1 - k1), N1*((N2 - k2) mod N2) for k1 = 0:
 // block k1 transforms rows k1 and N1 - k1 (one row for k1 = 0 and N1/2) and writes
-// Kp[d][k1][k2] = X_d[k1 + N1*k2] / N for both channels. Half the column and row transforms and half the
-// workspace traffic of one channel per transform.
+// Kp[d][k1][k2] = X_d[k1 + N1*k2] / N for both channels. Half the column transforms and workspace
+// traffic of one channel per transform; the row transforms stay as many (N1 per pair against N1/2 + 1
+// per channel). H200, D = 768 at 64K: 0.27 + 0.33 ms for the two passes (RESULTS.md, twenty-sixth
+// session) against 0.63 ms one channel per transform (nineteenth; another run).
 template <int N2>
 __global__ void __launch_bounds__(N2 / kElemsPerThread)
     rows_spectrum_kernel(const float2* __restrict__ T, float2* __restrict__ Kp, Shape s) {

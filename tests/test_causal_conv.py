@@ -1212,6 +1212,12 @@ def test_conv_switches_listed_where_documented():
     with open(os.path.join(root, "csrc", "causal_conv", "cuda.cu")) as f:
         read = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)"', f.read()))
     assert read == set(CUDA_CONV_SWITCHES), read ^ set(CUDA_CONV_SWITCHES)
+    # read in one place only: cuda.cu's env_choice and env_int (a getenv elsewhere would bypass
+    # ConvSwitches), and common.h's min_window (FFT_TENSOR_CONV_MIN_WINDOW, the CPU's plan too)
+    folder = os.path.join(root, "csrc", "causal_conv")
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            assert f.read().count("getenv(") == {"cuda.cu": 2, "common.h": 1}.get(name, 0), name
     with open(os.path.join(root, "README.md")) as f:
         table = f.read().split("| `FFT_TENSOR_CONV_...` |", 1)[1].split("\n\n", 1)[0]
     rows = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.M))
@@ -1224,11 +1230,15 @@ def test_cuda_every_switch_validated_on_every_call(name, monkeypatch):
     """Each switch is read at the op's entry: a bad value is an error naming it whatever path the sizes
     take (here the plain direct kernels, which use none of the FFT switches), forward and backward; an
     empty value is the default."""
-    u, k, skip = make_inputs(7, 3, True, "cuda", batch=2, dim=3)
-    gy = torch.randn_like(u)
-    y = fft_tensor.causal_conv(u, k, skip)
-    monkeypatch.setenv(f"FFT_TENSOR_CONV_{name}", "")
-    assert torch.equal(fft_tensor.causal_conv(u, k, skip), y)
+    # empty = unset, bit for bit, on the direct path and on a one-window plan of 2048 points (PDL, HALF)
+    for L, Lk in ((1000, 1000), (7, 3)):
+        u, k, skip = make_inputs(L, Lk, True, "cuda", batch=2, dim=3)
+        gy = torch.randn_like(u)
+        monkeypatch.delenv(f"FFT_TENSOR_CONV_{name}", raising=False)
+        y, grads = fft_tensor.causal_conv(u, k, skip), ops.causal_conv_backward(gy, u, k, skip, True, True)
+        monkeypatch.setenv(f"FFT_TENSOR_CONV_{name}", "")
+        assert torch.equal(fft_tensor.causal_conv(u, k, skip), y)
+        assert all(map(torch.equal, ops.causal_conv_backward(gy, u, k, skip, True, True), grads))
     for bad in ("yes", "-1", "1 "):
         monkeypatch.setenv(f"FFT_TENSOR_CONV_{name}", bad)
         expected = rf"FFT_TENSOR_CONV_{name}: expected .* \(or unset\), got '{re.escape(bad)}'"
@@ -1298,8 +1308,8 @@ def test_cuda_short_kernels(L, Lk, batch, dim, monkeypatch):
     check_grads(L, Lk, "cuda", dtype=torch.bfloat16, batch=batch, dim=dim, tol=1e-2)
 
 
-# FFT sizes 64-256 only occur with the direct kernels off (FFT_TENSOR_CONV_DIRECT_MAX_TAPS is read
-# once per process), so they run in a child process: every last radix (64: 4, 128: 8, 256: 16), and
+# FFT sizes 64-256 only occur with the direct kernels off (FFT_TENSOR_CONV_DIRECT_MAX_TAPS=0), so they
+# run in a child process with it set: every last radix (64: 4, 128: 8, 256: 16), and
 # overlap-save windows of 1024 points for 3 and 128 taps.
 FFT_ONLY_SCRIPT = """
 import torch, fft_tensor

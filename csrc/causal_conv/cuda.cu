@@ -229,7 +229,7 @@ bool conv_pdl(const ConvShape& s, const ConvSwitches& sw) {
 // half the window (L <= N/2; every Lk = L plan) skip the window's zero half in the first forward pass
 // and its unwanted half in the last inverse pass (conv_window_kernel's and the real-window kernels'
 // kHalf), for FFTs of kMinHalfFFT points and more; 0 = the general kernels (an A/B switch for the
-// benchmark and the tests).
+// benchmark and the tests; the spectrum kernels skip the taps' zero half either way).
 
 // Whether a plan's single window holds the row in its first half: L <= N/2 of the plan's N points (the
 // real-window kernels' complex FFT of the N/2 points z[n] = x[2n] + i x[2n+1] then has its second half

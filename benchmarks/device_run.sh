@@ -252,6 +252,10 @@ for stage in "$@"; do
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   echo "stage $stage: $(( $(date +%s) - t0 )) s"
 done
+# A stage's status above is its last pipeline's: scan every log for failed tests and sanitizer errors too.
+if failed=$(grep -lE "[0-9]+ (failed|errors?)[,a-z0-9 ]* in [0-9.]+s|ERROR SUMMARY: [1-9]|RACECHECK SUMMARY: [1-9]" "$OUT"/*.log 2>/dev/null); then
+  echo "failures in: $(echo $failed | tr '\n' ' ')"; status=1
+fi
 # The device tool returns at most 8 files from $OUT: past that, pack the logs into one archive
 # (the markdown tables stay loose).
 if [ "$(ls "$OUT" | wc -l)" -gt 8 ]; then

@@ -117,7 +117,7 @@ def _min_window() -> int:
         return 1024
     v = int(env) if env.isascii() and env.isdigit() else 0  # ASCII digits only, as the C++ parser
     if not (_MIN_FFT <= v <= _MAX_FUSED_FFT and v & (v - 1) == 0):
-        raise ValueError(f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384], got {env!r}")
+        raise ValueError(f"FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384] (or unset), got {env!r}")
     return v
 
 

@@ -36,7 +36,7 @@ inline int64_t min_window() {
     if (digits && v <= kMaxFusedFFT) v = 10 * v + (*c - '0');
   }
   TORCH_CHECK(digits && v >= kMinFFT && v <= kMaxFusedFFT && (v & (v - 1)) == 0,
-              "FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384], got '", env, "'");
+              "FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384] (or unset), got '", env, "'");
   return v;
 }
 

@@ -127,7 +127,7 @@ struct ConvSwitches {
   PaddedMode cluster_padded;    // CLUSTER_PADDED (padded_window)
   RealWindowMode real_window;   // REAL_WINDOW (use_real_window)
   bool regs_forward, regs_backward;  // REAL_WINDOW_REGS: the register variants (real_window_regs)
-  int fourstep;                 // FOURSTEP: -1 unset (the default), 0, 1 (use_fourstep)
+  bool fourstep;                // FOURSTEP: the four-step path (use_fourstep)
   int64_t fourstep_mb;          // FOURSTEP_MB: a workspace chunk in MiB, 0 = the default (fourstep_chunk)
   int direct_max_taps;          // DIRECT_MAX_TAPS: -1 unset (the default rule), else 0..128 (use_direct)
   bool mma;                     // MMA: the tensor-core direct kernels (use_mma)
@@ -152,8 +152,7 @@ struct ConvSwitches {
     const std::string regs = env_choice("FFT_TENSOR_CONV_REAL_WINDOW_REGS", {"0", "1", "forward"}, "forward");
     w.regs_forward = regs != "0";
     w.regs_backward = regs == "1";
-    const std::string fourstep = env_choice("FFT_TENSOR_CONV_FOURSTEP", {"0", "1"}, "");
-    w.fourstep = fourstep.empty() ? -1 : fourstep == "1";
+    w.fourstep = env_flag("FFT_TENSOR_CONV_FOURSTEP", true);
     w.fourstep_mb = env_int("FFT_TENSOR_CONV_FOURSTEP_MB", 1, int64_t(1) << 20, 0);
     w.direct_max_taps = (int)env_int("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", 0, direct::kMaxTaps, -1);
     w.mma = env_flag("FFT_TENSOR_CONV_MMA", true);
@@ -811,7 +810,7 @@ bool use_fourstep(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches&
   if (u.scalar_type() == at::kDouble || plan.segments != 1 || plan.fft_size <= kMaxFusedFFT ||
       plan.fft_size > kMaxFourStepFFT)
     return false;
-  if (sw.fourstep == 0 || (u.size(0) + 1) / 2 > 65535) return false;  // a channel's pairs in one grid dim
+  if (!sw.fourstep || (u.size(0) + 1) / 2 > 65535) return false;  // a channel's pairs in one grid dim
   // the largest block: the backward's row kernel (FFT buffer and running sum), the spectrum's row kernel
   // (two rows) or a column tile
   const int N1 = fourstep_n1(plan.fft_size), N2 = (int)(plan.fft_size / N1);

@@ -84,6 +84,7 @@ class TrainConfig:
     plot_path: str = ""  # PNG of train/val bpb ("" = curves.png next to the checkpoint)
     resume: bool = False  # continue the run saved at --ckpt-path (model, optimizer, step, RNG, data) with its own settings; flags given with it change them
     overwrite: bool = False  # start a new run even if --ckpt-path holds one (its checkpoint and metrics are deleted at the start); without it that is an error
+    keep_best: bool = True  # also keep the weights of the best validation point so far in <ckpt-path stem>.best.pt (weights only; fft_lm.load_checkpoint reads it): on a small corpus a model memorises, and the last checkpoint is then not the best
     # system
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 (autocast; the conv op keeps its FFTs in fp32)
@@ -396,6 +397,12 @@ class ConfigError(ValueError):
     """A bad flag, corpus or checkpoint found while setting up a run; main() prints it without a traceback."""
 
 
+def best_ckpt_path(ckpt_path):
+    """Where --keep-best writes the best validation point's weights: runs/x/ckpt.pt -> runs/x/ckpt.best.pt."""
+    root, ext = os.path.splitext(ckpt_path)
+    return root + ".best" + (ext or ".pt")
+
+
 def check_output_paths(paths, create):
     """Each output path (flag -> path, "" = none) must name a file, and its directory must exist or be
     creatable (create: make it now), so that a bad path fails before the first step, not at the end."""
@@ -470,10 +477,14 @@ def _train(cfg, model, rank, world, device, master):
     with setup_errors():
         check_output_paths({"--ckpt-path": cfg.ckpt_path, "--metrics-path": metrics_path, "--plot-path": plot_path},
                            create=master)
-        if not cfg.resume and not cfg.overwrite and cfg.ckpt_path and os.path.exists(cfg.ckpt_path):
-            raise ConfigError(f"--ckpt-path {cfg.ckpt_path} already holds a checkpoint: pass --resume to continue "
-                              f"that run, --overwrite to start a new one in its place (its checkpoint and metrics "
-                              f"are replaced), or another --ckpt-path")
+        best_path = best_ckpt_path(cfg.ckpt_path) if cfg.ckpt_path and cfg.keep_best else ""
+        # a new run refuses to replace an earlier run's files, its best checkpoint too (which a new run
+        # that never reaches an evaluation would otherwise leave beside its own checkpoint as if its own)
+        held = [p for p in (cfg.ckpt_path, best_path) if p and os.path.exists(p)]
+        if not cfg.resume and not cfg.overwrite and held:
+            raise ConfigError(f"--ckpt-path {cfg.ckpt_path} already holds a checkpoint ({', '.join(held)}): pass "
+                              f"--resume to continue that run, --overwrite to start a new one in its place (its "
+                              f"checkpoints and metrics are replaced), or another --ckpt-path")
         try:
             ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu") if cfg.resume else None
         except CheckpointError as e:
@@ -545,11 +556,12 @@ def _train(cfg, model, rank, world, device, master):
             for stale in remove_stale_temp_files(cfg.ckpt_path):
                 print(f"removed {stale}, left by a run killed while saving")
         if not cfg.resume:
-            if cfg.overwrite and cfg.ckpt_path and os.path.exists(cfg.ckpt_path):
-                # first, so that a crash before this run's first save cannot pair the old checkpoint
-                # with this run's metrics
-                os.remove(cfg.ckpt_path)
-                print(f"--overwrite: deleted the previous run's checkpoint {cfg.ckpt_path}")
+            for old in (cfg.ckpt_path, best_path):
+                if cfg.overwrite and old and os.path.exists(old):
+                    # first, so that a crash before this run's first save cannot pair the old checkpoint
+                    # with this run's metrics
+                    os.remove(old)
+                    print(f"--overwrite: deleted the previous run's checkpoint {old}")
             open(metrics_path, "w").close()
         else:  # rows past the checkpoint (a crash, a non-finite stop) are logged again from here on
             truncate_metrics(metrics_path, start_step)
@@ -559,6 +571,14 @@ def _train(cfg, model, rank, world, device, master):
         if master:
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
+
+    def save_best(step, record):
+        """The weights at a new best validation point (before the run's checkpoint: a crash between the
+        two resumes at the older checkpoint, whose replay reaches this point again)."""
+        if master and best_path:
+            save_checkpoint(best_path, model=raw, step=step, train_config=cfg,
+                            extra={"best_val_bpb": record["val_bpb"], "metrics": record, "n_params": n_params,
+                                   "run_ckpt_path": cfg.ckpt_path})
 
     def save(step, last):
         if master and cfg.ckpt_path:
@@ -579,6 +599,7 @@ def _train(cfg, model, rank, world, device, master):
         else:
             bar = tqdm(total=cfg.total_steps, initial=start_step, dynamic_ncols=True, desc="train")
     step, elapsed, last_metrics = start_step, elapsed0, {}
+    best_step, noted = None, set()  # noted: the kinds of note_worse_validation already printed
     (loss_sum, loss_count), window_start, window_bytes = loss_window, time.time(), 0
     stop_step = min(cfg.total_steps, start_step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.total_steps
     t_run = time.time() - elapsed0
@@ -644,13 +665,20 @@ def _train(cfg, model, rank, world, device, master):
             if master:
                 val = evaluate(raw, corpus, cfg, device, autocast, "val")
                 train_eval = evaluate(raw, corpus, cfg, device, autocast, "train") if final else None
-                best_val = min(best_val, val)
+                improved = val < best_val
                 record = {"step": step, "time_s": round(elapsed, 3), "val_bpb": val, "train_eval_bpb": train_eval,
                           "cutoff": cutoff, "bytes_seen": bytes_seen}
                 log(record)
                 last_metrics = {**last_metrics, **record}
+                say = bar.write if bar is not None else print
                 if bar is not None:
                     bar.write(f"step {step}: val {val:.4f} bpb" + (f", train (eval) {train_eval:.4f} bpb" if final else ""))
+                if improved:
+                    best_val, best_step = val, step
+                    save_best(step, record)
+                elif val > best_val + max(0.02, 0.01 * best_val):
+                    note_worse_validation(say, val, best_val, best_step, bytes_seen / max(1, corpus.n_train),
+                                          corpus.n_train, best_path, noted)
                 save(step, last_metrics)
             # evaluation time does not count against the budget or bytes/s. Only rank 0 evaluates; the
             # others wait for it (here), so every rank takes rank 0's evaluation time off its clock.
@@ -676,7 +704,27 @@ def _train(cfg, model, rank, world, device, master):
     return {"step": step, "val_bpb": last_metrics.get("val_bpb"), "train_eval_bpb": last_metrics.get("train_eval_bpb"),
             "train_bpb": train_bpb, "best_val_bpb": best_val if math.isfinite(best_val) else None,
             "bytes_seen": bytes_seen, "elapsed_s": elapsed, "n_params": n_params, "ckpt_path": cfg.ckpt_path,
+            "best_ckpt_path": best_path if best_path and os.path.exists(best_path) else None,
             "metrics_path": metrics_path, "plot_path": plot_path, "family": raw.family}
+
+
+def note_worse_validation(say, val, best_val, best_step, passes, n_train, best_path, noted):
+    """Say once per kind why validation rose above its best: memorising (after a pass over the training
+    bytes) or, before that, held-out bytes unlike the training bytes or an unstable run."""
+    kind = "memorising" if passes >= 1 else "early"
+    if kind in noted:
+        return
+    noted.add(kind)
+    where = f" at step {best_step}" if best_step is not None else ""
+    text = f"note: validation {val:.3f} bits/byte is above its best ({best_val:.3f}{where}) after {passes:.1f} " \
+           f"passes over the {n_train:,} training bytes: "
+    if kind == "memorising":
+        text += ("the model is fitting its training bytes rather than the language (memorising); more data, a "
+                 "smaller model, fewer steps or --model-set dropout=0.1 help.")
+    else:
+        text += ("too early for memorising: the held-out bytes may differ from the training bytes (--data, "
+                 "--val-frac), or the run is unstable (a lower --lr).")
+    say(text + (f" The best weights are kept in {best_path}." if best_path else ""))
 
 
 def check_same_stream(saved, corpus, cfg, world, master):

@@ -1,4 +1,5 @@
 """fft_lm.train: exact resume, non-finite stop, curriculum, schedules, --help, DDP with gloo on CPU."""
+import contextlib
 import dataclasses
 import json
 import math
@@ -6,11 +7,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import fft_lm.train as train_mod
 from conftest import write_word_corpus
+from fft_lm.data import ByteCorpus
 from fft_lm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fft_lm.model import SpectralLM
 from fft_lm.train import ConfigError, NonFiniteLossError, TrainConfig, build_arg_parser, cutoff_at, lr_at, train
@@ -472,7 +475,7 @@ def test_new_run_at_an_existing_checkpoint_is_refused_unless_overwrite(corpus, t
     train(cfg, model=tiny_model())
     metrics = tmp_path / "run" / "metrics.jsonl"
     before = (metrics.read_bytes(), read_checkpoint(cfg.ckpt_path)["step"])
-    with pytest.raises(ConfigError, match="already holds a checkpoint: pass --resume .* --overwrite"):
+    with pytest.raises(ConfigError, match="already holds a checkpoint .*: pass --resume .* --overwrite"):
         train(dataclasses.replace(cfg, steps_per_epoch=2), model=tiny_model())
     assert (metrics.read_bytes(), read_checkpoint(cfg.ckpt_path)["step"]) == before
     with pytest.raises(SystemExit) as exit_info:
@@ -602,3 +605,68 @@ def test_summary_train_bpb_without_a_metrics_row(corpus, tmp_path):
     out = train(tiny_cfg(corpus, tmp_path, log_every_steps=10, eval_every=0, eval_batches=1), model=tiny_model())
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert not any("train_bpb" in r for r in rows) and 0 < out["train_bpb"] < 9, out
+
+
+def memorising_corpus(path):
+    """Training bytes one repeated phrase, the held-out tail (last 10%) other letters: the better a model
+    fits its training bytes the worse it predicts validation, so validation is best early."""
+    rng = np.random.default_rng(1)
+    tail = rng.choice(np.frombuffer(b"vwxyz", dtype=np.uint8), 400).tobytes()
+    path.write_bytes(b"abcd " * 720 + tail)
+    return str(path)
+
+
+def test_keep_best_holds_the_best_validation_point_and_notes_memorisation(tmp_path, capsys):
+    data = memorising_corpus(tmp_path / "memo.txt")
+    # 512 bytes a step: about 7 steps a pass over the 3,600 training bytes
+    cfg = tiny_cfg(data, tmp_path, batch_size=8, steps_per_epoch=12, eval_every=4, lr=5e-2, curriculum_frac=0)
+    result = train(cfg, model=tiny_model())
+    vals = {r["step"]: r["val_bpb"] for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl"))
+            if "val_bpb" in r}
+    assert sorted(vals) == [4, 8, 12]
+    best_step = min(vals, key=vals.get)
+    assert best_step < 12 and vals[12] > vals[best_step] + 0.02, vals  # this corpus makes validation worsen
+    best_path = tmp_path / "run" / "ckpt.best.pt"
+    assert result["best_ckpt_path"] == str(best_path) and result["best_val_bpb"] == vals[best_step]
+    model, meta = load_checkpoint(best_path)
+    assert meta["step"] == best_step and meta["best_val_bpb"] == vals[best_step]
+    assert read_checkpoint(best_path)["optimizer"] is None  # weights only
+    # the weights are that step's: evaluated again they give the validation recorded there
+    corpus = ByteCorpus(data, val_frac=cfg.val_frac)
+    again = train_mod.evaluate(model, corpus, cfg, torch.device("cpu"), contextlib.nullcontext, "val")
+    assert math.isclose(again, vals[best_step], abs_tol=1e-5), (again, vals)
+    final, _ = load_checkpoint(cfg.ckpt_path)
+    last = train_mod.evaluate(final, corpus, cfg, torch.device("cpu"), contextlib.nullcontext, "val")
+    assert math.isclose(last, vals[12], abs_tol=1e-5)
+    out = capsys.readouterr().out
+    assert out.count("(memorising)") == 1 and str(best_path) in out, out  # noted once, naming the file
+    assert "too early for memorising" not in out
+
+
+def test_validation_worse_before_one_pass_is_not_called_memorising(capsys):
+    say = []
+    noted = set()
+    for passes in (0.3, 0.6):
+        train_mod.note_worse_validation(say.append, 5.1, 5.0, 2, passes, 3600, "", noted)
+    train_mod.note_worse_validation(say.append, 5.2, 5.0, 2, 1.5, 3600, "b.pt", noted)
+    train_mod.note_worse_validation(say.append, 5.3, 5.0, 2, 2.5, 3600, "b.pt", noted)
+    assert len(say) == 2 and "too early for memorising" in say[0] and "(memorising)" in say[1], say
+    assert "best weights are kept in b.pt" in say[1] and "kept in" not in say[0]
+
+
+def test_keep_best_off_and_overwrite_with_a_best_checkpoint(corpus, tmp_path, capsys):
+    cfg = tiny_cfg(corpus, tmp_path, steps_per_epoch=2, keep_best=False)
+    assert train(cfg, model=tiny_model())["best_ckpt_path"] is None
+    best_path = tmp_path / "run" / "ckpt.best.pt"
+    assert not best_path.exists()
+    os.remove(cfg.ckpt_path)
+    run = dataclasses.replace(cfg, keep_best=True)
+    assert train(run, model=tiny_model())["best_ckpt_path"] == str(best_path)
+    # a new run beside an earlier run's best checkpoint alone is refused too; --overwrite deletes it first
+    os.remove(cfg.ckpt_path)
+    with pytest.raises(ConfigError, match="ckpt.best.pt.*--overwrite"):
+        train(run, model=tiny_model())
+    capsys.readouterr()
+    train(dataclasses.replace(run, overwrite=True, eval_every=0, steps_per_epoch=1), model=tiny_model())
+    assert f"deleted the previous run's checkpoint {best_path}" in capsys.readouterr().out
+    assert read_checkpoint(best_path)["step"] == 1  # the new run's (its one evaluation, at the end)

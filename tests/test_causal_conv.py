@@ -848,7 +848,9 @@ def test_cuda_fourstep_chunks_subsets_and_settings(monkeypatch):
     # other paths; bad settings are errors naming the variable.
     monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")  # 32K-point windows: else the real-window kernel
-    u, k, skip = make_inputs(20000, 20000, True, "cuda", batch=5, dim=3)
+    # dim 5: three channel pairs of 64K-point taps rows (512 KiB each), so the kernel spectrum too goes
+    # in several chunks at 1 MiB
+    u, k, skip = make_inputs(20000, 20000, True, "cuda", batch=5, dim=5)
     gy = torch.randn_like(u)
     outs = []
     for mb in ("1", "3", "4096"):

@@ -215,6 +215,19 @@ __device__ __forceinline__ void real_spectrum_own(const float2* smem, const floa
   }
 }
 
+// The spectra of two real rows packed in one transform, z = x0 + i x1, from its bins Z[f] and Z[N - f]:
+//   X0[f] = (Z[f] + conj Z[N - f]) / 2,  X1[f] = (Z[f] - conj Z[N - f]) / 2i,
+// each times 2 * scale (the kernel spectra pass scale = 0.5 / N: X / N). The kernel-spectrum kernels
+// (kernel_spectrum_kernel, kernel_spectrum_cluster_kernel, fourstep::rows_spectrum_kernel) split with it.
+struct RealPairBins {
+  float2 x0, x1;
+};
+__device__ __forceinline__ RealPairBins split_real_pair(float2 z_f, float2 z_nf, float scale) {
+  const float2 c = conjf2(z_nf);
+  return {make_float2(scale * (z_f.x + c.x), scale * (z_f.y + c.y)),
+          make_float2(scale * (z_f.y - c.y), scale * (c.x - z_f.x))};  // (z_f - c) / i
+}
+
 // conj(Z'[f]) from Y1 = 2 Y[f] / (4N) and Y2 = 2 Y[f + N] / (4N) (the products with Kr): what the inverse
 // (a forward FFT) takes.
 __device__ __forceinline__ float2 real_merge_conj(float2 t, float2 Y1, float2 Y2) {
@@ -321,9 +334,9 @@ __global__ void __launch_bounds__(N / kElemsPerThread) kernel_spectrum_kernel(Ke
   float2* K0 = K + d0 * half;
   float2* K1 = K + d1 * half;
   for (int f = threadIdx.x; f < half; f += blockDim.x) {
-    const float2 a = smem[pad(f)], c = conjf2(smem[pad((N - f) & (N - 1))]);
-    K0[f] = make_float2(scale * (a.x + c.x), scale * (a.y + c.y));
-    if (has1) K1[f] = make_float2(scale * (a.y - c.y), scale * (c.x - a.x));  // (a - c) / i
+    const RealPairBins x = split_real_pair(smem[pad(f)], smem[pad((N - f) & (N - 1))], scale);
+    K0[f] = x.x0;
+    if (has1) K1[f] = x.x1;
   }
 }
 
@@ -906,10 +919,10 @@ __global__ void __launch_bounds__(1024) kernel_spectrum_cluster_kernel(KernelTap
     const int f = rank + C * k2;
     if (f > half) continue;
     const int g = (N - f) & (N - 1);
-    const float2 a = smem[pad(k2)];
-    const float2 c = conjf2(cluster.map_shared_rank(smem, g & (C - 1))[pad(g >> logC)]);
-    K[d0 * (half + 1) + f] = make_float2(scale * (a.x + c.x), scale * (a.y + c.y));
-    if (d1 != d0) K[d1 * (half + 1) + f] = make_float2(scale * (a.y - c.y), -scale * (a.x - c.x));  // /(2i)
+    const RealPairBins x =
+        split_real_pair(smem[pad(k2)], cluster.map_shared_rank(smem, g & (C - 1))[pad(g >> logC)], scale);
+    K[d0 * (half + 1) + f] = x.x0;
+    if (d1 != d0) K[d1 * (half + 1) + f] = x.x1;
   }
   cluster.sync();  // partners are done reading this block's spectrum before the block exits
 #endif

@@ -299,10 +299,10 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread)
   float2* K0 = Kp + (d0 * (N1 / 2 + 1) + k1) * (int64_t)N2;
   float2* K1 = K0 + (int64_t)(N1 / 2 + 1) * N2;
   for (int k2 = threadIdx.x; k2 < N2; k2 += blockDim.x) {
-    const float2 z = a[pad(k2)];
-    const float2 c = conjf2(k1 == 0 ? a[pad((N2 - k2) & (N2 - 1))] : b[pad(N2 - 1 - k2)]);  // conj Z[N - f]
-    K0[k2] = make_float2(scale * (z.x + c.x), scale * (z.y + c.y));
-    if (has1) K1[k2] = make_float2(scale * (z.y - c.y), scale * (c.x - z.x));  // (z - c) / i
+    const float2 z_nf = k1 == 0 ? a[pad((N2 - k2) & (N2 - 1))] : b[pad(N2 - 1 - k2)];  // Z[N - f]
+    const RealPairBins x = split_real_pair(a[pad(k2)], z_nf, scale);
+    K0[k2] = x.x0;
+    if (has1) K1[k2] = x.x1;
   }
 }
 

@@ -670,9 +670,8 @@ def _train(cfg, model, rank, world, device, master):
                           "cutoff": cutoff, "bytes_seen": bytes_seen}
                 log(record)
                 last_metrics = {**last_metrics, **record}
-                say = bar.write if bar is not None else print
-                if bar is not None:
-                    bar.write(f"step {step}: val {val:.4f} bpb" + (f", train (eval) {train_eval:.4f} bpb" if final else ""))
+                say = bar.write if bar is not None else print  # --no-progress: plain lines
+                say(f"step {step}: val {val:.4f} bpb" + (f", train (eval) {train_eval:.4f} bpb" if final else ""))
                 if improved:
                     best_val, best_step = val, step
                     save_best(step, record)

@@ -514,6 +514,7 @@ def _train(cfg, model, rank, world, device, master):
 
     optimizer = make_optimizer(raw, cfg, fused=device.type == "cuda")
     start_step, elapsed0, best_val, bytes_seen = 0, 0.0, float("inf"), 0
+    best_step = None  # the step of best_val
     loss_window = (0.0, 0)
     if ckpt is not None:
         with setup_errors():
@@ -526,6 +527,7 @@ def _train(cfg, model, rank, world, device, master):
         start_step = ckpt["step"]
         elapsed0, bytes_seen = extra.get("elapsed_s", 0.0), extra.get("bytes_seen", 0)
         best_val = extra.get("best_val_bpb") or float("inf")
+        best_step = extra.get("best_step")
         loss_window = tuple(extra.get("train_loss_window") or (0.0, 0))
         set_rng_state(ckpt["rng"], cuda_device=device if device.type == "cuda" else None)
         if master:
@@ -552,8 +554,8 @@ def _train(cfg, model, rank, world, device, master):
         if cfg.warmup_steps >= cfg.total_steps:
             print(f"note: --warmup-steps {cfg.warmup_steps} >= this run's {cfg.total_steps} steps: the lr ramps "
                   f"up all run and never reaches --lr {cfg.lr:g}")
-        if cfg.ckpt_path:
-            for stale in remove_stale_temp_files(cfg.ckpt_path):
+        for path in filter(None, (cfg.ckpt_path, best_path)):
+            for stale in remove_stale_temp_files(path):
                 print(f"removed {stale}, left by a run killed while saving")
         if not cfg.resume:
             for old in (cfg.ckpt_path, best_path):
@@ -583,7 +585,8 @@ def _train(cfg, model, rank, world, device, master):
     def save(step, last):
         if master and cfg.ckpt_path:
             extra = {"data": {**corpus.state(), "seed": cfg.seed, "next_step": step, "world_size": world},
-                     "best_val_bpb": best_val if math.isfinite(best_val) else None, "metrics": last,
+                     "best_val_bpb": best_val if math.isfinite(best_val) else None, "best_step": best_step,
+                     "metrics": last,
                      "elapsed_s": elapsed, "bytes_seen": bytes_seen, "n_params": n_params,
                      "train_loss_window": [loss_sum, loss_count]}
             save_checkpoint(cfg.ckpt_path, model=raw, optimizer=optimizer, scheduler=None, step=step,
@@ -599,7 +602,7 @@ def _train(cfg, model, rank, world, device, master):
         else:
             bar = tqdm(total=cfg.total_steps, initial=start_step, dynamic_ncols=True, desc="train")
     step, elapsed, last_metrics = start_step, elapsed0, {}
-    best_step, noted = None, set()  # noted: the kinds of note_worse_validation already printed
+    noted = set()  # the kinds of note_worse_validation already printed
     (loss_sum, loss_count), window_start, window_bytes = loss_window, time.time(), 0
     stop_step = min(cfg.total_steps, start_step + cfg.stop_after_steps) if cfg.stop_after_steps else cfg.total_steps
     t_run = time.time() - elapsed0

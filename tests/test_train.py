@@ -523,11 +523,15 @@ def test_stale_temp_files_of_a_killed_save_are_removed(corpus, tmp_path, capsys)
     cfg = tiny_cfg(corpus, tmp_path, eval_every=0, eval_batches=1)
     os.makedirs(tmp_path / "run")
     stale = tmp_path / "run" / ".ckpt.pt.abc123.tmp"
+    stale_best = tmp_path / "run" / ".ckpt.best.pt.def456.tmp"  # the best checkpoint's (--keep-best)
     other = tmp_path / "run" / ".other.pt.abc123.tmp"  # another checkpoint's: not ours to remove
     stale.write_bytes(b"half a checkpoint")
+    stale_best.write_bytes(b"half a best checkpoint")
     other.write_bytes(b"x")
     train(cfg, model=tiny_model())
-    assert not stale.exists() and other.exists() and f"removed {stale}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert not stale.exists() and not stale_best.exists() and other.exists(), out
+    assert f"removed {stale}" in out and f"removed {stale_best}" in out
 
 
 def test_corrupt_gzip_corpus_is_a_usage_error(tmp_path, capsys):
@@ -631,6 +635,7 @@ def test_keep_best_holds_the_best_validation_point_and_notes_memorisation(tmp_pa
     model, meta = load_checkpoint(best_path)
     assert meta["step"] == best_step and meta["best_val_bpb"] == vals[best_step]
     assert read_checkpoint(best_path)["optimizer"] is None  # weights only
+    assert read_checkpoint(cfg.ckpt_path)["extra"]["best_step"] == best_step  # what a resumed run's note names
     # the weights are that step's: evaluated again they give the validation recorded there
     corpus = ByteCorpus(data, val_frac=cfg.val_frac)
     again = train_mod.evaluate(model, corpus, cfg, torch.device("cpu"), contextlib.nullcontext, "val")

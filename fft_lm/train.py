@@ -722,7 +722,7 @@ def note_worse_validation(say, val, best_val, best_step, passes, n_train, best_p
            f"passes over the {n_train:,} training bytes: "
     if kind == "memorising":
         text += ("the model is fitting its training bytes rather than the language (memorising); more data, a "
-                 "smaller model, fewer steps or --model-set dropout=0.1 help.")
+                 "smaller model, fewer steps or dropout (--model-set dropout=0.1: spectral and gpt families) help.")
     else:
         text += ("too early for memorising: the held-out bytes may differ from the training bytes (--data, "
                  "--val-frac), or the run is unstable (a lower --lr).")

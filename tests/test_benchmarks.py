@@ -266,3 +266,29 @@ def test_emulate_tc_dft():
     assert e > bound, errs
     r = run_benchmark("emulate_tc_dft.py", "--pairs", "--lengths", "1024")
     assert_table(r, "| L = Lk | row 0 / row 1 | row 0 error | row 0 bound | row 1 error | row 1 bound |")
+
+
+def test_kv_conv_experiment_mixer_is_causal_and_trains():
+    """The experiment's mixer (benchmarks/kv_conv_experiment.py): outputs before t0 do not depend on inputs
+    from t0 on, and every parameter gets a gradient."""
+    import torch
+
+    from fft_lm.model import SpectralLMConfig
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import kv_conv_experiment as kv
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    cfg = SpectralLMConfig(d_model=16, n_layers=1, seq_len=32, kernel_len=8)
+    mixer = kv.KVConvMixer(cfg, head_dim=4).double()
+    x = torch.randn(2, 29, 16, dtype=torch.float64)
+    y, _ = mixer(x)
+    x2 = x.clone()
+    x2[:, 17:] += torch.randn_like(x2[:, 17:])
+    y2, _ = mixer(x2)
+    # (FFT rounding only before t0: float64, 1e-12)
+    assert y.shape == x.shape and torch.allclose(y[:, :17], y2[:, :17], rtol=0, atol=1e-12)
+    assert not torch.allclose(y[:, 17:], y2[:, 17:])
+    y.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixer.parameters() if p.numel())

@@ -30,8 +30,9 @@ from fft_lm.train import TrainConfig, train  # noqa: E402
 
 
 class KVConvMixer(nn.Module):
-    def __init__(self, cfg, head_dim=8, decay_min=0.05, decay_max=4.0):
+    def __init__(self, cfg, head_dim=8, decay_min=0.05, decay_max=4.0, qk_norm=False):
         super().__init__()
+        self.qk_norm = qk_norm  # q and k of unit length per head (cosine matching), times a learned scale
         D = cfg.d_model
         self.dh, self.H = head_dim, D // head_dim
         self.in_proj = nn.Linear(D, 4 * D, bias=False)  # q, k, v, gate
@@ -40,6 +41,7 @@ class KVConvMixer(nn.Module):
         shift = torch.zeros(D, 4)
         shift[:, 1] = 1.0  # k at t starts as the projection of x[t-1] (H3's shift SSM)
         self.shift = nn.Parameter(shift + 0.02 * torch.randn(D, 4))
+        self.qk_scale = nn.Parameter(torch.full((1, self.H, 1, 1), math.sqrt(head_dim))) if qk_norm else None
         kcfg = dataclasses.replace(cfg, d_model=self.H * head_dim, kernel_len=cfg.seq_len, short_conv_len=0,
                                    decay_min=decay_min, decay_max=decay_max, fft_size=None, freq_cutoff=None,
                                    attn_blocks=0)
@@ -52,6 +54,9 @@ class KVConvMixer(nn.Module):
         h = h if h.dtype == torch.float64 else h.float()  # the op's fp32 (fp64 for gradcheck-style tests)
         q, k, v, g = h.transpose(1, 2).chunk(4, 1)  # (B, D, T) each
         k = fft_tensor.causal_conv(k.contiguous(), self.shift) / math.sqrt(dh)
+        if self.qk_norm:
+            q = (F.normalize(q.reshape(B, H, dh, T), dim=2) * self.qk_scale).reshape(B, D, T)
+            k = F.normalize(k.reshape(B, H, dh, T), dim=2).reshape(B, D, T)
         kv = (k.view(B, H, dh, 1, T) * v.reshape(B, H, 1, dh, T)).reshape(B, H * dh * dh, T)
         kern, skip = self.kernel()
         s = fft_tensor.causal_conv(kv, kern.repeat_interleave(dh, 0), skip.repeat_interleave(dh, 0))
@@ -67,6 +72,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--at", type=int, default=3, help="block replaced by the KV mixer (-1: none)")
     parser.add_argument("--head-dim", type=int, default=8)
+    parser.add_argument("--qk-norm", action="store_true", help="unit-length q and k per head, learned scale")
     parser.add_argument("--data", default="/tmp/q/slice.txt", help="the testbed corpus (first 1.2 MB of gcide)")
     parser.add_argument("--out", default="runs/kvconv", help="checkpoint and metrics directory")
     args = parser.parse_args(argv)
@@ -74,7 +80,7 @@ def main(argv=None):
     model = SpectralLM.from_preset("small", seq_len=256, pre_gate=True)
     cfg = model.config
     if args.at >= 0:
-        model.blocks[args.at].mixer = KVConvMixer(cfg, args.head_dim)
+        model.blocks[args.at].mixer = KVConvMixer(cfg, args.head_dim, qk_norm=args.qk_norm)
     print(sum(p.numel() for p in model.parameters()), "params", flush=True)
     tc = TrainConfig(data=args.data, family="spectral", preset="small", seq_len=256, batch_size=8,
                      steps_per_epoch=args.steps, epochs=1, eval_every=250, eval_batches=30, device="cpu",

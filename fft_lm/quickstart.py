@@ -50,7 +50,8 @@ def main(argv=None):
     common = dict(data=args.data, device=args.device, seed=args.seed, eval_every=0, log_every_steps=10,
                   ckpt_path=os.path.join(args.out, "ckpt.pt"), overwrite=True,  # each quickstart starts over
                   curriculum_start_bins=16, curriculum_frac=0.5,
-                  steps_per_epoch=100_000)  # the time budget ends the run; lr and curriculum follow the clock
+                  steps_per_epoch=100_000,  # the time budget ends the run; lr and curriculum follow the clock
+                  keep_best=False)  # one evaluation, at the end: the best weights are the checkpoint's
     if on_gpu:
         cfg = TrainConfig(preset="small", seq_len=512, batch_size=32, lr=2e-3, warmup_steps=100,
                           dtype="bfloat16", eval_batches=20, max_time_s=args.budget_s or 180.0, **common)

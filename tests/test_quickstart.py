@@ -29,6 +29,7 @@ def test_quickstart_trains_generates_and_reports(corpus, tmp_path, capsys):
     for name in ("ckpt.pt", "metrics.jsonl", "curves.png"):
         assert os.path.abspath(out_dir / name) in out, name
     assert (out_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a PNG, not an empty file
+    assert not (out_dir / "ckpt.best.pt").exists()  # one evaluation: no second copy of the same weights
     rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
     # the final evaluation always logs; train rows come every 10 steps, which a loaded machine may not
     # reach within the budget

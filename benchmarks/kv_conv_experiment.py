@@ -34,6 +34,8 @@ class KVConvMixer(nn.Module):
         super().__init__()
         self.qk_norm = qk_norm  # q and k of unit length per head (cosine matching), times a learned scale
         D = cfg.d_model
+        if not (isinstance(head_dim, int) and head_dim >= 1 and D % head_dim == 0):
+            raise ValueError(f"KVConvMixer.head_dim: expected a positive divisor of d_model ({D}), got {head_dim!r}")
         self.dh, self.H = head_dim, D // head_dim
         self.in_proj = nn.Linear(D, 4 * D, bias=False)  # q, k, v, gate
         self.out_proj = nn.Linear(D, D, bias=False)

@@ -478,9 +478,10 @@ def _train(cfg, model, rank, world, device, master):
         check_output_paths({"--ckpt-path": cfg.ckpt_path, "--metrics-path": metrics_path, "--plot-path": plot_path},
                            create=master)
         best_path = best_ckpt_path(cfg.ckpt_path) if cfg.ckpt_path and cfg.keep_best else ""
+        ckpt_files = [p for p in (cfg.ckpt_path, best_path) if p]  # the checkpoints this run writes
         # a new run refuses to replace an earlier run's files, its best checkpoint too (which a new run
         # that never reaches an evaluation would otherwise leave beside its own checkpoint as if its own)
-        held = [p for p in (cfg.ckpt_path, best_path) if p and os.path.exists(p)]
+        held = [p for p in ckpt_files if os.path.exists(p)]
         if not cfg.resume and not cfg.overwrite and held:
             raise ConfigError(f"--ckpt-path {cfg.ckpt_path} already holds a checkpoint ({', '.join(held)}): pass "
                               f"--resume to continue that run, --overwrite to start a new one in its place (its "
@@ -554,16 +555,15 @@ def _train(cfg, model, rank, world, device, master):
         if cfg.warmup_steps >= cfg.total_steps:
             print(f"note: --warmup-steps {cfg.warmup_steps} >= this run's {cfg.total_steps} steps: the lr ramps "
                   f"up all run and never reaches --lr {cfg.lr:g}")
-        for path in filter(None, (cfg.ckpt_path, best_path)):
+        for path in ckpt_files:
             for stale in remove_stale_temp_files(path):
                 print(f"removed {stale}, left by a run killed while saving")
         if not cfg.resume:
-            for old in (cfg.ckpt_path, best_path):
-                if cfg.overwrite and old and os.path.exists(old):
-                    # first, so that a crash before this run's first save cannot pair the old checkpoint
-                    # with this run's metrics
-                    os.remove(old)
-                    print(f"--overwrite: deleted the previous run's checkpoint {old}")
+            for old in held if cfg.overwrite else ():
+                # first, so that a crash before this run's first save cannot pair the old checkpoint
+                # with this run's metrics
+                os.remove(old)
+                print(f"--overwrite: deleted the previous run's checkpoint {old}")
             open(metrics_path, "w").close()
         else:  # rows past the checkpoint (a crash, a non-finite stop) are logged again from here on
             truncate_metrics(metrics_path, start_step)

@@ -281,6 +281,9 @@ def test_kv_conv_experiment_mixer_is_causal_and_trains():
         sys.path.pop(0)
     torch.manual_seed(0)
     cfg = SpectralLMConfig(d_model=16, n_layers=1, seq_len=32, kernel_len=8)
+    for bad in (3, 0):
+        with pytest.raises(ValueError, match=rf"KVConvMixer.head_dim: expected a positive divisor of d_model \(16\), got {bad}"):
+            kv.KVConvMixer(cfg, head_dim=bad)
     for qk_norm in (False, True):
         mixer = kv.KVConvMixer(cfg, head_dim=4, qk_norm=qk_norm).double()
         x = torch.randn(2, 29, 16, dtype=torch.float64)

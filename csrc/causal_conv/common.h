@@ -20,6 +20,18 @@ inline int64_t next_pow2(int64_t n) {
   return p;
 }
 
+// v as a decimal of ASCII digits only (no sign or spaces, which strtoll would take), saturating once past
+// cap (so no overflow); -1 if v holds any other character. The switches' parser (cuda.cu's env_int)
+// and min_window below read their integers with it.
+inline int64_t parse_ascii_digits(const char* v, int64_t cap) {
+  int64_t x = 0;
+  for (const char* c = v; *c != '\0'; ++c) {
+    if (*c < '0' || *c > '9') return -1;
+    if (x <= cap) x = 10 * x + (*c - '0');
+  }
+  return x;
+}
+
 // Smallest overlap-save window, in points: 1024, or FFT_TENSOR_CONV_MIN_WINDOW (a power of two in
 // [64, 16384]), read on every call so a benchmark or a test can switch it. An experiment hook: at
 // L = 1024 with 128 taps the default transforms two windows of 1024 points per row, 2048 points for
@@ -28,14 +40,8 @@ inline int64_t next_pow2(int64_t n) {
 inline int64_t min_window() {
   const char* env = std::getenv("FFT_TENSOR_CONV_MIN_WINDOW");
   if (env == nullptr || *env == '\0') return 1024;
-  // ASCII digits only, as the Python mirror accepts (strtoll alone would take a sign or leading space)
-  int64_t v = 0;
-  bool digits = true;
-  for (const char* c = env; *c != '\0' && digits; ++c) {
-    digits = *c >= '0' && *c <= '9';
-    if (digits && v <= kMaxFusedFFT) v = 10 * v + (*c - '0');
-  }
-  TORCH_CHECK(digits && v >= kMinFFT && v <= kMaxFusedFFT && (v & (v - 1)) == 0,
+  const int64_t v = parse_ascii_digits(env, kMaxFusedFFT);  // as the Python mirror accepts
+  TORCH_CHECK(v >= kMinFFT && v <= kMaxFusedFFT && (v & (v - 1)) == 0,
               "FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384] (or unset), got '", env, "'");
   return v;
 }

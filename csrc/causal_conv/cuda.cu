@@ -103,15 +103,10 @@ bool env_flag(const char* name, bool unset) { return env_choice(name, {"0", "1"}
 int64_t env_int(const char* name, int64_t lo, int64_t hi, int64_t unset) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return unset;
-  int64_t x = 0;
-  bool digits = true;
-  for (const char* c = v; *c != '\0' && digits; ++c) {
-    digits = *c >= '0' && *c <= '9';
-    if (digits && x <= hi) x = 10 * x + (*c - '0');
-  }
+  const int64_t x = parse_ascii_digits(v, hi);  // -1 for anything but digits: below every lo (>= 0)
   // integers through std::to_string, as in every message of this file: streaming an int64_t into
   // TORCH_CHECK's message segfaults in this nvcc-built code on the device (seen again for this check)
-  TORCH_CHECK(digits && x >= lo && x <= hi, name, ": expected an integer in [", std::to_string(lo), ", ",
+  TORCH_CHECK(x >= lo && x <= hi, name, ": expected an integer in [", std::to_string(lo), ", ",
               std::to_string(hi), "] (or unset), got '", v, "'");
   return x;
 }

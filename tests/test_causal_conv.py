@@ -123,11 +123,13 @@ def test_plan_invariants():
 
 @pytest.mark.parametrize("L,Lk,cpu_windows", [(7, 3, False), (1024, 128, False), (2048, 128, True), (4097, 128, True),
                                                (1000, 1000, False), (4097, 3, True), (10000, 10000, False)])
-def test_cpu_follows_plan(L, Lk, cpu_windows):
+def test_cpu_follows_plan(L, Lk, cpu_windows, monkeypatch):
     # The CPU composite cuts the row into overlapping blocks (aten::unfold) when the plan says
     # overlap-save and the blocks transform at least a quarter fewer points than one FFT of the row
     # (cpu.cpp): at (1024, 128) two blocks of 1024 points would transform as many as one FFT of 2048.
-    # If the CPU path is rewritten without unfold, update this check.
+    # If the CPU path is rewritten without unfold, update this check. The direct path is off here (it
+    # would take the short kernels): this is the FFT path's own choice.
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "0")
     N, taps, _, nseg = causal_conv_plan(L, Lk)
     full = max(64, next_pow2(L + taps - 1))
     assert cpu_windows == (nseg > 1 and 4 * nseg * N <= 3 * full), (N, nseg, full)  # the table above, by hand
@@ -138,6 +140,136 @@ def test_cpu_follows_plan(L, Lk, cpu_windows):
     used_blocks = any(e.name == "aten::unfold" for e in prof.events())
     assert used_blocks == cpu_windows
     assert rel_err(y, causal_conv_reference(u, k)) < 1e-5
+
+
+# ---------------------------------------------------------------- the CPU's direct path
+
+# The CPU's two paths, forced by FFT_TENSOR_CONV_DIRECT_MAX_TAPS: the direct sum over the taps
+# ("128": every kernel of at most 128 taps) and pocketfft ("0").
+CPU_PATHS = {"direct": "128", "fft": "0"}
+
+
+def cpu_path_taken(fn):
+    """"fft" if fn ran pocketfft (aten::fft_rfft), else "direct" (cpu.cpp's sum over the taps)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return "fft" if any(e.name == "aten::fft_rfft" for e in prof.events()) else "direct"
+
+
+# (L, Lk, switch) -> the path, by hand from cpu.cpp's rule: at most 64 taps (taps = min(Lk, L)) take the
+# direct sum; FFT_TENSOR_CONV_DIRECT_MAX_TAPS=N makes it "at most N taps".
+CPU_RULE = [(7, 3, None, "direct"), (1000, 64, None, "direct"), (1000, 65, None, "fft"), (50, 300, None, "direct"),
+            (100, 300, None, "fft"), (4097, 1, None, "direct"), (1000, 128, "128", "direct"),
+            (1000, 129, "128", "fft"), (7, 3, "0", "fft"), (1000, 20, "19", "fft"), (1000, 20, "20", "direct")]
+
+
+@pytest.mark.parametrize("L,Lk,switch,path", CPU_RULE)
+def test_cpu_direct_rule(L, Lk, switch, path, monkeypatch):
+    if switch is None:
+        monkeypatch.delenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", raising=False)
+    else:
+        monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", switch)
+    u, k, skip = make_inputs(L, Lk, True, batch=1, dim=2)
+    gy = torch.randn_like(u)
+    assert cpu_path_taken(lambda: fft_tensor.causal_conv(u, k, skip)) == path
+    assert cpu_path_taken(lambda: ops.causal_conv_backward(gy, u, k, skip, True, True)) == path
+
+
+# Row tiles of 2048 outputs (cpu_direct.h: kTile) and their edges; sum blocks of 64 outputs, and grad_k's
+# three forms (lanes over time up to 15 taps, blocks of 32 taps up to 32, of 64 beyond): taps at and past
+# each width; Lk > L; one channel with many batches (grad_k then sums batch groups).
+CPU_DIRECT_SHAPES = [(1, 1, 3, 5), (5, 9, 3, 5), (63, 15, 3, 5), (2047, 16, 3, 5), (700, 32, 2, 3),
+                     (2048, 33, 2, 3), (2048, 64, 2, 3), (2049, 65, 3, 2), (4097, 128, 1, 3), (3000, 3, 20, 1),
+                     (130, 100, 2, 7)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],
+                         ids=["fp32", "bf16", "fp16", "fp64"])
+@pytest.mark.parametrize("L,Lk,batch,dim", CPU_DIRECT_SHAPES,
+                         ids=[f"L{a}-Lk{b}-B{c}-D{d}" for a, b, c, d in CPU_DIRECT_SHAPES])
+def test_cpu_direct_values_and_grads(L, Lk, batch, dim, dtype, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "128")
+    u, k, skip = make_inputs(L, Lk, True, dtype=dtype, batch=batch, dim=dim)
+    gy = torch.randn(u.shape).to(dtype)
+    assert cpu_path_taken(lambda: fft_tensor.causal_conv(u, k, skip)) == "direct"
+    args = [t.detach().requires_grad_() for t in (u, k, skip)]
+    y = fft_tensor.causal_conv(*args)
+    grads = torch.autograd.grad(y, args, gy)
+    refs = [t.detach().double().requires_grad_() for t in (u, k, skip)]
+    exact = causal_conv_reference(*refs)
+    ref_grads = torch.autograd.grad(exact, refs, gy.double())
+    assert y.dtype == dtype and y.shape == u.shape
+    if dtype in (torch.bfloat16, torch.float16):
+        assert rel_err(y, exact) <= rounding_bound(exact.detach(), dtype)
+        tol = 1e-2
+    else:
+        # fp32 sums over L products (grad_k, grad_skip) lose ~sqrt(L) ulps
+        tol = 1e-12 if dtype == torch.float64 else 2e-6 * max(1.0, L * batch / 1000) ** 0.5
+        assert rel_err(y, exact) < tol
+    for name, g, ref, arg in zip(("u", "k", "skip"), grads, ref_grads, args):
+        assert g.shape == arg.shape and g.dtype == arg.dtype, name
+        assert rel_err(g, ref) < tol, (name, rel_err(g, ref))
+    if Lk > L:
+        assert (grads[1][:, L:] == 0).all()
+
+
+CPU_DIRECT_LAYOUTS = {  # name -> u (3, 5, 2100)
+    "channels-last": lambda: torch.randn(3, 2100, 5).transpose(1, 2),
+    "time-strided": lambda: torch.randn(3, 5, 4201)[..., 1::2],
+    "feature-major": lambda: torch.randn(5, 3, 2100).transpose(0, 1),
+    "expanded": lambda: torch.randn(1, 5, 2100).expand(3, 5, 2100),
+}
+
+
+@pytest.mark.parametrize("layout", list(CPU_DIRECT_LAYOUTS))
+def test_cpu_direct_any_strides(layout, monkeypatch):
+    # the direct path reads u and grad_y through their strides (no packing copy) and writes y and grad_u
+    # in the layout every path gives (test_output_strides_match_fake)
+    u = CPU_DIRECT_LAYOUTS[layout]()
+    k, skip = torch.randn(2 * 5, 37)[::2] / 6, torch.randn(5)  # strided taps too
+    gy = torch.randn(3, 2100, 5).transpose(1, 2)
+    results = {}
+    for path, switch in CPU_PATHS.items():
+        monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", switch)
+        assert cpu_path_taken(lambda: fft_tensor.causal_conv(u, k, skip)) == path
+        results[path] = (fft_tensor.causal_conv(u, k, skip), *ops.causal_conv_backward(gy, u, k, skip, True, True))
+    refs = [t.double().requires_grad_() for t in (u.contiguous(), k, skip)]
+    exact = causal_conv_reference(*refs)
+    ref_gu, ref_gk, _ = torch.autograd.grad(exact, refs, gy.double())
+    for (y, gu, gk), (y_fft, gu_fft, gk_fft) in [(results["direct"], results["fft"])]:
+        assert y.stride() == y_fft.stride() and gu.stride() == gu_fft.stride()
+        assert rel_err(y, exact) < 1e-5 and rel_err(gu, ref_gu) < 1e-5 and rel_err(gk, ref_gk) < 1e-5
+
+
+def test_cpu_direct_grad_y_of_another_dtype(monkeypatch):
+    # causal_conv_backward called directly with a float32 grad_y for bfloat16 u: both CPU paths read it
+    # at float32 (the direct path does not round it to u's dtype first)
+    u, k, skip = make_inputs(1500, 20, True, dtype=torch.bfloat16)
+    gy = torch.randn(u.shape)
+    out = {}
+    for path, switch in CPU_PATHS.items():
+        monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", switch)
+        out[path] = ops.causal_conv_backward(gy, u, k, skip, True, True)
+    refs = [t.double().requires_grad_() for t in (u, k, skip)]
+    ref_gu, ref_gk, _ = torch.autograd.grad(causal_conv_reference(*refs), refs, gy.double())
+    for path, (gu, gk) in out.items():
+        assert gu.dtype == torch.bfloat16 and rel_err(gu, ref_gu) <= rounding_bound(ref_gu, torch.bfloat16), path
+        assert gk.dtype == torch.float32 and rel_err(gk, ref_gk) < 1e-5, (path, rel_err(gk, ref_gk))
+
+
+def test_cpu_direct_max_taps_bad_value(monkeypatch):
+    # the CPU reads FFT_TENSOR_CONV_DIRECT_MAX_TAPS (common.h) with the CUDA op's message, forward and backward
+    u, k, skip = make_inputs(100, 10, True, batch=1, dim=2)
+    for bad in ("129", "-1", "x", " 1", "1 ", "+1", "99999999999999999999"):
+        monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", bad)
+        message = rf"FFT_TENSOR_CONV_DIRECT_MAX_TAPS: expected an integer in \[0, 128\] \(or unset\), got '{re.escape(bad)}'"
+        with pytest.raises(RuntimeError, match=message):
+            fft_tensor.causal_conv(u, k, skip)
+        with pytest.raises(RuntimeError, match=message):
+            ops.causal_conv_backward(torch.randn_like(u), u, k, skip, True, True)
+    for empty_or_zeros, path in (("", "direct"), ("000", "fft"), ("010", "direct")):
+        monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", empty_or_zeros)
+        assert cpu_path_taken(lambda: fft_tensor.causal_conv(u, k, skip)) == path, empty_or_zeros
 
 
 # ---------------------------------------------------------------- values
@@ -331,11 +463,15 @@ def test_min_window_bad_value(device, monkeypatch):
 
 # ---------------------------------------------------------------- gradients
 
+@pytest.mark.parametrize("path", list(CPU_PATHS))
 @pytest.mark.parametrize("L,Lk,with_skip,fast",
                          [(9, 1, True, False), (9, 4, True, False), (9, 9, False, False), (9, 13, True, False),
-                          (1, 2, True, False), (1100, 3, True, True), (700, 700, True, True)])
-def test_gradcheck(L, Lk, with_skip, fast):
-    # fast_mode (random projections of the Jacobian) keeps the long, overlap-save case cheap.
+                          (1, 2, True, False), (1100, 3, True, True), (700, 700, True, True),
+                          (2100, 70, True, True)])
+def test_gradcheck(L, Lk, with_skip, fast, path, monkeypatch):
+    # fast_mode (random projections of the Jacobian) keeps the long cases cheap. (700, 700) is past the
+    # direct path's 128 taps: the FFT path either way.
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", CPU_PATHS[path])
     u, k, skip = make_inputs(L, Lk, with_skip, dtype=torch.float64, batch=1 if fast else 2, dim=2 if fast else 3)
     args = [u.requires_grad_(), k.requires_grad_()] + ([skip.requires_grad_()] if with_skip else [])
     assert torch.autograd.gradcheck(lambda *a: fft_tensor.causal_conv(*a), args, fast_mode=fast)
@@ -381,16 +517,20 @@ def test_grad_subsets(device):
 
 # ---------------------------------------------------------------- second derivatives
 
+@pytest.mark.parametrize("path", list(CPU_PATHS))
 @pytest.mark.parametrize("L,Lk,with_skip", [(9, 1, True), (9, 4, True), (9, 9, False), (9, 13, True), (40, 7, True)])
-def test_gradgradcheck(L, Lk, with_skip):
+def test_gradgradcheck(L, Lk, with_skip, path, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", CPU_PATHS[path])
     u, k, skip = make_inputs(L, Lk, with_skip, dtype=torch.float64, batch=2, dim=3)
     args = [u.requires_grad_(), k.requires_grad_()] + ([skip.requires_grad_()] if with_skip else [])
     assert torch.autograd.gradgradcheck(lambda *a: fft_tensor.causal_conv(*a), args)
 
 
-def test_gradgradcheck_backward_op():
+@pytest.mark.parametrize("path", list(CPU_PATHS))
+def test_gradgradcheck_backward_op(path, monkeypatch):
     # causal_conv_backward's own autograd, every input and both outputs, gradients of every order
     # through the same closure (the third order below checks the backward of the backward's backward)
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", CPU_PATHS[path])
     u, k, skip = make_inputs(11, 5, True, dtype=torch.float64, batch=2, dim=3)
     gy = torch.randn_like(u)
     args = [t.requires_grad_() for t in (gy, u, k, skip)]
@@ -1202,8 +1342,8 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
         ops.causal_conv_backward(gy, u, k, skip, True, True)
 
 
-# Every FFT_TENSOR_CONV_* switch of the CUDA op (csrc/causal_conv/cuda.cu: ConvSwitches; MIN_WINDOW is
-# common.h's and the CPU's too), as README's switch table lists them.
+# Every FFT_TENSOR_CONV_* switch of the CUDA op (csrc/causal_conv/cuda.cu: ConvSwitches; MIN_WINDOW and
+# DIRECT_MAX_TAPS are common.h's, read by the CPU too), as README's switch table lists them.
 CUDA_CONV_SWITCHES = ("PDL", "HALF", "TC", "CLUSTERS", "CLUSTER_PADDED", "REAL_WINDOW", "REAL_WINDOW_REGS",
                       "FOURSTEP", "FOURSTEP_MB", "DIRECT_MAX_TAPS", "MMA", "CHANNELS_LAST")
 
@@ -1213,13 +1353,17 @@ def test_conv_switches_listed_where_documented():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "csrc", "causal_conv", "cuda.cu")) as f:
         read = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)"', f.read()))
-    assert read == set(CUDA_CONV_SWITCHES), read ^ set(CUDA_CONV_SWITCHES)
+    with open(os.path.join(root, "csrc", "causal_conv", "common.h")) as f:
+        shared = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)', f.read()))
+    assert shared == {"MIN_WINDOW", "DIRECT_MAX_TAPS"}, shared  # read by the CPU too
+    assert read | shared == set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW"}, read ^ set(CUDA_CONV_SWITCHES)
     # read in one place only: cuda.cu's env_choice and env_int (a getenv elsewhere would bypass
-    # ConvSwitches), and common.h's min_window (FFT_TENSOR_CONV_MIN_WINDOW, the CPU's plan too)
+    # ConvSwitches), and common.h's min_window and direct_max_taps (which the CPU's plan and direct
+    # path read too; ConvSwitches takes DIRECT_MAX_TAPS from there)
     folder = os.path.join(root, "csrc", "causal_conv")
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name)) as f:
-            assert f.read().count("getenv(") == {"cuda.cu": 2, "common.h": 1}.get(name, 0), name
+            assert f.read().count("getenv(") == {"cuda.cu": 2, "common.h": 2}.get(name, 0), name
     with open(os.path.join(root, "README.md")) as f:
         table = f.read().split("| `FFT_TENSOR_CONV_...` |", 1)[1].split("\n\n", 1)[0]
     rows = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.M))

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 namespace fft_tensor {
@@ -43,6 +44,22 @@ inline int64_t min_window() {
   const int64_t v = parse_ascii_digits(env, kMaxFusedFFT);  // as the Python mirror accepts
   TORCH_CHECK(v >= kMinFFT && v <= kMaxFusedFFT && (v & (v - 1)) == 0,
               "FFT_TENSOR_CONV_MIN_WINDOW: expected a power of two in [64, 16384] (or unset), got '", env, "'");
+  return v;
+}
+
+// FFT_TENSOR_CONV_DIRECT_MAX_TAPS: -1 when unset or empty (each backend's own rule: cpu.cpp's
+// use_cpu_direct, cuda.cu's use_direct), else N in [0, kMaxDirectTaps]: kernels of at most N taps take
+// the direct paths, longer ones the FFT (0 = always the FFT). Read on every call, like min_window().
+constexpr int64_t kMaxDirectTaps = 128;
+
+inline int64_t direct_max_taps() {
+  const char* env = std::getenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS");
+  if (env == nullptr || *env == '\0') return -1;
+  const int64_t v = parse_ascii_digits(env, kMaxDirectTaps);  // -1 for anything but digits
+  // integers through std::to_string: streaming an int64_t into TORCH_CHECK's message segfaults in
+  // nvcc-built code on the device (cuda.cu includes this file)
+  TORCH_CHECK(v >= 0 && v <= kMaxDirectTaps, "FFT_TENSOR_CONV_DIRECT_MAX_TAPS: expected an integer in [0, ",
+              std::to_string(kMaxDirectTaps), "] (or unset), got '", env, "'");
   return v;
 }
 

@@ -83,7 +83,8 @@ void allow_smem(Kernel kernel, size_t bytes) {
 // ---- FFT_TENSOR_CONV_* switches: A/B switches for the benchmarks and the tests (README's table). All of
 // them are read once per op call, at its entry, and passed down: one call sees one setting, and a bad
 // value is an error on every call whatever path the sizes take, naming the variable, the values it
-// takes and the value given. (FFT_TENSOR_CONV_MIN_WINDOW is common.h's: it also sets the CPU's plan.)
+// takes and the value given. (FFT_TENSOR_CONV_MIN_WINDOW and DIRECT_MAX_TAPS are common.h's: the CPU
+// reads them too, for its plan and its direct path.)
 
 // The value of `name`; `unset` when it is unset or empty.
 std::string env_choice(const char* name, std::initializer_list<const char*> allowed, const char* unset) {
@@ -149,7 +150,7 @@ struct ConvSwitches {
     w.regs_backward = regs == "1";
     w.fourstep = env_flag("FFT_TENSOR_CONV_FOURSTEP", true);
     w.fourstep_mb = env_int("FFT_TENSOR_CONV_FOURSTEP_MB", 1, int64_t(1) << 20, 0);
-    w.direct_max_taps = (int)env_int("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", 0, direct::kMaxTaps, -1);
+    w.direct_max_taps = (int)fft_tensor::direct_max_taps();  // common.h: the CPU's direct path reads it too
     w.mma = env_flag("FFT_TENSOR_CONV_MMA", true);
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
     return w;
@@ -993,6 +994,7 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
 // floor. FFT_TENSOR_CONV_DIRECT_MAX_TAPS=N (0..128) replaces the rule by "at most N taps" (0 = never
 // direct).
 constexpr int kDirectTaps = 32, kDirectTapsShortRows = 128;
+static_assert(direct::kMaxTaps == kMaxDirectTaps, "FFT_TENSOR_CONV_DIRECT_MAX_TAPS's range is the direct kernel's");
 constexpr int64_t kShortRow = 1024;
 
 bool use_direct(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches& sw) {

@@ -1,0 +1,227 @@
+// causal_conv's direct path on the CPU (included by cpu.cpp only): a sum over the taps for kernels of
+// few taps, where pocketfft's transforms (two of at least 64 points per row, and ATen temporaries for
+// each) cost more than the taps themselves (RESULTS.md, twenty-eighth session).
+//
+// Rows go in tiles of kTile outputs. A tile's inputs are copied once into an accumulation-typed buffer
+// (any strides and dtypes in, zeros outside [0, L)), and every sum is then one loop:
+//     out[w] += sum_{i < count} c[i] * v[w - i]      for blocks of W consecutive w
+// with a block's W sums held in registers while the c[i] stream past (one load and one FMA per term;
+// the loop over w vectorises without reordering any sum). The forward (c = the taps, v = the inputs),
+// grad_u (c = the taps reversed, v = grad_y read ahead) and grad_k (c = grad_y, v = the inputs
+// reversed, the blocks over taps) are all this loop. Accumulation is float32 for float32, bfloat16 and
+// float16 input, float64 for float64, as in the FFT paths.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace fft_tensor {
+namespace cpu_direct {
+
+// x86-64 Linux builds compile the sum loop three times (AVX-512, AVX2 + FMA, baseline SSE2) and pick one
+// when the library loads: the wheel's baseline flags alone leave it 4 floats wide without FMA (1.5x
+// slower on the build machine's EPYC). Other targets take the portable loop as compiled.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define FFT_TENSOR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FFT_TENSOR_CPU_CLONES
+#endif
+
+constexpr int64_t kTile = 2048;  // outputs per tile: its input and output buffers stay in L1/L2
+
+template <typename acc_t, int64_t W>
+__attribute__((always_inline)) inline void sum_blocks_impl(const acc_t* __restrict c, int64_t count,
+                                                           const acc_t* __restrict v, int64_t nblocks,
+                                                           acc_t* __restrict out) {
+  for (int64_t b = 0; b < nblocks; ++b) {
+    acc_t a[W];
+    for (int64_t w = 0; w < W; ++w) a[w] = out[b * W + w];
+    const acc_t* vb = v + b * W;
+    for (int64_t i = 0; i < count; ++i) {
+      const acc_t ci = c[i];
+      const acc_t* vi = vb - i;
+      for (int64_t w = 0; w < W; ++w) a[w] += ci * vi[w];
+    }
+    for (int64_t w = 0; w < W; ++w) out[b * W + w] = a[w];
+  }
+}
+
+// Wide blocks (64 floats, 32 doubles: four AVX-512 registers, four independent FMA chains) for long
+// sums; narrow ones (32 floats, 16 doubles) for grad_k of short kernels, whose blocks run over the taps
+// (4 taps in a 64-wide block would be 16x the work). Not narrower: blocks of one register (16 floats)
+// ran 4-8x slower per FMA in a g++ 12 microbenchmark (vectorised poorly, one dependent chain).
+FFT_TENSOR_CPU_CLONES void sum_blocks_wide(const float* c, int64_t count, const float* v, int64_t nblocks, float* out) {
+  sum_blocks_impl<float, 64>(c, count, v, nblocks, out);
+}
+FFT_TENSOR_CPU_CLONES void sum_blocks_narrow(const float* c, int64_t count, const float* v, int64_t nblocks,
+                                             float* out) {
+  sum_blocks_impl<float, 32>(c, count, v, nblocks, out);
+}
+FFT_TENSOR_CPU_CLONES void sum_blocks_wide(const double* c, int64_t count, const double* v, int64_t nblocks,
+                                           double* out) {
+  sum_blocks_impl<double, 32>(c, count, v, nblocks, out);
+}
+FFT_TENSOR_CPU_CLONES void sum_blocks_narrow(const double* c, int64_t count, const double* v, int64_t nblocks,
+                                             double* out) {
+  sum_blocks_impl<double, 16>(c, count, v, nblocks, out);
+}
+
+// The other orientation, for grad_k of very short kernels: out[s] += sum_{j < npad} g[j] x[j - s] for
+// s < T, the lanes over j (W partial sums per tap, added at the end). Two loads per FMA, but no lane
+// wasted: cheaper than a 32-wide block over the taps when T < 16.
+template <typename acc_t, int64_t W>
+__attribute__((always_inline)) inline void dot_lanes_impl(const acc_t* __restrict g, int64_t npad,
+                                                          const acc_t* __restrict x, int64_t T,
+                                                          acc_t* __restrict out) {
+  for (int64_t s = 0; s < T; ++s) {
+    acc_t p[W];
+    for (int64_t w = 0; w < W; ++w) p[w] = acc_t(0);
+    const acc_t* xs = x - s;
+    for (int64_t j = 0; j < npad; j += W)
+      for (int64_t w = 0; w < W; ++w) p[w] += g[j + w] * xs[j + w];
+    acc_t sum = 0;
+    for (int64_t w = 0; w < W; ++w) sum += p[w];
+    out[s] += sum;
+  }
+}
+FFT_TENSOR_CPU_CLONES void dot_lanes(const float* g, int64_t npad, const float* x, int64_t T, float* out) {
+  dot_lanes_impl<float, 64>(g, npad, x, T, out);
+}
+FFT_TENSOR_CPU_CLONES void dot_lanes(const double* g, int64_t npad, const double* x, int64_t T, double* out) {
+  dot_lanes_impl<double, 32>(g, npad, x, T, out);
+}
+constexpr int64_t kDotLanesMaxTaps = 15;
+
+template <typename acc_t>
+constexpr int64_t wide_width() {
+  return sizeof(acc_t) == 4 ? 64 : 32;
+}
+template <typename acc_t>
+constexpr int64_t narrow_width() {
+  return sizeof(acc_t) == 4 ? 32 : 16;
+}
+
+inline int64_t round_up(int64_t n, int64_t w) { return (n + w - 1) / w * w; }
+
+// dst[m] = row[start + m] (stride st) for 0 <= start + m < L, else 0; m < count.
+template <typename scalar_t, typename acc_t>
+void load_ahead(acc_t* dst, const scalar_t* row, int64_t st, int64_t start, int64_t count, int64_t L) {
+  const int64_t lo = std::clamp<int64_t>(-start, 0, count), hi = std::clamp<int64_t>(L - start, lo, count);
+  std::fill(dst, dst + lo, acc_t(0));
+  const scalar_t* p = row + (start + lo) * st;
+  if (st == 1)
+    for (int64_t m = lo; m < hi; ++m) dst[m] = static_cast<acc_t>(p[m - lo]);
+  else
+    for (int64_t m = lo; m < hi; ++m) dst[m] = static_cast<acc_t>(p[(m - lo) * st]);
+  std::fill(dst + hi, dst + count, acc_t(0));
+}
+
+// dst[m] = row[last - m] for 0 <= last - m < L, else 0; m < count.
+template <typename scalar_t, typename acc_t>
+void load_reversed(acc_t* dst, const scalar_t* row, int64_t st, int64_t last, int64_t count, int64_t L) {
+  const int64_t lo = std::clamp<int64_t>(last - (L - 1), 0, count), hi = std::clamp<int64_t>(last + 1, lo, count);
+  std::fill(dst, dst + lo, acc_t(0));
+  if (st == 1) {
+    const scalar_t* p = row + last;
+    for (int64_t m = lo; m < hi; ++m) dst[m] = static_cast<acc_t>(p[-m]);
+  } else {
+    for (int64_t m = lo; m < hi; ++m) dst[m] = static_cast<acc_t>(row[(last - m) * st]);
+  }
+  std::fill(dst + hi, dst + count, acc_t(0));
+}
+
+template <typename scalar_t, typename acc_t>
+void store(scalar_t* row, int64_t st, const acc_t* src, int64_t n) {
+  if (st == 1)
+    for (int64_t j = 0; j < n; ++j) row[j] = static_cast<scalar_t>(src[j]);
+  else
+    for (int64_t j = 0; j < n; ++j) row[j * st] = static_cast<scalar_t>(src[j]);
+}
+
+// Rows per parallel task: at least ~64K multiply-adds each, so small problems stay on one thread.
+inline int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work_per_item)); }
+
+// out (B, D, L) = the causal convolution of in (B, D, L) with taps (D, T) (contiguous, acc_t), or,
+// with `ahead`, its adjoint out[t] = sum_s taps[s] in[t + s] (grad_u from grad_y). Any strides.
+template <typename in_t, typename out_t, typename acc_t>
+void convolve_rows(const at::Tensor& in, const at::Tensor& taps, at::Tensor& out, bool ahead) {
+  const int64_t B = in.size(0), D = in.size(1), L = in.size(2), T = taps.size(1);
+  constexpr int64_t W = wide_width<acc_t>();
+  const in_t* in_p = in.data_ptr<in_t>();
+  out_t* out_p = out.data_ptr<out_t>();
+  const acc_t* taps_p = taps.data_ptr<acc_t>();
+  const int64_t isb = in.stride(0), isd = in.stride(1), ist = in.stride(2);
+  const int64_t osb = out.stride(0), osd = out.stride(1), ost = out.stride(2);
+  at::parallel_for(0, B * D, grain(L * T), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> x(T - 1 + kTile), acc(kTile), c(T);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / D, d = r % D;
+      const acc_t* kd = taps_p + d * T;
+      // the adjoint is the same sum with the taps reversed over the inputs read T - 1 ahead
+      for (int64_t i = 0; i < T; ++i) c[i] = ahead ? kd[T - 1 - i] : kd[i];
+      const in_t* row = in_p + b * isb + d * isd;
+      out_t* orow = out_p + b * osb + d * osd;
+      for (int64_t t0 = 0; t0 < L; t0 += kTile) {
+        const int64_t n = std::min(kTile, L - t0), npad = round_up(n, W);
+        // x[m] = in[t0 - (T - 1) + m] (forward) or in[t0 + m] (adjoint), m < T - 1 + npad
+        load_ahead(x.data(), row, ist, ahead ? t0 : t0 - (T - 1), T - 1 + npad, L);
+        std::fill(acc.begin(), acc.begin() + npad, acc_t(0));
+        sum_blocks_wide(c.data(), T, x.data() + (T - 1), npad / W, acc.data());
+        store(orow + t0 * ost, ost, acc.data(), n);
+      }
+    }
+  });
+}
+
+// grad_k (D, T) in acc_t: grad_k[d, s] = sum_{b,t} g[b,d,t] u[b,d,t-s]. Channels in parallel; when there
+// are few channels, batches are split into a fixed number of groups summed afterwards (fixed by the
+// shape, not the thread count, so the result does not depend on the machine).
+template <typename g_t, typename u_t, typename acc_t>
+at::Tensor correlate_rows(const at::Tensor& g, const at::Tensor& u, int64_t T) {
+  const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
+  const bool dot = T <= kDotLanesMaxTaps, narrow = !dot && T <= narrow_width<acc_t>();
+  const int64_t W = narrow ? narrow_width<acc_t>() : wide_width<acc_t>(), Tpad = round_up(T, W);
+  const int64_t groups = std::min<int64_t>(std::max<int64_t>(B, 1), (16 + D - 1) / D);
+  at::Tensor partial = at::zeros({groups, D, Tpad}, u.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* partial_p = partial.data_ptr<acc_t>();
+  const g_t* g_p = g.data_ptr<g_t>();
+  const u_t* u_p = u.data_ptr<u_t>();
+  at::parallel_for(0, groups * D, grain(((B + groups - 1) / groups) * L * Tpad), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> gt(kTile), x(kTile + Tpad), tile(Tpad);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t group = item / D, d = item % D;
+      acc_t* sum = partial_p + item * Tpad;
+      for (int64_t b = group; b < B; b += groups) {
+        const g_t* grow = g_p + b * g.stride(0) + d * g.stride(1);
+        const u_t* urow = u_p + b * u.stride(0) + d * u.stride(1);
+        for (int64_t t0 = 0; t0 < L; t0 += kTile) {
+          const int64_t n = std::min(kTile, L - t0);
+          std::fill(tile.begin(), tile.end(), acc_t(0));  // a tile's sum first, then into the row's
+          if (dot) {
+            // x[m] = u[t0 - (T - 1) + m], g zero past n: u[t0 + j - s] = (x + T - 1)[j - s]
+            const int64_t npad = round_up(n, W);
+            load_ahead(gt.data(), grow, g.stride(2), t0, npad, std::min(L, t0 + n));
+            load_ahead(x.data(), urow, u.stride(2), t0 - (T - 1), T - 1 + npad, L);
+            dot_lanes(gt.data(), npad, x.data() + (T - 1), T, tile.data());
+          } else {
+            // x[m] = u[t0 + n - 1 - m]: then u[t0 + j - s] = x[(n - 1 + s) - j], a block over s
+            load_ahead(gt.data(), grow, g.stride(2), t0, n, L);
+            load_reversed(x.data(), urow, u.stride(2), t0 + n - 1, n - 1 + Tpad, L);
+            if (narrow)
+              sum_blocks_narrow(gt.data(), n, x.data() + (n - 1), Tpad / W, tile.data());
+            else
+              sum_blocks_wide(gt.data(), n, x.data() + (n - 1), Tpad / W, tile.data());
+          }
+          for (int64_t s = 0; s < Tpad; ++s) sum[s] += tile[s];
+        }
+      }
+    }
+  });
+  return partial.sum(0).narrow(1, 0, T);
+}
+
+}  // namespace cpu_direct
+}  // namespace fft_tensor

@@ -241,6 +241,44 @@ def test_cpu_direct_any_strides(layout, monkeypatch):
         assert rel_err(y, exact) < 1e-5 and rel_err(gu, ref_gu) < 1e-5 and rel_err(gk, ref_gk) < 1e-5
 
 
+def test_cpu_direct_random_shapes(monkeypatch):
+    # fresh shapes each run (the seed is printed): any L, taps up to the switch's 128, odd B and D, a
+    # random layout and dtype; the direct path against the float64 direct sum, forward and both gradients
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "128")
+    gen = torch.Generator().manual_seed(torch.randint(2**31, ()).item())
+    def pick(n):
+        return int(torch.randint(n, (), generator=gen))
+    for _ in range(12):
+        L, Lk, batch, dim = 1 + pick(5000), 1 + pick(128), 1 + pick(4), 1 + pick(19)
+        dtype = (torch.float32, torch.float64, torch.bfloat16)[pick(3)]
+        layout = pick(3)
+        if layout == 0:  # packed
+            u = torch.randn(batch, dim, L)
+        elif layout == 1:  # channels-last
+            u = torch.randn(batch, L, dim).transpose(1, 2)
+        else:  # time-strided
+            u = torch.randn(batch, dim, 2 * L)[..., ::2]
+        u = u.to(dtype)
+        k = torch.randn(dim, Lk, dtype=torch.float64 if dtype == torch.float64 else torch.float32) / Lk ** 0.5
+        skip = torch.randn(dim, dtype=k.dtype)
+        gy = torch.randn(u.shape).to(dtype)
+        args = [t.detach().requires_grad_() for t in (u, k, skip)]
+        y = fft_tensor.causal_conv(*args)
+        grads = torch.autograd.grad(y, args, gy)
+        refs = [t.detach().double().requires_grad_() for t in (u, k, skip)]
+        exact = causal_conv_reference(*refs)
+        ref_grads = torch.autograd.grad(exact, refs, gy.double())
+        case = (L, Lk, batch, dim, dtype, layout)
+        if dtype == torch.bfloat16:
+            assert rel_err(y, exact) <= rounding_bound(exact.detach(), dtype), case
+            tol = 1e-2
+        else:
+            tol = 1e-12 if dtype == torch.float64 else 2e-6 * max(1.0, L * batch / 1000) ** 0.5
+            assert rel_err(y, exact) < tol, case
+        for name, g, ref in zip(("u", "k", "skip"), grads, ref_grads):
+            assert rel_err(g, ref) < tol, (name, case, rel_err(g, ref))
+
+
 def test_cpu_direct_grad_y_of_another_dtype(monkeypatch):
     # causal_conv_backward called directly with a float32 grad_y for bfloat16 u: both CPU paths read it
     # at float32 (the direct path does not round it to u's dtype first)

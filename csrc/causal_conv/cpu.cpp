@@ -173,12 +173,12 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_composite(const at::Tens
 namespace {
 
 // The CPU's direct path (cpu_direct.h) against pocketfft: kernels of at most kCpuDirectTaps taps.
-// Measured on the 2-core build machine (B = 4, D = 64, RESULTS.md, twenty-eighth session): up to 32 taps
-// the direct sum is faster at every L from 256 to 16K, forward 1.5-5x; with 64 taps forward+backward is
-// 1.3-1.9x faster at every L, the forward alone 1.3-1.7x up to 1K but 0.75-0.9x from 4K rows; with 96 and
-// 128 taps the FFT is as fast or faster (0.6-1.0x) except the forward+backward at 16K. Applies to every
-// dtype, float64 (gradcheck) included. FFT_TENSOR_CONV_DIRECT_MAX_TAPS=N replaces the rule by "at most N
-// taps" (0 = always the FFT).
+// Measured on the 2-core build machine (B = 4, D = 64, L 256-16K, RESULTS.md, twenty-eighth session): up
+// to 32 taps the direct sum is faster at every L (forward 1.3-6x, forward+backward 1.2-7.6x); with 64
+// taps forward+backward is 1.4-1.8x faster at every L, the forward alone 1.3-1.7x up to 1K rows but
+// 0.8-0.96x from 4K; from 96 taps the FFT is faster from 1K rows. Applies to every dtype, float64
+// (gradcheck) included. FFT_TENSOR_CONV_DIRECT_MAX_TAPS=N replaces the rule by "at most N taps" (0 =
+// always the FFT).
 constexpr int64_t kCpuDirectTaps = 64;
 
 bool use_cpu_direct(const at::Tensor& u, const at::Tensor& k) {

@@ -227,18 +227,37 @@ def test_cpu_direct_any_strides(layout, monkeypatch):
     # in the layout every path gives (test_output_strides_match_fake)
     u = CPU_DIRECT_LAYOUTS[layout]()
     k, skip = torch.randn(2 * 5, 37)[::2] / 6, torch.randn(5)  # strided taps too
-    gy = torch.randn(3, 2100, 5).transpose(1, 2)
-    results = {}
-    for path, switch in CPU_PATHS.items():
-        monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", switch)
-        assert cpu_path_taken(lambda: fft_tensor.causal_conv(u, k, skip)) == path
-        results[path] = (fft_tensor.causal_conv(u, k, skip), *ops.causal_conv_backward(gy, u, k, skip, True, True))
-    refs = [t.double().requires_grad_() for t in (u.contiguous(), k, skip)]
-    exact = causal_conv_reference(*refs)
-    ref_gu, ref_gk, _ = torch.autograd.grad(exact, refs, gy.double())
-    for (y, gu, gk), (y_fft, gu_fft, gk_fft) in [(results["direct"], results["fft"])]:
+    # a channels-last grad_y, and the all-stride-0 one that y.sum().backward() passes
+    for gy in (torch.randn(3, 2100, 5).transpose(1, 2), torch.randn(1, 1, 1).expand(3, 5, 2100)):
+        results = {}
+        for path, switch in CPU_PATHS.items():
+            monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", switch)
+            assert cpu_path_taken(lambda: fft_tensor.causal_conv(u, k, skip)) == path
+            results[path] = (fft_tensor.causal_conv(u, k, skip), *ops.causal_conv_backward(gy, u, k, skip, True, True))
+        refs = [t.double().requires_grad_() for t in (u.contiguous(), k, skip)]
+        exact = causal_conv_reference(*refs)
+        ref_gu, ref_gk, _ = torch.autograd.grad(exact, refs, gy.double())
+        (y, gu, gk), (y_fft, gu_fft, _) = results["direct"], results["fft"]
         assert y.stride() == y_fft.stride() and gu.stride() == gu_fft.stride()
         assert rel_err(y, exact) < 1e-5 and rel_err(gu, ref_gu) < 1e-5 and rel_err(gk, ref_gk) < 1e-5
+
+
+def test_cpu_direct_same_bits_at_any_thread_count(monkeypatch):
+    # rows are independent and grad_k's batch groups are fixed by the shape: one thread and two give
+    # the same bits (few channels, so grad_k is split over batch groups; and many channels)
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "128")
+    threads = torch.get_num_threads()
+    for batch, dim, Lk in ((9, 2, 5), (2, 40, 70)):
+        u, k, skip = make_inputs(3000, Lk, True, batch=batch, dim=dim)
+        gy = torch.randn_like(u)
+        out = []
+        try:
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                out.append((fft_tensor.causal_conv(u, k, skip), *ops.causal_conv_backward(gy, u, k, skip, True, True)))
+        finally:
+            torch.set_num_threads(threads)
+        assert all(torch.equal(a, b) for a, b in zip(*out)), (batch, dim, Lk)
 
 
 def test_cpu_direct_random_shapes(monkeypatch):
@@ -250,7 +269,7 @@ def test_cpu_direct_random_shapes(monkeypatch):
         return int(torch.randint(n, (), generator=gen))
     for _ in range(12):
         L, Lk, batch, dim = 1 + pick(5000), 1 + pick(128), 1 + pick(4), 1 + pick(19)
-        dtype = (torch.float32, torch.float64, torch.bfloat16)[pick(3)]
+        dtype = (torch.float32, torch.float64, torch.bfloat16, torch.float16)[pick(4)]
         layout = pick(3)
         if layout == 0:  # packed
             u = torch.randn(batch, dim, L)
@@ -269,7 +288,7 @@ def test_cpu_direct_random_shapes(monkeypatch):
         exact = causal_conv_reference(*refs)
         ref_grads = torch.autograd.grad(exact, refs, gy.double())
         case = (L, Lk, batch, dim, dtype, layout)
-        if dtype == torch.bfloat16:
+        if dtype in (torch.bfloat16, torch.float16):
             assert rel_err(y, exact) <= rounding_bound(exact.detach(), dtype), case
             tol = 1e-2
         else:
@@ -279,11 +298,14 @@ def test_cpu_direct_random_shapes(monkeypatch):
             assert rel_err(g, ref) < tol, (name, case, rel_err(g, ref))
 
 
-def test_cpu_direct_grad_y_of_another_dtype(monkeypatch):
-    # causal_conv_backward called directly with a float32 grad_y for bfloat16 u: both CPU paths read it
-    # at float32 (the direct path does not round it to u's dtype first)
-    u, k, skip = make_inputs(1500, 20, True, dtype=torch.bfloat16)
-    gy = torch.randn(u.shape)
+@pytest.mark.parametrize("u_dtype,gy_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                              (torch.float32, torch.bfloat16), (torch.float64, torch.float32)],
+                         ids=["bf16-u-fp32-gy", "fp16-u-fp32-gy", "fp32-u-bf16-gy", "fp64-u-fp32-gy"])
+def test_cpu_direct_grad_y_of_another_dtype(u_dtype, gy_dtype, monkeypatch):
+    # causal_conv_backward called directly with a grad_y of another dtype than u: both CPU paths read it
+    # at the accumulation dtype (the direct path does not round it to u's dtype first)
+    u, k, skip = make_inputs(1500, 20, True, dtype=u_dtype)
+    gy = torch.randn(u.shape).to(gy_dtype)
     out = {}
     for path, switch in CPU_PATHS.items():
         monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", switch)
@@ -291,8 +313,12 @@ def test_cpu_direct_grad_y_of_another_dtype(monkeypatch):
     refs = [t.double().requires_grad_() for t in (u, k, skip)]
     ref_gu, ref_gk, _ = torch.autograd.grad(causal_conv_reference(*refs), refs, gy.double())
     for path, (gu, gk) in out.items():
-        assert gu.dtype == torch.bfloat16 and rel_err(gu, ref_gu) <= rounding_bound(ref_gu, torch.bfloat16), path
-        assert gk.dtype == torch.float32 and rel_err(gk, ref_gk) < 1e-5, (path, rel_err(gk, ref_gk))
+        assert gu.dtype == u_dtype and gk.dtype == k.dtype, path
+        if u_dtype in (torch.bfloat16, torch.float16):
+            assert rel_err(gu, ref_gu) <= rounding_bound(ref_gu, u_dtype), path
+        else:
+            assert rel_err(gu, ref_gu) < 1e-5, path
+        assert rel_err(gk, ref_gk) < 1e-5, (path, rel_err(gk, ref_gk))
 
 
 def test_cpu_direct_max_taps_bad_value(monkeypatch):

@@ -20,22 +20,31 @@
 
 namespace fft_tensor {
 namespace cpu_direct {
+// Internal to cpu.cpp, its one includer: the clones' ifunc symbols stay local to the library.
+namespace {
 
 // x86-64 Linux builds compile the sum loop three times (AVX-512, AVX2 + FMA, baseline SSE2) and pick one
 // when the library loads: the wheel's baseline flags alone leave it 4 floats wide without FMA (1.5x
 // slower on the build machine's EPYC). Other targets take the portable loop as compiled.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+// target_clones of "arch=" levels needs g++ 12 and glibc's ifunc (not musl).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && \
+    __GNUC__ >= 12
 #define FFT_TENSOR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FFT_TENSOR_CPU_CLONES
+#endif
+// The sum loops are inlined into each clone, so each is compiled for that clone's instruction set.
+#if defined(__GNUC__)
+#define FFT_TENSOR_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define FFT_TENSOR_ALWAYS_INLINE inline
 #endif
 
 constexpr int64_t kTile = 2048;  // outputs per tile: its input and output buffers stay in L1/L2
 
 template <typename acc_t, int64_t W>
-__attribute__((always_inline)) inline void sum_blocks_impl(const acc_t* __restrict c, int64_t count,
-                                                           const acc_t* __restrict v, int64_t nblocks,
-                                                           acc_t* __restrict out) {
+FFT_TENSOR_ALWAYS_INLINE void sum_blocks_impl(const acc_t* __restrict c, int64_t count, const acc_t* __restrict v,
+                                              int64_t nblocks, acc_t* __restrict out) {
   for (int64_t b = 0; b < nblocks; ++b) {
     acc_t a[W];
     for (int64_t w = 0; w < W; ++w) a[w] = out[b * W + w];
@@ -73,9 +82,8 @@ FFT_TENSOR_CPU_CLONES void sum_blocks_narrow(const double* c, int64_t count, con
 // s < T, the lanes over j (W partial sums per tap, added at the end). Two loads per FMA, but no lane
 // wasted: cheaper than a 32-wide block over the taps when T < 16.
 template <typename acc_t, int64_t W>
-__attribute__((always_inline)) inline void dot_lanes_impl(const acc_t* __restrict g, int64_t npad,
-                                                          const acc_t* __restrict x, int64_t T,
-                                                          acc_t* __restrict out) {
+FFT_TENSOR_ALWAYS_INLINE void dot_lanes_impl(const acc_t* __restrict g, int64_t npad, const acc_t* __restrict x,
+                                             int64_t T, acc_t* __restrict out) {
   for (int64_t s = 0; s < T; ++s) {
     acc_t p[W];
     for (int64_t w = 0; w < W; ++w) p[w] = acc_t(0);
@@ -178,7 +186,8 @@ void convolve_rows(const at::Tensor& in, const at::Tensor& taps, at::Tensor& out
 
 // grad_k (D, T) in acc_t: grad_k[d, s] = sum_{b,t} g[b,d,t] u[b,d,t-s]. Channels in parallel; when there
 // are few channels, batches are split into a fixed number of groups summed afterwards (fixed by the
-// shape, not the thread count, so the result does not depend on the machine).
+// shape, not the thread count, so the result does not depend on the number of threads; it may differ in
+// the last bits between CPUs that take different clones, since the AVX2 and AVX-512 ones fuse FMAs).
 template <typename g_t, typename u_t, typename acc_t>
 at::Tensor correlate_rows(const at::Tensor& g, const at::Tensor& u, int64_t T) {
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
@@ -223,5 +232,6 @@ at::Tensor correlate_rows(const at::Tensor& g, const at::Tensor& u, int64_t T) {
   return partial.sum(0).narrow(1, 0, T);
 }
 
+}  // namespace
 }  // namespace cpu_direct
 }  // namespace fft_tensor

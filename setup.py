@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import subprocess
+import sys
 
 from setuptools import setup
 import torch
@@ -79,6 +80,13 @@ def extensions():
     cu = sorted(glob.glob("csrc/*/*.cu")) if with_cuda else []
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     cxx = list(opt)  # py_limited_api=True makes torch define Py_LIMITED_API
+    # at::parallel_for is header code: without -fopenmp its OpenMP backend compiles to a serial loop in
+    # this library (the CPU kernels ran on one thread until the twenty-eighth session). Linux builds link
+    # libgomp.so.1, which resolves to the copy torch has already loaded (one OpenMP runtime).
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if with_cuda:
         cxx.append("-DFFT_TENSOR_WITH_CUDA")
     nvcc = opt + ["-lineinfo", "-std=c++17", "--expt-relaxed-constexpr", "--extended-lambda"]
@@ -86,7 +94,7 @@ def extensions():
         nvcc.append("-DFFT_TENSOR_DECODE_STAMPS")
     write_build_info(with_cuda)
     kw = dict(name="fft_tensor._C", sources=cpp + cu, py_limited_api=True,
-              extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+              extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
     if with_cuda:
         return [CUDAExtension(libraries=["cufft"], **kw)]
     return [CppExtension(**kw)]

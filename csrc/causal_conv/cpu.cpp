@@ -173,16 +173,16 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_composite(const at::Tens
 namespace {
 
 // The CPU's direct path (cpu_direct.h) against pocketfft: kernels of at most kCpuDirectTaps taps.
-// Measured on the 2-core build machine (B = 4, D = 64, L 256-16K, RESULTS.md, twenty-eighth session): up
-// to 32 taps the direct sum is faster at every L (forward 1.3-6x, forward+backward 1.2-7.6x); with 64
-// taps forward+backward is 1.4-1.8x faster at every L, the forward alone 1.3-1.7x up to 1K rows but
-// 0.8-0.96x from 4K; from 96 taps the FFT is faster from 1K rows (forward+backward at 16K with 96 taps:
-// within 11% either way). Applies to every dtype, float64
-// (gradcheck) included. FFT_TENSOR_CONV_DIRECT_MAX_TAPS=N replaces the rule by "at most N taps" (0 =
-// always the FFT).
-constexpr int64_t kCpuDirectTaps = 64;
+// Measured on the 2-core build machine (B = 4, D = 64, L 256-16K, two threads, RESULTS.md, twenty-eighth
+// session): the direct sum is faster at every L up to 128 taps, forward+backward 1.6-2.7x with 128 taps
+// and 3-13x up to 32, the forward 1.0-1.8x with 128 taps (a tie at 4K) and 2-20x up to 32. 128 is also
+// FFT_TENSOR_CONV_DIRECT_MAX_TAPS's upper end (kMaxDirectTaps); past it the FFT's cost stays flat while
+// the sum's grows with the taps. Every dtype, float64 (gradcheck) included. The switch replaces the rule
+// by "at most N taps" (0 = always the FFT).
+constexpr int64_t kCpuDirectTaps = kMaxDirectTaps;
 
 bool use_cpu_direct(const at::Tensor& u, const at::Tensor& k) {
+  (void)min_window();  // a bad FFT_TENSOR_CONV_MIN_WINDOW is an error on every call, as on CUDA, not only on FFT calls
   const int64_t taps = std::min(k.size(1), u.size(2)), cutoff = direct_max_taps();
   return taps <= (cutoff >= 0 ? cutoff : kCpuDirectTaps);
 }

@@ -1,5 +1,5 @@
-// causal_conv's direct path on the CPU (included by cpu.cpp only): a sum over the taps for kernels of
-// few taps, where pocketfft's transforms (two of at least 64 points per row, and ATen temporaries for
+// causal_conv's direct path on the CPU (included by cpu.cpp only): a sum over the taps for kernels of up
+// to 128 taps, where pocketfft's transforms (two of at least 64 points per row, and ATen temporaries for
 // each) cost more than the taps themselves (RESULTS.md, twenty-eighth session).
 //
 // Rows go in tiles of kTile outputs. A tile's inputs are copied once into an accumulation-typed buffer

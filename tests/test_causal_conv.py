@@ -189,7 +189,10 @@ def grad_error_ok(got, ref, ref_magnitude, dtype):
 # each width; Lk > L; one channel with many batches (grad_k then sums batch groups).
 CPU_DIRECT_SHAPES = [(1, 1, 3, 5), (5, 9, 3, 5), (63, 15, 3, 5), (2047, 16, 3, 5), (700, 32, 2, 3),
                      (2048, 33, 2, 3), (2048, 64, 2, 3), (2049, 65, 3, 2), (4097, 128, 1, 3), (3000, 3, 20, 1),
-                     (130, 100, 2, 7)]
+                     (130, 100, 2, 7),
+                     # 16+ channels and 32+ taps: float32 sums on AVX-512 take the channels-in-lanes kernel
+                     # (groups of 16 channels, the last one partial; tiles of 256 outputs and their edges)
+                     (257, 32, 2, 16), (1000, 33, 1, 17), (513, 128, 2, 33), (5, 40, 3, 16), (255, 64, 1, 31)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],
@@ -221,22 +224,24 @@ def test_cpu_direct_values_and_grads(L, Lk, batch, dim, dtype, monkeypatch):
         assert (grads[1][:, L:] == 0).all()
 
 
-CPU_DIRECT_LAYOUTS = {  # name -> u (3, 5, 2100)
-    "channels-last": lambda: torch.randn(3, 2100, 5).transpose(1, 2),
-    "time-strided": lambda: torch.randn(3, 5, 4201)[..., 1::2],
-    "feature-major": lambda: torch.randn(5, 3, 2100).transpose(0, 1),
-    "expanded": lambda: torch.randn(1, 5, 2100).expand(3, 5, 2100),
+CPU_DIRECT_LAYOUTS = {  # name -> u (3, D, 2100)
+    "channels-last": lambda D: torch.randn(3, 2100, D).transpose(1, 2),
+    "time-strided": lambda D: torch.randn(3, D, 4201)[..., 1::2],
+    "feature-major": lambda D: torch.randn(D, 3, 2100).transpose(0, 1),
+    "expanded": lambda D: torch.randn(1, D, 2100).expand(3, D, 2100),
 }
 
 
+@pytest.mark.parametrize("D", [5, 20], ids=["D5", "D20-lanes"])
 @pytest.mark.parametrize("layout", list(CPU_DIRECT_LAYOUTS))
-def test_cpu_direct_any_strides(layout, monkeypatch):
+def test_cpu_direct_any_strides(layout, D, monkeypatch):
     # the direct path reads u and grad_y through their strides (no packing copy) and writes y and grad_u
-    # in the layout every path gives (test_output_strides_match_fake)
-    u = CPU_DIRECT_LAYOUTS[layout]()
-    k, skip = torch.randn(2 * 5, 37)[::2] / 6, torch.randn(5)  # strided taps too
+    # in the layout every path gives (test_output_strides_match_fake); D = 20 with 37 taps takes the
+    # channels-in-lanes kernel on AVX-512
+    u = CPU_DIRECT_LAYOUTS[layout](D)
+    k, skip = torch.randn(2 * D, 37)[::2] / 6, torch.randn(D)  # strided taps too
     # a channels-last grad_y, and the all-stride-0 one that y.sum().backward() passes
-    for gy in (torch.randn(3, 2100, 5).transpose(1, 2), torch.randn(1, 1, 1).expand(3, 5, 2100)):
+    for gy in (torch.randn(3, 2100, D).transpose(1, 2), torch.randn(1, 1, 1).expand(3, D, 2100)):
         results = {}
         for path, switch in CPU_PATHS.items():
             monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", switch)
@@ -276,7 +281,7 @@ def test_cpu_direct_random_shapes(monkeypatch):
     def pick(n):
         return int(torch.randint(n, (), generator=gen))
     for _ in range(12):
-        L, Lk, batch, dim = 1 + pick(5000), 1 + pick(128), 1 + pick(4), 1 + pick(19)
+        L, Lk, batch, dim = 1 + pick(5000), 1 + pick(128), 1 + pick(4), 1 + pick(40)
         dtype = (torch.float32, torch.float64, torch.bfloat16, torch.float16)[pick(4)]
         layout = pick(3)
         if layout == 0:  # packed

@@ -43,7 +43,7 @@ def test_bench_causal_conv_cpu(tmp_path):
     out = tmp_path / "table.md"
     r = run_benchmark("bench_causal_conv_cpu.py", "--batch", "2", "--dim", "3", "--lengths", "100", "--kernels",
                       "4,L", "--dtypes", "fp32,bf16", "--budget-s", "0", "--out", str(out))
-    assert_table(r, "| L | Lk | dtype | ours fwd ms |")
+    assert_table(r, "| L | Lk | dtype | ours fwd ms | ours, FFT path fwd |")
     assert r.stdout.count("| 100 | 4 |") == 4 and r.stdout.count("| 100 | 100 |") == 4  # each row, twice
     assert out.read_text().count("| 100 |") == 4
 

@@ -174,8 +174,8 @@ namespace {
 
 // The CPU's direct path (cpu_direct.h) against pocketfft: kernels of at most kCpuDirectTaps taps.
 // Measured on the 2-core build machine (B = 4, D = 64, L 256-16K, two threads, RESULTS.md, twenty-eighth
-// session): the direct sum is faster at every L up to 128 taps, forward+backward 1.6-2.7x with 128 taps
-// and 3-13x up to 32, the forward 1.0-1.8x with 128 taps (a tie at 4K) and 2-20x up to 32. 128 is also
+// session, one run): the direct sum is faster at every L up to 128 taps, forward 1.6-2.5x and
+// forward+backward 2.0-2.6x with 128 taps, 2.7-12x and 2.8-14x up to 32. 128 is also
 // FFT_TENSOR_CONV_DIRECT_MAX_TAPS's upper end (kMaxDirectTaps); past it the FFT's cost stays flat while
 // the sum's grows with the taps. Every dtype, float64 (gradcheck) included. The switch replaces the rule
 // by "at most N taps" (0 = always the FFT).

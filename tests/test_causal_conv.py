@@ -184,6 +184,29 @@ def grad_error_ok(got, ref, ref_magnitude, dtype):
     return (got.double() - ref).norm().item() <= tol * ref_magnitude.norm().item()
 
 
+def check_against_direct_sum(u, k, skip, gy, case):
+    """causal_conv(u, k, skip) and its three gradients for grad_y gy against the float64 direct sum: y
+    within the dtype's bound, the gradients by grad_error_ok. Returns the gradients."""
+    dtype = u.dtype
+    args = [t.detach().requires_grad_() for t in (u, k, skip)]
+    y = fft_tensor.causal_conv(*args)
+    grads = torch.autograd.grad(y, args, gy)
+    refs = [t.detach().double().requires_grad_() for t in (u, k, skip)]
+    exact = causal_conv_reference(*refs)
+    ref_grads = torch.autograd.grad(exact, refs, gy.double())
+    mags = [t.detach().double().abs().requires_grad_() for t in (u, k, skip)]
+    mag_grads = torch.autograd.grad(causal_conv_reference(*mags), mags, gy.double().abs())
+    assert y.dtype == dtype and y.shape == u.shape, case
+    if dtype in (torch.bfloat16, torch.float16):
+        assert rel_err(y, exact) <= rounding_bound(exact.detach(), dtype), case
+    else:
+        assert rel_err(y, exact) < (1e-12 if dtype == torch.float64 else 1e-5), case
+    for name, g, ref, mag, arg in zip(("u", "k", "skip"), grads, ref_grads, mag_grads, args):
+        assert g.shape == arg.shape and g.dtype == arg.dtype, (name, case)
+        assert grad_error_ok(g, ref, mag, dtype), (name, case, rel_err(g, ref))
+    return grads
+
+
 # Row tiles of 2048 outputs (cpu_direct.h: kTile) and their edges; sum blocks of 64 outputs, and grad_k's
 # three forms (lanes over time up to 15 taps, blocks of 32 taps up to 32, of 64 beyond): taps at and past
 # each width; Lk > L; one channel with many batches (grad_k then sums batch groups).
@@ -204,22 +227,7 @@ def test_cpu_direct_values_and_grads(L, Lk, batch, dim, dtype, monkeypatch):
     u, k, skip = make_inputs(L, Lk, True, dtype=dtype, batch=batch, dim=dim)
     gy = torch.randn(u.shape).to(dtype)
     assert cpu_path_taken(lambda: fft_tensor.causal_conv(u, k, skip)) == "direct"
-    args = [t.detach().requires_grad_() for t in (u, k, skip)]
-    y = fft_tensor.causal_conv(*args)
-    grads = torch.autograd.grad(y, args, gy)
-    refs = [t.detach().double().requires_grad_() for t in (u, k, skip)]
-    exact = causal_conv_reference(*refs)
-    ref_grads = torch.autograd.grad(exact, refs, gy.double())
-    mags = [t.detach().double().abs().requires_grad_() for t in (u, k, skip)]
-    mag_grads = torch.autograd.grad(causal_conv_reference(*mags), mags, gy.double().abs())
-    assert y.dtype == dtype and y.shape == u.shape
-    if dtype in (torch.bfloat16, torch.float16):
-        assert rel_err(y, exact) <= rounding_bound(exact.detach(), dtype)
-    else:
-        assert rel_err(y, exact) < (1e-12 if dtype == torch.float64 else 1e-5)
-    for name, g, ref, mag, arg in zip(("u", "k", "skip"), grads, ref_grads, mag_grads, args):
-        assert g.shape == arg.shape and g.dtype == arg.dtype, name
-        assert grad_error_ok(g, ref, mag, dtype), (name, rel_err(g, ref))
+    grads = check_against_direct_sum(u, k, skip, gy, (L, Lk, batch, dim, dtype))
     if Lk > L:
         assert (grads[1][:, L:] == 0).all()
 
@@ -294,21 +302,7 @@ def test_cpu_direct_random_shapes(monkeypatch):
         k = torch.randn(dim, Lk, dtype=torch.float64 if dtype == torch.float64 else torch.float32) / Lk ** 0.5
         skip = torch.randn(dim, dtype=k.dtype)
         gy = torch.randn(u.shape).to(dtype)
-        args = [t.detach().requires_grad_() for t in (u, k, skip)]
-        y = fft_tensor.causal_conv(*args)
-        grads = torch.autograd.grad(y, args, gy)
-        refs = [t.detach().double().requires_grad_() for t in (u, k, skip)]
-        exact = causal_conv_reference(*refs)
-        ref_grads = torch.autograd.grad(exact, refs, gy.double())
-        mags = [t.detach().double().abs().requires_grad_() for t in (u, k, skip)]
-        mag_grads = torch.autograd.grad(causal_conv_reference(*mags), mags, gy.double().abs())
-        case = (L, Lk, batch, dim, dtype, layout)
-        if dtype in (torch.bfloat16, torch.float16):
-            assert rel_err(y, exact) <= rounding_bound(exact.detach(), dtype), case
-        else:
-            assert rel_err(y, exact) < (1e-12 if dtype == torch.float64 else 1e-5), case
-        for name, g, ref, mag in zip(("u", "k", "skip"), grads, ref_grads, mag_grads):
-            assert grad_error_ok(g, ref, mag, dtype), (name, case, rel_err(g, ref))
+        check_against_direct_sum(u, k, skip, gy, (L, Lk, batch, dim, dtype, layout))
 
 
 @pytest.mark.parametrize("u_dtype,gy_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),

@@ -236,10 +236,10 @@ inline bool lanes_supported() {
 #endif
 
 // Rows per parallel task: at least ~64K multiply-adds each, so small problems stay on one thread.
-inline int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work_per_item)); }
+inline int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work_per_item));
+}
 
-// out (B, D, L) = the causal convolution of in (B, D, L) with taps (D, T) (contiguous, acc_t), or,
-// with `ahead`, its adjoint out[t] = sum_s taps[s] in[t + s] (grad_u from grad_y). Any strides.
 #if FFT_TENSOR_CPU_LANES
 // convolve_rows (below) with channels in the lanes: items are (batch row, group of 16 channels); the last
 // group's missing channels are zero rows whose outputs are dropped.
@@ -259,6 +259,8 @@ void convolve_rows_lanes(const at::Tensor& in, const at::Tensor& taps, at::Tenso
     at::Tensor stage_in = at::zeros({16, pitch}, f32), stage_out = at::empty({16, kLanesTile}, f32);
     at::Tensor X = at::empty({pitch, 16}, f32), Y = at::empty({kLanesTile, 16}, f32), K = at::empty({Tg, 16}, f32);
     float *sin = stage_in.data_ptr<float>(), *sout = stage_out.data_ptr<float>(), *k16 = K.data_ptr<float>();
+    const lanes16* k16v = reinterpret_cast<const lanes16*>(k16);
+    lanes16 *xv = reinterpret_cast<lanes16*>(X.data_ptr<float>()), *yv = reinterpret_cast<lanes16*>(Y.data_ptr<float>());
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / groups, d0 = (item % groups) * 16, nc = std::min<int64_t>(16, D - d0);
       for (int64_t i = 0; i < Tg; ++i)
@@ -271,8 +273,7 @@ void convolve_rows_lanes(const at::Tensor& in, const at::Tensor& taps, at::Tenso
         const int64_t start = ahead ? t0 + (T - 1) - H : t0 - H;
         for (int64_t c = 0; c < nc; ++c)
           load_ahead(sin + c * pitch, in_p + b * isb + (d0 + c) * isd, ist, start, H + npad, L);
-        lanes_sum(sin, pitch, H, npad, reinterpret_cast<const lanes16*>(k16), Tg, reinterpret_cast<lanes16*>(X.data_ptr<float>()),
-                  reinterpret_cast<lanes16*>(Y.data_ptr<float>()), sout, kLanesTile);
+        lanes_sum(sin, pitch, H, npad, k16v, Tg, xv, yv, sout, kLanesTile);
         for (int64_t c = 0; c < nc; ++c)
           store(out_p + b * osb + (d0 + c) * osd + t0 * ost, ost, sout + c * kLanesTile, n);
       }
@@ -281,6 +282,8 @@ void convolve_rows_lanes(const at::Tensor& in, const at::Tensor& taps, at::Tenso
 }
 #endif
 
+// out (B, D, L) = the causal convolution of in (B, D, L) with taps (D, T) (contiguous, acc_t), or,
+// with `ahead`, its adjoint out[t] = sum_s taps[s] in[t + s] (grad_u from grad_y). Any strides.
 template <typename in_t, typename out_t, typename acc_t>
 void convolve_rows(const at::Tensor& in, const at::Tensor& taps, at::Tensor& out, bool ahead) {
   const int64_t B = in.size(0), D = in.size(1), L = in.size(2), T = taps.size(1);

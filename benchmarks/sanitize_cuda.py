@@ -22,12 +22,14 @@ from fft_tensor.ops import causal_conv_plan  # noqa: E402
 CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (3, 2, 7, 3),        # N = 64, the smallest fused FFT, one window
     (1, 3, 1000, 1000),  # one window, N = 2048
+    (3, 2, 2049, 2000),  # one window, N = 4096, L > N/2, odd B: the fused backward's full window
+    (3, 1, 4096, 4096),  # one window, N = 8192: the fused backward's half window, its largest size
     (3, 2, 2500, 100),   # overlap-save, N = 1024, 3 windows, odd B
     (2, 2, 100, 300),    # taps > L
     (1, 1, 8192, 8192),  # N = 16384, 1024 threads, the largest fused FFT
     (2, 1, 20000, 20000),  # N = 65536: the four-step kernels
 ]
-QUICK = CONV_CASES[:4]
+QUICK = CONV_CASES[:6]
 # clusters of 2 and 4 blocks (sm_90). By default (9000, 9000) takes the padded kernel and the other two
 # the general one; FFT_TENSOR_CONV_CLUSTER_PADDED=1 or =exchange sends (20000, 20000) to the padded ones.
 # They run with FFT_TENSOR_CONV_FOURSTEP=0 (the four-step kernels are the default there).

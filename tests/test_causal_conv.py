@@ -1378,8 +1378,9 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
 
     names = _cuda_kernel_names(run)
     window = "conv_real_window" if L + min(L, Lk) - 1 > 16384 else "conv_window"
+    # both gradients of a pair plan: the fused backward kernel (conv_backward_pair_kernel)
     kernels = [f"{window}_kernel"] + (["conv_real_window_backward_kernel"] if window == "conv_real_window"
-                                      else ["conv_grad_k_pair_kernel"] if L + min(L, Lk) - 1 <= 8192 else [])
+                                      else ["conv_backward_pair_kernel"] if L + min(L, Lk) - 1 <= 8192 else [])
     for kernel in kernels:
         assert _template_flags(kernel, names) == {half}, (kernel, names)
     y, gu_alone, gu, gk = run()
@@ -1415,10 +1416,59 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
         ops.causal_conv_backward(gy, u, k, skip, True, True)
 
 
+# The fused backward (FFT_TENSOR_CONV_FUSED_BACKWARD, on by default): both gradients of a one-window plan
+# of up to 8192 points in one kernel, grad_u as a correlation with conj(K). Shapes: half windows
+# (L <= N/2) and full ones (L > N/2, window start 0 with N >= L + taps - 1), N from 512 to 8192, taps
+# shorter than, equal to and longer than L, odd batches (an unpaired last row), one row.
+FUSED_BACKWARD_SHAPES = [(200, 200, 3, 5), (150, 129, 1, 3), (1000, 300, 2, 3), (2049, 2000, 3, 2),
+                         (1500, 7000, 5, 2), (3000, 1100, 4, 7), (4096, 4096, 3, 2)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", FUSED_BACKWARD_SHAPES,
+                         ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in FUSED_BACKWARD_SHAPES])
+def test_cuda_fused_backward(L, Lk, batch, dim, monkeypatch):
+    monkeypatch.delenv("FFT_TENSOR_CONV_FUSED_BACKWARD", raising=False)
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
+    taps = min(L, Lk)
+    both = lambda: ops.causal_conv_backward(gy, u, k, skip, True, True)  # noqa: E731
+    names = _cuda_kernel_names(both)
+    assert "conv_backward_pair_kernel" in names and "conv_grad_k_pair_kernel" not in names, names
+    # one gradient alone keeps its own kernel
+    assert "conv_backward_pair_kernel" not in _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, False))
+    assert "conv_backward_pair_kernel" not in _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, False, True))
+    gu, gk = both()
+    ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
+    assert gu.shape == u.shape and gk.shape == k.shape
+    assert rel_err(gu, ref_gu) < 1e-5, rel_err(gu, ref_gu)
+    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert torch.all(gk[:, taps:] == 0)
+    # the same gradients through the two separate kernels, to float32 rounding
+    monkeypatch.setenv("FFT_TENSOR_CONV_FUSED_BACKWARD", "0")
+    names = _cuda_kernel_names(both)
+    assert "conv_backward_pair_kernel" not in names and "conv_grad_k_pair_kernel" in names, names
+    gu0, gk0 = both()
+    assert rel_err(gu, gu0) < 2e-6 and rel_err(gk, gk0) < 2e-6, (rel_err(gu, gu0), rel_err(gk, gk0))
+    monkeypatch.delenv("FFT_TENSOR_CONV_FUSED_BACKWARD")
+    # low precision: grad_u within the rounding bound, grad_k against the float64 sums of the rounded inputs;
+    # u and gy transposed (non-contiguous rows) go through the layout copy first
+    for low in (torch.bfloat16, torch.half):
+        ul, gyl = u.to(low), gy.to(low)
+        gul, gkl = ops.causal_conv_backward(gyl, ul, k, skip, True, True)
+        exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
+        assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
+        assert rel_err(gkl[:, :taps], _correlation_reference(gyl.float(), ul.float(), taps)) < 2e-5
+    ut = u.transpose(0, 1).contiguous().transpose(0, 1)  # (B, D, L) view of a (D, B, L) tensor
+    gyt = gy.transpose(0, 1).contiguous().transpose(0, 1)
+    gut, gkt = ops.causal_conv_backward(gyt, ut, k, skip, True, True)
+    assert rel_err(gut, gu) < 1e-6 and rel_err(gkt, gk) < 1e-6
+
+
 # Every FFT_TENSOR_CONV_* switch of the CUDA op (csrc/causal_conv/cuda.cu: ConvSwitches; MIN_WINDOW and
 # DIRECT_MAX_TAPS are common.h's, read by the CPU too), as README's switch table lists them.
 CUDA_CONV_SWITCHES = ("PDL", "HALF", "TC", "CLUSTERS", "CLUSTER_PADDED", "REAL_WINDOW", "REAL_WINDOW_REGS",
-                      "FOURSTEP", "FOURSTEP_MB", "DIRECT_MAX_TAPS", "MMA", "CHANNELS_LAST")
+                      "FOURSTEP", "FOURSTEP_MB", "DIRECT_MAX_TAPS", "MMA", "CHANNELS_LAST", "FUSED_BACKWARD")
 
 
 def test_conv_switches_listed_where_documented():

@@ -128,6 +128,7 @@ struct ConvSwitches {
   int direct_max_taps;          // DIRECT_MAX_TAPS: -1 unset (the default rule), else 0..128 (use_direct)
   bool mma;                     // MMA: the tensor-core direct kernels (use_mma)
   bool channels_last;           // CHANNELS_LAST: the tiled direct kernels (use_tiled)
+  bool fused_backward;          // FUSED_BACKWARD: both gradients of a one-window plan in one kernel (use_backward_pairs)
 
   static ConvSwitches from_env() {
     ConvSwitches w;
@@ -153,6 +154,7 @@ struct ConvSwitches {
     w.direct_max_taps = (int)fft_tensor::direct_max_taps();  // common.h: the CPU's direct path reads it too
     w.mma = env_flag("FFT_TENSOR_CONV_MMA", true);
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
+    w.fused_backward = env_flag("FFT_TENSOR_CONV_FUSED_BACKWARD", true);
     return w;
   }
 };
@@ -418,9 +420,23 @@ int grad_k_groups(const ConvShape& s, size_t smem, int64_t items) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(want, items));
 }
 
+// grad_k (D, Lk) float32 from partial (groups, D, N/2 + 1), the row-pair kernels' sums of G conj(U) per
+// (group, channel): grad_k_taps_kernel sums the groups in a fixed order (deterministic) and transforms back.
+at::Tensor grad_k_from_partial(const at::Tensor& partial, const ConvShape& s, int groups, int64_t Lk) {
+  at::Tensor grad_k = at::empty({s.D, Lk}, partial.options().dtype(at::kFloat));
+  const size_t bytes = smem_bytes(s.N);
+  dispatch_fft_size(s.logN, [&](auto size) {
+    constexpr int N = decltype(size)::value;
+    allow_smem(grad_k_taps_kernel<N>, bytes);
+    grad_k_taps_kernel<N><<<(unsigned)((s.D + 1) / 2), N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const float2*>(partial.data_ptr()), grad_k.data_ptr<float>(), s.D, groups, s.taps, Lk);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_k;
+}
+
 // grad_k (D, Lk) float32 for windows of one block: partial sums of G conj(U) per (group, channel)
-// from the row-pair kernel where it applies, else one row per FFT; then grad_k_taps_kernel sums the
-// groups in a fixed order (deterministic) and transforms back.
+// from the row-pair kernel where it applies, else one row per FFT; then grad_k_from_partial.
 at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s, int64_t Lk,
                           const ConvSwitches& sw) {
   const bool pairs = s.logN <= kMaxLogNGradKPairs;
@@ -451,16 +467,43 @@ at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvS
       launch(conv_grad_k_kernel<scalar_t, (int)kMaxFusedFFT>);
     }
   });
-  at::Tensor grad_k = at::empty({s.D, Lk}, u.options().dtype(at::kFloat));
-  const size_t bytes = smem_bytes(s.N);
-  dispatch_fft_size(s.logN, [&](auto size) {
-    constexpr int N = decltype(size)::value;
-    allow_smem(grad_k_taps_kernel<N>, bytes);
-    grad_k_taps_kernel<N><<<(unsigned)((s.D + 1) / 2), N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
-        reinterpret_cast<const float2*>(partial.data_ptr()), grad_k.data_ptr<float>(), s.D, groups, s.taps, Lk);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad_k_from_partial(partial, s, groups, Lk);
+}
+
+// FFT_TENSOR_CONV_FUSED_BACKWARD: unset, empty or 1 = when both gradients are wanted, a one-window plan
+// whose rows go in pairs (up to 8192 points) runs conv_backward_pair_kernel: three transforms per row
+// pair (u, gy, and grad_u's inverse) where the window kernel run backwards (grad_u) and the pair grad_k
+// kernel take four; 0 = those two kernels.
+bool use_backward_pairs(const ConvShape& s, const ConvSwitches& sw) {
+  return sw.fused_backward && s.nseg == 1 && s.logN <= kMaxLogNGradKPairs;
+}
+
+// Both gradients of a one-window plan (use_backward_pairs): grad_u into its packed rows, grad_k returned
+// ((D, Lk) float32). K: kernel_spectrum's output.
+at::Tensor backward_pairs(const at::Tensor& u, const at::Tensor& gy, const at::Tensor& K, at::Tensor& grad_u,
+                          const ConvShape& s, int64_t Lk, const ConvSwitches& sw) {
+  const size_t smem = grad_k_smem_bytes(s.N);
+  const int groups = grad_k_groups(s, smem, s.npairs);
+  TORCH_CHECK(s.D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (",
+              std::to_string(s.D * groups), ")");
+  at::Tensor partial = at::empty({groups, s.D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
+  const bool half = half_window(s, sw);
+  dispatch_io_type(u.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    dispatch_fft_size<6, kMaxLogNGradKPairs>(s.logN, [&](auto size) {
+      constexpr int N = decltype(size)::value;
+      auto kernel = conv_backward_pair_kernel<scalar_t, N, false>;
+      if constexpr (N >= kMinHalfFFT) {
+        if (half) kernel = conv_backward_pair_kernel<scalar_t, N, true>;
+      }
+      allow_smem(kernel, smem);
+      kernel<<<(unsigned)(s.D * groups), N / kElemsPerThread, smem, at::cuda::getCurrentCUDAStream()>>>(
+          u.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(K.data_ptr()),
+          grad_u.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s, groups);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
-  return grad_k;
+  return grad_k_from_partial(partial, s, groups, Lk);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1305,6 +1348,12 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   if (u.numel() == 0) {  // no rows: nothing to launch
     if (need_u) grad_u = at::zeros(u.sizes(), u.options());
     if (need_k) grad_k = at::zeros({D, Lk}, k.options());
+    return {grad_u, grad_k};
+  }
+  if (fused && need_u && need_k && use_backward_pairs(s, sw)) {
+    grad_u = at::empty(u.sizes(), u.options().memory_format(at::MemoryFormat::Contiguous));
+    grad_k = backward_pairs(layout::rows_contiguous(u), gy, kernel_spectrum(k, skip, s), grad_u, s, Lk, sw)
+                 .to(k.scalar_type());
     return {grad_u, grad_k};
   }
   if (need_u) {

@@ -603,6 +603,22 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   for (int f = threadIdx.x; f < half; f += T) out[f] = acc[f];
 }
 
+// The end of the row-pair grad_k kernels: acc holds this thread's bins of P = sum Zg conj(Zu) (x[i]'s
+// order); out[f] = (P[f] + conj(P[N - f])) / 2, f <= N/2, the sum over both rows of each pair of
+// G_b conj(U_b). stash: N complex of shared memory, free for this.
+template <int N>
+__device__ __forceinline__ void store_pair_partial(float2* stash, const float2 (&acc)[kElemsPerThread],
+                                                   float2* __restrict__ out) {
+  constexpr int T = N / kElemsPerThread, Rl = smem_fft::last_radix(N), NR = N / Rl;
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) stash[threadIdx.x + (i / Rl) * T + (i % Rl) * NR] = acc[i];
+  __syncthreads();
+  for (int f = threadIdx.x; f <= N / 2; f += T) {
+    const float2 a = stash[f], c = conjf2(stash[(N - f) & (N - 1)]);
+    out[f] = make_float2(0.5f * (a.x + c.x), 0.5f * (a.y + c.y));
+  }
+}
+
 // grad_k with rows in pairs, for windows of up to 8192 points: per (row pair, window) item two FFTs,
 // Zu = FFT(u[b0] + i u[b1]) and Zg = FFT(gy[b0] + i gy[b1]) (gy kept only at the outputs the window
 // owns), both through fft_to_registers, and acc[f] += Zg[f] conj(Zu[f]) for the bins each thread
@@ -656,14 +672,69 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
     __syncthreads();
   }
 
+  store_pair_partial<N>(stash, acc, partial + ((int64_t)group * s.D + d) * (half + 1));
+}
+
+// Both gradients of a one-window plan (nseg == 1), row pairs as in conv_grad_k_pair_kernel, three FFTs
+// per pair where that kernel and the window kernel run backwards take four: Zu = FFT(u[b0] + i u[b1])
+// and Zg = FFT(gy[b0] + i gy[b1]) give acc += Zg conj(Zu) (grad_k), and Zg conj(K) inverted gives
+// grad_u as the correlation grad_u[t] = sum_s k[s] gy[t + s] (conj(K) is the spectrum of the reversed
+// real taps, so the product keeps the pair packing; no time reversal). Both windows start at t = 0, and
+// N >= L + taps - 1 keeps every sum free of wrapped samples: the correlation for t < L reads gy at
+// t + s < N, and grad_k's u[t - s] wraps to n >= N - taps + 1 >= L, where u is zero. K is the forward's
+// spectrum (kernel_spectrum: bins 0..N/2, scaled 1/N). kHalf: L <= N/2, so both transforms skip their
+// zero half and grad_u's inverse its unwanted one. grid: D * groups blocks (group fastest), pairs dealt
+// out round-robin; shared memory and registers as conv_grad_k_pair_kernel.
+template <typename scalar_t, int N, bool kHalf>
+__global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512>()))
+    conv_backward_pair_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ gy,
+                              const float2* __restrict__ K, scalar_t* __restrict__ grad_u,
+                              float2* __restrict__ partial, ConvShape s, int groups) {
+  extern __shared__ float2 smem[];
+  constexpr int T = N / kElemsPerThread, half = N / 2, Rl = smem_fft::last_radix(N), NR = N / Rl,
+                kBfly = kElemsPerThread / Rl;
+  float2* stash = smem + smem_fft::padded_size(N);
+  const int q = threadIdx.x;
+  auto own_bin = [&](int i) { return q + (i / Rl) * T + (i % Rl) * NR; };  // bin of x[i]
+  const int group = (int)(blockIdx.x % groups);
+  const int64_t d = blockIdx.x / groups;
+  const float2* Kd = K + d * (half + 1);
+  float2 acc[kElemsPerThread];
 #pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = acc[i];
-  __syncthreads();
-  float2* out = partial + ((int64_t)group * s.D + d) * (half + 1);
-  for (int f = threadIdx.x; f <= half; f += T) {
-    const float2 a = stash[f], c = conjf2(stash[(N - f) & (N - 1)]);
-    out[f] = make_float2(0.5f * (a.x + c.x), 0.5f * (a.y + c.y));
+  for (int i = 0; i < kElemsPerThread; ++i) acc[i] = make_float2(0.f, 0.f);
+
+  for (int64_t pair = group; pair < s.npairs; pair += groups) {
+    const int64_t b0 = 2 * pair;
+    const bool has1 = b0 + 1 < s.B;
+    const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? off0 + s.D * s.L : off0;
+    float2 x[kElemsPerThread];
+    smem_fft::fft_to_registers<N, false, kHalf>(smem, x, WindowRows<scalar_t, false>(u + off0, u + off1, has1, 0, s.L, N));
+#pragma unroll
+    for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = x[i];
+    __syncthreads();  // the last pass has read the FFT buffer before the next transform writes it
+    smem_fft::fft_to_registers<N, false, kHalf>(smem, x,
+                                                WindowRows<scalar_t, false>(gy + off0, gy + off1, has1, 0, s.L, N));
+#pragma unroll
+    for (int b = 0; b < kBfly; ++b)
+#pragma unroll
+      for (int r = 0; r < Rl; ++r) {
+        const int i = b * Rl + r;
+        acc[i] = cadd(acc[i], cmul(x[i], conjf2(stash[own_bin(i)])));
+        // the inverse takes conj(Zg conj(K)) = conj(Zg) K (fused_conv's convention)
+        x[i] = cmul(conjf2(x[i]), smem_fft::hermitian_bin<N>(Kd, q, b * T + r * NR));
+      }
+    __syncthreads();  // every thread has read the last pass before the inverse writes shared memory
+    scalar_t* g0 = grad_u + off0;
+    scalar_t* g1 = grad_u + off1;
+    const int L = (int)s.L;
+    smem_fft::inverse_from_registers<N, false, kHalf>(smem, x, [&](int n, float2 w) {  // w = conj(result)
+      if (n >= L) return;
+      g0[n] = static_cast<scalar_t>(w.x);
+      if (has1) g1[n] = static_cast<scalar_t>(-w.y);
+    });
+    __syncthreads();  // the inverse's last reads are done before the next transform writes
   }
+  store_pair_partial<N>(stash, acc, partial + ((int64_t)group * s.D + d) * (half + 1));
 }
 
 // grad_k[d, s] = irfft_N(P[d])[s] for s < taps, 0 for taps <= s < Lk, where P[d] is the sum over

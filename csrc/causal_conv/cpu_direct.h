@@ -200,15 +200,30 @@ FFT_TENSOR_ALWAYS_INLINE void lanes_transpose(lanes16* A) {
 // out[c][t] = sum_{i < Tg} K[i][c] * in[c][H + t - i] for 16 channel rows c and t < n: in holds 16 rows of
 // H + n floats (row pitch in_pitch), K is Tg x 16 (Tg a multiple of kLanesG, H >= Tg - 1; H and n multiples
 // of 16), X and Y (H + n and n vectors) are 64-byte aligned scratch.
-__attribute__((target("arch=x86-64-v4"))) void lanes_sum(const float* in, int64_t in_pitch, int64_t H, int64_t n,
-                                                          const lanes16* K, int64_t Tg, lanes16* X, lanes16* Y,
-                                                          float* out, int64_t out_pitch) {
-  for (int64_t m0 = 0; m0 < H + n; m0 += 16) {
+// X[m][c] = in[c * pitch + m] for 16 rows c and m < count (a multiple of 16).
+FFT_TENSOR_ALWAYS_INLINE void lanes_load_transposed(const float* in, int64_t pitch, int64_t count, lanes16* X) {
+  for (int64_t m0 = 0; m0 < count; m0 += 16) {
     lanes16 A[16];
-    for (int c = 0; c < 16; ++c) A[c] = *reinterpret_cast<const lanes16_unaligned*>(in + c * in_pitch + m0);
+    for (int c = 0; c < 16; ++c) A[c] = *reinterpret_cast<const lanes16_unaligned*>(in + c * pitch + m0);
     lanes_transpose(A);
     for (int i = 0; i < 16; ++i) X[m0 + i] = A[i];
   }
+}
+
+// out[c * pitch + m] = Y[m][c] for 16 rows c and m < count (a multiple of 16).
+FFT_TENSOR_ALWAYS_INLINE void lanes_store_transposed(const lanes16* Y, int64_t count, float* out, int64_t pitch) {
+  for (int64_t m0 = 0; m0 < count; m0 += 16) {
+    lanes16 A[16];
+    for (int i = 0; i < 16; ++i) A[i] = Y[m0 + i];
+    lanes_transpose(A);
+    for (int c = 0; c < 16; ++c) *reinterpret_cast<lanes16_unaligned*>(out + c * pitch + m0) = A[c];
+  }
+}
+
+__attribute__((target("arch=x86-64-v4"))) void lanes_sum(const float* in, int64_t in_pitch, int64_t H, int64_t n,
+                                                          const lanes16* K, int64_t Tg, lanes16* X, lanes16* Y,
+                                                          float* out, int64_t out_pitch) {
+  lanes_load_transposed(in, in_pitch, H + n, X);
   for (int64_t t0 = 0; t0 < n; t0 += kLanesR) {
     lanes16 acc[kLanesR];
     for (int r = 0; r < kLanesR; ++r) acc[r] = lanes16{};
@@ -221,11 +236,29 @@ __attribute__((target("arch=x86-64-v4"))) void lanes_sum(const float* in, int64_
     }
     for (int r = 0; r < kLanesR; ++r) Y[t0 + r] = acc[r];
   }
-  for (int64_t m0 = 0; m0 < n; m0 += 16) {
-    lanes16 A[16];
-    for (int i = 0; i < 16; ++i) A[i] = Y[m0 + i];
-    lanes_transpose(A);
-    for (int c = 0; c < 16; ++c) *reinterpret_cast<lanes16_unaligned*>(out + c * out_pitch + m0) = A[c];
+  lanes_store_transposed(Y, n, out, out_pitch);
+}
+
+// grad_k's sums for 16 channel rows c: acc[s][c] += sum_{t < n} g[c][t] * x[c][H + t - s] for s < Ts, with g
+// 16 rows of n floats (pitch g_pitch) and x 16 rows of H + n (pitch x_pitch): grad_y of a tile and u from
+// H samples before it. Ts a multiple of kLanesR, H >= Ts - 1, n a multiple of 16; G and X (n and H + n
+// vectors) 64-byte aligned scratch. The time-in-lanes grad_k loop's roles swapped: taps in the
+// registers (kLanesR of them), time streaming past, each vector of g loaded once per block of taps.
+__attribute__((target("arch=x86-64-v4"))) void lanes_correlate(const float* g, int64_t g_pitch, const float* x,
+                                                                int64_t x_pitch, int64_t H, int64_t n, int64_t Ts,
+                                                                lanes16* G, lanes16* X, lanes16* acc) {
+  lanes_load_transposed(g, g_pitch, n, G);
+  lanes_load_transposed(x, x_pitch, H + n, X);
+  for (int64_t s0 = 0; s0 < Ts; s0 += kLanesR) {
+    lanes16 a[kLanesR];
+    for (int r = 0; r < kLanesR; ++r) a[r] = lanes16{};
+    const lanes16* xb = X + (H - s0);  // x at lag s0 + r of time t: xb[t - r]
+    for (int64_t t0 = 0; t0 < n; t0 += kLanesG)
+      for (int j = 0; j < kLanesG; ++j) {
+        const lanes16 gv = G[t0 + j];
+        for (int r = 0; r < kLanesR; ++r) a[r] += gv * xb[t0 + j - r];
+      }
+    for (int r = 0; r < kLanesR; ++r) acc[s0 + r] += a[r];
   }
 }
 
@@ -323,9 +356,62 @@ void convolve_rows(const at::Tensor& in, const at::Tensor& taps, at::Tensor& out
 // are few channels, batches are split into a fixed number of groups summed afterwards (fixed by the
 // shape, not the thread count, so the result does not depend on the number of threads; it may differ in
 // the last bits between CPUs that take different clones, since the AVX2 and AVX-512 ones fuse FMAs).
+#if FFT_TENSOR_CPU_LANES
+// correlate_rows (below) with channels in the lanes: items are (group of batch rows, group of 16 channels),
+// the batch groups fixed by the shape as there (partial sums added in a fixed order afterwards).
+template <typename g_t, typename u_t>
+at::Tensor correlate_rows_lanes(const at::Tensor& g, const at::Tensor& u, int64_t T) {
+  const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
+  const int64_t Ts = round_up(T, 16), H = round_up(Ts - 1, 16), pitch = H + kLanesTile, cgroups = (D + 15) / 16;
+  const int64_t bgroups = std::min<int64_t>(std::max<int64_t>(B, 1), (16 + cgroups - 1) / cgroups);
+  const auto f32 = u.options().dtype(at::kFloat);
+  at::Tensor partial = at::empty({bgroups, D, T}, f32);
+  float* partial_p = partial.data_ptr<float>();
+  const g_t* g_p = g.data_ptr<g_t>();
+  const u_t* u_p = u.data_ptr<u_t>();
+  at::parallel_for(0, bgroups * cgroups, grain(16 * ((B + bgroups - 1) / bgroups) * L * Ts), [&](int64_t begin, int64_t end) {
+    // at::empty: 64-byte aligned (c10's CPU allocator), as the vectors need
+    at::Tensor stage_g = at::zeros({16, kLanesTile}, f32), stage_u = at::zeros({16, pitch}, f32);
+    at::Tensor G = at::empty({kLanesTile, 16}, f32), X = at::empty({pitch, 16}, f32), A = at::empty({Ts, 16}, f32);
+    at::Tensor out = at::empty({16, Ts}, f32);
+    float *sg = stage_g.data_ptr<float>(), *su = stage_u.data_ptr<float>(), *outp = out.data_ptr<float>();
+    lanes16 *gv = reinterpret_cast<lanes16*>(G.data_ptr<float>()), *xv = reinterpret_cast<lanes16*>(X.data_ptr<float>());
+    lanes16* av = reinterpret_cast<lanes16*>(A.data_ptr<float>());
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bg = item / cgroups, d0 = (item % cgroups) * 16, nc = std::min<int64_t>(16, D - d0);
+      A.zero_();
+      for (int64_t c = nc; c < 16; ++c) {  // channels past D: zero rows
+        std::fill(sg + c * kLanesTile, sg + (c + 1) * kLanesTile, 0.f);
+        std::fill(su + c * pitch, su + (c + 1) * pitch, 0.f);
+      }
+      for (int64_t b = bg; b < B; b += bgroups) {
+        for (int64_t t0 = 0; t0 < L; t0 += kLanesTile) {
+          const int64_t n = std::min(kLanesTile, L - t0), npad = round_up(n, 16);
+          for (int64_t c = 0; c < nc; ++c) {
+            // grad_y at t0 + m (zero past L), u at t0 - H + m
+            load_ahead(sg + c * kLanesTile, g_p + b * g.stride(0) + (d0 + c) * g.stride(1), g.stride(2), t0, npad, L);
+            load_ahead(su + c * pitch, u_p + b * u.stride(0) + (d0 + c) * u.stride(1), u.stride(2), t0 - H, H + npad, L);
+          }
+          lanes_correlate(sg, kLanesTile, su, pitch, H, npad, Ts, gv, xv, av);
+        }
+      }
+      lanes_store_transposed(av, Ts, outp, Ts);
+      for (int64_t c = 0; c < nc; ++c)
+        std::copy(outp + c * Ts, outp + c * Ts + T, partial_p + (bg * D + d0 + c) * T);
+    }
+  });
+  return partial.sum(0);
+}
+#endif
+
 template <typename g_t, typename u_t, typename acc_t>
 at::Tensor correlate_rows(const at::Tensor& g, const at::Tensor& u, int64_t T) {
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
+#if FFT_TENSOR_CPU_LANES
+  // as convolve_rows: 16 or more channels of float32 sums with 32+ taps, on AVX-512
+  if constexpr (std::is_same_v<acc_t, float>)
+    if (D >= 16 && T >= kLanesMinTaps && lanes_supported()) return correlate_rows_lanes<g_t, u_t>(g, u, T);
+#endif
   const bool dot = T <= kDotLanesMaxTaps, narrow = !dot && T <= narrow_width<acc_t>();
   const int64_t W = narrow ? narrow_width<acc_t>() : wide_width<acc_t>(), Tpad = round_up(T, W);
   const int64_t groups = std::min<int64_t>(std::max<int64_t>(B, 1), (16 + D - 1) / D);

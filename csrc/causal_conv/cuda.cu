@@ -474,8 +474,10 @@ at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvS
 // whose rows go in pairs (up to 8192 points) runs conv_backward_pair_kernel: three transforms per row
 // pair (u, gy, and grad_u's inverse) where the window kernel run backwards (grad_u) and the pair grad_k
 // kernel take four; 0 = those two kernels.
+// Its windows start at t = 0, so the plan must hold the whole linear correlation: N >= L + taps - 1 (every
+// one-window plan does; checked so that a change of conv_plan cannot make it wrap silently).
 bool use_backward_pairs(const ConvShape& s, const ConvSwitches& sw) {
-  return sw.fused_backward && s.nseg == 1 && s.logN <= kMaxLogNGradKPairs;
+  return sw.fused_backward && s.nseg == 1 && s.logN <= kMaxLogNGradKPairs && s.L + s.taps - 1 <= s.N;
 }
 
 // Both gradients of a one-window plan (use_backward_pairs): grad_u into its packed rows, grad_k returned

@@ -684,7 +684,8 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
 // t + s < N, and grad_k's u[t - s] wraps to n >= N - taps + 1 >= L, where u is zero. K is the forward's
 // spectrum (kernel_spectrum: bins 0..N/2, scaled 1/N). kHalf: L <= N/2, so both transforms skip their
 // zero half and grad_u's inverse its unwanted one. grid: D * groups blocks (group fastest), pairs dealt
-// out round-robin; shared memory and registers as conv_grad_k_pair_kernel.
+// out round-robin; shared memory as conv_grad_k_pair_kernel, registers at the same 128 cap (ptxas, sm_90:
+// 8-28 bytes of spill per thread, where that kernel has none).
 template <typename scalar_t, int N, bool kHalf>
 __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512>()))
     conv_backward_pair_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ gy,

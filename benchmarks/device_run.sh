@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh rwspectrum half pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh verify rwspectrum half pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -55,6 +55,11 @@ for stage in "$@"; do
                conv_variant "fourstep$v" "${envs[@]}" -- --kernels L --lengths ${FOURSTEP_LENGTHS:-16384,65536} --no-peer
              done ;;
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
+    # One call's worth of checking after a kernel change: every CUDA causal_conv test with memcheck,
+    # racecheck and synccheck on sanitize_cuda.py --quick beside it (about the tests' 250 s).
+    verify)  quick_sanitizers verify &
+             "$PY" -m pytest -q -n 13 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -6
+             wait ;;
     # bf16 with 128 taps: the tensor-core direct kernels (default) against the FFT windows
     # (FFT_TENSOR_CONV_MMA=0), after the mma tests.
     mma)     "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k mma 2>&1 | tee "$OUT/tests_mma.log" | tail -8

@@ -215,7 +215,8 @@ CPU_DIRECT_SHAPES = [(1, 1, 3, 5), (5, 9, 3, 5), (63, 15, 3, 5), (2047, 16, 3, 5
                      (130, 100, 2, 7),
                      # 16+ channels and 32+ taps: float32 sums on AVX-512 take the channels-in-lanes kernel
                      # (groups of 16 channels, the last one partial; tiles of 256 outputs and their edges)
-                     (257, 32, 2, 16), (1000, 33, 1, 17), (513, 128, 2, 33), (5, 40, 3, 16), (255, 64, 1, 31)]
+                     (257, 32, 2, 16), (1000, 33, 1, 17), (513, 128, 2, 33), (5, 40, 3, 16), (255, 64, 1, 31),
+                     (2500, 96, 3, 18)]  # grad_k's tiles of 1024 outputs: two whole, one partial
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],

@@ -264,6 +264,43 @@ def test_cpu_direct_any_strides(layout, D, monkeypatch):
         assert rel_err(y, exact) < 1e-5 and rel_err(gu, ref_gu) < 1e-5 and rel_err(gk, ref_gk) < 1e-5
 
 
+# The channels-in-lanes kernels at each width (cpu_direct.h: 16 lanes on AVX-512, 8 on AVX2, 0 = the
+# time-in-lanes loops), capped by FFT_TENSOR_CONV_CPU_LANES so every width this CPU has runs: D = 9 fills
+# one group of 8 but not of 16; D = 20 a partial second group of either; tiles of both kernels' lengths.
+LANES_SHAPES = [(300, 40, 2, 9), (2100, 70, 3, 20), (1100, 128, 1, 17), (37, 33, 2, 8)]
+
+
+@pytest.mark.parametrize("width", ["16", "8", "0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_direct_every_lanes_width(width, dtype, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "128")
+    monkeypatch.setenv("FFT_TENSOR_CONV_CPU_LANES", width)
+    for L, Lk, batch, dim in LANES_SHAPES:
+        u, k, skip = make_inputs(L, Lk, True, dtype=dtype, batch=batch, dim=dim)
+        gy = torch.randn(u.shape).to(dtype)
+        check_against_direct_sum(u, k, skip, gy, (L, Lk, batch, dim, dtype, width))
+    # each lane sums its channel in the same order whatever the width: the same bits at 16 and 8
+    u, k, skip = make_inputs(2100, 70, True, dtype=dtype, batch=3, dim=20)
+    gy = torch.randn(u.shape).to(dtype)
+    got = (fft_tensor.causal_conv(u, k, skip), *ops.causal_conv_backward(gy, u, k, skip, True, True))
+    monkeypatch.setenv("FFT_TENSOR_CONV_CPU_LANES", "8" if width == "16" else width)
+    again = (fft_tensor.causal_conv(u, k, skip), *ops.causal_conv_backward(gy, u, k, skip, True, True))
+    assert all(torch.equal(a, b) for a, b in zip(got, again))
+
+
+def test_cpu_lanes_switch_rejects_bad_values(monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "128")
+    u, k, skip = make_inputs(300, 40, True, batch=2, dim=16)
+    for bad in ("4", "yes", "16 "):
+        monkeypatch.setenv("FFT_TENSOR_CONV_CPU_LANES", bad)
+        with pytest.raises(RuntimeError, match=rf"FFT_TENSOR_CONV_CPU_LANES: expected one of 0, 8, 16 \(or unset\), got '{re.escape(bad)}'"):
+            fft_tensor.causal_conv(u, k, skip)
+    monkeypatch.setenv("FFT_TENSOR_CONV_CPU_LANES", "")  # empty: the default
+    empty = fft_tensor.causal_conv(u, k, skip)
+    monkeypatch.delenv("FFT_TENSOR_CONV_CPU_LANES")
+    assert torch.equal(empty, fft_tensor.causal_conv(u, k, skip))
+
+
 def test_cpu_direct_same_bits_at_any_thread_count(monkeypatch):
     # rows are independent and grad_k's batch groups are fixed by the shape: one thread and two give
     # the same bits (few channels, so grad_k is split over batch groups; and many channels)
@@ -1481,17 +1518,20 @@ def test_conv_switches_listed_where_documented():
         shared = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)', f.read()))
     assert shared == {"MIN_WINDOW", "DIRECT_MAX_TAPS"}, shared  # read by the CPU too
     assert read | shared == set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW"}, read ^ set(CUDA_CONV_SWITCHES)
+    with open(os.path.join(root, "csrc", "causal_conv", "cpu_direct.h")) as f:
+        assert set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)"', f.read())) == {"CPU_LANES"}  # the CPU's own
     # read in one place only: cuda.cu's env_choice and env_int (a getenv elsewhere would bypass
     # ConvSwitches), and common.h's min_window and direct_max_taps (which the CPU's plan and direct
     # path read too; ConvSwitches takes DIRECT_MAX_TAPS from there)
     folder = os.path.join(root, "csrc", "causal_conv")
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name)) as f:
-            assert f.read().count("getenv(") == {"cuda.cu": 2, "common.h": 2}.get(name, 0), name
+            assert f.read().count("getenv(") == {"cuda.cu": 2, "common.h": 2, "cpu_direct.h": 1}.get(name, 0), name
     with open(os.path.join(root, "README.md")) as f:
         table = f.read().split("| `FFT_TENSOR_CONV_...` |", 1)[1].split("\n\n", 1)[0]
     rows = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.M))
-    assert rows == set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW"}, rows ^ (set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW"})
+    documented = set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW", "CPU_LANES"}
+    assert rows == documented, rows ^ documented
 
 
 @requires_cuda

@@ -16,6 +16,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -153,121 +155,157 @@ void store(scalar_t* row, int64_t st, const acc_t* src, int64_t n) {
 }
 
 #if FFT_TENSOR_CPU_LANES
-// Channels in the vector lanes (AVX-512 only, chosen at run time): 16 channels of one batch row are
-// transposed into (time, 16) vectors, so a tap is one FMA per 16 outputs with its taps' vectors held in
-// registers and every input vector loaded once per block of kLanesR outputs and kLanesG taps (the
-// time-in-lanes loop above re-reads a shifted, unaligned window per tap). 16 x 16 transposes in and out
-// by two-input shuffles. Measured in a microbenchmark on the build machine: 47-51 GFMA/s per core at 64-128
-// taps with its transposes, against 28-33 for the loop above; compiled for AVX2 the 512-bit vectors spill
-// (4-9 GFMA/s), hence AVX-512 only.
-typedef float lanes16 __attribute__((vector_size(64)));
-typedef int lanes16_index __attribute__((vector_size(64)));
-typedef float lanes16_unaligned __attribute__((vector_size(64), aligned(4)));
-constexpr int64_t kLanesTile = 256;      // outputs per tile: a multiple of 16 and of kLanesR
-constexpr int kLanesR = 8, kLanesG = 4;
+// Channels in the vector lanes (chosen at run time: V = 16 on AVX-512, 8 on AVX2): V channels of one batch
+// row are transposed into (time, V) vectors, so a tap is one FMA per V outputs with its taps' vectors held
+// in registers and every input vector loaded once per block of kLanesR outputs and kLanesG taps (the
+// time-in-lanes loop above re-reads a shifted, unaligned window per tap). V x V transposes in and out by
+// two-input shuffles. Measured in a microbenchmark on the build machine: 47-51 GFMA/s per core at 64-128
+// taps with its transposes (V = 16), against 28-33 for the loop above; the 512-bit vectors compiled for
+// AVX2 spilled (4-9 GFMA/s), hence the 256-bit kernels there.
+template <int V>
+struct Lanes {
+  typedef float vec __attribute__((vector_size(V * 4)));
+  typedef int index __attribute__((vector_size(V * 4)));
+  typedef float unaligned_vec __attribute__((vector_size(V * 4), aligned(4)));
+};
+constexpr int64_t kLanesTile = 256;      // outputs per tile: a multiple of V and of kLanesR
+constexpr int kLanesR = 8, kLanesG = 4;  // outputs per register block, taps per register group
 // grad_k's tiles are longer: each carries taps - 1 samples of u's history and its sums stream over time,
 // so 1024 outputs (L2-resident) measured 1.1-1.4x faster than 256 at 16K, about even from 1K to 4K
-constexpr int64_t kCorrTile = 1024;  // outputs per register block, taps per register group
+constexpr int64_t kCorrTile = 1024;
 constexpr int64_t kLanesMinTaps = 32;    // below, the transposes cost about what they save (measured at 16)
 
-// Swaps the off-diagonal b x b blocks of each 2b x 2b block: four stages (b = 8, 4, 2, 1) transpose.
-template <int b>
-FFT_TENSOR_ALWAYS_INLINE void lanes_swap_stage(lanes16* A) {
-#define FFT_TENSOR_LO(j) (((j) & b) ? 16 + (j) - b : (j))
-#define FFT_TENSOR_HI(j) (((j) & b) ? 16 + (j) : (j) + b)
-  constexpr lanes16_index lo = {FFT_TENSOR_LO(0), FFT_TENSOR_LO(1), FFT_TENSOR_LO(2), FFT_TENSOR_LO(3),
-                                FFT_TENSOR_LO(4), FFT_TENSOR_LO(5), FFT_TENSOR_LO(6), FFT_TENSOR_LO(7),
-                                FFT_TENSOR_LO(8), FFT_TENSOR_LO(9), FFT_TENSOR_LO(10), FFT_TENSOR_LO(11),
-                                FFT_TENSOR_LO(12), FFT_TENSOR_LO(13), FFT_TENSOR_LO(14), FFT_TENSOR_LO(15)};
-  constexpr lanes16_index hi = {FFT_TENSOR_HI(0), FFT_TENSOR_HI(1), FFT_TENSOR_HI(2), FFT_TENSOR_HI(3),
-                                FFT_TENSOR_HI(4), FFT_TENSOR_HI(5), FFT_TENSOR_HI(6), FFT_TENSOR_HI(7),
-                                FFT_TENSOR_HI(8), FFT_TENSOR_HI(9), FFT_TENSOR_HI(10), FFT_TENSOR_HI(11),
-                                FFT_TENSOR_HI(12), FFT_TENSOR_HI(13), FFT_TENSOR_HI(14), FFT_TENSOR_HI(15)};
-#undef FFT_TENSOR_LO
-#undef FFT_TENSOR_HI
-  for (int i = 0; i < 16; ++i)
+// Swaps the off-diagonal b x b blocks of each 2b x 2b block: log2(V) stages (b = V/2, ..., 1) transpose.
+template <int V, int b>
+FFT_TENSOR_ALWAYS_INLINE void lanes_swap_stage(typename Lanes<V>::vec* A) {
+  typename Lanes<V>::index lo{}, hi{};  // constants after unrolling
+  for (int j = 0; j < V; ++j) {
+    lo[j] = (j & b) ? V + j - b : j;
+    hi[j] = (j & b) ? V + j : j + b;
+  }
+  for (int i = 0; i < V; ++i)
     if (!(i & b)) {
-      const lanes16 x = __builtin_shuffle(A[i], A[i + b], lo), y = __builtin_shuffle(A[i], A[i + b], hi);
+      const typename Lanes<V>::vec x = __builtin_shuffle(A[i], A[i + b], lo), y = __builtin_shuffle(A[i], A[i + b], hi);
       A[i] = x;
       A[i + b] = y;
     }
 }
 
-FFT_TENSOR_ALWAYS_INLINE void lanes_transpose(lanes16* A) {
-  lanes_swap_stage<8>(A);
-  lanes_swap_stage<4>(A);
-  lanes_swap_stage<2>(A);
-  lanes_swap_stage<1>(A);
+template <int V>
+FFT_TENSOR_ALWAYS_INLINE void lanes_transpose(typename Lanes<V>::vec* A) {
+  if constexpr (V == 16) lanes_swap_stage<V, 8>(A);
+  lanes_swap_stage<V, 4>(A);
+  lanes_swap_stage<V, 2>(A);
+  lanes_swap_stage<V, 1>(A);
 }
 
-// out[c][t] = sum_{i < Tg} K[i][c] * in[c][H + t - i] for 16 channel rows c and t < n: in holds 16 rows of
-// H + n floats (row pitch in_pitch), K is Tg x 16 (Tg a multiple of kLanesG, H >= Tg - 1; H and n multiples
-// of 16), X and Y (H + n and n vectors) are 64-byte aligned scratch.
-// X[m][c] = in[c * pitch + m] for 16 rows c and m < count (a multiple of 16).
-FFT_TENSOR_ALWAYS_INLINE void lanes_load_transposed(const float* in, int64_t pitch, int64_t count, lanes16* X) {
-  for (int64_t m0 = 0; m0 < count; m0 += 16) {
-    lanes16 A[16];
-    for (int c = 0; c < 16; ++c) A[c] = *reinterpret_cast<const lanes16_unaligned*>(in + c * pitch + m0);
-    lanes_transpose(A);
-    for (int i = 0; i < 16; ++i) X[m0 + i] = A[i];
+// X[m][c] = in[c * pitch + m] for V rows c and m < count (a multiple of V).
+template <int V>
+FFT_TENSOR_ALWAYS_INLINE void lanes_load_transposed(const float* in, int64_t pitch, int64_t count,
+                                                    typename Lanes<V>::vec* X) {
+  for (int64_t m0 = 0; m0 < count; m0 += V) {
+    typename Lanes<V>::vec A[V];
+    for (int c = 0; c < V; ++c) A[c] = *reinterpret_cast<const typename Lanes<V>::unaligned_vec*>(in + c * pitch + m0);
+    lanes_transpose<V>(A);
+    for (int i = 0; i < V; ++i) X[m0 + i] = A[i];
   }
 }
 
-// out[c * pitch + m] = Y[m][c] for 16 rows c and m < count (a multiple of 16).
-FFT_TENSOR_ALWAYS_INLINE void lanes_store_transposed(const lanes16* Y, int64_t count, float* out, int64_t pitch) {
-  for (int64_t m0 = 0; m0 < count; m0 += 16) {
-    lanes16 A[16];
-    for (int i = 0; i < 16; ++i) A[i] = Y[m0 + i];
-    lanes_transpose(A);
-    for (int c = 0; c < 16; ++c) *reinterpret_cast<lanes16_unaligned*>(out + c * pitch + m0) = A[c];
+// out[c * pitch + m] = Y[m][c] for V rows c and m < count (a multiple of V).
+template <int V>
+FFT_TENSOR_ALWAYS_INLINE void lanes_store_transposed(const typename Lanes<V>::vec* Y, int64_t count, float* out,
+                                                     int64_t pitch) {
+  for (int64_t m0 = 0; m0 < count; m0 += V) {
+    typename Lanes<V>::vec A[V];
+    for (int i = 0; i < V; ++i) A[i] = Y[m0 + i];
+    lanes_transpose<V>(A);
+    for (int c = 0; c < V; ++c) *reinterpret_cast<typename Lanes<V>::unaligned_vec*>(out + c * pitch + m0) = A[c];
   }
 }
 
-__attribute__((target("arch=x86-64-v4"))) void lanes_sum(const float* in, int64_t in_pitch, int64_t H, int64_t n,
-                                                          const lanes16* K, int64_t Tg, lanes16* X, lanes16* Y,
-                                                          float* out, int64_t out_pitch) {
-  lanes_load_transposed(in, in_pitch, H + n, X);
+// out[c][t] = sum_{i < Tg} K[i][c] * in[c][H + t - i] for V channel rows c and t < n: in holds V rows of
+// H + n floats (row pitch in_pitch), K is Tg x V (Tg a multiple of kLanesG, H >= Tg - 1; H and n multiples
+// of 16), X and Y (H + n and n vectors) are aligned scratch.
+template <int V>
+FFT_TENSOR_ALWAYS_INLINE void lanes_sum_impl(const float* in, int64_t in_pitch, int64_t H, int64_t n,
+                                             const typename Lanes<V>::vec* K, int64_t Tg, typename Lanes<V>::vec* X,
+                                             typename Lanes<V>::vec* Y, float* out, int64_t out_pitch) {
+  using vec = typename Lanes<V>::vec;
+  lanes_load_transposed<V>(in, in_pitch, H + n, X);
   for (int64_t t0 = 0; t0 < n; t0 += kLanesR) {
-    lanes16 acc[kLanesR];
-    for (int r = 0; r < kLanesR; ++r) acc[r] = lanes16{};
+    vec acc[kLanesR];
+    for (int r = 0; r < kLanesR; ++r) acc[r] = vec{};
     for (int64_t s0 = 0; s0 < Tg; s0 += kLanesG) {
-      lanes16 k[kLanesG];
+      vec k[kLanesG];
       for (int g = 0; g < kLanesG; ++g) k[g] = K[s0 + g];
-      const lanes16* xb = X + (H + t0 - s0);
+      const vec* xb = X + (H + t0 - s0);
       for (int r = 0; r < kLanesR; ++r)
         for (int g = 0; g < kLanesG; ++g) acc[r] += k[g] * xb[r - g];
     }
     for (int r = 0; r < kLanesR; ++r) Y[t0 + r] = acc[r];
   }
-  lanes_store_transposed(Y, n, out, out_pitch);
+  lanes_store_transposed<V>(Y, n, out, out_pitch);
 }
 
-// grad_k's sums for 16 channel rows c: acc[s][c] += sum_{t < n} g[c][t] * x[c][H + t - s] for s < Ts, with g
-// 16 rows of n floats (pitch g_pitch) and x 16 rows of H + n (pitch x_pitch): grad_y of a tile and u from
+// grad_k's sums for V channel rows c: acc[s][c] += sum_{t < n} g[c][t] * x[c][H + t - s] for s < Ts, with g
+// V rows of n floats (pitch g_pitch) and x V rows of H + n (pitch x_pitch): grad_y of a tile and u from
 // H samples before it. Ts a multiple of kLanesR, H >= Ts - 1, n a multiple of 16; G and X (n and H + n
-// vectors) 64-byte aligned scratch. The time-in-lanes grad_k loop's roles swapped: taps in the
-// registers (kLanesR of them), time streaming past, each vector of g loaded once per block of taps.
-__attribute__((target("arch=x86-64-v4"))) void lanes_correlate(const float* g, int64_t g_pitch, const float* x,
-                                                                int64_t x_pitch, int64_t H, int64_t n, int64_t Ts,
-                                                                lanes16* G, lanes16* X, lanes16* acc) {
-  lanes_load_transposed(g, g_pitch, n, G);
-  lanes_load_transposed(x, x_pitch, H + n, X);
+// vectors) aligned scratch. The time-in-lanes grad_k loop's roles swapped: taps in the registers
+// (kLanesR of them), time streaming past, each vector of g loaded once per block of taps.
+template <int V>
+FFT_TENSOR_ALWAYS_INLINE void lanes_correlate_impl(const float* g, int64_t g_pitch, const float* x, int64_t x_pitch,
+                                                   int64_t H, int64_t n, int64_t Ts, typename Lanes<V>::vec* G,
+                                                   typename Lanes<V>::vec* X, typename Lanes<V>::vec* acc) {
+  using vec = typename Lanes<V>::vec;
+  lanes_load_transposed<V>(g, g_pitch, n, G);
+  lanes_load_transposed<V>(x, x_pitch, H + n, X);
   for (int64_t s0 = 0; s0 < Ts; s0 += kLanesR) {
-    lanes16 a[kLanesR];
-    for (int r = 0; r < kLanesR; ++r) a[r] = lanes16{};
-    const lanes16* xb = X + (H - s0);  // x at lag s0 + r of time t: xb[t - r]
+    vec a[kLanesR];
+    for (int r = 0; r < kLanesR; ++r) a[r] = vec{};
+    const vec* xb = X + (H - s0);  // x at lag s0 + r of time t: xb[t - r]
     for (int64_t t0 = 0; t0 < n; t0 += kLanesG)
       for (int j = 0; j < kLanesG; ++j) {
-        const lanes16 gv = G[t0 + j];
+        const vec gv = G[t0 + j];
         for (int r = 0; r < kLanesR; ++r) a[r] += gv * xb[t0 + j - r];
       }
     for (int r = 0; r < kLanesR; ++r) acc[s0 + r] += a[r];
   }
 }
 
-inline bool lanes_supported() {
-  static const bool ok = __builtin_cpu_supports("x86-64-v4");
-  return ok;
+// The two instruction sets' copies (their vectors need the target's registers; each _impl is inlined).
+__attribute__((target("arch=x86-64-v4"))) void lanes_sum(const float* in, int64_t in_pitch, int64_t H, int64_t n,
+                                                          const Lanes<16>::vec* K, int64_t Tg, Lanes<16>::vec* X,
+                                                          Lanes<16>::vec* Y, float* out, int64_t out_pitch) {
+  lanes_sum_impl<16>(in, in_pitch, H, n, K, Tg, X, Y, out, out_pitch);
+}
+__attribute__((target("arch=x86-64-v3"))) void lanes_sum(const float* in, int64_t in_pitch, int64_t H, int64_t n,
+                                                          const Lanes<8>::vec* K, int64_t Tg, Lanes<8>::vec* X,
+                                                          Lanes<8>::vec* Y, float* out, int64_t out_pitch) {
+  lanes_sum_impl<8>(in, in_pitch, H, n, K, Tg, X, Y, out, out_pitch);
+}
+__attribute__((target("arch=x86-64-v4"))) void lanes_correlate(const float* g, int64_t g_pitch, const float* x,
+                                                                int64_t x_pitch, int64_t H, int64_t n, int64_t Ts,
+                                                                Lanes<16>::vec* G, Lanes<16>::vec* X,
+                                                                Lanes<16>::vec* acc) {
+  lanes_correlate_impl<16>(g, g_pitch, x, x_pitch, H, n, Ts, G, X, acc);
+}
+__attribute__((target("arch=x86-64-v3"))) void lanes_correlate(const float* g, int64_t g_pitch, const float* x,
+                                                                int64_t x_pitch, int64_t H, int64_t n, int64_t Ts,
+                                                                Lanes<8>::vec* G, Lanes<8>::vec* X, Lanes<8>::vec* acc) {
+  lanes_correlate_impl<8>(g, g_pitch, x, x_pitch, H, n, Ts, G, X, acc);
+}
+
+// The lanes' width for this call: 16 on AVX-512 CPUs, 8 on AVX2 ones, 0 (the time-in-lanes loops) on
+// others. FFT_TENSOR_CONV_CPU_LANES (0, 8 or 16; read on every call like the op's other switches) caps
+// it, for A/B runs and so the tests run every width this CPU has.
+inline int lanes_width() {
+  static const int supported = __builtin_cpu_supports("x86-64-v4") ? 16 : __builtin_cpu_supports("x86-64-v3") ? 8 : 0;
+  const char* env = std::getenv("FFT_TENSOR_CONV_CPU_LANES");
+  if (env == nullptr || *env == '\0') return supported;
+  const std::string v(env);
+  TORCH_CHECK(v == "0" || v == "8" || v == "16",
+              "FFT_TENSOR_CONV_CPU_LANES: expected one of 0, 8, 16 (or unset), got '", v, "'");
+  return std::min(supported, std::stoi(v));
 }
 #endif
 
@@ -277,12 +315,13 @@ inline int64_t grain(int64_t work_per_item) {
 }
 
 #if FFT_TENSOR_CPU_LANES
-// convolve_rows (below) with channels in the lanes: items are (batch row, group of 16 channels); the last
+// convolve_rows (below) with channels in the lanes: items are (batch row, group of V channels); the last
 // group's missing channels are zero rows whose outputs are dropped.
-template <typename in_t, typename out_t>
+template <int V, typename in_t, typename out_t>
 void convolve_rows_lanes(const at::Tensor& in, const at::Tensor& taps, at::Tensor& out, bool ahead) {
+  using vec = typename Lanes<V>::vec;
   const int64_t B = in.size(0), D = in.size(1), L = in.size(2), T = taps.size(1);
-  const int64_t Tg = round_up(T, kLanesG), H = round_up(Tg - 1, 16), groups = (D + 15) / 16;
+  const int64_t Tg = round_up(T, kLanesG), H = round_up(Tg - 1, 16), groups = (D + V - 1) / V;
   const int64_t pitch = H + kLanesTile;
   const in_t* in_p = in.data_ptr<in_t>();
   out_t* out_p = out.data_ptr<out_t>();
@@ -290,26 +329,26 @@ void convolve_rows_lanes(const at::Tensor& in, const at::Tensor& taps, at::Tenso
   const int64_t isb = in.stride(0), isd = in.stride(1), ist = in.stride(2);
   const int64_t osb = out.stride(0), osd = out.stride(1), ost = out.stride(2);
   const auto f32 = in.options().dtype(at::kFloat);
-  at::parallel_for(0, B * groups, grain(16 * L * T), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * groups, grain(V * L * T), [&](int64_t begin, int64_t end) {
     // at::empty: 64-byte aligned (c10's CPU allocator), as X, Y and K's vectors need
-    at::Tensor stage_in = at::zeros({16, pitch}, f32), stage_out = at::empty({16, kLanesTile}, f32);
-    at::Tensor X = at::empty({pitch, 16}, f32), Y = at::empty({kLanesTile, 16}, f32), K = at::empty({Tg, 16}, f32);
-    float *sin = stage_in.data_ptr<float>(), *sout = stage_out.data_ptr<float>(), *k16 = K.data_ptr<float>();
-    const lanes16* k16v = reinterpret_cast<const lanes16*>(k16);
-    lanes16 *xv = reinterpret_cast<lanes16*>(X.data_ptr<float>()), *yv = reinterpret_cast<lanes16*>(Y.data_ptr<float>());
+    at::Tensor stage_in = at::zeros({V, pitch}, f32), stage_out = at::empty({V, kLanesTile}, f32);
+    at::Tensor X = at::empty({pitch, V}, f32), Y = at::empty({kLanesTile, V}, f32), K = at::empty({Tg, V}, f32);
+    float *sin = stage_in.data_ptr<float>(), *sout = stage_out.data_ptr<float>(), *kv_p = K.data_ptr<float>();
+    const vec* kv = reinterpret_cast<const vec*>(kv_p);
+    vec *xv = reinterpret_cast<vec*>(X.data_ptr<float>()), *yv = reinterpret_cast<vec*>(Y.data_ptr<float>());
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / groups, d0 = (item % groups) * 16, nc = std::min<int64_t>(16, D - d0);
+      const int64_t b = item / groups, d0 = (item % groups) * V, nc = std::min<int64_t>(V, D - d0);
       for (int64_t i = 0; i < Tg; ++i)
-        for (int64_t c = 0; c < 16; ++c)
-          k16[i * 16 + c] = (c < nc && i < T) ? taps_p[(d0 + c) * T + (ahead ? T - 1 - i : i)] : 0.f;
-      for (int64_t c = nc; c < 16; ++c) std::fill(sin + c * pitch, sin + (c + 1) * pitch, 0.f);
+        for (int64_t c = 0; c < V; ++c)
+          kv_p[i * V + c] = (c < nc && i < T) ? taps_p[(d0 + c) * T + (ahead ? T - 1 - i : i)] : 0.f;
+      for (int64_t c = nc; c < V; ++c) std::fill(sin + c * pitch, sin + (c + 1) * pitch, 0.f);
       for (int64_t t0 = 0; t0 < L; t0 += kLanesTile) {
         const int64_t n = std::min(kLanesTile, L - t0), npad = round_up(n, 16);
         // stage row c, m < H + npad: in[start + m], start = t0 - H (forward) or t0 + T - 1 - H (adjoint)
         const int64_t start = ahead ? t0 + (T - 1) - H : t0 - H;
         for (int64_t c = 0; c < nc; ++c)
           load_ahead(sin + c * pitch, in_p + b * isb + (d0 + c) * isd, ist, start, H + npad, L);
-        lanes_sum(sin, pitch, H, npad, k16v, Tg, xv, yv, sout, kLanesTile);
+        lanes_sum(sin, pitch, H, npad, kv, Tg, xv, yv, sout, kLanesTile);
         for (int64_t c = 0; c < nc; ++c)
           store(out_p + b * osb + (d0 + c) * osd + t0 * ost, ost, sout + c * kLanesTile, n);
       }
@@ -324,9 +363,12 @@ template <typename in_t, typename out_t, typename acc_t>
 void convolve_rows(const at::Tensor& in, const at::Tensor& taps, at::Tensor& out, bool ahead) {
   const int64_t B = in.size(0), D = in.size(1), L = in.size(2), T = taps.size(1);
 #if FFT_TENSOR_CPU_LANES
-  // 16 or more channels (fewer would leave lanes empty) of float32 sums with 32+ taps, on AVX-512
-  if constexpr (std::is_same_v<acc_t, float>)
-    if (D >= 16 && T >= kLanesMinTaps && lanes_supported()) return convolve_rows_lanes<in_t, out_t>(in, taps, out, ahead);
+  // float32 sums with 32+ taps and a full vector of channels (fewer would leave lanes empty)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    const int V = T >= kLanesMinTaps ? lanes_width() : 0;
+    if (V == 16 && D >= 16) return convolve_rows_lanes<16, in_t, out_t>(in, taps, out, ahead);
+    if (V >= 8 && D >= 8) return convolve_rows_lanes<8, in_t, out_t>(in, taps, out, ahead);
+  }
 #endif
   constexpr int64_t W = wide_width<acc_t>();
   const in_t* in_p = in.data_ptr<in_t>();
@@ -360,30 +402,31 @@ void convolve_rows(const at::Tensor& in, const at::Tensor& taps, at::Tensor& out
 // shape, not the thread count, so the result does not depend on the number of threads; it may differ in
 // the last bits between CPUs that take different clones, since the AVX2 and AVX-512 ones fuse FMAs).
 #if FFT_TENSOR_CPU_LANES
-// correlate_rows (below) with channels in the lanes: items are (group of batch rows, group of 16 channels),
+// correlate_rows (below) with channels in the lanes: items are (group of batch rows, group of V channels),
 // the batch groups fixed by the shape as there (partial sums added in a fixed order afterwards).
-template <typename g_t, typename u_t>
+template <int V, typename g_t, typename u_t>
 at::Tensor correlate_rows_lanes(const at::Tensor& g, const at::Tensor& u, int64_t T) {
+  using vec = typename Lanes<V>::vec;
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
-  const int64_t Ts = round_up(T, 16), H = round_up(Ts - 1, 16), pitch = H + kCorrTile, cgroups = (D + 15) / 16;
+  const int64_t Ts = round_up(T, 16), H = round_up(Ts - 1, 16), pitch = H + kCorrTile, cgroups = (D + V - 1) / V;
   const int64_t bgroups = std::min<int64_t>(std::max<int64_t>(B, 1), (16 + cgroups - 1) / cgroups);
   const auto f32 = u.options().dtype(at::kFloat);
   at::Tensor partial = at::empty({bgroups, D, T}, f32);
   float* partial_p = partial.data_ptr<float>();
   const g_t* g_p = g.data_ptr<g_t>();
   const u_t* u_p = u.data_ptr<u_t>();
-  at::parallel_for(0, bgroups * cgroups, grain(16 * ((B + bgroups - 1) / bgroups) * L * Ts), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, bgroups * cgroups, grain(V * ((B + bgroups - 1) / bgroups) * L * Ts), [&](int64_t begin, int64_t end) {
     // at::empty: 64-byte aligned (c10's CPU allocator), as the vectors need
-    at::Tensor stage_g = at::zeros({16, kCorrTile}, f32), stage_u = at::zeros({16, pitch}, f32);
-    at::Tensor G = at::empty({kCorrTile, 16}, f32), X = at::empty({pitch, 16}, f32), A = at::empty({Ts, 16}, f32);
-    at::Tensor out = at::empty({16, Ts}, f32);
+    at::Tensor stage_g = at::zeros({V, kCorrTile}, f32), stage_u = at::zeros({V, pitch}, f32);
+    at::Tensor G = at::empty({kCorrTile, V}, f32), X = at::empty({pitch, V}, f32), A = at::empty({Ts, V}, f32);
+    at::Tensor out = at::empty({V, Ts}, f32);
     float *sg = stage_g.data_ptr<float>(), *su = stage_u.data_ptr<float>(), *outp = out.data_ptr<float>();
-    lanes16 *gv = reinterpret_cast<lanes16*>(G.data_ptr<float>()), *xv = reinterpret_cast<lanes16*>(X.data_ptr<float>());
-    lanes16* av = reinterpret_cast<lanes16*>(A.data_ptr<float>());
+    vec *gv = reinterpret_cast<vec*>(G.data_ptr<float>()), *xv = reinterpret_cast<vec*>(X.data_ptr<float>());
+    vec* av = reinterpret_cast<vec*>(A.data_ptr<float>());
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t bg = item / cgroups, d0 = (item % cgroups) * 16, nc = std::min<int64_t>(16, D - d0);
+      const int64_t bg = item / cgroups, d0 = (item % cgroups) * V, nc = std::min<int64_t>(V, D - d0);
       A.zero_();
-      for (int64_t c = nc; c < 16; ++c) {  // channels past D: zero rows
+      for (int64_t c = nc; c < V; ++c) {  // channels past D: zero rows
         std::fill(sg + c * kCorrTile, sg + (c + 1) * kCorrTile, 0.f);
         std::fill(su + c * pitch, su + (c + 1) * pitch, 0.f);
       }
@@ -398,7 +441,7 @@ at::Tensor correlate_rows_lanes(const at::Tensor& g, const at::Tensor& u, int64_
           lanes_correlate(sg, kCorrTile, su, pitch, H, npad, Ts, gv, xv, av);
         }
       }
-      lanes_store_transposed(av, Ts, outp, Ts);
+      lanes_store_transposed<V>(av, Ts, outp, Ts);
       for (int64_t c = 0; c < nc; ++c)
         std::copy(outp + c * Ts, outp + c * Ts + T, partial_p + (bg * D + d0 + c) * T);
     }
@@ -411,9 +454,12 @@ template <typename g_t, typename u_t, typename acc_t>
 at::Tensor correlate_rows(const at::Tensor& g, const at::Tensor& u, int64_t T) {
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
 #if FFT_TENSOR_CPU_LANES
-  // as convolve_rows: 16 or more channels of float32 sums with 32+ taps, on AVX-512
-  if constexpr (std::is_same_v<acc_t, float>)
-    if (D >= 16 && T >= kLanesMinTaps && lanes_supported()) return correlate_rows_lanes<g_t, u_t>(g, u, T);
+  // as convolve_rows
+  if constexpr (std::is_same_v<acc_t, float>) {
+    const int V = T >= kLanesMinTaps ? lanes_width() : 0;
+    if (V == 16 && D >= 16) return correlate_rows_lanes<16, g_t, u_t>(g, u, T);
+    if (V >= 8 && D >= 8) return correlate_rows_lanes<8, g_t, u_t>(g, u, T);
+  }
 #endif
   const bool dot = T <= kDotLanesMaxTaps, narrow = !dot && T <= narrow_width<acc_t>();
   const int64_t W = narrow ? narrow_width<acc_t>() : wide_width<acc_t>(), Tpad = round_up(T, W);

@@ -48,6 +48,14 @@ def test_bench_causal_conv_cpu(tmp_path):
     assert out.read_text().count("| 100 |") == 4
 
 
+def test_bench_cpu_lanes(tmp_path):
+    out = tmp_path / "table.md"
+    r = run_benchmark("bench_cpu_lanes.py", "--batch", "2", "--dim", "17", "--lengths", "300", "--kernels", "40",
+                      "--dtypes", "fp32,bf16", "--budget-s", "0", "--out", str(out))
+    assert_table(r, "| L | taps | dtype | fwd ms, 16 | fwd ms, 8 | fwd ms, 0 |")
+    assert r.stdout.count("| 300 | 40 |") == 4 and out.read_text().count("| 300 | 40 |") == 2
+
+
 def test_bench_lm_throughput():
     r = run_benchmark("bench_lm_throughput.py", "--device", "cpu", "--preset", "tiny", "--lengths", "128",
                       "--batch", "2", "--steps", "1", "--warmup", "1", "--no-compile")

@@ -409,7 +409,10 @@ at::Tensor correlate_rows_lanes(const at::Tensor& g, const at::Tensor& u, int64_
   using vec = typename Lanes<V>::vec;
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
   const int64_t Ts = round_up(T, 16), H = round_up(Ts - 1, 16), pitch = H + kCorrTile, cgroups = (D + V - 1) / V;
-  const int64_t bgroups = std::min<int64_t>(std::max<int64_t>(B, 1), (16 + cgroups - 1) / cgroups);
+  // batch groups from the shape alone (groups of 16 channels whatever V): the same sums, in the same
+  // order, at either width and any thread count
+  const int64_t groups16 = (D + 15) / 16;
+  const int64_t bgroups = std::min<int64_t>(std::max<int64_t>(B, 1), (16 + groups16 - 1) / groups16);
   const auto f32 = u.options().dtype(at::kFloat);
   at::Tensor partial = at::empty({bgroups, D, T}, f32);
   float* partial_p = partial.data_ptr<float>();

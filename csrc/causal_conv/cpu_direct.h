@@ -307,6 +307,15 @@ inline int lanes_width() {
               "FFT_TENSOR_CONV_CPU_LANES: expected one of 0, 8, 16 (or unset), got '", v, "'");
   return std::min(supported, std::stoi(v));
 }
+
+// The lanes' width for a float32 sum over D channels with T taps: 16 or 8 where the CPU (and the switch)
+// allow it, T reaches kLanesMinTaps and D fills a vector (fewer channels would leave lanes empty), else 0
+// (the time-in-lanes loops). convolve_rows and correlate_rows both follow it.
+inline int lanes_for(int64_t D, int64_t T) {
+  if (T < kLanesMinTaps) return 0;
+  const int V = lanes_width();
+  return V == 16 && D >= 16 ? 16 : V >= 8 && D >= 8 ? 8 : 0;
+}
 #endif
 
 // Rows per parallel task: at least ~64K multiply-adds each, so small problems stay on one thread.
@@ -363,11 +372,11 @@ template <typename in_t, typename out_t, typename acc_t>
 void convolve_rows(const at::Tensor& in, const at::Tensor& taps, at::Tensor& out, bool ahead) {
   const int64_t B = in.size(0), D = in.size(1), L = in.size(2), T = taps.size(1);
 #if FFT_TENSOR_CPU_LANES
-  // float32 sums with 32+ taps and a full vector of channels (fewer would leave lanes empty)
   if constexpr (std::is_same_v<acc_t, float>) {
-    const int V = T >= kLanesMinTaps ? lanes_width() : 0;
-    if (V == 16 && D >= 16) return convolve_rows_lanes<16, in_t, out_t>(in, taps, out, ahead);
-    if (V >= 8 && D >= 8) return convolve_rows_lanes<8, in_t, out_t>(in, taps, out, ahead);
+    switch (lanes_for(D, T)) {
+      case 16: return convolve_rows_lanes<16, in_t, out_t>(in, taps, out, ahead);
+      case 8: return convolve_rows_lanes<8, in_t, out_t>(in, taps, out, ahead);
+    }
   }
 #endif
   constexpr int64_t W = wide_width<acc_t>();
@@ -457,11 +466,11 @@ template <typename g_t, typename u_t, typename acc_t>
 at::Tensor correlate_rows(const at::Tensor& g, const at::Tensor& u, int64_t T) {
   const int64_t B = u.size(0), D = u.size(1), L = u.size(2);
 #if FFT_TENSOR_CPU_LANES
-  // as convolve_rows
   if constexpr (std::is_same_v<acc_t, float>) {
-    const int V = T >= kLanesMinTaps ? lanes_width() : 0;
-    if (V == 16 && D >= 16) return correlate_rows_lanes<16, g_t, u_t>(g, u, T);
-    if (V >= 8 && D >= 8) return correlate_rows_lanes<8, g_t, u_t>(g, u, T);
+    switch (lanes_for(D, T)) {
+      case 16: return correlate_rows_lanes<16, g_t, u_t>(g, u, T);
+      case 8: return correlate_rows_lanes<8, g_t, u_t>(g, u, T);
+    }
   }
 #endif
   const bool dot = T <= kDotLanesMaxTaps, narrow = !dot && T <= narrow_width<acc_t>();

@@ -131,15 +131,24 @@ def save_checkpoint(path, *, model, optimizer=None, scheduler=None, step=0, trai
 
 
 def read_checkpoint(path, map_location="cpu", mmap=False):
-    """The raw checkpoint dict, validated; CheckpointError naming the path if it is unusable.
-    mmap=True maps the tensors instead of reading them (for a look at the metadata)."""
+    """The raw checkpoint dict, validated; CheckpointError naming the path if it is unusable (a file
+    whose bytes changed after writing too: every record's CRC-32 is checked). mmap=True maps the tensors
+    instead of reading them, for a look at the metadata, and skips the CRC check (it reads every byte)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r}: is a directory, expected a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r}: no such file")
     try:
+        if not mmap and zipfile.is_zipfile(path):
+            damaged = zipfile.ZipFile(path).testzip()  # torch.load does not check the stored CRC-32s
+            if damaged is not None:
+                raise CheckpointError(f"checkpoint {path!r} ({os.path.getsize(path)} bytes) cannot be read: truncated, "
+                                      f"corrupted or not a torch.save file (its record {damaged!r} fails its "
+                                      f"CRC-32 check: its bytes changed after it was written)")
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except CheckpointError:
+        raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, KeyError,
             AttributeError, ImportError, IndexError, TypeError, OSError) as e:
         size = os.path.getsize(path)
@@ -158,6 +167,10 @@ def read_checkpoint(path, map_location="cpu", mmap=False):
     missing = [k for k in ("family", "model_config", "model", "step") if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path!r} is incomplete: missing {missing}")
+    wrong = [f"{k} ({type(ckpt[k]).__name__})" for k in ("model", "model_config") if not isinstance(ckpt[k], dict)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path!r} is malformed: expected dicts for model and model_config, got "
+                              f"{', '.join(wrong)}")
     return ckpt
 
 

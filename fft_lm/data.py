@@ -3,7 +3,7 @@
 `ByteCorpus(path)` turns a file or a directory into one flat byte array, memory-mapped with numpy:
   - a plain file is mapped as it is;
   - a .gz (or dictzip .dz) file, or a directory (all files under it, recursively, sorted by relative path, .gz ones
-    decompressed, each followed by a newline byte) is first written once into a cache file
+    decompressed, each followed by a newline byte; symlinked folders followed, each real folder once) is first written once into a cache file
     (FFT_LM_CACHE or ~/.cache/fft_lm/<name>-<hash>.bin; the hash covers paths, sizes and mtimes,
     so an edited corpus gets a fresh cache) and that file is mapped.
 The split is deterministic and disjoint: validation is the last `val_frac` of the bytes, training
@@ -37,9 +37,18 @@ def _corpus_files(path, cache_dir):
         return [path]
     files = []
     cache = os.path.abspath(cache_dir)
-    for root, dirs, names in os.walk(path):
+    seen = {os.path.realpath(path)}  # symlinked folders are followed, each real folder read once (no loops)
+    for root, dirs, names in os.walk(path, followlinks=True):
         # hidden directories (.git) and this package's own cache (if it lives inside the data) are not data
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.abspath(os.path.join(root, d)) != cache)
+        keep = []
+        for d in sorted(dirs):
+            full = os.path.join(root, d)
+            real = os.path.realpath(full)
+            if d.startswith(".") or os.path.abspath(full) == cache or real == os.path.realpath(cache) or real in seen:
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirs[:] = keep
         for name in sorted(names):
             if not name.startswith("."):
                 files.append(os.path.join(root, name))
@@ -53,7 +62,8 @@ def _cache_path(path, files, cache_dir):
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
-        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # fsencode: file names need not be UTF-8 (bytes that do not decode come back as surrogates)
+        h.update(os.fsencode(os.path.abspath(f)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     name = os.path.basename(os.path.normpath(path)).replace(".gz", "").replace(".dz", "") or "corpus"
     return os.path.join(cache_dir, f"{name}-{h.hexdigest()[:16]}.bin")
 
@@ -124,7 +134,8 @@ class ByteCorpus:
         if n < seq_len + 1:
             raise ValueError(
                 f"--seq-len {seq_len}: the {split} split of {self.source!r} has only {n} bytes, "
-                f"need at least seq_len + 1 = {seq_len + 1}; use a shorter --seq-len or a larger corpus")
+                f"need at least seq_len + 1 = {seq_len + 1}; use a shorter --seq-len, a larger corpus"
+                f"{' or a larger --val-frac' if split == 'validation' else ''}")
 
     def check_seq_len(self, seq_len):
         """ValueError naming --seq-len unless both splits hold at least one window of seq_len + 1 bytes."""
@@ -160,6 +171,14 @@ class ByteCorpus:
         for b in range(n_batches):
             yield self._windows(data, offsets[b * batch_size: (b + 1) * batch_size], seq_len, device)
 
+    def fingerprint(self, blocks=64, block_bytes=4096):
+        """sha256 (hex, 16 digits) of `blocks` evenly spaced runs of bytes: tells another corpus of the same
+        size from this one without reading all of it (a resumed run checks it continues the same bytes)."""
+        h = hashlib.sha256(str(len(self.data)).encode())
+        for start in np.linspace(0, max(0, len(self.data) - block_bytes), blocks).astype(np.int64):
+            h.update(np.asarray(self.data[start: start + block_bytes]).tobytes())
+        return h.hexdigest()[:16]
+
     def state(self):
-        return {"source": str(self.source), "flat_path": str(self.flat_path),
+        return {"source": str(self.source), "flat_path": str(self.flat_path), "fingerprint": self.fingerprint(),
                 "n_bytes": int(len(self.data)), "n_train": int(self.n_train), "n_val": int(self.n_val)}

@@ -60,6 +60,8 @@ import warnings
 import torch
 import torch.nn as nn
 
+from fft_tensor.ops import MIN_TEMPERATURE
+
 
 BOS_BYTE = 0x0A  # context used for an empty prompt
 MODES = ("overlap_save", "recompute")
@@ -78,8 +80,9 @@ def _check_args(prompt, max_new_bytes, mode, temperature, top_k, seed):
     if mode not in MODES:
         raise ValueError(f"generate: mode must be one of {MODES}, got {mode!r}")
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) \
-            or not temperature >= 0 or temperature == float("inf"):
-        raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
+            or not (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf")):
+        raise ValueError(f"generate: temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, "
+                         f"got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 256):
         raise ValueError(f"generate: top_k must be None or an int in 1..256, got {top_k!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):

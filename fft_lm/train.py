@@ -238,6 +238,9 @@ def validate_config(cfg):
         raise ValueError("--cpp-wrapper: applies to torch.compile's graphs; add --compile")
     if cfg.resume and not cfg.ckpt_path:
         raise ValueError("--resume needs --ckpt-path pointing at the run to continue")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume and --overwrite: give one (--resume continues the run at --ckpt-path, "
+                         "--overwrite starts a new run in its place)")
 
 
 @contextlib.contextmanager
@@ -368,6 +371,16 @@ def make_optimizer(model, cfg, fused=False):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
 
 
+def load_optimizer_state(optimizer, state):
+    """A checkpoint's AdamW moments and step counts. The hyperparameters stay this invocation's (its
+    --weight-decay, --beta1, --beta2, and fused as its device allows): load_state_dict alone would put the
+    saved ones back, so a flag that resume_config reports as changing them would be silently ignored."""
+    own = [{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, own):
+        group.update(settings)
+
+
 def enable_grad_checkpointing(model):
     """Activation checkpointing per block, through the family protocol's set_grad_checkpoint."""
     if not hasattr(model, "set_grad_checkpoint"):
@@ -481,7 +494,10 @@ def _train(cfg, model, rank, world, device, master):
         ckpt_files = [p for p in (cfg.ckpt_path, best_path) if p]  # the checkpoints this run writes
         # a new run refuses to replace an earlier run's files, its best checkpoint too (which a new run
         # that never reaches an evaluation would otherwise leave beside its own checkpoint as if its own)
-        held = [p for p in ckpt_files if os.path.exists(p)]
+        # (an earlier run's best file counts with --no-keep-best too: left beside this run's checkpoint,
+        # it would pass for this run's best weights)
+        earlier = ckpt_files + ([best_ckpt_path(cfg.ckpt_path)] if cfg.ckpt_path and not cfg.keep_best else [])
+        held = [p for p in earlier if os.path.exists(p)]
         if not cfg.resume and not cfg.overwrite and held:
             raise ConfigError(f"--ckpt-path {cfg.ckpt_path} already holds a checkpoint ({', '.join(held)}): pass "
                               f"--resume to continue that run, --overwrite to start a new one in its place (its "
@@ -490,7 +506,8 @@ def _train(cfg, model, rank, world, device, master):
             ckpt = read_checkpoint(cfg.ckpt_path, map_location="cpu") if cfg.resume else None
         except CheckpointError as e:
             raise ConfigError(f"--resume (--ckpt-path): {e}") from e
-        if model is None and ckpt is not None:
+        rebuilt = model is None and ckpt is not None
+        if rebuilt:
             model = model_from_checkpoint(ckpt, cfg.ckpt_path)  # family, config and weights
             # the run continues with its own config: --model-set may only repeat it
             for name, value in parse_model_set(cfg.model_set, type(model.config)).items():
@@ -509,6 +526,8 @@ def _train(cfg, model, rank, world, device, master):
         raw = model  # the plain module: eval, curriculum and checkpoints go through it
         if cfg.grad_checkpoint:
             enable_grad_checkpointing(raw)
+        elif rebuilt and hasattr(raw, "set_grad_checkpoint"):  # the checkpoint's model config holds the last run's choice; this run's flag decides
+            raw.set_grad_checkpoint(False)
         n_params = sum(p.numel() for p in raw.parameters())
         corpus = ByteCorpus(cfg.data or None, val_frac=cfg.val_frac)
         corpus.check_seq_len(cfg.seq_len)  # fail here, with the flag's name, not at the first batch
@@ -524,7 +543,7 @@ def _train(cfg, model, rank, world, device, master):
                                   f"checkpoint?); start a new run from it instead")
             extra = ckpt.get("extra") or {}
             check_same_stream(extra.get("data") or {}, corpus, cfg, world, master)
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         start_step = ckpt["step"]
         elapsed0, bytes_seen = extra.get("elapsed_s", 0.0), extra.get("bytes_seen", 0)
         best_val = extra.get("best_val_bpb") or float("inf")
@@ -737,6 +756,10 @@ def check_same_stream(saved, corpus, cfg, world, master):
         if key in saved and saved[key] != now[key]:
             raise ConfigError(f"--data / --val-frac: the corpus split differs from the run being resumed "
                               f"({key} {saved[key]:,} then, {now[key]:,} now); resume with the same data")
+    if saved.get("fingerprint") not in (None, now["fingerprint"]):  # (checkpoints before it have none)
+        raise ConfigError(f"--data: the corpus has the run's size but other bytes than the run being resumed "
+                          f"(fingerprint {saved['fingerprint']} then, {now['fingerprint']} now); resume with the "
+                          f"same data")
     if "seed" in saved and saved["seed"] != cfg.seed:
         raise ConfigError(f"--seed: the run being resumed used --seed {saved['seed']}, got {cfg.seed}; pass "
                           f"--seed {saved['seed']} to continue its data stream")

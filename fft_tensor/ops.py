@@ -227,6 +227,8 @@ def _causal_conv_backward_fake(grad_y, u, k, skip, need_u, need_k):
                  lambda: f"causal_conv_backward: expected grad_y of shape {list(u.shape)}, got {list(grad_y.shape)}")
     torch._check(grad_y.device == u.device,
                  lambda: f"causal_conv_backward: expected grad_y on {u.device}, got {grad_y.device}")
+    torch._check(grad_y.dtype.is_floating_point,
+                 lambda: f"causal_conv_backward: expected grad_y of a floating dtype, got {grad_y.dtype}")
     grad_u = _causal_conv_output_like(u) if need_u else u.new_empty((0,))
     grad_k = k.new_empty(k.shape) if need_k else k.new_empty((0,))
     return grad_u, grad_k
@@ -258,7 +260,7 @@ def causal_conv_update(u: Tensor, state: Tensor, k: Tensor, skip: Optional[Tenso
     concatenated sequence to train through a state).
     """
     _check_inference_only("causal_conv_update", "causal_conv on the concatenated sequence",
-                          u=u, k=k, skip=skip, gate=gate)
+                          u=u, state=state, k=k, skip=skip, gate=gate)
     _check_tensors("causal_conv_update", u=u, state=state, k=k, **{n: t for n, t in (("skip", skip), ("gate", gate)) if t is not None})
     return _ops.causal_conv_update.default(u, state, k, skip, gate)
 
@@ -437,6 +439,10 @@ torch.library.register_autograd("fft_tensor::add_rms_norm", _add_rms_norm_backwa
 
 # ----------------------------------------------------------------------------- chunk_decode
 
+# Sampling temperatures: 0 (greedy) or at least this; below it logits / temperature can overflow
+# float64 for float32 logits (inf - inf = NaN). csrc/chunk_decode/common.h checks the same bound.
+MIN_TEMPERATURE = 1e-30
+
 def chunk_decode(context: Tensor, first: Tensor, uniforms: Tensor, byte_emb: Tensor, slot_emb: Tensor,
                  norm1: List[Tensor], qkv: List[Tensor], proj: List[Tensor], norm2: List[Tensor],
                  fc: List[Tensor], fc_proj: List[Tensor], norm_f: Tensor, head: Tensor, *, heads: int,
@@ -519,6 +525,7 @@ def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv
         torch._check(len(lst) == layers, lambda: f"{op}: expected one tensor per layer in every weight list "
                                                  f"({layers}, as qkv), got a list of {len(lst)}")
     torch._check(heads >= 1 and C % heads == 0, lambda: f"{op}: expected heads >= 1 dividing C = {C}, got heads = {heads}")
+    torch._check(fc[0].dim() == 2, lambda: f"{op}: expected fc[0] of shape (F, C), got {list(fc[0].shape)}")
     F = fc[0].shape[0]
     torch._check(F >= 1, lambda: f"{op}: expected fc[0] of shape (F, C) with F >= 1 hidden units, got {list(fc[0].shape)}")
     wt = qkv[0].dtype
@@ -537,8 +544,9 @@ def _check_chunk_decode(context, first, uniforms, byte_emb, slot_emb, norm1, qkv
                         ("norm1", norm1[i]), ("norm2", norm2[i]), ("norm_f", norm_f)):
             torch._check(t.device == context.device, lambda: f"{op}: expected {name}[{i}] on {context.device}, got {t.device}")
     torch._check(tuple(head.shape) == (256, C), lambda: f"{op}: expected head of shape (256, {C}), got {list(head.shape)}")
-    torch._check(temperature >= 0 and temperature != float("inf"),
-                 lambda: f"{op}: expected a finite temperature >= 0, got {temperature}")
+    torch._check(temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf"),
+                 lambda: f"{op}: expected temperature 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, "
+                         f"got {temperature}")
     torch._check(top_k >= 0, lambda: f"{op}: expected top_k >= 0 (0: no top-k filter), got {top_k}")
 
 

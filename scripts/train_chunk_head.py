@@ -41,15 +41,19 @@ def head_overrides(cfg):
     return {name: getattr(cfg, name) for name in HEAD_FIELDS if getattr(cfg, name)}
 
 
-def check_resume_flags(cfg):
+def check_resume_flags(cfg, given=frozenset()):
     """--resume continues the ChunkLM in --ckpt with its own sizes: a checkpoint of another family, or
-    model flags that differ from the run's, are errors rather than silently ignored."""
+    model flags that differ from the run's (the head sizes; --chunk when given), are errors rather than
+    silently ignored."""
     ckpt = read_checkpoint(cfg.ckpt_path, mmap=True)  # metadata only: train() reads the weights
     if ckpt.get("family") != "chunk":
         raise ValueError(f"--resume: {cfg.ckpt_path} is a {ckpt.get('family')!r} checkpoint, not a ChunkLM "
                          f"(continue it with python -m fft_lm.train_fixed_full --resume)")
     have = ckpt.get("model_config") or {}
-    for name, value in head_overrides(cfg).items():  # (fft_lm.train.resume_config checks --kernel-len)
+    model_flags = head_overrides(cfg)
+    if "chunk" in given:  # its default (16) is not "the run's": only a --chunk on this command line is checked
+        model_flags["chunk"] = cfg.chunk
+    for name, value in model_flags.items():  # (fft_lm.train.resume_config checks --kernel-len)
         run = have.get(name)
         if run is not None and run != value:
             raise ValueError(f"--{name.replace('_', '-')} {value} differs from the run being resumed "
@@ -87,7 +91,7 @@ def main(argv=None):
     cfg, given = parse_config(parser, ChunkTrainConfig, argv)
     try:
         if cfg.resume:  # first: a checkpoint of another family names itself, not the --family it would pass on
-            check_resume_flags(cfg)
+            check_resume_flags(cfg, given)
         cfg, changed = resume_config(cfg, given)  # --resume: the run's own settings for flags not given
     except (ValueError, RuntimeError) as e:  # ConfigError is a ValueError, CheckpointError a RuntimeError
         parser.error(str(e))

@@ -296,6 +296,11 @@ def test_cpu_lanes_switch_rejects_bad_values(monkeypatch):
         monkeypatch.setenv("FFT_TENSOR_CONV_CPU_LANES", bad)
         with pytest.raises(RuntimeError, match=rf"FFT_TENSOR_CONV_CPU_LANES: expected one of 0, 8, 16 \(or unset\), got '{re.escape(bad)}'"):
             fft_tensor.causal_conv(u, k, skip)
+    # read on every call, not only on the calls that reach the lanes kernels: few taps, float64, the FFT
+    monkeypatch.setenv("FFT_TENSOR_CONV_CPU_LANES", "7")
+    for uu, kk in ((u, k[:, :4]), (u.double(), k.double()), (u, torch.randn(16, 200))):
+        with pytest.raises(RuntimeError, match="FFT_TENSOR_CONV_CPU_LANES: expected one of 0, 8, 16"):
+            fft_tensor.causal_conv(uu, kk)
     monkeypatch.setenv("FFT_TENSOR_CONV_CPU_LANES", "")  # empty: the default
     empty = fft_tensor.causal_conv(u, k, skip)
     monkeypatch.delenv("FFT_TENSOR_CONV_CPU_LANES")
@@ -796,6 +801,19 @@ def test_bad_inputs(name, make, match):
         ops.causal_conv_backward(gy, u, k, skip, True, True)
     with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=match):
         fft_tensor.causal_conv(*[None if t is None else mode.from_tensor(t) for t in (u, k, skip)])
+
+
+@pytest.mark.parametrize("gy_dtype", [torch.complex64, torch.int64, torch.bool])
+@pytest.mark.parametrize("taps", [4, 200])  # the direct path and the FFT path
+def test_backward_refuses_a_grad_y_that_is_not_floating(gy_dtype, taps):
+    # a complex grad_y would lose its imaginary part in the conversion, an integer one is no gradient
+    u, k = _u(2, D, 300), _u(D, taps)
+    gy = torch.ones(u.shape, dtype=gy_dtype)
+    match = "causal_conv_backward: expected grad_y of a floating dtype"
+    with pytest.raises(RuntimeError, match=match):
+        ops.causal_conv_backward(gy, u, k, None, True, True)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=match):
+        ops.causal_conv_backward(*[mode.from_tensor(t) for t in (gy, u, k)], None, True, True)
 
 
 

@@ -198,6 +198,8 @@ def test_inference_only():
     u, state, k, skip = _f(2, 3, 2), _f(2, 3, 4), _f(3, 5).requires_grad_(), None
     with pytest.raises(RuntimeError, match="causal_conv_update: inference only .* k requires grad"):
         fft_tensor.causal_conv_update(u, state, k, skip)
+    with pytest.raises(RuntimeError, match="causal_conv_update: inference only .* state requires grad"):
+        fft_tensor.causal_conv_update(u, state.clone().requires_grad_(), k.detach(), skip)  # written in place
     with torch.no_grad():
         fft_tensor.causal_conv_update(u, state, k, skip)
 

@@ -1,5 +1,6 @@
 """fft_lm.checkpoint: round trip, atomic writes, clear errors for bad files, DDP/compile prefixes."""
 import os
+import zipfile
 
 import pytest
 import torch
@@ -78,6 +79,24 @@ def test_damaged_file_gives_clear_error(tmp_path, damage):
         load_checkpoint(path)
 
 
+def test_changed_bytes_inside_a_tensor_give_clear_error(tmp_path):
+    """A flipped bit inside the weights (bit rot, a bad copy) leaves a file torch.load reads without a
+    word (it does not check the zip records' CRC-32s): the loader checks them."""
+    path = tmp_path / "ckpt.pt"
+    save_tiny(path)
+    with zipfile.ZipFile(path) as z:
+        record = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor's bytes, stored as is
+        start = record.header_offset + len(record.FileHeader())  # a bound: the stored header may be longer
+        offset = start + record.file_size // 2
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0x10
+    path.write_bytes(bytes(blob))
+    torch.load(path, weights_only=True)  # what torch alone would have accepted
+    with pytest.raises(CheckpointError, match=f"ckpt.pt.*cannot be read: .*its record '{record.filename}' fails its CRC-32"):
+        load_checkpoint(path)
+    assert read_checkpoint(path, mmap=True)["step"] >= 0  # a metadata look (mmap) does not read every byte
+
+
 def test_foreign_files_give_clear_errors(tmp_path):
     torch.save({"weights": torch.ones(3), "epoch": 4}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt.*not an fft_lm checkpoint.*'epoch', 'weights'"):
@@ -91,6 +110,10 @@ def test_foreign_files_give_clear_errors(tmp_path):
     torch.save({"format": "fft_lm.checkpoint", "obj": ValueError("pickled class")}, tmp_path / "unsafe.pt")
     with pytest.raises(CheckpointError, match="unsafe.pt.*cannot be read"):  # weights_only refuses it
         load_checkpoint(tmp_path / "unsafe.pt")
+    torch.save({"format": "fft_lm.checkpoint", "version": 1, "family": "spectral", "model_config": {},
+                "model": [torch.ones(2)], "step": 0}, tmp_path / "listed.pt")
+    with pytest.raises(CheckpointError, match=r"listed.pt.*malformed: expected dicts .*got model \(list\)"):
+        load_checkpoint(tmp_path / "listed.pt")
     with pytest.raises(CheckpointError, match="missing.pt.*no such file"):
         load_checkpoint(tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match="is a directory, expected a checkpoint file"):

@@ -191,10 +191,11 @@ def test_train_script_defaults_seq_len_and_head_from_the_preset(tmp_path):
         (tiny["head_dim"], tiny["head_layers"], tiny["head_heads"])
     assert meta["train_config"]["seq_len"] == 24
     for flag, message in [(["--head-dim", "8"], "--head-dim 8 differs from the run being resumed"),
+                          (["--chunk", "8"], "--chunk 8 differs from the run being resumed"),
                           (["--ckpt", bpath], "is a 'spectral' checkpoint, not a ChunkLM")]:
         bad = run_train("--resume", "--epochs", "2", *common, *flag)  # the later --ckpt wins
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
-    r = run_train("--resume", "--epochs", "2", *common)
+    r = run_train("--resume", "--epochs", "2", "--chunk", "4", *common)  # repeating the run's --chunk is fine
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2
     # a bare --resume keeps the run's settings (batch size 1, its data, no plot), not the flags' defaults

@@ -289,8 +289,10 @@ def bad_cases():
         ("byte_emb int", with_(3, torch.zeros(256, 32, dtype=torch.int64)), "floating-point embeddings"),
         ("norm1 int", lambda a: a[:5] + ([torch.ones(32, dtype=torch.int64)] * 2,) + a[6:], "norm1 to be floating point"),
         ("heads", with_(13, 3), "heads >= 1 dividing C = 32"),
-        ("temperature", with_(15, -1.0), "temperature >= 0"),
+        ("temperature", with_(15, -1.0), "temperature 0 (greedy) or a finite number >= 1e-30"),
+        ("temperature subnormal", with_(15, 1e-310), "temperature 0 (greedy) or a finite number >= 1e-30"),
         ("top_k", with_(16, -2), "top_k >= 0"),
+        ("fc 0-d", lambda a: a[:9] + ([torch.zeros(())] * 2,) + a[10:], "expected fc[0] of shape (F, C), got []"),
         ("no hidden units", lambda a: a[:9] + ([torch.zeros(0, 32)] * 2,) + (([torch.zeros(32, 0)] * 2),) + a[11:],
          "F >= 1 hidden units"),
     ]

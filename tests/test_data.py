@@ -1,5 +1,6 @@
 """fft_lm.data: disjoint deterministic split, deterministic stream, files/dirs/.gz, clear errors."""
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -66,6 +67,28 @@ def test_directory_with_gz_files_is_concatenated_in_order(tmp_path):
     again = ByteCorpus(str(root), val_frac=0.2, cache_dir=str(root / "cache"))  # its cache file now exists
     assert bytes(inside.data) == bytes(again.data) == bytes(corpus.data)
     assert inside.flat_path == again.flat_path
+
+
+def test_directory_with_symlinked_folders_and_non_utf8_names(tmp_path):
+    """Symlinked folders are data like real ones (each real folder read once, a link loop ends); a
+    file name that is not UTF-8 is data too (its name only enters the cache file's hash)."""
+    real = tmp_path / "real"
+    (real / "books").mkdir(parents=True)
+    (real / "books" / "a.txt").write_bytes(b"linked text")
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "books").symlink_to(real / "books", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # must not be walked forever
+    (root / "z.txt").write_bytes(b"own text")
+    corpus = ByteCorpus(str(root), val_frac=0.2, cache_dir=str(tmp_path / "cache"))
+    assert bytes(corpus.data) == b"linked text\nown text\n"
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    with open(os.path.join(os.fsencode(odd), b"a\xff.txt"), "wb") as f:  # not valid UTF-8
+        f.write(b"latin-1 name")
+    (odd / "b.txt").write_bytes(b"plain name")
+    corpus = ByteCorpus(str(odd), val_frac=0.2, cache_dir=str(tmp_path / "cache"))
+    assert bytes(corpus.data) == b"latin-1 name\nplain name\n"
 
 
 def test_single_gz_file_is_decompressed_once_into_the_cache(tmp_path):

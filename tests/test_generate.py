@@ -133,6 +133,7 @@ def test_training_mode_restored():
     (dict(max_new_bytes=2.0), ValueError, "max_new_bytes"),
     (dict(temperature=-0.5), ValueError, "temperature"),
     (dict(temperature=float("nan")), ValueError, "temperature"),
+    (dict(temperature=1e-310), ValueError, "temperature must be 0 .greedy. or a finite number >= 1e-30"),
     (dict(top_k=0), ValueError, "top_k"),
     (dict(top_k=257), ValueError, "top_k"),
     (dict(mode="stream"), ValueError, "mode"),

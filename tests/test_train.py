@@ -92,6 +92,10 @@ def test_resume_refuses_another_stream_or_a_weights_only_checkpoint(corpus, tmp_
         train(dataclasses.replace(cfg, resume=True, seed=8))
     with pytest.raises(ConfigError, match="--data / --val-frac: the corpus split differs"):
         train(dataclasses.replace(cfg, resume=True, val_frac=0.2))
+    other = tmp_path / "other.txt"  # the same size, other bytes
+    other.write_bytes(bytes(reversed(open(corpus, "rb").read())))
+    with pytest.raises(ConfigError, match="--data: the corpus has the run's size but other bytes"):
+        train(dataclasses.replace(cfg, resume=True, data=str(other)))
     bare = str(tmp_path / "bare.pt")
     save_checkpoint(bare, model=tiny_model())
     with pytest.raises(ConfigError, match="holds no optimizer or RNG state"):
@@ -211,6 +215,8 @@ def test_bad_flags_are_named(corpus, tmp_path):
         train(tiny_cfg(corpus, tmp_path, compile=True, compile_mode="fast"), model=tiny_model())
     with pytest.raises(ValueError, match="--cpp-wrapper: .*add --compile"):
         train(tiny_cfg(corpus, tmp_path, cpp_wrapper=True), model=tiny_model())
+    with pytest.raises(ValueError, match="--resume and --overwrite: give one"):
+        train(tiny_cfg(corpus, tmp_path, resume=True, overwrite=True))
 
 
 def test_compile_with_cpp_wrapper_trains_like_eager(corpus, tmp_path):
@@ -354,6 +360,33 @@ def test_grad_checkpoint_and_bf16_through_the_training_loop(corpus, tmp_path):
     assert all(abs(a - b) <= 1e-5 for (_, a), (_, b) in zip(plain, ckpt)), (plain, ckpt)
     assert all(math.isfinite(b) and abs(a - b) < 0.1 * a for (_, a), (_, b) in zip(plain, bf16)), (plain, bf16)
     assert runs["ckpt"]["step"] == runs["bf16"]["step"] == 4
+
+
+def test_resume_takes_this_runs_optimizer_settings_and_grad_checkpoint(corpus, tmp_path, monkeypatch):
+    """Settings a resumed run changes take effect: the optimizer's moments come from the checkpoint but
+    its weight decay and betas from this run (load_state_dict alone restores the saved ones), and
+    --no-grad-checkpoint turns off the checkpointing that the saved model config had on."""
+    cfg = tiny_cfg(corpus, tmp_path, grad_checkpoint=True)
+    train(dataclasses.replace(cfg, stop_after_steps=2), model=tiny_model())
+    seen, checkpointed = [], []
+    real_step, real_checkpoint = torch.optim.AdamW.step, torch.utils.checkpoint.checkpoint
+
+    def spy_step(self, *args, **kwargs):
+        seen.append([(g["weight_decay"], tuple(g["betas"])) for g in self.param_groups])
+        return real_step(self, *args, **kwargs)
+
+    def spy_checkpoint(*args, **kwargs):
+        checkpointed.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy_step)
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy_checkpoint)
+    rest = train(dataclasses.replace(cfg, resume=True, grad_checkpoint=False, weight_decay=0.0, beta2=0.99))
+    assert rest["step"] == 4 and len(seen) == 2
+    assert all(groups == [(0.0, (0.9, 0.99)), (0.0, (0.9, 0.99))] for groups in seen), seen
+    assert not checkpointed
+    _, meta = load_checkpoint(cfg.ckpt_path)
+    assert meta["model_config"]["grad_checkpoint"] is False
 
 
 def test_accumulation_equals_the_larger_batch(corpus, tmp_path, monkeypatch):
@@ -675,3 +708,12 @@ def test_keep_best_off_and_overwrite_with_a_best_checkpoint(corpus, tmp_path, ca
     train(dataclasses.replace(run, overwrite=True, eval_every=0, steps_per_epoch=1), model=tiny_model())
     assert f"deleted the previous run's checkpoint {best_path}" in capsys.readouterr().out
     assert read_checkpoint(best_path)["step"] == 1  # the new run's (its one evaluation, at the end)
+    # --no-keep-best: an earlier run's best file is an earlier run's file all the same (refused, or deleted
+    # by --overwrite), not left beside the new checkpoint as if it were the new run's best weights
+    os.remove(cfg.ckpt_path)
+    with pytest.raises(ConfigError, match="ckpt.best.pt.*--overwrite"):
+        train(cfg, model=tiny_model())
+    capsys.readouterr()
+    train(dataclasses.replace(cfg, overwrite=True), model=tiny_model())
+    assert f"deleted the previous run's checkpoint {best_path}" in capsys.readouterr().out
+    assert not best_path.exists()

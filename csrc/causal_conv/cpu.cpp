@@ -44,6 +44,9 @@ void check_causal_conv_grad_y(const at::Tensor& grad_y, const at::Tensor& u) {
               ", got ", shape_str(grad_y.sizes()));
   TORCH_CHECK(grad_y.device() == u.device(), "causal_conv_backward: expected grad_y on ", u.device(), ", got ",
               grad_y.device());
+  // a complex grad_y would lose its imaginary part in the conversion, an integer one is no gradient
+  TORCH_CHECK(at::isFloatingType(grad_y.scalar_type()), "causal_conv_backward: expected grad_y of a floating dtype, got ",
+              grad_y.scalar_type());
 }
 
 at::Tensor effective_kernel(const at::Tensor& k, const c10::optional<at::Tensor>& skip, int64_t taps) {
@@ -182,7 +185,10 @@ namespace {
 constexpr int64_t kCpuDirectTaps = kMaxDirectTaps;
 
 bool use_cpu_direct(const at::Tensor& u, const at::Tensor& k) {
-  (void)min_window();  // a bad FFT_TENSOR_CONV_MIN_WINDOW is an error on every call, as on CUDA, not only on FFT calls
+  // a bad FFT_TENSOR_CONV_MIN_WINDOW or FFT_TENSOR_CONV_CPU_LANES is an error on every call (as on CUDA),
+  // not only on the calls that reach the FFT or the lanes kernels
+  (void)min_window();
+  (void)cpu_direct::lanes_width();
   const int64_t taps = std::min(k.size(1), u.size(2)), cutoff = direct_max_taps();
   return taps <= (cutoff >= 0 ? cutoff : kCpuDirectTaps);
 }

@@ -181,8 +181,9 @@ inline DecodeShape check_chunk_decode_args(const at::Tensor& context, const at::
   }
   check_decode_vector(norm_f, "norm_f", s.C, dev);
   check_decode_matrix(head, "head", kDecodeVocab, s.C, wt, dev);
-  TORCH_CHECK(temperature >= 0 && temperature < INFINITY, op, ": expected a finite temperature >= 0, got ",
-              std::to_string(temperature));
+  // Below 1e-30 (but not 0: greedy) logits / temperature could overflow double to inf - inf = NaN.
+  TORCH_CHECK(temperature == 0 || (temperature >= 1e-30 && temperature < INFINITY), op,
+              ": expected temperature 0 (greedy) or a finite number >= 1e-30, got ", std::to_string(temperature));
   TORCH_CHECK(top_k >= 0, op, ": expected top_k >= 0 (0: no top-k filter), got ", std::to_string(top_k));
   return s;
 }

@@ -222,7 +222,7 @@ class ChunkLM(ByteLM):
         # the op's own rules; on CUDA for 16-bit weights, the stricter row rule (the autocast dtype is
         # not known yet)
         why = fft_tensor.chunk_decode_unsupported(C, F, dec.blocks[0].heads, len(dec.blocks),
-                                                  torch.bfloat16 if cuda else torch.float32, cuda)
+                                                  torch.bfloat16 if cuda else dec.head.weight.dtype, cuda)
         if why:
             return False
         if not cuda:

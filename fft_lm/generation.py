@@ -392,13 +392,14 @@ def generate_with_logits(model, prompt, max_new_bytes, *, mode="overlap_save", t
     """Like `generate` but also returns the logits each new byte was drawn from: (bytes, [[1,256], ...])."""
     stream = ByteStream(model, prompt, max_new_bytes, mode=mode, temperature=temperature, top_k=top_k,
                         seed=seed, keep_logits=keep_logits, cuda_graphs=cuda_graphs)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each submodule's own (a frozen part stays eval)
     model.eval()
     try:
         while not stream.done:
             stream.step()
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     return bytes(stream.out), stream.logits
 
 

@@ -173,7 +173,8 @@ class CausalSelfAttention(nn.Module):
             # (Under bf16 autocast the scores come out of the matmul in bf16, rounded before the float32
             # softmax, where SDPA's fused kernels keep them in float32: a float32 copy of the cache per
             # step would cost more than the attention.)
-            scores = torch.matmul(q, keys.transpose(-2, -1)).float() * q.shape[-1] ** -0.5
+            scores = torch.matmul(q, keys.transpose(-2, -1))  # float32 at least (float64 stays float64)
+            scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.shape[-1] ** -0.5
             probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
             y = torch.matmul(probs.to(values.dtype), values)  # generation only: no dropout
         y = y.transpose(1, 2).reshape(B, T, D)

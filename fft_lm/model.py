@@ -476,7 +476,8 @@ class WindowAttentionMixer(nn.Module):
     def _stream(self, x, tail):
         B, T, D = x.shape
         W = self.window
-        new = torch.cat([x.transpose(1, 2).float(), torch.ones(B, 1, T, device=x.device, dtype=torch.float32)], 1)
+        # the tail's dtype: float32, float64 in a float64 model (which must stream at its own precision)
+        new = torch.cat([x.transpose(1, 2).to(tail.dtype), torch.ones(B, 1, T, device=x.device, dtype=tail.dtype)], 1)
         u_all = torch.cat([tail, new], dim=2)  # (B, D + 1, W - 1 + T)
         # keys and values for the whole window, queries for the new positions only
         w_q, w_kv = self.in_proj.weight.split([D, 2 * D])

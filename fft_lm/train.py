@@ -81,7 +81,7 @@ class TrainConfig:
     # I/O
     ckpt_path: str = "runs/train/ckpt.pt"  # checkpoint file ("" = no checkpoints; metrics and plot then go to runs/train/ unless --metrics-path/--plot-path)
     metrics_path: str = ""  # JSONL metrics ("" = metrics.jsonl next to the checkpoint)
-    plot_path: str = ""  # PNG of train/val bpb ("" = curves.png next to the checkpoint)
+    plot_path: str = ""  # PNG of train/val bpb ("" = curves.png next to the checkpoint, "-" = no plot)
     resume: bool = False  # continue the run saved at --ckpt-path (model, optimizer, step, RNG, data) with its own settings; flags given with it change them
     overwrite: bool = False  # start a new run even if --ckpt-path holds one (its checkpoint and metrics are deleted at the start); without it that is an error
     keep_best: bool = True  # also keep the weights of the best validation point so far in <ckpt-path stem>.best.pt (weights only; fft_lm.load_checkpoint reads it): on a small corpus a model memorises, and the last checkpoint is then not the best

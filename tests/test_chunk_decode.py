@@ -263,6 +263,8 @@ def test_unsupported_names_the_rule():
     why = fft_tensor.chunk_decode_unsupported(36, 20, 4, 1, torch.bfloat16, True)
     assert "divisible by 8 (16-byte weight rows), got C = 36, F = 20" in why
     assert fft_tensor.chunk_decode_unsupported(36, 20, 4, 1, torch.bfloat16, False) == ""  # no row rule on the CPU
+    assert "weights of dtype float32, bfloat16 or float16, got Double" in \
+        fft_tensor.chunk_decode_unsupported(32, 64, 4, 1, torch.float64, False)
     # the op raises what the query says
     model = make(32, 2, 2, 8, "cpu")
     args = decode_args(model, "cpu", *random_inputs(model, 2, 8))

@@ -607,3 +607,51 @@ def test_sampling_follows_softmax_of_logits_over_temperature_within_top_k(temper
     assert (counts[~allowed] == 0).all()
     sigma = (n * expected * (1 - expected)).sqrt()
     assert ((counts - n * expected).abs() <= 5 * sigma + 1).all()
+
+
+def _features_streamed(model, x, split):
+    """features() over x as a prefill of `split` bytes then one byte per call through the cache."""
+    with torch.no_grad():
+        cache = model.init_cache(x.shape[0])
+        return torch.cat([model.features(x[:, :split], cache=cache)] +
+                         [model.features(x[:, i:i + 1], cache=cache) for i in range(split, x.shape[1])], 1)
+
+
+@pytest.mark.parametrize("family", ["spectral_attn", "gpt"])
+def test_float64_streaming_equals_full_at_float64_precision(family):
+    # a float64 model streams in float64: the attention block's new keys and values (the hybrid) and
+    # the cached steps' scores (the GPT) were rounded to float32 (differences ~1e-7 against ~1e-15)
+    torch.manual_seed(0)
+    if family == "gpt":
+        model = fft_lm.GPT.from_preset("tiny", d_model=32, n_layers=2, seq_len=32)
+    else:
+        model = fft_lm.SpectralLM.from_preset("tiny", d_model=32, n_layers=2, seq_len=32, kernel_len=16,
+                                              attn_blocks=1, attn_window=8)
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        full = model.features(x)
+    assert (full - _features_streamed(model, x, 20)).abs().max().item() < 1e-12
+
+
+def test_float64_chunk_lm_generates_in_both_modes():
+    # chunk_decode takes no float64 weights: can_decode_chunk says so and the chunk is decoded by the module
+    model = fft_lm.ChunkLM.from_preset("tiny", d_model=32, n_layers=2, seq_len=32, kernel_len=16,
+                                       head_dim=16, chunk=4).double()
+    assert not model.can_decode_chunk(4, "cpu")
+    a, _ = generation.generate_with_logits(model, b"hello", 8, mode="recompute", temperature=0)
+    b, _ = generation.generate_with_logits(model, b"hello", 8, mode="overlap_save", temperature=0)
+    assert a == b and len(a) == 8
+
+
+def test_generate_restores_each_submodules_mode():
+    model = fft_lm.ChunkLM.from_preset("tiny", d_model=32, n_layers=2, seq_len=32, kernel_len=16,
+                                       head_dim=16, chunk=4)
+    model.train()
+    model.backbone.eval()  # a frozen backbone: its dropout must stay off after generating
+    before = {name: m.training for name, m in model.named_modules()}
+    generate(model, b"hi", 4)
+    assert {name: m.training for name, m in model.named_modules()} == before

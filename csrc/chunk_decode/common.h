@@ -76,6 +76,11 @@ inline std::string decode_heads_rule(int64_t C, int64_t heads) {
   if (heads >= 1 && C % heads == 0) return "";
   return "expected heads >= 1 dividing C = " + std::to_string(C) + ", got heads = " + std::to_string(heads);
 }
+inline std::string decode_dtype_rule(at::ScalarType weight_dtype) {
+  if (weight_dtype == at::kFloat || weight_dtype == at::kBFloat16 || weight_dtype == at::kHalf) return "";
+  return std::string("expected linear weights of dtype float32, bfloat16 or float16, got ") +
+         c10::toString(weight_dtype);
+}
 // The CUDA kernel's 16-byte weight rows.
 inline std::string decode_cuda_rows_rule(int64_t C, int64_t F, at::ScalarType weight_dtype) {
   const int vec = weight_dtype == at::kFloat ? 4 : 8;
@@ -90,7 +95,7 @@ inline std::string decode_cuda_rows_rule(int64_t C, int64_t F, at::ScalarType we
 // CUDA kernel's row rule applies.
 inline std::string chunk_decode_unsupported(int64_t C, int64_t F, int64_t heads, int64_t layers,
                                             at::ScalarType weight_dtype, bool cuda) {
-  for (const std::string& why : {decode_layers_rule(layers), decode_heads_rule(C, heads),
+  for (const std::string& why : {decode_layers_rule(layers), decode_heads_rule(C, heads), decode_dtype_rule(weight_dtype),
                                  cuda ? decode_cuda_rows_rule(C, F, weight_dtype) : std::string()}) {
     if (!why.empty()) return why;
   }
@@ -168,8 +173,8 @@ inline DecodeShape check_chunk_decode_args(const at::Tensor& context, const at::
   s.F = fc[0].size(0);
   TORCH_CHECK(s.F >= 1, op, ": expected fc[0] of shape (F, C) with F >= 1 hidden units, got ", shape_str(fc[0].sizes()));
   const auto wt = qkv[0].scalar_type();
-  TORCH_CHECK(wt == at::kFloat || wt == at::kBFloat16 || wt == at::kHalf, op,
-              ": expected linear weights of dtype float32, bfloat16 or float16, got ", wt);
+  const std::string dtype_why = decode_dtype_rule(wt);
+  TORCH_CHECK(dtype_why.empty(), op, ": ", dtype_why);
   for (int64_t l = 0; l < s.layers; ++l) {
     const std::string i = "[" + std::to_string(l) + "]";
     check_decode_vector(norm1[l], "norm1", s.C, dev);

@@ -603,15 +603,22 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   for (int f = threadIdx.x; f < half; f += T) out[f] = acc[f];
 }
 
+// The bin that x[i] of this thread holds after fft_to_registers' last pass (of radix Rl).
+template <int N>
+__device__ __forceinline__ int own_bin(int i) {
+  constexpr int T = N / kElemsPerThread, Rl = smem_fft::last_radix(N), NR = N / Rl;
+  return threadIdx.x + (i / Rl) * T + (i % Rl) * NR;
+}
+
 // The end of the row-pair grad_k kernels: acc holds this thread's bins of P = sum Zg conj(Zu) (x[i]'s
 // order); out[f] = (P[f] + conj(P[N - f])) / 2, f <= N/2, the sum over both rows of each pair of
 // G_b conj(U_b). stash: N complex of shared memory, free for this.
 template <int N>
 __device__ __forceinline__ void store_pair_partial(float2* stash, const float2 (&acc)[kElemsPerThread],
                                                    float2* __restrict__ out) {
-  constexpr int T = N / kElemsPerThread, Rl = smem_fft::last_radix(N), NR = N / Rl;
+  constexpr int T = N / kElemsPerThread;
 #pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) stash[threadIdx.x + (i / Rl) * T + (i % Rl) * NR] = acc[i];
+  for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin<N>(i)] = acc[i];
   __syncthreads();
   for (int f = threadIdx.x; f <= N / 2; f += T) {
     const float2 a = stash[f], c = conjf2(stash[(N - f) & (N - 1)]);
@@ -638,9 +645,8 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
     conv_grad_k_pair_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ gy,
                             float2* __restrict__ partial, ConvShape s, int groups) {
   extern __shared__ float2 smem[];
-  constexpr int T = N / kElemsPerThread, half = N / 2, Rl = smem_fft::last_radix(N), NR = N / Rl;
+  constexpr int half = N / 2;
   float2* stash = smem + smem_fft::padded_size(N);
-  auto own_bin = [&](int i) { return threadIdx.x + (i / Rl) * T + (i % Rl) * NR; };  // bin of x[i]
   const int group = (int)(blockIdx.x % groups);
   const int64_t d = blockIdx.x / groups;
   float2 acc[kElemsPerThread];
@@ -660,7 +666,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
     smem_fft::fft_to_registers<N, false, kHalf>(smem, x,
                                                 WindowRows<scalar_t, false>(u + off0, u + off1, has1, start, s.L, N));
 #pragma unroll
-    for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = x[i];
+    for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin<N>(i)] = x[i];
     __syncthreads();  // the last pass has read the FFT buffer before the next transform writes it
     // gy only at the outputs this window owns: first <= n < first + seg (and t < L)
     WindowRows<scalar_t, false> grads(gy + off0, gy + off1, has1, start, s.L, N);
@@ -668,7 +674,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
     if (first + s.seg < grads.hi) grads.hi = first + s.seg;
     smem_fft::fft_to_registers<N, false, kHalf>(smem, x, grads);
 #pragma unroll
-    for (int i = 0; i < kElemsPerThread; ++i) acc[i] = cadd(acc[i], cmul(x[i], conjf2(stash[own_bin(i)])));
+    for (int i = 0; i < kElemsPerThread; ++i) acc[i] = cadd(acc[i], cmul(x[i], conjf2(stash[own_bin<N>(i)])));
     __syncthreads();
   }
 
@@ -696,7 +702,6 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
                 kBfly = kElemsPerThread / Rl;
   float2* stash = smem + smem_fft::padded_size(N);
   const int q = threadIdx.x;
-  auto own_bin = [&](int i) { return q + (i / Rl) * T + (i % Rl) * NR; };  // bin of x[i]
   const int group = (int)(blockIdx.x % groups);
   const int64_t d = blockIdx.x / groups;
   const float2* Kd = K + d * (half + 1);
@@ -711,7 +716,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
     float2 x[kElemsPerThread];
     smem_fft::fft_to_registers<N, false, kHalf>(smem, x, WindowRows<scalar_t, false>(u + off0, u + off1, has1, 0, s.L, N));
 #pragma unroll
-    for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin(i)] = x[i];
+    for (int i = 0; i < kElemsPerThread; ++i) stash[own_bin<N>(i)] = x[i];
     __syncthreads();  // the last pass has read the FFT buffer before the next transform writes it
     smem_fft::fft_to_registers<N, false, kHalf>(smem, x,
                                                 WindowRows<scalar_t, false>(gy + off0, gy + off1, has1, 0, s.L, N));
@@ -720,7 +725,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 512
 #pragma unroll
       for (int r = 0; r < Rl; ++r) {
         const int i = b * Rl + r;
-        acc[i] = cadd(acc[i], cmul(x[i], conjf2(stash[own_bin(i)])));
+        acc[i] = cadd(acc[i], cmul(x[i], conjf2(stash[own_bin<N>(i)])));
         // the inverse takes conj(Zg conj(K)) = conj(Zg) K (fused_conv's convention)
         x[i] = cmul(conjf2(x[i]), smem_fft::hermitian_bin<N>(Kd, q, b * T + r * NR));
       }

@@ -78,14 +78,19 @@ def fwd_bwd(f):
 def bench_sdpa(B, L, budget_ms, reasons):
     try:
         shape = (B, SDPA_HEADS, L, SDPA_HEAD_DIM)
-        q, k, v = (torch.randn(shape, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+
+        def make():
+            return tuple(torch.randn(shape, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        # q, k, v, out and grad_out: 5 x B*12*L*64*2 bytes, 63 MB at B=8, L=1K, about the L2 size: rotate
+        # sets as the conv's are, so neither side runs from L2
+        sets = input_sets(make, 5 * B * SDPA_HEADS * L * SDPA_HEAD_DIM * 2)
         go = torch.randn(shape, device=DEVICE, dtype=torch.bfloat16)
-        sets = [(q, k, v)]  # q, k, v, out: 4 x B*12*L*64*2 bytes, 25 MB at B=8, L=1K: no rotation needed
-        fwd = measure(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), sets, budget_ms,
+        fwd_sets = [tuple(t.detach() for t in qkv) for qkv in sets]  # forward alone: no autograd graph, as ours
+        fwd = measure(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), fwd_sets, budget_ms,
                       reasons, f"SDPA L={L} fwd")
         fb = measure(lambda q, k, v: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=True),
                                                          (q, k, v), go), sets, budget_ms, reasons, f"SDPA L={L} fwd+bwd")
-        del q, k, v, go
+        del sets, fwd_sets, go
         return fwd, fb
     except torch.cuda.OutOfMemoryError as e:
         reasons.append(f"SDPA L={L}: OOM ({str(e).splitlines()[0][:100]})")
@@ -136,7 +141,7 @@ def main():
                 except torch.cuda.OutOfMemoryError as e:
                     reasons.append(f"{tag}: OOM ({str(e).splitlines()[0][:100]})")
                     row = dict(ours_f=None, ours_fb=None, ref_f=None, ref_fb=None, peer_f=None, peer_fb=None,
-                               floor_f=None, floor_fb=None, peak=None, err=None)
+                               floor_f=None, floor_fb=None, peak=None, peak_fb=None, err=None)
                 torch.cuda.empty_cache()
 
                 def ratio(a, b):
@@ -146,7 +151,7 @@ def main():
                 ratio_rows.append([L, Lk, dname, ratio(row["ref_f"], row["ours_f"]), ratio(row["ref_fb"], row["ours_fb"]),
                                    ratio(sdpa_f, row["ours_f"]), ratio(sdpa_fb, row["ours_fb"]),
                                    ratio(row["peer_f"], row["ours_f"]), ratio(row["peer_fb"], row["ours_fb"]),
-                                   ratio(row["ours_f"], row["floor_f"]), row["peak"], row["err"]])
+                                   ratio(row["ours_f"], row["floor_f"]), row["peak"], row["peak_fb"], row["err"]])
                 print(markdown_table(["L", "Lk", "dtype", "ours fwd", "ours f+b", "ref fwd", "ref f+b"],
                                      [time_rows[-1][:7]]).splitlines()[-1], flush=True)
 
@@ -155,14 +160,17 @@ def main():
                             "NVIDIA fwd+bwd ms", "floor fwd ms", "floor fwd+bwd ms"], time_rows)
     ratios = markdown_table(["L", "Lk", "u dtype", "ref/ours fwd", "ref/ours fwd+bwd", "SDPA/ours fwd",
                              "SDPA/ours fwd+bwd", "NVIDIA/ours fwd", "NVIDIA/ours fwd+bwd", "ours fwd / floor",
-                             "peak mem / (in+out)", "rel err vs ref"], ratio_rows)
+                             "peak mem / (in+out)", "fwd+bwd peak / (in+out)", "rel err vs ref"], ratio_rows)
     notes = (f"B={B}, D={D}, no skip. Ours: fft_tensor.causal_conv (k float32). torch.fft ref: "
              f"fft_tensor.reference.causal_conv_fft_reference (n=2L, bf16 input upcast inside). SDPA: "
              f"F.scaled_dot_product_attention(is_causal=True), bf16, H={SDPA_HEADS}, Dh={SDPA_HEAD_DIM}, same B and L "
              f"(independent of Lk and of u's dtype). NVIDIA: subquadratic_ops_torch fft_causal_conv1d(u, k.to(u.dtype)). "
              f"Floor: bytes that must move / measured copy bandwidth ({bw:.0f} GB/s); fwd moves u, k, y; "
              f"fwd+bwd adds grad_y, u, k read and grad_u, grad_k written. Peak mem: our forward's peak allocation "
-             f"(inputs + outputs + workspace) over inputs + outputs. rel err: ours vs the torch.fft reference.")
+             f"(inputs + outputs + workspace) over inputs + outputs; fwd+bwd peak: the same for forward and "
+             f"backward (inputs u, k, grad_y; outputs y, grad_u, grad_k). SDPA's inputs rotate like the conv's, "
+             f"and its forward is timed on inputs without autograd, like the others. rel err: ours vs the torch.fft "
+             f"reference.")
     if reasons:
         notes += "\n\nn/a reasons:\n" + "\n".join(f"- {r}" for r in reasons)
     layout = ", u as transposed (B, L, D)" if args.channels_last else ""
@@ -202,6 +210,11 @@ def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last
     with torch.no_grad():
         extra = peak_extra_bytes(fft_tensor.causal_conv, u0, k)
     row["peak"] = None if extra is None else (tensor_bytes(u0, k) + extra) / in_out
+    # forward+backward: inputs u, k, grad_y; outputs y, grad_u, grad_k (y lives until the backward)
+    gy0 = sets[0][1]
+    extra_fb = peak_extra_bytes(fwd_bwd(fft_tensor.causal_conv), u0, k, gy0)
+    in_out_fb = tensor_bytes(u0, k, gy0) + tensor_bytes(u0, u0, k)
+    row["peak_fb"] = None if extra_fb is None else (tensor_bytes(u0, k, gy0) + extra_fb) / in_out_fb
 
     row["ours_f"] = measure(lambda u, k: fft_tensor.causal_conv(u, k), fwd_sets, budget, reasons, f"{tag} ours fwd")
     row["ours_fb"] = measure(fwd_bwd(fft_tensor.causal_conv), fb_sets, budget, reasons, f"{tag} ours fwd+bwd")

@@ -42,13 +42,15 @@ def time_ms(fn, arg_sets=((),), warmup_ms=50.0, budget_ms=400.0, min_reps=5, max
     torch.cuda.synchronize()
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
-    # Warm-up: at least 2 calls and warmup_ms.
-    start.record()
+    # Warm-up: the first call may pay plan creation, module load or a JIT compile, so the loop is sized
+    # from a second, warm call; then at least 2 more calls and warmup_ms of GPU time.
     fn(*arg_sets[0])
+    start.record()
+    fn(*arg_sets[1 % len(arg_sets)])
     end.record()
     torch.cuda.synchronize()
     one = max(start.elapsed_time(end), 1e-3)
-    for i in range(max(1, min(1000, int(warmup_ms / one)))):
+    for i in range(max(2, min(1000, int(warmup_ms / one)))):
         fn(*arg_sets[i % len(arg_sets)])
     torch.cuda.synchronize()
     reps = int(max(min_reps, min(max_reps, budget_ms / one)))

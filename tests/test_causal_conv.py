@@ -179,7 +179,9 @@ def grad_error_ok(got, ref, ref_magnitude, dtype):
     """A gradient against float64 within the error its float32 (or float64) sums may carry: the error
     norm over the norm of the same gradient taken with every factor replaced by its magnitude. grad_k and
     grad_skip sum B * L products whose signs cancel, so their error relative to the (small) result is
-    not bounded; relative to the sum of magnitudes it is (an indexing bug is off by O(1) of it)."""
+    not bounded; relative to the sum of magnitudes it is (an indexing bug is off by O(1) of it).
+    dtype: the gradient's own dtype. grad_k and grad_skip are float32 sums whatever u's dtype (1e-6, as
+    for float32 u); only a bfloat16/float16 grad_u carries its rounding to u's dtype (1e-2)."""
     tol = {torch.float64: 1e-13, torch.float32: 1e-6}.get(dtype, 1e-2)
     return (got.double() - ref).norm().item() <= tol * ref_magnitude.norm().item()
 
@@ -203,7 +205,7 @@ def check_against_direct_sum(u, k, skip, gy, case):
         assert rel_err(y, exact) < (1e-12 if dtype == torch.float64 else 1e-5), case
     for name, g, ref, mag, arg in zip(("u", "k", "skip"), grads, ref_grads, mag_grads, args):
         assert g.shape == arg.shape and g.dtype == arg.dtype, (name, case)
-        assert grad_error_ok(g, ref, mag, dtype), (name, case, rel_err(g, ref))
+        assert grad_error_ok(g, ref, mag, g.dtype), (name, case, rel_err(g, ref))
     return grads
 
 
@@ -280,7 +282,7 @@ def test_cpu_direct_every_lanes_width(width, dtype, monkeypatch):
         gy = torch.randn(u.shape).to(dtype)
         check_against_direct_sum(u, k, skip, gy, (L, Lk, batch, dim, dtype, width))
     # each lane sums its channel in the same order whatever the width (grad_k's batch groups too, 8 of them
-    # here): the same bits at 16 and 8
+    # here): the same bits at 16 and 8 (the width-16 run compares against 8; the others against a second call)
     u, k, skip = make_inputs(2100, 70, True, dtype=dtype, batch=9, dim=20)
     gy = torch.randn(u.shape).to(dtype)
     got = (fft_tensor.causal_conv(u, k, skip), *ops.causal_conv_backward(gy, u, k, skip, True, True))
@@ -436,9 +438,14 @@ def test_low_precision(L, Lk, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("L,Lk", sizes([(7, 3), (1000, 3), (1000, 128), (1024, 1024), (4097, 128)]))
-def test_causality(L, Lk, dtype, device):
+@pytest.mark.parametrize("path", ["default", "fft"])
+def test_causality(L, Lk, dtype, device, path, monkeypatch):
+    # "fft": FFT windows whatever the taps, so overlap-save (1000/4097 with 3 or 128 taps) is checked too,
+    # where the default sends short kernels to the direct sums
     if device == "cuda" and dtype == torch.float64:
         pytest.skip("float64 is a CPU (gradcheck) dtype")
+    if path == "fft":
+        monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "0")
     u, k, skip = make_inputs(L, Lk, True, device, dtype=dtype)
     y = fft_tensor.causal_conv(u, k, skip)
     for t0 in sorted({0, L // 3, L // 2 + 1, L - 1}):
@@ -681,8 +688,10 @@ def test_second_derivatives(dtype, L, Lk, device):
     ours = second_order(fft_tensor.causal_conv, *(t.detach().requires_grad_() for t in (u, k, skip, w)), a, b, c)
     ref = second_order(fft64_reference, *(t.detach().cpu().double().requires_grad_() for t in (u, k, skip, w)),
                        *(t.cpu().double() for t in (a, b, c)))
-    tol = 1e-5 if dtype == torch.float32 else 3e-2  # bf16: each backward rounds its gradients to bf16
     for name, g, r in zip(("u", "k", "skip", "w"), ours, ref):
+        # bf16: the u and w gradients are rounded to bf16 by each backward; the k and skip ones are float32
+        # sums of exact products of bf16 values (2e-7 measured on the CPU; 1e-4 leaves room for CUDA's order)
+        tol = 1e-5 if dtype == torch.float32 else (3e-2 if name in ("u", "w") else 1e-4)
         assert g is not None and r is not None, name
         assert rel_err(g, r) < tol, (name, rel_err(g, r))
 

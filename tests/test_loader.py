@@ -49,3 +49,26 @@ def test_missing_build(monkeypatch):
     with pytest.raises(ImportError, match="has not been built") as e:
         _loader.load()
     assert REBUILD_HINT in str(e.value)
+
+
+def test_sources_hash_follows_every_byte_and_name(tmp_path, monkeypatch):
+    # the stale check is only as good as the hash: one changed byte, a renamed file or a new file under
+    # csrc/ must change it (a copy of csrc/, so the real sources stay as they are)
+    import shutil
+    shutil.copytree(_loader._ROOT + "/csrc", tmp_path / "csrc")
+    monkeypatch.setattr(_loader, "_ROOT", str(tmp_path))
+    base = _loader._sources_sha1()
+    assert base == _loader._sources_sha1()
+    ops_cpp = tmp_path / "csrc" / "ops.cpp"
+    text = ops_cpp.read_bytes()
+    ops_cpp.write_bytes(text[:-1] + bytes([text[-1] ^ 1]))
+    changed = _loader._sources_sha1()
+    ops_cpp.write_bytes(text)
+    assert changed != base and _loader._sources_sha1() == base
+    ops_cpp.rename(tmp_path / "csrc" / "ops2.cpp")
+    assert _loader._sources_sha1() != base
+    ops_cpp.write_bytes(text)
+    fake_build_info(monkeypatch, SOURCES_SHA1=base)  # the build as of before the new file
+    monkeypatch.delenv("FFT_TENSOR_SKIP_STALE_CHECK", raising=False)
+    with pytest.raises(ImportError, match="sources under csrc/ changed"):
+        _loader.load()

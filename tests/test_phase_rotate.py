@@ -160,6 +160,14 @@ def test_gradgradcheck(device):
         theta = torch.randn(t_shape, dtype=torch.float64, device=device, requires_grad=True)
         assert torch.autograd.gradgradcheck(fft_tensor.phase_rotate, (z, theta))
         assert torch.autograd.gradgradcheck(lambda t: fft_tensor.phase_rotate(z.detach(), t), (theta,))
+        # gradgradcheck checks the double backward against the first one, not the first one's values:
+        # the create_graph=True first derivatives against plain complex autograd of z * exp(i theta)
+        g = torch.randn(z_shape, dtype=torch.complex128, device=device)
+        got = torch.autograd.grad(fft_tensor.phase_rotate(z, theta), (z, theta), g, create_graph=True)
+        z_ref, t_ref = z.detach().requires_grad_(), theta.detach().requires_grad_()
+        want = torch.autograd.grad(z_ref * torch.exp(1j * t_ref), (z_ref, t_ref), g)
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def opcheck_samples(device):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fft_tensor  # noqa: E402
 from common import (DEVICE, append_results, command_line, copy_bandwidth_gbs, input_sets,  # noqa: E402
-                    markdown_table, peak_extra_bytes, rel_err, tensor_bytes, time_ms)
+                    markdown_table, peak_extra_bytes, rel_err, tensor_bytes, time_graph_ms, time_ms)
 from fft_tensor.reference import causal_conv_fft_reference  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -58,10 +58,11 @@ def load_peer():
     return fft_causal_conv1d, None
 
 
-def measure(fn, arg_sets, budget_ms, reasons, label):
-    """time_ms, or None with the reason recorded (OOM, unsupported)."""
+def measure(fn, arg_sets, budget_ms, reasons, label, graph=False):
+    """time_ms (time_graph_ms with graph: CUDA-graph replays), or None with the reason recorded (OOM,
+    unsupported, a capture the method does not allow)."""
     try:
-        return time_ms(fn, arg_sets, budget_ms=budget_ms)
+        return (time_graph_ms if graph else time_ms)(fn, arg_sets, budget_ms=budget_ms)
     except Exception as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
         reasons.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
         torch.cuda.empty_cache()
@@ -75,7 +76,8 @@ def fwd_bwd(f):
     return run
 
 
-def bench_sdpa(B, L, budget_ms, reasons):
+def bench_sdpa(B, L, budget_ms, reasons, graphs=False):
+    """(fwd ms, fwd+bwd ms, and with graphs their CUDA-graph replay ms, else None, None)."""
     try:
         shape = (B, SDPA_HEADS, L, SDPA_HEAD_DIM)
 
@@ -88,13 +90,19 @@ def bench_sdpa(B, L, budget_ms, reasons):
         fwd_sets = [tuple(t.detach() for t in qkv) for qkv in sets]  # forward alone: no autograd graph, as ours
         fwd = measure(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), fwd_sets, budget_ms,
                       reasons, f"SDPA L={L} fwd")
-        fb = measure(lambda q, k, v: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                                                         (q, k, v), go), sets, budget_ms, reasons, f"SDPA L={L} fwd+bwd")
+        def fwd_bwd_sdpa(q, k, v):
+            return torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v), go)
+        fb = measure(fwd_bwd_sdpa, sets, budget_ms, reasons, f"SDPA L={L} fwd+bwd")
+        g_fwd = g_fb = None
+        if graphs:
+            g_fwd = measure(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), fwd_sets,
+                            budget_ms, reasons, f"SDPA L={L} fwd (graph)", graph=True)
+            g_fb = measure(fwd_bwd_sdpa, sets, budget_ms, reasons, f"SDPA L={L} fwd+bwd (graph)", graph=True)
         del sets, fwd_sets, go
-        return fwd, fb
+        return fwd, fb, g_fwd, g_fb
     except torch.cuda.OutOfMemoryError as e:
         reasons.append(f"SDPA L={L}: OOM ({str(e).splitlines()[0][:100]})")
-        return None, None
+        return None, None, None, None
     finally:
         torch.cuda.empty_cache()
 
@@ -116,6 +124,9 @@ def main():
     p.add_argument("--no-peer", action="store_true", help="skip NVIDIA's fft_causal_conv1d")
     p.add_argument("--channels-last", action="store_true",
                    help="u and grad_y as transposed (B, L, D) tensors, the layout a model's projections give")
+    p.add_argument("--graphs", action="store_true",
+                   help="also time every method as CUDA-graph replays (a third table): the GPU's time without "
+                   "the host's launch gaps, which decide the eager 1K rows and move between runs")
     args = p.parse_args()
     if args.install_wheels:
         install_wheels(args.install_wheels)
@@ -128,16 +139,17 @@ def main():
     bw = copy_bandwidth_gbs()
     gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "no GPU: smoke test of the script, numbers mean nothing"
     print(f"device-to-device copy: {bw:.0f} GB/s; {gpu}; torch {torch.__version__}", flush=True)
-    time_rows, ratio_rows = [], []
+    time_rows, ratio_rows, graph_rows = [], [], []
     for L in lengths:
-        sdpa_f, sdpa_fb = bench_sdpa(B, L, budget, reasons)
+        sdpa_f, sdpa_fb, g_sdpa_f, g_sdpa_fb = bench_sdpa(B, L, budget, reasons, args.graphs)
         for kspec in args.kernels.split(","):
             Lk = L if kspec.strip() == "L" else int(kspec)
             for dname in args.dtypes.split(","):
                 dtype = DTYPES[dname]
                 tag = f"L={L} Lk={Lk} {dname}"
                 try:
-                    row = bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, args.channels_last)
+                    row = bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, args.channels_last,
+                                     args.graphs)
                 except torch.cuda.OutOfMemoryError as e:
                     reasons.append(f"{tag}: OOM ({str(e).splitlines()[0][:100]})")
                     row = dict(ours_f=None, ours_fb=None, ref_f=None, ref_fb=None, peer_f=None, peer_fb=None,
@@ -152,6 +164,13 @@ def main():
                                    ratio(sdpa_f, row["ours_f"]), ratio(sdpa_fb, row["ours_fb"]),
                                    ratio(row["peer_f"], row["ours_f"]), ratio(row["peer_fb"], row["ours_fb"]),
                                    ratio(row["ours_f"], row["floor_f"]), row["peak"], row["peak_fb"], row["err"]])
+                if args.graphs:
+                    g = {key: row.get("g_" + key) for key in ("ours_f", "ours_fb", "ref_f", "ref_fb", "peer_f", "peer_fb")}
+                    graph_rows.append([L, Lk, dname, g["ours_f"], g["ours_fb"], g["ref_f"], g["ref_fb"], g_sdpa_f,
+                                       g_sdpa_fb, g["peer_f"], g["peer_fb"], ratio(g["ref_f"], g["ours_f"]),
+                                       ratio(g["ref_fb"], g["ours_fb"]), ratio(g_sdpa_f, g["ours_f"]),
+                                       ratio(g_sdpa_fb, g["ours_fb"]), ratio(g["peer_f"], g["ours_f"]),
+                                       ratio(g["peer_fb"], g["ours_fb"])])
                 print(markdown_table(["L", "Lk", "dtype", "ours fwd", "ours f+b", "ref fwd", "ref f+b"],
                                      [time_rows[-1][:7]]).splitlines()[-1], flush=True)
 
@@ -171,6 +190,11 @@ def main():
              f"backward (inputs u, k, grad_y; outputs y, grad_u, grad_k). SDPA's inputs rotate like the conv's, "
              f"and its forward is timed on inputs without autograd, like the others. rel err: ours vs the torch.fft "
              f"reference.")
+    if args.graphs:
+        ratios += "\n\nCUDA-graph replays (ms, and ratios of them):\n\n" + markdown_table(
+            ["L", "Lk", "u dtype", "ours fwd", "ours fwd+bwd", "ref fwd", "ref fwd+bwd", "SDPA fwd", "SDPA fwd+bwd",
+             "NVIDIA fwd", "NVIDIA fwd+bwd", "ref/ours fwd", "ref/ours fwd+bwd", "SDPA/ours fwd", "SDPA/ours fwd+bwd",
+             "NVIDIA/ours fwd", "NVIDIA/ours fwd+bwd"], graph_rows)
     if reasons:
         notes += "\n\nn/a reasons:\n" + "\n".join(f"- {r}" for r in reasons)
     layout = ", u as transposed (B, L, D)" if args.channels_last else ""
@@ -181,7 +205,7 @@ def main():
     print(ratios)
 
 
-def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last=False):
+def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last=False, graphs=False):
     def make():
         if channels_last:  # (B, D, L) views of (B, L, D) storage: channels are the contiguous dimension
             u = torch.randn(B, L, D, device=DEVICE).to(dtype).transpose(1, 2).detach().requires_grad_()
@@ -220,6 +244,15 @@ def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last
     row["ours_fb"] = measure(fwd_bwd(fft_tensor.causal_conv), fb_sets, budget, reasons, f"{tag} ours fwd+bwd")
     row["ref_f"] = measure(causal_conv_fft_reference, fwd_sets, budget, reasons, f"{tag} ref fwd")
     row["ref_fb"] = measure(fwd_bwd(causal_conv_fft_reference), fb_sets, budget, reasons, f"{tag} ref fwd+bwd")
+    if graphs:
+        row["g_ours_f"] = measure(lambda u, k: fft_tensor.causal_conv(u, k), fwd_sets, budget, reasons,
+                                  f"{tag} ours fwd (graph)", graph=True)
+        row["g_ours_fb"] = measure(fwd_bwd(fft_tensor.causal_conv), fb_sets, budget, reasons,
+                                   f"{tag} ours fwd+bwd (graph)", graph=True)
+        row["g_ref_f"] = measure(causal_conv_fft_reference, fwd_sets, budget, reasons, f"{tag} ref fwd (graph)",
+                                 graph=True)
+        row["g_ref_fb"] = measure(fwd_bwd(causal_conv_fft_reference), fb_sets, budget, reasons,
+                                  f"{tag} ref fwd+bwd (graph)", graph=True)
     torch.cuda.empty_cache()
 
     row["peer_f"] = row["peer_fb"] = None
@@ -237,6 +270,10 @@ def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last
                 row["peer_f"] = measure(peer, psets, budget, reasons, f"{tag} NVIDIA fwd")
                 row["peer_fb"] = measure(fwd_bwd(peer), [(u, k_peer, gy) for u, gy in sets], budget, reasons,
                                          f"{tag} NVIDIA fwd+bwd")
+                if graphs:  # last: a capture the peer does not allow is reported, not fatal
+                    row["g_peer_f"] = measure(peer, psets, budget, reasons, f"{tag} NVIDIA fwd (graph)", graph=True)
+                    row["g_peer_fb"] = measure(fwd_bwd(peer), [(u, k_peer, gy) for u, gy in sets], budget, reasons,
+                                               f"{tag} NVIDIA fwd+bwd (graph)", graph=True)
         except Exception as e:
             reasons.append(f"{tag} NVIDIA: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
         torch.cuda.empty_cache()

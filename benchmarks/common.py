@@ -80,6 +80,21 @@ def record_cuda_graph(fn, warmup=3):
     return graph
 
 
+def time_graph_ms(fn, arg_sets=((),), **kwargs):
+    """Median milliseconds of CUDA-graph replays of fn(*args), one graph per input set (each recorded by
+    record_cuda_graph after its warm-up calls): the GPU's own time, without the host's launch gaps that
+    decide eager timings of small problems. Without a GPU: time_ms (smoke test)."""
+    if DEVICE != "cuda":
+        return time_ms(fn, arg_sets, **kwargs)
+    graphs = [record_cuda_graph(lambda args=args: fn(*args)) for args in arg_sets]
+    try:
+        return time_ms(lambda graph: graph.replay(), [(g,) for g in graphs], **kwargs)
+    finally:
+        del graphs
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
 def peak_extra_bytes(fn, *args):
     """Peak bytes allocated during fn(*args) beyond what was allocated before the call (so the
     outputs and every workspace count; the inputs, already allocated, do not). None without a GPU."""

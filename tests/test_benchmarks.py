@@ -31,12 +31,15 @@ def test_bench_phase_rotate():
                  "| method | ms | GB/s | % of copy bw |")
 
 
-@pytest.mark.parametrize("layout", [[], ["--channels-last"]], ids=["contiguous", "channels-last"])
+@pytest.mark.parametrize("layout", [[], ["--channels-last", "--graphs"]], ids=["contiguous", "channels-last-graphs"])
 def test_bench_causal_conv(layout):
     r = run_benchmark("bench_causal_conv.py", "--quick", "--lengths", "256", "--kernels", "L,16", "--dtypes",
                       "fp32,bf16", "--batch", "2", "--dim", "4", "--no-peer", *layout)
     assert_table(r, "| L | Lk | u dtype | ref/ours fwd |")
     assert r.stdout.count("| 256 |") >= 8  # 2 kernels x 2 dtypes, in both tables
+    if "--graphs" in layout:  # (on the CPU the "replays" are plain calls: the table's code path only)
+        assert_table(r, "| L | Lk | u dtype | ours fwd | ours fwd+bwd | ref fwd |")
+        assert r.stdout.count("| 256 |") >= 12
 
 
 def test_bench_causal_conv_cpu(tmp_path):

@@ -56,7 +56,8 @@ def main(argv=None):
         cfg = TrainConfig(preset="small", seq_len=512, batch_size=32, lr=2e-3, warmup_steps=100,
                           dtype="bfloat16", eval_batches=20, max_time_s=args.budget_s or 180.0, **common)
     else:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        if not os.environ.get("OMP_NUM_THREADS"):  # every core, unless the user chose a thread count
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
         cfg = TrainConfig(preset="tiny", seq_len=256, batch_size=8, lr=3e-3, warmup_steps=20,
                           eval_batches=8, max_time_s=args.budget_s or 120.0, **common)
 

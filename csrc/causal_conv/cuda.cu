@@ -218,8 +218,28 @@ at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>&
 // -> dependent, one call, RESULTS.md twenty-third session). Windows of 128 taps at 16K and 64K were 9%
 // slower with every launch dependent and reading through L2 (0.309 -> 0.336 ms at 16K); with the
 // ordinary kernel kept for them they measured 0.311 and 1.20 ms again.
+// Whether this file's kernels carry sm_90 code on the current device: PDL's griddepcontrol instructions
+// (like the cluster kernels' bodies) are guarded by __CUDA_ARCH__ >= 900, so a build without sm_90 code (a
+// PTX-only compute_80 build JIT-compiled on Hopper reports binaryVersion 90 but ptxVersion 80) would launch
+// a dependent window kernel that does not wait for the spectrum. One arch list for the whole file: one
+// kernel tells. Asked once per device.
+bool kernels_have_sm90_code() {
+  static std::mutex mutex;
+  static std::map<int, bool> known;
+  const int device = (int)at::cuda::current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto hit = known.find(device);
+  if (hit != known.end()) return hit->second;
+  cudaFuncAttributes attr;
+  const bool ok = cudaFuncGetAttributes(&attr, kernel_spectrum_cluster_kernel) == cudaSuccess &&
+                  attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
+  if (!ok) (void)cudaGetLastError();
+  known.emplace(device, ok);
+  return ok;
+}
+
 bool conv_pdl(const ConvShape& s, const ConvSwitches& sw) {
-  return sw.pdl && s.nseg == 1 && at::cuda::getCurrentDeviceProperties()->major >= 9;
+  return sw.pdl && s.nseg == 1 && at::cuda::getCurrentDeviceProperties()->major >= 9 && kernels_have_sm90_code();
 }
 
 // FFT_TENSOR_CONV_HALF: unset, empty or 1 = one-window plans whose row fills at most
@@ -544,6 +564,9 @@ bool cluster_launchable(Kernel kernel, size_t smem, int C) {
     (void)cudaGetLastError();
     return false;
   }
+  // a GPU of compute capability 9+ with less shared memory per block (consumer Blackwell: 99 KB) cannot
+  // take these kernels: cuFFT then, where allow_smem would raise
+  if (smem > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return false;
   allow_smem(kernel, smem);
   const ClusterLaunch launch(C, C, smem, nullptr);
   int clusters = 0;

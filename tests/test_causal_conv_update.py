@@ -60,19 +60,25 @@ def test_streaming_equals_causal_conv(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_strided_u_and_state(device):
-    """u as a transposed (B, T, D) activation, state as a strided slice of a larger buffer."""
-    B, D, T, S, Lk = 3, 37, 2, 20, 17
+@pytest.mark.parametrize("T", [1, 2])
+def test_strided_u_and_state(device, T):
+    """u as a transposed (B, T, D) activation, state as a strided slice of a larger buffer (T = 1 is the
+    generation step, which the CPU reads in place from a dense state row: same bits either way)."""
+    B, D, S, Lk = 3, 37, 20, 17
     u = torch.randn(B, T, D, device=device).transpose(1, 2)
     buffer = torch.randn(B, S + 5, D, device=device)
     state = buffer[:, 3:3 + S].transpose(1, 2)  # (B, D, S), stride(2) = D
     k = torch.randn(2 * D, Lk, device=device)[::2]
     skip = torch.randn(D, 2, device=device)[:, 1]
-    assert not (u.is_contiguous() or state.is_contiguous() or k.is_contiguous() or skip.is_contiguous())
+    assert not (state.is_contiguous() or k.is_contiguous() or skip.is_contiguous())
+    assert T == 1 or not u.is_contiguous()  # (a (B, D, 1) view is contiguous whatever its strides)
     y_ref, state_ref = causal_conv_update_reference(u, state, k, skip)
     before = buffer.clone()
+    dense_state = state.contiguous()
+    y_dense = fft_tensor.causal_conv_update(u, dense_state, k, skip)
     y = fft_tensor.causal_conv_update(u, state, k, skip)
     assert rel_err(y, y_ref) <= 1e-5
+    assert torch.equal(y, y_dense) and torch.equal(state, dense_state)
     assert torch.equal(state.double(), state_ref)
     # nothing outside the state's slice was written
     assert torch.equal(buffer[:, :3], before[:, :3]) and torch.equal(buffer[:, 3 + S:], before[:, 3 + S:])

@@ -21,29 +21,15 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cpu_clones.h"
+
 namespace fft_tensor {
 namespace cpu_direct {
 // Internal to cpu.cpp, its one includer: the clones' ifunc symbols stay local to the library.
 namespace {
 
-// x86-64 Linux builds compile the sum loop three times (AVX-512, AVX2 + FMA, baseline SSE2) and pick one
-// when the library loads: the wheel's baseline flags alone leave it 4 floats wide without FMA (1.5x
-// slower on the build machine's EPYC). Other targets take the portable loop as compiled.
-// target_clones of "arch=" levels needs g++ 12 and glibc's ifunc (not musl).
-#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && \
-    __GNUC__ >= 12
-#define FFT_TENSOR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define FFT_TENSOR_CPU_LANES 1
-#else
-#define FFT_TENSOR_CPU_CLONES
-#define FFT_TENSOR_CPU_LANES 0
-#endif
-// The sum loops are inlined into each clone, so each is compiled for that clone's instruction set.
-#if defined(__GNUC__)
-#define FFT_TENSOR_ALWAYS_INLINE __attribute__((always_inline)) inline
-#else
-#define FFT_TENSOR_ALWAYS_INLINE inline
-#endif
+// The sum loops are cloned per instruction set (cpu_clones.h: AVX-512, AVX2 + FMA, SSE2): the wheel's
+// baseline flags alone leave them 4 floats wide without FMA (1.5x slower on the build machine's EPYC).
 
 constexpr int64_t kTile = 2048;  // outputs per tile: its input and output buffers stay in L1/L2
 

@@ -7,15 +7,17 @@
 #include <algorithm>
 #include <vector>
 
+#include "../cpu_clones.h"
 #include "common.h"
 
 namespace fft_tensor {
 namespace {
 
 // sum_{s < Lk} k[s] * x[-s] for x pointing at the newest input: 8 partial sums, so the sum is not one
-// chain of dependent adds (the one-byte generation step, T = 1, is this dot product per channel).
+// chain of dependent adds (the one-byte generation step, T = 1, is this dot product per channel; the
+// taps meet the inputs in reverse, unlike cpu_dot.h's dot8). Cloned per instruction set (cpu_clones.h).
 template <typename acc_t>
-acc_t dot_reversed(const acc_t* k, const acc_t* x, int64_t Lk) {
+FFT_TENSOR_CPU_CLONES acc_t dot_reversed(const acc_t* k, const acc_t* x, int64_t Lk) {
   acc_t part[8] = {};
   int64_t s = 0;
   for (; s + 8 <= Lk; s += 8)

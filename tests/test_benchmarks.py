@@ -316,3 +316,11 @@ def test_kv_conv_experiment_mixer_is_causal_and_trains():
         assert not torch.allclose(y[:, 17:], y2[:, 17:])
         y.square().sum().backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixer.parameters() if p.numel())
+
+
+def test_bench_conv_update_cpu():
+    r = run_benchmark("bench_conv_update_cpu.py", "--shapes", "8:1:7:8,8:16:7:8", "--calls", "3", "--repeats", "1")
+    assert_table(r, "| D | T | S | Lk | us per call |")
+    assert sum(line.startswith("| 8 | ") for line in r.stdout.splitlines()) == 2
+    bad = run_benchmark("bench_conv_update_cpu.py", "--shapes", "8:1:7")
+    assert bad.returncode == 2 and "--shapes: expected comma-separated D:T:S:Lk" in bad.stderr

@@ -3,8 +3,8 @@
 // only (target_clones of "arch=" levels needs g++ 12 and glibc's ifunc, not musl); elsewhere the
 // portable loop as compiled. The clones use FMA where the CPU has it, so their float results may differ
 // in the last bit from the baseline's (and between CPUs); each clone is deterministic.
-// Include it only from .cpp files, inside an anonymous namespace for the clones' functions: their ifunc
-// symbols then stay local to the library.
+// Macros only: define the cloned functions in an anonymous namespace of one .cpp (or of a header that
+// one .cpp includes), so their ifunc symbols stay local to the library.
 #pragma once
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && \

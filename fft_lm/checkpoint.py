@@ -141,7 +141,8 @@ def read_checkpoint(path, map_location="cpu", mmap=False):
         raise CheckpointError(f"checkpoint {path!r}: no such file")
     try:
         if not mmap and zipfile.is_zipfile(path):
-            damaged = zipfile.ZipFile(path).testzip()  # torch.load does not check the stored CRC-32s
+            with zipfile.ZipFile(path) as archive:  # torch.load does not check the stored CRC-32s
+                damaged = archive.testzip()  # (one more read of the file)
             if damaged is not None:
                 raise CheckpointError(f"checkpoint {path!r} ({os.path.getsize(path)} bytes) cannot be read: truncated, "
                                       f"corrupted or not a torch.save file (its record {damaged!r} fails its "

@@ -376,9 +376,10 @@ def load_optimizer_state(optimizer, state):
     --weight-decay, --beta1, --beta2, and fused as its device allows): load_state_dict alone would put the
     saved ones back, so a flag that resume_config reports as changing them would be silently ignored."""
     own = [{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, settings in zip(optimizer.param_groups, own):
-        group.update(settings)
+    # merged before loading, not set after: load_state_dict places the step counts by the groups' fused /
+    # capturable flags (a CPU run's checkpoint resumed by a fused CUDA optimizer needs them on the GPU)
+    groups = [{**saved, **settings} for saved, settings in zip(state["param_groups"], own)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def enable_grad_checkpointing(model):

@@ -439,8 +439,9 @@ torch.library.register_autograd("fft_tensor::add_rms_norm", _add_rms_norm_backwa
 
 # ----------------------------------------------------------------------------- chunk_decode
 
-# Sampling temperatures: 0 (greedy) or at least this; below it logits / temperature can overflow
-# float64 for float32 logits (inf - inf = NaN). csrc/chunk_decode/common.h checks the same bound.
+# Sampling temperatures: 0 (greedy) or at least this. logits / temperature overflows float64 (inf - inf
+# = NaN) only below about 1e-270 for float32 logits; 1e-30 is a bound with room to spare that no sampling
+# needs to go under. csrc/chunk_decode/common.h checks the same bound.
 MIN_TEMPERATURE = 1e-30
 
 def chunk_decode(context: Tensor, first: Tensor, uniforms: Tensor, byte_emb: Tensor, slot_emb: Tensor,

@@ -382,9 +382,10 @@ def test_resume_takes_this_runs_optimizer_settings_and_grad_checkpoint(corpus, t
 
     monkeypatch.setattr(torch.optim.AdamW, "step", spy_step)
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy_checkpoint)
-    rest = train(dataclasses.replace(cfg, resume=True, grad_checkpoint=False, weight_decay=0.0, beta2=0.99))
+    rest = train(dataclasses.replace(cfg, resume=True, grad_checkpoint=False, weight_decay=0.05, beta2=0.99))
     assert rest["step"] == 4 and len(seen) == 2
-    assert all(groups == [(0.0, (0.9, 0.99)), (0.0, (0.9, 0.99))] for groups in seen), seen
+    # the decay group takes the new weight decay, the no-decay group keeps none
+    assert all(groups == [(0.05, (0.9, 0.99)), (0.0, (0.9, 0.99))] for groups in seen), seen
     assert not checkpointed
     _, meta = load_checkpoint(cfg.ckpt_path)
     assert meta["model_config"]["grad_checkpoint"] is False

@@ -140,6 +140,24 @@ void store(scalar_t* row, int64_t st, const acc_t* src, int64_t n) {
     for (int64_t j = 0; j < n; ++j) row[j * st] = static_cast<scalar_t>(src[j]);
 }
 
+// The lanes' width for this call: 16 on AVX-512 CPUs, 8 on AVX2 ones, 0 (the time-in-lanes loops) on
+// others. FFT_TENSOR_CONV_CPU_LANES (0, 8 or 16; read on every call like the op's other switches) caps
+// it, for A/B runs and so the tests run every width this CPU has.
+// Validated on every build (a bad value is an error on every call), 0 where the lanes kernels are not built.
+inline int lanes_width() {
+#if FFT_TENSOR_CPU_LANES
+  static const int supported = __builtin_cpu_supports("x86-64-v4") ? 16 : __builtin_cpu_supports("x86-64-v3") ? 8 : 0;
+#else
+  constexpr int supported = 0;
+#endif
+  const char* env = std::getenv("FFT_TENSOR_CONV_CPU_LANES");
+  if (env == nullptr || *env == '\0') return supported;
+  const std::string v(env);
+  TORCH_CHECK(v == "0" || v == "8" || v == "16",
+              "FFT_TENSOR_CONV_CPU_LANES: expected one of 0, 8, 16 (or unset), got '", v, "'");
+  return std::min(supported, std::stoi(v));
+}
+
 #if FFT_TENSOR_CPU_LANES
 // Channels in the vector lanes (chosen at run time: V = 16 on AVX-512, 8 on AVX2): V channels of one batch
 // row are transposed into (time, V) vectors, so a tap is one FMA per V outputs with its taps' vectors held
@@ -279,19 +297,6 @@ __attribute__((target("arch=x86-64-v3"))) void lanes_correlate(const float* g, i
                                                                 int64_t x_pitch, int64_t H, int64_t n, int64_t Ts,
                                                                 Lanes<8>::vec* G, Lanes<8>::vec* X, Lanes<8>::vec* acc) {
   lanes_correlate_impl<8>(g, g_pitch, x, x_pitch, H, n, Ts, G, X, acc);
-}
-
-// The lanes' width for this call: 16 on AVX-512 CPUs, 8 on AVX2 ones, 0 (the time-in-lanes loops) on
-// others. FFT_TENSOR_CONV_CPU_LANES (0, 8 or 16; read on every call like the op's other switches) caps
-// it, for A/B runs and so the tests run every width this CPU has.
-inline int lanes_width() {
-  static const int supported = __builtin_cpu_supports("x86-64-v4") ? 16 : __builtin_cpu_supports("x86-64-v3") ? 8 : 0;
-  const char* env = std::getenv("FFT_TENSOR_CONV_CPU_LANES");
-  if (env == nullptr || *env == '\0') return supported;
-  const std::string v(env);
-  TORCH_CHECK(v == "0" || v == "8" || v == "16",
-              "FFT_TENSOR_CONV_CPU_LANES: expected one of 0, 8, 16 (or unset), got '", v, "'");
-  return std::min(supported, std::stoi(v));
 }
 
 // The lanes' width for a float32 sum over D channels with T taps: 16 or 8 where the CPU (and the switch)

@@ -45,6 +45,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 #include <map>
 
@@ -208,16 +209,19 @@ at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>&
   return K;
 }
 
-// FFT_TENSOR_CONV_PDL: unset, empty or 1 = for one-window plans (nseg == 1, where
-// the spectrum of a row's kernel costs about what the window kernel spends on a row pair's forward
-// transform) the window kernel is launched as a programmatic dependent of the spectrum kernel, on sm_90
-// and later: it loads and transforms its rows while the spectrum finishes, and waits for the spectrum
-// before the product. 0 = always the ordinary launch. Plans of many windows keep the ordinary launch:
-// their spectrum is a small part of the op, and the dependent kernel must read it through L2 (below).
-// H200, B = 8, D = 768, fp32, Lk = L (one window): 1K 0.0460 -> 0.0425 ms, 4K 0.220 -> 0.216 ms (ordinary
-// -> dependent, one call, RESULTS.md twenty-third session). Windows of 128 taps at 16K and 64K were 9%
-// slower with every launch dependent and reading through L2 (0.309 -> 0.336 ms at 16K); with the
-// ordinary kernel kept for them they measured 0.311 and 1.20 ms again.
+// Whether a kernel was compiled to sm_90 code (its __CUDA_ARCH__ >= 900 parts are there).
+template <typename Kernel>
+bool has_sm90_code(Kernel kernel) {
+  cudaFuncAttributes attr;
+  // Both: a PTX-only sm_80 build JIT-compiled on Hopper reports binaryVersion 90 but ptxVersion 80,
+  // and its kernel bodies (guarded by __CUDA_ARCH__ >= 900) are empty.
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess || attr.binaryVersion < 90 || attr.ptxVersion < 90) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
 // Whether this file's kernels carry sm_90 code on the current device: PDL's griddepcontrol instructions
 // (like the cluster kernels' bodies) are guarded by __CUDA_ARCH__ >= 900, so a build without sm_90 code (a
 // PTX-only compute_80 build JIT-compiled on Hopper reports binaryVersion 90 but ptxVersion 80) would launch
@@ -230,14 +234,21 @@ bool kernels_have_sm90_code() {
   std::lock_guard<std::mutex> lock(mutex);
   const auto hit = known.find(device);
   if (hit != known.end()) return hit->second;
-  cudaFuncAttributes attr;
-  const bool ok = cudaFuncGetAttributes(&attr, kernel_spectrum_cluster_kernel) == cudaSuccess &&
-                  attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
-  if (!ok) (void)cudaGetLastError();
+  const bool ok = has_sm90_code(kernel_spectrum_cluster_kernel);
   known.emplace(device, ok);
   return ok;
 }
 
+// FFT_TENSOR_CONV_PDL: unset, empty or 1 = for one-window plans (nseg == 1, where
+// the spectrum of a row's kernel costs about what the window kernel spends on a row pair's forward
+// transform) the window kernel is launched as a programmatic dependent of the spectrum kernel, on sm_90
+// and later: it loads and transforms its rows while the spectrum finishes, and waits for the spectrum
+// before the product. 0 = always the ordinary launch. Plans of many windows keep the ordinary launch:
+// their spectrum is a small part of the op, and the dependent kernel must read it through L2 (below).
+// H200, B = 8, D = 768, fp32, Lk = L (one window): 1K 0.0460 -> 0.0425 ms, 4K 0.220 -> 0.216 ms (ordinary
+// -> dependent, one call, RESULTS.md twenty-third session). Windows of 128 taps at 16K and 64K were 9%
+// slower with every launch dependent and reading through L2 (0.309 -> 0.336 ms at 16K); with the
+// ordinary kernel kept for them they measured 0.311 and 1.20 ms again.
 bool conv_pdl(const ConvShape& s, const ConvSwitches& sw) {
   return sw.pdl && s.nseg == 1 && at::cuda::getCurrentDeviceProperties()->major >= 9 && kernels_have_sm90_code();
 }
@@ -440,6 +451,15 @@ int grad_k_groups(const ConvShape& s, size_t smem, int64_t items) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(want, items));
 }
 
+// The grad_k kernels' launch: (groups, partial), groups (grad_k_groups) blocks per channel and the
+// (groups, D, N/2 + 1) complex buffer their partial sums go to.
+std::pair<int, at::Tensor> grad_k_partial(const at::Tensor& u, const ConvShape& s, size_t smem, int64_t items) {
+  const int groups = grad_k_groups(s, smem, items);
+  TORCH_CHECK(s.D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (",
+              std::to_string(s.D * groups), ")");
+  return {groups, at::empty({groups, s.D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat))};
+}
+
 // grad_k (D, Lk) float32 from partial (groups, D, N/2 + 1), the row-pair kernels' sums of G conj(U) per
 // (group, channel): grad_k_taps_kernel sums the groups in a fixed order (deterministic) and transforms back.
 at::Tensor grad_k_from_partial(const at::Tensor& partial, const ConvShape& s, int groups, int64_t Lk) {
@@ -461,10 +481,11 @@ at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvS
                           const ConvSwitches& sw) {
   const bool pairs = s.logN <= kMaxLogNGradKPairs;
   const size_t smem = grad_k_smem_bytes(s.N);
-  const int groups = grad_k_groups(s, smem, pairs ? (int64_t)s.npairs * s.nseg : s.B * s.nseg);
-  TORCH_CHECK(s.D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (",
-              std::to_string(s.D * groups), ")");
-  at::Tensor partial = at::empty({groups, s.D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
+  // (no structured binding: lambdas below capture these, which C++17 does not allow for bindings)
+  const std::pair<int, at::Tensor> launch_setup =
+      grad_k_partial(u, s, smem, pairs ? (int64_t)s.npairs * s.nseg : s.B * s.nseg);
+  const int groups = launch_setup.first;
+  const at::Tensor& partial = launch_setup.second;
   dispatch_io_type(u.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     auto launch = [&](auto kernel) {
@@ -505,10 +526,9 @@ bool use_backward_pairs(const ConvShape& s, const ConvSwitches& sw) {
 at::Tensor backward_pairs(const at::Tensor& u, const at::Tensor& gy, const at::Tensor& K, at::Tensor& grad_u,
                           const ConvShape& s, int64_t Lk, const ConvSwitches& sw) {
   const size_t smem = grad_k_smem_bytes(s.N);
-  const int groups = grad_k_groups(s, smem, s.npairs);
-  TORCH_CHECK(s.D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (",
-              std::to_string(s.D * groups), ")");
-  at::Tensor partial = at::empty({groups, s.D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat));
+  const std::pair<int, at::Tensor> launch_setup = grad_k_partial(u, s, smem, s.npairs);
+  const int groups = launch_setup.first;
+  const at::Tensor& partial = launch_setup.second;
   const bool half = half_window(s, sw);
   dispatch_io_type(u.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -557,13 +577,7 @@ struct ClusterLaunch {
 
 template <typename Kernel>
 bool cluster_launchable(Kernel kernel, size_t smem, int C) {
-  cudaFuncAttributes attr;
-  // Both: a PTX-only sm_80 build JIT-compiled on Hopper reports binaryVersion 90 but ptxVersion 80,
-  // and its kernel body (guarded by __CUDA_ARCH__ >= 900) is empty.
-  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess || attr.binaryVersion < 90 || attr.ptxVersion < 90) {
-    (void)cudaGetLastError();
-    return false;
-  }
+  if (!has_sm90_code(kernel)) return false;
   // a GPU of compute capability 9+ with less shared memory per block (consumer Blackwell: 99 KB) cannot
   // take these kernels: cuFFT then, where allow_smem would raise
   if (smem > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return false;

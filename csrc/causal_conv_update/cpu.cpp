@@ -26,6 +26,14 @@ FFT_TENSOR_CPU_CLONES acc_t dot_reversed(const acc_t* k, const acc_t* x, int64_t
   return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
 }
 
+// The one-step output: skip * x_new + (k[0] * x_new + sum_{s >= 1} k[s] * past[1 - s]), past pointing
+// at the input before x_new (both T = 1 branches of update_rows: one order, the same bits).
+template <typename acc_t>
+inline acc_t step_output(const acc_t* k, int64_t Lk, const acc_t* past, acc_t x_new, const acc_t* skip) {
+  const acc_t taps = Lk > 1 ? dot_reversed(k + 1, past, Lk - 1) : acc_t(0);
+  return (skip ? *skip * x_new : acc_t(0)) + (k[0] * x_new + taps);
+}
+
 template <typename acc_t>
 void update_rows(const at::Tensor& u_acc, at::Tensor& state, const at::Tensor& k, const at::Tensor& skip,
                  at::Tensor& y_acc) {
@@ -47,8 +55,7 @@ void update_rows(const at::Tensor& u_acc, at::Tensor& state, const at::Tensor& k
       const acc_t* ur = up + r * T;
       if (T == 1 && si == 1) {  // the generation step: read the state in place, then shift it by one
         const acc_t x_new = ur[0];
-        const acc_t past = Lk > 1 ? dot_reversed(kd + 1, st + S - 1, Lk - 1) : acc_t(0);
-        yp[r] = (sk ? sk[d] * x_new : acc_t(0)) + (kd[0] * x_new + past);
+        yp[r] = step_output(kd, Lk, st + S - 1, x_new, sk ? sk + d : nullptr);
         if (S > 0) {
           std::copy(st + 1, st + S, st);
           st[S - 1] = x_new;
@@ -61,9 +68,8 @@ void update_rows(const at::Tensor& u_acc, at::Tensor& state, const at::Tensor& k
         for (int64_t i = 0; i < S; ++i) x[i] = st[i * si];
       }
       std::copy(ur, ur + T, x.data() + S);
-      if (T == 1) {  // as the in-place step above, in the same order
-        const acc_t past = Lk > 1 ? dot_reversed(kd + 1, x.data() + S - 1, Lk - 1) : acc_t(0);
-        yp[r] = (sk ? sk[d] * x[S] : acc_t(0)) + (kd[0] * x[S] + past);
+      if (T == 1) {  // as the in-place step above
+        yp[r] = step_output(kd, Lk, x.data() + S - 1, x[S], sk ? sk + d : nullptr);
       } else {
         // every output sums skip * x, then the taps; with the tap loop outside, the loop over outputs
         // is contiguous in x and vectorises (the T = 16 step of a ChunkLM)

@@ -186,7 +186,8 @@ inline DecodeShape check_chunk_decode_args(const at::Tensor& context, const at::
   }
   check_decode_vector(norm_f, "norm_f", s.C, dev);
   check_decode_matrix(head, "head", kDecodeVocab, s.C, wt, dev);
-  // Below 1e-30 (but not 0: greedy) logits / temperature could overflow double to inf - inf = NaN.
+  // 0 = greedy; else at least 1e-30 (fft_tensor/ops.py MIN_TEMPERATURE): logits / temperature overflows
+  // double (inf - inf = NaN) only far below it, and no sampling needs to go under it.
   TORCH_CHECK(temperature == 0 || (temperature >= 1e-30 && temperature < INFINITY), op,
               ": expected temperature 0 (greedy) or a finite number >= 1e-30, got ", std::to_string(temperature));
   TORCH_CHECK(top_k >= 0, op, ": expected top_k >= 0 (0: no top-k filter), got ", std::to_string(top_k));

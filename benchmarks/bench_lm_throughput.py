@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from common import command_line, write_out  # noqa: E402
 from fft_lm.gpt import GPT  # noqa: E402
-from fft_lm.model import SpectralLM, SpectralLMConfig  # noqa: E402
+from fft_lm.model import PRESETS as SPECTRAL_PRESETS, SpectralLM, SpectralLMConfig  # noqa: E402
 from fft_lm.train import inductor_cpp_wrapper, parse_model_set  # noqa: E402
 
 DEFAULT_BATCH = {1024: 32, 4096: 8, 16384: 2, 65536: 1}  # the ANCHORS.md shapes: 32K bytes per step up to 16K
@@ -312,6 +312,17 @@ def run_grid(args, device, lengths, families, results):
                 report(family)
 
 
+def spectral_context_note(args):
+    """How far back the SpectralLM sees: kernel_len - 1 inputs per conv block, window - 1 per attention
+    block (the preset's seq_len unless --spectral-set gives attn_window), where the GPT sees all of L."""
+    cfg = SpectralLMConfig(**{**SPECTRAL_PRESETS[args.preset], **parse_model_set(args.spectral_set, SpectralLMConfig)})
+    n_attn, window = cfg.attn_blocks, cfg.attn_window or cfg.seq_len
+    reach = (cfg.n_layers - n_attn) * (cfg.kernel_len - 1) + n_attn * (window - 1)
+    return (f"SpectralLM context: at most {reach} bytes back ({cfg.n_layers - n_attn} conv blocks of "
+            f"{cfg.kernel_len} taps" + (f", {n_attn} attention block{'s' if n_attn > 1 else ''} of window {window}" if n_attn else "")
+            + "); the GPT attends over all of L, so at longer L the two do not compute the same function.")
+
+
 def write_table(args, device, lengths, families, results, started):
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     compile_note = "eager" if args.no_compile else (f"torch.compile ({args.compile_scope}"
@@ -327,6 +338,7 @@ def write_table(args, device, lengths, families, results, started):
         f"after {args.warmup} warm-up; "
         f"total wall time {time.perf_counter() - started:.0f} s.",
         f"Command: `{command_line()}`",
+    ] + ([spectral_context_note(args)] if "spectral" in families else []) + [
         "",
         "| L | batch | SpectralLM M bytes/s | GPT (SDPA) M bytes/s | spectral / GPT | SpectralLM ms/step | GPT ms/step "
         "| peak GiB (spectral / GPT) | anchor GPT M/s | anchor torch.fft LM M/s |",

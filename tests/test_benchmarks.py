@@ -71,6 +71,9 @@ def test_bench_lm_throughput_spectral_variant():
                       "--spectral-set", "attn_blocks=1,attn_window=64")
     assert_table(r, "| L | batch | SpectralLM M bytes/s |")
     assert "(SpectralLM: attn_blocks=1,attn_window=64)" in r.stdout
+    # tiny: 4 blocks of 64 taps, one of them attention with a 64-byte window: 3 * 63 + 63 bytes back
+    assert "SpectralLM context: at most 252 bytes back (3 conv blocks of 64 taps, 1 attention block of window 64)" \
+        in r.stdout
 
 
 def test_bench_lm_throughput_gpt_preset():

@@ -67,19 +67,26 @@ def with_backward(f):
     return run
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_shape_args(p, kernels, kernels_help, budget_s):
+    """The CPU benchmarks' shared flags (shapes, dtypes, threads, timing budget, output file) added to p,
+    then parsed; --threads applied."""
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--lengths", default="1024,4096,16384")
-    p.add_argument("--kernels", default="4,32,128,L", help="comma-separated Lk; 'L' means Lk = L")
+    p.add_argument("--kernels", default=kernels, help=kernels_help)
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
-    p.add_argument("--budget-s", type=float, default=0.5, help="timed seconds per measurement")
+    p.add_argument("--budget-s", type=float, default=budget_s, help="timed seconds per measurement")
     p.add_argument("--out", default=None, help="also write the table to this file")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = parse_shape_args(p, "4,32,128,L", "comma-separated Lk; 'L' means Lk = L", budget_s=0.5)
     methods = {
         "ours": lambda u, k: fft_tensor.causal_conv(u, k),
         "ours, FFT path": lambda u, k: fft_tensor.causal_conv(u, k),  # run under fft_path, backward included

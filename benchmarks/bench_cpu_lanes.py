@@ -18,25 +18,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fft_tensor  # noqa: E402
-from bench_causal_conv_cpu import DTYPES, time_ms  # noqa: E402
+from bench_causal_conv_cpu import DTYPES, parse_shape_args, time_ms  # noqa: E402
 
 ops = torch.ops.fft_tensor
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--lengths", default="1024,4096,16384")
-    p.add_argument("--kernels", default="32,64,128")
-    p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--widths", default="16,8,0", help="FFT_TENSOR_CONV_CPU_LANES values, compared in this order")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
-    p.add_argument("--budget-s", type=float, default=0.3, help="timed seconds per measurement")
-    p.add_argument("--out", default=None, help="also write the table to this file")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_shape_args(p, "32,64,128", "comma-separated taps", budget_s=0.3)
     widths = args.widths.split(",")
     os.environ["FFT_TENSOR_CONV_DIRECT_MAX_TAPS"] = "128"  # the direct path for every row here
     cols = " | ".join(f"{kind} ms, {w}" for kind in ("fwd", "bwd", "grad_k") for w in widths)

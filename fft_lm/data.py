@@ -13,6 +13,7 @@ Training batches are a pure function of (seed, step, rank, micro_step): resuming
 exactly the stream a run that never stopped would have seen, and DDP ranks draw different windows.
 Validation uses fixed, evenly spaced windows over the tail.
 """
+import functools
 import gzip
 import hashlib
 import os
@@ -36,7 +37,7 @@ def _corpus_files(path, cache_dir):
     if os.path.isfile(path):
         return [path]
     files = []
-    cache = os.path.abspath(cache_dir)
+    cache = os.path.realpath(cache_dir)
     seen = {os.path.realpath(path)}  # symlinked folders are followed, each real folder read once (no loops)
     for root, dirs, names in os.walk(path, followlinks=True):
         # hidden directories (.git) and this package's own cache (if it lives inside the data) are not data
@@ -44,7 +45,7 @@ def _corpus_files(path, cache_dir):
         for d in sorted(dirs):
             full = os.path.join(root, d)
             real = os.path.realpath(full)
-            if d.startswith(".") or os.path.abspath(full) == cache or real == os.path.realpath(cache) or real in seen:
+            if d.startswith(".") or real == cache or real in seen:
                 continue
             seen.add(real)
             keep.append(d)
@@ -171,14 +172,17 @@ class ByteCorpus:
         for b in range(n_batches):
             yield self._windows(data, offsets[b * batch_size: (b + 1) * batch_size], seq_len, device)
 
-    def fingerprint(self, blocks=64, block_bytes=4096):
-        """sha256 (hex, 16 digits) of `blocks` evenly spaced runs of bytes: tells another corpus of the same
-        size from this one without reading all of it (a resumed run checks it continues the same bytes)."""
+    @functools.cached_property
+    def fingerprint(self):
+        """sha256 (hex, 16 digits) of 64 evenly spaced runs of 4096 bytes: tells another corpus of the same
+        size from this one without reading all of it (a resumed run checks it continues the same bytes).
+        Computed once: the corpus is read-only, and every checkpoint records it."""
+        blocks, block_bytes = 64, 4096
         h = hashlib.sha256(str(len(self.data)).encode())
         for start in np.linspace(0, max(0, len(self.data) - block_bytes), blocks).astype(np.int64):
             h.update(np.asarray(self.data[start: start + block_bytes]).tobytes())
         return h.hexdigest()[:16]
 
     def state(self):
-        return {"source": str(self.source), "flat_path": str(self.flat_path), "fingerprint": self.fingerprint(),
+        return {"source": str(self.source), "flat_path": str(self.flat_path), "fingerprint": self.fingerprint,
                 "n_bytes": int(len(self.data)), "n_train": int(self.n_train), "n_val": int(self.n_val)}

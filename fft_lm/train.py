@@ -491,14 +491,12 @@ def _train(cfg, model, rank, world, device, master):
     with setup_errors():
         check_output_paths({"--ckpt-path": cfg.ckpt_path, "--metrics-path": metrics_path, "--plot-path": plot_path},
                            create=master)
-        best_path = best_ckpt_path(cfg.ckpt_path) if cfg.ckpt_path and cfg.keep_best else ""
+        best_file = best_ckpt_path(cfg.ckpt_path) if cfg.ckpt_path else ""
+        best_path = best_file if cfg.keep_best else ""
         ckpt_files = [p for p in (cfg.ckpt_path, best_path) if p]  # the checkpoints this run writes
-        # a new run refuses to replace an earlier run's files, its best checkpoint too (which a new run
-        # that never reaches an evaluation would otherwise leave beside its own checkpoint as if its own)
-        # (an earlier run's best file counts with --no-keep-best too: left beside this run's checkpoint,
-        # it would pass for this run's best weights)
-        earlier = ckpt_files + ([best_ckpt_path(cfg.ckpt_path)] if cfg.ckpt_path and not cfg.keep_best else [])
-        held = [p for p in earlier if os.path.exists(p)]
+        # a new run refuses to replace an earlier run's files, its best checkpoint too, with --no-keep-best
+        # as well (left beside this run's checkpoint, it would pass for this run's best weights)
+        held = [p for p in (cfg.ckpt_path, best_file) if p and os.path.exists(p)]
         if not cfg.resume and not cfg.overwrite and held:
             raise ConfigError(f"--ckpt-path {cfg.ckpt_path} already holds a checkpoint ({', '.join(held)}): pass "
                               f"--resume to continue that run, --overwrite to start a new one in its place (its "

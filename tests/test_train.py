@@ -391,6 +391,21 @@ def test_resume_takes_this_runs_optimizer_settings_and_grad_checkpoint(corpus, t
     assert meta["model_config"]["grad_checkpoint"] is False
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_resume_across_devices_with_the_fused_optimizer(corpus, tmp_path):
+    """A CPU run's checkpoint resumed on the GPU (fused AdamW: its step counts must land on the GPU, the
+    groups' fused flag is this run's) with a new weight decay, then that GPU run's checkpoint resumed on
+    the CPU (unfused): every leg trains and the optimizer's step counts carry on."""
+    cfg = tiny_cfg(corpus, tmp_path, device="cpu", epochs=2)  # 8 steps
+    train(dataclasses.replace(cfg, stop_after_steps=2), model=tiny_model())
+    for device, stop, end in (("cuda", 3, 5), ("cpu", 0, 8)):  # stop_after_steps counts this run's steps
+        leg = train(dataclasses.replace(cfg, resume=True, device=device, stop_after_steps=stop, weight_decay=0.05))
+        assert leg["step"] == end and math.isfinite(leg["val_bpb"]), (device, leg)
+        state = read_checkpoint(cfg.ckpt_path)["optimizer"]
+        assert [float(s["step"]) for s in state["state"].values()] == [end] * len(state["state"])
+        assert all(g["weight_decay"] in (0.0, 0.05) for g in state["param_groups"])
+
+
 def test_accumulation_equals_the_larger_batch(corpus, tmp_path, monkeypatch):
     """batch_size 2 x accum_steps 2 takes the same steps as batch_size 4 x 1 when the micro-batches are
     the halves of that batch: the same losses and the same weights (to float32 summation order)."""

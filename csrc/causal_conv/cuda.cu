@@ -130,6 +130,7 @@ struct ConvSwitches {
   bool mma;                     // MMA: the tensor-core direct kernels (use_mma)
   bool channels_last;           // CHANNELS_LAST: the tiled direct kernels (use_tiled)
   bool fused_backward;          // FUSED_BACKWARD: both gradients of a one-window plan in one kernel (use_backward_pairs)
+  int64_t grad_k_groups;        // GRAD_K_GROUPS: grad_k's blocks per channel, 0 = the rule (grad_k_groups)
 
   static ConvSwitches from_env() {
     ConvSwitches w;
@@ -156,6 +157,7 @@ struct ConvSwitches {
     w.mma = env_flag("FFT_TENSOR_CONV_MMA", true);
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
     w.fused_backward = env_flag("FFT_TENSOR_CONV_FUSED_BACKWARD", true);
+    w.grad_k_groups = env_int("FFT_TENSOR_CONV_GRAD_K_GROUPS", 1, 4096, 0);
     return w;
   }
 };
@@ -439,22 +441,29 @@ bool use_fused(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
 }
 
 // Blocks per channel for grad_k: enough (channel, group) blocks for a few waves of blocks of
-// `smem` bytes, no more than the items (row or row pair, window), so the partial sums stay small:
-// groups * D * (N/2+1) complex values.
-int grad_k_groups(const ConvShape& s, size_t smem, int64_t items) {
+// `smem` bytes, no more than the items (row or row pair, window), and few enough that the partial
+// sums (groups * D * (N/2+1) complex) take at most half of u's bytes: at B = 8, D = 768, L = 1K
+// (N = 2048) four groups were 25 MB beside u's 12.6 MB in bf16, the forward+backward's peak 1.56x
+// inputs plus outputs. One group there is one wave of 768 blocks of 4 row pairs each where four
+// were 3.3 waves of one pair. FFT_TENSOR_CONV_GRAD_K_GROUPS=g: g groups (at most the items).
+int grad_k_groups(const at::Tensor& u, const ConvShape& s, size_t smem, int64_t items, const ConvSwitches& sw) {
+  if (sw.grad_k_groups > 0) return (int)std::min<int64_t>(sw.grad_k_groups, items);
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const int threads = s.N / kElemsPerThread;
   const int64_t by_threads = std::max(1, prop->maxThreadsPerMultiProcessor / std::max(threads, 32));
   const int64_t by_smem = std::max<int64_t>(1, (int64_t)prop->sharedMemPerMultiprocessor / (int64_t)smem);
   const int64_t resident = (int64_t)prop->multiProcessorCount * std::min<int64_t>({by_threads, by_smem, 32});
   const int64_t want = (4 * resident + s.D - 1) / s.D;
-  return (int)std::max<int64_t>(1, std::min<int64_t>(want, items));
+  const int64_t group_bytes = s.D * (int64_t)(s.N / 2 + 1) * (int64_t)sizeof(float2);
+  const int64_t by_memory = (int64_t)(u.numel() * u.element_size()) / (2 * group_bytes);
+  return (int)std::max<int64_t>(1, std::min<int64_t>({want, items, by_memory}));
 }
 
 // The grad_k kernels' launch: (groups, partial), groups (grad_k_groups) blocks per channel and the
 // (groups, D, N/2 + 1) complex buffer their partial sums go to.
-std::pair<int, at::Tensor> grad_k_partial(const at::Tensor& u, const ConvShape& s, size_t smem, int64_t items) {
-  const int groups = grad_k_groups(s, smem, items);
+std::pair<int, at::Tensor> grad_k_partial(const at::Tensor& u, const ConvShape& s, size_t smem, int64_t items,
+                                          const ConvSwitches& sw) {
+  const int groups = grad_k_groups(u, s, smem, items, sw);
   TORCH_CHECK(s.D * groups < (int64_t(1) << 31), "causal_conv_backward: too many blocks (",
               std::to_string(s.D * groups), ")");
   return {groups, at::empty({groups, s.D, s.N / 2 + 1}, u.options().dtype(at::kComplexFloat))};
@@ -483,7 +492,7 @@ at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvS
   const size_t smem = grad_k_smem_bytes(s.N);
   // (no structured binding: lambdas below capture these, which C++17 does not allow for bindings)
   const std::pair<int, at::Tensor> launch_setup =
-      grad_k_partial(u, s, smem, pairs ? (int64_t)s.npairs * s.nseg : s.B * s.nseg);
+      grad_k_partial(u, s, smem, pairs ? (int64_t)s.npairs * s.nseg : s.B * s.nseg, sw);
   const int groups = launch_setup.first;
   const at::Tensor& partial = launch_setup.second;
   dispatch_io_type(u.scalar_type(), [&](auto tag) {
@@ -526,7 +535,7 @@ bool use_backward_pairs(const ConvShape& s, const ConvSwitches& sw) {
 at::Tensor backward_pairs(const at::Tensor& u, const at::Tensor& gy, const at::Tensor& K, at::Tensor& grad_u,
                           const ConvShape& s, int64_t Lk, const ConvSwitches& sw) {
   const size_t smem = grad_k_smem_bytes(s.N);
-  const std::pair<int, at::Tensor> launch_setup = grad_k_partial(u, s, smem, s.npairs);
+  const std::pair<int, at::Tensor> launch_setup = grad_k_partial(u, s, smem, s.npairs, sw);
   const int groups = launch_setup.first;
   const at::Tensor& partial = launch_setup.second;
   const bool half = half_window(s, sw);

@@ -30,6 +30,11 @@ CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (2, 1, 20000, 20000),  # N = 65536: the four-step kernels
 ]
 QUICK = CONV_CASES[:6]
+# grad_k with several groups per channel (FFT_TENSOR_CONV_GRAD_K_GROUPS=3, at most the items): the
+# default rule gives one group to the one-window plans above. Row pairs: 2 and 3 groups (the fused
+# backward kernel and the pair grad_k kernel); then the one-row kernel (N = 16384), 3 groups.
+GROUPS = [(3, 2, 2049, 2000), (5, 1, 1000, 1000), (3, 1, 5000, 5000)]
+QUICK_GROUPS = GROUPS[:2]
 # clusters of 2 and 4 blocks (sm_90). By default (9000, 9000) takes the padded kernel and the other two
 # the general one; FFT_TENSOR_CONV_CLUSTER_PADDED=1 or =exchange sends (20000, 20000) to the padded ones.
 # They run with FFT_TENSOR_CONV_FOURSTEP=0 (the four-step kernels are the default there).
@@ -138,6 +143,12 @@ def main():
     for case in (QUICK if args.quick else CONV_CASES):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             ok &= check_conv(*case, dtype)
+    os.environ["FFT_TENSOR_CONV_GRAD_K_GROUPS"] = "3"
+    print("FFT_TENSOR_CONV_GRAD_K_GROUPS=3", flush=True)
+    for case in (QUICK_GROUPS if args.quick else GROUPS):
+        for dtype in (torch.float32, torch.bfloat16):
+            ok &= check_conv(*case, dtype)
+    del os.environ["FFT_TENSOR_CONV_GRAD_K_GROUPS"]
     ok &= check_phase_rotate((6, 1000), (1000,), True)       # row fast path, theta broadcast
     ok &= check_phase_rotate((5, 7, 33), (7, 33), True)       # odd columns: TensorIterator path
     ok &= check_phase_rotate((8, 6, 10), (8, 1), False)       # non-contiguous z (6, 8, 10), size-1 theta dim

@@ -441,11 +441,15 @@ bool use_fused(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
 }
 
 // Blocks per channel for grad_k: enough (channel, group) blocks for a few waves of blocks of
-// `smem` bytes, no more than the items (row or row pair, window), and few enough that the partial
-// sums (groups * D * (N/2+1) complex) take at most half of u's bytes: at B = 8, D = 768, L = 1K
-// (N = 2048) four groups were 25 MB beside u's 12.6 MB in bf16, the forward+backward's peak 1.56x
-// inputs plus outputs. One group there is one wave of 768 blocks of 4 row pairs each where four
-// were 3.3 waves of one pair. FFT_TENSOR_CONV_GRAD_K_GROUPS=g: g groups (at most the items).
+// `smem` bytes, no more than the items (row or row pair, window), and for one-window plans few
+// enough that the partial sums (groups * D * (N/2+1) complex) take at most about half of u's bytes
+// (one group at least, which in bf16 with Lk = L is a little over half): at B = 8, D = 768, L = 1K
+// (N = 2048) the old rule's four groups were 25 MB beside u's 12.6 MB in bf16, the forward+backward's
+// peak 1.56x inputs plus outputs; one group there is one wave of 768 blocks of 4 row pairs each where
+// four were about 3.9 waves of one pair, and was as fast (2K: 9% faster than the old rule's three;
+// RESULTS.md, thirty-first session). Many-window plans keep the old rule (their partial sums are of the
+// window's N, small against u; their peak was measured at most 1.29x). FFT_TENSOR_CONV_GRAD_K_GROUPS=g:
+// g groups (at most the items).
 int grad_k_groups(const at::Tensor& u, const ConvShape& s, size_t smem, int64_t items, const ConvSwitches& sw) {
   if (sw.grad_k_groups > 0) return (int)std::min<int64_t>(sw.grad_k_groups, items);
   const auto* prop = at::cuda::getCurrentDeviceProperties();
@@ -453,10 +457,11 @@ int grad_k_groups(const at::Tensor& u, const ConvShape& s, size_t smem, int64_t 
   const int64_t by_threads = std::max(1, prop->maxThreadsPerMultiProcessor / std::max(threads, 32));
   const int64_t by_smem = std::max<int64_t>(1, (int64_t)prop->sharedMemPerMultiprocessor / (int64_t)smem);
   const int64_t resident = (int64_t)prop->multiProcessorCount * std::min<int64_t>({by_threads, by_smem, 32});
-  const int64_t want = (4 * resident + s.D - 1) / s.D;
+  const int64_t want = std::min<int64_t>((4 * resident + s.D - 1) / s.D, items);
+  if (s.nseg != 1) return (int)std::max<int64_t>(1, want);
   const int64_t group_bytes = s.D * (int64_t)(s.N / 2 + 1) * (int64_t)sizeof(float2);
   const int64_t by_memory = (int64_t)(u.numel() * u.element_size()) / (2 * group_bytes);
-  return (int)std::max<int64_t>(1, std::min<int64_t>({want, items, by_memory}));
+  return (int)std::max<int64_t>(1, std::min<int64_t>(want, by_memory));
 }
 
 // The grad_k kernels' launch: (groups, partial), groups (grad_k_groups) blocks per channel and the

@@ -1562,9 +1562,13 @@ def test_cuda_grad_k_groups(L, Lk, batch, both, monkeypatch):
         peaks[groups] = torch.cuda.max_memory_allocated() - base
         assert rel_err(gk_g, gk) < 2e-6, (groups, rel_err(gk_g, gk))
         assert torch.equal(ops.causal_conv_backward(gy, u, k, skip, both, True)[1], gk_g)  # deterministic
-    slice_bytes = dim * (ops.causal_conv_fft_size(L, Lk) // 2 + 1) * 8
-    # (the caching allocator rounds each allocation up to 512 bytes)
-    assert peaks["3"] - peaks["1"] >= 2 * slice_bytes - 512, (peaks, slice_bytes)
+    N = ops.causal_conv_fft_size(L, Lk)
+    slice_bytes = dim * (N // 2 + 1) * 8
+    # 16384 points with grad_k's sums need 204,808 bytes of shared memory per block (an A100 has 163 KB:
+    # cuFFT there, no groups)
+    if N < 16384 or getattr(torch.cuda.get_device_properties(0), "shared_memory_per_block_optin", 0) >= 204808:
+        # (the caching allocator rounds each allocation up to 512 bytes)
+        assert peaks["3"] - peaks["1"] >= 2 * slice_bytes - 512, (peaks, slice_bytes)
 
 
 # The benchmark's one-window shapes (B = 8, D = 768, Lk = L): the whole forward+backward step, as

@@ -986,6 +986,17 @@ def test_row_chunks(device, batch, dim):
     check_grads(65536, 65536, device, batch=batch, dim=dim, tol=2e-5)
 
 
+def _cuda_peak_above_base(fn):
+    """(fn(), the peak bytes allocated during fn beyond those allocated before it: its outputs and
+    workspace; inputs already allocated do not count)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, torch.cuda.max_memory_allocated() - base
+
+
 @requires_cuda
 @pytest.mark.parametrize("L,fourstep,real_window", [(16384, "0", ""), (16384, "1", "1"), (32768, "0", ""),
                                                     (65536, "1", ""), (262144, "", "")])
@@ -1003,12 +1014,7 @@ def test_cuda_peak_memory(L, fourstep, real_window, monkeypatch):
     for fn, io, allowed in ((lambda: fft_tensor.causal_conv(u, k), 2 * u.nbytes + k.nbytes, 0.5),
                             (lambda: ops.causal_conv_backward(gy, u, k, None, True, True),
                              3 * u.nbytes + 2 * k.nbytes, 1.0)):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        out = fn()
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - base  # outputs + workspace
+        out, extra = _cuda_peak_above_base(fn)  # outputs + workspace
         outputs = sum(t.nbytes for t in (out if isinstance(out, tuple) else (out,)))
         assert extra - outputs <= allowed * io + (1 << 20), (extra, outputs, io)
         del out
@@ -1554,12 +1560,7 @@ def test_cuda_grad_k_groups(L, Lk, batch, both, monkeypatch):
     peaks = {}
     for groups in ("1", "2", "3", "4096"):
         monkeypatch.setenv("FFT_TENSOR_CONV_GRAD_K_GROUPS", groups)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        gk_g = ops.causal_conv_backward(gy, u, k, skip, both, True)[1]
-        torch.cuda.synchronize()
-        peaks[groups] = torch.cuda.max_memory_allocated() - base
+        gk_g, peaks[groups] = _cuda_peak_above_base(lambda: ops.causal_conv_backward(gy, u, k, skip, both, True)[1])
         assert rel_err(gk_g, gk) < 2e-6, (groups, rel_err(gk_g, gk))
         assert torch.equal(ops.causal_conv_backward(gy, u, k, skip, both, True)[1], gk_g)  # deterministic
     N = ops.causal_conv_fft_size(L, Lk)
@@ -1586,13 +1587,10 @@ def test_cuda_fwd_bwd_peak_memory(L, dtype, monkeypatch):
     in_out = 2 * (u.nbytes + k.nbytes + gy.nbytes)
 
     def peak_ratio():
-        torch.autograd.grad(fft_tensor.causal_conv(u, k), (u, k), gy)  # warm: plans, cached tensors
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        torch.autograd.grad(fft_tensor.causal_conv(u, k), (u, k), gy)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base + u.nbytes + k.nbytes + gy.nbytes) / in_out
+        step = lambda: torch.autograd.grad(fft_tensor.causal_conv(u, k), (u, k), gy)  # noqa: E731
+        step()  # warm: plans, cached tensors
+        _, extra = _cuda_peak_above_base(step)
+        return (extra + u.nbytes + k.nbytes + gy.nbytes) / in_out
 
     assert peak_ratio() <= 1.5
     if L == 1024 and dtype == torch.bfloat16:  # the old rule's 4 groups: over the bound (so it can fail)

@@ -26,7 +26,8 @@ CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (3, 1, 4096, 4096),  # one window, N = 8192: the fused backward's half window, its largest size
     (3, 2, 2500, 100),   # overlap-save, N = 1024, 3 windows, odd B
     (2, 2, 100, 300),    # taps > L
-    (1, 1, 8192, 8192),  # N = 16384, 1024 threads, the largest fused FFT
+    (1, 1, 8192, 8192),  # N = 16384, 1024 threads, the largest fused FFT (grad_k: the one-row kernel, kHalf)
+    (2, 1, 8193, 8000),  # N = 16384, L > N/2: the one-row grad_k kernel's full window
     (2, 1, 20000, 20000),  # N = 65536: the four-step kernels
 ]
 QUICK = CONV_CASES[:6]

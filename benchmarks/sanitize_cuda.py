@@ -26,10 +26,12 @@ CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (3, 1, 4096, 4096),  # one window, N = 8192: the fused backward's half window, its largest size
     (3, 2, 2500, 100),   # overlap-save, N = 1024, 3 windows, odd B
     (2, 2, 100, 300),    # taps > L
-    (1, 1, 8192, 8192),  # N = 16384, 1024 threads, the largest fused FFT
+    (1, 1, 8192, 8192),  # N = 16384, 1024 threads, the largest fused FFT (grad_k: the one-row kernel, kHalf)
+    (2, 1, 8193, 8000),  # N = 16384, L > N/2: the one-row grad_k kernel's full window
     (2, 1, 20000, 20000),  # N = 65536: the four-step kernels
 ]
-QUICK = CONV_CASES[:6]
+# and the one-row grad_k kernel's kHalf variant with 3 rows per block (its per-row maxima double buffer)
+QUICK = CONV_CASES[:6] + [(3, 1, 5000, 5000)]
 # grad_k with several groups per channel (FFT_TENSOR_CONV_GRAD_K_GROUPS=3, at most the items): the
 # default rule gives one group to the one-window plans above. Row pairs: 2 and 3 groups (the fused
 # backward kernel and the pair grad_k kernel); then the one-row kernel (N = 16384), 3 groups.

@@ -1421,11 +1421,12 @@ def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
 # The kHalf kernels (FFT_TENSOR_CONV_HALF, on by default): one-window plans whose row fills at most half
 # the window (L <= N/2, N >= 2048) start the window at t = 0 and skip its zero half in the first forward
 # pass and the unwanted half in the last inverse pass. Shapes: each kernel that has the variant (the pair
-# window kernel forward and grad_u, the pair grad_k kernel, the real-window kernels), at and just under
-# the L = N/2 edge, odd batches (an unpaired last row), Lk > L, Lk < L, and L = N/2 + 1 (the general kernel).
+# window kernel forward and grad_u, the pair grad_k kernel, the one-row grad_k kernel of 16384 points, the
+# real-window kernels), at and just under the L = N/2 edge, odd batches (an unpaired last row), Lk > L,
+# Lk < L, and L = N/2 + 1 (the general kernel).
 HALF_SHAPES = [(1024, 1024, 3, 5, True), (1000, 700, 1, 3, True), (4097, 4097, 2, 3, True), (2048, 2049, 3, 2, True),
                (3000, 1100, 2, 3, True), (2049, 2000, 1, 2, False), (16384, 16384, 3, 2, True),
-               (10000, 9000, 2, 2, True), (20000, 9000, 1, 2, False)]
+               (10000, 9000, 2, 2, True), (20000, 9000, 1, 2, False), (8193, 8000, 3, 2, False)]
 
 
 def _template_flags(kernel, names, from_end=1):
@@ -1451,8 +1452,14 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
     names = _cuda_kernel_names(run)
     window = "conv_real_window" if L + min(L, Lk) - 1 > 16384 else "conv_window"
     # both gradients of a pair plan: the fused backward kernel (conv_backward_pair_kernel)
+    # 16384-point one-window plans: the one-row grad_k kernel (conv_grad_k_kernel), where the GPU's shared
+    # memory takes it with its sums (FFT buffer + N/2 + 1 complex: 204,808 bytes; an A100 has 163 KB)
+    fft_size, _, _, segments = causal_conv_plan(L, Lk)
+    assert segments == 1 and (window == "conv_real_window") == (fft_size == 32768), (L, Lk, fft_size, segments)
+    one_row_fits = getattr(torch.cuda.get_device_properties(0), "shared_memory_per_block_optin", 0) >= 204808
     kernels = [f"{window}_kernel"] + (["conv_real_window_backward_kernel"] if window == "conv_real_window"
-                                      else ["conv_backward_pair_kernel"] if L + min(L, Lk) - 1 <= 8192 else [])
+                                      else ["conv_backward_pair_kernel"] if fft_size <= 8192
+                                      else ["conv_grad_k_kernel"] if one_row_fits else [])
     for kernel in kernels:
         assert _template_flags(kernel, names) == {half}, (kernel, names)
     y, gu_alone, gu, gk = run()
@@ -1563,7 +1570,7 @@ def test_cuda_grad_k_groups(L, Lk, batch, both, monkeypatch):
         gk_g, peaks[groups] = _cuda_peak_above_base(lambda: ops.causal_conv_backward(gy, u, k, skip, both, True)[1])
         assert rel_err(gk_g, gk) < 2e-6, (groups, rel_err(gk_g, gk))
         assert torch.equal(ops.causal_conv_backward(gy, u, k, skip, both, True)[1], gk_g)  # deterministic
-    N = ops.causal_conv_fft_size(L, Lk)
+    N = fft_tensor.causal_conv_fft_size(L, Lk)
     slice_bytes = dim * (N // 2 + 1) * 8
     # 16384 points with grad_k's sums need 204,808 bytes of shared memory per block (an A100 has 163 KB:
     # cuFFT there, no groups)

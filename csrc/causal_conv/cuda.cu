@@ -518,6 +518,8 @@ at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvS
         }
         launch(conv_grad_k_pair_kernel<scalar_t, N>);
       });
+    } else if (half_window(s, sw)) {
+      launch(conv_grad_k_kernel<scalar_t, (int)kMaxFusedFFT, true>);
     } else {
       launch(conv_grad_k_kernel<scalar_t, (int)kMaxFusedFFT>);
     }

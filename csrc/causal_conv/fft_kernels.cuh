@@ -557,6 +557,13 @@ __device__ __forceinline__ float2 add_g_conj_u(float2 acc, float2 a, float2 c, f
   return make_float2(acc.x + w * p.y, acc.y - w * p.x);
 }
 
+// The bin that x[i] of this thread holds after fft_to_registers' last pass (of radix Rl).
+template <int N>
+__device__ __forceinline__ int own_bin(int i) {
+  constexpr int T = N / kElemsPerThread, Rl = smem_fft::last_radix(N), NR = N / Rl;
+  return threadIdx.x + (i / Rl) * T + (i % Rl) * NR;
+}
+
 // partial[g, d, f] = sum over the (row, window) items of group g of G[f] * conj(U[f]), f <= N/2:
 // the spectrum of the cross-correlation sum_t gy[t] u[t-s]. Each window of one row is packed as
 // z = u + i*sc*gy (the gy window keeps only the outputs the window owns, so every (t, s) is counted
@@ -567,7 +574,14 @@ __device__ __forceinline__ float2 add_g_conj_u(float2 acc, float2 a, float2 c, f
 // the gy half would drown in the u half's rounding. Power of two: scaling and unscaling are exact.
 // Used where the row-pair kernel does not fit (16384-point windows).
 // grid: D * groups blocks (group fastest); items (row b, window j) are dealt out round-robin.
-template <typename scalar_t, int N>
+// kHalf: a one-window plan whose rows fill at most half the window (half_window). u and gy then both
+// start at t = 0 (conv_grad_k_pair_kernel's kHalf: N >= L + taps - 1, so the correlation wraps only
+// zeros), and z is read by the first FFT pass straight from global memory (fft_to_registers: no staging
+// copy in shared memory and no scaling pass over it; the first pass skips the zero half). sc needs the
+// row's maxima first: a first read of this thread's elements (warp maxima, then one shared atomic per
+// warp), which the transform's loads then find in L2. The spectrum goes back to shared memory (each
+// thread's own bins) for the pairs Z[f], Z[N - f].
+template <typename scalar_t, int N, bool kHalf = false>
 __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 1024>()))
     conv_grad_k_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ gy, float2* __restrict__ partial,
                        ConvShape s, int groups) {
@@ -586,28 +600,58 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
   const int64_t items = s.B * s.nseg;
   int parity = 0;
   for (int64_t it = group; it < items; it += groups, parity ^= 1) {
-    load_u_gy_window<T>(smem, u, gy, s, d, it, 0, N, window_max[parity]);
-    __syncthreads();
-    const float sc = gy_scale(__uint_as_float(window_max[parity][0]), __uint_as_float(window_max[parity][1]));
-    // The other parity's slot was last read before this window's barrier and is next written after
-    // the barrier that ends this window, so it can be cleared now.
-    if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;
-    if (sc != 1.f)
-      for (int n = threadIdx.x; n < N; n += T) smem[pad(n)].y *= sc;  // the elements this thread wrote
-    smem_fft::fft<N>(smem);
+    float sc;
+    if constexpr (kHalf) {  // one window (items = rows), n = t < L <= N/2
+      const int64_t off = (it * s.D + d) * s.L;
+      const scalar_t* __restrict__ ur = u + off;
+      const scalar_t* __restrict__ gr = gy + off;
+      const int L = (int)s.L;
+      float mu = 0.f, mg = 0.f;
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {  // the elements fft_to_registers<kHalf> loads in this thread
+        const int n = threadIdx.x + r * (N / 16);
+        if (n < L) {
+          mu = fmaxf(mu, fabsf(to_float(ur[n])));
+          mg = fmaxf(mg, fabsf(to_float(gr[n])));
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {  // every lane is here: blocks are whole warps, no early exit
+        mu = fmaxf(mu, __shfl_xor_sync(0xffffffffu, mu, o));
+        mg = fmaxf(mg, __shfl_xor_sync(0xffffffffu, mg, o));
+      }
+      if ((threadIdx.x & 31) == 0) {
+        atomicMax(&window_max[parity][0], __float_as_uint(mu));
+        atomicMax(&window_max[parity][1], __float_as_uint(mg));
+      }
+      __syncthreads();
+      sc = gy_scale(__uint_as_float(window_max[parity][0]), __uint_as_float(window_max[parity][1]));
+      if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;  // as below
+      float2 x[kElemsPerThread];
+      smem_fft::fft_to_registers<N, false, true>(smem, x, [&](int n) {
+        return n < L ? make_float2(to_float(ur[n]), sc * to_float(gr[n])) : make_float2(0.f, 0.f);
+      });
+      __syncthreads();  // the last pass has read the FFT buffer
+#pragma unroll
+      for (int i = 0; i < kElemsPerThread; ++i) smem[pad(own_bin<N>(i))] = x[i];
+      __syncthreads();
+    } else {
+      load_u_gy_window<T>(smem, u, gy, s, d, it, 0, N, window_max[parity]);
+      __syncthreads();
+      sc = gy_scale(__uint_as_float(window_max[parity][0]), __uint_as_float(window_max[parity][1]));
+      // The other parity's slot was last read before this window's barrier and is next written after
+      // the barrier that ends this window, so it can be cleared now.
+      if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;
+      if (sc != 1.f)
+        for (int n = threadIdx.x; n < N; n += T) smem[pad(n)].y *= sc;  // the elements this thread wrote
+      smem_fft::fft<N>(smem);
+    }
     for (int f = threadIdx.x; f < half; f += T)
       acc[f] = add_g_conj_u(acc[f], smem[pad(f)], conjf2(smem[pad((N - f) & (N - 1))]), sc);
     __syncthreads();
   }
   float2* out = partial + ((int64_t)group * s.D + d) * half;
   for (int f = threadIdx.x; f < half; f += T) out[f] = acc[f];
-}
-
-// The bin that x[i] of this thread holds after fft_to_registers' last pass (of radix Rl).
-template <int N>
-__device__ __forceinline__ int own_bin(int i) {
-  constexpr int T = N / kElemsPerThread, Rl = smem_fft::last_radix(N), NR = N / Rl;
-  return threadIdx.x + (i / Rl) * T + (i % Rl) * NR;
 }
 
 // The end of the row-pair grad_k kernels: acc holds this thread's bins of P = sum Zg conj(Zu) (x[i]'s

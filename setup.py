@@ -70,6 +70,11 @@ def write_build_info(with_cuda):
         f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
         f.write(f"WITH_CUDA = {with_cuda!r}\n")
         f.write(f"SOURCES_SHA1 = {sources_hash()!r}\n")
+        # what the CUDA code was compiled for and with (benchmarks/prebuilt_ok.py reads them before it lets a
+        # module built elsewhere stand in for a build on the GPU machine)
+        f.write(f"CUDA_ARCH_LIST = {os.environ.get('TORCH_CUDA_ARCH_LIST', '') if with_cuda else ''!r}\n")
+        f.write(f"DECODE_STAMPS = {os.environ.get('FFT_TENSOR_DECODE_STAMPS_BUILD') == '1'!r}\n")
+        f.write(f"DEBUG = {DEBUG!r}\n")
 
 
 def extensions():

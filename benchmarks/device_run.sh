@@ -9,7 +9,11 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 start=$(date +%s)
-if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FFT_TENSOR_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+# A module built for sm_90 on the CPU machine from these sources and carried here (benchmarks/prebuilt_ok.py
+# says how, and checks torch version, sources and architecture) saves the build's four minutes.
+if "$PY" benchmarks/prebuilt_ok.py; then
+  :
+elif ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FFT_TENSOR_CUDA=1 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
   grep -E "error|Error" "$OUT/build.log" | head -40; exit 1
 fi
 echo "build: $(( $(date +%s) - start )) s"

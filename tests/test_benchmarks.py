@@ -327,3 +327,60 @@ def test_bench_conv_update_cpu():
     assert sum(line.startswith("| 8 | ") for line in r.stdout.splitlines()) == 2
     bad = run_benchmark("bench_conv_update_cpu.py", "--shapes", "8:1:7")
     assert bad.returncode == 2 and "--shapes: expected comma-separated D:T:S:Lk" in bad.stderr
+
+
+def _prebuilt_checker():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_prebuilt_ok", os.path.join(ROOT, "benchmarks", "prebuilt_ok.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_checkout(root, **info):
+    """A source tree with a 'built' module: csrc/, fft_tensor/_loader.py (the real one) and _build_info.py."""
+    import shutil
+    import torch
+    (root / "csrc" / "op").mkdir(parents=True)
+    (root / "csrc" / "op" / "cuda.cu").write_text("// kernel\n")
+    (root / "fft_tensor").mkdir()
+    shutil.copy(os.path.join(ROOT, "fft_tensor", "_loader.py"), root / "fft_tensor" / "_loader.py")
+    (root / "fft_tensor" / "_C.abi3.so").write_bytes(b"\0")
+    loader = _prebuilt_checker()._module_from(str(root / "fft_tensor" / "_loader.py"), "_fake_loader")
+    loader._ROOT = str(root)
+    fields = dict(TORCH_VERSION=torch.__version__, WITH_CUDA=True, SOURCES_SHA1=loader._sources_sha1(),
+                  CUDA_ARCH_LIST="9.0", DECODE_STAMPS=False, DEBUG=False)
+    fields.update(info)
+    (root / "fft_tensor" / "_build_info.py").write_text(
+        "".join(f"{k} = {v!r}\n" for k, v in fields.items() if v is not ...))
+
+
+@pytest.mark.parametrize("case, info, expected", [
+    ("usable", {}, None),
+    ("usable, arch with PTX", {"CUDA_ARCH_LIST": "8.0;9.0+PTX"}, None),
+    ("other torch", {"TORCH_VERSION": "2.0.0"}, "built against torch 2.0.0"),
+    ("cpu only", {"WITH_CUDA": False}, "built without CUDA"),
+    ("other arch", {"CUDA_ARCH_LIST": "8.0"}, "this GPU is sm_90"),
+    ("arch not recorded", {"CUDA_ARCH_LIST": ...}, "does not say which GPU architectures"),
+    ("instrumented", {"DECODE_STAMPS": True}, "instrumented build"),
+    ("other sources", {"SOURCES_SHA1": "0" * 40}, "other sources"),
+])
+def test_prebuilt_module_check(tmp_path, case, info, expected):
+    # device_run.sh skips the GPU machine's build only when every condition holds
+    checker = _prebuilt_checker()
+    _fake_checkout(tmp_path, **info)
+    found = checker.problems(root=str(tmp_path), device_capability=(9, 0))
+    if expected is None:
+        assert found == [], (case, found)
+    else:
+        assert any(expected in reason for reason in found), (case, found)
+
+
+def test_prebuilt_module_check_sees_a_changed_source(tmp_path):
+    checker = _prebuilt_checker()
+    _fake_checkout(tmp_path)
+    assert checker.problems(root=str(tmp_path), device_capability=(9, 0)) == []
+    (tmp_path / "csrc" / "op" / "cuda.cu").write_text("// kernel, edited after the build\n")
+    assert any("other sources" in r for r in checker.problems(root=str(tmp_path), device_capability=(9, 0)))
+    os.remove(tmp_path / "fft_tensor" / "_C.abi3.so")
+    assert checker.problems(root=str(tmp_path), device_capability=(9, 0)) == ["no fft_tensor/_C.abi3.so with its _build_info.py"]

@@ -384,3 +384,35 @@ def test_prebuilt_module_check_sees_a_changed_source(tmp_path):
     assert any("other sources" in r for r in checker.problems(root=str(tmp_path), device_capability=(9, 0)))
     os.remove(tmp_path / "fft_tensor" / "_C.abi3.so")
     assert checker.problems(root=str(tmp_path), device_capability=(9, 0)) == ["no fft_tensor/_C.abi3.so with its _build_info.py"]
+
+
+def test_emulate_radix3_window():
+    # The plan for 3 x 2^m-point windows (RESULTS.md, thirty-second session): the three-group transform is a
+    # DFT, its decimation-in-frequency inverse too, the half-spectrum lookup is the full spectrum, and the
+    # emulated pair and real-window kernels match a float64 direct convolution.
+    import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import emulate_radix3_window as emu
+    finally:
+        sys.path.pop(0)
+    rng = np.random.default_rng(5)
+    for N in (48, 384, 3072):
+        z = rng.standard_normal((2, N)) + 1j * rng.standard_normal((2, N))
+        ref = np.fft.fft(z, axis=-1)
+        assert np.abs(emu.dft_3m(z) - ref).max() < 1e-9 * np.abs(ref).max()
+        assert np.abs(emu.inverse_3m(z) - ref).max() < 1e-9 * np.abs(ref).max()
+        zh = z.copy()
+        zh[:, N // 2:] = 0
+        assert np.abs(emu.dft_3m(zh, half_input=True) - np.fft.fft(zh, axis=-1)).max() < 1e-9 * N
+        with pytest.raises(AssertionError, match="upper half"):
+            emu.dft_3m(z, half_input=True)
+        x = rng.standard_normal(N)
+        K = np.fft.fft(x)
+        assert np.allclose(emu.spectrum_bin(K[:N // 2 + 1], np.arange(N), N), K)
+    assert [emu.window_size(n) for n in (1, 7, 1999, 2049, 3072, 3073, 24575)] == [1, 8, 2048, 3072, 3072, 4096, 24576]
+    assert emu.window_size(24575, allow_radix3=False) == 32768
+    assert max(emu.check(seed=1).values()) < 1e-12
+    r = run_benchmark("emulate_radix3_window.py")
+    assert_table(r, "| kernel | L | Lk | window points | rel err vs float64 direct |")
+    assert "ALL OK" in r.stdout

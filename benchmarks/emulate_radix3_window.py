@@ -1,0 +1,216 @@
+"""FFT windows of N = 3 x 2^m points for causal_conv: a CPU emulation of the planned kernels, to check the
+index arithmetic before writing CUDA.
+
+Why: every plan today uses N = next_pow2(L + taps - 1) points, so L = 12288 with Lk = L pays for a 32K-point
+(real) window where 24K would do, while the torch.fft reference's 24576-point FFT costs about what its
+size says. Between the powers of two forward+backward falls to 2.2-2.9x the reference, under issue 3's 3x
+(RESULTS.md, thirty-second session). Windows of 3 x 2^m points cut a quarter of the points there.
+
+The planned kernel (one block per row pair, as conv_window_kernel): N = 3M with M = 2^m one of the
+sizes smem_fft already transforms, the block in three groups of M/16 threads. By decimation in time,
+  X[k + jM] = F_0[k] + W_N^k W_3^j F_1[k] + W_N^2k W_3^2j F_2[k],   F_r = DFT_M(z[3n + r]), k < M, j < 3,
+so group r runs the existing M-point transform (smem_fft::fft_to_registers with its own thread index and
+its own third of shared memory) on z[3n + r], read straight from global memory (stride 3). Thread q of
+every group then holds the same bins k of its F_r (the transform leaves bin q + b M/16 + i M/Rl in
+register slot b Rl + i whatever the group), so one exchange through shared memory gives thread (q, r) all
+three F_s[k] of its bins, and it forms X[k + rM]: group r owns the bins [rM, (r + 1)M).
+The product with the kernel's spectrum, stored for bins 0..N/2 as now (hermitian_bin): group 0 reads K[f],
+group 2 conj(K[N - f]), group 1 either (its range straddles N/2 = 1.5M).
+The inverse is the forward DFT of the conjugate, by decimation in frequency:
+  out[3n + r] = DFT_M over k of b_r[k],   b_r[k] = W_N^kr (a[k] + W_3^r a[k + M] + W_3^2r a[k + 2M]),
+one more exchange (thread (q, r) needs a[k + jM] for the other j), then group r's M-point inverse pass
+chain (smem_fft::inverse_from_registers) writes outputs 3n + r straight to global memory.
+kHalf (L <= N/2, every Lk = L plan): z[3n + r] = 0 for n >= M/2, so each group's input has its upper
+half zero (dft16_upper_zero applies as it is), and only outputs n < N/2 are wanted: n < M/2 per group
+(the kHalf inverse as it is).
+The real-window variant (L + taps - 1 <= 2N real points, the 32K-point kernels today): the same transform
+of z[n] = u[2n] + i u[2n + 1], then the real-spectrum step pairing bins f and N - f as now.
+
+This script runs that decomposition with numpy's FFT standing in for the M-point shared-memory transforms
+(those are the tested kernels), and checks y against a float64 direct convolution; then it lists the
+window sizes a plan over {2^k, 3 x 2^k} would pick for the lengths measured.
+
+  python benchmarks/emulate_radix3_window.py [--seed 0]
+"""
+import argparse
+import math
+import sys
+
+import numpy as np
+
+
+def next_pow2(n):
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def window_size(points, allow_radix3=True):
+    """The smallest N >= points among 2^k (and 3 x 2^k when allowed): what the plan would pick."""
+    p2 = next_pow2(points)
+    if allow_radix3 and p2 >= 8 and 3 * p2 // 4 >= points:
+        return 3 * p2 // 4
+    return p2
+
+
+def dft_3m(z, half_input=False, half_output=False):
+    """DFT of z (length N = 3M) the planned kernel's way: three M-point transforms of z[3n + r], an exchange,
+    the radix-3 combine; returns X[0..N). half_input: asserts each group's input has its upper half zero and
+    transforms only the lower half's nonzeros (what dft16_upper_zero relies on)."""
+    N = z.shape[-1]
+    assert N % 3 == 0 and (N // 3) & (N // 3 - 1) == 0, N
+    M = N // 3
+    F = []
+    for r in range(3):
+        x = z[..., r::3]  # group r's loads: z[3n + r], n < M
+        if half_input:
+            assert not np.any(x[..., M // 2:]), "a group's input upper half is not zero"
+        F.append(np.fft.fft(x, axis=-1))  # smem_fft::fft_to_registers<M> in group r
+    k = np.arange(M)
+    w1 = np.exp(-2j * np.pi * k / N)  # W_N^k: one sincospif per thread, as compute_pass's twiddles
+    w2 = w1 * w1
+    X = np.empty(z.shape[:-1] + (N,), dtype=complex)
+    for j in range(3):  # thread (q, j) after the exchange: X[k + jM] for its bins k
+        w3 = np.exp(-2j * np.pi * j / 3)
+        X[..., j * M:(j + 1) * M] = F[0] + w1 * w3 * F[1] + w2 * w3 * w3 * F[2]
+    return X
+
+
+def inverse_3m(a, half_output=False):
+    """out[n] = sum_f a[f] W_N^(f n) (the forward DFT, which the kernels use on the conjugate), by decimation
+    in frequency into three M-point transforms; half_output: only n < N/2 are produced."""
+    N = a.shape[-1]
+    M = N // 3
+    k = np.arange(M)
+    A = [a[..., j * M:(j + 1) * M] for j in range(3)]
+    out = np.zeros(a.shape[:-1] + (N,), dtype=complex)
+    for r in range(3):  # group r after the exchange: b_r[k] = W_N^kr sum_j W_3^jr a[k + jM]
+        w3 = np.exp(-2j * np.pi * r / 3)
+        b = np.exp(-2j * np.pi * k * r / N) * (A[0] + w3 * A[1] + w3 * w3 * A[2])
+        o = np.fft.fft(b, axis=-1)  # smem_fft::inverse_from_registers<M> in group r
+        if half_output:
+            o[..., M // 2:] = np.nan  # the kHalf inverse never computes these: any use shows as nan
+        out[..., r::3] = o  # outputs 3n + r
+    return out
+
+
+def spectrum_bin(K, f, N):
+    """hermitian_bin for N = 3M: K holds bins 0..N/2; group 1's range straddles N/2."""
+    f = np.asarray(f)
+    return np.where(f <= N // 2, K[np.minimum(f, N // 2)], np.conj(K[np.minimum(N - f, N // 2)]))
+
+
+def conv_pair_window(u, k, N):
+    """conv_window_kernel's algorithm on a 3M-point window: rows u[0], u[1] packed as z = u0 + i u1, the
+    product with K / N (the kernel spectrum's scale), the inverse as the forward DFT of the conjugate."""
+    B, L = u.shape
+    taps = k.shape[-1]
+    assert B == 2 and L + taps - 1 <= N
+    half = L <= N // 2
+    z = np.zeros(N, dtype=complex)
+    z[:L] = u[0] + 1j * u[1]
+    kp = np.zeros(N)
+    kp[:taps] = k
+    K = np.fft.fft(kp)[:N // 2 + 1] / N  # kernel_spectrum_kernel's output: bins 0..N/2, scaled 1/N
+    X = dft_3m(z, half_input=half)
+    S = spectrum_bin(K, np.arange(N), N)
+    w = inverse_3m(np.conj(X * S), half_output=half)  # conj(result)
+    y = np.conj(w[:L])
+    assert not np.any(np.isnan(y)), "an output the kHalf inverse skips was used"
+    return np.stack([y.real, y.imag])
+
+
+def conv_real_window(u, k, Nc):
+    """conv_real_window_kernel's algorithm on 2 Nc real points (Nc = 3M complex): z[n] = u[2n] + i u[2n + 1],
+    Z = DFT_Nc(z), the row's spectrum U[f] (f = 0..Nc) from the pairs Z[f], Z[Nc - f], the product with the
+    kernel's real spectrum, merged back into a half-length sequence and transformed by the same scheme."""
+    L = u.shape[-1]
+    taps = k.shape[-1]
+    N2 = 2 * Nc
+    assert L + taps - 1 <= N2
+    half = L <= Nc
+    x = np.zeros(N2)
+    x[:L] = u
+    z = x[0::2] + 1j * x[1::2]
+    Z = dft_3m(z, half_input=half)
+    f = np.arange(Nc + 1)
+    Zf = Z[f % Nc]
+    Zc = np.conj(Z[(Nc - f) % Nc])
+    E = (Zf + Zc) / 2  # spectrum of the even samples
+    O = (Zf - Zc) / 2j  # of the odd samples
+    U = E + np.exp(-2j * np.pi * f / N2) * O  # bins 0..Nc of the 2Nc-point real spectrum
+    kp = np.zeros(N2)
+    kp[:taps] = k
+    Kr = np.fft.fft(kp)[:Nc + 1]
+    P = U * Kr  # bins 0..Nc of the product; the rest are its conjugates
+    # merge back: the half-length complex sequence whose even/odd parts are the product's even/odd samples
+    fk = np.arange(Nc)
+    Pf = P[fk]
+    Pc = np.conj(P[Nc - fk])
+    Ev = (Pf + Pc) / 2
+    Od = (Pf - Pc) / 2 * np.exp(2j * np.pi * fk / N2)
+    Q = Ev + 1j * Od  # the DFT of y[2n] + i y[2n + 1]
+    w = inverse_3m(np.conj(Q), half_output=half) / Nc  # forward DFT of the conjugate: Nc conj(q[n])
+    q = np.conj(w)
+    y = np.empty(N2)
+    y[0::2] = q.real
+    y[1::2] = q.imag
+    assert not np.any(np.isnan(y[:L])), "an output the kHalf inverse skips was used"
+    return y[:L]
+
+
+def direct_conv(u, k):
+    L = u.shape[-1]
+    return np.stack([np.convolve(row, k)[:L] for row in np.atleast_2d(u)])
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# (L, Lk): Lk = L at the lengths measured between the powers of two, short-row and odd cases
+PAIR_CASES = [(1000, 1000), (1536, 1536), (3000, 3000), (100, 2000), (2048, 1), (4000, 1000), (3071, 3072)]
+REAL_CASES = [(1536, 1536), (3000, 3000), (6000, 6000), (500, 5000), (6144, 6144)]
+
+
+def check(seed=0):
+    """Max relative error of each emulated kernel against float64 direct convolution."""
+    rng = np.random.default_rng(seed)
+    worst = {}
+    for L, Lk in PAIR_CASES:
+        taps = min(L, Lk)
+        N = window_size(L + taps - 1)
+        if N % 3:
+            N = 3 * next_pow2(-(-(L + taps - 1) // 3))  # force a 3 x 2^m window for the check
+        u = rng.standard_normal((2, L))
+        k = rng.standard_normal(taps) / math.sqrt(taps)
+        worst[("pair", L, Lk, N)] = rel_err(conv_pair_window(u, k, N), direct_conv(u, k))
+    for L, Lk in REAL_CASES:
+        taps = min(L, Lk)
+        Nc = 3 * next_pow2(-(-(L + taps - 1) // 6))  # 2 Nc real points >= L + taps - 1, Nc = 3 x 2^m
+        u = rng.standard_normal(L)
+        k = rng.standard_normal(taps) / math.sqrt(taps)
+        worst[("real", L, Lk, 2 * Nc)] = rel_err(conv_real_window(u, k, Nc), direct_conv(u, k)[0])
+    return worst
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    worst = check(args.seed)
+    print("| kernel | L | Lk | window points | rel err vs float64 direct |")
+    print("|---|---|---|---|---|")
+    for (kind, L, Lk, N), e in worst.items():
+        print(f"| {kind} | {L} | {Lk} | {N} | {e:.2e} |")
+    print()
+    print("| L = Lk | points now (next_pow2(2L - 1)) | with 3 x 2^k | fraction |")
+    print("|---|---|---|---|")
+    for L in (1024, 3000, 4096, 6144, 8192, 12288, 16384, 24576, 40000, 65536):
+        now, new = window_size(2 * L - 1, False), window_size(2 * L - 1)
+        print(f"| {L} | {now} | {new} | {new / now:.2f} |")
+    ok = max(worst.values()) < 1e-12
+    print("\nALL OK" if ok else "\nFAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,10 @@
-"""FFT windows of N = 3 x 2^m points for causal_conv: a CPU emulation of the planned kernels, to check the
-index arithmetic before writing CUDA.
+"""FFT windows of N = 3 x 2^m points for causal_conv: a CPU emulation of the planned kernels' decomposition,
+to check its arithmetic before writing CUDA (the per-thread register layout and exchanges are described
+below, not modelled: numpy's FFT stands in for each M-point shared-memory transform).
 
 Why: every plan today uses N = next_pow2(L + taps - 1) points, so L = 12288 with Lk = L pays for a 32K-point
 (real) window where 24K would do, while the torch.fft reference's 24576-point FFT costs about what its
-size says. Between the powers of two forward+backward falls to 2.2-2.9x the reference, under issue 3's 3x
+size says. At 6144 (fp32), 12288, 24576 and 40000 forward+backward falls to 2.2-2.9x the reference, under issue 3's 3x
 (RESULTS.md, thirty-second session). Windows of 3 x 2^m points cut a quarter of the points there.
 
 The planned kernel (one block per row pair, as conv_window_kernel): N = 3M with M = 2^m one of the
@@ -51,7 +52,7 @@ def window_size(points, allow_radix3=True):
     return p2
 
 
-def dft_3m(z, half_input=False, half_output=False):
+def dft_3m(z, half_input=False):
     """DFT of z (length N = 3M) the planned kernel's way: three M-point transforms of z[3n + r], an exchange,
     the radix-3 combine; returns X[0..N). half_input: asserts each group's input has its upper half zero and
     transforms only the lower half's nonzeros (what dft16_upper_zero relies on)."""
@@ -168,7 +169,8 @@ def rel_err(a, b):
 
 # (L, Lk): Lk = L at the lengths measured between the powers of two, short-row and odd cases
 PAIR_CASES = [(1000, 1000), (1536, 1536), (3000, 3000), (100, 2000), (2048, 1), (4000, 1000), (3071, 3072)]
-REAL_CASES = [(1536, 1536), (3000, 3000), (6000, 6000), (500, 5000), (6144, 6144)]
+REAL_CASES = [(1536, 1536), (3000, 3000), (6000, 6000), (500, 5000), (6144, 6144),
+              (2900, 100)]  # L > Nc: the general (not half) real window
 
 
 def check(seed=0):

@@ -9,8 +9,10 @@ same torch, for the device's architecture, from the same sources, loads and runs
 
     TORCH_CUDA_ARCH_LIST=9.0 FFT_TENSOR_CUDA=1 python setup.py build_ext --inplace
 
-and pass `carry=["fft_tensor/_C.abi3.so", "fft_tensor/_build_info.py"]` to the device tool. Every
-condition below is checked; any other case builds as before.
+and pass `carry=["fft_tensor/_C.abi3.so", "fft_tensor/_build_info.py"]` to the device tool. The module is
+used only when its _build_info.py (written by setup.py after a successful build) names this torch, this
+GPU's architecture, the sources in csrc/, this setup.py and the module file itself (by hash), when it is
+not an instrumented build, and when it loads (in a child process); any other case builds as before.
 """
 import importlib.util
 import os
@@ -60,11 +62,37 @@ def problems(root=ROOT, device_capability=None):
         found.append("an instrumented build (DECODE_STAMPS or DEBUG)")
     if getattr(info, "SOURCES_SHA1", None) != loader._sources_sha1():
         found.append("built from other sources than csrc/ here")
+    if getattr(info, "SETUP_SHA1", None) != _sha1(os.path.join(root, "setup.py")):
+        found.append("built by another setup.py (compile flags) than the one here")
+    if getattr(info, "MODULE_SHA1", None) != _sha1(so):
+        found.append("_build_info.py describes another module file than fft_tensor/_C.abi3.so")
     return found
+
+
+def _sha1(path):
+    import hashlib
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def loads(root=ROOT):
+    """Whether the module loads here with every op registered (a separate process: a module that fails to
+    load must leave this one able to build)."""
+    import subprocess
+    code = "import torch, fft_tensor; torch.ops.fft_tensor.causal_conv"
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    return result.returncode == 0, (result.stderr.strip().splitlines() or [""])[-1]
 
 
 def main():
     found = problems()
+    if not found:
+        ok, why = loads()
+        if not ok:
+            found.append(f"it does not load here ({why})")
     if found:
         print("prebuilt module not used: " + "; ".join(found))
         return 1

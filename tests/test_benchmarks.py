@@ -346,10 +346,15 @@ def _fake_checkout(root, **info):
     (root / "fft_tensor").mkdir()
     shutil.copy(os.path.join(ROOT, "fft_tensor", "_loader.py"), root / "fft_tensor" / "_loader.py")
     (root / "fft_tensor" / "_C.abi3.so").write_bytes(b"\0")
-    loader = _prebuilt_checker()._module_from(str(root / "fft_tensor" / "_loader.py"), "_fake_loader")
+    (root / "fft_tensor" / "__init__.py").write_text("raise ImportError('a fake checkout')\n")
+    (root / "setup.py").write_text("# flags\n")
+    checker = _prebuilt_checker()
+    loader = checker._module_from(str(root / "fft_tensor" / "_loader.py"), "_fake_loader")
     loader._ROOT = str(root)
     fields = dict(TORCH_VERSION=torch.__version__, WITH_CUDA=True, SOURCES_SHA1=loader._sources_sha1(),
-                  CUDA_ARCH_LIST="9.0", DECODE_STAMPS=False, DEBUG=False)
+                  CUDA_ARCH_LIST="9.0", DECODE_STAMPS=False, DEBUG=False,
+                  MODULE_SHA1=checker._sha1(str(root / "fft_tensor" / "_C.abi3.so")),
+                  SETUP_SHA1=checker._sha1(str(root / "setup.py")))
     fields.update(info)
     (root / "fft_tensor" / "_build_info.py").write_text(
         "".join(f"{k} = {v!r}\n" for k, v in fields.items() if v is not ...))
@@ -363,7 +368,11 @@ def _fake_checkout(root, **info):
     ("other arch", {"CUDA_ARCH_LIST": "8.0"}, "this GPU is sm_90"),
     ("arch not recorded", {"CUDA_ARCH_LIST": ...}, "does not say which GPU architectures"),
     ("instrumented", {"DECODE_STAMPS": True}, "instrumented build"),
+    ("debug", {"DEBUG": True}, "instrumented build"),
     ("other sources", {"SOURCES_SHA1": "0" * 40}, "other sources"),
+    ("other setup.py", {"SETUP_SHA1": "0" * 40}, "another setup.py"),
+    ("other module", {"MODULE_SHA1": "0" * 40}, "another module file"),
+    ("module hash not recorded", {"MODULE_SHA1": ...}, "another module file"),
 ])
 def test_prebuilt_module_check(tmp_path, case, info, expected):
     # device_run.sh skips the GPU machine's build only when every condition holds
@@ -382,8 +391,13 @@ def test_prebuilt_module_check_sees_a_changed_source(tmp_path):
     assert checker.problems(root=str(tmp_path), device_capability=(9, 0)) == []
     (tmp_path / "csrc" / "op" / "cuda.cu").write_text("// kernel, edited after the build\n")
     assert any("other sources" in r for r in checker.problems(root=str(tmp_path), device_capability=(9, 0)))
+    (tmp_path / "csrc" / "op" / "cuda.cu").write_text("// kernel\n")
+    (tmp_path / "fft_tensor" / "_C.abi3.so").write_bytes(b"\1")  # a module from another build beside the old info
+    assert any("another module file" in r for r in checker.problems(root=str(tmp_path), device_capability=(9, 0)))
     os.remove(tmp_path / "fft_tensor" / "_C.abi3.so")
     assert checker.problems(root=str(tmp_path), device_capability=(9, 0)) == ["no fft_tensor/_C.abi3.so with its _build_info.py"]
+    ok, why = checker.loads(root=str(tmp_path))  # the import probe runs in a child process, in that tree
+    assert not ok and "a fake checkout" in why, why
 
 
 def test_emulate_radix3_window():

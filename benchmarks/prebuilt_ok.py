@@ -62,19 +62,11 @@ def problems(root=ROOT, device_capability=None):
         found.append("an instrumented build (DECODE_STAMPS or DEBUG)")
     if getattr(info, "SOURCES_SHA1", None) != loader._sources_sha1():
         found.append("built from other sources than csrc/ here")
-    if getattr(info, "SETUP_SHA1", None) != _sha1(os.path.join(root, "setup.py")):
+    if getattr(info, "SETUP_SHA1", None) != loader._file_sha1(os.path.join(root, "setup.py")):
         found.append("built by another setup.py (compile flags) than the one here")
-    if getattr(info, "MODULE_SHA1", None) != _sha1(so):
+    if getattr(info, "MODULE_SHA1", None) != loader._file_sha1(so):
         found.append("_build_info.py describes another module file than fft_tensor/_C.abi3.so")
     return found
-
-
-def _sha1(path):
-    import hashlib
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
 
 
 def loads(root=ROOT):

@@ -10,7 +10,8 @@ REBUILD = ("Rebuild it from the repository root with:\n"
 
 
 def _sources_sha1():
-    # Same recipe as setup.py's sources_hash(); only meaningful in a source checkout.
+    # The csrc/ hash setup.py records in _build_info.py (it loads this file by path); only meaningful in a
+    # source checkout.
     h = hashlib.sha1()
     for path in sorted(glob.glob(os.path.join(_ROOT, "csrc", "**", "*"), recursive=True)):
         if os.path.isfile(path):
@@ -18,6 +19,15 @@ def _sources_sha1():
             with open(path, "rb") as f:
                 h.update(f.read())
     return h.hexdigest()
+
+
+def _file_sha1(path):
+    """sha1 of one file's bytes (None when it is missing): setup.py records the built module's and its own
+    in _build_info.py, and benchmarks/prebuilt_ok.py compares them."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
 
 
 def load():

@@ -353,8 +353,8 @@ def _fake_checkout(root, **info):
     loader._ROOT = str(root)
     fields = dict(TORCH_VERSION=torch.__version__, WITH_CUDA=True, SOURCES_SHA1=loader._sources_sha1(),
                   CUDA_ARCH_LIST="9.0", DECODE_STAMPS=False, DEBUG=False,
-                  MODULE_SHA1=checker._sha1(str(root / "fft_tensor" / "_C.abi3.so")),
-                  SETUP_SHA1=checker._sha1(str(root / "setup.py")))
+                  MODULE_SHA1=loader._file_sha1(str(root / "fft_tensor" / "_C.abi3.so")),
+                  SETUP_SHA1=loader._file_sha1(str(root / "setup.py")))
     fields.update(info)
     (root / "fft_tensor" / "_build_info.py").write_text(
         "".join(f"{k} = {v!r}\n" for k, v in fields.items() if v is not ...))

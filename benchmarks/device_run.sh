@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh verify rwspectrum half pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh verify rwspectrum half radix3 pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -170,6 +170,19 @@ for stage in "$@"; do
              quick_sanitizers half
              for v in 1 0; do
                conv_variant half$v FFT_TENSOR_CONV_HALF=$v -- --no-peer --kernels L --lengths ${HALF_LENGTHS:-1024,2048,4096,8192,16384}
+             done ;;
+    # The radix-3 windows (FFT_TENSOR_CONV_RADIX3=1, radix3.cuh): their tests, the three sanitizers on
+    # sanitize_cuda.py --radix3, then Lk = L at lengths they serve (and two they do not) with them and without.
+    radix3)  "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py -k "radix3 or switches" 2>&1 \
+               | tee "$OUT/tests_radix3.log" | tail -6
+             for tool in memcheck racecheck synccheck; do
+               timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --radix3 \
+                 > "$OUT/sanitize_radix3_$tool.log" 2>&1 &
+             done
+             wait
+             grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_radix3_*.log | head -12
+             for v in 1 0; do
+               conv_variant radix3$v FFT_TENSOR_CONV_RADIX3=$v -- --no-peer --graphs --kernels L --lengths ${RADIX3_LENGTHS:-1500,3000,4096,6144,8192,12288,16384}
              done ;;
     fourstepcheck) for tool in memcheck racecheck; do
                timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --fourstep 2>&1 \

@@ -46,6 +46,11 @@ FOURSTEP = [(3, 1, 9000, 9000), (2, 2, 20000, 20000), (3, 1, 70000, 60000), (1, 
 # the real-window kernels: one-window 32K-point plans (the smallest, Lk > L, Lk < L, the largest): the
 # forward, grad_u alone (the forward kernel backwards in time) and every gradient (the channel kernel).
 REAL_WINDOW = [(1, 2, 8193, 8193), (3, 1, 10000, 12000), (2, 1, 12000, 10000), (2, 2, 16384, 16384), (1, 2, 24576, 8193)]
+# the radix-3 windows (FFT_TENSOR_CONV_RADIX3=1): 3072 points (odd B, kHalf), 6144 (L > N/2: the general
+# kernel), 12288 (kHalf; grad_k beside it: the one-row kernel of 16384 points), and the spectrum kernel's
+# last odd channel (D = 3).
+# Then the real-window plans' 24576 real points (kHalf; L > 12288: the general kernel).
+RADIX3 = [(3, 3, 1500, 1500), (2, 1, 4000, 2000), (1, 1, 6144, 6144), (2, 1, 12288, 12288), (1, 2, 14000, 9000)]
 
 
 def rel_err(a, b):
@@ -115,6 +120,9 @@ def main():
     p.add_argument("--quick", action="store_true", help="only the small cases (racecheck is slow)")
     p.add_argument("--cluster", action="store_true", help="only the thread-block cluster cases, float32")
     p.add_argument("--fourstep", action="store_true", help="only the four-step cases, float32 and bfloat16")
+    p.add_argument("--radix3", action="store_true",
+                   help="only the radix-3 window cases (FFT_TENSOR_CONV_RADIX3=1: forward, grad_u alone, every "
+                        "gradient), float32 and bfloat16")
     p.add_argument("--real-window", action="store_true",
                    help="only the real-window cases (forward, grad_u alone, every gradient), float32 and bfloat16, "
                         "both variants (FFT_TENSOR_CONV_REAL_WINDOW_REGS=0 and 1)")
@@ -123,6 +131,15 @@ def main():
         sys.exit("sanitize_cuda.py needs a CUDA GPU")
     torch.manual_seed(0)
     ok = True
+    if args.radix3:
+        os.environ["FFT_TENSOR_CONV_RADIX3"] = "1"
+        os.environ["FFT_TENSOR_CONV_REAL_WINDOW"] = "1"  # the real-window backward for these few channels
+        for case in RADIX3:
+            for dtype in (torch.float32, torch.bfloat16):
+                ok &= check_conv_grad_u(*case, dtype)
+                ok &= check_conv(*case, dtype)
+        print("ALL OK" if ok else "SOME CASES FAILED")
+        sys.exit(0 if ok else 1)
     if args.real_window:
         os.environ["FFT_TENSOR_CONV_REAL_WINDOW"] = "1"
         for regs in ("0", "1"):  # the shared-memory and the register variants of both kernels

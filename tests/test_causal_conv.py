@@ -1495,6 +1495,91 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
         ops.causal_conv_backward(gy, u, k, skip, True, True)
 
 
+# The radix-3 windows (FFT_TENSOR_CONV_RADIX3=1; off by default until measured): a one-window plan of
+# 4096-16384 points whose row and kernel fit three quarters of it runs its forward, and grad_u where the
+# window kernel computes it, on 3M = 3N/4 points (csrc/causal_conv/radix3.cuh); a real-window plan (32K
+# real points) with L + taps - 1 <= 24576 runs its forward, grad_u alone and the backward with grad_k
+# (REAL_WINDOW=1 here: these few channels) on 24576 real points (M = 4096). Shapes: each M (1024, 2048, 4096) with Lk = L (kHalf), L > 3M/2 (the general kernel), Lk > L, odd
+# batches and an odd channel count (the spectrum kernel's unpaired last channel), the 3M edge exactly; the
+# real window likewise (L <= 12288 kHalf, L > 12288 general); plans that do not take it (one point over
+# 3M, overlap-save windows). (L, Lk, batch, dim, M or None, kHalf).
+RADIX3_SHAPES = [(1500, 1500, 3, 5, 1024, True), (1025, 2000, 2, 3, 1024, True), (2000, 1073, 1, 3, 1024, False),
+                 (3000, 3000, 3, 2, 2048, True), (4000, 2000, 2, 3, 2048, False), (3072, 3073, 1, 2, 2048, True),
+                 (6144, 6144, 3, 2, 4096, True), (7000, 5000, 2, 2, 4096, False), (5000, 7000, 1, 3, 4096, True),
+                 (2000, 1074, 2, 2, None, None), (6145, 6145, 1, 2, None, None), (3000, 128, 2, 2, None, None),
+                 (8193, 8193, 3, 2, 4096, True), (12288, 12288, 2, 3, 4096, True), (11000, 12000, 1, 2, 4096, True),
+                 (14000, 9000, 1, 2, 4096, False),
+                 (12289, 12289, 1, 2, None, None)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim,M,half", RADIX3_SHAPES,
+                         ids=[f"L{a}-Lk{b}-B{c}-D{d}" for a, b, c, d, _, _ in RADIX3_SHAPES])
+def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "1")
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")  # the real-window backward for these few channels too
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
+
+    def run(x=u):
+        return (fft_tensor.causal_conv(x, k, skip), ops.causal_conv_backward(gy, x, k, skip, True, False)[0],
+                *ops.causal_conv_backward(gy, x, k, skip, True, True))
+
+    fft_size, _, _, segments = causal_conv_plan(L, Lk)
+    taps = min(L, Lk)
+    real = fft_size == 32768  # the real-window plans: 2 x 3M real points instead of 32K
+    if M is not None:  # the plan's window is 4M points (8M real) and the row with its kernel fits 3M (6M)
+        assert segments == 1 and fft_size == (8 if real else 4) * M, (fft_size, segments)
+        assert L + taps - 1 <= (6 if real else 3) * M
+    window, spectrum = (("conv_real_window3_kernel", "real_window_spectrum3_kernel") if real
+                        else ("conv_window3_kernel", "kernel_spectrum3_kernel"))
+    names = _cuda_kernel_names(run)
+    for kernel in (window, spectrum):
+        assert (kernel in names) == (M is not None), (kernel, names)
+    # the real-window backward with grad_k (one channel per block) and its grad_k transform
+    backward = ("conv_real_window3_backward_kernel", "real_window_grad_k3_kernel")
+    for kernel in backward:
+        assert (kernel in names) == (M is not None and real), (kernel, names)
+    if M is not None:
+        assert _template_flags(window, names) == {half}, names
+        assert re.search(rf"{window}<[^<>]*, {M}, ", names), names
+        if real:
+            assert _template_flags(backward[0], names) == {half}, names
+    y, gu_alone, gu, gk = run()
+    ref_y = fft64_reference(u, k, skip)
+    ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
+    assert rel_err(y, ref_y) < 1e-5 and rel_err(gu_alone, ref_gu) < 1e-5 and rel_err(gu, ref_gu) < 1e-5
+    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    # time-strided input (a transposed (B, L, D) activation): the op packs it, same values
+    u_t = u.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not u_t.is_contiguous()
+    assert rel_err(fft_tensor.causal_conv(u_t, k, skip), ref_y) < 1e-5
+    for low in (torch.bfloat16, torch.half):
+        ul, gyl = u.to(low), gy.to(low)
+        exact = fft64_reference(ul.float(), k, skip)
+        yl = fft_tensor.causal_conv(ul, k, skip)
+        assert yl.dtype == low and rel_err(yl, exact) <= rounding_bound(exact, low)
+        gul = ops.causal_conv_backward(gyl, ul, k, skip, True, False)[0]
+        exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
+        assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
+    # launched the ordinary way (no programmatic dependent launch): the same values
+    monkeypatch.setenv("FFT_TENSOR_CONV_PDL", "0")
+    for name, a, b in zip(("y", "grad_u alone"), run()[:2], (y, gu_alone)):
+        assert rel_err(a, b) < 2e-6, (name, rel_err(a, b))
+    monkeypatch.delenv("FFT_TENSOR_CONV_PDL")
+    # switched off: the power-of-two windows, the same values to float32 rounding (another FFT size)
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "0")
+    names = _cuda_kernel_names(run)
+    assert "3_kernel<" not in names, names
+    for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k"), run(), (y, gu_alone, gu, gk)):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-5, (name, rel_err(a, b))
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "on")
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1 \(or unset\), got 'on'"):
+        fft_tensor.causal_conv(u, k, skip)
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1 \(or unset\), got 'on'"):
+        ops.causal_conv_backward(gy, u, k, skip, True, False)
+
+
 # The fused backward (FFT_TENSOR_CONV_FUSED_BACKWARD, on by default): both gradients of a one-window plan
 # of up to 8192 points in one kernel, grad_u as a correlation with conj(K). Shapes: half windows
 # (L <= N/2) and full ones (L > N/2, window start 0 with N >= L + taps - 1), N from 512 to 8192, taps
@@ -1609,20 +1694,20 @@ def test_cuda_fwd_bwd_peak_memory(L, dtype, monkeypatch):
 # DIRECT_MAX_TAPS are common.h's, read by the CPU too), as README's switch table lists them.
 CUDA_CONV_SWITCHES = ("PDL", "HALF", "TC", "CLUSTERS", "CLUSTER_PADDED", "REAL_WINDOW", "REAL_WINDOW_REGS",
                       "FOURSTEP", "FOURSTEP_MB", "DIRECT_MAX_TAPS", "MMA", "CHANNELS_LAST", "FUSED_BACKWARD",
-                      "GRAD_K_GROUPS")
+                      "GRAD_K_GROUPS", "RADIX3")
 
 
 def test_conv_switches_listed_where_documented():
     """The switches the CUDA source reads are exactly this list, and README's table has a row for each."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "csrc", "causal_conv", "cuda.cu")) as f:
-        read = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)"', f.read()))
+        read = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z0-9_]+)"', f.read()))
     with open(os.path.join(root, "csrc", "causal_conv", "common.h")) as f:
-        shared = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)', f.read()))
+        shared = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z0-9_]+)', f.read()))
     assert shared == {"MIN_WINDOW", "DIRECT_MAX_TAPS"}, shared  # read by the CPU too
     assert read | shared == set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW"}, read ^ set(CUDA_CONV_SWITCHES)
     with open(os.path.join(root, "csrc", "causal_conv", "cpu_direct.h")) as f:
-        assert set(re.findall(r'"FFT_TENSOR_CONV_([A-Z_]+)"', f.read())) == {"CPU_LANES"}  # the CPU's own
+        assert set(re.findall(r'"FFT_TENSOR_CONV_([A-Z0-9_]+)"', f.read())) == {"CPU_LANES"}  # the CPU's own
     # read in one place only: cuda.cu's env_choice and env_int (a getenv elsewhere would bypass
     # ConvSwitches), and common.h's min_window and direct_max_taps (which the CPU's plan and direct
     # path read too; ConvSwitches takes DIRECT_MAX_TAPS from there)
@@ -1632,7 +1717,7 @@ def test_conv_switches_listed_where_documented():
             assert f.read().count("getenv(") == {"cuda.cu": 2, "common.h": 2, "cpu_direct.h": 1}.get(name, 0), name
     with open(os.path.join(root, "README.md")) as f:
         table = f.read().split("| `FFT_TENSOR_CONV_...` |", 1)[1].split("\n\n", 1)[0]
-    rows = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.M))
+    rows = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", table, flags=re.M))
     documented = set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW", "CPU_LANES"}
     assert rows == documented, rows ^ documented
 

@@ -56,6 +56,7 @@
 #include "fft_kernels.cuh"
 #include "fourstep.cuh"
 #include "layout.cuh"
+#include "radix3.cuh"
 #include "tc_window.cuh"
 
 namespace fft_tensor {
@@ -131,6 +132,7 @@ struct ConvSwitches {
   bool channels_last;           // CHANNELS_LAST: the tiled direct kernels (use_tiled)
   bool fused_backward;          // FUSED_BACKWARD: both gradients of a one-window plan in one kernel (use_backward_pairs)
   int64_t grad_k_groups;        // GRAD_K_GROUPS: grad_k's blocks per channel, 0 = the rule (grad_k_groups)
+  bool radix3;                  // RADIX3: windows of 3 x 2^m points (radix3_window)
 
   static ConvSwitches from_env() {
     ConvSwitches w;
@@ -158,6 +160,7 @@ struct ConvSwitches {
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
     w.fused_backward = env_flag("FFT_TENSOR_CONV_FUSED_BACKWARD", true);
     w.grad_k_groups = env_int("FFT_TENSOR_CONV_GRAD_K_GROUPS", 1, 4096, 0);
+    w.radix3 = env_flag("FFT_TENSOR_CONV_RADIX3", false);
     return w;
   }
 };
@@ -304,6 +307,103 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
                                         reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s));
     });
   });
+}
+
+// ---- windows of N = 3M points (radix3.cuh)
+
+// FFT_TENSOR_CONV_RADIX3: 1 = a one-window plan of 4096, 8192 or 16384 points whose row and kernel fit
+// three quarters of it (L + taps - 1 <= 3N/4: Lk = L from 1025 to 1536, 2049 to 3072, 4097 to 6144) runs
+// its forward, and grad_u where that is computed by the window kernel (frozen taps, or beside the one-row
+// grad_k kernel at 16384 points), on windows of 3N/4 points; unset, empty or 0 = the power-of-two windows.
+// On the real-window plans (32K real points) see radix3_real_window.
+// Off until measured: the kernels were compiled for sm_90 and checked by emulation here, not yet run on a GPU
+// (RESULTS.md, thirty-third session). Returns M (the window is 3M points), 0 when the plan does not take it.
+int radix3_window(const ConvShape& s, const ConvSwitches& sw) {
+  if (!sw.radix3 || s.nseg != 1 || s.N < 4096 || s.N > kMaxFusedFFT) return 0;
+  const int M = s.N / 4;
+  return s.L + s.taps - 1 <= 3 * M ? M : 0;
+}
+
+// The plan's shape on the 3M-point window (logN: log2 M, what dispatch_radix3 takes).
+ConvShape radix3_shape(const ConvShape& s, int M) {
+  ConvShape r = s;
+  r.N = 3 * M;
+  r.logN = 0;
+  while ((1 << r.logN) < M) ++r.logN;
+  return r;
+}
+
+template <typename F>
+void dispatch_radix3(int logM, F&& f) {
+  if (logM == 10) return f(std::integral_constant<int, 1024>{});
+  if (logM == 11) return f(std::integral_constant<int, 2048>{});
+  if (logM == 12) return f(std::integral_constant<int, 4096>{});
+  TORCH_CHECK(false, "causal_conv: no radix-3 window kernel for M = 2^", logM);
+}
+
+// kernel_spectrum on the 3M-point window: (D, 3M/2 + 1) complex64, scaled by 1/(3M).
+at::Tensor kernel_spectrum3(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s3) {
+  const int64_t D = k.size(0);
+  const SpectrumTaps taps = spectrum_taps(k, skip, s3.taps);
+  at::Tensor K = at::empty({D, s3.N / 2 + 1}, k.options().dtype(at::kComplexFloat));
+  if (D == 0) return K;
+  TORCH_CHECK(2 * s3.taps <= s3.N, "causal_conv: internal: a radix-3 plan with more than N/2 taps");
+  dispatch_radix3(s3.logN, [&](auto size) {
+    constexpr int M = decltype(size)::value;
+    const auto kernel = kernel_spectrum3_kernel<M>;
+    const size_t bytes = radix3::smem_bytes<M>();
+    allow_smem(kernel, bytes);
+    kernel<<<(unsigned)((D + 1) / 2), radix3::threads<M>(), bytes, at::cuda::getCurrentCUDAStream()>>>(
+        taps.taps, D, reinterpret_cast<float2*>(K.data_ptr()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return K;
+}
+
+// launch_conv_windows on the 3M-point window (same contract on K, x and y: K comes from kernel_spectrum3
+// launched just before).
+template <bool kReverse>
+void launch_conv_windows3(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s3,
+                          const ConvSwitches& sw) {
+  const int64_t blocks = s3.D * s3.npairs;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
+  TORCH_CHECK(s3.nseg == 1 && s3.L + s3.taps - 1 <= s3.N, "causal_conv: internal: a radix-3 window that does not hold the row");
+  const bool pdl = conv_pdl(s3, sw), half = sw.half && 2 * s3.L <= s3.N;
+  dispatch_io_type(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    dispatch_radix3(s3.logN, [&](auto size) {
+      constexpr int M = decltype(size)::value;
+      const auto kernel = half ? conv_window3_kernel<scalar_t, kReverse, M, true>
+                               : conv_window3_kernel<scalar_t, kReverse, M, false>;
+      const size_t bytes = radix3::smem_bytes<M>();
+      allow_smem(kernel, bytes);
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr.val.programmaticStreamSerializationAllowed = 1;
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3((unsigned)blocks);
+      cfg.blockDim = dim3(radix3::threads<M>());
+      cfg.dynamicSmemBytes = bytes;
+      cfg.stream = at::cuda::getCurrentCUDAStream();
+      cfg.attrs = &attr;
+      cfg.numAttrs = pdl ? 1 : 0;
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x.data_ptr<scalar_t>(),
+                                        reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s3));
+    });
+  });
+}
+
+// The window convolution of a fused one-window plan: on the 3M-point window where radix3_window takes
+// it, else launch_conv_windows with kernel_spectrum.
+template <bool kReverse>
+void conv_windows(const at::Tensor& x, const at::Tensor& k, const c10::optional<at::Tensor>& skip, at::Tensor& y,
+                  const ConvShape& s, const ConvSwitches& sw) {
+  if (const int M = radix3_window(s, sw)) {
+    const ConvShape s3 = radix3_shape(s, M);
+    launch_conv_windows3<kReverse>(x, kernel_spectrum3(k, skip, s3), y, s3, sw);
+  } else {
+    launch_conv_windows<kReverse>(x, kernel_spectrum(k, skip, s), y, s, sw);
+  }
 }
 
 // ---- the tensor-core window kernel (tc_window.cuh)
@@ -883,6 +983,102 @@ void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y
   });
 }
 
+// FFT_TENSOR_CONV_RADIX3 on the real-window plans (32K real points): where L + taps - 1 <= 24576 (Lk = L
+// from 8193 to 12288) the forward, grad_u alone (conv_real_window3_kernel) and the backward with grad_k
+// (conv_real_window3_backward_kernel, real_window_grad_k3_kernel; where REAL_WINDOW sends it to the
+// real-window kernels) take 24576 real points: 12288 complex in three groups.
+constexpr int kRadix3RealM = kRealWindowN / 4;
+bool radix3_real_window(const ConvShape& s, const ConvSwitches& sw) {
+  return sw.radix3 && s.nseg == 1 && s.N == 2 * kRealWindowN && s.L + s.taps - 1 <= 6 * kRadix3RealM;
+}
+
+// (channels, 3M + 1) spectrum of channels d0.. for the radix-3 real-window kernels (real_window_spectrum's
+// bins and scale on 6M real points).
+at::Tensor real_window_spectrum3(const SpectrumTaps& taps, int64_t d0, int64_t channels,
+                                 const at::TensorOptions& opts) {
+  constexpr int M = kRadix3RealM;
+  TORCH_CHECK(taps.taps.taps <= 3 * M, "causal_conv: internal: a radix-3 real window with more than N taps");
+  at::Tensor Kr = at::empty({channels, 3 * M + 1}, opts.dtype(at::kComplexFloat));
+  if (channels == 0) return Kr;
+  KernelTaps t = taps.taps;
+  t.k += d0 * t.k_stride;
+  if (t.skip != nullptr) t.skip += d0 * t.skip_stride;
+  const size_t bytes = radix3::smem_bytes<M>();
+  allow_smem(real_window_spectrum3_kernel<M>, bytes);
+  real_window_spectrum3_kernel<M><<<(unsigned)channels, radix3::threads<M>(), bytes,
+                                    at::cuda::getCurrentCUDAStream()>>>(t, reinterpret_cast<float2*>(Kr.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return Kr;
+}
+
+at::Tensor real_window_spectrum3(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
+  return real_window_spectrum3(spectrum_taps(k, skip, s.taps), 0, s.D, k.options());
+}
+
+// real_window_backward on 6M real points (radix3_real_window): the same chunks, spectra, sums and grad_k.
+void real_window_backward3(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& k,
+                           const c10::optional<at::Tensor>& skip, at::Tensor grad_u_out, at::Tensor& grad_k,
+                           const ConvShape& s, int64_t chunk, const ConvSwitches& sw) {
+  constexpr int M = kRadix3RealM, N = 3 * M;
+  const bool need_u = grad_u_out.defined();
+  TORCH_CHECK(grad_k.scalar_type() == at::kFloat && grad_k.stride(1) == 1, "causal_conv: internal: grad_k layout");
+  const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
+  const auto cf = u.options().dtype(at::kComplexFloat);
+  at::Tensor C = at::empty({chunk, N + 1}, cf), U_scratch = at::empty({chunk, N + 1}, cf);
+  const size_t bytes = radix3::smem_bytes<M>();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const bool half = sw.half && s.L <= N;
+  for (int64_t d0 = 0; d0 < s.D; d0 += chunk) {
+    const int64_t n = std::min(chunk, s.D - d0);
+    const at::Tensor Kr = need_u ? real_window_spectrum3(taps, d0, n, k.options()) : at::Tensor();
+    dispatch_io_type(u.scalar_type(), [&](auto tag) {
+      using scalar_t = decltype(tag);
+      using Kernel = decltype(&conv_real_window3_backward_kernel<scalar_t, M, true, true>);
+      const Kernel kernels[2][2] = {  // [need_u][half]
+          {conv_real_window3_backward_kernel<scalar_t, M, false, false>,
+           conv_real_window3_backward_kernel<scalar_t, M, false, true>},
+          {conv_real_window3_backward_kernel<scalar_t, M, true, false>,
+           conv_real_window3_backward_kernel<scalar_t, M, true, true>}};
+      const Kernel kernel = kernels[need_u][half];
+      allow_smem(kernel, bytes);
+      kernel<<<(unsigned)n, radix3::threads<M>(), bytes, stream>>>(
+          gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+          need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
+          need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
+          reinterpret_cast<float2*>(U_scratch.data_ptr()), s, d0);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    allow_smem(real_window_grad_k3_kernel<M>, bytes);
+    real_window_grad_k3_kernel<M><<<(unsigned)n, radix3::threads<M>(), bytes, stream>>>(
+        reinterpret_cast<const float2*>(C.data_ptr()), grad_k.data_ptr<float>() + d0 * grad_k.stride(0),
+        grad_k.stride(0), (int)s.taps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+// The one-row real-window convolution (forward, or grad_u alone with kReverse): on 24576 real points where
+// radix3_real_window takes it, else launch_real_window with its spectrum.
+template <bool kReverse>
+void real_windows(const at::Tensor& x, const at::Tensor& k, const c10::optional<at::Tensor>& skip, at::Tensor& y,
+                  const ConvShape& s, const ConvSwitches& sw) {
+  if (!radix3_real_window(s, sw)) return launch_real_window<kReverse>(x, real_window_spectrum(k, skip, s), y, s, sw);
+  constexpr int M = kRadix3RealM;
+  const at::Tensor Kr = real_window_spectrum3(k, skip, s);
+  const int64_t blocks = s.B * s.D;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many rows (", std::to_string(blocks), ") for one launch");
+  const bool half = sw.half && s.L <= 3 * M;
+  const size_t bytes = radix3::smem_bytes<M>();
+  dispatch_io_type(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto kernel = half ? conv_real_window3_kernel<scalar_t, kReverse, M, true>
+                             : conv_real_window3_kernel<scalar_t, kReverse, M, false>;
+    allow_smem(kernel, bytes);
+    kernel<<<(unsigned)blocks, radix3::threads<M>(), bytes, at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(Kr.data_ptr()), y.data_ptr<scalar_t>(), s);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 // Four-step path (fourstep.cuh): one-window plans of 32K to 4M points through a global workspace.
 constexpr int64_t kMaxFourStepFFT = int64_t(1) << 22;
 
@@ -1298,9 +1494,9 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   if (fused && use_tc_window(uc, plan, sw)) {
     launch_tc_window(uc, kernel_spectrum(k, skip, s), y, s);
   } else if (fused) {
-    launch_conv_windows<false>(uc, kernel_spectrum(k, skip, s), y, s, sw);
+    conv_windows<false>(uc, k, skip, y, s, sw);
   } else if (real_window) {
-    launch_real_window<false>(uc, real_window_spectrum(k, skip, s), y, s, sw);
+    real_windows<false>(uc, k, skip, y, s, sw);
   } else if (fourstep) {
     const int64_t u_bytes = uc.numel() * uc.element_size();
     launch_fourstep(uc, fourstep_spectrum(k, skip, s, u_bytes, sw), y, s, sw);
@@ -1339,14 +1535,15 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
                                : at::empty({0}, u.options());
     at::Tensor grad_k = at::empty({0}, k.options());
     if (!need_k) {  // grad_u alone (frozen taps): the forward kernel run backwards in time
-      if (gy.numel() > 0) launch_real_window<true>(gy, real_window_spectrum(k, skip, s), grad_u, s, sw);
+      if (gy.numel() > 0) real_windows<true>(gy, k, skip, grad_u, s, sw);
       return {grad_u, grad_k};
     }
     // the kernels write every tap in use; taps past L stay zero
     grad_k = plan.taps == Lk && u.numel() > 0 ? at::empty({D, Lk}, k.options()) : at::zeros({D, Lk}, k.options());
     if (u.numel() > 0) {
-      real_window_backward(gy, layout::rows_contiguous(u), k, skip, need_u ? grad_u : at::Tensor(), grad_k, s,
-                           real_window_chunk, sw);
+      const auto backward = radix3_real_window(s, sw) ? real_window_backward3 : real_window_backward;
+      backward(gy, layout::rows_contiguous(u), k, skip, need_u ? grad_u : at::Tensor(), grad_k, s, real_window_chunk,
+               sw);
     } else if (need_u) {
       grad_u.zero_();
     }
@@ -1419,7 +1616,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
       launch_conv_direct<true>(gy, effective_kernel(k, skip, plan.taps).to(at::kFloat).contiguous(), grad_u,
                                (int)plan.taps);
     } else if (fused) {
-      launch_conv_windows<true>(gy, kernel_spectrum(k, skip, s), grad_u, s, sw);
+      conv_windows<true>(gy, k, skip, grad_u, s, sw);
     } else {
       const int C = cluster_blocks(plan);
       launch_conv_clusters<true>(gy, kernel_spectrum_clusters(k, skip, s, C), grad_u, s, C, sw);

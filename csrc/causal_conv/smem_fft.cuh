@@ -111,11 +111,11 @@ __host__ __device__ constexpr int last_radix(int n) { return n > 16 ? last_radix
 //   writes elements (q - q mod Ns)*R + q mod Ns + r*Ns  (store_pass).
 // x is flat: butterfly b's R values are x[b*R .. b*R + R).
 template <int N, int R>
-__device__ __forceinline__ void load_pass(const float2* data, float2 (&x)[kElemsPerThread]) {
+__device__ __forceinline__ void load_pass(const float2* data, float2 (&x)[kElemsPerThread], int t = threadIdx.x) {
   constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread, NR = N / R;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
-    const float2* p = data + pad(threadIdx.x + b * T);
+    const float2* p = data + pad(t + b * T);
 #pragma unroll
     for (int r = 0; r < R; ++r) x[b * R + r] = p[padded_offset(r * NR)];
   }
@@ -133,7 +133,7 @@ __device__ __forceinline__ void twiddle_by_powers(float2 (&x)[R], float2 w) {
 }
 
 template <int N, int R, int Ns>
-__device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
+__device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread], int t = threadIdx.x) {
   constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread;
   // The last pass of radix R < 16 (Ns * R == N) has several butterflies per thread, q = t + b*T < Ns:
   // butterfly b's twiddle base exp(-2 pi i q / N) is thread t's times the constant root16(b) (T / N =
@@ -142,7 +142,7 @@ __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
   float2 w0 = make_float2(1.f, 0.f);
   if constexpr (kSharedBase) {
     float s, c;
-    sincospif((float)threadIdx.x * (-2.f / (float)N), &s, &c);
+    sincospif((float)t * (-2.f / (float)N), &s, &c);
     w0 = make_float2(c, s);
   }
 #pragma unroll
@@ -151,7 +151,7 @@ __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
     if constexpr (kSharedBase) {
       twiddle_by_powers(xb, b == 0 ? w0 : mul_root16(w0, b));
     } else if constexpr (Ns > 1) {
-      const int k = (threadIdx.x + b * T) & (Ns - 1);
+      const int k = (t + b * T) & (Ns - 1);
       float s, c;
       sincospif((float)k * (-2.f / (float)(Ns * R)), &s, &c);  // exact argument: Ns * R is a power of two
       twiddle_by_powers(xb, make_float2(c, s));
@@ -161,11 +161,11 @@ __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread]) {
 }
 
 template <int N, int R, int Ns>
-__device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElemsPerThread]) {
+__device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElemsPerThread], int t = threadIdx.x) {
   constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
-    const int q = threadIdx.x + b * T;
+    const int q = t + b * T;
     const int k = q & (Ns - 1);
     float2* p = data + pad((q - k) * R + k);
 #pragma unroll
@@ -175,21 +175,21 @@ __device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElem
 
 // One whole Stockham pass of radix R over data[0..N), Ns = product of the radices already applied.
 template <int N, int R, int Ns>
-__device__ __forceinline__ void pass(float2* data) {
+__device__ __forceinline__ void pass(float2* data, int t = threadIdx.x) {
   float2 x[kElemsPerThread];
-  load_pass<N, R>(data, x);
+  load_pass<N, R>(data, x, t);
   __syncthreads();
-  compute_pass<N, R, Ns>(x);
-  store_pass<N, R, Ns>(data, x);
+  compute_pass<N, R, Ns>(x, t);
+  store_pass<N, R, Ns>(data, x, t);
   __syncthreads();
 }
 
 // Radix-16 passes for Ns = Ns0, 16*Ns0, ... while Ns < NsEnd.
 template <int N, int Ns, int NsEnd>
-__device__ __forceinline__ void radix16_passes(float2* data) {
+__device__ __forceinline__ void radix16_passes(float2* data, int t = threadIdx.x) {
   if constexpr (Ns < NsEnd) {
-    pass<N, 16, Ns>(data);
-    radix16_passes<N, Ns * 16, NsEnd>(data);
+    pass<N, 16, Ns>(data, t);
+    radix16_passes<N, Ns * 16, NsEnd>(data, t);
   }
 }
 
@@ -214,19 +214,19 @@ __device__ __forceinline__ void fft(float2* data) {
 // kHalf: z[n] = 0 for n >= N/2 (a row that fills at most the first half of its window): load is
 // called for n < N/2 only and the first pass's first radix-2 stage is skipped (one stage of log2 N).
 template <int N, bool kInPlace = false, bool kHalf = false, typename Load>
-__device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElemsPerThread], Load load) {
+__device__ __forceinline__ void fft_to_registers(float2* data, float2 (&x)[kElemsPerThread], Load load,
+                                                 int q = threadIdx.x) {
   constexpr int Rl = last_radix(N), N16 = N / 16;
-  const int q = threadIdx.x;
 #pragma unroll
   for (int r = 0; r < 16; ++r) x[r] = !kHalf || r < 8 ? load(q + r * N16) : make_float2(0.f, 0.f);
   if (kInPlace) __syncthreads();
   if constexpr (kHalf) dft16_upper_zero(x);  // pass 1: radix 16, Ns = 1, no twiddles
   else dft<16>(x);
-  store_pass<N, 16, 1>(data, x);
+  store_pass<N, 16, 1>(data, x, q);
   __syncthreads();
-  radix16_passes<N, 16, N / Rl>(data);  // middle passes
-  load_pass<N, Rl>(data, x);            // last pass: radix Rl, Ns = N/Rl
-  compute_pass<N, Rl, N / Rl>(x);
+  radix16_passes<N, 16, N / Rl>(data, q);  // middle passes
+  load_pass<N, Rl>(data, x, q);            // last pass: radix Rl, Ns = N/Rl
+  compute_pass<N, Rl, N / Rl>(x, q);
 }
 
 // Bin q + c of the spectrum of a real sequence given by its half K[0..N/2]: K[f] or conj(K[N-f]).
@@ -272,17 +272,17 @@ __device__ __forceinline__ void pdl_wait() {
 // kHalf: only outputs n < N/2 are wanted, so store is called for r = 0..7 only; the other half of the
 // last pass's last radix-2 stage is then dead code.
 template <int N, bool kInPlace = false, bool kHalf = false, typename Store>
-__device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)[kElemsPerThread], Store store) {
+__device__ __forceinline__ void inverse_from_registers(float2* data, float2 (&x)[kElemsPerThread], Store store,
+                                                       int q = threadIdx.x) {
   constexpr int Rl = last_radix(N), N16 = N / 16;
-  const int q = threadIdx.x;
-  compute_pass<N, Rl, 1>(x);
-  store_pass<N, Rl, 1>(data, x);
+  compute_pass<N, Rl, 1>(x, q);
+  store_pass<N, Rl, 1>(data, x, q);
   __syncthreads();
-  radix16_passes<N, Rl, N16>(data);  // middle passes of the inverse
+  radix16_passes<N, Rl, N16>(data, q);  // middle passes of the inverse
   // last inverse pass (radix 16, Ns = N/16): butterfly q writes outputs q + r*N/16, straight out
-  load_pass<N, 16>(data, x);
+  load_pass<N, 16>(data, x, q);
   if (kInPlace) __syncthreads();
-  compute_pass<N, 16, N16>(x);
+  compute_pass<N, 16, N16>(x, q);
 #pragma unroll
   for (int r = 0; r < (kHalf ? 8 : 16); ++r) store(q + r * N16, x[r]);
 }

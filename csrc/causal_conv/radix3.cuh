@@ -1,0 +1,433 @@
+// causal_conv windows of N = 3M points (M = 2^m: N = 3072, 6144 or 12288) for one-window plans whose row
+// and kernel fit three quarters of the plan's power-of-two window (L + taps - 1 <= 3/4 of 4096, 8192 or
+// 16384: Lk = L from 1025 to 1536, 2049 to 3072 and 4097 to 6144). Those lengths pay for 4/3 the points
+// they need in the power-of-two kernels, while the torch.fft reference's 3 x 2^k-point FFT costs about what
+// its size says (RESULTS.md, thirty-second session: forward+backward 2.85x the reference at L = 6144 fp32).
+// Behind FFT_TENSOR_CONV_RADIX3 (cuda.cu) until measured on a GPU.
+//
+// One block of 3 * M/16 threads per row pair (conv_window_kernel's packing, z = u[b] + i u[b+1]), in three
+// groups of M/16 threads; thread t of group g. By decimation in time,
+//   X[k + jM] = F_0[k] + W_N^k W_3^j F_1[k] + W_N^2k W_3^2j F_2[k],   F_r = DFT_M(z[3n + r]),  k < M, j < 3,
+// so group r runs smem_fft's M-point transform on z[3n + r] (read straight from global memory) in its own
+// third of shared memory. fft_to_registers leaves bin t + b*M/16 + i*M/Rl of F_r in register slot b*Rl + i
+// whatever the group, so after one exchange through shared memory thread (t, j) forms X[k + jM] for the
+// same bins k: group j owns the bins [jM, (j + 1)M). The product with the kernel's spectrum (bins 0..N/2
+// stored, scaled 1/N) and the inverse as the forward DFT of the conjugate (fused_conv's convention), by
+// decimation in frequency:
+//   out[3n + r] = DFT_M over k of b_r[k],   b_r[k] = W_N^kr (a[k] + W_3^r a[k + M] + W_3^2r a[k + 2M]),
+// one more exchange, then group r's M-point inverse pass chain writes outputs 3n + r straight to global
+// memory. kHalf (L <= N/2, every Lk = L plan): z[3n + r] = 0 for n >= M/2 and only outputs n < N/2 are
+// wanted, i.e. n < M/2 in every group, so smem_fft's kHalf forms apply per group as they are.
+// benchmarks/emulate_radix3_window.py checks this decomposition in float64 with numpy.
+#pragma once
+#include "fft_kernels.cuh"
+#include "smem_fft.cuh"
+
+namespace fft_tensor {
+namespace {
+namespace radix3 {
+
+using smem_fft::last_radix;
+using smem_fft::padded_size;
+
+// cos(2 pi m / 48) for a compile-time m in [0, 24] (after unrolling: an immediate).
+__device__ __forceinline__ float cos48(int m) {
+  const int a = m > 12 ? 24 - m : m;
+  const float v = a == 0 ? 1.f : a == 1 ? 0.99144486f : a == 2 ? 0.96592583f : a == 3 ? 0.92387953f
+                : a == 4 ? 0.86602540f : a == 5 ? 0.79335334f : a == 6 ? 0.70710678f : a == 7 ? 0.60876143f
+                : a == 8 ? 0.5f : a == 9 ? 0.38268343f : a == 10 ? 0.25881905f : a == 11 ? 0.13052619f : 0.f;
+  return m > 12 ? -v : v;
+}
+// exp(-2 pi i m / 48), m in [0, 16): the twiddle W_N^c of the bin offset c = m * M/16 (N = 3M).
+__device__ __forceinline__ float2 root48(int m) {
+  return make_float2(cos48(m), -cos48(m > 12 ? m - 12 : 12 - m));
+}
+// W_3^g = exp(-2 pi i g / 3), g in {0, 1, 2}.
+__device__ __forceinline__ float2 root3(int g) {
+  return g == 0 ? make_float2(1.f, 0.f) : make_float2(-0.5f, g == 1 ? -0.86602540f : 0.86602540f);
+}
+
+// W_N^t for thread t, N = 3M.
+template <int M>
+__device__ __forceinline__ float2 thread_root(int t) {
+  float s, c;
+  sincospif((float)t * (-2.f / (float)(3 * M)), &s, &c);
+  return make_float2(c, s);
+}
+
+template <int M>
+constexpr int threads() { return 3 * M / kElemsPerThread; }
+template <int M>
+constexpr size_t smem_bytes() { return (size_t)3 * padded_size(M) * sizeof(float2); }
+
+// Blocks per SM for the launch bound: 768 threads per SM (80 registers) at every M. At the pair window
+// kernel's 1024 (64 registers) the M = 1024 kernel spilled 128-208 bytes (ptxas, sm_90), at 768 it spills
+// less; which is faster is for the device to say.
+template <int M>
+constexpr int min_blocks() {
+  constexpr int b = 768 / threads<M>();
+  return b < 1 ? 1 : b;
+}
+
+// The thread's bins and their twiddle index: slot b*Rl + i holds bin t + c with c = b*M/16 + i*M/Rl,
+// and c = m * M/16 for m = b + i*16/Rl < 16.
+template <int M>
+struct Slots {
+  static constexpr int Rl = last_radix(M), M16 = M / kElemsPerThread, MR = M / Rl, kBfly = kElemsPerThread / Rl;
+  static __device__ __forceinline__ constexpr int offset(int slot) { return (slot / Rl) * M16 + (slot % Rl) * MR; }
+  static __device__ __forceinline__ constexpr int m(int slot) { return slot / Rl + (slot % Rl) * (16 / Rl); }
+  // pad(t + offset(slot)) = pad(t) + padded(slot): offset is a multiple of M/16 >= 64 (smem_fft's
+  // padded_offset rule), so a thread's 16 addresses are one register plus immediates
+  static __device__ __forceinline__ constexpr int padded(int slot) { return smem_fft::padded_offset(offset(slot)); }
+};
+
+// X[k + gM] of the window z[0..3M) given by load(n) for the 16 bins k of thread (t, g), in the slots
+// fft_to_registers uses. kHalf: z[n] = 0 for n >= 3M/2 (load is called for n < 3M/2 only). Starts
+// without a barrier (the first pass writes the group's third of shared memory at once) and ends after
+// reading every third: the caller's barrier must come before shared memory is written again.
+template <int M, bool kHalf, typename Load>
+__device__ __forceinline__ void forward3(float2* smem, float2 (&x)[kElemsPerThread], Load load, int t, int g) {
+  using S = Slots<M>;
+  constexpr int padM = padded_size(M);
+  float2* own = smem + g * padM;
+  smem_fft::fft_to_registers<M, false, kHalf>(own, x, [&](int n) { return load(3 * n + g); }, t);
+  // F_g to its third in natural order. No barrier first: the last pass loaded slot i from exactly
+  // own[pad(t + offset(i))], so each thread overwrites only what it read itself (a review's emulation
+  // checked it for every thread).
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) own[pad(t) + S::padded(i)] = x[i];
+  __syncthreads();
+  const float2 wt = cmul(thread_root<M>(t), root3(g));  // W_N^t W_3^g
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) {
+    const int p = pad(t) + S::padded(i);
+    const float2 c1 = cmul(wt, root48(S::m(i)));  // W_N^k W_3^g
+    const float2 c2 = cmul(c1, c1);               // W_N^2k W_3^2g
+    x[i] = cadd(smem[p], cadd(cmul(c1, smem[padM + p]), cmul(c2, smem[2 * padM + p])));
+  }
+}
+
+// The inverse: x holds a[k + gM] in forward3's slots; out[n] = sum_f a[f] W_N^(fn) goes to store(n, v)
+// for n = 3n' + g, n' < M (n' < M/2 with kHalf). Starts with a barrier (forward3's reads of every third
+// come before this writes its own) and leaves shared memory in use (the caller's barrier before reuse).
+template <int M, bool kHalf, typename Store>
+__device__ __forceinline__ void inverse3(float2* smem, float2 (&x)[kElemsPerThread], Store store, int t, int g) {
+  using S = Slots<M>;
+  constexpr int padM = padded_size(M);
+  float2* own = smem + g * padM;
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) own[pad(t) + S::padded(i)] = x[i];
+  __syncthreads();
+  const float2 w3 = root3(g), w3sq = cmul(w3, w3);
+  const float2 wt = thread_root<M>(t);
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) {
+    const int p = pad(t) + S::padded(i);
+    const float2 v = cadd(smem[p], cadd(cmul(w3, smem[padM + p]), cmul(w3sq, smem[2 * padM + p])));
+    const float2 wk = cmul(wt, root48(S::m(i)));  // W_N^k
+    x[i] = g == 0 ? v : g == 1 ? cmul(wk, v) : cmul(cmul(wk, wk), v);  // W_N^kg (g is uniform per warp)
+  }
+  __syncthreads();  // every third has been read before the inverse passes write their own
+  smem_fft::inverse_from_registers<M, false, kHalf>(own, x, [&](int n, float2 v) { store(3 * n + g, v); }, t);
+}
+
+// Bin f of the spectrum of a real sequence given by its half K[0..N/2] (N = 3M): K[f] or conj(K[N - f]).
+// kFromPriorGrid: K may still be being written by the grid before this one (smem_fft::hermitian_bin).
+template <int M, bool kFromPriorGrid>
+__device__ __forceinline__ float2 hermitian_bin3(const float2* K, int f) {
+  constexpr int N = 3 * M;
+  const int i = f <= N / 2 ? f : N - f;
+  const float2 v = kFromPriorGrid ? __ldcg(K + i) : K[i];
+  return f <= N / 2 ? v : conjf2(v);
+}
+
+// exp(-2 pi i m / 96) = W_2N^c for the bin offset c = m * M/16 (2N = 6M real points), m in [0, 16).
+__device__ __forceinline__ float2 root96(int m) {
+  constexpr float kCos96[25] = {1.00000000f, 0.99785892f, 0.99144486f, 0.98078528f, 0.96592583f, 0.94693013f,
+                                0.92387953f, 0.89687274f, 0.86602540f, 0.83146961f, 0.79335334f, 0.75183981f,
+                                0.70710678f, 0.65934582f, 0.60876143f, 0.55557023f, 0.50000000f, 0.44228869f,
+                                0.38268343f, 0.32143947f, 0.25881905f, 0.19509032f, 0.13052619f, 0.06540313f, 0.f};
+  return make_float2(kCos96[m], -kCos96[24 - m]);  // sin(2 pi m/96) = cos(2 pi (24 - m)/96)
+}
+
+// W_2N^(t + gM) (N = 3M): the part of the real-window twiddle W_2N^f, f = t + c + gM, that is not root96.
+template <int M>
+__device__ __forceinline__ float2 real_twiddle_base(int t, int g) {
+  float sn, cs;
+  sincospif((float)t * (-1.f / (float)(3 * M)), &sn, &cs);  // W_2N^t
+  // times W_2N^(gM) = exp(-i pi g / 3)
+  const float2 wg = g == 0 ? make_float2(1.f, 0.f) : make_float2(g == 1 ? 0.5f : -0.5f, -0.86602540f);
+  return cmul(make_float2(cs, sn), wg);
+}
+
+// The real-window step on the 3M-point transform Z of z[n] = x[2n] + i x[2n + 1] (the row's 6M real
+// points), for the 16 bins f = t + c + gM of thread (t, g) whose Z[f] it holds in x (forward3's slots):
+// bin(i, f, tw, X1, X2) with tw = W_2N^f (N = 3M), X1 = 2 X[f], X2 = 2 X[f + N] of the row's 2N-point
+// spectrum (fft_kernels.cuh: real_spectrum_own's formulas); the partner Z[N - f] comes from shared memory,
+// where the caller has stored Z (three thirds, natural order) behind a barrier. bin may overwrite x[i].
+template <int M, typename Bin>
+__device__ __forceinline__ void real_spectrum3(const float2* smem, const float2 (&x)[kElemsPerThread], int t, int g,
+                                               Bin bin) {
+  using S = Slots<M>;
+  constexpr int N = 3 * M, padM = padded_size(M);
+  const float2 wt = real_twiddle_base<M>(t, g);
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) {
+    const int f = t + S::offset(i) + g * M;
+    const int p = f == 0 ? 0 : N - f;  // the partner bin (N - f) mod N
+    const float2 tw = cmul(wt, root96(S::m(i)));
+    // (= smem[pad(p)]: the thirds are contiguous; written per third, ptxas spills less in the backward)
+    const float2 af = x[i], c = conjf2(smem[(p / M) * padM + pad(p % M)]);
+    const float2 P = cadd(af, c), Dd = smem_fft::csub(af, c);
+    const float2 tM = cmul(tw, make_float2(Dd.y, -Dd.x));  // tw * (-i) * (Z[f] - conj(Z[N-f]))
+    bin(i, f, tw, cadd(P, tM), smem_fft::csub(P, tM));
+    asm volatile("" ::: "memory");  // one bin's loads in flight at a time: fewer live registers
+  }
+}
+
+// forward3's slots to shared memory (three thirds, natural order), behind barriers on both sides.
+template <int M>
+__device__ __forceinline__ void slots_to_smem(float2* smem, const float2 (&x)[kElemsPerThread], int t, int g) {
+  using S = Slots<M>;
+  __syncthreads();  // every earlier read of shared memory is done
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) smem[g * padded_size(M) + pad(t) + S::padded(i)] = x[i];
+  __syncthreads();
+}
+
+}  // namespace radix3
+
+// conv_window_kernel on a window of N = 3M points starting at t = 0 (one-window plans: N >= L + taps - 1,
+// so nothing wraps into outputs t < L); kReverse as there. kHalf: L <= N/2. grid: D * npairs blocks of
+// 3M/16 threads, pair fastest; K: (D, N/2 + 1) from kernel_spectrum3_kernel, the kernel launched just
+// before, read as conv_window_kernel's kAfterSpectrum build reads it (one build for both launches: launched
+// the ordinary way, the grid-dependency wait returns at once).
+template <typename scalar_t, bool kReverse, int M, bool kHalf>
+__global__ void __launch_bounds__(radix3::threads<M>(), radix3::min_blocks<M>())
+    conv_window3_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K, scalar_t* __restrict__ y,
+                        ConvShape s) {
+  extern __shared__ float2 smem[];
+  constexpr int N = 3 * M, T = M / kElemsPerThread;
+  using S = radix3::Slots<M>;
+  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  const int64_t blk = blockIdx.x;
+  const int pair = (int)(blk % s.npairs);
+  const int64_t d = blk / s.npairs;
+  const int64_t b0 = 2 * pair, b1 = b0 + 1;
+  const bool has1 = b1 < s.B;
+  const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? (b1 * s.D + d) * s.L : off0;
+  const WindowRows<scalar_t, kReverse> rows(x + off0, x + off1, has1, 0, s.L, N);
+  float2 v[kElemsPerThread];
+  radix3::forward3<M, kHalf>(smem, v, rows, t, g);
+  smem_fft::pdl_wait();
+  const float2* Kd = K + d * (N / 2 + 1);
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i)
+    v[i] = conjf2(cmul(v[i], radix3::hermitian_bin3<M, true>(Kd, t + S::offset(i) + g * M)));
+  scalar_t* y0 = y + off0 + (kReverse ? s.L - 1 : 0);
+  scalar_t* y1 = y + off1 + (kReverse ? s.L - 1 : 0);
+  const int L = (int)s.L;
+  radix3::inverse3<M, kHalf>(
+      smem, v,
+      [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
+        if (n >= L) return;
+        const int i = kReverse ? -n : n;
+        y0[i] = static_cast<scalar_t>(w.x);
+        if (has1) y1[i] = static_cast<scalar_t>(-w.y);
+      },
+      t, g);
+}
+
+// K[d, f] = FFT_N(k_eff[d, :taps])[f] / N for f <= N/2 (N = 3M), two channels per block as
+// kernel_spectrum_kernel (z = k[d0] + i k[d1], split by Hermitian symmetry). taps <= N/2 (every one-window
+// plan), so each group's input has its upper half zero. grid: ceil(D/2) blocks of 3M/16 threads; the
+// window kernel after it may start at once (programmatic dependent launch).
+template <int M>
+__global__ void __launch_bounds__(radix3::threads<M>()) kernel_spectrum3_kernel(KernelTaps k, int64_t D,
+                                                                               float2* __restrict__ K) {
+  extern __shared__ float2 smem[];
+  smem_fft::pdl_launch_dependents();
+  constexpr int N = 3 * M, T = M / kElemsPerThread, padM = smem_fft::padded_size(M);
+  using S = radix3::Slots<M>;
+  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  const int64_t d0 = 2 * (int64_t)blockIdx.x, d1 = d0 + 1;
+  const bool has1 = d1 < D;
+  float2 v[kElemsPerThread];
+  radix3::forward3<M, true>(smem, v, [&](int n) { return make_float2(k(d0, n), has1 ? k(d1, n) : 0.f); }, t, g);
+  __syncthreads();  // every third has been read
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) smem[g * padM + pad(t) + S::padded(i)] = v[i];  // Z[k + gM]
+  __syncthreads();
+  const auto at = [&](int f) { return smem[pad(f)]; };  // the thirds are contiguous: third j at pad(jM) = j padM
+  constexpr int half = N / 2 + 1;
+  constexpr float scale = 0.5f / (float)N;
+  float2* K0 = K + d0 * half;
+  float2* K1 = K + d1 * half;
+  for (int f = threadIdx.x; f < half; f += blockDim.x) {
+    const RealPairBins b = split_real_pair(at(f), at(f == 0 ? 0 : N - f), scale);
+    K0[f] = b.x0;
+    if (has1) K1[f] = b.x1;
+  }
+}
+
+// conv_real_window_kernel on 6M real points (N = 3M complex: 24576 real at M = 4096) for a one-window
+// real-window plan with L + taps - 1 <= 6M: one row per block, z[n] = x[2n] + i x[2n + 1] from t = 0,
+// forward3, the real-spectrum step with Kr (bins 0..N of the 2N-point kernel spectrum, scaled 1/(4N):
+// real_window_spectrum3_kernel), inverse3 writing y[2n] and y[2n + 1]. kReverse as there (grad_u alone);
+// kHalf: L <= N (z[n] = 0 from n = N/2). grid: B * D blocks, batch fastest; 3M/16 threads.
+template <typename scalar_t, bool kReverse, int M, bool kHalf>
+__global__ void __launch_bounds__(radix3::threads<M>(), 1)
+    conv_real_window3_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ Kr, scalar_t* __restrict__ y,
+                             ConvShape s) {
+  extern __shared__ float2 smem[];
+  constexpr int N = 3 * M, T = M / kElemsPerThread;
+  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  const int64_t d = blockIdx.x / s.B, row = (blockIdx.x % s.B) * s.D + d;
+  const int L = (int)s.L;
+  const int64_t first = kReverse ? s.L - 1 : 0;  // sample m lives at first +- m
+  const scalar_t* xr = x + row * s.L + first;
+  scalar_t* yr = y + row * s.L + first;
+  auto sample = [&](int m) { return m < L ? to_float(xr[kReverse ? -m : m]) : 0.f; };
+  const float2* K = Kr + d * (N + 1);
+  float2 v[kElemsPerThread];
+  radix3::forward3<M, kHalf>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); }, t, g);
+  radix3::slots_to_smem<M>(smem, v, t, g);
+  radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2 tw, float2 X1, float2 X2) {
+    v[i] = real_merge_conj(tw, cmul(X1, K[f]), cmul(X2, conjf2(K[N - f])));  // K[f + N] = conj(K[N - f])
+  });
+  radix3::inverse3<M, kHalf>(
+      smem, v,
+      [&](int n, float2 w) {  // w = conj(z'[n]): y at samples 2n and 2n + 1
+        const int m0 = 2 * n, m1 = m0 + 1;
+        if (m0 < L) yr[kReverse ? -m0 : m0] = static_cast<scalar_t>(w.x);
+        if (m1 < L) yr[kReverse ? -m1 : m1] = static_cast<scalar_t>(-w.y);
+      },
+      t, g);
+}
+
+// Kr for conv_real_window3_kernel: bins 0..N of the 2N-point spectrum (N = 3M) of a channel's effective
+// kernel, scaled by 1/(4N), as real_window_spectrum_kernel on the 3M-point transform. taps <= N (one window
+// holds the row), so z[n] = k[2n] + i k[2n + 1] is zero from n = N/2. grid: D blocks of 3M/16 threads.
+template <int M>
+__global__ void __launch_bounds__(radix3::threads<M>(), 1)
+    real_window_spectrum3_kernel(KernelTaps taps, float2* __restrict__ Kr) {
+  extern __shared__ float2 smem[];
+  constexpr int N = 3 * M, T = M / kElemsPerThread;
+  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  const int64_t d = blockIdx.x;
+  float2* K = Kr + d * (N + 1);
+  float2 v[kElemsPerThread];
+  radix3::forward3<M, true>(smem, v, [&](int n) { return make_float2(taps(d, 2 * n), taps(d, 2 * n + 1)); }, t, g);
+  radix3::slots_to_smem<M>(smem, v, t, g);
+  constexpr float scale = 1.f / (8.f * (float)N);
+  radix3::real_spectrum3<M>(smem, v, t, g, [&](int, int f, float2, float2 X1, float2 X2) {
+    K[f] = make_float2(scale * X1.x, scale * X1.y);
+    if (f == 0) K[N] = make_float2(scale * X2.x, scale * X2.y);
+  });
+}
+
+// grad_k from conv_real_window3_backward_kernel's sums C[f] = 4 sum_b G[f] conj(U[f]) (bins 0..N of 2N-point
+// spectra, N = 3M), as real_window_grad_k_kernel: the merge of Y1 = C[f] / (8N), Y2 = conj(C[N - f]) / (8N)
+// for the thread's own bins, inverse3, and grad_k[d, s] for s < taps written straight from the outputs
+// n < N/2 (2n < N covers every tap: taps <= N): the kHalf inverse. One channel per block.
+template <int M>
+__global__ void __launch_bounds__(radix3::threads<M>(), 1)
+    real_window_grad_k3_kernel(const float2* __restrict__ C, float* __restrict__ grad_k, int64_t grad_k_stride,
+                               int taps) {
+  extern __shared__ float2 smem[];
+  constexpr int N = 3 * M, T = M / kElemsPerThread;
+  using S = radix3::Slots<M>;
+  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  const float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
+  float* gk = grad_k + (int64_t)blockIdx.x * grad_k_stride;
+  constexpr float scale = 1.f / (8.f * (float)N);
+  const float2 wt = radix3::real_twiddle_base<M>(t, g);
+  float2 v[kElemsPerThread];
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) {
+    const int f = t + S::offset(i) + g * M;
+    const float2 c1 = Cd[f], c2 = conjf2(Cd[N - f]);
+    v[i] = real_merge_conj(cmul(wt, radix3::root96(S::m(i))), make_float2(scale * c1.x, scale * c1.y),
+                           make_float2(scale * c2.x, scale * c2.y));
+  }
+  radix3::inverse3<M, true>(
+      smem, v,
+      [&](int n, float2 w) {  // w = conj(z'[n]), z'[n] = grad_k[2n] + i grad_k[2n + 1]
+        if (2 * n < taps) gk[2 * n] = w.x;
+        if (2 * n + 1 < taps) gk[2 * n + 1] = -w.y;
+      },
+      t, g);
+}
+
+// conv_real_window_backward_kernel (its register variant) on 6M real points: one channel per block over its
+// B rows, rows read from t = 0 (2N = 6M >= L + taps - 1: nothing wraps). Per row: U = the spectrum of u[b]
+// into U_scratch (each bin written and read back by the thread that owns it), G = the spectrum of gy[b],
+// C[f] += G[f] conj(U[f]) for f = 0..N (the first row writes), and with kNeedU grad_u[b] = the inverse of
+// G conj(K). grid: the chunk's channels d0, d0 + 1, ...; Kr, C and U_scratch (chunk, N + 1); 3M/16 threads.
+template <typename scalar_t, int M, bool kNeedU, bool kHalf>
+__global__ void __launch_bounds__(radix3::threads<M>(), 1)
+    conv_real_window3_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
+                                      const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
+                                      float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s,
+                                      int64_t d0) {
+  extern __shared__ float2 smem[];
+  constexpr int N = 3 * M, T = M / kElemsPerThread;
+  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  const int64_t d = d0 + blockIdx.x;
+  const int L = (int)s.L;
+  const float2* K = Kr + (int64_t)blockIdx.x * (N + 1);
+  float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
+  float2* Ud = U_scratch + (int64_t)blockIdx.x * (N + 1);
+  for (int64_t b = 0; b < s.B; ++b) {
+    const int64_t off = (b * s.D + d) * s.L;
+    const scalar_t* ur = u + off;
+    const scalar_t* gr = gy + off;
+    scalar_t* yr = kNeedU ? grad_u + off : nullptr;
+    const bool first_row = b == 0;
+    float2 v[kElemsPerThread];
+    __syncthreads();  // the previous row's last reads of shared memory are done
+    radix3::forward3<M, kHalf>(
+        smem, v,
+        [&](int n) {
+          return make_float2(2 * n < L ? to_float(ur[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(ur[2 * n + 1]) : 0.f);
+        },
+        t, g);
+    radix3::slots_to_smem<M>(smem, v, t, g);
+    radix3::real_spectrum3<M>(smem, v, t, g, [&](int, int f, float2, float2 X1, float2 X2) {
+      Ud[f] = X1;
+      if (f == 0) Ud[N] = X2;
+    });
+    __syncthreads();  // every partner has been read before the next transform writes shared memory
+    radix3::forward3<M, kHalf>(
+        smem, v,
+        [&](int n) {
+          return make_float2(2 * n < L ? to_float(gr[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(gr[2 * n + 1]) : 0.f);
+        },
+        t, g);
+    radix3::slots_to_smem<M>(smem, v, t, g);
+    radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2 tw, float2 X1, float2 X2) {
+      const float2 p = cmul(X1, conjf2(Ud[f]));  // C[f] += G[f] conj(U[f]), bin N with bin 0
+      Cd[f] = first_row ? p : cadd(Cd[f], p);
+      if (f == 0) {
+        const float2 pN = cmul(X2, conjf2(Ud[N]));
+        Cd[N] = first_row ? pN : cadd(Cd[N], pN);
+      }
+      // G conj(K) merged (conj(K[f + N]) = K[N - f]): what grad_u's inverse takes
+      if constexpr (kNeedU) v[i] = real_merge_conj(tw, cmul(X1, conjf2(K[f])), cmul(X2, K[N - f]));
+    });
+    if constexpr (kNeedU) {
+      radix3::inverse3<M, kHalf>(  // (a barrier first: every partner has been read)
+          smem, v,
+          [&](int n, float2 w) {  // w = conj(z'[n]): grad_u at samples 2n and 2n + 1
+            const int m0 = 2 * n, m1 = m0 + 1;
+            if (m0 < L) yr[m0] = static_cast<scalar_t>(w.x);
+            if (m1 < L) yr[m1] = static_cast<scalar_t>(-w.y);
+          },
+          t, g);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fft_tensor

@@ -890,26 +890,49 @@ bool real_window_regs(bool backward_with_grad_k, const ConvSwitches& sw) {
   return backward_with_grad_k ? sw.regs_backward : sw.regs_forward;
 }
 
+// FFT_TENSOR_CONV_RADIX3 on the real-window plans (32K real points): where L + taps - 1 <= 24576 (Lk = L
+// from 8193 to 12288) the forward, grad_u alone (conv_real_window3_kernel) and the backward with grad_k
+// (conv_real_window3_backward_kernel, real_window_grad_k3_kernel; where REAL_WINDOW sends it to the
+// real-window kernels) take 24576 real points: 12288 complex in three groups (radix3.cuh). Every function
+// below serves both sizes, each asking this predicate, so a plan's spectrum and kernels always agree.
+constexpr int kRadix3RealM = kRealWindowN / 4;
+bool radix3_real_window(const ConvShape& s, const ConvSwitches& sw) {
+  return sw.radix3 && s.nseg == 1 && s.N == 2 * kRealWindowN && s.L + s.taps - 1 <= 6 * kRadix3RealM;
+}
+
+// The real-window kernels' complex points N (the window is 2N real ones), threads and shared memory.
+struct RealWindowLaunch {
+  int N;
+  unsigned threads;
+  size_t smem;
+  explicit RealWindowLaunch(bool radix3)
+      : N(radix3 ? 3 * kRadix3RealM : kRealWindowN),
+        threads(radix3 ? (unsigned)radix3::threads<kRadix3RealM>() : (unsigned)(kRealWindowN / kElemsPerThread)),
+        smem(radix3 ? radix3::smem_bytes<kRadix3RealM>() : smem_bytes(kRealWindowN)) {}
+};
+
 // (channels, N + 1) complex64: bins 0..N of the 2N-point spectrum of the effective kernel over 4N (the
 // kernels' scale), for channels d0 .. d0 + channels - 1. D rows against the convolution's B * D.
-at::Tensor real_window_spectrum(const SpectrumTaps& taps, int64_t d0, int64_t channels,
-                                const at::TensorOptions& opts) {
-  at::Tensor Kr = at::empty({channels, kRealWindowN + 1}, opts.dtype(at::kComplexFloat));
+at::Tensor real_window_spectrum(const SpectrumTaps& taps, int64_t d0, int64_t channels, const at::TensorOptions& opts,
+                                bool radix3) {
+  const RealWindowLaunch w(radix3);
+  TORCH_CHECK(taps.taps.taps <= w.N, "causal_conv: internal: a real window with more than N taps");
+  at::Tensor Kr = at::empty({channels, w.N + 1}, opts.dtype(at::kComplexFloat));
   if (channels == 0) return Kr;
   KernelTaps t = taps.taps;
   t.k += d0 * t.k_stride;
   if (t.skip != nullptr) t.skip += d0 * t.skip_stride;
-  const size_t bytes = smem_bytes(kRealWindowN);
-  allow_smem(real_window_spectrum_kernel<kRealWindowN>, bytes);
-  real_window_spectrum_kernel<kRealWindowN><<<(unsigned)channels, kRealWindowN / kElemsPerThread, bytes,
-                                              at::cuda::getCurrentCUDAStream()>>>(
+  const auto kernel = radix3 ? real_window_spectrum3_kernel<kRadix3RealM> : real_window_spectrum_kernel<kRealWindowN>;
+  allow_smem(kernel, w.smem);
+  kernel<<<(unsigned)channels, w.threads, w.smem, at::cuda::getCurrentCUDAStream()>>>(
       t, reinterpret_cast<float2*>(Kr.data_ptr()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return Kr;
 }
 
-at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
-  return real_window_spectrum(spectrum_taps(k, skip, s.taps), 0, s.D, k.options());
+at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s,
+                                const ConvSwitches& sw) {
+  return real_window_spectrum(spectrum_taps(k, skip, s.taps), 0, s.D, k.options(), radix3_real_window(s, sw));
 }
 
 // grad_k's first taps (grad_k: (D, Lk) float32, rows contiguous; the rest of each row is left as it is),
@@ -921,18 +944,20 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
   const int64_t D = s.D;
   const bool need_u = grad_u_out.defined();
   TORCH_CHECK(grad_k.scalar_type() == at::kFloat && grad_k.stride(1) == 1, "causal_conv: internal: grad_k layout");
+  const bool radix3 = radix3_real_window(s, sw);
+  const RealWindowLaunch w(radix3);
   const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
   const auto cf = u.options().dtype(at::kComplexFloat);
-  at::Tensor C = at::empty({chunk, kRealWindowN + 1}, cf), U_scratch = at::empty({chunk, kRealWindowN + 1}, cf);
-  const size_t bytes = smem_bytes(kRealWindowN);
+  at::Tensor C = at::empty({chunk, w.N + 1}, cf), U_scratch = at::empty({chunk, w.N + 1}, cf);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // the half-window kernels where the row fills at most half the window (L <= N: half_window's rule)
+  const bool half = sw.half && s.L <= w.N, regs = real_window_regs(true, sw);
   for (int64_t d0 = 0; d0 < D; d0 += chunk) {
     const int64_t n = std::min(chunk, D - d0);
     // the kernel's spectrum (bins 0..N over 4N), for this chunk's channels
-    const at::Tensor Kr = need_u ? real_window_spectrum(taps, d0, n, k.options()) : at::Tensor();
+    const at::Tensor Kr = need_u ? real_window_spectrum(taps, d0, n, k.options(), radix3) : at::Tensor();
     dispatch_io_type(u.scalar_type(), [&](auto tag) {
       using scalar_t = decltype(tag);
-      const bool regs = real_window_regs(true, sw), half = half_window(s, sw);
       using Kernel = decltype(&conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>);
       const Kernel kernels[2][2][2] = {  // [need_u][regs][half]
           {{conv_real_window_backward_kernel<scalar_t, kRealWindowN, false, false>,
@@ -943,9 +968,14 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
             conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, false, true>},
            {conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>,
             conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true, true>}}};
-      const Kernel kernel = kernels[need_u][regs][half];
-      allow_smem(kernel, bytes);
-      kernel<<<(unsigned)n, kRealWindowN / kElemsPerThread, bytes, stream>>>(
+      const Kernel kernels3[2][2] = {  // [need_u][half]; the radix-3 kernels keep each thread's bins in registers
+          {conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, false, false>,
+           conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, false, true>},
+          {conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, false>,
+           conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, true>}};
+      const Kernel kernel = radix3 ? kernels3[need_u][half] : kernels[need_u][regs][half];
+      allow_smem(kernel, w.smem);
+      kernel<<<(unsigned)n, w.threads, w.smem, stream>>>(
           gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
           need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
           need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
@@ -953,20 +983,26 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     // C holds 4 * sum_b G conj(U) over bins 0..N of the 2N-point spectra: the correlation's first taps
-    allow_smem(real_window_grad_k_kernel<kRealWindowN>, bytes);
-    real_window_grad_k_kernel<kRealWindowN><<<(unsigned)n, kRealWindowN / kElemsPerThread, bytes, stream>>>(
+    const auto grad_k_kernel = radix3 ? real_window_grad_k3_kernel<kRadix3RealM> : real_window_grad_k_kernel<kRealWindowN>;
+    allow_smem(grad_k_kernel, w.smem);
+    grad_k_kernel<<<(unsigned)n, w.threads, w.smem, stream>>>(
         reinterpret_cast<const float2*>(C.data_ptr()), grad_k.data_ptr<float>() + d0 * grad_k.stride(0),
         grad_k.stride(0), (int)s.taps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
+// The one-row real-window convolution (forward, or grad_u alone with kReverse); Kr from real_window_spectrum
+// for the same plan and switches.
 template <bool kReverse>
 void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y, const ConvShape& s,
                         const ConvSwitches& sw) {
   const int64_t blocks = s.B * s.D;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many rows (", std::to_string(blocks), ") for one launch");
-  const size_t bytes = smem_bytes(kRealWindowN);
+  const bool radix3 = radix3_real_window(s, sw);
+  const RealWindowLaunch w(radix3);
+  TORCH_CHECK(Kr.size(1) == w.N + 1, "causal_conv: internal: a real-window spectrum of another size");
+  const bool half = sw.half && s.L <= w.N, regs = real_window_regs(false, sw);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     using Kernel = decltype(&conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true>);
@@ -975,105 +1011,11 @@ void launch_real_window(const at::Tensor& x, const at::Tensor& Kr, at::Tensor& y
          conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, false, true>},
         {conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true>,
          conv_real_window_kernel<scalar_t, kReverse, kRealWindowN, true, true>}};
-    const Kernel kernel = kernels[real_window_regs(false, sw)][half_window(s, sw)];
-    allow_smem(kernel, bytes);
-    kernel<<<(unsigned)blocks, kRealWindowN / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(Kr.data_ptr()), y.data_ptr<scalar_t>(), s);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
-// FFT_TENSOR_CONV_RADIX3 on the real-window plans (32K real points): where L + taps - 1 <= 24576 (Lk = L
-// from 8193 to 12288) the forward, grad_u alone (conv_real_window3_kernel) and the backward with grad_k
-// (conv_real_window3_backward_kernel, real_window_grad_k3_kernel; where REAL_WINDOW sends it to the
-// real-window kernels) take 24576 real points: 12288 complex in three groups.
-constexpr int kRadix3RealM = kRealWindowN / 4;
-bool radix3_real_window(const ConvShape& s, const ConvSwitches& sw) {
-  return sw.radix3 && s.nseg == 1 && s.N == 2 * kRealWindowN && s.L + s.taps - 1 <= 6 * kRadix3RealM;
-}
-
-// (channels, 3M + 1) spectrum of channels d0.. for the radix-3 real-window kernels (real_window_spectrum's
-// bins and scale on 6M real points).
-at::Tensor real_window_spectrum3(const SpectrumTaps& taps, int64_t d0, int64_t channels,
-                                 const at::TensorOptions& opts) {
-  constexpr int M = kRadix3RealM;
-  TORCH_CHECK(taps.taps.taps <= 3 * M, "causal_conv: internal: a radix-3 real window with more than N taps");
-  at::Tensor Kr = at::empty({channels, 3 * M + 1}, opts.dtype(at::kComplexFloat));
-  if (channels == 0) return Kr;
-  KernelTaps t = taps.taps;
-  t.k += d0 * t.k_stride;
-  if (t.skip != nullptr) t.skip += d0 * t.skip_stride;
-  const size_t bytes = radix3::smem_bytes<M>();
-  allow_smem(real_window_spectrum3_kernel<M>, bytes);
-  real_window_spectrum3_kernel<M><<<(unsigned)channels, radix3::threads<M>(), bytes,
-                                    at::cuda::getCurrentCUDAStream()>>>(t, reinterpret_cast<float2*>(Kr.data_ptr()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return Kr;
-}
-
-at::Tensor real_window_spectrum3(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
-  return real_window_spectrum3(spectrum_taps(k, skip, s.taps), 0, s.D, k.options());
-}
-
-// real_window_backward on 6M real points (radix3_real_window): the same chunks, spectra, sums and grad_k.
-void real_window_backward3(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& k,
-                           const c10::optional<at::Tensor>& skip, at::Tensor grad_u_out, at::Tensor& grad_k,
-                           const ConvShape& s, int64_t chunk, const ConvSwitches& sw) {
-  constexpr int M = kRadix3RealM, N = 3 * M;
-  const bool need_u = grad_u_out.defined();
-  TORCH_CHECK(grad_k.scalar_type() == at::kFloat && grad_k.stride(1) == 1, "causal_conv: internal: grad_k layout");
-  const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
-  const auto cf = u.options().dtype(at::kComplexFloat);
-  at::Tensor C = at::empty({chunk, N + 1}, cf), U_scratch = at::empty({chunk, N + 1}, cf);
-  const size_t bytes = radix3::smem_bytes<M>();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const bool half = sw.half && s.L <= N;
-  for (int64_t d0 = 0; d0 < s.D; d0 += chunk) {
-    const int64_t n = std::min(chunk, s.D - d0);
-    const at::Tensor Kr = need_u ? real_window_spectrum3(taps, d0, n, k.options()) : at::Tensor();
-    dispatch_io_type(u.scalar_type(), [&](auto tag) {
-      using scalar_t = decltype(tag);
-      using Kernel = decltype(&conv_real_window3_backward_kernel<scalar_t, M, true, true>);
-      const Kernel kernels[2][2] = {  // [need_u][half]
-          {conv_real_window3_backward_kernel<scalar_t, M, false, false>,
-           conv_real_window3_backward_kernel<scalar_t, M, false, true>},
-          {conv_real_window3_backward_kernel<scalar_t, M, true, false>,
-           conv_real_window3_backward_kernel<scalar_t, M, true, true>}};
-      const Kernel kernel = kernels[need_u][half];
-      allow_smem(kernel, bytes);
-      kernel<<<(unsigned)n, radix3::threads<M>(), bytes, stream>>>(
-          gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
-          need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
-          need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
-          reinterpret_cast<float2*>(U_scratch.data_ptr()), s, d0);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    allow_smem(real_window_grad_k3_kernel<M>, bytes);
-    real_window_grad_k3_kernel<M><<<(unsigned)n, radix3::threads<M>(), bytes, stream>>>(
-        reinterpret_cast<const float2*>(C.data_ptr()), grad_k.data_ptr<float>() + d0 * grad_k.stride(0),
-        grad_k.stride(0), (int)s.taps);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
-// The one-row real-window convolution (forward, or grad_u alone with kReverse): on 24576 real points where
-// radix3_real_window takes it, else launch_real_window with its spectrum.
-template <bool kReverse>
-void real_windows(const at::Tensor& x, const at::Tensor& k, const c10::optional<at::Tensor>& skip, at::Tensor& y,
-                  const ConvShape& s, const ConvSwitches& sw) {
-  if (!radix3_real_window(s, sw)) return launch_real_window<kReverse>(x, real_window_spectrum(k, skip, s), y, s, sw);
-  constexpr int M = kRadix3RealM;
-  const at::Tensor Kr = real_window_spectrum3(k, skip, s);
-  const int64_t blocks = s.B * s.D;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many rows (", std::to_string(blocks), ") for one launch");
-  const bool half = sw.half && s.L <= 3 * M;
-  const size_t bytes = radix3::smem_bytes<M>();
-  dispatch_io_type(x.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    const auto kernel = half ? conv_real_window3_kernel<scalar_t, kReverse, M, true>
-                             : conv_real_window3_kernel<scalar_t, kReverse, M, false>;
-    allow_smem(kernel, bytes);
-    kernel<<<(unsigned)blocks, radix3::threads<M>(), bytes, at::cuda::getCurrentCUDAStream()>>>(
+    const Kernel kernels3[2] = {conv_real_window3_kernel<scalar_t, kReverse, kRadix3RealM, false>,  // [half]
+                                conv_real_window3_kernel<scalar_t, kReverse, kRadix3RealM, true>};
+    const Kernel kernel = radix3 ? kernels3[half] : kernels[regs][half];
+    allow_smem(kernel, w.smem);
+    kernel<<<(unsigned)blocks, w.threads, w.smem, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), reinterpret_cast<const float2*>(Kr.data_ptr()), y.data_ptr<scalar_t>(), s);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -1496,7 +1438,7 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   } else if (fused) {
     conv_windows<false>(uc, k, skip, y, s, sw);
   } else if (real_window) {
-    real_windows<false>(uc, k, skip, y, s, sw);
+    launch_real_window<false>(uc, real_window_spectrum(k, skip, s, sw), y, s, sw);
   } else if (fourstep) {
     const int64_t u_bytes = uc.numel() * uc.element_size();
     launch_fourstep(uc, fourstep_spectrum(k, skip, s, u_bytes, sw), y, s, sw);
@@ -1535,15 +1477,14 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
                                : at::empty({0}, u.options());
     at::Tensor grad_k = at::empty({0}, k.options());
     if (!need_k) {  // grad_u alone (frozen taps): the forward kernel run backwards in time
-      if (gy.numel() > 0) real_windows<true>(gy, k, skip, grad_u, s, sw);
+      if (gy.numel() > 0) launch_real_window<true>(gy, real_window_spectrum(k, skip, s, sw), grad_u, s, sw);
       return {grad_u, grad_k};
     }
     // the kernels write every tap in use; taps past L stay zero
     grad_k = plan.taps == Lk && u.numel() > 0 ? at::empty({D, Lk}, k.options()) : at::zeros({D, Lk}, k.options());
     if (u.numel() > 0) {
-      const auto backward = radix3_real_window(s, sw) ? real_window_backward3 : real_window_backward;
-      backward(gy, layout::rows_contiguous(u), k, skip, need_u ? grad_u : at::Tensor(), grad_k, s, real_window_chunk,
-               sw);
+      real_window_backward(gy, layout::rows_contiguous(u), k, skip, need_u ? grad_u : at::Tensor(), grad_k, s,
+                           real_window_chunk, sw);
     } else if (need_u) {
       grad_u.zero_();
     }

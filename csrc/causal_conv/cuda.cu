@@ -176,6 +176,15 @@ void dispatch_fft_size(int logN, F&& f) {
   TORCH_CHECK(false, "causal_conv: no fused kernel for an FFT of 2^", logN, " points");
 }
 
+// The same for the radix-3 windows' M = 2^logM (radix3.cuh: N = 3M points).
+template <typename F>
+void dispatch_radix3(int logM, F&& f) {
+  if (logM == 10) return f(std::integral_constant<int, 1024>{});
+  if (logM == 11) return f(std::integral_constant<int, 2048>{});
+  if (logM == 12) return f(std::integral_constant<int, 4096>{});
+  TORCH_CHECK(false, "causal_conv: no radix-3 window kernel for M = 2^", logM);
+}
+
 // k and skip as the spectrum kernels read them (KernelTaps): in place when k is float32 with unit
 // stride along taps (a model's taps are), else through a float32 copy; the tensors keep the data alive.
 struct SpectrumTaps {
@@ -275,15 +284,41 @@ bool half_window(const ConvShape& s, const ConvSwitches& sw) {
 // on this stream (kernel_spectrum), and y and x must be allocated before that kernel was launched: the
 // window kernel may start while the spectrum kernel runs (conv_pdl), so nothing either kernel touches
 // may be memory the allocator handed out in between.
+// s may be a plan's shape or its radix3_shape (N = 3M points; logN = log2 M): the window kernel of that size.
 template <bool kReverse>
 void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s,
                          const ConvSwitches& sw) {
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
-  const size_t bytes = smem_bytes(s.N);
+  const bool radix3 = (s.N & (s.N - 1)) != 0;  // N = 3M
+  TORCH_CHECK(!radix3 || (s.nseg == 1 && s.L + s.taps - 1 <= s.N),
+              "causal_conv: internal: a radix-3 window that does not hold the row");
   const bool pdl = conv_pdl(s, sw), half = half_window(s, sw);
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
+    const auto launch = [&](auto kernel, unsigned threads, size_t bytes) {
+      allow_smem(kernel, bytes);
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr.val.programmaticStreamSerializationAllowed = 1;
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3((unsigned)blocks);
+      cfg.blockDim = dim3(threads);
+      cfg.dynamicSmemBytes = bytes;
+      cfg.stream = at::cuda::getCurrentCUDAStream();
+      cfg.attrs = &attr;
+      cfg.numAttrs = pdl ? 1 : 0;
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x.data_ptr<scalar_t>(),
+                                        reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s));
+    };
+    if (radix3) {
+      dispatch_radix3(s.logN, [&](auto size) {
+        constexpr int M = decltype(size)::value;
+        launch(half ? conv_window3_kernel<scalar_t, kReverse, M, true> : conv_window3_kernel<scalar_t, kReverse, M, false>,
+               radix3::threads<M>(), radix3::smem_bytes<M>());
+      });
+      return;
+    }
     dispatch_fft_size(s.logN, [&](auto size) {
       constexpr int N = decltype(size)::value;
       auto kernel = pdl ? conv_window_kernel<scalar_t, kReverse, N, true> : conv_window_kernel<scalar_t, kReverse, N, false>;
@@ -292,19 +327,7 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
       if constexpr (N >= kMinHalfFFT) {
         if (half) kernel = conv_window_kernel<scalar_t, kReverse, N, true, true>;
       }
-      allow_smem(kernel, bytes);
-      cudaLaunchAttribute attr{};
-      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr.val.programmaticStreamSerializationAllowed = 1;
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3((unsigned)blocks);
-      cfg.blockDim = dim3(N / kElemsPerThread);
-      cfg.dynamicSmemBytes = bytes;
-      cfg.stream = at::cuda::getCurrentCUDAStream();
-      cfg.attrs = &attr;
-      cfg.numAttrs = pdl ? 1 : 0;
-      C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x.data_ptr<scalar_t>(),
-                                        reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s));
+      launch(kernel, N / kElemsPerThread, smem_bytes(N));
     });
   });
 }
@@ -333,14 +356,6 @@ ConvShape radix3_shape(const ConvShape& s, int M) {
   return r;
 }
 
-template <typename F>
-void dispatch_radix3(int logM, F&& f) {
-  if (logM == 10) return f(std::integral_constant<int, 1024>{});
-  if (logM == 11) return f(std::integral_constant<int, 2048>{});
-  if (logM == 12) return f(std::integral_constant<int, 4096>{});
-  TORCH_CHECK(false, "causal_conv: no radix-3 window kernel for M = 2^", logM);
-}
-
 // kernel_spectrum on the 3M-point window: (D, 3M/2 + 1) complex64, scaled by 1/(3M).
 at::Tensor kernel_spectrum3(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s3) {
   const int64_t D = k.size(0);
@@ -360,39 +375,6 @@ at::Tensor kernel_spectrum3(const at::Tensor& k, const c10::optional<at::Tensor>
   return K;
 }
 
-// launch_conv_windows on the 3M-point window (same contract on K, x and y: K comes from kernel_spectrum3
-// launched just before).
-template <bool kReverse>
-void launch_conv_windows3(const at::Tensor& x, const at::Tensor& K, at::Tensor& y, const ConvShape& s3,
-                          const ConvSwitches& sw) {
-  const int64_t blocks = s3.D * s3.npairs;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
-  TORCH_CHECK(s3.nseg == 1 && s3.L + s3.taps - 1 <= s3.N, "causal_conv: internal: a radix-3 window that does not hold the row");
-  const bool pdl = conv_pdl(s3, sw), half = sw.half && 2 * s3.L <= s3.N;
-  dispatch_io_type(x.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    dispatch_radix3(s3.logN, [&](auto size) {
-      constexpr int M = decltype(size)::value;
-      const auto kernel = half ? conv_window3_kernel<scalar_t, kReverse, M, true>
-                               : conv_window3_kernel<scalar_t, kReverse, M, false>;
-      const size_t bytes = radix3::smem_bytes<M>();
-      allow_smem(kernel, bytes);
-      cudaLaunchAttribute attr{};
-      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr.val.programmaticStreamSerializationAllowed = 1;
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3((unsigned)blocks);
-      cfg.blockDim = dim3(radix3::threads<M>());
-      cfg.dynamicSmemBytes = bytes;
-      cfg.stream = at::cuda::getCurrentCUDAStream();
-      cfg.attrs = &attr;
-      cfg.numAttrs = pdl ? 1 : 0;
-      C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, x.data_ptr<scalar_t>(),
-                                        reinterpret_cast<const float2*>(K.data_ptr()), y.data_ptr<scalar_t>(), s3));
-    });
-  });
-}
-
 // The window convolution of a fused one-window plan: on the 3M-point window where radix3_window takes
 // it, else launch_conv_windows with kernel_spectrum.
 template <bool kReverse>
@@ -400,7 +382,7 @@ void conv_windows(const at::Tensor& x, const at::Tensor& k, const c10::optional<
                   const ConvShape& s, const ConvSwitches& sw) {
   if (const int M = radix3_window(s, sw)) {
     const ConvShape s3 = radix3_shape(s, M);
-    launch_conv_windows3<kReverse>(x, kernel_spectrum3(k, skip, s3), y, s3, sw);
+    launch_conv_windows<kReverse>(x, kernel_spectrum3(k, skip, s3), y, s3, sw);
   } else {
     launch_conv_windows<kReverse>(x, kernel_spectrum(k, skip, s), y, s, sw);
   }

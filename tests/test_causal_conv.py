@@ -1691,14 +1691,14 @@ def test_cuda_fwd_bwd_peak_memory(L, dtype, monkeypatch):
 
 
 # Every FFT_TENSOR_CONV_* switch of the CUDA op (csrc/causal_conv/cuda.cu: ConvSwitches; MIN_WINDOW and
-# DIRECT_MAX_TAPS are common.h's, read by the CPU too), as README's switch table lists them.
+# DIRECT_MAX_TAPS are common.h's, read by the CPU too), as docs/causal_conv.md's switch table lists them.
 CUDA_CONV_SWITCHES = ("PDL", "HALF", "TC", "CLUSTERS", "CLUSTER_PADDED", "REAL_WINDOW", "REAL_WINDOW_REGS",
                       "FOURSTEP", "FOURSTEP_MB", "DIRECT_MAX_TAPS", "MMA", "CHANNELS_LAST", "FUSED_BACKWARD",
                       "GRAD_K_GROUPS", "RADIX3")
 
 
 def test_conv_switches_listed_where_documented():
-    """The switches the CUDA source reads are exactly this list, and README's table has a row for each."""
+    """The switches the CUDA source reads are exactly this list, and docs/causal_conv.md's table has a row for each."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "csrc", "causal_conv", "cuda.cu")) as f:
         read = set(re.findall(r'"FFT_TENSOR_CONV_([A-Z0-9_]+)"', f.read()))
@@ -1715,7 +1715,7 @@ def test_conv_switches_listed_where_documented():
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name)) as f:
             assert f.read().count("getenv(") == {"cuda.cu": 2, "common.h": 2, "cpu_direct.h": 1}.get(name, 0), name
-    with open(os.path.join(root, "README.md")) as f:
+    with open(os.path.join(root, "docs", "causal_conv.md")) as f:
         table = f.read().split("| `FFT_TENSOR_CONV_...` |", 1)[1].split("\n\n", 1)[0]
     rows = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", table, flags=re.M))
     documented = set(CUDA_CONV_SWITCHES) | {"MIN_WINDOW", "CPU_LANES"}

@@ -111,7 +111,7 @@ __host__ __device__ constexpr int last_radix(int n) { return n > 16 ? last_radix
 //   writes elements (q - q mod Ns)*R + q mod Ns + r*Ns  (store_pass).
 // x is flat: butterfly b's R values are x[b*R .. b*R + R).
 template <int N, int R>
-__device__ __forceinline__ void load_pass(const float2* data, float2 (&x)[kElemsPerThread], int t = threadIdx.x) {
+__device__ __forceinline__ void load_pass(const float2* data, float2 (&x)[kElemsPerThread], unsigned t = threadIdx.x) {
   constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread, NR = N / R;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
@@ -133,7 +133,7 @@ __device__ __forceinline__ void twiddle_by_powers(float2 (&x)[R], float2 w) {
 }
 
 template <int N, int R, int Ns>
-__device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread], int t = threadIdx.x) {
+__device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread], unsigned t = threadIdx.x) {
   constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread;
   // The last pass of radix R < 16 (Ns * R == N) has several butterflies per thread, q = t + b*T < Ns:
   // butterfly b's twiddle base exp(-2 pi i q / N) is thread t's times the constant root16(b) (T / N =
@@ -161,7 +161,7 @@ __device__ __forceinline__ void compute_pass(float2 (&x)[kElemsPerThread], int t
 }
 
 template <int N, int R, int Ns>
-__device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElemsPerThread], int t = threadIdx.x) {
+__device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElemsPerThread], unsigned t = threadIdx.x) {
   constexpr int kBfly = kElemsPerThread / R, T = N / kElemsPerThread;
 #pragma unroll
   for (int b = 0; b < kBfly; ++b) {
@@ -175,7 +175,7 @@ __device__ __forceinline__ void store_pass(float2* data, const float2 (&x)[kElem
 
 // One whole Stockham pass of radix R over data[0..N), Ns = product of the radices already applied.
 template <int N, int R, int Ns>
-__device__ __forceinline__ void pass(float2* data, int t = threadIdx.x) {
+__device__ __forceinline__ void pass(float2* data, unsigned t = threadIdx.x) {
   float2 x[kElemsPerThread];
   load_pass<N, R>(data, x, t);
   __syncthreads();
@@ -186,7 +186,7 @@ __device__ __forceinline__ void pass(float2* data, int t = threadIdx.x) {
 
 // Radix-16 passes for Ns = Ns0, 16*Ns0, ... while Ns < NsEnd.
 template <int N, int Ns, int NsEnd>
-__device__ __forceinline__ void radix16_passes(float2* data, int t = threadIdx.x) {
+__device__ __forceinline__ void radix16_passes(float2* data, unsigned t = threadIdx.x) {
   if constexpr (Ns < NsEnd) {
     pass<N, 16, Ns>(data, t);
     radix16_passes<N, Ns * 16, NsEnd>(data, t);

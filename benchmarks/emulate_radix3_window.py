@@ -1,13 +1,14 @@
-"""FFT windows of N = 3 x 2^m points for causal_conv: a CPU emulation of the planned kernels' decomposition,
-to check its arithmetic before writing CUDA (the per-thread register layout and exchanges are described
-below, not modelled: numpy's FFT stands in for each M-point shared-memory transform).
+"""FFT windows of N = 3 x 2^m points for causal_conv: a CPU emulation of the radix-3 kernels' decomposition
+(csrc/causal_conv/radix3.cuh, behind FFT_TENSOR_CONV_RADIX3; written to this plan), to check its arithmetic
+in float64 (the per-thread register layout and exchanges are described below, not modelled: numpy's FFT
+stands in for each M-point shared-memory transform).
 
-Why: every plan today uses N = next_pow2(L + taps - 1) points, so L = 12288 with Lk = L pays for a 32K-point
+Why: every default plan uses N = next_pow2(L + taps - 1) points, so L = 12288 with Lk = L pays for a 32K-point
 (real) window where 24K would do, while the torch.fft reference's 24576-point FFT costs about what its
 size says. At 6144 (fp32), 12288, 24576 and 40000 forward+backward falls to 2.2-2.9x the reference, under issue 3's 3x
 (RESULTS.md, thirty-second session). Windows of 3 x 2^m points cut a quarter of the points there.
 
-The planned kernel (one block per row pair, as conv_window_kernel): N = 3M with M = 2^m one of the
+The kernel (conv_window3_kernel: one block per row pair, as conv_window_kernel): N = 3M with M = 2^m one of the
 sizes smem_fft already transforms, the block in three groups of M/16 threads. By decimation in time,
   X[k + jM] = F_0[k] + W_N^k W_3^j F_1[k] + W_N^2k W_3^2j F_2[k],   F_r = DFT_M(z[3n + r]), k < M, j < 3,
 so group r runs the existing M-point transform (smem_fft::fft_to_registers with its own thread index and
@@ -53,7 +54,7 @@ def window_size(points, allow_radix3=True):
 
 
 def dft_3m(z, half_input=False):
-    """DFT of z (length N = 3M) the planned kernel's way: three M-point transforms of z[3n + r], an exchange,
+    """DFT of z (length N = 3M) the kernel's way: three M-point transforms of z[3n + r], an exchange,
     the radix-3 combine; returns X[0..N). half_input: asserts each group's input has its upper half zero and
     transforms only the lower half's nonzeros (what dft16_upper_zero relies on)."""
     N = z.shape[-1]

@@ -1497,7 +1497,8 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
 
 # The radix-3 windows (FFT_TENSOR_CONV_RADIX3=1; off by default until measured): a one-window plan of
 # 4096-16384 points whose row and kernel fit three quarters of it runs its forward, and grad_u where the
-# window kernel computes it, on 3M = 3N/4 points (csrc/causal_conv/radix3.cuh); a real-window plan (32K
+# window kernel computes it, on 3M = 3N/4 points (csrc/causal_conv/radix3.cuh), and at 16384 points with the
+# row in the window's first half grad_k too (conv_grad_k3_kernel); a real-window plan (32K
 # real points) with L + taps - 1 <= 24576 runs its forward, grad_u alone and the backward with grad_k
 # (REAL_WINDOW=1 here: these few channels) on 24576 real points (M = 4096). Shapes: each M (1024, 2048, 4096) with Lk = L (kHalf), L > 3M/2 (the general kernel), Lk > L, odd
 # batches and an odd channel count (the spectrum kernel's unpaired last channel), the 3M edge exactly; the
@@ -1540,6 +1541,9 @@ def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
     backward = ("conv_real_window3_backward_kernel", "real_window_grad_k3_kernel")
     for kernel in backward:
         assert (kernel in names) == (M is not None and real), (kernel, names)
+    # grad_k of the 16384-point plans (the one-row kernel's) on the 12288-point window, rows in its first half
+    for kernel in ("conv_grad_k3_kernel", "grad_k_taps3_kernel"):
+        assert (kernel in names) == (M == 4096 and not real and bool(half)), (kernel, names)
     if M is not None:
         assert _template_flags(window, names) == {half}, names
         assert re.search(rf"{window}<[^<>]*, {M}, ", names), names

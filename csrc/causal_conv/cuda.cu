@@ -336,8 +336,9 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
 
 // FFT_TENSOR_CONV_RADIX3: 1 = a one-window plan of 4096, 8192 or 16384 points whose row and kernel fit
 // three quarters of it (L + taps - 1 <= 3N/4: Lk = L from 1025 to 1536, 2049 to 3072, 4097 to 6144) runs
-// its forward, and grad_u where that is computed by the window kernel (frozen taps, or beside the one-row
-// grad_k kernel at 16384 points), on windows of 3N/4 points; unset, empty or 0 = the power-of-two windows.
+// its forward, and grad_u where that is computed by the window kernel (frozen taps, or beside grad_k at
+// 16384 points), on windows of 3N/4 points, and at 16384 points grad_k too (grad_k_windows3, rows in the
+// window's first half); unset, empty or 0 = the power-of-two windows.
 // On the real-window plans (32K real points) see radix3_real_window.
 // Off until measured: the kernels were compiled for sm_90 and checked by emulation here, not yet run on a GPU
 // (RESULTS.md, thirty-third session). Returns M (the window is 3M points), 0 when the plan does not take it.
@@ -571,11 +572,43 @@ at::Tensor grad_k_from_partial(const at::Tensor& partial, const ConvShape& s, in
   return grad_k;
 }
 
+// grad_k (D, Lk) float32 on the 3M-point window of a 16384-point one-window plan (radix3_window, the row in
+// the window's first half): conv_grad_k3_kernel's partial sums, then grad_k_taps3_kernel.
+at::Tensor grad_k_windows3(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s3, int64_t Lk,
+                           const ConvSwitches& sw) {
+  constexpr int M = (int)kMaxFusedFFT / 4;  // the one-row kernel's plans only (pair plans keep theirs)
+  TORCH_CHECK(s3.N == 3 * M && s3.nseg == 1 && 2 * s3.L <= s3.N, "causal_conv: internal: a radix-3 grad_k plan");
+  const size_t smem = radix3::smem_bytes<M>() + (size_t)(3 * M / 2 + 1) * sizeof(float2);  // + the sums
+  const std::pair<int, at::Tensor> launch_setup = grad_k_partial(u, s3, smem, s3.B, sw);
+  const int groups = launch_setup.first;
+  const at::Tensor& partial = launch_setup.second;
+  dispatch_io_type(u.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto kernel = conv_grad_k3_kernel<scalar_t, M>;
+    allow_smem(kernel, smem);
+    kernel<<<(unsigned)(s3.D * groups), radix3::threads<M>(), smem, at::cuda::getCurrentCUDAStream()>>>(
+        u.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), reinterpret_cast<float2*>(partial.data_ptr()), s3, groups);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  at::Tensor grad_k = at::empty({s3.D, Lk}, partial.options().dtype(at::kFloat));
+  const size_t bytes = radix3::smem_bytes<M>();
+  allow_smem(grad_k_taps3_kernel<M>, bytes);
+  grad_k_taps3_kernel<M><<<(unsigned)((s3.D + 1) / 2), radix3::threads<M>(), bytes, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const float2*>(partial.data_ptr()), grad_k.data_ptr<float>(), s3.D, groups, (int)s3.taps, Lk);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad_k;
+}
+
 // grad_k (D, Lk) float32 for windows of one block: partial sums of G conj(U) per (group, channel)
-// from the row-pair kernel where it applies, else one row per FFT; then grad_k_from_partial.
+// from the row-pair kernel where it applies, else one row per FFT; then grad_k_from_partial. With
+// FFT_TENSOR_CONV_RADIX3 the one-row kernel's half-window plans take the 3M-point window (grad_k_windows3).
 at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s, int64_t Lk,
                           const ConvSwitches& sw) {
   const bool pairs = s.logN <= kMaxLogNGradKPairs;
+  if (const int M = pairs || !half_window(s, sw) ? 0 : radix3_window(s, sw)) {
+    const ConvShape s3 = radix3_shape(s, M);
+    if (half_window(s3, sw)) return grad_k_windows3(u, gy, s3, Lk, sw);
+  }
   const size_t smem = grad_k_smem_bytes(s.N);
   // (no structured binding: lambdas below capture these, which C++17 does not allow for bindings)
   const std::pair<int, at::Tensor> launch_setup =

@@ -429,5 +429,111 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   }
 }
 
+// conv_grad_k_kernel's kHalf variant on the 3M-point window (one-window plans with L <= 3M/2: the 16384-point
+// plans that radix3_window serves, grad_k beside grad_u's conv_window3_kernel): per row (dealt out
+// round-robin to the channel's groups) the maxima of u and gy over the elements this thread loads, sc,
+// forward3 of z = u + i sc gy, the thread's bins to shared memory, and acc[f] += G[f] conj(U[f]) for
+// f <= N/2 (acc after the FFT buffer, one owner per bin). partial: (groups, D, N/2 + 1), summed and
+// transformed back by grad_k_taps3_kernel. grid: D * groups blocks (group fastest), 3M/16 threads.
+template <typename scalar_t, int M>
+__global__ void __launch_bounds__(radix3::threads<M>(), 1)
+    conv_grad_k3_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ gy,
+                        float2* __restrict__ partial, ConvShape s, int groups) {
+  extern __shared__ float2 smem[];
+  __shared__ unsigned int window_max[2][2];  // [row parity][u, gy]: float bits, values >= 0
+  constexpr int N = 3 * M, T = M / kElemsPerThread, half = N / 2 + 1;
+  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  float2* acc = smem + 3 * smem_fft::padded_size(M);
+  const int group = (int)(blockIdx.x % groups);
+  const int64_t d = blockIdx.x / groups;
+  for (int f = threadIdx.x; f < half; f += blockDim.x) acc[f] = make_float2(0.f, 0.f);
+  if (threadIdx.x == 0) window_max[0][0] = window_max[0][1] = window_max[1][0] = window_max[1][1] = 0u;
+  __syncthreads();
+  const int L = (int)s.L;
+  int parity = 0;
+  for (int64_t b = group; b < s.B; b += groups, parity ^= 1) {
+    const int64_t off = (b * s.D + d) * s.L;
+    const scalar_t* __restrict__ ur = u + off;
+    const scalar_t* __restrict__ gr = gy + off;
+    float mu = 0.f, mg = 0.f;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {  // the elements forward3<kHalf> loads in this thread
+      const int n = 3 * (t + r * T) + g;
+      if (n < L) {
+        mu = fmaxf(mu, fabsf(to_float(ur[n])));
+        mg = fmaxf(mg, fabsf(to_float(gr[n])));
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {  // every lane is here: blocks are whole warps, no early exit
+      mu = fmaxf(mu, __shfl_xor_sync(0xffffffffu, mu, o));
+      mg = fmaxf(mg, __shfl_xor_sync(0xffffffffu, mg, o));
+    }
+    if ((threadIdx.x & 31) == 0) {
+      atomicMax(&window_max[parity][0], __float_as_uint(mu));
+      atomicMax(&window_max[parity][1], __float_as_uint(mg));
+    }
+    __syncthreads();
+    const float sc = gy_scale(__uint_as_float(window_max[parity][0]), __uint_as_float(window_max[parity][1]));
+    // the other parity's slot was last read before this row's barrier and is next written after the
+    // barrier that ends this row (conv_grad_k_kernel's rule)
+    if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;
+    float2 x[kElemsPerThread];
+    radix3::forward3<M, true>(
+        smem, x,
+        [&](int n) { return n < L ? make_float2(to_float(ur[n]), sc * to_float(gr[n])) : make_float2(0.f, 0.f); },
+        t, g);
+    radix3::slots_to_smem<M>(smem, x, t, g);  // Z in natural order (the thirds are contiguous: Z[f] at pad(f))
+    for (int f = threadIdx.x; f < half; f += blockDim.x)
+      acc[f] = add_g_conj_u(acc[f], smem[pad(f)], conjf2(smem[pad(f == 0 ? 0 : N - f)]), sc);
+    __syncthreads();  // every read of Z is done before the next row's transform writes shared memory
+  }
+  float2* out = partial + ((int64_t)group * s.D + d) * half;
+  for (int f = threadIdx.x; f < half; f += blockDim.x) out[f] = acc[f];
+}
+
+// grad_k_taps_kernel on the 3M-point window: the groups' partial sums (fixed order: deterministic) of two
+// channels per block packed as Z = P0 + i P1, its conjugate spectrum formed in each thread's own slots
+// (bins above N/2 from their mirror), inverse3 (kHalf: outputs n < N/2 cover every tap, taps <= N/2), and
+// grad_k[d, :Lk] written with zeros from taps on. grid: ceil(D/2) blocks of 3M/16 threads.
+template <int M>
+__global__ void __launch_bounds__(radix3::threads<M>(), 1)
+    grad_k_taps3_kernel(const float2* __restrict__ partial, float* __restrict__ grad_k, int64_t D, int groups,
+                        int taps, int64_t Lk) {
+  extern __shared__ float2 smem[];
+  constexpr int N = 3 * M, T = M / kElemsPerThread, half = N / 2;
+  using S = radix3::Slots<M>;
+  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  const int64_t d0 = 2 * (int64_t)blockIdx.x, d1 = d0 + 1 < D ? d0 + 1 : d0;
+  const int64_t group_stride = D * (half + 1);
+  float2 x[kElemsPerThread];
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) {
+    const int f = t + S::offset(i) + g * M;
+    const int fm = f <= half ? f : N - f;
+    float2 p0 = make_float2(0.f, 0.f), p1 = p0;
+    for (int k = 0; k < groups; ++k) {
+      p0 = cadd(p0, partial[k * group_stride + d0 * (half + 1) + fm]);
+      p1 = cadd(p1, partial[k * group_stride + d1 * (half + 1) + fm]);
+    }
+    if (fm == 0 || fm == half) p0.y = p1.y = 0.f;
+    // conj(Z[f]) with Z[f] = P0 + i P1 for f <= N/2; above, conj(Z[N - fm]) with Z[N - fm] = conj(P0) + i conj(P1)
+    x[i] = f <= half ? make_float2(p0.x - p1.y, -(p0.y + p1.x)) : make_float2(p0.x + p1.y, p0.y - p1.x);
+  }
+  constexpr float scale = 1.f / (float)N;
+  radix3::inverse3<M, true>(  // w = conj(result) * N
+      smem, x,
+      [&](int n, float2 w) {
+        if (n >= taps) return;
+        grad_k[d0 * Lk + n] = w.x * scale;
+        if (d1 != d0) grad_k[d1 * Lk + n] = -w.y * scale;
+      },
+      t, g);
+  for (int64_t n = taps + threadIdx.x; n < Lk; n += blockDim.x) {
+    grad_k[d0 * Lk + n] = 0.f;
+    if (d1 != d0) grad_k[d1 * Lk + n] = 0.f;
+  }
+}
+
 }  // namespace
 }  // namespace fft_tensor

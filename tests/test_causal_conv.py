@@ -1437,6 +1437,15 @@ def _template_flags(kernel, names, from_end=1):
     return {m.group(1) in ("true", "1") for m in re.finditer(pattern, names)}
 
 
+def _assert_same_without_pdl(run, expected, monkeypatch):
+    """run()'s first two outputs (y, grad_u alone) with the window kernels launched the ordinary way
+    (FFT_TENSOR_CONV_PDL=0: no programmatic dependent launch) equal `expected` to float32 rounding."""
+    monkeypatch.setenv("FFT_TENSOR_CONV_PDL", "0")
+    for name, a, b in zip(("y", "grad_u alone"), run()[:2], expected):
+        assert rel_err(a, b) < 2e-6, (name, rel_err(a, b))
+    monkeypatch.delenv("FFT_TENSOR_CONV_PDL")
+
+
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim,half", HALF_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _, _ in HALF_SHAPES])
 def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
@@ -1476,11 +1485,7 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
         exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
         assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
         assert rel_err(gkl[:, :taps], _correlation_reference(gyl.float(), ul.float(), taps)) < 2e-5
-    # the half kernels launched the ordinary way (no programmatic dependent launch): the same values
-    monkeypatch.setenv("FFT_TENSOR_CONV_PDL", "0")
-    for name, a, b in zip(("y", "grad_u alone"), run()[:2], (y, gu_alone)):
-        assert rel_err(a, b) < 2e-6, (name, rel_err(a, b))
-    monkeypatch.delenv("FFT_TENSOR_CONV_PDL")
+    _assert_same_without_pdl(run, (y, gu_alone), monkeypatch)  # the half kernels launched the ordinary way
     # switched off: the general kernels, the same values to float32 rounding
     monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "0")
     names = _cuda_kernel_names(run)
@@ -1566,11 +1571,7 @@ def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
         gul = ops.causal_conv_backward(gyl, ul, k, skip, True, False)[0]
         exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
         assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
-    # launched the ordinary way (no programmatic dependent launch): the same values
-    monkeypatch.setenv("FFT_TENSOR_CONV_PDL", "0")
-    for name, a, b in zip(("y", "grad_u alone"), run()[:2], (y, gu_alone)):
-        assert rel_err(a, b) < 2e-6, (name, rel_err(a, b))
-    monkeypatch.delenv("FFT_TENSOR_CONV_PDL")
+    _assert_same_without_pdl(run, (y, gu_alone), monkeypatch)
     # switched off: the power-of-two windows, the same values to float32 rounding (another FFT size)
     monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "0")
     names = _cuda_kernel_names(run)

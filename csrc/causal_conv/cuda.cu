@@ -185,6 +185,15 @@ void dispatch_radix3(int logM, F&& f) {
   TORCH_CHECK(false, "causal_conv: no radix-3 window kernel for M = 2^", logM);
 }
 
+// Whether a shape is a radix3_shape: N = 3M points, logN = log2 M (every plan's own N is a power of two).
+bool is_radix3_shape(const ConvShape& s) { return (s.N & (s.N - 1)) != 0; }
+
+int log2_int(int v) {
+  int l = 0;
+  while ((1 << l) < v) ++l;
+  return l;
+}
+
 // k and skip as the spectrum kernels read them (KernelTaps): in place when k is float32 with unit
 // stride along taps (a model's taps are), else through a float32 copy; the tensors keep the data alive.
 struct SpectrumTaps {
@@ -204,21 +213,30 @@ SpectrumTaps spectrum_taps(const at::Tensor& k, const c10::optional<at::Tensor>&
 // FFTs from this size take the half-window forms (smem_fft's kHalf) where a window's second half is zero.
 constexpr int kMinHalfFFT = 2048;
 
-// (D, N/2+1) complex64 spectrum of the effective kernel (k's taps, skip at lag 0), scaled by 1/N.
+// (D, N/2+1) complex64 spectrum of the effective kernel (k's taps, skip at lag 0), scaled by 1/N; s may be a
+// plan's shape or its radix3_shape (N = 3M: kernel_spectrum3_kernel).
 at::Tensor kernel_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s) {
   const int64_t D = k.size(0);
   const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
   at::Tensor K = at::empty({D, s.N / 2 + 1}, k.options().dtype(at::kComplexFloat));
   if (D == 0) return K;
   TORCH_CHECK(2 * s.taps <= s.N, "causal_conv: internal: a plan with more than N/2 taps");  // kHalf's premise
-  const size_t bytes = smem_bytes(s.N);
-  dispatch_fft_size(s.logN, [&](auto size) {
-    constexpr int N = decltype(size)::value;
-    const auto kernel = kernel_spectrum_kernel<N, (N >= kMinHalfFFT)>;
+  const auto launch = [&](auto kernel, unsigned threads, size_t bytes) {
     allow_smem(kernel, bytes);
-    kernel<<<(unsigned)((D + 1) / 2), N / kElemsPerThread, bytes, at::cuda::getCurrentCUDAStream()>>>(
+    kernel<<<(unsigned)((D + 1) / 2), threads, bytes, at::cuda::getCurrentCUDAStream()>>>(
         taps.taps, D, reinterpret_cast<float2*>(K.data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (is_radix3_shape(s)) {
+    dispatch_radix3(s.logN, [&](auto size) {
+      constexpr int M = decltype(size)::value;
+      launch(kernel_spectrum3_kernel<M>, radix3::threads<M>(), radix3::smem_bytes<M>());
+    });
+    return K;
+  }
+  dispatch_fft_size(s.logN, [&](auto size) {
+    constexpr int N = decltype(size)::value;
+    launch(kernel_spectrum_kernel<N, (N >= kMinHalfFFT)>, N / kElemsPerThread, smem_bytes(N));
   });
   return K;
 }
@@ -290,7 +308,7 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
                          const ConvSwitches& sw) {
   const int64_t blocks = s.D * s.npairs * s.nseg;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "causal_conv: too many FFT windows (", std::to_string(blocks), ") for one launch");
-  const bool radix3 = (s.N & (s.N - 1)) != 0;  // N = 3M
+  const bool radix3 = is_radix3_shape(s);
   TORCH_CHECK(!radix3 || (s.nseg == 1 && s.L + s.taps - 1 <= s.N),
               "causal_conv: internal: a radix-3 window that does not hold the row");
   const bool pdl = conv_pdl(s, sw), half = half_window(s, sw);
@@ -352,41 +370,18 @@ int radix3_window(const ConvShape& s, const ConvSwitches& sw) {
 ConvShape radix3_shape(const ConvShape& s, int M) {
   ConvShape r = s;
   r.N = 3 * M;
-  r.logN = 0;
-  while ((1 << r.logN) < M) ++r.logN;
+  r.logN = log2_int(M);
   return r;
 }
 
-// kernel_spectrum on the 3M-point window: (D, 3M/2 + 1) complex64, scaled by 1/(3M).
-at::Tensor kernel_spectrum3(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& s3) {
-  const int64_t D = k.size(0);
-  const SpectrumTaps taps = spectrum_taps(k, skip, s3.taps);
-  at::Tensor K = at::empty({D, s3.N / 2 + 1}, k.options().dtype(at::kComplexFloat));
-  if (D == 0) return K;
-  TORCH_CHECK(2 * s3.taps <= s3.N, "causal_conv: internal: a radix-3 plan with more than N/2 taps");
-  dispatch_radix3(s3.logN, [&](auto size) {
-    constexpr int M = decltype(size)::value;
-    const auto kernel = kernel_spectrum3_kernel<M>;
-    const size_t bytes = radix3::smem_bytes<M>();
-    allow_smem(kernel, bytes);
-    kernel<<<(unsigned)((D + 1) / 2), radix3::threads<M>(), bytes, at::cuda::getCurrentCUDAStream()>>>(
-        taps.taps, D, reinterpret_cast<float2*>(K.data_ptr()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return K;
-}
-
 // The window convolution of a fused one-window plan: on the 3M-point window where radix3_window takes
-// it, else launch_conv_windows with kernel_spectrum.
+// it, else on the plan's own.
 template <bool kReverse>
 void conv_windows(const at::Tensor& x, const at::Tensor& k, const c10::optional<at::Tensor>& skip, at::Tensor& y,
                   const ConvShape& s, const ConvSwitches& sw) {
-  if (const int M = radix3_window(s, sw)) {
-    const ConvShape s3 = radix3_shape(s, M);
-    launch_conv_windows<kReverse>(x, kernel_spectrum3(k, skip, s3), y, s3, sw);
-  } else {
-    launch_conv_windows<kReverse>(x, kernel_spectrum(k, skip, s), y, s, sw);
-  }
+  const int M = radix3_window(s, sw);
+  const ConvShape w = M ? radix3_shape(s, M) : s;
+  launch_conv_windows<kReverse>(x, kernel_spectrum(k, skip, w), y, w, sw);
 }
 
 // ---- the tensor-core window kernel (tc_window.cuh)
@@ -605,7 +600,7 @@ at::Tensor grad_k_windows3(const at::Tensor& u, const at::Tensor& gy, const Conv
 at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s, int64_t Lk,
                           const ConvSwitches& sw) {
   const bool pairs = s.logN <= kMaxLogNGradKPairs;
-  if (const int M = pairs || !half_window(s, sw) ? 0 : radix3_window(s, sw)) {
+  if (const int M = pairs ? 0 : radix3_window(s, sw)) {
     const ConvShape s3 = radix3_shape(s, M);
     if (half_window(s3, sw)) return grad_k_windows3(u, gy, s3, Lk, sw);
   }
@@ -771,12 +766,6 @@ bool use_cluster(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k, co
   if (at::cuda::getCurrentDeviceProperties()->major < 9) return false;
   return cluster_kernels_launchable(with_grad_k ? ClusterKernels::kGeneralGradK : ClusterKernels::kGeneral,
                                     cluster_blocks(plan));
-}
-
-int log2_int(int v) {
-  int l = 0;
-  while ((1 << l) < v) ++l;
-  return l;
 }
 
 // (D, N/2+1) spectrum of the effective kernel scaled by 1/N for cluster-sized N: two channels per

@@ -550,6 +550,21 @@ __device__ __forceinline__ float gy_scale(float mu, float mg) {
   return (mu > 0.f && mg > 0.f) ? exp2f(fminf(fmaxf(rintf(log2f(mu / mg)), -100.f), 100.f)) : 1.f;
 }
 
+// This thread's max |u| and max |gy| folded over its warp, then into slot[0..1] (float bits: the order of
+// non-negative floats is the order of their bits) by one atomic per warp. Every lane must call it (blocks
+// are whole warps, no early exit); the caller's barrier makes slot visible.
+__device__ __forceinline__ void fold_warp_maxima(float mu, float mg, unsigned int* slot) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    mu = fmaxf(mu, __shfl_xor_sync(0xffffffffu, mu, o));
+    mg = fmaxf(mg, __shfl_xor_sync(0xffffffffu, mg, o));
+  }
+  if ((threadIdx.x & 31) == 0) {
+    atomicMax(&slot[0], __float_as_uint(mu));
+    atomicMax(&slot[1], __float_as_uint(mg));
+  }
+}
+
 // acc + G conj(U) at bin f from a = Z[f], c = conj(Z[N-f]) of z = u + i*sc*gy: -i/(4 sc) (a - c) conj(a + c).
 __device__ __forceinline__ float2 add_g_conj_u(float2 acc, float2 a, float2 c, float sc) {
   const float w = 0.25f / sc;
@@ -615,15 +630,7 @@ __global__ void __launch_bounds__(N / kElemsPerThread, (min_blocks_per_sm<N, 102
           mg = fmaxf(mg, fabsf(to_float(gr[n])));
         }
       }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {  // every lane is here: blocks are whole warps, no early exit
-        mu = fmaxf(mu, __shfl_xor_sync(0xffffffffu, mu, o));
-        mg = fmaxf(mg, __shfl_xor_sync(0xffffffffu, mg, o));
-      }
-      if ((threadIdx.x & 31) == 0) {
-        atomicMax(&window_max[parity][0], __float_as_uint(mu));
-        atomicMax(&window_max[parity][1], __float_as_uint(mg));
-      }
+      fold_warp_maxima(mu, mg, window_max[parity]);
       __syncthreads();
       sc = gy_scale(__uint_as_float(window_max[parity][0]), __uint_as_float(window_max[parity][1]));
       if (threadIdx.x == 0) window_max[parity ^ 1][0] = window_max[parity ^ 1][1] = 0u;  // as below

@@ -464,15 +464,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         mg = fmaxf(mg, fabsf(to_float(gr[n])));
       }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {  // every lane is here: blocks are whole warps, no early exit
-      mu = fmaxf(mu, __shfl_xor_sync(0xffffffffu, mu, o));
-      mg = fmaxf(mg, __shfl_xor_sync(0xffffffffu, mg, o));
-    }
-    if ((threadIdx.x & 31) == 0) {
-      atomicMax(&window_max[parity][0], __float_as_uint(mu));
-      atomicMax(&window_max[parity][1], __float_as_uint(mg));
-    }
+    fold_warp_maxima(mu, mg, window_max[parity]);
     __syncthreads();
     const float sc = gy_scale(__uint_as_float(window_max[parity][0]), __uint_as_float(window_max[parity][1]));
     // the other parity's slot was last read before this row's barrier and is next written after the

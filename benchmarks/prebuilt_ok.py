@@ -9,7 +9,12 @@ same torch, for the device's architecture, from the same sources, loads and runs
 
     TORCH_CUDA_ARCH_LIST=9.0 FFT_TENSOR_CUDA=1 python setup.py build_ext --inplace
 
-and pass `carry=["fft_tensor/_C.abi3.so", "fft_tensor/_build_info.py"]` to the device tool. The module is
+and pass `carry=["fft_tensor/_C.abi3.so", "fft_tensor/_build_info.py"]` to the device tool, or, to carry it
+beside NVIDIA's wheels (`.whl/`, 47 MB; the carry holds 64 MiB), gzip it into the git-ignored `.carry/`:
+
+    mkdir -p .carry && gzip -9 -c fft_tensor/_C.abi3.so > .carry/_C.abi3.so.gz && cp fft_tensor/_build_info.py .carry/
+
+and pass `carry=[".carry", ".whl"]`: device_run.sh unpacks it before asking this script. The module is
 used only when its _build_info.py (written by setup.py after a successful build) names this torch, this
 GPU's architecture, the sources in csrc/, this setup.py and the module file itself (by hash), when it is
 not an instrumented build, and when it loads (in a child process); any other case builds as before.

@@ -1450,6 +1450,7 @@ def _assert_same_without_pdl(run, expected, monkeypatch):
 @pytest.mark.parametrize("L,Lk,batch,dim,half", HALF_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _, _ in HALF_SHAPES])
 def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")  # the real-window backward for these few channels too
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "0")  # the power-of-two grad_k kernels (test_cuda_radix3_grad_k_only)
     monkeypatch.delenv("FFT_TENSOR_CONV_HALF", raising=False)
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     gy = torch.randn_like(u)
@@ -1579,10 +1580,48 @@ def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
     for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k"), run(), (y, gu_alone, gu, gk)):
         assert a.shape == b.shape and rel_err(a, b) < 1e-5, (name, rel_err(a, b))
     monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "on")
-    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1 \(or unset\), got 'on'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1, grad_k \(or unset\), got 'on'"):
         fft_tensor.causal_conv(u, k, skip)
-    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1 \(or unset\), got 'on'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1, grad_k \(or unset\), got 'on'"):
         ops.causal_conv_backward(gy, u, k, skip, True, False)
+
+
+# FFT_TENSOR_CONV_RADIX3=grad_k: only grad_k of the 16384-point half plans (Lk = L 4097-6144 and the like)
+# takes the radix-3 kernels (12288 points); the forward and grad_u keep the power-of-two windows (the
+# radix-3 window kernels were not faster on the H100: RESULTS.md, thirty-fourth session). Values against
+# float64, grad_k's groups, the switch at 0 and unset (the default: 0).
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", [(6144, 6144, 3, 2), (4097, 5000, 2, 3), (5000, 300, 1, 2)])
+def test_cuda_radix3_grad_k_only(L, Lk, batch, dim, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "grad_k")
+    monkeypatch.delenv("FFT_TENSOR_CONV_GRAD_K_GROUPS", raising=False)
+    monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "0")  # FFT windows for the 300 taps too
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
+    taps = min(L, Lk)
+    fft_size, _, _, segments = causal_conv_plan(L, Lk)
+    radix3 = segments == 1 and fft_size == 16384 and L + taps - 1 <= 12288 and 2 * L <= 12288
+    assert radix3 == (taps > 300), (fft_size, segments)  # 5000 x 300: overlap-save windows, not this path
+
+    def backward():
+        return ops.causal_conv_backward(gy, u, k, skip, True, True)
+
+    names = _cuda_kernel_names(backward)
+    assert ("conv_grad_k3_kernel" in names) == radix3 and ("grad_k_taps3_kernel" in names) == radix3, names
+    assert "conv_window3_kernel" not in names and "kernel_spectrum3_kernel" not in names, names
+    assert "conv_window3_kernel" not in _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+    gu, gk = backward()
+    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert rel_err(gu, fft64_reference(gy.flip(-1), k, skip).flip(-1)) < 1e-5
+    monkeypatch.setenv("FFT_TENSOR_CONV_GRAD_K_GROUPS", "3")
+    assert rel_err(backward()[1], gk) < 2e-6
+    monkeypatch.delenv("FFT_TENSOR_CONV_GRAD_K_GROUPS")
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "0")
+    assert "conv_grad_k3_kernel" not in _cuda_kernel_names(backward)
+    off = backward()
+    assert rel_err(off[1], gk) < 2e-6 and torch.equal(off[0], gu)  # grad_u: the same kernels either way
+    monkeypatch.delenv("FFT_TENSOR_CONV_RADIX3")
+    assert all(map(torch.equal, backward(), off))  # unset = 0
 
 
 # The fused backward (FFT_TENSOR_CONV_FUSED_BACKWARD, on by default): both gradients of a one-window plan
@@ -1646,6 +1685,7 @@ def test_cuda_fused_backward(L, Lk, batch, dim, monkeypatch):
 def test_cuda_grad_k_groups(L, Lk, batch, both, monkeypatch):
     monkeypatch.setenv("FFT_TENSOR_CONV_DIRECT_MAX_TAPS", "0")  # FFT windows, not the direct kernels
     monkeypatch.delenv("FFT_TENSOR_CONV_FUSED_BACKWARD", raising=False)
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "0")  # 16384 points, not 12288 (test_cuda_radix3_grad_k_only)
     dim = 3
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     gy = torch.randn_like(u)

@@ -132,7 +132,8 @@ struct ConvSwitches {
   bool channels_last;           // CHANNELS_LAST: the tiled direct kernels (use_tiled)
   bool fused_backward;          // FUSED_BACKWARD: both gradients of a one-window plan in one kernel (use_backward_pairs)
   int64_t grad_k_groups;        // GRAD_K_GROUPS: grad_k's blocks per channel, 0 = the rule (grad_k_groups)
-  bool radix3;                  // RADIX3: windows of 3 x 2^m points (radix3_window)
+  bool radix3;                  // RADIX3=1: windows of 3 x 2^m points (radix3_window)
+  bool radix3_grad_k;           // RADIX3=1 or grad_k: grad_k of the 16384-point half plans on 12288 points
 
   static ConvSwitches from_env() {
     ConvSwitches w;
@@ -160,7 +161,9 @@ struct ConvSwitches {
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
     w.fused_backward = env_flag("FFT_TENSOR_CONV_FUSED_BACKWARD", true);
     w.grad_k_groups = env_int("FFT_TENSOR_CONV_GRAD_K_GROUPS", 1, 4096, 0);
-    w.radix3 = env_flag("FFT_TENSOR_CONV_RADIX3", false);
+    const std::string radix3 = env_choice("FFT_TENSOR_CONV_RADIX3", {"0", "1", "grad_k"}, "0");
+    w.radix3 = radix3 == "1";
+    w.radix3_grad_k = radix3 != "0";
     return w;
   }
 };
@@ -356,12 +359,15 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
 // three quarters of it (L + taps - 1 <= 3N/4: Lk = L from 1025 to 1536, 2049 to 3072, 4097 to 6144) runs
 // its forward, and grad_u where that is computed by the window kernel (frozen taps, or beside grad_k at
 // 16384 points), on windows of 3N/4 points, and at 16384 points grad_k too (grad_k_windows3, rows in the
-// window's first half); unset, empty or 0 = the power-of-two windows.
+// window's first half); grad_k = that grad_k only; unset, empty or 0 = the power-of-two windows. Measured
+// on the H100 (RESULTS.md, thirty-fourth session): of the radix-3 kernels only grad_k's wins (0.383 + 0.065
+// ms against 0.477 + 0.050 at 6144 fp32); the forward and grad_u window kernels are as slow as or slower
+// than the 4/3 larger power-of-two ones (0.414 against 0.377 ms). grad_k is the candidate default; it stays
+// off until the grad_k setting itself has run its test and been timed end to end on a GPU.
 // On the real-window plans (32K real points) see radix3_real_window.
-// Off until measured: the kernels were compiled for sm_90 and checked by emulation here, not yet run on a GPU
-// (RESULTS.md, thirty-third session). Returns M (the window is 3M points), 0 when the plan does not take it.
-int radix3_window(const ConvShape& s, const ConvSwitches& sw) {
-  if (!sw.radix3 || s.nseg != 1 || s.N < 4096 || s.N > kMaxFusedFFT) return 0;
+// Returns M (the window is 3M points), 0 when the plan does not take it.
+int radix3_window(const ConvShape& s, const ConvSwitches& sw, bool grad_k = false) {
+  if (!(grad_k ? sw.radix3_grad_k : sw.radix3) || s.nseg != 1 || s.N < 4096 || s.N > kMaxFusedFFT) return 0;
   const int M = s.N / 4;
   return s.L + s.taps - 1 <= 3 * M ? M : 0;
 }
@@ -600,7 +606,7 @@ at::Tensor grad_k_windows3(const at::Tensor& u, const at::Tensor& gy, const Conv
 at::Tensor grad_k_windows(const at::Tensor& u, const at::Tensor& gy, const ConvShape& s, int64_t Lk,
                           const ConvSwitches& sw) {
   const bool pairs = s.logN <= kMaxLogNGradKPairs;
-  if (const int M = pairs ? 0 : radix3_window(s, sw)) {
+  if (const int M = pairs ? 0 : radix3_window(s, sw, /*grad_k=*/true)) {
     const ConvShape s3 = radix3_shape(s, M);
     if (half_window(s3, sw)) return grad_k_windows3(u, gy, s3, Lk, sw);
   }

@@ -115,6 +115,7 @@ int64_t env_int(const char* name, int64_t lo, int64_t hi, int64_t unset) {
 }
 
 enum class RealWindowMode { kAuto, kOff, kForced, kForwardOnly };
+enum class Radix3Mode { kOff, kGradK, kAll };  // RADIX3: 0 (or unset), grad_k, 1
 enum class PaddedMode { kAuto, kOff, kLoad, kExchange };
 
 struct ConvSwitches {
@@ -132,8 +133,7 @@ struct ConvSwitches {
   bool channels_last;           // CHANNELS_LAST: the tiled direct kernels (use_tiled)
   bool fused_backward;          // FUSED_BACKWARD: both gradients of a one-window plan in one kernel (use_backward_pairs)
   int64_t grad_k_groups;        // GRAD_K_GROUPS: grad_k's blocks per channel, 0 = the rule (grad_k_groups)
-  bool radix3;                  // RADIX3=1: windows of 3 x 2^m points (radix3_window)
-  bool radix3_grad_k;           // RADIX3=1 or grad_k: grad_k of the 16384-point half plans on 12288 points
+  Radix3Mode radix3;            // RADIX3: windows of 3 x 2^m points (radix3_window, radix3_real_window)
 
   static ConvSwitches from_env() {
     ConvSwitches w;
@@ -162,8 +162,7 @@ struct ConvSwitches {
     w.fused_backward = env_flag("FFT_TENSOR_CONV_FUSED_BACKWARD", true);
     w.grad_k_groups = env_int("FFT_TENSOR_CONV_GRAD_K_GROUPS", 1, 4096, 0);
     const std::string radix3 = env_choice("FFT_TENSOR_CONV_RADIX3", {"0", "1", "grad_k"}, "0");
-    w.radix3 = radix3 == "1";
-    w.radix3_grad_k = radix3 != "0";
+    w.radix3 = radix3 == "1" ? Radix3Mode::kAll : radix3 == "grad_k" ? Radix3Mode::kGradK : Radix3Mode::kOff;
     return w;
   }
 };
@@ -367,7 +366,9 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
 // On the real-window plans (32K real points) see radix3_real_window.
 // Returns M (the window is 3M points), 0 when the plan does not take it.
 int radix3_window(const ConvShape& s, const ConvSwitches& sw, bool grad_k = false) {
-  if (!(grad_k ? sw.radix3_grad_k : sw.radix3) || s.nseg != 1 || s.N < 4096 || s.N > kMaxFusedFFT) return 0;
+  const Radix3Mode mode = sw.radix3;
+  if (mode == Radix3Mode::kOff || (mode == Radix3Mode::kGradK && !grad_k)) return 0;
+  if (s.nseg != 1 || s.N < 4096 || s.N > kMaxFusedFFT) return 0;
   const int M = s.N / 4;
   return s.L + s.taps - 1 <= 3 * M ? M : 0;
 }
@@ -907,7 +908,7 @@ bool real_window_regs(bool backward_with_grad_k, const ConvSwitches& sw) {
 // below serves both sizes, each asking this predicate, so a plan's spectrum and kernels always agree.
 constexpr int kRadix3RealM = kRealWindowN / 4;
 bool radix3_real_window(const ConvShape& s, const ConvSwitches& sw) {
-  return sw.radix3 && s.nseg == 1 && s.N == 2 * kRealWindowN && s.L + s.taps - 1 <= 6 * kRadix3RealM;
+  return sw.radix3 == Radix3Mode::kAll && s.nseg == 1 && s.N == 2 * kRealWindowN && s.L + s.taps - 1 <= 6 * kRadix3RealM;
 }
 
 // The real-window kernels' complex points N (the window is 2N real ones), threads and shared memory.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh verify rwspectrum half radix3 pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh verify rwspectrum half radix3 radix3gk pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -188,6 +188,13 @@ for stage in "$@"; do
              grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK|FAIL|ALL OK|Error|Traceback" "$OUT"/sanitize_radix3_*.log | head -12
              for v in 1 0; do
                conv_variant radix3$v FFT_TENSOR_CONV_RADIX3=$v -- --no-peer --graphs --kernels L --lengths ${RADIX3_LENGTHS:-1500,3000,4096,6144,8192,12288,16384}
+             done ;;
+    # FFT_TENSOR_CONV_RADIX3=grad_k (only the radix-3 grad_k, at Lk = L 4097-6144): its tests and the
+    # power-of-two kernels' pinned ones, then forward+backward with grad_k against 0.
+    radix3gk) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py \
+               -k "cuda and (radix3 or half_window or grad_k_groups or switch)" 2>&1 | tee "$OUT/tests_radix3gk.log" | tail -6
+             for v in grad_k 0; do
+               conv_variant radix3$v FFT_TENSOR_CONV_RADIX3=$v -- --no-peer --graphs --kernels L --lengths ${RADIX3_LENGTHS:-4097,5000,6144}
              done ;;
     fourstepcheck) for tool in memcheck racecheck; do
                timeout 110 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py --fourstep 2>&1 \

@@ -94,6 +94,68 @@ def inverse_3m(a, half_output=False):
     return out
 
 
+def dft_3m_residues(z, half_input=False):
+    """The forward by decimation in frequency (conv_window3_kernel since the thirty-fifth session): group j
+    forms a_j[n] = W_N^(jn) (z[n] + W_3^j z[n + M] + W_3^2j z[n + 2M]) for n < M from its loads (no
+    exchange) and transforms it: A_j[k] = X[3k + j]. Returns A as (..., 3, M). half_input: z[n] = 0 for
+    n >= 3M/2, so the loads are z[n] (every n) and z[n + M] (n < M/2 only)."""
+    N = z.shape[-1]
+    M = N // 3
+    n = np.arange(M)
+    if half_input:
+        assert not np.any(z[..., N // 2:]), "the window's upper half is not zero"
+    A = []
+    for j in range(3):
+        w3 = np.exp(-2j * np.pi * j / 3)
+        hi = np.where(n < M // 2, z[..., M + n], 0) if half_input else z[..., M:2 * M]
+        top = 0 if half_input else z[..., 2 * M:]
+        a = np.exp(-2j * np.pi * j * n / N) * (z[..., :M] + w3 * hi + w3 * w3 * top)
+        A.append(np.fft.fft(a, axis=-1))  # the group's M-point transform (fft_to_registers' passes)
+    return np.stack(A, axis=-2)
+
+
+def inverse_3m_residues(A, half_output=False):
+    """out[n] = sum_f a[f] W_N^(f n) for a given as A[j][k] = a[3k + j] (dft_3m_residues' layout): group j
+    transforms A_j (inverse_from_registers, every output n' < M), stores s_j[n'] = W_N^(j n') C_j[n'] to
+    shared memory, and after one barrier out[n' + mM] = sum_j W_3^(jm) s_j[n'] for m = 0 and, with
+    half_output (only n < 3M/2 wanted), m = 1 for n' < M/2 only."""
+    M = A.shape[-1]
+    N = 3 * M
+    n = np.arange(M)
+    s = [np.exp(-2j * np.pi * j * n / N) * np.fft.fft(A[..., j, :], axis=-1) for j in range(3)]
+    out = np.full(A.shape[:-2] + (N,), np.nan, dtype=complex)
+    for m in range(3):
+        w = np.exp(-2j * np.pi * m / 3)
+        v = s[0] + w * s[1] + w * w * s[2]
+        if half_output:
+            if m == 2:
+                continue
+            if m == 1:
+                v = np.where(n < M // 2, v, np.nan)
+        out[..., m * M:(m + 1) * M] = v
+    return out
+
+
+def conv_pair_window_residues(u, k, N):
+    """conv_pair_window by the residue scheme: group j holds bins 3k + j, so it multiplies by K[3k + j]."""
+    B, L = u.shape
+    taps = k.shape[-1]
+    assert B == 2 and L + taps - 1 <= N
+    half = L <= N // 2
+    M = N // 3
+    z = np.zeros(N, dtype=complex)
+    z[:L] = u[0] + 1j * u[1]
+    kp = np.zeros(N)
+    kp[:taps] = k
+    K = np.fft.fft(kp)[:N // 2 + 1] / N
+    A = dft_3m_residues(z, half_input=half)
+    f = 3 * np.arange(M)[None, :] + np.arange(3)[:, None]  # (3, M): bin of group j's slot k
+    w = inverse_3m_residues(np.conj(A * spectrum_bin(K, f, N)), half_output=half)
+    y = np.conj(w[:L])
+    assert not np.any(np.isnan(y)), "an output the kHalf inverse skips was used"
+    return np.stack([y.real, y.imag])
+
+
 def spectrum_bin(K, f, N):
     """hermitian_bin for N = 3M: K holds bins 0..N/2; group 1's range straddles N/2."""
     f = np.asarray(f)
@@ -186,6 +248,7 @@ def check(seed=0):
         u = rng.standard_normal((2, L))
         k = rng.standard_normal(taps) / math.sqrt(taps)
         worst[("pair", L, Lk, N)] = rel_err(conv_pair_window(u, k, N), direct_conv(u, k))
+        worst[("pair, residues", L, Lk, N)] = rel_err(conv_pair_window_residues(u, k, N), direct_conv(u, k))
     for L, Lk in REAL_CASES:
         taps = min(L, Lk)
         Nc = 3 * next_pow2(-(-(L + taps - 1) // 6))  # 2 Nc real points >= L + taps - 1, Nc = 3 x 2^m

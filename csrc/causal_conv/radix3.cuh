@@ -196,6 +196,78 @@ __device__ __forceinline__ void slots_to_smem(float2* smem, const float2 (&x)[kE
   __syncthreads();
 }
 
+// exp(-2 pi i m / 48) for a compile-time m in [0, 48).
+__device__ __forceinline__ float2 root48_any(int m) {
+  const int c = m <= 24 ? m : 48 - m;
+  int s = m >= 12 ? m - 12 : 12 - m;  // sin(2 pi m/48) = cos(2 pi (m - 12)/48)
+  s = s <= 24 ? s : 48 - s;
+  return make_float2(cos48(c), -cos48(s));
+}
+
+// W_N^(g n) for n = t + r M/16 (N = 3M): W_N^(g t), given, times the constant exp(-2 pi i g r / 48).
+// g is uniform per warp (groups are whole warps), so each branch folds r's constant.
+__device__ __forceinline__ float2 residue_twiddle(float2 v, float2 wgt, int g, int r) {
+  if (g == 0) return v;
+  return cmul(v, cmul(wgt, g == 1 ? root48_any(r) : root48_any(2 * r)));
+}
+
+// The forward by decimation in frequency: X[3k + g] = DFT_M over n of a_g[n],
+//   a_g[n] = W_N^(gn) (z[n] + W_3^g z[n + M] + W_3^2g z[n + 2M]),  n < M,
+// formed by group g from its own loads (no exchange, contiguous reads), then smem_fft's M-point passes in
+// the group's third of shared memory. Leaves bin k = t + Slots::offset(i) of group g's transform, i.e.
+// X[3k + g], in x[i]. kHalf: z[n] = 0 for n >= 3M/2 (load is called for n < 3M/2 only). Starts without
+// a barrier (shared memory is not yet in use) and ends reading the group's third: the caller's barrier
+// comes before it is written again.
+template <int M, bool kHalf, typename Load>
+__device__ __forceinline__ void forward3_residues(float2* smem, float2 (&x)[kElemsPerThread], Load load, int t,
+                                                  int g) {
+  constexpr int M16 = M / kElemsPerThread, Rl = last_radix(M);
+  float2* own = smem + g * padded_size(M);
+  const float2 w3 = root3(g), w3sq = cmul(w3, w3);
+  const float2 wgt = thread_root<M>(g * t);  // W_N^(gt)
+#pragma unroll
+  for (int r = 0; r < kElemsPerThread; ++r) {
+    const int n = t + r * M16;
+    float2 v = load(n);
+    if (!kHalf || r < kElemsPerThread / 2) v = cadd(v, cmul(w3, load(n + M)));  // n + M < 3M/2 iff r < 8
+    if (!kHalf) v = cadd(v, cmul(w3sq, load(n + 2 * M)));
+    x[r] = residue_twiddle(v, wgt, g, r);
+  }
+  smem_fft::dft<kElemsPerThread>(x);  // pass 1: radix 16, Ns = 1
+  smem_fft::store_pass<M, 16, 1>(own, x, t);
+  __syncthreads();
+  smem_fft::radix16_passes<M, 16, M / Rl>(own, t);
+  smem_fft::load_pass<M, Rl>(own, x, t);
+  smem_fft::compute_pass<M, Rl, M / Rl>(x, t);
+}
+
+// The inverse of forward3_residues' layout: x holds a[3k + g] for group g's bins k (forward3_residues'
+// slots); out[n] = sum_f a[f] W_N^(fn) goes to store(n, v). Group g transforms its bins (every output
+// n' < M), keeps s_g[n'] = W_N^(g n') C_g[n'] in its third of shared memory, and after one barrier
+// out[n' + mM] = sum_g W_3^(gm) s_g[n'], thread by thread over n' (contiguous stores); kHalf: only
+// n < 3M/2 is wanted (m = 0, and m = 1 for n' < M/2). Starts with a barrier (the forward's reads of
+// shared memory come first); ends reading shared memory.
+template <int M, bool kHalf, typename Store>
+__device__ __forceinline__ void inverse3_residues(float2* smem, float2 (&x)[kElemsPerThread], Store store, int t,
+                                                  int g) {
+  constexpr int padM = padded_size(M);
+  float2* own = smem + g * padM;
+  const float2 wgt = thread_root<M>(g * t);
+  __syncthreads();
+  int r = 0;  // inverse_from_registers stores n' = t + r M/16 for r = 0, 1, ..., 15 in that order
+  // kInPlace: its last pass reads the third these stores write, so a barrier separates them
+  smem_fft::inverse_from_registers<M, true, false>(
+      own, x, [&](int n, float2 v) { own[pad(n)] = residue_twiddle(v, wgt, g, r++); }, t);
+  __syncthreads();
+  const float2 w3 = root3(1), w3sq = root3(2);
+  for (int n = (int)threadIdx.x; n < M; n += 3 * (M / kElemsPerThread)) {
+    const float2 s0 = smem[pad(n)], s1 = smem[padM + pad(n)], s2 = smem[2 * padM + pad(n)];
+    store(n, cadd(s0, cadd(s1, s2)));
+    if (!kHalf || n < M / 2) store(n + M, cadd(s0, cadd(cmul(w3, s1), cmul(w3sq, s2))));
+    if (!kHalf) store(n + 2 * M, cadd(s0, cadd(cmul(w3sq, s1), cmul(w3, s2))));
+  }
+}
+
 }  // namespace radix3
 
 // conv_window_kernel on a window of N = 3M points starting at t = 0 (one-window plans: N >= L + taps - 1,
@@ -203,6 +275,11 @@ __device__ __forceinline__ void slots_to_smem(float2* smem, const float2 (&x)[kE
 // 3M/16 threads, pair fastest; K: (D, N/2 + 1) from kernel_spectrum3_kernel, the kernel launched just
 // before, read as conv_window_kernel's kAfterSpectrum build reads it (one build for both launches: launched
 // the ordinary way, the grid-dependency wait returns at once).
+// By residues (forward3_residues, inverse3_residues): group g holds the bins 3k + g, so the radix-3 step
+// costs no exchange on the way in and one on the way out, and rows are read and written contiguously. The
+// thirty-third session's version (forward3 / inverse3: decimation in time, groups reading z[3n + g]) made
+// three exchanges, each reading all three thirds, and ran no faster than the 4/3 larger power-of-two
+// window (RESULTS.md, thirty-fourth session).
 template <typename scalar_t, bool kReverse, int M, bool kHalf>
 __global__ void __launch_bounds__(radix3::threads<M>(), radix3::min_blocks<M>())
     conv_window3_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K, scalar_t* __restrict__ y,
@@ -219,16 +296,16 @@ __global__ void __launch_bounds__(radix3::threads<M>(), radix3::min_blocks<M>())
   const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? (b1 * s.D + d) * s.L : off0;
   const WindowRows<scalar_t, kReverse> rows(x + off0, x + off1, has1, 0, s.L, N);
   float2 v[kElemsPerThread];
-  radix3::forward3<M, kHalf>(smem, v, rows, t, g);
+  radix3::forward3_residues<M, kHalf>(smem, v, rows, t, g);
   smem_fft::pdl_wait();
   const float2* Kd = K + d * (N / 2 + 1);
 #pragma unroll
   for (int i = 0; i < kElemsPerThread; ++i)
-    v[i] = conjf2(cmul(v[i], radix3::hermitian_bin3<M, true>(Kd, t + S::offset(i) + g * M)));
+    v[i] = conjf2(cmul(v[i], radix3::hermitian_bin3<M, true>(Kd, 3 * (t + S::offset(i)) + g)));
   scalar_t* y0 = y + off0 + (kReverse ? s.L - 1 : 0);
   scalar_t* y1 = y + off1 + (kReverse ? s.L - 1 : 0);
   const int L = (int)s.L;
-  radix3::inverse3<M, kHalf>(
+  radix3::inverse3_residues<M, kHalf>(
       smem, v,
       [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
         if (n >= L) return;

@@ -8,27 +8,22 @@ Why: every default plan uses N = next_pow2(L + taps - 1) points, so L = 12288 wi
 size says. At 6144 (fp32), 12288, 24576 and 40000 forward+backward falls to 2.2-2.9x the reference, under issue 3's 3x
 (RESULTS.md, thirty-second session). Windows of 3 x 2^m points cut a quarter of the points there.
 
-The kernel (conv_window3_kernel: one block per row pair, as conv_window_kernel): N = 3M with M = 2^m one of the
-sizes smem_fft already transforms, the block in three groups of M/16 threads. By decimation in time,
+The kernels (one block per row pair for conv_window3_kernel, as conv_window_kernel): N = 3M with M = 2^m one of
+the sizes smem_fft already transforms, the block in three groups of M/16 threads. Since the thirty-fifth
+session by residues (dft_3m_residues, inverse_3m_residues):
+  X[3k + g] = DFT_M over n of a_g[n],   a_g[n] = W_N^gn (z[n] + W_3^g z[n + M] + W_3^2g z[n + 2M]),  n < M,
+so group g forms a_g from contiguous loads and transforms it with no exchange, multiplies bin 3k + g by the
+kernel's spectrum, and the inverse splits the same way on the way out:
+  out[n' + mM] = sum_g W_3^gm s_g[n'],   s_g[n'] = W_N^gn' DFT_M over k of a[3k + g],
+one exchange through shared memory before contiguous stores. kHalf (L <= N/2): z[n + M] is loaded for
+n < M/2 only, z[n + 2M] never, and outputs n < 3M/2 only are formed. The real-window kernels pair bin
+f = 3k + g with N - f in that layout (conv_real_window_residues).
+The thirty-third session's kernels went by decimation in time (dft_3m, inverse_3m):
   X[k + jM] = F_0[k] + W_N^k W_3^j F_1[k] + W_N^2k W_3^2j F_2[k],   F_r = DFT_M(z[3n + r]), k < M, j < 3,
-so group r runs the existing M-point transform (smem_fft::fft_to_registers with its own thread index and
-its own third of shared memory) on z[3n + r], read straight from global memory (stride 3). Thread q of
-every group then holds the same bins k of its F_r (the transform leaves bin q + b M/16 + i M/Rl in
-register slot b Rl + i whatever the group), so one exchange through shared memory gives thread (q, r) all
-three F_s[k] of its bins, and it forms X[k + rM]: group r owns the bins [rM, (r + 1)M).
-The product with the kernel's spectrum, stored for bins 0..N/2 as now (hermitian_bin): group 0 reads K[f],
-group 2 conj(K[N - f]), group 1 either (its range straddles N/2 = 1.5M).
-The inverse is the forward DFT of the conjugate, by decimation in frequency:
-  out[3n + r] = DFT_M over k of b_r[k],   b_r[k] = W_N^kr (a[k] + W_3^r a[k + M] + W_3^2r a[k + 2M]),
-one more exchange (thread (q, r) needs a[k + jM] for the other j), then group r's M-point inverse pass
-chain (smem_fft::inverse_from_registers) writes outputs 3n + r straight to global memory.
-kHalf (L <= N/2, every Lk = L plan): z[3n + r] = 0 for n >= M/2, so each group's input has its upper
-half zero (dft16_upper_zero applies as it is), and only outputs n < N/2 are wanted: n < M/2 per group
-(the kHalf inverse as it is).
-The real-window variant (L + taps - 1 <= 2N real points, the 32K-point kernels today): the same transform
-of z[n] = u[2n] + i u[2n + 1], then the real-spectrum step pairing bins f and N - f as now.
-
-This script runs that decomposition with numpy's FFT standing in for the M-point shared-memory transforms
+group r transforming z[3n + r] (stride-3 loads), then an exchange in which every thread read all three
+thirds, and the same on the way out: two exchanges more than the residue split, and on the GPU no faster
+than the 4/3 larger power-of-two window (RESULTS.md, thirty-fourth session).
+This script runs both decompositions with numpy's FFT standing in for the M-point shared-memory transforms
 (those are the tested kernels), and checks y against a float64 direct convolution; then it lists the
 window sizes a plan over {2^k, 3 x 2^k} would pick for the lengths measured.
 
@@ -221,6 +216,48 @@ def conv_real_window(u, k, Nc):
     return y[:L]
 
 
+def conv_real_window_residues(u, k, Nc):
+    """conv_real_window by the residue scheme, as the kernels index it: thread (t, g) holds Z[f], f = 3k + g,
+    reads its partner Z[N - f] at residue_at(N - f) = A[(N - f) % 3][(N - f) // 3], forms the merged bin
+    for the same f, and inverse3 takes the merged bins in the same layout."""
+    L = u.shape[-1]
+    taps = k.shape[-1]
+    N2 = 2 * Nc
+    M = Nc // 3
+    half = L <= Nc
+    x = np.zeros(N2)
+    x[:L] = u
+    z = x[0::2] + 1j * x[1::2]
+    A = dft_3m_residues(z, half_input=half)  # A[g, k] = Z[3k + g]
+    kp = np.zeros(N2)
+    kp[:taps] = k
+    Kr = np.fft.fft(kp)[:Nc + 1]
+    Q = np.empty_like(A)
+    for g in range(3):
+        kk = np.arange(M)
+        f = 3 * kk + g
+        p = np.where(f == 0, 0, Nc - f)
+        Zf, Zc = A[g, kk], np.conj(A[p % 3, p // 3])
+        tw = np.exp(-2j * np.pi * (3 * 0 + g) / N2) * np.exp(-2j * np.pi * 3 * kk / N2)  # W_2N^(3k + g)
+        P, Dd = Zf + Zc, Zf - Zc
+        tM = tw * (-1j) * Dd
+        X1, X2 = P + tM, P - tM  # 2 U[f], 2 U[f + Nc]
+        K1 = Kr[f]
+        K2 = np.conj(Kr[Nc - f])  # K[f + Nc] = conj(K[Nc - f])
+        Y1, Y2 = X1 * K1 / 2, X2 * K2 / 2
+        # real_merge: the DFT of y[2n] + i y[2n + 1] at f from the product's bins f and f + Nc
+        Ev = (Y1 + Y2) / 2
+        Od = (Y1 - Y2) / 2 / tw
+        Q[g] = np.conj(Ev + 1j * Od)
+    w = inverse_3m_residues(Q, half_output=half) / Nc
+    q = np.conj(w)
+    y = np.empty(N2)
+    y[0::2] = q.real
+    y[1::2] = q.imag
+    assert not np.any(np.isnan(y[:L])), "an output the kHalf inverse skips was used"
+    return y[:L]
+
+
 def direct_conv(u, k):
     L = u.shape[-1]
     return np.stack([np.convolve(row, k)[:L] for row in np.atleast_2d(u)])
@@ -255,6 +292,7 @@ def check(seed=0):
         u = rng.standard_normal(L)
         k = rng.standard_normal(taps) / math.sqrt(taps)
         worst[("real", L, Lk, 2 * Nc)] = rel_err(conv_real_window(u, k, Nc), direct_conv(u, k)[0])
+        worst[("real, residues", L, Lk, 2 * Nc)] = rel_err(conv_real_window_residues(u, k, Nc), direct_conv(u, k)[0])
     return worst
 
 

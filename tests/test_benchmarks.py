@@ -402,8 +402,9 @@ def test_prebuilt_module_check_sees_a_changed_source(tmp_path):
 
 def test_emulate_radix3_window():
     # The plan for 3 x 2^m-point windows (RESULTS.md, thirty-second session): the three-group transform is a
-    # DFT, its decimation-in-frequency inverse too, the half-spectrum lookup is the full spectrum, and the
-    # emulated pair and real-window kernels match a float64 direct convolution.
+    # DFT, its decimation-in-frequency inverse too, so are the residue split and its inverse (the kernels'
+    # now), the half-spectrum lookup is the full spectrum, and the emulated pair and real-window kernels
+    # (both schemes) match a float64 direct convolution.
     import numpy as np
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
@@ -424,6 +425,20 @@ def test_emulate_radix3_window():
         x = rng.standard_normal(N)
         K = np.fft.fft(x)
         assert np.allclose(emu.spectrum_bin(K[:N // 2 + 1], np.arange(N), N), K)
+        # the residue split (the kernels' since the thirty-fifth session): A[g, k] = X[3k + g], and its inverse
+        # takes the same layout
+        M = N // 3
+        A = emu.dft_3m_residues(z)
+        assert A.shape == (2, 3, M)
+        assert np.abs(A.transpose(0, 2, 1).reshape(2, N) - ref).max() < 1e-9 * np.abs(ref).max()
+        assert np.abs(emu.dft_3m_residues(zh, half_input=True).transpose(0, 2, 1).reshape(2, N)
+                      - np.fft.fft(zh, axis=-1)).max() < 1e-9 * N
+        with pytest.raises(AssertionError, match="upper half"):
+            emu.dft_3m_residues(z, half_input=True)
+        Z = z.reshape(2, M, 3).transpose(0, 2, 1)  # a[3k + g] at [g, k]
+        assert np.abs(emu.inverse_3m_residues(Z) - ref).max() < 1e-9 * np.abs(ref).max()
+        half_out = emu.inverse_3m_residues(Z, half_output=True)
+        assert np.isnan(half_out[:, N // 2:]).all() and np.abs(half_out[:, :N // 2] - ref[:, :N // 2]).max() < 1e-9 * np.abs(ref).max()
     assert [emu.window_size(n) for n in (1, 7, 1999, 2049, 3072, 3073, 24575)] == [1, 8, 2048, 3072, 3072, 4096, 24576]
     assert emu.window_size(24575, allow_radix3=False) == 32768
     assert max(emu.check(seed=1).values()) < 1e-12

@@ -6,19 +6,21 @@
 // Behind FFT_TENSOR_CONV_RADIX3 (cuda.cu) until measured on a GPU.
 //
 // One block of 3 * M/16 threads per row pair (conv_window_kernel's packing, z = u[b] + i u[b+1]), in three
-// groups of M/16 threads; thread t of group g. By decimation in time,
-//   X[k + jM] = F_0[k] + W_N^k W_3^j F_1[k] + W_N^2k W_3^2j F_2[k],   F_r = DFT_M(z[3n + r]),  k < M, j < 3,
-// so group r runs smem_fft's M-point transform on z[3n + r] (read straight from global memory) in its own
-// third of shared memory. fft_to_registers leaves bin t + b*M/16 + i*M/Rl of F_r in register slot b*Rl + i
-// whatever the group, so after one exchange through shared memory thread (t, j) forms X[k + jM] for the
-// same bins k: group j owns the bins [jM, (j + 1)M). The product with the kernel's spectrum (bins 0..N/2
-// stored, scaled 1/N) and the inverse as the forward DFT of the conjugate (fused_conv's convention), by
-// decimation in frequency:
-//   out[3n + r] = DFT_M over k of b_r[k],   b_r[k] = W_N^kr (a[k] + W_3^r a[k + M] + W_3^2r a[k + 2M]),
-// one more exchange, then group r's M-point inverse pass chain writes outputs 3n + r straight to global
-// memory. kHalf (L <= N/2, every Lk = L plan): z[3n + r] = 0 for n >= M/2 and only outputs n < N/2 are
-// wanted, i.e. n < M/2 in every group, so smem_fft's kHalf forms apply per group as they are.
-// benchmarks/emulate_radix3_window.py checks this decomposition in float64 with numpy.
+// groups of M/16 threads; thread t of group g. By residues (decimation in frequency on the way in):
+//   X[3k + g] = DFT_M over n of a_g[n],   a_g[n] = W_N^gn (z[n] + W_3^g z[n + M] + W_3^2g z[n + 2M]),  n < M,
+// so group g forms a_g from its own loads (contiguous, no exchange) and runs smem_fft's M-point passes in
+// its own third of shared memory, ending with X[3k + g] for its bins k in registers (forward3).
+// The product with the kernel's spectrum (bins 0..N/2 stored, scaled 1/N) reads bin 3k + g; the inverse
+// (the forward DFT of the conjugate) is the same split on the way out:
+//   out[n' + mM] = sum_g W_3^gm s_g[n'],   s_g[n'] = W_N^gn' DFT_M over k of a[3k + g],
+// group g's M-point passes, one exchange through shared memory, and contiguous stores (inverse3).
+// kHalf (L <= N/2, every Lk = L plan): z[n] = 0 for n >= 3M/2, so z[n + M] is loaded for n < M/2 only and
+// z[n + 2M] not at all, and only outputs n < 3M/2 are formed. The real-window kernels pair bin f with
+// N - f in the same layout (residue_at). The thirty-third session's decimation in time (group g
+// transforming z[3n + g], then a radix-3 combine reading all three thirds, on both sides) made two more
+// exchanges and read rows with stride 3; its window kernels ran no faster than the 4/3 larger power-of-two
+// ones (RESULTS.md, thirty-fourth session).
+// benchmarks/emulate_radix3_window.py checks both decompositions in float64 with numpy.
 #pragma once
 #include "fft_kernels.cuh"
 #include "smem_fft.cuh"
@@ -79,58 +81,10 @@ struct Slots {
   // pad(t + offset(slot)) = pad(t) + padded(slot): offset is a multiple of M/16 >= 64 (smem_fft's
   // padded_offset rule), so a thread's 16 addresses are one register plus immediates
   static __device__ __forceinline__ constexpr int padded(int slot) { return smem_fft::padded_offset(offset(slot)); }
+  // the bin of the 3M-point transform that slot holds in thread (t, g): X[3k + g], k = t + offset(slot)
+  static __device__ __forceinline__ int bin(int slot, int t, int g) { return 3 * (t + offset(slot)) + g; }
 };
 
-// X[k + gM] of the window z[0..3M) given by load(n) for the 16 bins k of thread (t, g), in the slots
-// fft_to_registers uses. kHalf: z[n] = 0 for n >= 3M/2 (load is called for n < 3M/2 only). Starts
-// without a barrier (the first pass writes the group's third of shared memory at once) and ends after
-// reading every third: the caller's barrier must come before shared memory is written again.
-template <int M, bool kHalf, typename Load>
-__device__ __forceinline__ void forward3(float2* smem, float2 (&x)[kElemsPerThread], Load load, int t, int g) {
-  using S = Slots<M>;
-  constexpr int padM = padded_size(M);
-  float2* own = smem + g * padM;
-  smem_fft::fft_to_registers<M, false, kHalf>(own, x, [&](int n) { return load(3 * n + g); }, t);
-  // F_g to its third in natural order. No barrier first: the last pass loaded slot i from exactly
-  // own[pad(t + offset(i))], so each thread overwrites only what it read itself (a review's emulation
-  // checked it for every thread).
-#pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) own[pad(t) + S::padded(i)] = x[i];
-  __syncthreads();
-  const float2 wt = cmul(thread_root<M>(t), root3(g));  // W_N^t W_3^g
-#pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) {
-    const int p = pad(t) + S::padded(i);
-    const float2 c1 = cmul(wt, root48(S::m(i)));  // W_N^k W_3^g
-    const float2 c2 = cmul(c1, c1);               // W_N^2k W_3^2g
-    x[i] = cadd(smem[p], cadd(cmul(c1, smem[padM + p]), cmul(c2, smem[2 * padM + p])));
-  }
-}
-
-// The inverse: x holds a[k + gM] in forward3's slots; out[n] = sum_f a[f] W_N^(fn) goes to store(n, v)
-// for n = 3n' + g, n' < M (n' < M/2 with kHalf). Starts with a barrier (forward3's reads of every third
-// come before this writes its own) and leaves shared memory in use (the caller's barrier before reuse).
-template <int M, bool kHalf, typename Store>
-__device__ __forceinline__ void inverse3(float2* smem, float2 (&x)[kElemsPerThread], Store store, int t, int g) {
-  using S = Slots<M>;
-  constexpr int padM = padded_size(M);
-  float2* own = smem + g * padM;
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) own[pad(t) + S::padded(i)] = x[i];
-  __syncthreads();
-  const float2 w3 = root3(g), w3sq = cmul(w3, w3);
-  const float2 wt = thread_root<M>(t);
-#pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) {
-    const int p = pad(t) + S::padded(i);
-    const float2 v = cadd(smem[p], cadd(cmul(w3, smem[padM + p]), cmul(w3sq, smem[2 * padM + p])));
-    const float2 wk = cmul(wt, root48(S::m(i)));  // W_N^k
-    x[i] = g == 0 ? v : g == 1 ? cmul(wk, v) : cmul(cmul(wk, wk), v);  // W_N^kg (g is uniform per warp)
-  }
-  __syncthreads();  // every third has been read before the inverse passes write their own
-  smem_fft::inverse_from_registers<M, false, kHalf>(own, x, [&](int n, float2 v) { store(3 * n + g, v); }, t);
-}
 
 // Bin f of the spectrum of a real sequence given by its half K[0..N/2] (N = 3M): K[f] or conj(K[N - f]).
 // kFromPriorGrid: K may still be being written by the grid before this one (smem_fft::hermitian_bin).
@@ -142,59 +96,6 @@ __device__ __forceinline__ float2 hermitian_bin3(const float2* K, int f) {
   return f <= N / 2 ? v : conjf2(v);
 }
 
-// exp(-2 pi i m / 96) = W_2N^c for the bin offset c = m * M/16 (2N = 6M real points), m in [0, 16).
-__device__ __forceinline__ float2 root96(int m) {
-  constexpr float kCos96[25] = {1.00000000f, 0.99785892f, 0.99144486f, 0.98078528f, 0.96592583f, 0.94693013f,
-                                0.92387953f, 0.89687274f, 0.86602540f, 0.83146961f, 0.79335334f, 0.75183981f,
-                                0.70710678f, 0.65934582f, 0.60876143f, 0.55557023f, 0.50000000f, 0.44228869f,
-                                0.38268343f, 0.32143947f, 0.25881905f, 0.19509032f, 0.13052619f, 0.06540313f, 0.f};
-  return make_float2(kCos96[m], -kCos96[24 - m]);  // sin(2 pi m/96) = cos(2 pi (24 - m)/96)
-}
-
-// W_2N^(t + gM) (N = 3M): the part of the real-window twiddle W_2N^f, f = t + c + gM, that is not root96.
-template <int M>
-__device__ __forceinline__ float2 real_twiddle_base(int t, int g) {
-  float sn, cs;
-  sincospif((float)t * (-1.f / (float)(3 * M)), &sn, &cs);  // W_2N^t
-  // times W_2N^(gM) = exp(-i pi g / 3)
-  const float2 wg = g == 0 ? make_float2(1.f, 0.f) : make_float2(g == 1 ? 0.5f : -0.5f, -0.86602540f);
-  return cmul(make_float2(cs, sn), wg);
-}
-
-// The real-window step on the 3M-point transform Z of z[n] = x[2n] + i x[2n + 1] (the row's 6M real
-// points), for the 16 bins f = t + c + gM of thread (t, g) whose Z[f] it holds in x (forward3's slots):
-// bin(i, f, tw, X1, X2) with tw = W_2N^f (N = 3M), X1 = 2 X[f], X2 = 2 X[f + N] of the row's 2N-point
-// spectrum (fft_kernels.cuh: real_spectrum_own's formulas); the partner Z[N - f] comes from shared memory,
-// where the caller has stored Z (three thirds, natural order) behind a barrier. bin may overwrite x[i].
-template <int M, typename Bin>
-__device__ __forceinline__ void real_spectrum3(const float2* smem, const float2 (&x)[kElemsPerThread], int t, int g,
-                                               Bin bin) {
-  using S = Slots<M>;
-  constexpr int N = 3 * M, padM = padded_size(M);
-  const float2 wt = real_twiddle_base<M>(t, g);
-#pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) {
-    const int f = t + S::offset(i) + g * M;
-    const int p = f == 0 ? 0 : N - f;  // the partner bin (N - f) mod N
-    const float2 tw = cmul(wt, root96(S::m(i)));
-    // (= smem[pad(p)]: the thirds are contiguous; written per third, ptxas spills less in the backward)
-    const float2 af = x[i], c = conjf2(smem[(p / M) * padM + pad(p % M)]);
-    const float2 P = cadd(af, c), Dd = smem_fft::csub(af, c);
-    const float2 tM = cmul(tw, make_float2(Dd.y, -Dd.x));  // tw * (-i) * (Z[f] - conj(Z[N-f]))
-    bin(i, f, tw, cadd(P, tM), smem_fft::csub(P, tM));
-    asm volatile("" ::: "memory");  // one bin's loads in flight at a time: fewer live registers
-  }
-}
-
-// forward3's slots to shared memory (three thirds, natural order), behind barriers on both sides.
-template <int M>
-__device__ __forceinline__ void slots_to_smem(float2* smem, const float2 (&x)[kElemsPerThread], int t, int g) {
-  using S = Slots<M>;
-  __syncthreads();  // every earlier read of shared memory is done
-#pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) smem[g * padded_size(M) + pad(t) + S::padded(i)] = x[i];
-  __syncthreads();
-}
 
 // exp(-2 pi i m / 48) for a compile-time m in [0, 48).
 __device__ __forceinline__ float2 root48_any(int m) {
@@ -219,7 +120,7 @@ __device__ __forceinline__ float2 residue_twiddle(float2 v, float2 wgt, int g, i
 // a barrier (shared memory is not yet in use) and ends reading the group's third: the caller's barrier
 // comes before it is written again.
 template <int M, bool kHalf, typename Load>
-__device__ __forceinline__ void forward3_residues(float2* smem, float2 (&x)[kElemsPerThread], Load load, int t,
+__device__ __forceinline__ void forward3(float2* smem, float2 (&x)[kElemsPerThread], Load load, int t,
                                                   int g) {
   constexpr int M16 = M / kElemsPerThread, Rl = last_radix(M);
   float2* own = smem + g * padded_size(M);
@@ -241,14 +142,14 @@ __device__ __forceinline__ void forward3_residues(float2* smem, float2 (&x)[kEle
   smem_fft::compute_pass<M, Rl, M / Rl>(x, t);
 }
 
-// The inverse of forward3_residues' layout: x holds a[3k + g] for group g's bins k (forward3_residues'
+// The inverse of forward3's layout: x holds a[3k + g] for group g's bins k (forward3's
 // slots); out[n] = sum_f a[f] W_N^(fn) goes to store(n, v). Group g transforms its bins (every output
 // n' < M), keeps s_g[n'] = W_N^(g n') C_g[n'] in its third of shared memory, and after one barrier
 // out[n' + mM] = sum_g W_3^(gm) s_g[n'], thread by thread over n' (contiguous stores); kHalf: only
 // n < 3M/2 is wanted (m = 0, and m = 1 for n' < M/2). Starts with a barrier (the forward's reads of
 // shared memory come first); ends reading shared memory.
 template <int M, bool kHalf, typename Store>
-__device__ __forceinline__ void inverse3_residues(float2* smem, float2 (&x)[kElemsPerThread], Store store, int t,
+__device__ __forceinline__ void inverse3(float2* smem, float2 (&x)[kElemsPerThread], Store store, int t,
                                                   int g) {
   constexpr int padM = padded_size(M);
   float2* own = smem + g * padM;
@@ -268,6 +169,58 @@ __device__ __forceinline__ void inverse3_residues(float2* smem, float2 (&x)[kEle
   }
 }
 
+// Z[f] from shared memory holding the transform in the residue layout (slots_to_smem): X[3k + g] at
+// third g, index k.
+template <int M>
+__device__ __forceinline__ float2 residue_at(const float2* smem, int f) {
+  return smem[(f % 3) * padded_size(M) + pad(f / 3)];
+}
+
+// forward3's slots to shared memory (third g, index k: residue_at), behind barriers on both sides.
+template <int M>
+__device__ __forceinline__ void slots_to_smem(float2* smem, const float2 (&x)[kElemsPerThread], int t, int g) {
+  using S = Slots<M>;
+  __syncthreads();  // every earlier read of shared memory is done
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) smem[g * padded_size(M) + pad(t) + S::padded(i)] = x[i];
+  __syncthreads();
+}
+
+// exp(-2 pi i m / 32) for a compile-time m in [0, 16].
+__device__ __forceinline__ float2 root32(int m) {
+  constexpr float kCos32[9] = {1.00000000f, 0.98078528f, 0.92387953f, 0.83146961f, 0.70710678f,
+                               0.55557023f, 0.38268343f, 0.19509032f, 0.f};
+  const float c = m <= 8 ? kCos32[m] : -kCos32[16 - m];
+  return make_float2(c, -kCos32[m <= 8 ? 8 - m : m - 8]);  // sin(2 pi m/32) = cos(2 pi (8 - m)/32)
+}
+
+// The real-window step on the 3M-point transform Z of z[n] = x[2n] + i x[2n + 1] (the row's 6M real
+// points), for the 16 bins f = 3(t + c) + g of thread (t, g) whose Z[f] it holds in x (forward3's
+// slots): bin(i, f, tw, X1, X2) with tw = W_2N^f (N = 3M), X1 = 2 X[f], X2 = 2 X[f + N] of the row's
+// 2N-point spectrum (fft_kernels.cuh: real_spectrum_own's formulas); the partner Z[N - f] comes from shared
+// memory, where the caller has stored Z (slots_to_smem) behind a barrier. bin may overwrite x[i].
+// tw = W_2N^(3t + g) W_2N^(3c), and W_2N^(3c) = exp(-2 pi i m/32) for c = m M/16.
+template <int M, typename Bin>
+__device__ __forceinline__ void real_spectrum3(const float2* smem, const float2 (&x)[kElemsPerThread], int t, int g,
+                                               Bin bin) {
+  using S = Slots<M>;
+  constexpr int N = 3 * M;
+  float sn, cs;
+  sincospif((float)(3 * t + g) * (-1.f / (float)N), &sn, &cs);  // W_2N^(3t + g)
+  const float2 wt = make_float2(cs, sn);
+#pragma unroll
+  for (int i = 0; i < kElemsPerThread; ++i) {
+    const int f = S::bin(i, t, g);
+    const int p = f == 0 ? 0 : N - f;  // the partner bin (N - f) mod N
+    const float2 tw = cmul(wt, root32(S::m(i)));
+    const float2 af = x[i], c = conjf2(residue_at<M>(smem, p));
+    const float2 P = cadd(af, c), Dd = smem_fft::csub(af, c);
+    const float2 tM = cmul(tw, make_float2(Dd.y, -Dd.x));  // tw * (-i) * (Z[f] - conj(Z[N-f]))
+    bin(i, f, tw, cadd(P, tM), smem_fft::csub(P, tM));
+    asm volatile("" ::: "memory");  // one bin's loads in flight at a time: fewer live registers
+  }
+}
+
 }  // namespace radix3
 
 // conv_window_kernel on a window of N = 3M points starting at t = 0 (one-window plans: N >= L + taps - 1,
@@ -275,11 +228,6 @@ __device__ __forceinline__ void inverse3_residues(float2* smem, float2 (&x)[kEle
 // 3M/16 threads, pair fastest; K: (D, N/2 + 1) from kernel_spectrum3_kernel, the kernel launched just
 // before, read as conv_window_kernel's kAfterSpectrum build reads it (one build for both launches: launched
 // the ordinary way, the grid-dependency wait returns at once).
-// By residues (forward3_residues, inverse3_residues): group g holds the bins 3k + g, so the radix-3 step
-// costs no exchange on the way in and one on the way out, and rows are read and written contiguously. The
-// thirty-third session's version (forward3 / inverse3: decimation in time, groups reading z[3n + g]) made
-// three exchanges, each reading all three thirds, and ran no faster than the 4/3 larger power-of-two
-// window (RESULTS.md, thirty-fourth session).
 template <typename scalar_t, bool kReverse, int M, bool kHalf>
 __global__ void __launch_bounds__(radix3::threads<M>(), radix3::min_blocks<M>())
     conv_window3_kernel(const scalar_t* __restrict__ x, const float2* __restrict__ K, scalar_t* __restrict__ y,
@@ -296,7 +244,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), radix3::min_blocks<M>())
   const int64_t off0 = (b0 * s.D + d) * s.L, off1 = has1 ? (b1 * s.D + d) * s.L : off0;
   const WindowRows<scalar_t, kReverse> rows(x + off0, x + off1, has1, 0, s.L, N);
   float2 v[kElemsPerThread];
-  radix3::forward3_residues<M, kHalf>(smem, v, rows, t, g);
+  radix3::forward3<M, kHalf>(smem, v, rows, t, g);
   smem_fft::pdl_wait();
   const float2* Kd = K + d * (N / 2 + 1);
 #pragma unroll
@@ -305,7 +253,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), radix3::min_blocks<M>())
   scalar_t* y0 = y + off0 + (kReverse ? s.L - 1 : 0);
   scalar_t* y1 = y + off1 + (kReverse ? s.L - 1 : 0);
   const int L = (int)s.L;
-  radix3::inverse3_residues<M, kHalf>(
+  radix3::inverse3<M, kHalf>(
       smem, v,
       [&](int n, float2 w) {  // w = conj of the result: real part = row 0, -imag = row 1
         if (n >= L) return;
@@ -325,18 +273,15 @@ __global__ void __launch_bounds__(radix3::threads<M>()) kernel_spectrum3_kernel(
                                                                                float2* __restrict__ K) {
   extern __shared__ float2 smem[];
   smem_fft::pdl_launch_dependents();
-  constexpr int N = 3 * M, T = M / kElemsPerThread, padM = smem_fft::padded_size(M);
-  using S = radix3::Slots<M>;
+  constexpr int N = 3 * M, T = M / kElemsPerThread;
   const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
   const int64_t d0 = 2 * (int64_t)blockIdx.x, d1 = d0 + 1;
   const bool has1 = d1 < D;
   float2 v[kElemsPerThread];
-  radix3::forward3<M, true>(smem, v, [&](int n) { return make_float2(k(d0, n), has1 ? k(d1, n) : 0.f); }, t, g);
-  __syncthreads();  // every third has been read
-#pragma unroll
-  for (int i = 0; i < kElemsPerThread; ++i) smem[g * padM + pad(t) + S::padded(i)] = v[i];  // Z[k + gM]
-  __syncthreads();
-  const auto at = [&](int f) { return smem[pad(f)]; };  // the thirds are contiguous: third j at pad(jM) = j padM
+  radix3::forward3<M, true>(smem, v, [&](int n) { return make_float2(k(d0, n), has1 ? k(d1, n) : 0.f); }, t,
+                                     g);
+  radix3::slots_to_smem<M>(smem, v, t, g);
+  const auto at = [&](int f) { return radix3::residue_at<M>(smem, f); };
   constexpr int half = N / 2 + 1;
   constexpr float scale = 0.5f / (float)N;
   float2* K0 = K + d0 * half;
@@ -368,7 +313,8 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   auto sample = [&](int m) { return m < L ? to_float(xr[kReverse ? -m : m]) : 0.f; };
   const float2* K = Kr + d * (N + 1);
   float2 v[kElemsPerThread];
-  radix3::forward3<M, kHalf>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); }, t, g);
+  radix3::forward3<M, kHalf>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); }, t,
+                                      g);
   radix3::slots_to_smem<M>(smem, v, t, g);
   radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2 tw, float2 X1, float2 X2) {
     v[i] = real_merge_conj(tw, cmul(X1, K[f]), cmul(X2, conjf2(K[N - f])));  // K[f + N] = conj(K[N - f])
@@ -395,7 +341,8 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   const int64_t d = blockIdx.x;
   float2* K = Kr + d * (N + 1);
   float2 v[kElemsPerThread];
-  radix3::forward3<M, true>(smem, v, [&](int n) { return make_float2(taps(d, 2 * n), taps(d, 2 * n + 1)); }, t, g);
+  radix3::forward3<M, true>(smem, v, [&](int n) { return make_float2(taps(d, 2 * n), taps(d, 2 * n + 1)); },
+                                     t, g);
   radix3::slots_to_smem<M>(smem, v, t, g);
   constexpr float scale = 1.f / (8.f * (float)N);
   radix3::real_spectrum3<M>(smem, v, t, g, [&](int, int f, float2, float2 X1, float2 X2) {
@@ -419,13 +366,15 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   const float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
   float* gk = grad_k + (int64_t)blockIdx.x * grad_k_stride;
   constexpr float scale = 1.f / (8.f * (float)N);
-  const float2 wt = radix3::real_twiddle_base<M>(t, g);
+  float sn, cs;
+  sincospif((float)(3 * t + g) * (-1.f / (float)N), &sn, &cs);  // W_2N^(3t + g): real_spectrum3's twiddle
+  const float2 wt = make_float2(cs, sn);
   float2 v[kElemsPerThread];
 #pragma unroll
   for (int i = 0; i < kElemsPerThread; ++i) {
-    const int f = t + S::offset(i) + g * M;
+    const int f = S::bin(i, t, g);
     const float2 c1 = Cd[f], c2 = conjf2(Cd[N - f]);
-    v[i] = real_merge_conj(cmul(wt, radix3::root96(S::m(i))), make_float2(scale * c1.x, scale * c1.y),
+    v[i] = real_merge_conj(cmul(wt, radix3::root32(S::m(i))), make_float2(scale * c1.x, scale * c1.y),
                            make_float2(scale * c2.x, scale * c2.y));
   }
   radix3::inverse3<M, true>(
@@ -534,8 +483,8 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
     const scalar_t* __restrict__ gr = gy + off;
     float mu = 0.f, mg = 0.f;
 #pragma unroll
-    for (int r = 0; r < 8; ++r) {  // the elements forward3<kHalf> loads in this thread
-      const int n = 3 * (t + r * T) + g;
+    for (int r = 0; r < 8; ++r) {  // the row (L <= 3M/2 = 8 blockDim.x): every group loads all of it
+      const int n = (int)threadIdx.x + r * 3 * T;
       if (n < L) {
         mu = fmaxf(mu, fabsf(to_float(ur[n])));
         mg = fmaxf(mg, fabsf(to_float(gr[n])));
@@ -552,9 +501,10 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         smem, x,
         [&](int n) { return n < L ? make_float2(to_float(ur[n]), sc * to_float(gr[n])) : make_float2(0.f, 0.f); },
         t, g);
-    radix3::slots_to_smem<M>(smem, x, t, g);  // Z in natural order (the thirds are contiguous: Z[f] at pad(f))
+    radix3::slots_to_smem<M>(smem, x, t, g);
     for (int f = threadIdx.x; f < half; f += blockDim.x)
-      acc[f] = add_g_conj_u(acc[f], smem[pad(f)], conjf2(smem[pad(f == 0 ? 0 : N - f)]), sc);
+      acc[f] = add_g_conj_u(acc[f], radix3::residue_at<M>(smem, f), conjf2(radix3::residue_at<M>(smem, f == 0 ? 0 : N - f)),
+                            sc);
     __syncthreads();  // every read of Z is done before the next row's transform writes shared memory
   }
   float2* out = partial + ((int64_t)group * s.D + d) * half;
@@ -578,7 +528,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   float2 x[kElemsPerThread];
 #pragma unroll
   for (int i = 0; i < kElemsPerThread; ++i) {
-    const int f = t + S::offset(i) + g * M;
+    const int f = S::bin(i, t, g);
     const int fm = f <= half ? f : N - f;
     float2 p0 = make_float2(0.f, 0.f), p1 = p0;
     for (int k = 0; k < groups; ++k) {

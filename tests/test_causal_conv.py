@@ -1501,7 +1501,7 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
         ops.causal_conv_backward(gy, u, k, skip, True, True)
 
 
-# The radix-3 windows (FFT_TENSOR_CONV_RADIX3=1; off by default until measured): a one-window plan of
+# The radix-3 windows (FFT_TENSOR_CONV_RADIX3=1; by default only their grad_k, below): a one-window plan of
 # 4096-16384 points whose row and kernel fit three quarters of it runs its forward, and grad_u where the
 # window kernel computes it, on 3M = 3N/4 points (csrc/causal_conv/radix3.cuh), and at 16384 points with the
 # row in the window's first half grad_k too (conv_grad_k3_kernel); a real-window plan (32K
@@ -1586,10 +1586,11 @@ def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
         ops.causal_conv_backward(gy, u, k, skip, True, False)
 
 
-# FFT_TENSOR_CONV_RADIX3=grad_k: only grad_k of the 16384-point half plans (Lk = L 4097-6144 and the like)
-# takes the radix-3 kernels (12288 points); the forward and grad_u keep the power-of-two windows (the
-# radix-3 window kernels were not faster on the H100: RESULTS.md, thirty-fourth session). Values against
-# float64, grad_k's groups, the switch at 0 and unset (the default: 0).
+# FFT_TENSOR_CONV_RADIX3=grad_k (the default since the thirty-fifth session): only grad_k of the
+# 16384-point half plans (Lk = L 4097-6144 and the like) takes the radix-3 kernels (12288 points); the
+# forward and grad_u keep the power-of-two windows (the radix-3 pair-window kernels were not faster:
+# RESULTS.md, thirty-fourth and thirty-fifth sessions). Values against float64, grad_k's groups, the
+# switch at 0, and unset (the default: grad_k).
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", [(6144, 6144, 3, 2), (4097, 5000, 2, 3), (5000, 300, 1, 2)])
 def test_cuda_radix3_grad_k_only(L, Lk, batch, dim, monkeypatch):
@@ -1621,7 +1622,7 @@ def test_cuda_radix3_grad_k_only(L, Lk, batch, dim, monkeypatch):
     off = backward()
     assert rel_err(off[1], gk) < 2e-6 and torch.equal(off[0], gu)  # grad_u: the same kernels either way
     monkeypatch.delenv("FFT_TENSOR_CONV_RADIX3")
-    assert all(map(torch.equal, backward(), off))  # unset = 0
+    assert all(map(torch.equal, backward(), (gu, gk)))  # unset = grad_k
 
 
 # The fused backward (FFT_TENSOR_CONV_FUSED_BACKWARD, on by default): both gradients of a one-window plan

@@ -115,7 +115,7 @@ int64_t env_int(const char* name, int64_t lo, int64_t hi, int64_t unset) {
 }
 
 enum class RealWindowMode { kAuto, kOff, kForced, kForwardOnly };
-enum class Radix3Mode { kOff, kGradK, kAll };  // RADIX3: 0 (or unset), grad_k, 1
+enum class Radix3Mode { kOff, kGradK, kAll };  // RADIX3: 0, grad_k (or unset), 1
 enum class PaddedMode { kAuto, kOff, kLoad, kExchange };
 
 struct ConvSwitches {
@@ -161,7 +161,7 @@ struct ConvSwitches {
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
     w.fused_backward = env_flag("FFT_TENSOR_CONV_FUSED_BACKWARD", true);
     w.grad_k_groups = env_int("FFT_TENSOR_CONV_GRAD_K_GROUPS", 1, 4096, 0);
-    const std::string radix3 = env_choice("FFT_TENSOR_CONV_RADIX3", {"0", "1", "grad_k"}, "0");
+    const std::string radix3 = env_choice("FFT_TENSOR_CONV_RADIX3", {"0", "1", "grad_k"}, "grad_k");
     w.radix3 = radix3 == "1" ? Radix3Mode::kAll : radix3 == "grad_k" ? Radix3Mode::kGradK : Radix3Mode::kOff;
     return w;
   }
@@ -358,11 +358,11 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
 // three quarters of it (L + taps - 1 <= 3N/4: Lk = L from 1025 to 1536, 2049 to 3072, 4097 to 6144) runs
 // its forward, and grad_u where that is computed by the window kernel (frozen taps, or beside grad_k at
 // 16384 points), on windows of 3N/4 points, and at 16384 points grad_k too (grad_k_windows3, rows in the
-// window's first half); grad_k = that grad_k only; unset, empty or 0 = the power-of-two windows. Measured
-// on the H100 (RESULTS.md, thirty-fourth session): of the radix-3 kernels only grad_k's wins (0.383 + 0.065
-// ms against 0.477 + 0.050 at 6144 fp32); the forward and grad_u window kernels are as slow as or slower
-// than the 4/3 larger power-of-two ones (0.414 against 0.377 ms). grad_k is the candidate default; it stays
-// off until the grad_k setting itself has run its test and been timed end to end on a GPU.
+// window's first half); grad_k (the default: unset or empty) = that grad_k only; 0 = the power-of-two
+// windows everywhere. Measured on an H200 (RESULTS.md, thirty-fifth session, the kernels by residues): of
+// the pair-window radix-3 kernels only grad_k's wins (0.424 + 0.051 ms against 0.481 + 0.046 at 6144 fp32;
+// forward+backward 1.32 against 1.36 ms); the forward window takes 0.45 against 0.375 ms (its spectrum
+// kernel 0.082 against 0.037), so it stays behind 1.
 // On the real-window plans (32K real points) see radix3_real_window.
 // Returns M (the window is 3M points), 0 when the plan does not take it.
 int radix3_window(const ConvShape& s, const ConvSwitches& sw, bool grad_k = false) {

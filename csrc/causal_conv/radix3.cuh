@@ -117,8 +117,8 @@ __device__ __forceinline__ float2 residue_twiddle(float2 v, float2 wgt, int g, i
 // formed by group g from its own loads (no exchange, contiguous reads), then smem_fft's M-point passes in
 // the group's third of shared memory. Leaves bin k = t + Slots::offset(i) of group g's transform, i.e.
 // X[3k + g], in x[i]. kHalf: z[n] = 0 for n >= 3M/2 (load is called for n < 3M/2 only). Starts without
-// a barrier (shared memory is not yet in use) and ends reading the group's third: the caller's barrier
-// comes before it is written again.
+// a barrier (its first pass writes the group's third at once: a caller that used shared memory before puts
+// a barrier first) and ends reading the group's third: the caller's barrier comes before it is written again.
 template <int M, bool kHalf, typename Load>
 __device__ __forceinline__ void forward3(float2* smem, float2 (&x)[kElemsPerThread], Load load, int t,
                                                   int g) {

@@ -191,7 +191,7 @@ for stage in "$@"; do
              done ;;
     # FFT_TENSOR_CONV_RADIX3=grad_k (only the radix-3 grad_k, at Lk = L 4097-6144): its tests and the
     # power-of-two kernels' pinned ones, then the timing with grad_k (RADIX3_GK_VARIANTS="grad_k 0": against
-    # 0 too; the radix3 stage times 1 and 0).
+    # 0 too, "real grad_k" for RADIX3=real against it; the radix3 stage times 1 and 0).
     radix3gk) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests/test_causal_conv.py \
                -k "cuda and (radix3 or half_window or grad_k_groups or switch)" 2>&1 | tee "$OUT/tests_radix3gk.log" | tail -6
              for v in ${RADIX3_GK_VARIANTS:-grad_k}; do

@@ -1580,9 +1580,9 @@ def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
     for name, a, b in zip(("y", "grad_u alone", "grad_u", "grad_k"), run(), (y, gu_alone, gu, gk)):
         assert a.shape == b.shape and rel_err(a, b) < 1e-5, (name, rel_err(a, b))
     monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "on")
-    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1, grad_k \(or unset\), got 'on'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1, grad_k, real \(or unset\), got 'on'"):
         fft_tensor.causal_conv(u, k, skip)
-    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1, grad_k \(or unset\), got 'on'"):
+    with pytest.raises(RuntimeError, match=r"FFT_TENSOR_CONV_RADIX3: expected one of 0, 1, grad_k, real \(or unset\), got 'on'"):
         ops.causal_conv_backward(gy, u, k, skip, True, False)
 
 
@@ -1623,6 +1623,37 @@ def test_cuda_radix3_grad_k_only(L, Lk, batch, dim, monkeypatch):
     assert rel_err(off[1], gk) < 2e-6 and torch.equal(off[0], gu)  # grad_u: the same kernels either way
     monkeypatch.delenv("FFT_TENSOR_CONV_RADIX3")
     assert all(map(torch.equal, backward(), (gu, gk)))  # unset = grad_k
+
+
+# FFT_TENSOR_CONV_RADIX3=real: grad_k's radix-3 kernel (as grad_k) and the real-window plans' radix-3 kernels
+# (forward, grad_u alone, the backward with grad_k: 24576 real points), but not the pair windows' forward
+# or grad_u (RESULTS.md, thirty-fifth session: the residue real-window forward was 21% faster than the
+# power-of-two one, the pair windows slower). Values against float64 and the kernels each plan takes.
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", [(12288, 12288, 2, 3), (8193, 9000, 1, 2), (6144, 6144, 3, 2)])
+def test_cuda_radix3_real(L, Lk, batch, dim, monkeypatch):
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "real")
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")  # the real-window backward for these few channels too
+    monkeypatch.delenv("FFT_TENSOR_CONV_GRAD_K_GROUPS", raising=False)
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    gy = torch.randn_like(u)
+    taps = min(L, Lk)
+    fft_size, _, _, segments = causal_conv_plan(L, Lk)
+    real = fft_size == 32768 and segments == 1 and L + taps - 1 <= 24576
+    assert real == (L > 6144)
+    forward_names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
+    backward_names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, True))
+    assert ("conv_real_window3_kernel" in forward_names) == real, forward_names
+    assert "conv_window3_kernel" not in forward_names and "conv_window3_kernel" not in backward_names
+    assert ("conv_real_window3_backward_kernel" in backward_names) == real, backward_names
+    assert ("conv_grad_k3_kernel" in backward_names) == (not real), backward_names
+    y = fft_tensor.causal_conv(u, k, skip)
+    assert rel_err(y, fft64_reference(u, k, skip)) < 1e-5
+    gu, gk = ops.causal_conv_backward(gy, u, k, skip, True, True)
+    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert rel_err(gu, fft64_reference(gy.flip(-1), k, skip).flip(-1)) < 1e-5
+    gu_alone = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
+    assert rel_err(gu_alone, gu) < 1e-5
 
 
 # The fused backward (FFT_TENSOR_CONV_FUSED_BACKWARD, on by default): both gradients of a one-window plan

@@ -115,7 +115,7 @@ int64_t env_int(const char* name, int64_t lo, int64_t hi, int64_t unset) {
 }
 
 enum class RealWindowMode { kAuto, kOff, kForced, kForwardOnly };
-enum class Radix3Mode { kOff, kGradK, kAll };  // RADIX3: 0, grad_k (or unset), 1
+enum class Radix3Mode { kOff, kGradK, kReal, kAll };  // RADIX3: 0, grad_k (or unset), real, 1
 enum class PaddedMode { kAuto, kOff, kLoad, kExchange };
 
 struct ConvSwitches {
@@ -161,8 +161,11 @@ struct ConvSwitches {
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
     w.fused_backward = env_flag("FFT_TENSOR_CONV_FUSED_BACKWARD", true);
     w.grad_k_groups = env_int("FFT_TENSOR_CONV_GRAD_K_GROUPS", 1, 4096, 0);
-    const std::string radix3 = env_choice("FFT_TENSOR_CONV_RADIX3", {"0", "1", "grad_k"}, "grad_k");
-    w.radix3 = radix3 == "1" ? Radix3Mode::kAll : radix3 == "grad_k" ? Radix3Mode::kGradK : Radix3Mode::kOff;
+    const std::string radix3 = env_choice("FFT_TENSOR_CONV_RADIX3", {"0", "1", "grad_k", "real"}, "grad_k");
+    w.radix3 = radix3 == "1"        ? Radix3Mode::kAll
+               : radix3 == "grad_k" ? Radix3Mode::kGradK
+               : radix3 == "real"   ? Radix3Mode::kReal
+                                    : Radix3Mode::kOff;
     return w;
   }
 };
@@ -358,8 +361,9 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
 // three quarters of it (L + taps - 1 <= 3N/4: Lk = L from 1025 to 1536, 2049 to 3072, 4097 to 6144) runs
 // its forward, and grad_u where that is computed by the window kernel (frozen taps, or beside grad_k at
 // 16384 points), on windows of 3N/4 points, and at 16384 points grad_k too (grad_k_windows3, rows in the
-// window's first half); grad_k (the default: unset or empty) = that grad_k only; 0 = the power-of-two
-// windows everywhere. Measured on an H200 (RESULTS.md, thirty-fifth session, the kernels by residues): of
+// window's first half); grad_k (the default: unset or empty) = that grad_k only; real = that grad_k and the
+// real-window plans (radix3_real_window), not the pair windows' forward; 0 = the power-of-two windows
+// everywhere. Measured on an H200 (RESULTS.md, thirty-fifth session, the kernels by residues): of
 // the pair-window radix-3 kernels only grad_k's wins (0.424 + 0.051 ms against 0.481 + 0.046 at 6144 fp32;
 // forward+backward 1.32 against 1.36 ms); the forward window takes 0.45 against 0.375 ms (its spectrum
 // kernel 0.082 against 0.037), so it stays behind 1.
@@ -367,7 +371,7 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
 // Returns M (the window is 3M points), 0 when the plan does not take it.
 int radix3_window(const ConvShape& s, const ConvSwitches& sw, bool grad_k = false) {
   const Radix3Mode mode = sw.radix3;
-  if (mode == Radix3Mode::kOff || (mode == Radix3Mode::kGradK && !grad_k)) return 0;
+  if (mode == Radix3Mode::kOff || (mode != Radix3Mode::kAll && !grad_k)) return 0;
   if (s.nseg != 1 || s.N < 4096 || s.N > kMaxFusedFFT) return 0;
   const int M = s.N / 4;
   return s.L + s.taps - 1 <= 3 * M ? M : 0;
@@ -901,14 +905,15 @@ bool real_window_regs(bool backward_with_grad_k, const ConvSwitches& sw) {
   return backward_with_grad_k ? sw.regs_backward : sw.regs_forward;
 }
 
-// FFT_TENSOR_CONV_RADIX3 on the real-window plans (32K real points): where L + taps - 1 <= 24576 (Lk = L
+// FFT_TENSOR_CONV_RADIX3=1 or real on the real-window plans (32K real points): where L + taps - 1 <= 24576 (Lk = L
 // from 8193 to 12288) the forward, grad_u alone (conv_real_window3_kernel) and the backward with grad_k
 // (conv_real_window3_backward_kernel, real_window_grad_k3_kernel; where REAL_WINDOW sends it to the
 // real-window kernels) take 24576 real points: 12288 complex in three groups (radix3.cuh). Every function
 // below serves both sizes, each asking this predicate, so a plan's spectrum and kernels always agree.
 constexpr int kRadix3RealM = kRealWindowN / 4;
 bool radix3_real_window(const ConvShape& s, const ConvSwitches& sw) {
-  return sw.radix3 == Radix3Mode::kAll && s.nseg == 1 && s.N == 2 * kRealWindowN && s.L + s.taps - 1 <= 6 * kRadix3RealM;
+  const bool on = sw.radix3 == Radix3Mode::kAll || sw.radix3 == Radix3Mode::kReal;
+  return on && s.nseg == 1 && s.N == 2 * kRealWindowN && s.L + s.taps - 1 <= 6 * kRadix3RealM;
 }
 
 // The real-window kernels' complex points N (the window is 2N real ones), threads and shared memory.

@@ -176,6 +176,14 @@ __device__ __forceinline__ float2 residue_at(const float2* smem, int f) {
   return smem[(f % 3) * padded_size(M) + pad(f / 3)];
 }
 
+// Where the real-window kernels keep bin f (0 <= f <= 3M) of a spectrum in global memory (the kernel's Kr,
+// the backward's U and C): X[3k + g] at g M + k, so a thread's own bins are contiguous across the group's
+// threads (natural order made those accesses stride 3), and bin 3M last.
+template <int M>
+__device__ __forceinline__ int residue_index(int f) {
+  return f == 3 * M ? 3 * M : (f % 3) * M + f / 3;
+}
+
 // forward3's slots to shared memory (third g, index k: residue_at), behind barriers on both sides.
 template <int M>
 __device__ __forceinline__ void slots_to_smem(float2* smem, const float2 (&x)[kElemsPerThread], int t, int g) {
@@ -286,7 +294,13 @@ __global__ void __launch_bounds__(radix3::threads<M>()) kernel_spectrum3_kernel(
   constexpr float scale = 0.5f / (float)N;
   float2* K0 = K + d0 * half;
   float2* K1 = K + d1 * half;
-  for (int f = threadIdx.x; f < half; f += blockDim.x) {
+  // bins f = 3k + r <= N/2 taken residue by residue (r = 0: k <= M/2; r = 1, 2: k < M/2), so a warp reads
+  // one third of shared memory at consecutive k (in natural order f, f + 1, f + 2 sit in the three thirds
+  // at the same offset: 3-way bank conflicts)
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    const int r = j <= M / 2 ? 0 : 1 + (j - (M / 2 + 1)) / (M / 2);
+    const int kk = r == 0 ? j : (j - (M / 2 + 1)) % (M / 2);
+    const int f = 3 * kk + r;
     const RealPairBins b = split_real_pair(at(f), at(f == 0 ? 0 : N - f), scale);
     K0[f] = b.x0;
     if (has1) K1[f] = b.x1;
@@ -317,7 +331,9 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
                                       g);
   radix3::slots_to_smem<M>(smem, v, t, g);
   radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2 tw, float2 X1, float2 X2) {
-    v[i] = real_merge_conj(tw, cmul(X1, K[f]), cmul(X2, conjf2(K[N - f])));  // K[f + N] = conj(K[N - f])
+    // K[f + N] = conj(K[N - f]); Kr in the residue layout (residue_index)
+    v[i] = real_merge_conj(tw, cmul(X1, K[radix3::residue_index<M>(f)]),
+                           cmul(X2, conjf2(K[radix3::residue_index<M>(N - f)])));
   });
   radix3::inverse3<M, kHalf>(
       smem, v,
@@ -346,7 +362,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   radix3::slots_to_smem<M>(smem, v, t, g);
   constexpr float scale = 1.f / (8.f * (float)N);
   radix3::real_spectrum3<M>(smem, v, t, g, [&](int, int f, float2, float2 X1, float2 X2) {
-    K[f] = make_float2(scale * X1.x, scale * X1.y);
+    K[radix3::residue_index<M>(f)] = make_float2(scale * X1.x, scale * X1.y);
     if (f == 0) K[N] = make_float2(scale * X2.x, scale * X2.y);
   });
 }
@@ -373,7 +389,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
 #pragma unroll
   for (int i = 0; i < kElemsPerThread; ++i) {
     const int f = S::bin(i, t, g);
-    const float2 c1 = Cd[f], c2 = conjf2(Cd[N - f]);
+    const float2 c1 = Cd[radix3::residue_index<M>(f)], c2 = conjf2(Cd[radix3::residue_index<M>(N - f)]);
     v[i] = real_merge_conj(cmul(wt, radix3::root32(S::m(i))), make_float2(scale * c1.x, scale * c1.y),
                            make_float2(scale * c2.x, scale * c2.y));
   }
@@ -421,7 +437,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         t, g);
     radix3::slots_to_smem<M>(smem, v, t, g);
     radix3::real_spectrum3<M>(smem, v, t, g, [&](int, int f, float2, float2 X1, float2 X2) {
-      Ud[f] = X1;
+      Ud[radix3::residue_index<M>(f)] = X1;
       if (f == 0) Ud[N] = X2;
     });
     __syncthreads();  // every partner has been read before the next transform writes shared memory
@@ -433,14 +449,16 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         t, g);
     radix3::slots_to_smem<M>(smem, v, t, g);
     radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2 tw, float2 X1, float2 X2) {
-      const float2 p = cmul(X1, conjf2(Ud[f]));  // C[f] += G[f] conj(U[f]), bin N with bin 0
-      Cd[f] = first_row ? p : cadd(Cd[f], p);
+      const int r = radix3::residue_index<M>(f);
+      const float2 p = cmul(X1, conjf2(Ud[r]));  // C[f] += G[f] conj(U[f]), bin N with bin 0
+      Cd[r] = first_row ? p : cadd(Cd[r], p);
       if (f == 0) {
         const float2 pN = cmul(X2, conjf2(Ud[N]));
         Cd[N] = first_row ? pN : cadd(Cd[N], pN);
       }
       // G conj(K) merged (conj(K[f + N]) = K[N - f]): what grad_u's inverse takes
-      if constexpr (kNeedU) v[i] = real_merge_conj(tw, cmul(X1, conjf2(K[f])), cmul(X2, K[N - f]));
+      if constexpr (kNeedU)
+        v[i] = real_merge_conj(tw, cmul(X1, conjf2(K[r])), cmul(X2, K[radix3::residue_index<M>(N - f)]));
     });
     if constexpr (kNeedU) {
       radix3::inverse3<M, kHalf>(  // (a barrier first: every partner has been read)

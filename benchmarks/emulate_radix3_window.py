@@ -131,35 +131,17 @@ def inverse_3m_residues(A, half_output=False):
     return out
 
 
-def conv_pair_window_residues(u, k, N):
-    """conv_pair_window by the residue scheme: group j holds bins 3k + j, so it multiplies by K[3k + j]."""
-    B, L = u.shape
-    taps = k.shape[-1]
-    assert B == 2 and L + taps - 1 <= N
-    half = L <= N // 2
-    M = N // 3
-    z = np.zeros(N, dtype=complex)
-    z[:L] = u[0] + 1j * u[1]
-    kp = np.zeros(N)
-    kp[:taps] = k
-    K = np.fft.fft(kp)[:N // 2 + 1] / N
-    A = dft_3m_residues(z, half_input=half)
-    f = 3 * np.arange(M)[None, :] + np.arange(3)[:, None]  # (3, M): bin of group j's slot k
-    w = inverse_3m_residues(np.conj(A * spectrum_bin(K, f, N)), half_output=half)
-    y = np.conj(w[:L])
-    assert not np.any(np.isnan(y)), "an output the kHalf inverse skips was used"
-    return np.stack([y.real, y.imag])
-
-
 def spectrum_bin(K, f, N):
     """hermitian_bin for N = 3M: K holds bins 0..N/2; group 1's range straddles N/2."""
     f = np.asarray(f)
     return np.where(f <= N // 2, K[np.minimum(f, N // 2)], np.conj(K[np.minimum(N - f, N // 2)]))
 
 
-def conv_pair_window(u, k, N):
+def conv_pair_window(u, k, N, residues=False):
     """conv_window_kernel's algorithm on a 3M-point window: rows u[0], u[1] packed as z = u0 + i u1, the
-    product with K / N (the kernel spectrum's scale), the inverse as the forward DFT of the conjugate."""
+    product with K / N (the kernel spectrum's scale), the inverse as the forward DFT of the conjugate.
+    residues: by the residue split (conv_window3_kernel now): group j holds bins 3k + j, so it multiplies by
+    K[3k + j]; else by decimation in time (the thirty-third session's kernels)."""
     B, L = u.shape
     taps = k.shape[-1]
     assert B == 2 and L + taps - 1 <= N
@@ -169,26 +151,48 @@ def conv_pair_window(u, k, N):
     kp = np.zeros(N)
     kp[:taps] = k
     K = np.fft.fft(kp)[:N // 2 + 1] / N  # kernel_spectrum_kernel's output: bins 0..N/2, scaled 1/N
-    X = dft_3m(z, half_input=half)
-    S = spectrum_bin(K, np.arange(N), N)
-    w = inverse_3m(np.conj(X * S), half_output=half)  # conj(result)
+    if residues:
+        M = N // 3
+        A = dft_3m_residues(z, half_input=half)
+        f = 3 * np.arange(M)[None, :] + np.arange(3)[:, None]  # (3, M): bin of group j's slot k
+        w = inverse_3m_residues(np.conj(A * spectrum_bin(K, f, N)), half_output=half)
+    else:
+        X = dft_3m(z, half_input=half)
+        S = spectrum_bin(K, np.arange(N), N)
+        w = inverse_3m(np.conj(X * S), half_output=half)  # conj(result)
     y = np.conj(w[:L])
     assert not np.any(np.isnan(y)), "an output the kHalf inverse skips was used"
     return np.stack([y.real, y.imag])
+
+
+def _real_window_setup(u, k, Nc):
+    """The real window's packed row z[n] = u[2n] + i u[2n + 1] (2 Nc real points), the kernel's real
+    spectrum Kr (bins 0..Nc of 2 Nc points) and whether the row fills at most half the window."""
+    L = u.shape[-1]
+    x = np.zeros(2 * Nc)
+    x[:L] = u
+    kp = np.zeros(2 * Nc)
+    kp[:k.shape[-1]] = k
+    return x[0::2] + 1j * x[1::2], np.fft.fft(kp)[:Nc + 1], L <= Nc
+
+
+def _real_window_output(w, Nc, L):
+    """y from the inverse's output w = Nc conj(q[n]), q[n] = y[2n] + i y[2n + 1]."""
+    q = np.conj(w / Nc)
+    y = np.empty(2 * Nc)
+    y[0::2] = q.real
+    y[1::2] = q.imag
+    assert not np.any(np.isnan(y[:L])), "an output the kHalf inverse skips was used"
+    return y[:L]
 
 
 def conv_real_window(u, k, Nc):
     """conv_real_window_kernel's algorithm on 2 Nc real points (Nc = 3M complex): z[n] = u[2n] + i u[2n + 1],
     Z = DFT_Nc(z), the row's spectrum U[f] (f = 0..Nc) from the pairs Z[f], Z[Nc - f], the product with the
     kernel's real spectrum, merged back into a half-length sequence and transformed by the same scheme."""
-    L = u.shape[-1]
-    taps = k.shape[-1]
+    assert u.shape[-1] + k.shape[-1] - 1 <= 2 * Nc
+    z, Kr, half = _real_window_setup(u, k, Nc)
     N2 = 2 * Nc
-    assert L + taps - 1 <= N2
-    half = L <= Nc
-    x = np.zeros(N2)
-    x[:L] = u
-    z = x[0::2] + 1j * x[1::2]
     Z = dft_3m(z, half_input=half)
     f = np.arange(Nc + 1)
     Zf = Z[f % Nc]
@@ -196,9 +200,6 @@ def conv_real_window(u, k, Nc):
     E = (Zf + Zc) / 2  # spectrum of the even samples
     O = (Zf - Zc) / 2j  # of the odd samples
     U = E + np.exp(-2j * np.pi * f / N2) * O  # bins 0..Nc of the 2Nc-point real spectrum
-    kp = np.zeros(N2)
-    kp[:taps] = k
-    Kr = np.fft.fft(kp)[:Nc + 1]
     P = U * Kr  # bins 0..Nc of the product; the rest are its conjugates
     # merge back: the half-length complex sequence whose even/odd parts are the product's even/odd samples
     fk = np.arange(Nc)
@@ -207,38 +208,25 @@ def conv_real_window(u, k, Nc):
     Ev = (Pf + Pc) / 2
     Od = (Pf - Pc) / 2 * np.exp(2j * np.pi * fk / N2)
     Q = Ev + 1j * Od  # the DFT of y[2n] + i y[2n + 1]
-    w = inverse_3m(np.conj(Q), half_output=half) / Nc  # forward DFT of the conjugate: Nc conj(q[n])
-    q = np.conj(w)
-    y = np.empty(N2)
-    y[0::2] = q.real
-    y[1::2] = q.imag
-    assert not np.any(np.isnan(y[:L])), "an output the kHalf inverse skips was used"
-    return y[:L]
+    # forward DFT of the conjugate: Nc conj(q[n])
+    return _real_window_output(inverse_3m(np.conj(Q), half_output=half), Nc, u.shape[-1])
 
 
 def conv_real_window_residues(u, k, Nc):
     """conv_real_window by the residue scheme, as the kernels index it: thread (t, g) holds Z[f], f = 3k + g,
     reads its partner Z[N - f] at residue_at(N - f) = A[(N - f) % 3][(N - f) // 3], forms the merged bin
     for the same f, and inverse3 takes the merged bins in the same layout."""
-    L = u.shape[-1]
-    taps = k.shape[-1]
+    z, Kr, half = _real_window_setup(u, k, Nc)
     N2 = 2 * Nc
     M = Nc // 3
-    half = L <= Nc
-    x = np.zeros(N2)
-    x[:L] = u
-    z = x[0::2] + 1j * x[1::2]
     A = dft_3m_residues(z, half_input=half)  # A[g, k] = Z[3k + g]
-    kp = np.zeros(N2)
-    kp[:taps] = k
-    Kr = np.fft.fft(kp)[:Nc + 1]
     Q = np.empty_like(A)
+    kk = np.arange(M)
     for g in range(3):
-        kk = np.arange(M)
         f = 3 * kk + g
         p = np.where(f == 0, 0, Nc - f)
         Zf, Zc = A[g, kk], np.conj(A[p % 3, p // 3])
-        tw = np.exp(-2j * np.pi * (3 * 0 + g) / N2) * np.exp(-2j * np.pi * 3 * kk / N2)  # W_2N^(3k + g)
+        tw = np.exp(-2j * np.pi * f / N2)  # W_2N^f
         P, Dd = Zf + Zc, Zf - Zc
         tM = tw * (-1j) * Dd
         X1, X2 = P + tM, P - tM  # 2 U[f], 2 U[f + Nc]
@@ -249,13 +237,7 @@ def conv_real_window_residues(u, k, Nc):
         Ev = (Y1 + Y2) / 2
         Od = (Y1 - Y2) / 2 / tw
         Q[g] = np.conj(Ev + 1j * Od)
-    w = inverse_3m_residues(Q, half_output=half) / Nc
-    q = np.conj(w)
-    y = np.empty(N2)
-    y[0::2] = q.real
-    y[1::2] = q.imag
-    assert not np.any(np.isnan(y[:L])), "an output the kHalf inverse skips was used"
-    return y[:L]
+    return _real_window_output(inverse_3m_residues(Q, half_output=half), Nc, u.shape[-1])
 
 
 def direct_conv(u, k):
@@ -285,7 +267,7 @@ def check(seed=0):
         u = rng.standard_normal((2, L))
         k = rng.standard_normal(taps) / math.sqrt(taps)
         worst[("pair", L, Lk, N)] = rel_err(conv_pair_window(u, k, N), direct_conv(u, k))
-        worst[("pair, residues", L, Lk, N)] = rel_err(conv_pair_window_residues(u, k, N), direct_conv(u, k))
+        worst[("pair, residues", L, Lk, N)] = rel_err(conv_pair_window(u, k, N, residues=True), direct_conv(u, k))
     for L, Lk in REAL_CASES:
         taps = min(L, Lk)
         Nc = 3 * next_pow2(-(-(L + taps - 1) // 6))  # 2 Nc real points >= L + taps - 1, Nc = 3 x 2^m

@@ -40,9 +40,12 @@ __device__ __forceinline__ float cos48(int m) {
                 : a == 8 ? 0.5f : a == 9 ? 0.38268343f : a == 10 ? 0.25881905f : a == 11 ? 0.13052619f : 0.f;
   return m > 12 ? -v : v;
 }
-// exp(-2 pi i m / 48), m in [0, 16): the twiddle W_N^c of the bin offset c = m * M/16 (N = 3M).
+// exp(-2 pi i m / 48) for a compile-time m in [0, 48): W_N^(gr M/16) (N = 3M) in residue_twiddle.
 __device__ __forceinline__ float2 root48(int m) {
-  return make_float2(cos48(m), -cos48(m > 12 ? m - 12 : 12 - m));
+  const int c = m <= 24 ? m : 48 - m;
+  int s = m >= 12 ? m - 12 : 12 - m;  // sin(2 pi m/48) = cos(2 pi (m - 12)/48)
+  s = s <= 24 ? s : 48 - s;
+  return make_float2(cos48(c), -cos48(s));
 }
 // W_3^g = exp(-2 pi i g / 3), g in {0, 1, 2}.
 __device__ __forceinline__ float2 root3(int g) {
@@ -97,19 +100,11 @@ __device__ __forceinline__ float2 hermitian_bin3(const float2* K, int f) {
 }
 
 
-// exp(-2 pi i m / 48) for a compile-time m in [0, 48).
-__device__ __forceinline__ float2 root48_any(int m) {
-  const int c = m <= 24 ? m : 48 - m;
-  int s = m >= 12 ? m - 12 : 12 - m;  // sin(2 pi m/48) = cos(2 pi (m - 12)/48)
-  s = s <= 24 ? s : 48 - s;
-  return make_float2(cos48(c), -cos48(s));
-}
-
 // W_N^(g n) for n = t + r M/16 (N = 3M): W_N^(g t), given, times the constant exp(-2 pi i g r / 48).
 // g is uniform per warp (groups are whole warps), so each branch folds r's constant.
 __device__ __forceinline__ float2 residue_twiddle(float2 v, float2 wgt, int g, int r) {
   if (g == 0) return v;
-  return cmul(v, cmul(wgt, g == 1 ? root48_any(r) : root48_any(2 * r)));
+  return cmul(v, cmul(wgt, g == 1 ? root48(r) : root48(2 * r)));
 }
 
 // The forward by decimation in frequency: X[3k + g] = DFT_M over n of a_g[n],
@@ -120,8 +115,7 @@ __device__ __forceinline__ float2 residue_twiddle(float2 v, float2 wgt, int g, i
 // a barrier (its first pass writes the group's third at once: a caller that used shared memory before puts
 // a barrier first) and ends reading the group's third: the caller's barrier comes before it is written again.
 template <int M, bool kHalf, typename Load>
-__device__ __forceinline__ void forward3(float2* smem, float2 (&x)[kElemsPerThread], Load load, int t,
-                                                  int g) {
+__device__ __forceinline__ void forward3(float2* smem, float2 (&x)[kElemsPerThread], Load load, int t, int g) {
   constexpr int M16 = M / kElemsPerThread, Rl = last_radix(M);
   float2* own = smem + g * padded_size(M);
   const float2 w3 = root3(g), w3sq = cmul(w3, w3);
@@ -149,8 +143,7 @@ __device__ __forceinline__ void forward3(float2* smem, float2 (&x)[kElemsPerThre
 // n < 3M/2 is wanted (m = 0, and m = 1 for n' < M/2). Starts with a barrier (the forward's reads of
 // shared memory come first); ends reading shared memory.
 template <int M, bool kHalf, typename Store>
-__device__ __forceinline__ void inverse3(float2* smem, float2 (&x)[kElemsPerThread], Store store, int t,
-                                                  int g) {
+__device__ __forceinline__ void inverse3(float2* smem, float2 (&x)[kElemsPerThread], Store store, int t, int g) {
   constexpr int padM = padded_size(M);
   float2* own = smem + g * padM;
   const float2 wgt = thread_root<M>(g * t);
@@ -521,8 +514,8 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         t, g);
     radix3::slots_to_smem<M>(smem, x, t, g);
     for (int f = threadIdx.x; f < half; f += blockDim.x)
-      acc[f] = add_g_conj_u(acc[f], radix3::residue_at<M>(smem, f), conjf2(radix3::residue_at<M>(smem, f == 0 ? 0 : N - f)),
-                            sc);
+      acc[f] = add_g_conj_u(acc[f], radix3::residue_at<M>(smem, f),
+                            conjf2(radix3::residue_at<M>(smem, f == 0 ? 0 : N - f)), sc);
     __syncthreads();  // every read of Z is done before the next row's transform writes shared memory
   }
   float2* out = partial + ((int64_t)group * s.D + d) * half;

@@ -177,6 +177,29 @@ __device__ __forceinline__ int residue_index(int f) {
   return f == 3 * M ? 3 * M : (f % 3) * M + f / 3;
 }
 
+// residue_index of thread (t, g)'s bins f = S::bin(i, t, g) and of their partners 3M - f (bin 3M for f = 0)
+// in closed form: one base per thread plus or minus the slot's constant offset. Computed from f (a division
+// by 3 per slot that the compiler cannot fold, since it does not know f mod 3 = g) the indices were hoisted
+// out of the backward's row loop: 904 bytes of spills per thread (ptxas -v).
+//   f = 3k + g, k = t + offset(i):  own at g M + k;
+//   3M - f = 3(M - k) for g = 0 (residue 0, index M - k), 3(M - k - 1) + 2 for g = 1 (2M + M - k - 1),
+//   3(M - k - 1) + 1 for g = 2 (M + M - k - 1).
+template <int M>
+struct ResidueIndex {
+  int own0, partner0;
+  bool first;  // thread (0, 0): slot 0 holds bin 0, whose partner is bin 3M
+  __device__ __forceinline__ ResidueIndex(int t, int g)
+      : own0(g * M + t), partner0((g == 0 ? M : g == 1 ? 3 * M - 1 : 2 * M - 1) - t), first(g == 0 && t == 0) {}
+  __device__ __forceinline__ int own(int i) const { return own0 + Slots<M>::offset(i); }
+  __device__ __forceinline__ int partner(int i) const {
+    return i == 0 && first ? 3 * M : partner0 - Slots<M>::offset(i);
+  }
+};
+
+// t and g through an empty asm: what is derived from them (twiddles, indices) is computed again where it is
+// used instead of being hoisted out of a row loop and kept live (spilled) across the whole row.
+__device__ __forceinline__ void opaque(int& t, int& g) { asm volatile("" : "+r"(t), "+r"(g)); }
+
 // forward3's slots to shared memory (third g, index k: residue_at), behind barriers on both sides.
 template <int M>
 __device__ __forceinline__ void slots_to_smem(float2* smem, const float2 (&x)[kElemsPerThread], int t, int g) {
@@ -209,12 +232,17 @@ __device__ __forceinline__ void real_spectrum3(const float2* smem, const float2 
   float sn, cs;
   sincospif((float)(3 * t + g) * (-1.f / (float)N), &sn, &cs);  // W_2N^(3t + g)
   const float2 wt = make_float2(cs, sn);
+  // the partner bin (N - f) mod N in shared memory (residue_at), in closed form as ResidueIndex: third
+  // (3 - g) mod 3, index k' = (M - offset) - s with s = t (g = 0) or t + 1, and as offset is a multiple of
+  // 16, pad(k') = padded_size(M) - padded(i) + (-s + (-s >> 4)); bin 0 (thread (0, 0), slot 0) is its own.
+  const int s = t + (g != 0);
+  const int partner0 = (g == 0 ? 0 : 3 - g) * padded_size(M) + padded_size(M) - s + ((-s) >> 4);
 #pragma unroll
   for (int i = 0; i < kElemsPerThread; ++i) {
     const int f = S::bin(i, t, g);
-    const int p = f == 0 ? 0 : N - f;  // the partner bin (N - f) mod N
+    const int p = i == 0 && g == 0 && t == 0 ? 0 : partner0 - S::padded(i);
     const float2 tw = cmul(wt, root32(S::m(i)));
-    const float2 af = x[i], c = conjf2(residue_at<M>(smem, p));
+    const float2 af = x[i], c = conjf2(smem[p]);
     const float2 P = cadd(af, c), Dd = smem_fft::csub(af, c);
     const float2 tM = cmul(tw, make_float2(Dd.y, -Dd.x));  // tw * (-i) * (Z[f] - conj(Z[N-f]))
     bin(i, f, tw, cadd(P, tM), smem_fft::csub(P, tM));
@@ -311,7 +339,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
                              ConvShape s) {
   extern __shared__ float2 smem[];
   constexpr int N = 3 * M, T = M / kElemsPerThread;
-  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
   const int64_t d = blockIdx.x / s.B, row = (blockIdx.x % s.B) * s.D + d;
   const int L = (int)s.L;
   const int64_t first = kReverse ? s.L - 1 : 0;  // sample m lives at first +- m
@@ -323,11 +351,13 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   radix3::forward3<M, kHalf>(smem, v, [&](int n) { return make_float2(sample(2 * n), sample(2 * n + 1)); }, t,
                                       g);
   radix3::slots_to_smem<M>(smem, v, t, g);
-  radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2 tw, float2 X1, float2 X2) {
+  radix3::opaque(t, g);  // forward3's twiddles are not kept live through the rest (fewer spills)
+  const radix3::ResidueIndex<M> ri(t, g);
+  radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int, float2 tw, float2 X1, float2 X2) {
     // K[f + N] = conj(K[N - f]); Kr in the residue layout (residue_index)
-    v[i] = real_merge_conj(tw, cmul(X1, K[radix3::residue_index<M>(f)]),
-                           cmul(X2, conjf2(K[radix3::residue_index<M>(N - f)])));
+    v[i] = real_merge_conj(tw, cmul(X1, K[ri.own(i)]), cmul(X2, conjf2(K[ri.partner(i)])));
   });
+  radix3::opaque(t, g);
   radix3::inverse3<M, kHalf>(
       smem, v,
       [&](int n, float2 w) {  // w = conj(z'[n]): y at samples 2n and 2n + 1
@@ -354,8 +384,9 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
                                      t, g);
   radix3::slots_to_smem<M>(smem, v, t, g);
   constexpr float scale = 1.f / (8.f * (float)N);
-  radix3::real_spectrum3<M>(smem, v, t, g, [&](int, int f, float2, float2 X1, float2 X2) {
-    K[radix3::residue_index<M>(f)] = make_float2(scale * X1.x, scale * X1.y);
+  const radix3::ResidueIndex<M> ri(t, g);
+  radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2, float2 X1, float2 X2) {
+    K[ri.own(i)] = make_float2(scale * X1.x, scale * X1.y);
     if (f == 0) K[N] = make_float2(scale * X2.x, scale * X2.y);
   });
 }
@@ -379,10 +410,10 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   sincospif((float)(3 * t + g) * (-1.f / (float)N), &sn, &cs);  // W_2N^(3t + g): real_spectrum3's twiddle
   const float2 wt = make_float2(cs, sn);
   float2 v[kElemsPerThread];
+  const radix3::ResidueIndex<M> ri(t, g);
 #pragma unroll
   for (int i = 0; i < kElemsPerThread; ++i) {
-    const int f = S::bin(i, t, g);
-    const float2 c1 = Cd[radix3::residue_index<M>(f)], c2 = conjf2(Cd[radix3::residue_index<M>(N - f)]);
+    const float2 c1 = Cd[ri.own(i)], c2 = conjf2(Cd[ri.partner(i)]);
     v[i] = real_merge_conj(cmul(wt, radix3::root32(S::m(i))), make_float2(scale * c1.x, scale * c1.y),
                            make_float2(scale * c2.x, scale * c2.y));
   }
@@ -408,7 +439,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
                                       int64_t d0) {
   extern __shared__ float2 smem[];
   constexpr int N = 3 * M, T = M / kElemsPerThread;
-  const int g = (int)threadIdx.x / T, t = (int)threadIdx.x - g * T;
+  const int g0 = (int)threadIdx.x / T, t0 = (int)threadIdx.x - g0 * T;
   const int64_t d = d0 + blockIdx.x;
   const int L = (int)s.L;
   const float2* K = Kr + (int64_t)blockIdx.x * (N + 1);
@@ -420,6 +451,8 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
     const scalar_t* gr = gy + off;
     scalar_t* yr = kNeedU ? grad_u + off : nullptr;
     const bool first_row = b == 0;
+    int t = t0, g = g0;
+    radix3::opaque(t, g);
     float2 v[kElemsPerThread];
     __syncthreads();  // the previous row's last reads of shared memory are done
     radix3::forward3<M, kHalf>(
@@ -429,11 +462,15 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         },
         t, g);
     radix3::slots_to_smem<M>(smem, v, t, g);
-    radix3::real_spectrum3<M>(smem, v, t, g, [&](int, int f, float2, float2 X1, float2 X2) {
-      Ud[radix3::residue_index<M>(f)] = X1;
+    t = t0, g = g0;
+    radix3::opaque(t, g);
+    radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2, float2 X1, float2 X2) {
+      Ud[radix3::ResidueIndex<M>(t, g).own(i)] = X1;
       if (f == 0) Ud[N] = X2;
     });
     __syncthreads();  // every partner has been read before the next transform writes shared memory
+    t = t0, g = g0;
+    radix3::opaque(t, g);
     radix3::forward3<M, kHalf>(
         smem, v,
         [&](int n) {
@@ -441,8 +478,11 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         },
         t, g);
     radix3::slots_to_smem<M>(smem, v, t, g);
+    t = t0, g = g0;
+    radix3::opaque(t, g);
+    const radix3::ResidueIndex<M> ri(t, g);
     radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2 tw, float2 X1, float2 X2) {
-      const int r = radix3::residue_index<M>(f);
+      const int r = ri.own(i);
       const float2 p = cmul(X1, conjf2(Ud[r]));  // C[f] += G[f] conj(U[f]), bin N with bin 0
       Cd[r] = first_row ? p : cadd(Cd[r], p);
       if (f == 0) {
@@ -451,9 +491,11 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
       }
       // G conj(K) merged (conj(K[f + N]) = K[N - f]): what grad_u's inverse takes
       if constexpr (kNeedU)
-        v[i] = real_merge_conj(tw, cmul(X1, conjf2(K[r])), cmul(X2, K[radix3::residue_index<M>(N - f)]));
+        v[i] = real_merge_conj(tw, cmul(X1, conjf2(K[r])), cmul(X2, K[ri.partner(i)]));
     });
     if constexpr (kNeedU) {
+      t = t0, g = g0;
+      radix3::opaque(t, g);
       radix3::inverse3<M, kHalf>(  // (a barrier first: every partner has been read)
           smem, v,
           [&](int n, float2 w) {  // w = conj(z'[n]): grad_u at samples 2n and 2n + 1

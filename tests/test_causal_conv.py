@@ -1178,6 +1178,7 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     # is test_cuda_real_window_policy's); with D > 1 each channel is its own launch of that kernel
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")
     monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "0")  # the power-of-two kernels (radix-3: test_cuda_radix3_real)
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     gy = torch.randn_like(u)
     names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
@@ -1383,6 +1384,7 @@ def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
     empty: the one-row kernel only) gives the shared-memory variant's values to float32 rounding, forward, grad_u
     alone, both gradients and grad_k alone; a bad value is an error naming the variable."""
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")  # forced: these few channels (policy: four-step)
+    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "0")  # the power-of-two kernels' variants
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     gy = torch.randn_like(u)
 
@@ -1586,11 +1588,11 @@ def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
         ops.causal_conv_backward(gy, u, k, skip, True, False)
 
 
-# FFT_TENSOR_CONV_RADIX3=grad_k (the default since the thirty-fifth session): only grad_k of the
-# 16384-point half plans (Lk = L 4097-6144 and the like) takes the radix-3 kernels (12288 points); the
-# forward and grad_u keep the power-of-two windows (the radix-3 pair-window kernels were not faster:
-# RESULTS.md, thirty-fourth and thirty-fifth sessions). Values against float64, grad_k's groups, the
-# switch at 0, and unset (the default: grad_k).
+# FFT_TENSOR_CONV_RADIX3=grad_k: only grad_k of the 16384-point half plans (Lk = L 4097-6144 and the like)
+# takes the radix-3 kernels (12288 points); the forward and grad_u keep the power-of-two windows (the
+# radix-3 pair-window kernels were not faster: RESULTS.md, thirty-fourth and thirty-fifth sessions). Values
+# against float64, grad_k's groups, the switch at 0, and unset (the default, real: the same kernels on
+# these plans).
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", [(6144, 6144, 3, 2), (4097, 5000, 2, 3), (5000, 300, 1, 2)])
 def test_cuda_radix3_grad_k_only(L, Lk, batch, dim, monkeypatch):
@@ -1622,17 +1624,22 @@ def test_cuda_radix3_grad_k_only(L, Lk, batch, dim, monkeypatch):
     off = backward()
     assert rel_err(off[1], gk) < 2e-6 and torch.equal(off[0], gu)  # grad_u: the same kernels either way
     monkeypatch.delenv("FFT_TENSOR_CONV_RADIX3")
-    assert all(map(torch.equal, backward(), (gu, gk)))  # unset = grad_k
+    assert all(map(torch.equal, backward(), (gu, gk)))  # unset (real) = grad_k on these plans
 
 
-# FFT_TENSOR_CONV_RADIX3=real: grad_k's radix-3 kernel (as grad_k) and the real-window plans' radix-3 kernels
-# (forward, grad_u alone, the backward with grad_k: 24576 real points), but not the pair windows' forward
-# or grad_u (RESULTS.md, thirty-fifth session: the residue real-window forward was 21% faster than the
-# power-of-two one, the pair windows slower). Values against float64 and the kernels each plan takes.
+# FFT_TENSOR_CONV_RADIX3=real (the default since the thirty-sixth session): grad_k's radix-3 kernel (as
+# grad_k) and the real-window plans' forward and grad_u alone on 24576 real points, but not the pair windows'
+# forward or grad_u, nor the real-window backward with grad_k (RESULTS.md, thirty-sixth session: on the H100
+# the radix-3 real-window forward is 20-24% faster than the power-of-two one, its backward 8-23% slower).
+# Values against float64 and the kernels each plan takes, set and unset.
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", [(12288, 12288, 2, 3), (8193, 9000, 1, 2), (6144, 6144, 3, 2)])
-def test_cuda_radix3_real(L, Lk, batch, dim, monkeypatch):
-    monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", "real")
+@pytest.mark.parametrize("mode", ["real", None])
+def test_cuda_radix3_real(L, Lk, batch, dim, mode, monkeypatch):
+    if mode is None:
+        monkeypatch.delenv("FFT_TENSOR_CONV_RADIX3", raising=False)
+    else:
+        monkeypatch.setenv("FFT_TENSOR_CONV_RADIX3", mode)
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "1")  # the real-window backward for these few channels too
     monkeypatch.delenv("FFT_TENSOR_CONV_GRAD_K_GROUPS", raising=False)
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
@@ -1643,9 +1650,12 @@ def test_cuda_radix3_real(L, Lk, batch, dim, monkeypatch):
     assert real == (L > 6144)
     forward_names = _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
     backward_names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, True))
+    gu_alone_names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, False))
     assert ("conv_real_window3_kernel" in forward_names) == real, forward_names
+    assert ("conv_real_window3_kernel" in gu_alone_names) == real, gu_alone_names
     assert "conv_window3_kernel" not in forward_names and "conv_window3_kernel" not in backward_names
-    assert ("conv_real_window3_backward_kernel" in backward_names) == real, backward_names
+    assert "conv_real_window3_backward_kernel" not in backward_names, backward_names
+    assert ("conv_real_window_backward_kernel" in backward_names) == real, backward_names
     assert ("conv_grad_k3_kernel" in backward_names) == (not real), backward_names
     y = fft_tensor.causal_conv(u, k, skip)
     assert rel_err(y, fft64_reference(u, k, skip)) < 1e-5

@@ -115,7 +115,7 @@ int64_t env_int(const char* name, int64_t lo, int64_t hi, int64_t unset) {
 }
 
 enum class RealWindowMode { kAuto, kOff, kForced, kForwardOnly };
-enum class Radix3Mode { kOff, kGradK, kReal, kAll };  // RADIX3: 0, grad_k (or unset), real, 1
+enum class Radix3Mode { kOff, kGradK, kReal, kAll };  // RADIX3: 0, grad_k, real (or unset), 1
 enum class PaddedMode { kAuto, kOff, kLoad, kExchange };
 
 struct ConvSwitches {
@@ -161,7 +161,7 @@ struct ConvSwitches {
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
     w.fused_backward = env_flag("FFT_TENSOR_CONV_FUSED_BACKWARD", true);
     w.grad_k_groups = env_int("FFT_TENSOR_CONV_GRAD_K_GROUPS", 1, 4096, 0);
-    const std::string radix3 = env_choice("FFT_TENSOR_CONV_RADIX3", {"0", "1", "grad_k", "real"}, "grad_k");
+    const std::string radix3 = env_choice("FFT_TENSOR_CONV_RADIX3", {"0", "1", "grad_k", "real"}, "real");
     w.radix3 = radix3 == "1"        ? Radix3Mode::kAll
                : radix3 == "grad_k" ? Radix3Mode::kGradK
                : radix3 == "real"   ? Radix3Mode::kReal
@@ -361,12 +361,12 @@ void launch_conv_windows(const at::Tensor& x, const at::Tensor& K, at::Tensor& y
 // three quarters of it (L + taps - 1 <= 3N/4: Lk = L from 1025 to 1536, 2049 to 3072, 4097 to 6144) runs
 // its forward, and grad_u where that is computed by the window kernel (frozen taps, or beside grad_k at
 // 16384 points), on windows of 3N/4 points, and at 16384 points grad_k too (grad_k_windows3, rows in the
-// window's first half); grad_k (the default: unset or empty) = that grad_k only; real = that grad_k and the
-// real-window plans (radix3_real_window), not the pair windows' forward; 0 = the power-of-two windows
-// everywhere. Measured on an H200 (RESULTS.md, thirty-fifth session, the kernels by residues): of
-// the pair-window radix-3 kernels only grad_k's wins (0.424 + 0.051 ms against 0.481 + 0.046 at 6144 fp32;
-// forward+backward 1.32 against 1.36 ms); the forward window takes 0.45 against 0.375 ms (its spectrum
-// kernel 0.082 against 0.037), so it stays behind 1.
+// window's first half); grad_k = that grad_k only; real (the default: unset or empty) = that grad_k and the
+// real-window plans' forward and grad_u alone (radix3_real_window), not the pair windows' forward; 0 = the
+// power-of-two windows everywhere. Measured on an H200 (RESULTS.md, thirty-fifth session, the kernels by
+// residues): of the pair-window radix-3 kernels only grad_k's wins (0.424 + 0.051 ms against 0.481 + 0.046
+// at 6144 fp32; forward+backward 1.32 against 1.36 ms); the forward window takes 0.45 against 0.375 ms (its
+// spectrum kernel 0.082 against 0.037), so it stays behind 1.
 // On the real-window plans (32K real points) see radix3_real_window.
 // Returns M (the window is 3M points), 0 when the plan does not take it.
 int radix3_window(const ConvShape& s, const ConvSwitches& sw, bool grad_k = false) {
@@ -905,14 +905,19 @@ bool real_window_regs(bool backward_with_grad_k, const ConvSwitches& sw) {
   return backward_with_grad_k ? sw.regs_backward : sw.regs_forward;
 }
 
-// FFT_TENSOR_CONV_RADIX3=1 or real on the real-window plans (32K real points): where L + taps - 1 <= 24576 (Lk = L
-// from 8193 to 12288) the forward, grad_u alone (conv_real_window3_kernel) and the backward with grad_k
-// (conv_real_window3_backward_kernel, real_window_grad_k3_kernel; where REAL_WINDOW sends it to the
-// real-window kernels) take 24576 real points: 12288 complex in three groups (radix3.cuh). Every function
-// below serves both sizes, each asking this predicate, so a plan's spectrum and kernels always agree.
+// FFT_TENSOR_CONV_RADIX3 on the real-window plans (32K real points): where L + taps - 1 <= 24576 (Lk = L
+// from 8193 to 12288) the forward and grad_u alone (conv_real_window3_kernel; RADIX3=real, the default, or
+// 1) and the backward with grad_k (conv_real_window3_backward_kernel, real_window_grad_k3_kernel; RADIX3=1
+// only, where REAL_WINDOW sends it to the real-window kernels) take 24576 real points: 12288 complex in three
+// groups (radix3.cuh). Measured on the H100 (RESULTS.md, thirty-sixth session, B=8 D=768, Lk = L, fp32): the
+// forward kernel 0.689 against 0.901 ms at 8193, 0.714 against 0.931 at 12288 (bf16 0.780 / 0.877, 0.802 /
+// 0.884); the backward 1.20 against 1.11 ms per launch at 8193 (bf16 1.33 against 1.08), so the backward
+// keeps the power-of-two kernels. Every
+// function below serves both sizes, each asking this predicate (the backward with grad_k computes its own
+// spectrum), so a plan's spectrum and kernels always agree.
 constexpr int kRadix3RealM = kRealWindowN / 4;
-bool radix3_real_window(const ConvShape& s, const ConvSwitches& sw) {
-  const bool on = sw.radix3 == Radix3Mode::kAll || sw.radix3 == Radix3Mode::kReal;
+bool radix3_real_window(const ConvShape& s, const ConvSwitches& sw, bool backward_with_grad_k = false) {
+  const bool on = sw.radix3 == Radix3Mode::kAll || (sw.radix3 == Radix3Mode::kReal && !backward_with_grad_k);
   return on && s.nseg == 1 && s.N == 2 * kRealWindowN && s.L + s.taps - 1 <= 6 * kRadix3RealM;
 }
 
@@ -960,7 +965,7 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
   const int64_t D = s.D;
   const bool need_u = grad_u_out.defined();
   TORCH_CHECK(grad_k.scalar_type() == at::kFloat && grad_k.stride(1) == 1, "causal_conv: internal: grad_k layout");
-  const bool radix3 = radix3_real_window(s, sw);
+  const bool radix3 = radix3_real_window(s, sw, /*backward_with_grad_k=*/true);
   const RealWindowLaunch w(radix3);
   const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
   const auto cf = u.options().dtype(at::kComplexFloat);

@@ -611,9 +611,20 @@ def check_grads(L, Lk, device, dtype=torch.float32, batch=B, dim=D, tol=1e-5):
     grads = torch.autograd.grad(fft_tensor.causal_conv(*args), args, gy)
     for name, g, ref, arg in zip("u k skip".split(), grads, ref_grads, args):
         assert g.shape == arg.shape and g.dtype == arg.dtype, name
-        assert rel_err(g, ref) < tol, name
+        if name == "skip":
+            assert skip_grad_error(g, ref, gy, u) < 1e-6, name
+        else:
+            assert rel_err(g, ref) < tol, name
     if Lk > L:  # taps past L never touch the output
         assert (grads[1][:, L:] == 0).all()
+
+
+def skip_grad_error(g, ref, gy, u):
+    """grad_skip[d] = sum over b, t of gy u: B x L products whose sum can cancel (on the H100 one channel of
+    3 x 40000 summed to 2.9, rel_err 6.7e-5 in float32), so the error is taken relative to the sum of
+    |gy u|, which bounds a float32 sum's rounding error, per channel; the largest over channels."""
+    scale = (gy.detach().cpu().double().abs() * u.detach().cpu().double().abs()).sum(dim=(0, 2))
+    return ((g.detach().cpu().double() - ref.detach().cpu().double()).abs() / scale.clamp_min(1e-300)).max().item()
 
 
 @pytest.mark.parametrize("device", DEVICES)

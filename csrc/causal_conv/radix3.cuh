@@ -171,16 +171,11 @@ __device__ __forceinline__ float2 residue_at(const float2* smem, int f) {
 
 // Where the real-window kernels keep bin f (0 <= f <= 3M) of a spectrum in global memory (the kernel's Kr,
 // the backward's U and C): X[3k + g] at g M + k, so a thread's own bins are contiguous across the group's
-// threads (natural order made those accesses stride 3), and bin 3M last.
-template <int M>
-__device__ __forceinline__ int residue_index(int f) {
-  return f == 3 * M ? 3 * M : (f % 3) * M + f / 3;
-}
-
-// residue_index of thread (t, g)'s bins f = S::bin(i, t, g) and of their partners 3M - f (bin 3M for f = 0)
-// in closed form: one base per thread plus or minus the slot's constant offset. Computed from f (a division
-// by 3 per slot that the compiler cannot fold, since it does not know f mod 3 = g) the indices were hoisted
-// out of the backward's row loop: 904 bytes of spills per thread (ptxas -v).
+// threads (natural order made those accesses stride 3), and bin 3M last. ResidueIndex gives that index for
+// thread (t, g)'s bins f = S::bin(i, t, g) and for their partners 3M - f (bin 3M for f = 0) in closed form:
+// one base per thread plus or minus the slot's constant offset. Computed from f as (f mod 3) M + f / 3 (a
+// division by 3 per slot that the compiler cannot fold, since it does not know f mod 3 = g) the indices were
+// hoisted out of the backward's row loop: 904 bytes of spills per thread (ptxas -v).
 //   f = 3k + g, k = t + offset(i):  own at g M + k;
 //   3M - f = 3(M - k) for g = 0 (residue 0, index M - k), 3(M - k - 1) + 2 for g = 1 (2M + M - k - 1),
 //   3(M - k - 1) + 1 for g = 2 (M + M - k - 1).
@@ -354,7 +349,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   radix3::opaque(t, g);  // forward3's twiddles are not kept live through the rest (fewer spills)
   const radix3::ResidueIndex<M> ri(t, g);
   radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int, float2 tw, float2 X1, float2 X2) {
-    // K[f + N] = conj(K[N - f]); Kr in the residue layout (residue_index)
+    // K[f + N] = conj(K[N - f]); Kr in the residue layout (ResidueIndex)
     v[i] = real_merge_conj(tw, cmul(X1, K[ri.own(i)]), cmul(X2, conjf2(K[ri.partner(i)])));
   });
   radix3::opaque(t, g);

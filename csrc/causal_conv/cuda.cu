@@ -968,8 +968,12 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
   const bool radix3 = radix3_real_window(s, sw, /*backward_with_grad_k=*/true);
   const RealWindowLaunch w(radix3);
   const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
+  // the radix-3 kernel keeps each row's spectrum U in shared memory where the GPU's per-block limit takes it
+  // beside the FFT buffer (conv_real_window3_backward_kernel's kUShared; 202 KB: Hopper yes, an A100 no)
+  const size_t u_bytes = (size_t)(w.N + 1) * sizeof(float2);
+  const bool u_shared = radix3 && w.smem + u_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   const auto cf = u.options().dtype(at::kComplexFloat);
-  at::Tensor C = at::empty({chunk, w.N + 1}, cf), U_scratch = at::empty({chunk, w.N + 1}, cf);
+  at::Tensor C = at::empty({chunk, w.N + 1}, cf), U_scratch = at::empty({u_shared ? 0 : chunk, w.N + 1}, cf);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   // the half-window kernels where the row fills at most half the window (L <= N: half_window's rule)
   const bool half = sw.half && s.L <= w.N, regs = real_window_regs(true, sw);
@@ -989,18 +993,23 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
             conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, false, true>},
            {conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true>,
             conv_real_window_backward_kernel<scalar_t, kRealWindowN, true, true, true>}}};
-      const Kernel kernels3[2][2] = {  // [need_u][half]; the radix-3 kernels keep each thread's bins in registers
-          {conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, false, false>,
-           conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, false, true>},
-          {conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, false>,
-           conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, true>}};
-      const Kernel kernel = radix3 ? kernels3[need_u][half] : kernels[need_u][regs][half];
-      allow_smem(kernel, w.smem);
-      kernel<<<(unsigned)n, w.threads, w.smem, stream>>>(
+      const Kernel kernels3[2][2][2] = {  // [need_u][half][u_shared]; each thread's bins in registers
+          {{conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, false, false>,
+            conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, false, false, true>},
+           {conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, false, true>,
+            conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, false, true, true>}},
+          {{conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, false>,
+            conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, false, true>},
+           {conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, true>,
+            conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, true, true>}}};
+      const Kernel kernel = radix3 ? kernels3[need_u][half][u_shared] : kernels[need_u][regs][half];
+      const size_t smem = w.smem + (u_shared ? u_bytes : 0);
+      allow_smem(kernel, smem);
+      kernel<<<(unsigned)n, w.threads, smem, stream>>>(
           gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
           need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
           need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
-          reinterpret_cast<float2*>(U_scratch.data_ptr()), s, d0);
+          u_shared ? nullptr : reinterpret_cast<float2*>(U_scratch.data_ptr()), s, d0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     // C holds 4 * sum_b G conj(U) over bins 0..N of the 2N-point spectra: the correlation's first taps

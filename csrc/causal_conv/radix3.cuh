@@ -426,7 +426,11 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
 // into U_scratch (each bin written and read back by the thread that owns it), G = the spectrum of gy[b],
 // C[f] += G[f] conj(U[f]) for f = 0..N (the first row writes), and with kNeedU grad_u[b] = the inverse of
 // G conj(K). grid: the chunk's channels d0, d0 + 1, ...; Kr, C and U_scratch (chunk, N + 1); 3M/16 threads.
-template <typename scalar_t, int M, bool kNeedU, bool kHalf>
+// kUShared: U lives in shared memory after the FFT buffer (N + 1 more complex: 202 KB in all at M = 4096,
+// which Hopper's 227 KB per block holds and the power-of-two kernel's 270 KB would not), so the row's
+// spectrum makes no round trip through L2 and DRAM (a third of the kernel's traffic per row with C's
+// read-modify-write and the rows); U_scratch is then not read.
+template <typename scalar_t, int M, bool kNeedU, bool kHalf, bool kUShared = false>
 __global__ void __launch_bounds__(radix3::threads<M>(), 1)
     conv_real_window3_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
                                       const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
@@ -439,7 +443,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
   const int L = (int)s.L;
   const float2* K = Kr + (int64_t)blockIdx.x * (N + 1);
   float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
-  float2* Ud = U_scratch + (int64_t)blockIdx.x * (N + 1);
+  float2* Ud = kUShared ? smem + 3 * smem_fft::padded_size(M) : U_scratch + (int64_t)blockIdx.x * (N + 1);
   for (int64_t b = 0; b < s.B; ++b) {
     const int64_t off = (b * s.D + d) * s.L;
     const scalar_t* ur = u + off;

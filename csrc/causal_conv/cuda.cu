@@ -911,8 +911,9 @@ bool real_window_regs(bool backward_with_grad_k, const ConvSwitches& sw) {
 // only, where REAL_WINDOW sends it to the real-window kernels) take 24576 real points: 12288 complex in three
 // groups (radix3.cuh). Measured on the H100 (RESULTS.md, thirty-sixth session, B=8 D=768, Lk = L, fp32): the
 // forward kernel 0.689 against 0.901 ms at 8193, 0.714 against 0.931 at 12288 (bf16 0.780 / 0.877, 0.802 /
-// 0.884); the backward 1.20 against 1.11 ms per launch at 8193 (bf16 1.33 against 1.08), so the backward
-// keeps the power-of-two kernels. Every
+// 0.884); the backward 1.20 against 1.11 ms per launch at 8193 (bf16 1.33 against 1.08), and with U in
+// shared memory (kUShared) 1.13 (bf16 1.06) at 8193, 1.18 against 1.14 (bf16 1.17 against 1.11) at 12288:
+// even at best, so the backward keeps the power-of-two kernels unless RADIX3=1. Every
 // function below serves both sizes, each asking this predicate (the backward with grad_k computes its own
 // spectrum), so a plan's spectrum and kernels always agree.
 constexpr int kRadix3RealM = kRealWindowN / 4;

@@ -1514,7 +1514,8 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
         ops.causal_conv_backward(gy, u, k, skip, True, True)
 
 
-# The radix-3 windows (FFT_TENSOR_CONV_RADIX3=1; by default only their grad_k, below): a one-window plan of
+# The radix-3 windows (FFT_TENSOR_CONV_RADIX3=1; by default, real, only grad_k of the 16384-point plans and
+# the real-window plans' forward and grad_u alone: test_cuda_radix3_real): a one-window plan of
 # 4096-16384 points whose row and kernel fit three quarters of it runs its forward, and grad_u where the
 # window kernel computes it, on 3M = 3N/4 points (csrc/causal_conv/radix3.cuh), and at 16384 points with the
 # row in the window's first half grad_k too (conv_grad_k3_kernel); a real-window plan (32K
@@ -1646,7 +1647,7 @@ def test_cuda_radix3_grad_k_only(L, Lk, batch, dim, monkeypatch):
 # FFT_TENSOR_CONV_RADIX3=real (the default since the thirty-sixth session): grad_k's radix-3 kernel (as
 # grad_k) and the real-window plans' forward and grad_u alone on 24576 real points, but not the pair windows'
 # forward or grad_u, nor the real-window backward with grad_k (RESULTS.md, thirty-sixth session: on the H100
-# the radix-3 real-window forward is 20-24% faster than the power-of-two one, its backward 8-23% slower).
+# the radix-3 real-window forward is 20-24% faster than the power-of-two one, its backward no faster).
 # Values against float64 and the kernels each plan takes, set and unset.
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", [(12288, 12288, 2, 3), (8193, 9000, 1, 2), (6144, 6144, 3, 2)])

@@ -613,12 +613,15 @@ def _train(cfg, model, rank, world, device, master):
     bar = None
     if master and cfg.progress:
         from tqdm import tqdm
+        # redraws at most every 0.5 s on a terminal; into a file or pipe (torchrun, a batch job's log) every
+        # 30 s, where every redraw is kept (the postfix is set without a redraw each step, below)
+        every = 0.5 if sys.stderr.isatty() else 30.0
         if cfg.max_time_s > 0:  # the clock ends this run, not the step count: show the time budget
             budget = int(math.ceil(cfg.max_time_s))
             bar = tqdm(total=budget, initial=min(int(elapsed0), budget), dynamic_ncols=True, desc="train",
-                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s of budget{postfix}")
+                       mininterval=every, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s of budget{postfix}")
         else:
-            bar = tqdm(total=cfg.total_steps, initial=start_step, dynamic_ncols=True, desc="train")
+            bar = tqdm(total=cfg.total_steps, initial=start_step, dynamic_ncols=True, desc="train", mininterval=every)
     step, elapsed, last_metrics = start_step, elapsed0, {}
     noted = set()  # the kinds of note_worse_validation already printed
     (loss_sum, loss_count), window_start, window_bytes = loss_window, time.time(), 0
@@ -671,7 +674,7 @@ def _train(cfg, model, rank, world, device, master):
         if bar is not None:
             bar.update(min(int(elapsed), bar.total) - bar.n if cfg.max_time_s > 0 else 1)
             bar.set_postfix(step=step, bpb=f"{loss_value / LN2:.3f}", lr=f"{lr:.2e}", cutoff=cutoff or "full",
-                            Bps=f"{window_bytes / max(1e-9, time.time() - window_start):.3g}")
+                            Bps=f"{window_bytes / max(1e-9, time.time() - window_start):.3g}", refresh=False)
         if step % cfg.log_every_steps == 0:
             now = time.time()
             last_metrics = {"step": step, "time_s": round(elapsed, 3), "train_bpb": loss_sum / loss_count / LN2,

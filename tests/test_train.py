@@ -335,6 +335,15 @@ def test_progress_bar_shows_step_bpb_lr_cutoff_and_throughput(corpus, tmp_path, 
         assert key in err, (key, err)
 
 
+def test_progress_bar_into_a_file_redraws_rarely(corpus, tmp_path, capsys):
+    # stderr captured (not a terminal): 40 steps give the first and last draws, not one per step
+    # (a run of a few seconds; the bar's file interval is 30 s)
+    train(tiny_cfg(corpus, tmp_path, progress=True, steps_per_epoch=40, eval_every=0), model=tiny_model())
+    err = capsys.readouterr().err
+    assert "40/40" in err and "step=40" in err, err
+    assert err.count("train:") <= 4, err  # draws (one per step before: 45)
+
+
 def test_weight_decay_only_on_linear_weights():
     # decay would shrink the spectral coefficients the curriculum masks off, and norms/embeddings
     model = tiny_model()

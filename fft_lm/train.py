@@ -92,7 +92,7 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile mode with --compile: default | reduce-overhead (CUDA graphs: less host time per step) | max-autotune-no-cudagraphs
     cpp_wrapper: bool = False  # with --compile: Inductor's C++ wrapper launches the compiled kernels from C++ (less host time per step; slower first compile)
     seed: int = 1337  # seeds the model init and the data stream
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm progress bar (redrawn every 0.5 s on a terminal, every 30 s into a file)
 
     @property
     def total_steps(self):

@@ -194,6 +194,12 @@ struct ResidueIndex {
 // t and g through an empty asm: what is derived from them (twiddles, indices) is computed again where it is
 // used instead of being hoisted out of a row loop and kept live (spilled) across the whole row.
 __device__ __forceinline__ void opaque(int& t, int& g) { asm volatile("" : "+r"(t), "+r"(g)); }
+// t, g = t0, g0 through opaque: one phase's own copies of the thread ids (a row loop's phases each take one).
+__device__ __forceinline__ void fresh_ids(int& t, int& g, int t0, int g0) {
+  t = t0;
+  g = g0;
+  opaque(t, g);
+}
 
 // forward3's slots to shared memory (third g, index k: residue_at), behind barriers on both sides.
 template <int M>
@@ -450,8 +456,8 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
     const scalar_t* gr = gy + off;
     scalar_t* yr = kNeedU ? grad_u + off : nullptr;
     const bool first_row = b == 0;
-    int t = t0, g = g0;
-    radix3::opaque(t, g);
+    int t, g;
+    radix3::fresh_ids(t, g, t0, g0);
     float2 v[kElemsPerThread];
     __syncthreads();  // the previous row's last reads of shared memory are done
     radix3::forward3<M, kHalf>(
@@ -461,15 +467,14 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         },
         t, g);
     radix3::slots_to_smem<M>(smem, v, t, g);
-    t = t0, g = g0;
-    radix3::opaque(t, g);
+    radix3::fresh_ids(t, g, t0, g0);
+    const radix3::ResidueIndex<M> ri_u(t, g);
     radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2, float2 X1, float2 X2) {
-      Ud[radix3::ResidueIndex<M>(t, g).own(i)] = X1;
+      Ud[ri_u.own(i)] = X1;
       if (f == 0) Ud[N] = X2;
     });
     __syncthreads();  // every partner has been read before the next transform writes shared memory
-    t = t0, g = g0;
-    radix3::opaque(t, g);
+    radix3::fresh_ids(t, g, t0, g0);
     radix3::forward3<M, kHalf>(
         smem, v,
         [&](int n) {
@@ -477,8 +482,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         },
         t, g);
     radix3::slots_to_smem<M>(smem, v, t, g);
-    t = t0, g = g0;
-    radix3::opaque(t, g);
+    radix3::fresh_ids(t, g, t0, g0);
     const radix3::ResidueIndex<M> ri(t, g);
     radix3::real_spectrum3<M>(smem, v, t, g, [&](int i, int f, float2 tw, float2 X1, float2 X2) {
       const int r = ri.own(i);
@@ -493,8 +497,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
         v[i] = real_merge_conj(tw, cmul(X1, conjf2(K[r])), cmul(X2, K[ri.partner(i)]));
     });
     if constexpr (kNeedU) {
-      t = t0, g = g0;
-      radix3::opaque(t, g);
+      radix3::fresh_ids(t, g, t0, g0);
       radix3::inverse3<M, kHalf>(  // (a barrier first: every partner has been read)
           smem, v,
           [&](int n, float2 w) {  // w = conj(z'[n]): grad_u at samples 2n and 2n + 1

@@ -3,7 +3,7 @@ fft_causal_conv1d (subquadratic-ops-torch) and the memory floor. Shapes from ANC
 B=8, D=768, L in {1K, 4K, 16K, 64K}, Lk in {L, 128}, fp32 and bf16 input (k is float32).
 
     python benchmarks/bench_causal_conv.py [--lengths 1024,4096] [--kernels L,128] [--dtypes fp32,bf16]
-        [--quick] [--install-wheels .whl] [--no-peer]
+        [--quick] [--install-wheels .whl] [--no-peer] [--no-sdpa] [--graphs]
 
 --install-wheels DIR installs DIR/*.whl into /tmp/site (pip --no-index --no-deps) and puts it on
 sys.path: how the NVIDIA peer travels to a GPU box without network (see the report / README).
@@ -122,6 +122,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="short timing budget (smoke test)")
     p.add_argument("--install-wheels", default=None, metavar="DIR", help="pip-install DIR/*.whl into /tmp/site first")
     p.add_argument("--no-peer", action="store_true", help="skip NVIDIA's fft_causal_conv1d")
+    p.add_argument("--no-sdpa", action="store_true",
+                   help="skip SDPA attention (its columns n/a): at 64K it is most of the run's time")
     p.add_argument("--channels-last", action="store_true",
                    help="u and grad_y as transposed (B, L, D) tensors, the layout a model's projections give")
     p.add_argument("--graphs", action="store_true",
@@ -135,13 +137,16 @@ def main():
     lengths = [int(x) for x in args.lengths.split(",")]
     peer, peer_reason = (None, "--no-peer") if args.no_peer else load_peer()
     reasons = [] if peer else [f"NVIDIA fft_causal_conv1d: {peer_reason}"]
+    if args.no_sdpa:
+        reasons.append("SDPA: --no-sdpa")
 
     bw = copy_bandwidth_gbs()
     gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "no GPU: smoke test of the script, numbers mean nothing"
     print(f"device-to-device copy: {bw:.0f} GB/s; {gpu}; torch {torch.__version__}", flush=True)
     time_rows, ratio_rows, graph_rows = [], [], []
     for L in lengths:
-        sdpa_f, sdpa_fb, g_sdpa_f, g_sdpa_fb = bench_sdpa(B, L, budget, reasons, args.graphs)
+        sdpa_f, sdpa_fb, g_sdpa_f, g_sdpa_fb = ((None,) * 4 if args.no_sdpa
+                                                else bench_sdpa(B, L, budget, reasons, args.graphs))
         for kspec in args.kernels.split(","):
             Lk = L if kspec.strip() == "L" else int(kspec)
             for dname in args.dtypes.split(","):

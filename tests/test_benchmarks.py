@@ -31,12 +31,23 @@ def test_bench_phase_rotate():
                  "| method | ms | GB/s | % of copy bw |")
 
 
-@pytest.mark.parametrize("layout", [[], ["--channels-last", "--graphs"]], ids=["contiguous", "channels-last-graphs"])
+@pytest.mark.parametrize("layout", [[], ["--channels-last", "--graphs"], ["--no-sdpa"]],
+                         ids=["contiguous", "channels-last-graphs", "no-sdpa"])
 def test_bench_causal_conv(layout):
     r = run_benchmark("bench_causal_conv.py", "--quick", "--lengths", "256", "--kernels", "L,16", "--dtypes",
                       "fp32,bf16", "--batch", "2", "--dim", "4", "--no-peer", *layout)
     assert_table(r, "| L | Lk | u dtype | ref/ours fwd |")
     assert r.stdout.count("| 256 |") >= 8  # 2 kernels x 2 dtypes, in both tables
+    # the ms table (header "| L | Lk | u dtype | ours fwd ms |"): SDPA's two columns are n/a exactly when
+    # it was skipped
+    lines = r.stdout.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| L | Lk | u dtype | ours fwd ms |")))
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[start + 2:start + 6]]
+    header = [c.strip() for c in lines[start].strip().strip("|").split("|")]
+    sdpa = [row[header.index("SDPA bf16 fwd ms"):header.index("SDPA fwd+bwd ms") + 1] for row in rows]
+    assert len(sdpa) == 4 and all(row[0] == "256" for row in rows), rows
+    assert all((cells == ["n/a", "n/a"]) == ("--no-sdpa" in layout) for cells in sdpa), sdpa
+    assert ("SDPA: --no-sdpa" in r.stdout) == ("--no-sdpa" in layout)
     if "--graphs" in layout:  # (on the CPU the "replays" are plain calls: the table's code path only)
         assert_table(r, "| L | Lk | u dtype | ours fwd | ours fwd+bwd | ref fwd |")
         assert r.stdout.count("| 256 |") >= 12

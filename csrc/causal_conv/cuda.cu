@@ -1130,7 +1130,7 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_fourstep_split(s, [&](auto n1, auto n2) {
     constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
-    auto columns = fourstep::columns_forward_kernel<N1, fourstep::TapPairRows>;
+    auto columns = fourstep::columns_forward_kernel<N1, N2, fourstep::TapPairRows>;
     auto rows = fourstep::rows_spectrum_kernel<N2>;
     allow_smem(columns, fourstep_column_smem(N1));
     allow_smem(rows, fourstep_spectrum_smem(N2));
@@ -1138,7 +1138,7 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
       const int64_t g = std::min(chunk, pairs - p0);
       s.pair0 = p0;
       columns<<<dim3(N2 / fourstep::kCols, (unsigned)g), dim3(N1 / kElemsPerThread, fourstep::kCols),
-                fourstep_column_smem(N1), stream>>>(fourstep::TapPairRows{taps.taps, s, 0, false}, Tp, N2, s.logN);
+                fourstep_column_smem(N1), stream>>>(fourstep::TapPairRows{taps.taps, s, 0, false}, Tp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       rows<<<dim3(N1 / 2 + 1, (unsigned)g), N2 / kElemsPerThread, fourstep_spectrum_smem(N2), stream>>>(
           Tp, reinterpret_cast<float2*>(Kp.data_ptr()), s);
@@ -1162,9 +1162,9 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
     using scalar_t = decltype(tag);
     dispatch_fourstep_split(s, [&](auto n1, auto n2) {
       constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
-      auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t>>;
+      auto forward = fourstep::columns_forward_kernel<N1, N2, fourstep::PairRows<scalar_t>>;
       auto rows = fourstep::rows_conv_kernel<N2, false>;
-      auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t>;
+      auto inverse = fourstep::columns_inverse_kernel<N1, N2, scalar_t>;
       const size_t col_smem = fourstep_column_smem(N1);
       allow_smem(forward, col_smem);
       allow_smem(inverse, col_smem);
@@ -1174,7 +1174,7 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
         const unsigned g = (unsigned)std::min(chunk, pairs - p0);
         s.pair0 = p0;
         fourstep::PairRows<scalar_t> in{x.data_ptr<scalar_t>(), s};
-        forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp, N2, s.logN);
+        forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         rows<<<dim3(N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1211,9 +1211,9 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
     using scalar_t = decltype(tag);
     dispatch_fourstep_split(s, [&](auto n1, auto n2) {
       constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
-      auto forward = fourstep::columns_forward_kernel<N1, fourstep::PairRows<scalar_t>>;
-      auto inverse = fourstep::columns_inverse_kernel<N1, scalar_t>;
-      auto taps = fourstep::columns_taps_kernel<N1>;
+      auto forward = fourstep::columns_forward_kernel<N1, N2, fourstep::PairRows<scalar_t>>;
+      auto inverse = fourstep::columns_inverse_kernel<N1, N2, scalar_t>;
+      auto taps = fourstep::columns_taps_kernel<N1, N2>;
       auto rows_u = fourstep::rows_conv_kernel<N2, true>;
       auto rows_k = need_u ? fourstep::rows_backward_kernel<N2, true> : fourstep::rows_backward_kernel<N2, false>;
       const size_t col_smem = fourstep_column_smem(N1);
@@ -1228,11 +1228,11 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
         const unsigned pairs = (unsigned)(channels * cs.npairs);
         s.pair0 = d0 * cs.npairs;
         forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
-            fourstep::PairRows<scalar_t>{gy.data_ptr<scalar_t>(), s}, Tgp, N2, s.logN);
+            fourstep::PairRows<scalar_t>{gy.data_ptr<scalar_t>(), s}, Tgp);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (need_k) {
           forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
-              fourstep::PairRows<scalar_t>{u.data_ptr<scalar_t>(), s}, Tup, N2, s.logN);
+              fourstep::PairRows<scalar_t>{u.data_ptr<scalar_t>(), s}, Tup);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           rows_k<<<dim3(N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2), stream>>>(Tgp, Tup, Kpp,
                                                                                                        Qp, s);

@@ -41,7 +41,8 @@ using smem_fft::conjf2;
 using smem_fft::kElemsPerThread;
 using smem_fft::pad;
 
-constexpr int kCols = 32;  // columns per block in the column passes: 32 consecutive samples per access
+constexpr int kCols = 32;
+constexpr int ilog2(int n) { return n <= 1 ? 0 : 1 + ilog2(n / 2); }  // columns per block in the column passes: 32 consecutive samples per access
 
 // The column tile in shared memory: column c (kCols of them) starts at column_offset<N1>(c), columns
 // padded_size(N1) apart plus one float2 per group of columns whose FFT threads share a half-warp
@@ -66,15 +67,19 @@ template <int N1>
 struct ColumnTile {
   static constexpr int kStep = N1 / kElemsPerThread;
   float2* tile;
+  float2* mine;  // element 0 of this thread's column slots
   int c, r0, n2;
   __device__ explicit ColumnTile(float2* smem) : tile(smem) {
     const int tid = threadIdx.x + threadIdx.y * kStep;
     c = tid % kCols;
-    r0 = tid / kCols;
+    r0 = tid / kCols;  // < kStep
     n2 = blockIdx.x * kCols + c;
+    mine = tile + column_offset<N1>(c) + pad(r0);
   }
   __device__ __forceinline__ int row(int j) const { return r0 + j * kStep; }  // of this thread's element j
-  __device__ __forceinline__ float2& at(int j) { return tile[column_offset<N1>(c) + pad(row(j))]; }
+  // pad(r0 + j*kStep) = pad(r0) + padded_offset(j*kStep), as r0 < kStep (smem_fft's padded_offset rule):
+  // one register plus an immediate per element
+  __device__ __forceinline__ float2& at(int j) { return mine[smem_fft::padded_offset(j * kStep)]; }
   // Element i = r0 + j*kStep of this thread's column from load(i), then the N1-point FFT of every
   // column: on return the transformed tile is visible to all threads (smem_fft::fft's barriers).
   template <typename Load>
@@ -127,9 +132,11 @@ struct PairRows {
     p0 = x + (b0 * s.D + d) * s.L;
     p1 = has1 ? x + (b1 * s.D + d) * s.L : p0;
   }
-  __device__ __forceinline__ float2 operator()(int64_t n) const {
+  // n < N <= 2^22: int index math (the column kernels' addresses then fold to one base plus immediates,
+  // and the bound is one 32-bit compare: L <= N here)
+  __device__ __forceinline__ float2 operator()(int n) const {
     float2 v = make_float2(0.f, 0.f);
-    if (n < s.L) {
+    if (n < (int)s.L) {
       v.x = static_cast<float>(p0[n]);
       if (has1) v.y = static_cast<float>(p1[n]);
     }
@@ -149,26 +156,28 @@ struct TapPairRows {
     d0 = 2 * (s.pair0 + g);
     has1 = d0 + 1 < s.D;
   }
-  __device__ __forceinline__ float2 operator()(int64_t n) const {
+  __device__ __forceinline__ float2 operator()(int n) const {
     if (n >= k.taps) return make_float2(0.f, 0.f);
-    return make_float2(k(d0, (int)n), has1 ? k(d0 + 1, (int)n) : 0.f);
+    return make_float2(k(d0, n), has1 ? k(d0 + 1, n) : 0.f);
   }
 };
 
 // Step 1. grid (N2 / kCols, rows in the chunk), block (N1/16, kCols): threadIdx.y is the column,
 // threadIdx.x the thread within that column's FFT (smem_fft's threadIdx.x). T: [g][k1][n2].
-template <int N1, typename Rows>
+// N2 a template parameter: a thread's 16 loads and stores are one address plus immediates.
+template <int N1, int N2, typename Rows>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
-    columns_forward_kernel(Rows rows, float2* __restrict__ T, int N2, int logN) {
+    columns_forward_kernel(Rows rows, float2* __restrict__ T) {
   extern __shared__ float2 smem[];
+  constexpr int logN = ilog2(N1 * N2);
   ColumnTile<N1> t(smem);
   const int64_t g = blockIdx.y;
   rows.begin(g);
-  t.load_and_transform([&](int n1) { return rows((int64_t)n1 * N2 + t.n2); });
+  t.load_and_transform([&](int n1) { return rows(n1 * N2 + t.n2); });
   float2* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
-  TwiddleRun w((int64_t)t.n2 * t.r0, (int64_t)t.n2 * t.kStep, logN);  // W_N^(n2 k1), k1 = r0 + j*kStep
+  TwiddleRun w(t.n2 * t.r0, t.n2 * t.kStep, logN);  // W_N^(n2 k1), k1 = r0 + j*kStep
 #pragma unroll
-  for (int j = 0; j < kElemsPerThread; ++j) Tg[(int64_t)t.row(j) * N2] = cmul(t.at(j), w.next());
+  for (int j = 0; j < kElemsPerThread; ++j) Tg[t.row(j) * N2] = cmul(t.at(j), w.next());
 }
 
 // Row k1 of channel d's spectrum: bin k2 is Kp[d][k1][k2], or conj(Kp[d][N1 - k1][N2 - 1 - k2]) past
@@ -307,15 +316,14 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread)
 }
 
 // Step 3. grid (N2 / kCols, pairs in the chunk), block (N1/16, kCols): y = conj of the column FFT.
-template <int N1, typename scalar_t>
+template <int N1, int N2, typename scalar_t>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
     columns_inverse_kernel(const float2* __restrict__ T, scalar_t* __restrict__ y, Shape s) {
   extern __shared__ float2 smem[];
   ColumnTile<N1> t(smem);
-  const int N2 = s.N2;
   const int64_t g = blockIdx.y;
   const float2* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
-  t.load_and_transform([&](int k1) { return Tg[(int64_t)k1 * N2]; });
+  t.load_and_transform([&](int k1) { return Tg[k1 * N2]; });
   const int64_t pair = s.pair0 + g;
   const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
   const bool has1 = b1 < s.B;
@@ -323,8 +331,8 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
 #pragma unroll
   for (int j = 0; j < kElemsPerThread; ++j) {
-    const int64_t n = (int64_t)t.row(j) * N2 + t.n2;
-    if (n >= s.L) break;  // n grows with j
+    const int n = t.row(j) * N2 + t.n2;  // < N <= 2^22
+    if (n >= (int)s.L) break;             // n grows with j (L < N)
     const float2 v = t.at(j);
     y0[n] = static_cast<scalar_t>(v.x);
     if (has1) y1[n] = static_cast<scalar_t>(-v.y);
@@ -333,18 +341,17 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
 
 // Backward step 3 for grad_k. grid (N2 / kCols, channels in the chunk), block (N1/16, kCols):
 // grad_k[d][n] = real part of the column FFT of Q (conj(x) has the same real part), n < taps.
-template <int N1>
+template <int N1, int N2>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
     columns_taps_kernel(const float2* __restrict__ Q, float* __restrict__ grad_k, Shape s, int taps) {
   extern __shared__ float2 smem[];
   ColumnTile<N1> t(smem);
-  const int N2 = s.N2;
   const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl;
   const float2* Qd = Q + dl * ((int64_t)N1 * N2) + t.n2;
-  t.load_and_transform([&](int k1) { return Qd[(int64_t)k1 * N2]; });
+  t.load_and_transform([&](int k1) { return Qd[k1 * N2]; });
 #pragma unroll
   for (int j = 0; j < kElemsPerThread; ++j) {
-    const int64_t n = (int64_t)t.row(j) * N2 + t.n2;
+    const int n = t.row(j) * N2 + t.n2;
     if (n >= taps) break;
     grad_k[d * taps + n] = t.at(j).x;
   }

@@ -878,23 +878,6 @@ bool use_real_window(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k
   return smem_bytes(kRealWindowN) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
-// Channels per launch of the backward with grad_k (one block per channel), 0 = not this kernel. Its
-// memory beyond inputs and outputs is 3 x 128 KB per channel of a launch (Kr, C, U_scratch), kept under
-// half the backward's inputs plus outputs and 256 MiB. By default a launch takes a multiple of the SM
-// count (one block per SM, each working through its rows): fewer channels than SMs, or too little memory
-// for that many, leave SMs idle, and the four-step path takes the backward instead.
-// FFT_TENSOR_CONV_REAL_WINDOW=1: whatever fits, at least one channel.
-int64_t real_window_backward_chunk(const at::Tensor& u, const at::Tensor& k, const ConvSwitches& sw) {
-  const int64_t D = u.size(1);
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t per_channel = 3 * ((int64_t)kRealWindowN + 1) * (int64_t)sizeof(float2);
-  const int64_t io = 3 * (int64_t)u.nbytes() + 2 * (int64_t)k.nbytes();
-  const int64_t fits = std::min<int64_t>(io / 2, int64_t(256) << 20) / per_channel;
-  if (sw.real_window == RealWindowMode::kForced) return std::max<int64_t>(1, std::min(fits, D));
-  const int64_t chunk = fits / sms * sms;
-  return chunk >= sms && D >= sms ? std::min(chunk, D) : 0;
-}
-
 // FFT_TENSOR_CONV_REAL_WINDOW_REGS: the kernels' register variant (each thread's own bins through the
 // real-spectrum step, the inverse from registers straight to global memory: two shared-memory round trips
 // fewer per inverse, but x live across the step: it spills 104 bytes in the forward kernel and 680 in the
@@ -957,6 +940,43 @@ at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Ten
   return real_window_spectrum(spectrum_taps(k, skip, s.taps), 0, s.D, k.options(), radix3_real_window(s, sw));
 }
 
+// The backward with grad_k's kernels for a plan: power-of-two or radix-3 (radix3_real_window), and for
+// radix-3 whether each row's spectrum U stays in shared memory beside the FFT buffer
+// (conv_real_window3_backward_kernel's kUShared; 202 KB: Hopper yes, an A100 no). Its scratch per channel
+// of a launch: the kernel spectrum Kr, the sums C and, unless U is in shared memory, U_scratch, (N + 1)
+// complex each.
+struct RealWindowBackward {
+  bool radix3;
+  RealWindowLaunch w;
+  size_t u_bytes;
+  bool u_shared;
+  RealWindowBackward(const ConvShape& s, const ConvSwitches& sw)
+      : radix3(radix3_real_window(s, sw, /*backward_with_grad_k=*/true)),
+        w(radix3),
+        u_bytes((size_t)(w.N + 1) * sizeof(float2)),
+        u_shared(radix3 && w.smem + u_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) {}
+  int64_t scratch_bytes_per_channel() const { return (u_shared ? 2 : 3) * (int64_t)u_bytes; }
+};
+
+// Channels per launch of the backward with grad_k (one block per channel), 0 = not this kernel. Its
+// memory beyond inputs and outputs (RealWindowBackward: 3 x 128 KB per channel of a launch, 2 x 96 KB for
+// radix-3 with U in shared memory) is kept under half the backward's inputs plus outputs and 256 MiB. By
+// default a launch takes a multiple of the SM count (one block per SM, each working through its rows):
+// fewer channels than SMs, or too little memory for that many, leave SMs idle, and the four-step path
+// takes the backward instead. FFT_TENSOR_CONV_REAL_WINDOW=1: whatever fits, at least one channel.
+int64_t real_window_backward_chunk(const at::Tensor& u, const at::Tensor& k, const ConvPlan& plan,
+                                   const ConvSwitches& sw) {
+  const int64_t D = u.size(1);
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const RealWindowBackward rb(conv_shape(u.size(0), D, u.size(2), plan), sw);
+  const int64_t per_channel = rb.scratch_bytes_per_channel();
+  const int64_t io = 3 * (int64_t)u.nbytes() + 2 * (int64_t)k.nbytes();
+  const int64_t fits = std::min<int64_t>(io / 2, int64_t(256) << 20) / per_channel;
+  if (sw.real_window == RealWindowMode::kForced) return std::max<int64_t>(1, std::min(fits, D));
+  const int64_t chunk = fits / sms * sms;
+  return chunk >= sms && D >= sms ? std::min(chunk, D) : 0;
+}
+
 // grad_k's first taps (grad_k: (D, Lk) float32, rows contiguous; the rest of each row is left as it is),
 // and grad_u into grad_u_out when it is defined: one channel per block, in launches of `chunk` channels
 // (real_window_backward_chunk) that reuse one set of buffers.
@@ -966,13 +986,11 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
   const int64_t D = s.D;
   const bool need_u = grad_u_out.defined();
   TORCH_CHECK(grad_k.scalar_type() == at::kFloat && grad_k.stride(1) == 1, "causal_conv: internal: grad_k layout");
-  const bool radix3 = radix3_real_window(s, sw, /*backward_with_grad_k=*/true);
-  const RealWindowLaunch w(radix3);
+  const RealWindowBackward rb(s, sw);
+  const bool radix3 = rb.radix3, u_shared = rb.u_shared;
+  const RealWindowLaunch& w = rb.w;
+  const size_t u_bytes = rb.u_bytes;
   const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
-  // the radix-3 kernel keeps each row's spectrum U in shared memory where the GPU's per-block limit takes it
-  // beside the FFT buffer (conv_real_window3_backward_kernel's kUShared; 202 KB: Hopper yes, an A100 no)
-  const size_t u_bytes = (size_t)(w.N + 1) * sizeof(float2);
-  const bool u_shared = radix3 && w.smem + u_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   const auto cf = u.options().dtype(at::kComplexFloat);
   at::Tensor C = at::empty({chunk, w.N + 1}, cf), U_scratch = at::empty({u_shared ? 0 : chunk, w.N + 1}, cf);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -1493,7 +1511,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
   const bool direct = mma || use_direct(u, plan, sw);  // time-domain taps: the mma kernels or the plain ones
   const bool fused = !direct && use_fused(u, plan, need_k);
   const int64_t real_window_chunk = !direct && !fused && need_k && use_real_window(u, plan, true, sw)
-                                        ? real_window_backward_chunk(u, k, sw)
+                                        ? real_window_backward_chunk(u, k, plan, sw)
                                         : 0;
   const bool real_window = !direct && !fused && (need_u || need_k) &&
                            (need_k ? real_window_chunk > 0 : use_real_window(u, plan, false, sw));

@@ -41,8 +41,8 @@ using smem_fft::conjf2;
 using smem_fft::kElemsPerThread;
 using smem_fft::pad;
 
-constexpr int kCols = 32;
-constexpr int ilog2(int n) { return n <= 1 ? 0 : 1 + ilog2(n / 2); }  // columns per block in the column passes: 32 consecutive samples per access
+constexpr int kCols = 32;  // columns per block in the column passes: 32 consecutive samples per access
+constexpr int ilog2(int n) { return n <= 1 ? 0 : 1 + ilog2(n / 2); }  // of a power of two: N's logN at compile time
 
 // The column tile in shared memory: column c (kCols of them) starts at column_offset<N1>(c), columns
 // padded_size(N1) apart plus one float2 per group of columns whose FFT threads share a half-warp

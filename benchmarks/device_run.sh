@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh verify rwspectrum half radix3 radix3gk pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests
+#   bash benchmarks/device_run.sh verify rwspectrum half radix3 radix3gk pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests ddp
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -99,6 +99,13 @@ for stage in "$@"; do
     othertests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests -k cuda --ignore=tests/test_causal_conv.py \
                --ignore=tests/test_generate.py --ignore=tests/test_chunk_decode.py 2>&1 | tee "$OUT/tests_other_cuda.log" | tail -12 ;;
     alltests) "$PY" -m pytest -q -n 8 -p no:cacheprovider tests 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
+    # Two GPUs (the device tool's nvidia-h100-x2): DDP over NCCL. The ranks-stay-identical test, then a
+    # short torchrun of the hybrid preset on the Jargon File (carry .data/): its log and metrics.
+    ddp)     "$PY" -m pytest -q -p no:cacheprovider tests/test_train.py -k ddp 2>&1 | tee "$OUT/tests_ddp.log" | tail -5
+             "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m fft_lm.train_fixed_full \
+               --data .data/jargon.txt.gz --preset 29m-hybrid --steps-per-epoch ${DDP_STEPS:-300} --epochs 1 \
+               --no-progress --ckpt-path /tmp/ddp/ckpt.pt --plot-path - 2>&1 | tee "$OUT/ddp_train.log" | tail -12
+             cp /tmp/ddp/metrics.jsonl "$OUT/ddp_metrics.jsonl" 2>/dev/null ;;
     sanitize) for tool in memcheck racecheck synccheck; do
                args=""; [ $tool = memcheck ] || args="--quick"
                timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$PY" benchmarks/sanitize_cuda.py $args 2>&1 \

@@ -1,4 +1,4 @@
-"""fft_lm.train: exact resume, non-finite stop, curriculum, schedules, --help, DDP with gloo on CPU."""
+"""fft_lm.train: exact resume, non-finite stop, curriculum, schedules, --help, DDP (gloo on CPU, NCCL on two GPUs)."""
 import contextlib
 import dataclasses
 import json
@@ -273,13 +273,17 @@ def test_resume_without_seq_len_keeps_the_runs_window(corpus, tmp_path):
     assert read_checkpoint(cfg.ckpt_path)["train_config"]["seq_len"] == 16
 
 
-def test_ddp_two_ranks_gloo_stay_identical(corpus, tmp_path):
+# gloo on the CPU (CI); NCCL where a machine has two GPUs (each rank on its own, bf16 autocast): DDP's
+# all-reduce must leave both ranks' parameters bit-identical after every step.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL)"))])
+def test_ddp_two_ranks_stay_identical(device, corpus, tmp_path):
     sums = tmp_path / "sums"
     env = {**os.environ, "FFT_LM_PARAM_CHECKSUM_DIR": str(sums), "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fft_lm.train_fixed_full", "--data", corpus, "--preset", "tiny", "--seq-len", "32",
            "--kernel-len", "8", "--batch-size", "2", "--accum-steps", "2", "--steps-per-epoch", "3",
-           "--eval-every", "0", "--eval-batches", "1", "--device", "cpu", "--no-progress", "--log-every-steps", "1",
+           "--eval-every", "0", "--eval-batches", "1", "--device", device, "--no-progress", "--log-every-steps", "1",
            "--ckpt-path", str(tmp_path / "ddp" / "ckpt.pt"), "--plot-path", "-"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

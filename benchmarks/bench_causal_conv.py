@@ -23,7 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fft_tensor  # noqa: E402
 from common import (DEVICE, append_results, command_line, copy_bandwidth_gbs, input_sets,  # noqa: E402
-                    markdown_table, peak_extra_bytes, rel_err, tensor_bytes, time_graph_ms, time_ms)
+                    markdown_table, peak_extra_bytes, rel_err, saved_for_backward_bytes, tensor_bytes, time_graph_ms,
+                    time_ms)
 from fft_tensor.reference import causal_conv_fft_reference  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -168,7 +169,8 @@ def main():
                 ratio_rows.append([L, Lk, dname, ratio(row["ref_f"], row["ours_f"]), ratio(row["ref_fb"], row["ours_fb"]),
                                    ratio(sdpa_f, row["ours_f"]), ratio(sdpa_fb, row["ours_fb"]),
                                    ratio(row["peer_f"], row["ours_f"]), ratio(row["peer_fb"], row["ours_fb"]),
-                                   ratio(row["ours_f"], row["floor_f"]), row["peak"], row["peak_fb"], row["err"]])
+                                   ratio(row["ours_f"], row["floor_f"]), row["peak"], row["peak_fb"], row.get("saved"),
+                                   row.get("peer_peak_fb"), row.get("peer_saved"), row["err"]])
                 if args.graphs:
                     g = {key: row.get("g_" + key) for key in ("ours_f", "ours_fb", "ref_f", "ref_fb", "peer_f", "peer_fb")}
                     graph_rows.append([L, Lk, dname, g["ours_f"], g["ours_fb"], g["ref_f"], g["ref_fb"], g_sdpa_f,
@@ -184,7 +186,8 @@ def main():
                             "NVIDIA fwd+bwd ms", "floor fwd ms", "floor fwd+bwd ms"], time_rows)
     ratios = markdown_table(["L", "Lk", "u dtype", "ref/ours fwd", "ref/ours fwd+bwd", "SDPA/ours fwd",
                              "SDPA/ours fwd+bwd", "NVIDIA/ours fwd", "NVIDIA/ours fwd+bwd", "ours fwd / floor",
-                             "peak mem / (in+out)", "fwd+bwd peak / (in+out)", "rel err vs ref"], ratio_rows)
+                             "peak mem / (in+out)", "fwd+bwd peak / (in+out)", "saved for bwd / u",
+                             "NVIDIA fwd+bwd peak / (in+out)", "NVIDIA saved for bwd / u", "rel err vs ref"], ratio_rows)
     notes = (f"B={B}, D={D}, no skip. Ours: fft_tensor.causal_conv (k float32). torch.fft ref: "
              f"fft_tensor.reference.causal_conv_fft_reference (n=2L, bf16 input upcast inside). SDPA: "
              f"F.scaled_dot_product_attention(is_causal=True), bf16, H={SDPA_HEADS}, Dh={SDPA_HEAD_DIM}, same B and L "
@@ -192,7 +195,9 @@ def main():
              f"Floor: bytes that must move / measured copy bandwidth ({bw:.0f} GB/s); fwd moves u, k, y; "
              f"fwd+bwd adds grad_y, u, k read and grad_u, grad_k written. Peak mem: our forward's peak allocation "
              f"(inputs + outputs + workspace) over inputs + outputs; fwd+bwd peak: the same for forward and "
-             f"backward (inputs u, k, grad_y; outputs y, grad_u, grad_k). SDPA's inputs rotate like the conv's, "
+             f"backward (inputs u, k, grad_y; outputs y, grad_u, grad_k); NVIDIA's likewise. Saved for bwd: bytes a forward "
+             f"with autograd keeps allocated until the backward beyond y (saved inputs excluded: the caller holds them), "
+             f"over u's bytes. SDPA's inputs rotate like the conv's, "
              f"and its forward is timed on inputs without autograd, like the others. rel err: ours vs the torch.fft "
              f"reference.")
     if args.graphs:
@@ -244,6 +249,8 @@ def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last
     extra_fb = peak_extra_bytes(fwd_bwd(fft_tensor.causal_conv), u0, k, gy0)
     in_out_fb = tensor_bytes(u0, k, gy0) + tensor_bytes(u0, u0, k)
     row["peak_fb"] = None if extra_fb is None else (tensor_bytes(u0, k, gy0) + extra_fb) / in_out_fb
+    saved = saved_for_backward_bytes(fft_tensor.causal_conv, u0, k)  # what the autograd graph holds until backward
+    row["saved"] = None if saved is None else saved / tensor_bytes(u0)
 
     row["ours_f"] = measure(lambda u, k: fft_tensor.causal_conv(u, k), fwd_sets, budget, reasons, f"{tag} ours fwd")
     row["ours_fb"] = measure(fwd_bwd(fft_tensor.causal_conv), fb_sets, budget, reasons, f"{tag} ours fwd+bwd")
@@ -281,6 +288,15 @@ def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last
                                                f"{tag} NVIDIA fwd+bwd (graph)", graph=True)
         except Exception as e:
             reasons.append(f"{tag} NVIDIA: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        torch.cuda.empty_cache()
+        try:  # its memory after its timings, so a failure here loses no time column
+            saved = saved_for_backward_bytes(peer, u0, k_peer)
+            row["peer_saved"] = None if saved is None else saved / tensor_bytes(u0)
+            extra_pfb = peak_extra_bytes(fwd_bwd(peer), u0, k_peer, gy0)
+            row["peer_peak_fb"] = (None if extra_pfb is None else (tensor_bytes(u0, k_peer, gy0) + extra_pfb)
+                                   / (tensor_bytes(u0, k_peer, gy0) + tensor_bytes(u0, u0, k_peer)))
+        except Exception as e:
+            reasons.append(f"{tag} NVIDIA memory: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
         torch.cuda.empty_cache()
     return row
 

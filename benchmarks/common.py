@@ -110,6 +110,21 @@ def peak_extra_bytes(fn, *args):
     return peak
 
 
+def saved_for_backward_bytes(fn, *args):
+    """Bytes a forward with autograd keeps allocated for its backward beyond its output: memory allocated
+    after out = fn(*args) minus before, minus out's own storage (tensors the inputs already hold, such as
+    saved inputs, cost nothing). None without a GPU."""
+    if DEVICE != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    out = fn(*args)
+    torch.cuda.synchronize()
+    kept = torch.cuda.memory_allocated() - base - out.untyped_storage().nbytes()
+    del out
+    return max(kept, 0)
+
+
 def copy_bandwidth_gbs(nbytes=1 << 30):
     """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
     if DEVICE != "cuda":

@@ -59,13 +59,19 @@ def load_peer():
     return fft_causal_conv1d, None
 
 
+def describe(e):
+    """An exception for the n/a reasons: its type and the first line of its message (if any)."""
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0][:160] if text else ''}"
+
+
 def measure(fn, arg_sets, budget_ms, reasons, label, graph=False):
     """time_ms (time_graph_ms with graph: CUDA-graph replays), or None with the reason recorded (OOM,
     unsupported, a capture the method does not allow)."""
     try:
         return (time_graph_ms if graph else time_ms)(fn, arg_sets, budget_ms=budget_ms)
     except Exception as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        reasons.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        reasons.append(f"{label}: {describe(e)}")
         torch.cuda.empty_cache()
         return None
 
@@ -246,9 +252,13 @@ def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last
     row["peak"] = None if extra is None else (tensor_bytes(u0, k) + extra) / in_out
     # forward+backward: inputs u, k, grad_y; outputs y, grad_u, grad_k (y lives until the backward)
     gy0 = sets[0][1]
-    extra_fb = peak_extra_bytes(fwd_bwd(fft_tensor.causal_conv), u0, k, gy0)
-    in_out_fb = tensor_bytes(u0, k, gy0) + tensor_bytes(u0, u0, k)
-    row["peak_fb"] = None if extra_fb is None else (tensor_bytes(u0, k, gy0) + extra_fb) / in_out_fb
+
+    def fwd_bwd_peak(op, kk):
+        extra = peak_extra_bytes(fwd_bwd(op), u0, kk, gy0)
+        inputs = tensor_bytes(u0, kk, gy0)
+        return None if extra is None else (inputs + extra) / (inputs + tensor_bytes(u0, u0, kk))
+
+    row["peak_fb"] = fwd_bwd_peak(fft_tensor.causal_conv, k)
     saved = saved_for_backward_bytes(fft_tensor.causal_conv, u0, k)  # what the autograd graph holds until backward
     row["saved"] = None if saved is None else saved / tensor_bytes(u0)
 
@@ -287,16 +297,14 @@ def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last
                     row["g_peer_fb"] = measure(fwd_bwd(peer), [(u, k_peer, gy) for u, gy in sets], budget, reasons,
                                                f"{tag} NVIDIA fwd+bwd (graph)", graph=True)
         except Exception as e:
-            reasons.append(f"{tag} NVIDIA: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+            reasons.append(f"{tag} NVIDIA: {describe(e)}")
         torch.cuda.empty_cache()
         try:  # its memory after its timings, so a failure here loses no time column
             saved = saved_for_backward_bytes(peer, u0, k_peer)
             row["peer_saved"] = None if saved is None else saved / tensor_bytes(u0)
-            extra_pfb = peak_extra_bytes(fwd_bwd(peer), u0, k_peer, gy0)
-            row["peer_peak_fb"] = (None if extra_pfb is None else (tensor_bytes(u0, k_peer, gy0) + extra_pfb)
-                                   / (tensor_bytes(u0, k_peer, gy0) + tensor_bytes(u0, u0, k_peer)))
+            row["peer_peak_fb"] = fwd_bwd_peak(peer, k_peer)
         except Exception as e:
-            reasons.append(f"{tag} NVIDIA memory: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+            reasons.append(f"{tag} NVIDIA memory: {describe(e)}")
         torch.cuda.empty_cache()
     return row
 

@@ -943,24 +943,35 @@ at::Tensor real_window_spectrum(const at::Tensor& k, const c10::optional<at::Ten
 // The backward with grad_k's kernels for a plan: power-of-two or radix-3 (radix3_real_window), and for
 // radix-3 whether each row's spectrum U stays in shared memory beside the FFT buffer
 // (conv_real_window3_backward_kernel's kUShared; 202 KB: Hopper yes, an A100 no). Its scratch per channel
-// of a launch: the kernel spectrum Kr, the sums C and, unless U is in shared memory, U_scratch, (N + 1)
-// complex each.
+// of a launch: the kernel spectrum Kr and the sums C, (N + 1) complex each, and U_scratch for the bins of
+// U not in shared memory. The power-of-two kernel keeps U's first u_smem_bins bins in the shared memory the
+// device lets a block have beyond the FFT buffer (11648 of 16385 on Hopper, 0 where there is none) and
+// only the rest in U_scratch.
 struct RealWindowBackward {
   bool radix3;
   RealWindowLaunch w;
   size_t u_bytes;
   bool u_shared;
+  int u_smem_bins;
   RealWindowBackward(const ConvShape& s, const ConvSwitches& sw)
       : radix3(radix3_real_window(s, sw, /*backward_with_grad_k=*/true)),
         w(radix3),
         u_bytes((size_t)(w.N + 1) * sizeof(float2)),
-        u_shared(radix3 && w.smem + u_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) {}
-  int64_t scratch_bytes_per_channel() const { return (u_shared ? 2 : 3) * (int64_t)u_bytes; }
+        u_shared(radix3 && w.smem + u_bytes <= optin_smem()),
+        u_smem_bins(radix3 || optin_smem() <= w.smem
+                        ? 0
+                        : (int)std::min<size_t>((size_t)w.N + 1, (optin_smem() - w.smem) / sizeof(float2))) {}
+  int64_t u_scratch_bins() const { return u_shared ? 0 : (int64_t)w.N + 1 - u_smem_bins; }
+  int64_t scratch_bytes_per_channel() const { return 2 * (int64_t)u_bytes + u_scratch_bins() * (int64_t)sizeof(float2); }
+  size_t kernel_smem() const { return w.smem + (u_shared ? u_bytes : (size_t)u_smem_bins * sizeof(float2)); }
+
+ private:
+  static size_t optin_smem() { return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin; }
 };
 
 // Channels per launch of the backward with grad_k (one block per channel), 0 = not this kernel. Its
-// memory beyond inputs and outputs (RealWindowBackward: 3 x 128 KB per channel of a launch, 2 x 96 KB for
-// radix-3 with U in shared memory) is kept under half the backward's inputs plus outputs and 256 MiB. By
+// memory beyond inputs and outputs (RealWindowBackward: 2 x 128 KB per channel of a launch and the part
+// of U not in shared memory, 37 KB on Hopper; 2 x 96 KB for radix-3 with U in shared memory) is kept under half the backward's inputs plus outputs and 256 MiB. By
 // default a launch takes a multiple of the SM count (one block per SM, each working through its rows):
 // fewer channels than SMs, or too little memory for that many, leave SMs idle, and the four-step path
 // takes the backward instead. FFT_TENSOR_CONV_REAL_WINDOW=1: whatever fits, at least one channel.
@@ -989,10 +1000,9 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
   const RealWindowBackward rb(s, sw);
   const bool radix3 = rb.radix3, u_shared = rb.u_shared;
   const RealWindowLaunch& w = rb.w;
-  const size_t u_bytes = rb.u_bytes;
   const SpectrumTaps taps = spectrum_taps(k, skip, s.taps);
   const auto cf = u.options().dtype(at::kComplexFloat);
-  at::Tensor C = at::empty({chunk, w.N + 1}, cf), U_scratch = at::empty({u_shared ? 0 : chunk, w.N + 1}, cf);
+  at::Tensor C = at::empty({chunk, w.N + 1}, cf), U_scratch = at::empty({chunk, rb.u_scratch_bins()}, cf);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   // the half-window kernels where the row fills at most half the window (L <= N: half_window's rule)
   const bool half = sw.half && s.L <= w.N, regs = real_window_regs(true, sw);
@@ -1022,13 +1032,13 @@ void real_window_backward(const at::Tensor& gy, const at::Tensor& u, const at::T
            {conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, true>,
             conv_real_window3_backward_kernel<scalar_t, kRadix3RealM, true, true, true>}}};
       const Kernel kernel = radix3 ? kernels3[need_u][half][u_shared] : kernels[need_u][regs][half];
-      const size_t smem = w.smem + (u_shared ? u_bytes : 0);
+      const size_t smem = rb.kernel_smem();
       allow_smem(kernel, smem);
       kernel<<<(unsigned)n, w.threads, smem, stream>>>(
           gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
           need_u ? reinterpret_cast<const float2*>(Kr.data_ptr()) : nullptr,
           need_u ? grad_u_out.data_ptr<scalar_t>() : nullptr, reinterpret_cast<float2*>(C.data_ptr()),
-          u_shared ? nullptr : reinterpret_cast<float2*>(U_scratch.data_ptr()), s, d0);
+          u_shared ? nullptr : reinterpret_cast<float2*>(U_scratch.data_ptr()), s, d0, rb.u_smem_bins);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     // C holds 4 * sum_b G conj(U) over bins 0..N of the 2N-point spectra: the correlation's first taps

@@ -403,14 +403,19 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
 // chunk of channels d0, d0 + 1, ...; Kr, C and U_scratch hold the chunk's channels; N/16 threads). For
 // row b, with the rows read from t = 0 (sample m = time m, zero from L: the 2N-point circular
 // correlations do not wrap, as 2N >= L + taps - 1):
-//   U = the spectrum of u[b], kept in U_scratch (this channel's N + 1 bins, global memory, each bin
-//       written and read back by the thread that owns it; it does not fit beside the FFT buffer);
+//   U = the spectrum of u[b]: bins f < u_smem_bins in the shared memory after the FFT buffer (on Hopper
+//       the 227 KB a block may have leave room for 11648 of the N + 1 bins beside the 136 KB buffer), the
+//       rest in U_scratch (this channel's N + 1 - u_smem_bins bins, global memory); each bin is written
+//       and read back by the thread that owns it, so neither needs a barrier;
 //   G = the spectrum of gy[b]; C[f] += G[f] conj(U[f]) for f = 0..N (times 4: X1 and X2 are doubled),
 //       the first row writing instead of adding; grad_k = irfft(C / 4)[:taps] afterwards
 //       (real_window_grad_k_kernel);
 //   kNeedU: grad_u[b] = the inverse of G conj(K) (correlation with k, no time reversal).
 // Three N-point FFTs per row (with kNeedU) against the four-step path's three passes over N complex
 // values of the row pair in global memory. The sums stay in L2 while a block works on its channel.
+// Per row a block moves Kr (read), C (read and written) and U through L2, 128 KB each pass: five
+// passes of 128 KB against the row's own 3 x 24-48 KB, and 132 blocks' Kr, C and U (384 KB each) are
+// about the H100's whole L2; U's bins in shared memory take 71% of U's two passes off.
 // kRegs: the spectrum steps on each thread's own bins in registers (real_spectrum_own) and grad_u's
 // inverse from registers straight to global memory; else the pair step through shared memory.
 // kHalf: L <= N, so the rows' transforms skip their zero half and grad_u's inverse its unwanted one.
@@ -419,14 +424,20 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
     conv_real_window_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
                                      const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
                                      float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s,
-                                     int64_t d0) {
+                                     int64_t d0, int u_smem_bins) {
   extern __shared__ float2 smem[];
   constexpr int N16 = N / kElemsPerThread;
   const int64_t d = d0 + blockIdx.x;
   const int L = (int)s.L;
   const float2* K = Kr + (int64_t)blockIdx.x * (N + 1);
   float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
-  float2* Ud = U_scratch + (int64_t)blockIdx.x * (N + 1);
+  float2* Us = smem + smem_fft::padded_size(N);  // U's bins f < u_smem_bins
+  float2* Ud = U_scratch + (int64_t)blockIdx.x * (N + 1 - u_smem_bins) - u_smem_bins;  // bins from u_smem_bins
+  auto put_u = [&](int f, float2 v) {
+    if (f < u_smem_bins) Us[f] = v;
+    else Ud[f] = v;
+  };
+  auto get_u = [&](int f) { return f < u_smem_bins ? Us[f] : Ud[f]; };
   for (int64_t b = 0; b < s.B; ++b) {
     const int64_t off = (b * s.D + d) * s.L;
     const scalar_t* ur = u + off;
@@ -439,15 +450,15 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
       return make_float2(2 * n < L ? to_float(gr[2 * n]) : 0.f, 2 * n + 1 < L ? to_float(gr[2 * n + 1]) : 0.f);
     };
     auto store_u = [&](int f, float2, float2 X1, float2 X2) {
-      Ud[f] = X1;
-      if (f == 0) Ud[N] = X2;
+      put_u(f, X1);
+      if (f == 0) put_u(N, X2);
     };
     const bool first_row = b == 0;
     auto sum_c = [&](int f, float2 X1, float2 X2) {  // C[f] += G[f] conj(U[f]), bin N with bin 0
-      const float2 p = cmul(X1, conjf2(Ud[f]));
+      const float2 p = cmul(X1, conjf2(get_u(f)));
       Cd[f] = first_row ? p : cadd(Cd[f], p);
       if (f == 0) {
-        const float2 pN = cmul(X2, conjf2(Ud[N]));
+        const float2 pN = cmul(X2, conjf2(get_u(N)));
         Cd[N] = first_row ? pN : cadd(Cd[N], pN);
       }
     };

@@ -441,7 +441,7 @@ __global__ void __launch_bounds__(radix3::threads<M>(), 1)
     conv_real_window3_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ u,
                                       const float2* __restrict__ Kr, scalar_t* __restrict__ grad_u,
                                       float2* __restrict__ C, float2* __restrict__ U_scratch, ConvShape s,
-                                      int64_t d0) {
+                                      int64_t d0, int /*u_smem_bins: the power-of-two kernel's*/) {
   extern __shared__ float2 smem[];
   constexpr int N = 3 * M, T = M / kElemsPerThread;
   const int g0 = (int)threadIdx.x / T, t0 = (int)threadIdx.x - g0 * T;

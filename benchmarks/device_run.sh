@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh verify rwspectrum half radix3 radix3gk pdl realwindow tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests ddp
+#   bash benchmarks/device_run.sh verify rwspectrum half radix3 radix3gk pdl realwindow fourstep3 tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests ddp
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -62,6 +62,12 @@ for stage in "$@"; do
              for v in 1 0 ${FOURSTEP_MB:+mb}; do
                envs=(FFT_TENSOR_CONV_FOURSTEP=${v/mb/1}); [ $v = mb ] && envs+=(FFT_TENSOR_CONV_FOURSTEP_MB=$FOURSTEP_MB)
                conv_variant "fourstep$v" "${envs[@]}" -- --kernels L --lengths ${FOURSTEP_LENGTHS:-16384,65536} --no-peer
+             done ;;
+    # The four-step path on 3 x 2^m points (FFT_TENSOR_CONV_FOURSTEP3, default) against the power-of-two
+    # size, Lk = L where L + L - 1 fits 3/4 of the window, CUDA graphs.
+    fourstep3) for v in 1 0; do
+               conv_variant "fourstep3_$v" FFT_TENSOR_CONV_FOURSTEP3=$v -- --kernels L \
+                 --lengths ${FOURSTEP3_LENGTHS:-20000,24576,40000} --no-peer --no-sdpa --graphs
              done ;;
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
     # One call's worth of checking after a kernel change: every CUDA causal_conv test with memcheck,

@@ -28,10 +28,11 @@ CONV_CASES = [  # (B, D, L, Lk): plan noted for the default policy
     (2, 2, 100, 300),    # taps > L
     (1, 1, 8192, 8192),  # N = 16384, 1024 threads, the largest fused FFT (grad_k: the one-row kernel, kHalf)
     (2, 1, 8193, 8000),  # N = 16384, L > N/2: the one-row grad_k kernel's full window
-    (2, 1, 20000, 20000),  # N = 65536: the four-step kernels
+    (2, 1, 20000, 20000),  # N = 65536: the four-step kernels, on 3 x 16384 points (FOURSTEP3: R = 3)
 ]
 # and the one-row grad_k kernel's kHalf variant with 3 rows per block (its per-row maxima double buffer)
-QUICK = CONV_CASES[:6] + [(3, 1, 5000, 5000)]
+# and the four-step kernels on 3 x 16384 points (FOURSTEP3: R = 3, N2 = 256), odd B
+QUICK = CONV_CASES[:6] + [(3, 1, 5000, 5000), (3, 1, 16385, 16385)]
 # grad_k with several groups per channel (FFT_TENSOR_CONV_GRAD_K_GROUPS=3, at most the items): the
 # default rule gives one group to the one-window plans above. Row pairs: 2 and 3 groups (the fused
 # backward kernel and the pair grad_k kernel); then the one-row kernel (N = 16384), 3 groups.
@@ -41,7 +42,8 @@ QUICK_GROUPS = GROUPS[:2]
 # the general one; FFT_TENSOR_CONV_CLUSTER_PADDED=1 or =exchange sends (20000, 20000) to the padded ones.
 # They run with FFT_TENSOR_CONV_FOURSTEP=0 (the four-step kernels are the default there).
 CLUSTER = [(3, 1, 9000, 9000), (2, 1, 20000, 20000), (1, 1, 20000, 9000)]
-# the four-step kernels: N = 32K (N1 = 64, N2 = 512, odd B), 64K, 256K (N2 = 4096, taps < L), 1M (N1 = 128)
+# the four-step kernels: N = 32K (N1 = 64, N2 = 512, odd B), 64K (20000: 3 x 16K points, FOURSTEP3's R = 3),
+# 128K (taps < L), 1M (300000: 3 x 256K points, R = 3, N2 = 4096)
 FOURSTEP = [(3, 1, 9000, 9000), (2, 2, 20000, 20000), (3, 1, 70000, 60000), (1, 1, 300000, 300000)]
 # the real-window kernels: one-window 32K-point plans (the smallest, Lk > L, Lk < L, the largest): the
 # forward, grad_u alone (the forward kernel backwards in time) and every gradient (the channel kernel).

@@ -128,6 +128,7 @@ struct ConvSwitches {
   bool regs_forward, regs_backward;  // REAL_WINDOW_REGS: the register variants (real_window_regs)
   bool fourstep;                // FOURSTEP: the four-step path (use_fourstep)
   int64_t fourstep_mb;          // FOURSTEP_MB: a workspace chunk in MiB, 0 = the default (fourstep_chunk)
+  bool fourstep3;               // FOURSTEP3: the four-step path on 3 x 2^m points (fourstep_groups)
   int direct_max_taps;          // DIRECT_MAX_TAPS: -1 unset (the default rule), else 0..128 (use_direct)
   bool mma;                     // MMA: the tensor-core direct kernels (use_mma)
   bool channels_last;           // CHANNELS_LAST: the tiled direct kernels (use_tiled)
@@ -156,6 +157,7 @@ struct ConvSwitches {
     w.regs_backward = regs == "1";
     w.fourstep = env_flag("FFT_TENSOR_CONV_FOURSTEP", true);
     w.fourstep_mb = env_int("FFT_TENSOR_CONV_FOURSTEP_MB", 1, int64_t(1) << 20, 0);
+    w.fourstep3 = env_flag("FFT_TENSOR_CONV_FOURSTEP3", true);
     w.direct_max_taps = (int)fft_tensor::direct_max_taps();  // common.h: the CPU's direct path reads it too
     w.mma = env_flag("FFT_TENSOR_CONV_MMA", true);
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
@@ -1118,10 +1120,29 @@ int64_t fourstep_chunk(int64_t row_bytes, int64_t units, int64_t u_bytes, const 
   return std::max<int64_t>(1, std::min<int64_t>({units, bytes / row_bytes, 65535}));
 }
 
-fourstep::Shape fourstep_shape(const ConvShape& s) {
-  const int N1 = fourstep_n1(s.N);
-  return {s.B, s.D, s.L, N1, s.N / N1, s.logN, s.npairs, 0};
+// FFT_TENSOR_CONV_FOURSTEP3: 1 or unset = a four-step plan whose row and kernel fit three quarters of its
+// N points (L + taps - 1 <= 3N/4: Lk = L from 16385 to 24576, 32769 to 49152, ...) runs on N' = 3N/4
+// points by residues (fourstep.cuh, R = 3): three M = N/4-point four-step transforms, where the torch.fft
+// reference transforms about 2L points; 0 = the power-of-two size. Returns R: 3 where it applies (M of
+// at least 16K points, so that N2 >= 256, and three column tiles within a block's shared memory), else 1.
+int fourstep_groups(const ConvShape& cs, const ConvSwitches& sw) {
+  const int64_t M = cs.N / 4;
+  if (!sw.fourstep3 || M < 64 * 256 || cs.L + cs.taps - 1 > 3 * M) return 1;
+  return 3 * fourstep_column_smem(fourstep_n1(M)) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin
+             ? 3
+             : 1;
 }
+
+fourstep::Shape fourstep_shape(const ConvShape& s, const ConvSwitches& sw) {
+  const int R = fourstep_groups(s, sw);
+  const int M = R == 3 ? s.N / 4 : s.N;  // the power-of-two part
+  const int N1 = fourstep_n1(M);
+  return {s.B, s.D, s.L, N1, M / N1, log2_int(M), s.npairs, R, 0};
+}
+
+// Points per row (N, or 3M) and shared memory of the column kernels (one tile per group).
+int64_t fourstep_points(const fourstep::Shape& s) { return (int64_t)s.R * s.N1 * s.N2; }
+size_t fourstep_columns_smem(const fourstep::Shape& s) { return s.R * fourstep_column_smem(s.N1); }
 
 template <typename F>
 void dispatch_n1(int N1, F&& f) {
@@ -1134,41 +1155,53 @@ void dispatch_n1(int N1, F&& f) {
   }
 }
 
-// f(std::integral_constant<int, N1>, std::integral_constant<int, N2>) for the shape's split: every
-// four-step kernel takes its FFT sizes as template parameters.
+// f(std::integral_constant<int, N1>, std::integral_constant<int, N2>, std::integral_constant<int, R>)
+// for the shape's split: every four-step kernel takes its FFT sizes as template parameters. The splits
+// that occur: N1 = 64 with N2 = 256 (R = 3 only) to 8192, and N2 = 8192 with N1 = 128 to 512 (R = 3
+// up to 128: fourstep_groups).
 template <typename F>
 void dispatch_fourstep_split(const fourstep::Shape& s, F&& f) {
-  dispatch_n1(s.N1, [&](auto n1) {
-    dispatch_fft_size<9, 13>(s.logN - log2_int(decltype(n1)::value), [&](auto n2) { f(n1, n2); });
-  });
+  auto with_groups = [&](auto n1, auto n2) {
+    if (s.R == 1) return f(n1, n2, std::integral_constant<int, 1>{});
+    if constexpr (decltype(n1)::value <= 128) {
+      if (s.R == 3) return f(n1, n2, std::integral_constant<int, 3>{});
+    }
+    TORCH_CHECK(false, "causal_conv: no four-step kernels for R = ", s.R, " and N1 = ", s.N1);
+  };
+  if (s.N1 == 64)
+    return dispatch_fft_size<8, 13>(s.logN - 6, [&](auto n2) { with_groups(std::integral_constant<int, 64>{}, n2); });
+  TORCH_CHECK(s.N2 == kMaxFourStepRow, "causal_conv: no four-step split ", s.N1, " x ", s.N2);
+  dispatch_n1(s.N1, [&](auto n1) { with_groups(n1, std::integral_constant<int, kMaxFourStepRow>{}); });
 }
 
-// Kp (D, N1/2 + 1, N2): the kernel spectrum / N in the transform's order, bins k1 <= N1/2 (fourstep.cuh).
+// Kp (D, kp_rows(N1, R), N2): the kernel spectrum / N in the transform's order, bins k1 <= N1/2 (with R = 3
+// group 0's, then all of group 1's; fourstep.cuh).
 // u_bytes: the size of the input the convolution runs over, which bounds the workspace (fourstep_chunk).
 at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs,
                              int64_t u_bytes, const ConvSwitches& sw) {
-  fourstep::Shape s = fourstep_shape(cs);
-  const int64_t D = k.size(0);
+  fourstep::Shape s = fourstep_shape(cs, sw);
+  const int64_t D = k.size(0), points = fourstep_points(s);
   const SpectrumTaps taps = spectrum_taps(k, skip, cs.taps);
-  at::Tensor Kp = at::empty({D, s.N1 / 2 + 1, s.N2}, k.options().dtype(at::kComplexFloat));
+  at::Tensor Kp = at::empty({D, fourstep::kp_rows(s.N1, s.R), s.N2}, k.options().dtype(at::kComplexFloat));
   const int64_t pairs = (D + 1) / 2;  // two channels per transform (fourstep::TapPairRows)
-  const int64_t chunk = fourstep_chunk(cs.N * 8, pairs, u_bytes, sw);
-  at::Tensor T = at::empty({chunk * cs.N}, Kp.options());
+  const int64_t chunk = fourstep_chunk(points * 8, pairs, u_bytes, sw);
+  at::Tensor T = at::empty({chunk * points}, Kp.options());
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_fourstep_split(s, [&](auto n1, auto n2) {
-    constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
-    auto columns = fourstep::columns_forward_kernel<N1, N2, fourstep::TapPairRows>;
+  const size_t col_smem = fourstep_columns_smem(s);
+  dispatch_fourstep_split(s, [&](auto n1, auto n2, auto r) {
+    constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value, R = decltype(r)::value;
+    auto columns = fourstep::columns_forward<N1, N2, R, fourstep::TapPairRows>();
     auto rows = fourstep::rows_spectrum_kernel<N2>;
-    allow_smem(columns, fourstep_column_smem(N1));
+    allow_smem(columns, col_smem);
     allow_smem(rows, fourstep_spectrum_smem(N2));
     for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
       const int64_t g = std::min(chunk, pairs - p0);
       s.pair0 = p0;
-      columns<<<dim3(N2 / fourstep::kCols, (unsigned)g), dim3(N1 / kElemsPerThread, fourstep::kCols),
-                fourstep_column_smem(N1), stream>>>(fourstep::TapPairRows{taps.taps, s, 0, false}, Tp);
+      columns<<<dim3(N2 / fourstep::kCols, (unsigned)g), dim3(N1 / kElemsPerThread, fourstep::kCols), col_smem,
+                stream>>>(fourstep::TapPairRows{taps.taps, s, 0, false}, Tp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      rows<<<dim3(N1 / 2 + 1, (unsigned)g), N2 / kElemsPerThread, fourstep_spectrum_smem(N2), stream>>>(
+      rows<<<dim3(fourstep::kp_rows(N1, R), (unsigned)g), N2 / kElemsPerThread, fourstep_spectrum_smem(N2), stream>>>(
           Tp, reinterpret_cast<float2*>(Kp.data_ptr()), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -1179,21 +1212,21 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
 // y (packed rows) = causal_conv of x's packed rows.
 void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, const ConvShape& cs,
                      const ConvSwitches& sw) {
-  fourstep::Shape s = fourstep_shape(cs);
-  const int64_t pairs = cs.D * cs.npairs;
-  const int64_t chunk = fourstep_chunk(cs.N * 8, pairs, x.numel() * x.element_size(), sw);
-  at::Tensor T = at::empty({chunk * cs.N}, x.options().dtype(at::kComplexFloat));
+  fourstep::Shape s = fourstep_shape(cs, sw);
+  const int64_t pairs = cs.D * cs.npairs, points = fourstep_points(s);
+  const int64_t chunk = fourstep_chunk(points * 8, pairs, x.numel() * x.element_size(), sw);
+  at::Tensor T = at::empty({chunk * points}, x.options().dtype(at::kComplexFloat));
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const auto* Kpp = reinterpret_cast<const float2*>(Kp.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    dispatch_fourstep_split(s, [&](auto n1, auto n2) {
-      constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
-      auto forward = fourstep::columns_forward_kernel<N1, N2, fourstep::PairRows<scalar_t>>;
+    dispatch_fourstep_split(s, [&](auto n1, auto n2, auto r) {
+      constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value, R = decltype(r)::value;
+      auto forward = fourstep::columns_forward<N1, N2, R, fourstep::PairRows<scalar_t>>();
       auto rows = fourstep::rows_conv_kernel<N2, false>;
-      auto inverse = fourstep::columns_inverse_kernel<N1, N2, scalar_t>;
-      const size_t col_smem = fourstep_column_smem(N1);
+      auto inverse = fourstep::columns_inverse<N1, N2, R, scalar_t>();
+      const size_t col_smem = fourstep_columns_smem(s);
       allow_smem(forward, col_smem);
       allow_smem(inverse, col_smem);
       allow_smem(rows, smem_bytes(N2));
@@ -1204,7 +1237,7 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
         fourstep::PairRows<scalar_t> in{x.data_ptr<scalar_t>(), s};
         forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        rows<<<dim3(N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
+        rows<<<dim3(R * N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         inverse<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(Tp, y.data_ptr<scalar_t>(), s);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1219,17 +1252,17 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
 // pairs (rows_backward_kernel). Chunks are whole channels.
 void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& Kp, at::Tensor& grad_u,
                               at::Tensor& taps_grad, const ConvShape& cs, const ConvSwitches& sw) {
-  fourstep::Shape s = fourstep_shape(cs);
+  fourstep::Shape s = fourstep_shape(cs, sw);
   const bool need_u = grad_u.defined(), need_k = taps_grad.defined();
-  const int64_t row_bytes = cs.N * 8;
+  const int64_t points = fourstep_points(s), row_bytes = points * 8;
   const int64_t channel_bytes = need_k ? (2 * cs.npairs + 1) * row_bytes : cs.npairs * row_bytes;
   // a chunk's pairs are one grid dimension (at most 65535; use_fourstep bounds npairs)
   const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, cs.D, gy.numel() * gy.element_size(), sw),
                                           std::max<int64_t>(1, 65535 / cs.npairs));
   const auto cf = gy.options().dtype(at::kComplexFloat);
-  at::Tensor Tg = at::empty({chunk * cs.npairs * cs.N}, cf);
-  at::Tensor Tu = need_k ? at::empty({chunk * cs.npairs * cs.N}, cf) : at::Tensor();
-  at::Tensor Q = need_k ? at::empty({chunk * cs.N}, cf) : at::Tensor();
+  at::Tensor Tg = at::empty({chunk * cs.npairs * points}, cf);
+  at::Tensor Tu = need_k ? at::empty({chunk * cs.npairs * points}, cf) : at::Tensor();
+  at::Tensor Q = need_k ? at::empty({chunk * points}, cf) : at::Tensor();
   auto* Tgp = reinterpret_cast<float2*>(Tg.data_ptr());
   auto* Tup = need_k ? reinterpret_cast<float2*>(Tu.data_ptr()) : nullptr;
   auto* Qp = need_k ? reinterpret_cast<float2*>(Q.data_ptr()) : nullptr;
@@ -1237,14 +1270,14 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_io_type(gy.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    dispatch_fourstep_split(s, [&](auto n1, auto n2) {
-      constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value;
-      auto forward = fourstep::columns_forward_kernel<N1, N2, fourstep::PairRows<scalar_t>>;
-      auto inverse = fourstep::columns_inverse_kernel<N1, N2, scalar_t>;
-      auto taps = fourstep::columns_taps_kernel<N1, N2>;
+    dispatch_fourstep_split(s, [&](auto n1, auto n2, auto r) {
+      constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value, R = decltype(r)::value;
+      auto forward = fourstep::columns_forward<N1, N2, R, fourstep::PairRows<scalar_t>>();
+      auto inverse = fourstep::columns_inverse<N1, N2, R, scalar_t>();
+      auto taps = fourstep::columns_taps<N1, N2, R>();
       auto rows_u = fourstep::rows_conv_kernel<N2, true>;
       auto rows_k = need_u ? fourstep::rows_backward_kernel<N2, true> : fourstep::rows_backward_kernel<N2, false>;
-      const size_t col_smem = fourstep_column_smem(N1);
+      const size_t col_smem = fourstep_columns_smem(s);
       allow_smem(forward, col_smem);
       allow_smem(inverse, col_smem);
       allow_smem(taps, col_smem);
@@ -1262,14 +1295,14 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
           forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
               fourstep::PairRows<scalar_t>{u.data_ptr<scalar_t>(), s}, Tup);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          rows_k<<<dim3(N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2), stream>>>(Tgp, Tup, Kpp,
+          rows_k<<<dim3(R * N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2), stream>>>(Tgp, Tup, Kpp,
                                                                                                        Qp, s);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
           taps<<<dim3(N2 / fourstep::kCols, (unsigned)channels), col_block, col_smem, stream>>>(
               Qp, taps_grad.data_ptr<float>(), s, cs.taps);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         } else {
-          rows_u<<<dim3(N1, pairs), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tgp, Kpp, s);
+          rows_u<<<dim3(R * N1, pairs), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tgp, Kpp, s);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
         if (need_u) {

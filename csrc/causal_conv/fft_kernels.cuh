@@ -432,12 +432,12 @@ __global__ void __launch_bounds__(N / kElemsPerThread, 1)
   const float2* K = Kr + (int64_t)blockIdx.x * (N + 1);
   float2* Cd = C + (int64_t)blockIdx.x * (N + 1);
   float2* Us = smem + smem_fft::padded_size(N);  // U's bins f < u_smem_bins
-  float2* Ud = U_scratch + (int64_t)blockIdx.x * (N + 1 - u_smem_bins) - u_smem_bins;  // bins from u_smem_bins
+  float2* Ud = U_scratch + (int64_t)blockIdx.x * (N + 1 - u_smem_bins);  // bin f >= u_smem_bins at Ud[f - u_smem_bins]
   auto put_u = [&](int f, float2 v) {
     if (f < u_smem_bins) Us[f] = v;
-    else Ud[f] = v;
+    else Ud[f - u_smem_bins] = v;
   };
-  auto get_u = [&](int f) { return f < u_smem_bins ? Us[f] : Ud[f]; };
+  auto get_u = [&](int f) { return f < u_smem_bins ? Us[f] : Ud[f - u_smem_bins]; };
   for (int64_t b = 0; b < s.B; ++b) {
     const int64_t off = (b * s.D + d) * s.L;
     const scalar_t* ur = u + off;

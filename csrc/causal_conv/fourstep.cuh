@@ -26,6 +26,19 @@
 // Backward: gy's pairs through step 1 once serve both gradients. grad_u = the correlation
 // IFFT(G conj(K)) (no time reversal); grad_k = Re IFFT(sum over the channel's pairs of G conj(U))
 // with U from u's pairs through step 1 (rows_backward_kernel, then columns_taps_kernel).
+//
+// N = 3M points (M = N1*N2 a power of two; Shape::R = 3, cuda.cu's fourstep_groups), for rows whose
+// L + taps - 1 fits 3/4 of the power-of-two window: by residues, as radix3.cuh's windows. With
+// w = W_N and n < M,
+//   X[3k + g] = sum_n W_M^(nk) a_g[n],  a_g[n] = w^(gn) (z[n] + W_3^g z[n + M] + W_3^(2g) z[n + 2M]),
+// so step 1 (columns_forward3_kernel) forms a_0, a_1, a_2 from one read of the three thirds of the row
+// and runs the M-point four-step's column step on each: T holds R*N1 rows of N2 per pair, group g's
+// row k1 at g*N1 + k1, and group g's bin k = k1 + N1*k2 is X[3k + g]. Steps 2 run on every row as
+// before (the twiddles W_M). Step 3 (columns_inverse3_kernel) inverts the three groups' columns, c_g,
+// and recombines conj(y[n + jM]) = sum_g W_3^(gj) w^(gn) c_g[n] (the same 3-point DFT as step 1).
+// Kp keeps group 0's rows k1 <= N1/2 (its mirror is itself: N - 3k = 3(M - k)) and all N1 rows of
+// group 1; group 2 is group 1's mirror: N - (3k + 2) = 3(M - 1 - k) + 1, so
+//   K[3k + 2] = conj(K1[M - 1 - k]),  M - 1 - k = (N1 - 1 - k1) + N1*(N2 - 1 - k2).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -92,7 +105,8 @@ struct ColumnTile {
 
 struct Shape {
   int64_t B, D, L;
-  int N1, N2, logN, npairs;
+  int N1, N2, logN, npairs;  // logN: log2(N1*N2) (= M's with R = 3)
+  int R;                     // 1: N = N1*N2 points; 3: N = 3*N1*N2 (by residues, above)
   int64_t pair0;  // first row pair of this chunk; pair p is (channel p / npairs, rows 2*(p % npairs) + {0, 1})
 };
 
@@ -116,6 +130,40 @@ struct TwiddleRun {
     return r;
   }
 };
+
+// W_{3M}^e = exp(-2 pi i e / (3M)), M = 2^logM, 0 <= e < M <= 2^20: 2e and 3M are exact in float, the
+// quotient one rounding.
+__device__ __forceinline__ float2 twiddle3(int e, int logM) {
+  float s, c;
+  sincospif(-2.f * (float)e / (float)(3 << logM), &s, &c);
+  return make_float2(c, s);
+}
+
+// W_{3M}^(e0 + j*de), j = 0, 1, 2, ...: as TwiddleRun.
+struct TwiddleRun3 {
+  float2 w, step;
+  __device__ TwiddleRun3(int e0, int de, int logM) : w(twiddle3(e0, logM)), step(twiddle3(de, logM)) {}
+  __device__ __forceinline__ float2 next() {
+    const float2 r = w;
+    w = cmul(w, step);
+    return r;
+  }
+};
+
+// The 3-point DFT: (a + b + c, a + W_3 b + W_3^2 c, a + W_3^2 b + W_3 c), W_3 = -1/2 - i sin(pi/3).
+struct Three {
+  float2 v0, v1, v2;
+};
+__device__ __forceinline__ Three dft3(float2 a, float2 b, float2 c) {
+  constexpr float kSin = 0.866025403784f;  // sin(pi/3)
+  const float2 s = smem_fft::cadd(b, c), d = smem_fft::csub(b, c);
+  const float2 m = make_float2(a.x - 0.5f * s.x, a.y - 0.5f * s.y);
+  const float2 j = make_float2(kSin * d.y, -kSin * d.x);  // -i sin(pi/3) (b - c)
+  return {smem_fft::cadd(a, s), smem_fft::cadd(m, j), smem_fft::csub(m, j)};
+}
+
+// Rows of Kp per channel: group 0's N1/2 + 1, then with R = 3 group 1's N1.
+__host__ __device__ constexpr int kp_rows(int N1, int R) { return R == 1 ? N1 / 2 + 1 : 3 * N1 / 2 + 1; }
 
 // The row pair g of a chunk as a function of n (zero outside [0, L)).
 template <typename scalar_t>
@@ -180,38 +228,85 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   for (int j = 0; j < kElemsPerThread; ++j) Tg[t.row(j) * N2] = cmul(t.at(j), w.next());
 }
 
-// Row k1 of channel d's spectrum: bin k2 is Kp[d][k1][k2], or conj(Kp[d][N1 - k1][N2 - 1 - k2]) past
-// N1/2; kConj gives the conjugate spectrum (the time-reversed kernel: correlation, for grad_u).
+// Step 1 on N = 3M points (R = 3): the three groups' tiles side by side in shared memory (kTile apart),
+// each element of the row read once. T: [g][group][k1][n2].
+template <int N1, int N2, typename Rows>
+__global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
+    columns_forward3_kernel(Rows rows, float2* __restrict__ T) {
+  extern __shared__ float2 smem[];
+  constexpr int M = N1 * N2, logM = ilog2(M), kTile = column_tile_size(N1);
+  ColumnTile<N1> t(smem);
+  const int64_t g = blockIdx.y;
+  rows.begin(g);
+  TwiddleRun3 tw3(t.r0 * N2 + t.n2, t.kStep * N2, logM);  // w^n, n = row(j)*N2 + n2
+#pragma unroll
+  for (int j = 0; j < kElemsPerThread; ++j) {
+    const int n = t.row(j) * N2 + t.n2;
+    const Three v = dft3(rows(n), rows(n + M), rows(n + 2 * M));
+    const float2 w1 = tw3.next();
+    float2* e = &t.at(j);
+    e[0] = v.v0;
+    e[kTile] = cmul(v.v1, w1);
+    e[2 * kTile] = cmul(v.v2, cmul(w1, w1));
+  }
+#pragma unroll
+  for (int r = 0; r < 3; ++r) smem_fft::fft<N1>(smem + r * kTile + column_offset<N1>(threadIdx.y));
+  float2* Tg = T + g * (3 * (int64_t)M) + t.n2;
+  TwiddleRun w(t.n2 * t.r0, t.n2 * t.kStep, logM);  // W_M^(n2 k1)
+#pragma unroll
+  for (int j = 0; j < kElemsPerThread; ++j) {
+    const float2 wj = w.next();
+    const float2* e = &t.at(j);
+    const int o = t.row(j) * N2;
+    Tg[o] = cmul(e[0], wj);
+    Tg[M + o] = cmul(e[kTile], wj);
+    Tg[2 * M + o] = cmul(e[2 * kTile], wj);
+  }
+}
+
+// Row k1 of group grp of channel d's spectrum: for group 0 bin k2 is Kp[d][k1][k2], or
+// conj(Kp[d][N1 - k1][N2 - 1 - k2]) past N1/2; for group 1 Kp[d][N1/2 + 1 + k1][k2]; for group 2
+// conj(Kp[d][N1/2 + 1 + N1 - 1 - k1][N2 - 1 - k2]) (the header). kConj gives the conjugate spectrum (the
+// time-reversed kernel: correlation, for grad_u).
 template <int N2, bool kConj>
 struct SpectrumRow {
   const float2* row;
   bool mirrored;
-  __device__ SpectrumRow(const float2* Kp, int64_t d, int k1, int N1)
-      : row(Kp + (d * (N1 / 2 + 1) + (k1 > N1 / 2 ? N1 - k1 : k1)) * (int64_t)N2), mirrored(k1 > N1 / 2) {}
+  __device__ SpectrumRow(const float2* Kp, int64_t d, int grp, int k1, int N1, int R) {
+    int r;
+    if (grp == 0) {
+      mirrored = k1 > N1 / 2;
+      r = mirrored ? N1 - k1 : k1;
+    } else {
+      mirrored = grp == 2;
+      r = N1 / 2 + 1 + (mirrored ? N1 - 1 - k1 : k1);
+    }
+    row = Kp + (d * kp_rows(N1, R) + r) * (int64_t)N2;
+  }
   __device__ __forceinline__ float2 operator()(int k2) const {
     return mirrored != kConj ? conjf2(row[mirrored ? N2 - 1 - k2 : k2]) : row[mirrored ? N2 - 1 - k2 : k2];
   }
 };
 
-// Step 2 for the data. grid (N1, pairs in the chunk), block N2/16. In place: every thread's loads
+// Step 2 for the data. grid (R*N1, pairs in the chunk), block N2/16. In place: every thread's loads
 // of the row happen before fused_conv's first barrier, its stores after the last.
 // kConjK: multiply by conj(K) (grad_u as a correlation, no time reversal).
 template <int N2, bool kConjK>
 __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 1024>()))
     rows_conv_kernel(float2* __restrict__ T, const float2* __restrict__ Kp, Shape s) {
   extern __shared__ float2 smem[];
-  const int k1 = blockIdx.x, N1 = s.N1;
+  const int N1 = s.N1, grp = blockIdx.x / N1, k1 = blockIdx.x - grp * N1;  // grid.x: R*N1 rows
   const int64_t g = blockIdx.y;
   const int64_t d = (s.pair0 + g) / s.npairs;
-  float2* row = T + (g * N1 + k1) * (int64_t)N2;
-  const SpectrumRow<N2, kConjK> K(Kp, d, k1, N1);
+  float2* row = T + (g * s.R * N1 + blockIdx.x) * (int64_t)N2;
+  const SpectrumRow<N2, kConjK> K(Kp, d, grp, k1, N1, s.R);
   TwiddleRun tw((int64_t)threadIdx.x * k1, (int64_t)(N2 / kElemsPerThread) * k1, s.logN);  // W_N^(m2 k1)
   smem_fft::fused_conv<N2>(
       smem, [&](int n) { return row[n]; }, [&](int q, int c) { return K(q + c); },
       [&](int m2, float2 w) { row[m2] = cmul(w, tw.next()); });
 }
 
-// Backward step 2 when grad_k is wanted. grid (N1, channels in the chunk), block N2/16; the chunk's
+// Backward step 2 when grad_k is wanted. grid (R*N1, channels in the chunk), block N2/16; the chunk's
 // pairs are whole channels. For each pair of channel d, with G and U the row-k1 spectra of gy and u
 // (step 1 left them in Tg and Tu):
 //   grad_u: Tg row <- inverse(G conj(K)) * W_N^(m2 k1), as rows_conv_kernel (kNeedU);
@@ -228,9 +323,9 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
                          float2* __restrict__ Q, Shape s) {
   extern __shared__ float2 smem[];
   constexpr int Rl = smem_fft::last_radix(N2), N16 = N2 / kElemsPerThread, NR = N2 / Rl, kBfly = kElemsPerThread / Rl;
-  const int k1 = blockIdx.x, N1 = s.N1, q = threadIdx.x;
-  const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl;
-  const SpectrumRow<N2, true> Kc(Kp, d, k1, N1);
+  const int N1 = s.N1, grp = blockIdx.x / N1, k1 = blockIdx.x - grp * N1, q = threadIdx.x;
+  const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl, rows = (int64_t)s.R * N1;
+  const SpectrumRow<N2, true> Kc(Kp, d, grp, k1, N1, s.R);
   const int logN = s.logN;
   float2* acc = smem + smem_fft::padded_size(N2) + q;  // bin q + b*N16 + r*NR at acc[b*N16 + r*NR]
 #pragma unroll
@@ -238,7 +333,7 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
 #pragma unroll
     for (int r = 0; r < Rl; ++r) acc[b * N16 + r * NR] = make_float2(0.f, 0.f);
   for (int j = 0; j < s.npairs; ++j) {
-    const int64_t row = ((dl * s.npairs + j) * N1 + k1) * (int64_t)N2;
+    const int64_t row = ((dl * s.npairs + j) * rows + blockIdx.x) * (int64_t)N2;
     float2* g_row = Tg + row;
     const float2* u_row = Tu + row;
     float2 xg[kElemsPerThread], xu[kElemsPerThread];
@@ -264,7 +359,7 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
       smem_fft::inverse_from_registers<N2>(smem, xg, [&](int m2, float2 w) { g_row[m2] = cmul(w, tw.next()); });
     }
   }
-  const float scale = ldexpf(1.f, -logN);
+  const float scale = ldexpf(1.f, -logN) / (float)s.R;  // 1/N
   float2 x[kElemsPerThread];
 #pragma unroll
   for (int b = 0; b < kBfly; ++b)
@@ -274,13 +369,13 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
       x[b * Rl + r] = make_float2(a.x * scale, -a.y * scale);  // conj(sum / N)
     }
   __syncthreads();
-  float2* q_row = Q + (dl * N1 + k1) * (int64_t)N2;
+  float2* q_row = Q + (dl * rows + blockIdx.x) * (int64_t)N2;
   TwiddleRun tw((int64_t)q * k1, (int64_t)N16 * k1, logN);
   smem_fft::inverse_from_registers<N2>(smem, x, [&](int m2, float2 w) { q_row[m2] = cmul(w, tw.next()); });
 }
 
-// Step 2 for the kernel spectrum, two channels per transform (TapPairRows). grid (N1/2 + 1, channel
-// pairs in the chunk), block N2/16, shared memory for two rows. With Z the spectrum of z = k[d0] +
+// Step 2 for the kernel spectrum, two channels per transform (TapPairRows). grid (kp_rows(N1, R),
+// channel pairs in the chunk), block N2/16, shared memory for two rows. With Z the spectrum of z = k[d0] +
 // i k[d1], bin f = k1 + N1*k2 of channel d0 is (Z[f] + conj Z[N - f]) / 2 and of d1 (Z[f] - conj Z[N - f]) / 2i,
 // and N - f = (N1 - k1) + N1*(N2 - 1 - k2) for k1 > 0 (row N1 - k1), N1*((N2 - k2) mod N2) for k1 = 0:
 // block k1 transforms rows k1 and N1 - k1 (one row for k1 = 0 and N1/2) and writes
@@ -288,30 +383,38 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 5
 // traffic of one channel per transform; the row transforms stay as many (N1 per pair against N1/2 + 1
 // per channel). H200, D = 768 at 64K: 0.27 + 0.33 ms for the two passes (RESULTS.md, twenty-sixth
 // session) against 0.63 ms one channel per transform (nineteenth; another run).
+// With R = 3 the blocks past N1/2 take group 1's row k1 and its mirror, group 2's row N1 - 1 - k1:
+// N - (3k + 1) = 3(M - 1 - k) + 2 (the header).
 template <int N2>
 __global__ void __launch_bounds__(N2 / kElemsPerThread)
     rows_spectrum_kernel(const float2* __restrict__ T, float2* __restrict__ Kp, Shape s) {
   extern __shared__ float2 smem[];
-  const int k1 = blockIdx.x, N1 = s.N1, k1m = (N1 - k1) & (N1 - 1);
+  const int N1 = s.N1, x = blockIdx.x;  // Kp's row: group 0's k1 = x, or (R = 3) group 1's k1 = x - N1/2 - 1
+  const bool group0 = x <= N1 / 2;
+  const int k1 = group0 ? x : x - (N1 / 2 + 1);
+  // T rows: this one (group 0's k1, or group 1's N1 + k1) and its mirror (group 0's N1 - k1, or group 2's
+  // 2 N1 + N1 - 1 - k1)
+  const int ra = group0 ? k1 : N1 + k1, rb = group0 ? (N1 - k1) & (N1 - 1) : 3 * N1 - 1 - k1;
   const int64_t g = blockIdx.y, d0 = 2 * (s.pair0 + g);
-  const bool has1 = d0 + 1 < s.D, two_rows = k1m != k1;
-  float2* a = smem;                                                // row k1, then its spectrum
-  float2* b = two_rows ? smem + smem_fft::padded_size(N2) : smem;  // row N1 - k1
-  const float2* Tg = T + g * (int64_t)N1 * N2;
+  const bool has1 = d0 + 1 < s.D, two_rows = rb != ra;
+  float2* a = smem;                                                // row ra, then its spectrum
+  float2* b = two_rows ? smem + smem_fft::padded_size(N2) : smem;  // row rb
+  const float2* Tg = T + g * (int64_t)s.R * N1 * N2;
   for (int n = threadIdx.x; n < N2; n += blockDim.x) {
-    a[pad(n)] = Tg[(int64_t)k1 * N2 + n];
-    if (two_rows) b[pad(n)] = Tg[(int64_t)k1m * N2 + n];
+    a[pad(n)] = Tg[(int64_t)ra * N2 + n];
+    if (two_rows) b[pad(n)] = Tg[(int64_t)rb * N2 + n];
   }
   smem_fft::fft<N2>(a);  // barriers on both sides
   if (two_rows) smem_fft::fft<N2>(b);
-  const float scale = ldexpf(0.5f, -s.logN);
-  float2* K0 = Kp + (d0 * (N1 / 2 + 1) + k1) * (int64_t)N2;
-  float2* K1 = K0 + (int64_t)(N1 / 2 + 1) * N2;
+  const float scale = ldexpf(0.5f, -s.logN) / (float)s.R;
+  const int rows = kp_rows(N1, s.R);
+  float2* K0 = Kp + (d0 * rows + x) * (int64_t)N2;
+  float2* K1 = K0 + (int64_t)rows * N2;
   for (int k2 = threadIdx.x; k2 < N2; k2 += blockDim.x) {
-    const float2 z_nf = k1 == 0 ? a[pad((N2 - k2) & (N2 - 1))] : b[pad(N2 - 1 - k2)];  // Z[N - f]
-    const RealPairBins x = split_real_pair(a[pad(k2)], z_nf, scale);
-    K0[k2] = x.x0;
-    if (has1) K1[k2] = x.x1;
+    const float2 z_nf = group0 && k1 == 0 ? a[pad((N2 - k2) & (N2 - 1))] : b[pad(N2 - 1 - k2)];  // Z[N - f]
+    const RealPairBins v = split_real_pair(a[pad(k2)], z_nf, scale);
+    K0[k2] = v.x0;
+    if (has1) K1[k2] = v.x1;
   }
 }
 
@@ -355,6 +458,96 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
     if (n >= taps) break;
     grad_k[d * taps + n] = t.at(j).x;
   }
+}
+
+// Step 3 on N = 3M points (R = 3): each group's column tile from load(group, k1), transformed (their
+// loads first, then the three FFTs), then f(n, v) for every n = row(j)*N2 + n2 < limit with v the
+// 3-point DFT of (c_0, w^n c_1, w^(2n) c_2): v.v0, v.v1, v.v2 are conj(y) at n, n + M and n + 2M.
+template <int N1, int N2, typename Load, typename Store>
+__device__ __forceinline__ void columns_inverse3(float2* smem, Load load, int64_t limit, Store store) {
+  constexpr int M = N1 * N2, logM = ilog2(M), kTile = column_tile_size(N1);
+  ColumnTile<N1> t(smem);
+#pragma unroll
+  for (int j = 0; j < kElemsPerThread; ++j) {
+    float2* e = &t.at(j);
+#pragma unroll
+    for (int r = 0; r < 3; ++r) e[r * kTile] = load(r, t.row(j));
+  }
+#pragma unroll
+  for (int r = 0; r < 3; ++r) smem_fft::fft<N1>(smem + r * kTile + column_offset<N1>(threadIdx.y));
+  TwiddleRun3 tw3(t.r0 * N2 + t.n2, t.kStep * N2, logM);
+#pragma unroll
+  for (int j = 0; j < kElemsPerThread; ++j) {
+    const int n = t.row(j) * N2 + t.n2;
+    if (n >= limit) break;  // n grows with j
+    const float2 w1 = tw3.next();
+    const float2* e = &t.at(j);
+    store(n, dft3(e[0], cmul(e[kTile], w1), cmul(e[2 * kTile], cmul(w1, w1))));
+  }
+}
+
+// Step 3 with R = 3. grid (N2 / kCols, pairs in the chunk), block (N1/16, kCols), three tiles.
+template <int N1, int N2, typename scalar_t>
+__global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
+    columns_inverse3_kernel(const float2* __restrict__ T, scalar_t* __restrict__ y, Shape s) {
+  extern __shared__ float2 smem[];
+  constexpr int M = N1 * N2;
+  const int64_t g = blockIdx.y;
+  const float2* Tg = T + g * (3 * (int64_t)M) + blockIdx.x * kCols;
+  const int64_t pair = s.pair0 + g;
+  const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
+  const bool has1 = b1 < s.B;
+  scalar_t* y0 = y + (b0 * s.D + d) * s.L;
+  scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
+  const int L = (int)s.L;  // < N <= 2^22
+  const int c = (threadIdx.x + threadIdx.y * (N1 / kElemsPerThread)) % kCols;  // ColumnTile's column
+  columns_inverse3<N1, N2>(
+      smem, [&](int r, int k1) { return Tg[r * M + k1 * N2 + c]; }, L, [&](int n, const Three& v) {
+        const float2 o[3] = {v.v0, v.v1, v.v2};
+#pragma unroll
+        for (int r = 0; r < 3; ++r) {
+          const int m = n + r * M;
+          if (m < L) {
+            y0[m] = static_cast<scalar_t>(o[r].x);
+            if (has1) y1[m] = static_cast<scalar_t>(-o[r].y);
+          }
+        }
+      });
+}
+
+// Backward step 3 for grad_k with R = 3 (as columns_taps_kernel).
+template <int N1, int N2>
+__global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
+    columns_taps3_kernel(const float2* __restrict__ Q, float* __restrict__ grad_k, Shape s, int taps) {
+  extern __shared__ float2 smem[];
+  constexpr int M = N1 * N2;
+  const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl;
+  const float2* Qd = Q + dl * (3 * (int64_t)M) + blockIdx.x * kCols;
+  const int c = (threadIdx.x + threadIdx.y * (N1 / kElemsPerThread)) % kCols;
+  float* gk = grad_k + d * taps;
+  columns_inverse3<N1, N2>(
+      smem, [&](int r, int k1) { return Qd[r * M + k1 * N2 + c]; }, taps, [&](int n, const Three& v) {
+        if (n < taps) gk[n] = v.v0.x;
+        if (n + M < taps) gk[n + M] = v.v1.x;
+        if (n + 2 * M < taps) gk[n + 2 * M] = v.v2.x;
+      });
+}
+
+// The column kernels of a split: the power-of-two ones (R = 1) or the residue ones (R = 3).
+template <int N1, int N2, int R, typename Rows>
+constexpr auto columns_forward() {
+  if constexpr (R == 1) return columns_forward_kernel<N1, N2, Rows>;
+  else return columns_forward3_kernel<N1, N2, Rows>;
+}
+template <int N1, int N2, int R, typename scalar_t>
+constexpr auto columns_inverse() {
+  if constexpr (R == 1) return columns_inverse_kernel<N1, N2, scalar_t>;
+  else return columns_inverse3_kernel<N1, N2, scalar_t>;
+}
+template <int N1, int N2, int R>
+constexpr auto columns_taps() {
+  if constexpr (R == 1) return columns_taps_kernel<N1, N2>;
+  else return columns_taps3_kernel<N1, N2>;
 }
 
 }  // namespace fourstep

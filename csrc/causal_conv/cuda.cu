@@ -1111,12 +1111,23 @@ bool use_fourstep(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches&
   return need <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
-// FFT_TENSOR_CONV_FOURSTEP_MB: the workspace of one chunk (rows of N complex each; row_bytes per unit
-// of `units`), default 256 MiB but at most a quarter of u (so peak memory stays near inputs plus
-// outputs). Chunks much smaller than the default lose to the gaps between launches (H200, Lk = L at
-// 64K: 7.7 ms forward in 32 MiB chunks, 6.6 ms in one), so the workspace is not sized for L2.
-int64_t fourstep_chunk(int64_t row_bytes, int64_t units, int64_t u_bytes, const ConvSwitches& sw) {
-  const int64_t bytes = sw.fourstep_mb > 0 ? sw.fourstep_mb << 20 : std::min<int64_t>(int64_t(256) << 20, u_bytes / 4);
+// The workspace of one chunk by default: 40% of the call's inputs plus outputs (io_bytes) less the kernel
+// spectrum Kp (kp_bytes), at most 2 GiB, so that peak memory stays below issue 3's 1.5x of inputs plus
+// outputs (about 1.4x in the forward); at least min(256 MiB, u / 4), the rule before the fortieth session,
+// where the spectrum leaves less (few rows: Kp outweighs u). Fewer chunks pay: each chunk's launches end
+// in a tail of idle SMs (H100, Lk = L, fp32 forward+backward: 14.1 -> 13.1 ms at 40000 and 7.80 -> 7.26
+// at 24576 with 512 MiB chunks instead of u / 4; RESULTS.md, fortieth session), and chunks much smaller
+// than that lose to the gaps between launches (H200, 64K: 7.7 ms forward in 32 MiB chunks, 6.6 ms in
+// one), so the workspace is not sized for L2.
+int64_t fourstep_budget(int64_t io_bytes, int64_t kp_bytes, int64_t u_bytes) {
+  const int64_t floor = std::min<int64_t>(int64_t(256) << 20, u_bytes / 4);
+  return std::max(floor, std::min<int64_t>(int64_t(2) << 30, io_bytes * 2 / 5 - kp_bytes));
+}
+
+// Units (row pairs or channels, row_bytes of workspace each) per chunk: FFT_TENSOR_CONV_FOURSTEP_MB MiB
+// of workspace when set, else budget_bytes (fourstep_budget).
+int64_t fourstep_chunk(int64_t row_bytes, int64_t units, int64_t budget_bytes, const ConvSwitches& sw) {
+  const int64_t bytes = sw.fourstep_mb > 0 ? sw.fourstep_mb << 20 : budget_bytes;
   return std::max<int64_t>(1, std::min<int64_t>({units, bytes / row_bytes, 65535}));
 }
 
@@ -1176,15 +1187,16 @@ void dispatch_fourstep_split(const fourstep::Shape& s, F&& f) {
 
 // Kp (D, kp_rows(N1, R), N2): the kernel spectrum / N in the transform's order, bins k1 <= N1/2 (with R = 3
 // group 0's, then all of group 1's; fourstep.cuh).
-// u_bytes: the size of the input the convolution runs over, which bounds the workspace (fourstep_chunk).
+// io_bytes and u_bytes: the call's inputs plus outputs and the input the convolution runs over, which
+// bound the workspace (fourstep_budget).
 at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs,
-                             int64_t u_bytes, const ConvSwitches& sw) {
+                             int64_t io_bytes, int64_t u_bytes, const ConvSwitches& sw) {
   fourstep::Shape s = fourstep_shape(cs, sw);
   const int64_t D = k.size(0), points = fourstep_points(s);
   const SpectrumTaps taps = spectrum_taps(k, skip, cs.taps);
   at::Tensor Kp = at::empty({D, fourstep::kp_rows(s.N1, s.R), s.N2}, k.options().dtype(at::kComplexFloat));
   const int64_t pairs = (D + 1) / 2;  // two channels per transform (fourstep::TapPairRows)
-  const int64_t chunk = fourstep_chunk(points * 8, pairs, u_bytes, sw);
+  const int64_t chunk = fourstep_chunk(points * 8, pairs, fourstep_budget(io_bytes, Kp.nbytes(), u_bytes), sw);
   at::Tensor T = at::empty({chunk * points}, Kp.options());
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -1211,10 +1223,11 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
 
 // y (packed rows) = causal_conv of x's packed rows.
 void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, const ConvShape& cs,
-                     const ConvSwitches& sw) {
+                     int64_t io_bytes, const ConvSwitches& sw) {
   fourstep::Shape s = fourstep_shape(cs, sw);
   const int64_t pairs = cs.D * cs.npairs, points = fourstep_points(s);
-  const int64_t chunk = fourstep_chunk(points * 8, pairs, x.numel() * x.element_size(), sw);
+  const int64_t u_bytes = x.numel() * x.element_size();
+  const int64_t chunk = fourstep_chunk(points * 8, pairs, fourstep_budget(io_bytes, Kp.nbytes(), u_bytes), sw);
   at::Tensor T = at::empty({chunk * points}, x.options().dtype(at::kComplexFloat));
   auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
   const auto* Kpp = reinterpret_cast<const float2*>(Kp.data_ptr());
@@ -1251,13 +1264,14 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
 // conj(K) (a correlation, so no time reversal), grad_k accumulates G conj(U) over the channel's
 // pairs (rows_backward_kernel). Chunks are whole channels.
 void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& Kp, at::Tensor& grad_u,
-                              at::Tensor& taps_grad, const ConvShape& cs, const ConvSwitches& sw) {
+                              at::Tensor& taps_grad, const ConvShape& cs, int64_t io_bytes, const ConvSwitches& sw) {
   fourstep::Shape s = fourstep_shape(cs, sw);
   const bool need_u = grad_u.defined(), need_k = taps_grad.defined();
   const int64_t points = fourstep_points(s), row_bytes = points * 8;
   const int64_t channel_bytes = need_k ? (2 * cs.npairs + 1) * row_bytes : cs.npairs * row_bytes;
   // a chunk's pairs are one grid dimension (at most 65535; use_fourstep bounds npairs)
-  const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, cs.D, gy.numel() * gy.element_size(), sw),
+  const int64_t budget = fourstep_budget(io_bytes, Kp.nbytes(), gy.numel() * gy.element_size());
+  const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, cs.D, budget, sw),
                                           std::max<int64_t>(1, 65535 / cs.npairs));
   const auto cf = gy.options().dtype(at::kComplexFloat);
   at::Tensor Tg = at::empty({chunk * cs.npairs * points}, cf);
@@ -1533,7 +1547,8 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
     launch_real_window<false>(uc, real_window_spectrum(k, skip, s, sw), y, s, sw);
   } else if (fourstep) {
     const int64_t u_bytes = uc.numel() * uc.element_size();
-    launch_fourstep(uc, fourstep_spectrum(k, skip, s, u_bytes, sw), y, s, sw);
+    const int64_t io_bytes = 2 * u_bytes + k.numel() * k.element_size();  // u, k and y
+    launch_fourstep(uc, fourstep_spectrum(k, skip, s, io_bytes, u_bytes, sw), y, s, io_bytes, sw);
   } else {
     const int C = cluster_blocks(plan);
     launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k, skip, s, C), y, s, C, sw);
@@ -1589,9 +1604,12 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
     at::Tensor taps_grad = need_k ? at::empty({D, plan.taps}, k.options().dtype(at::kFloat)) : at::Tensor();
     if (u.numel() > 0 && (need_u || need_k)) {
       at::Tensor grad_u_rows = need_u ? grad_u : at::Tensor();
+      const int64_t gy_bytes = gy.numel() * gy.element_size(), k_bytes = k.numel() * k.element_size();
+      // inputs gy, k (and u for grad_k), outputs grad_u and grad_k as wanted
+      const int64_t io_bytes = gy_bytes + k_bytes + (need_u ? gy_bytes : 0) + (need_k ? gy_bytes + k_bytes : 0);
       launch_fourstep_backward(gy, need_k ? layout::rows_contiguous(u) : u,
-                               fourstep_spectrum(k, skip, s, gy.numel() * gy.element_size(), sw), grad_u_rows,
-                               taps_grad, s, sw);
+                               fourstep_spectrum(k, skip, s, io_bytes, gy_bytes, sw), grad_u_rows, taps_grad, s,
+                               io_bytes, sw);
     } else if (need_u) {
       grad_u.zero_();
     }

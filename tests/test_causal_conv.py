@@ -1959,7 +1959,7 @@ def test_cuda_short_kernels(L, Lk, batch, dim, monkeypatch):
 # run in a child process with it set: every last radix (64: 4, 128: 8, 256: 16), and
 # overlap-save windows of 1024 points for 3 and 128 taps.
 FFT_ONLY_SCRIPT = """
-import torch, fft_tensor
+import os, torch, fft_tensor
 from fft_tensor.ops import causal_conv_plan
 torch.manual_seed(0)
 for L, Lk, N in ((20, 20, 64), (50, 40, 128), (100, 100, 256), (3000, 3, 1024), (3000, 128, 1024)):
@@ -1967,7 +1967,6 @@ for L, Lk, N in ((20, 20, 64), (50, 40, 128), (100, 100, 256), (3000, 3, 1024), 
     u = torch.randn(3, 5, L, device="cuda", dtype=torch.float64)
     k = torch.randn(5, Lk, device="cuda", dtype=torch.float64) / Lk ** 0.5
     n = 2 * L
-    exact = torch.fft.irfft(torch.fft.rfft(u, n) * torch.fft.rfft(k[:, :L], n), n)[..., :L]
     for dtype in (torch.float32, torch.bfloat16):
         uf, kf = u.to(dtype).requires_grad_(), k.float().requires_grad_()
         y = fft_tensor.causal_conv(uf, kf)
@@ -1982,7 +1981,11 @@ for L, Lk, N in ((20, 20, 64), (50, 40, 128), (100, 100, 256), (3000, 3, 1024), 
         for got, want, name in ((gu, gud, "u"), (gk, gkd, "k")):
             err = ((got.double() - want).norm() / want.norm()).item()
             assert err < (1e-5 if dtype == torch.float32 else 2e-2), (L, Lk, dtype, name, err)
-print("ok")
+torch.cuda.synchronize()
+print("ok", flush=True)
+# Skip interpreter teardown: it aborted once on the H100 after every check had passed ("terminate called
+# without an active exception", the symptom of PyTorch's autograd-thread shutdown race, pytorch#38228).
+os._exit(0)
 """
 
 

@@ -118,19 +118,6 @@ __device__ __forceinline__ float2 twiddle(int64_t e, int logN) {
   return make_float2(c, s);
 }
 
-// W_N^(e0 + j*de) for j = 0, 1, 2, ... in that order: one pair of sincospif calls, then a running
-// product (at most 15 multiplications deep here, as smem_fft's twiddle_by_powers). It replaced a
-// sincospif per element, the costliest part of the column and row kernels' stores.
-struct TwiddleRun {
-  float2 w, step;
-  __device__ TwiddleRun(int64_t e0, int64_t de, int logN) : w(twiddle(e0, logN)), step(twiddle(de, logN)) {}
-  __device__ __forceinline__ float2 next() {
-    const float2 r = w;
-    w = cmul(w, step);
-    return r;
-  }
-};
-
 // W_{3M}^e = exp(-2 pi i e / (3M)), M = 2^logM, 0 <= e < M <= 2^20: 2e and 3M are exact in float, the
 // quotient one rounding.
 __device__ __forceinline__ float2 twiddle3(int e, int logM) {
@@ -139,10 +126,14 @@ __device__ __forceinline__ float2 twiddle3(int e, int logM) {
   return make_float2(c, s);
 }
 
-// W_{3M}^(e0 + j*de), j = 0, 1, 2, ...: as TwiddleRun.
-struct TwiddleRun3 {
+// W^(e0 + j*de) for j = 0, 1, 2, ... in that order, from W^e0 and W^de (twiddle's W_N, or twiddle3's W_{3M}):
+// one pair of sincospif calls, then a running product (at most 15 multiplications deep here, as smem_fft's
+// twiddle_by_powers). It replaced a sincospif per element, the costliest part of the column and row kernels'
+// stores.
+struct TwiddleRun {
   float2 w, step;
-  __device__ TwiddleRun3(int e0, int de, int logM) : w(twiddle3(e0, logM)), step(twiddle3(de, logM)) {}
+  __device__ TwiddleRun(float2 w_e0, float2 w_de) : w(w_e0), step(w_de) {}
+  __device__ TwiddleRun(int64_t e0, int64_t de, int logN) : TwiddleRun(twiddle(e0, logN), twiddle(de, logN)) {}
   __device__ __forceinline__ float2 next() {
     const float2 r = w;
     w = cmul(w, step);
@@ -238,7 +229,7 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   ColumnTile<N1> t(smem);
   const int64_t g = blockIdx.y;
   rows.begin(g);
-  TwiddleRun3 tw3(t.r0 * N2 + t.n2, t.kStep * N2, logM);  // w^n, n = row(j)*N2 + n2
+  TwiddleRun tw3(twiddle3(t.r0 * N2 + t.n2, logM), twiddle3(t.kStep * N2, logM));  // w^n, n = row(j)*N2 + n2
 #pragma unroll
   for (int j = 0; j < kElemsPerThread; ++j) {
     const int n = t.row(j) * N2 + t.n2;
@@ -475,7 +466,7 @@ __device__ __forceinline__ void columns_inverse3(float2* smem, Load load, int64_
   }
 #pragma unroll
   for (int r = 0; r < 3; ++r) smem_fft::fft<N1>(smem + r * kTile + column_offset<N1>(threadIdx.y));
-  TwiddleRun3 tw3(t.r0 * N2 + t.n2, t.kStep * N2, logM);
+  TwiddleRun tw3(twiddle3(t.r0 * N2 + t.n2, logM), twiddle3(t.kStep * N2, logM));
 #pragma unroll
   for (int j = 0; j < kElemsPerThread; ++j) {
     const int n = t.row(j) * N2 + t.n2;

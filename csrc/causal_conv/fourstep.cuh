@@ -93,12 +93,12 @@ struct ColumnTile {
   // pad(r0 + j*kStep) = pad(r0) + padded_offset(j*kStep), as r0 < kStep (smem_fft's padded_offset rule):
   // one register plus an immediate per element
   __device__ __forceinline__ float2& at(int j) { return mine[smem_fft::padded_offset(j * kStep)]; }
-  // Element i = r0 + j*kStep of this thread's column from load(i), then the N1-point FFT of every
+  // Element i = r0 + j*kStep of this thread's column from load(i, n2), then the N1-point FFT of every
   // column: on return the transformed tile is visible to all threads (smem_fft::fft's barriers).
   template <typename Load>
   __device__ __forceinline__ void load_and_transform(Load load) {
 #pragma unroll
-    for (int j = 0; j < kElemsPerThread; ++j) at(j) = load(row(j));
+    for (int j = 0; j < kElemsPerThread; ++j) at(j) = load(row(j), n2);
     smem_fft::fft<N1>(tile + column_offset<N1>(threadIdx.y));
   }
 };
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   ColumnTile<N1> t(smem);
   const int64_t g = blockIdx.y;
   rows.begin(g);
-  t.load_and_transform([&](int n1) { return rows(n1 * N2 + t.n2); });
+  t.load_and_transform([&](int n1, int n2) { return rows(n1 * N2 + n2); });
   float2* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
   TwiddleRun w(t.n2 * t.r0, t.n2 * t.kStep, logN);  // W_N^(n2 k1), k1 = r0 + j*kStep
 #pragma unroll
@@ -416,8 +416,8 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   extern __shared__ float2 smem[];
   ColumnTile<N1> t(smem);
   const int64_t g = blockIdx.y;
-  const float2* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
-  t.load_and_transform([&](int k1) { return Tg[k1 * N2]; });
+  const float2* Tg = T + g * ((int64_t)N1 * N2);
+  t.load_and_transform([&](int k1, int n2) { return Tg[k1 * N2 + n2]; });
   const int64_t pair = s.pair0 + g;
   const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
   const bool has1 = b1 < s.B;
@@ -441,8 +441,8 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   extern __shared__ float2 smem[];
   ColumnTile<N1> t(smem);
   const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl;
-  const float2* Qd = Q + dl * ((int64_t)N1 * N2) + t.n2;
-  t.load_and_transform([&](int k1) { return Qd[k1 * N2]; });
+  const float2* Qd = Q + dl * ((int64_t)N1 * N2);
+  t.load_and_transform([&](int k1, int n2) { return Qd[k1 * N2 + n2]; });
 #pragma unroll
   for (int j = 0; j < kElemsPerThread; ++j) {
     const int n = t.row(j) * N2 + t.n2;
@@ -451,7 +451,7 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   }
 }
 
-// Step 3 on N = 3M points (R = 3): each group's column tile from load(group, k1), transformed (their
+// Step 3 on N = 3M points (R = 3): each group's column tile from load(group, k1, n2), transformed (their
 // loads first, then the three FFTs), then f(n, v) for every n = row(j)*N2 + n2 < limit with v the
 // 3-point DFT of (c_0, w^n c_1, w^(2n) c_2): v.v0, v.v1, v.v2 are conj(y) at n, n + M and n + 2M.
 template <int N1, int N2, typename Load, typename Store>
@@ -462,7 +462,7 @@ __device__ __forceinline__ void columns_inverse3(float2* smem, Load load, int64_
   for (int j = 0; j < kElemsPerThread; ++j) {
     float2* e = &t.at(j);
 #pragma unroll
-    for (int r = 0; r < 3; ++r) e[r * kTile] = load(r, t.row(j));
+    for (int r = 0; r < 3; ++r) e[r * kTile] = load(r, t.row(j), t.n2);
   }
 #pragma unroll
   for (int r = 0; r < 3; ++r) smem_fft::fft<N1>(smem + r * kTile + column_offset<N1>(threadIdx.y));
@@ -484,16 +484,15 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   extern __shared__ float2 smem[];
   constexpr int M = N1 * N2;
   const int64_t g = blockIdx.y;
-  const float2* Tg = T + g * (3 * (int64_t)M) + blockIdx.x * kCols;
+  const float2* Tg = T + g * (3 * (int64_t)M);
   const int64_t pair = s.pair0 + g;
   const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
   const bool has1 = b1 < s.B;
   scalar_t* y0 = y + (b0 * s.D + d) * s.L;
   scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
   const int L = (int)s.L;  // < N <= 2^22
-  const int c = (threadIdx.x + threadIdx.y * (N1 / kElemsPerThread)) % kCols;  // ColumnTile's column
   columns_inverse3<N1, N2>(
-      smem, [&](int r, int k1) { return Tg[r * M + k1 * N2 + c]; }, L, [&](int n, const Three& v) {
+      smem, [&](int r, int k1, int n2) { return Tg[r * M + k1 * N2 + n2]; }, L, [&](int n, const Three& v) {
         const float2 o[3] = {v.v0, v.v1, v.v2};
 #pragma unroll
         for (int r = 0; r < 3; ++r) {
@@ -513,11 +512,10 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   extern __shared__ float2 smem[];
   constexpr int M = N1 * N2;
   const int64_t dl = blockIdx.y, d = s.pair0 / s.npairs + dl;
-  const float2* Qd = Q + dl * (3 * (int64_t)M) + blockIdx.x * kCols;
-  const int c = (threadIdx.x + threadIdx.y * (N1 / kElemsPerThread)) % kCols;
+  const float2* Qd = Q + dl * (3 * (int64_t)M);
   float* gk = grad_k + d * taps;
   columns_inverse3<N1, N2>(
-      smem, [&](int r, int k1) { return Qd[r * M + k1 * N2 + c]; }, taps, [&](int n, const Three& v) {
+      smem, [&](int r, int k1, int n2) { return Qd[r * M + k1 * N2 + n2]; }, taps, [&](int n, const Three& v) {
         if (n < taps) gk[n] = v.v0.x;
         if (n + M < taps) gk[n + M] = v.v1.x;
         if (n + 2 * M < taps) gk[n + 2 * M] = v.v2.x;

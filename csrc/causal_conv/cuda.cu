@@ -76,6 +76,10 @@ void dispatch_io_type(at::ScalarType t, F&& f) {
 
 size_t smem_bytes(int N) { return (size_t)smem_fft::padded_size(N) * sizeof(float2); }
 
+// The most shared memory a block may opt in to on the current device (ATen caches the properties per
+// device); every "does it fit" test reads it here.
+size_t optin_smem_bytes() { return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin; }
+
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024)
@@ -528,7 +532,7 @@ bool use_fused(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k) {
   if (u.scalar_type() == at::kDouble || plan.fft_size > kMaxFusedFFT) return false;
   const int N = (int)plan.fft_size;
   const size_t need = with_grad_k ? std::max(smem_bytes(N), grad_k_smem_bytes(N)) : smem_bytes(N);
-  return need <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  return need <= optin_smem_bytes();
 }
 
 // Blocks per channel for grad_k: enough (channel, group) blocks for a few waves of blocks of
@@ -719,7 +723,7 @@ bool cluster_launchable(Kernel kernel, size_t smem, int C) {
   if (!has_sm90_code(kernel)) return false;
   // a GPU of compute capability 9+ with less shared memory per block (consumer Blackwell: 99 KB) cannot
   // take these kernels: cuFFT then, where allow_smem would raise
-  if (smem > at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) return false;
+  if (smem > optin_smem_bytes()) return false;
   allow_smem(kernel, smem);
   const ClusterLaunch launch(C, C, smem, nullptr);
   int clusters = 0;
@@ -877,7 +881,7 @@ bool use_real_window(const at::Tensor& u, const ConvPlan& plan, bool with_grad_k
   if (u.scalar_type() == at::kDouble || plan.fft_size != 2 * kMaxFusedFFT || plan.segments != 1) return false;
   const RealWindowMode mode = sw.real_window;
   if (mode == RealWindowMode::kOff || (mode == RealWindowMode::kForwardOnly && with_grad_k)) return false;
-  return smem_bytes(kRealWindowN) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  return smem_bytes(kRealWindowN) <= optin_smem_bytes();
 }
 
 // FFT_TENSOR_CONV_REAL_WINDOW_REGS: the kernels' register variant (each thread's own bins through the
@@ -959,16 +963,13 @@ struct RealWindowBackward {
       : radix3(radix3_real_window(s, sw, /*backward_with_grad_k=*/true)),
         w(radix3),
         u_bytes((size_t)(w.N + 1) * sizeof(float2)),
-        u_shared(radix3 && w.smem + u_bytes <= optin_smem()),
-        u_smem_bins(radix3 || optin_smem() <= w.smem
+        u_shared(radix3 && w.smem + u_bytes <= optin_smem_bytes()),
+        u_smem_bins(radix3 || optin_smem_bytes() <= w.smem
                         ? 0
-                        : (int)std::min<size_t>((size_t)w.N + 1, (optin_smem() - w.smem) / sizeof(float2))) {}
+                        : (int)std::min<size_t>((size_t)w.N + 1, (optin_smem_bytes() - w.smem) / sizeof(float2))) {}
   int64_t u_scratch_bins() const { return u_shared ? 0 : (int64_t)w.N + 1 - u_smem_bins; }
   int64_t scratch_bytes_per_channel() const { return 2 * (int64_t)u_bytes + u_scratch_bins() * (int64_t)sizeof(float2); }
   size_t kernel_smem() const { return w.smem + (u_shared ? u_bytes : (size_t)u_smem_bins * sizeof(float2)); }
-
- private:
-  static size_t optin_smem() { return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin; }
 };
 
 // Channels per launch of the backward with grad_k (one block per channel), 0 = not this kernel. Its
@@ -1108,7 +1109,7 @@ bool use_fourstep(const at::Tensor& u, const ConvPlan& plan, const ConvSwitches&
   // (two rows) or a column tile
   const int N1 = fourstep_n1(plan.fft_size), N2 = (int)(plan.fft_size / N1);
   const size_t need = std::max({fourstep_row_smem(N2), fourstep_spectrum_smem(N2), fourstep_column_smem(N1)});
-  return need <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  return need <= optin_smem_bytes();
 }
 
 // The workspace of one chunk by default: 40% of the call's inputs plus outputs (io_bytes) less the kernel
@@ -1139,9 +1140,7 @@ int64_t fourstep_chunk(int64_t row_bytes, int64_t units, int64_t budget_bytes, c
 int fourstep_groups(const ConvShape& cs, const ConvSwitches& sw) {
   const int64_t M = cs.N / 4;
   if (!sw.fourstep3 || M < 64 * 256 || cs.L + cs.taps - 1 > 3 * M) return 1;
-  return 3 * fourstep_column_smem(fourstep_n1(M)) <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin
-             ? 3
-             : 1;
+  return 3 * fourstep_column_smem(fourstep_n1(M)) <= optin_smem_bytes() ? 3 : 1;
 }
 
 fourstep::Shape fourstep_shape(const ConvShape& s, const ConvSwitches& sw) {

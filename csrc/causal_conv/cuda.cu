@@ -1188,11 +1188,10 @@ void dispatch_fourstep_split(const fourstep::Shape& s, F&& f) {
 // group 0's, then all of group 1's; fourstep.cuh).
 // io_bytes and u_bytes: the call's inputs plus outputs and the input the convolution runs over, which
 // bound the workspace (fourstep_budget).
-at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, const ConvShape& cs,
+at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor>& skip, fourstep::Shape s, int taps,
                              int64_t io_bytes, int64_t u_bytes, const ConvSwitches& sw) {
-  fourstep::Shape s = fourstep_shape(cs, sw);
   const int64_t D = k.size(0), points = fourstep_points(s);
-  const SpectrumTaps taps = spectrum_taps(k, skip, cs.taps);
+  const SpectrumTaps k_taps = spectrum_taps(k, skip, taps);
   at::Tensor Kp = at::empty({D, fourstep::kp_rows(s.N1, s.R), s.N2}, k.options().dtype(at::kComplexFloat));
   const int64_t pairs = (D + 1) / 2;  // two channels per transform (fourstep::TapPairRows)
   const int64_t chunk = fourstep_chunk(points * 8, pairs, fourstep_budget(io_bytes, Kp.nbytes(), u_bytes), sw);
@@ -1210,7 +1209,7 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
       const int64_t g = std::min(chunk, pairs - p0);
       s.pair0 = p0;
       columns<<<dim3(N2 / fourstep::kCols, (unsigned)g), dim3(N1 / kElemsPerThread, fourstep::kCols), col_smem,
-                stream>>>(fourstep::TapPairRows{taps.taps, s, 0, false}, Tp);
+                stream>>>(fourstep::TapPairRows{k_taps.taps, s, 0, false}, Tp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       rows<<<dim3(fourstep::kp_rows(N1, R), (unsigned)g), N2 / kElemsPerThread, fourstep_spectrum_smem(N2), stream>>>(
           Tp, reinterpret_cast<float2*>(Kp.data_ptr()), s);
@@ -1221,10 +1220,9 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
 }
 
 // y (packed rows) = causal_conv of x's packed rows.
-void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, const ConvShape& cs,
-                     int64_t io_bytes, const ConvSwitches& sw) {
-  fourstep::Shape s = fourstep_shape(cs, sw);
-  const int64_t pairs = cs.D * cs.npairs, points = fourstep_points(s);
+void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, fourstep::Shape s, int64_t io_bytes,
+                     const ConvSwitches& sw) {
+  const int64_t pairs = s.D * s.npairs, points = fourstep_points(s);
   const int64_t u_bytes = x.numel() * x.element_size();
   const int64_t chunk = fourstep_chunk(points * 8, pairs, fourstep_budget(io_bytes, Kp.nbytes(), u_bytes), sw);
   at::Tensor T = at::empty({chunk * points}, x.options().dtype(at::kComplexFloat));
@@ -1263,18 +1261,18 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, c
 // conj(K) (a correlation, so no time reversal), grad_k accumulates G conj(U) over the channel's
 // pairs (rows_backward_kernel). Chunks are whole channels.
 void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& Kp, at::Tensor& grad_u,
-                              at::Tensor& taps_grad, const ConvShape& cs, int64_t io_bytes, const ConvSwitches& sw) {
-  fourstep::Shape s = fourstep_shape(cs, sw);
+                              at::Tensor& taps_grad, fourstep::Shape s, int taps, int64_t io_bytes,
+                              const ConvSwitches& sw) {
   const bool need_u = grad_u.defined(), need_k = taps_grad.defined();
   const int64_t points = fourstep_points(s), row_bytes = points * 8;
-  const int64_t channel_bytes = need_k ? (2 * cs.npairs + 1) * row_bytes : cs.npairs * row_bytes;
+  const int64_t channel_bytes = need_k ? (2 * s.npairs + 1) * row_bytes : s.npairs * row_bytes;
   // a chunk's pairs are one grid dimension (at most 65535; use_fourstep bounds npairs)
   const int64_t budget = fourstep_budget(io_bytes, Kp.nbytes(), gy.numel() * gy.element_size());
-  const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, cs.D, budget, sw),
-                                          std::max<int64_t>(1, 65535 / cs.npairs));
+  const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, s.D, budget, sw),
+                                          std::max<int64_t>(1, 65535 / s.npairs));
   const auto cf = gy.options().dtype(at::kComplexFloat);
-  at::Tensor Tg = at::empty({chunk * cs.npairs * points}, cf);
-  at::Tensor Tu = need_k ? at::empty({chunk * cs.npairs * points}, cf) : at::Tensor();
+  at::Tensor Tg = at::empty({chunk * s.npairs * points}, cf);
+  at::Tensor Tu = need_k ? at::empty({chunk * s.npairs * points}, cf) : at::Tensor();
   at::Tensor Q = need_k ? at::empty({chunk * points}, cf) : at::Tensor();
   auto* Tgp = reinterpret_cast<float2*>(Tg.data_ptr());
   auto* Tup = need_k ? reinterpret_cast<float2*>(Tu.data_ptr()) : nullptr;
@@ -1287,20 +1285,20 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
       constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value, R = decltype(r)::value;
       auto forward = fourstep::columns_forward<N1, N2, R, fourstep::PairRows<scalar_t>>();
       auto inverse = fourstep::columns_inverse<N1, N2, R, scalar_t>();
-      auto taps = fourstep::columns_taps<N1, N2, R>();
+      auto columns_taps = fourstep::columns_taps<N1, N2, R>();
       auto rows_u = fourstep::rows_conv_kernel<N2, true>;
       auto rows_k = need_u ? fourstep::rows_backward_kernel<N2, true> : fourstep::rows_backward_kernel<N2, false>;
       const size_t col_smem = fourstep_columns_smem(s);
       allow_smem(forward, col_smem);
       allow_smem(inverse, col_smem);
-      allow_smem(taps, col_smem);
+      allow_smem(columns_taps, col_smem);
       allow_smem(rows_u, smem_bytes(N2));
       allow_smem(rows_k, fourstep_row_smem(N2));
       const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
-      for (int64_t d0 = 0; d0 < cs.D; d0 += chunk) {
-        const int64_t channels = std::min(chunk, cs.D - d0);
-        const unsigned pairs = (unsigned)(channels * cs.npairs);
-        s.pair0 = d0 * cs.npairs;
+      for (int64_t d0 = 0; d0 < s.D; d0 += chunk) {
+        const int64_t channels = std::min(chunk, s.D - d0);
+        const unsigned pairs = (unsigned)(channels * s.npairs);
+        s.pair0 = d0 * s.npairs;
         forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
             fourstep::PairRows<scalar_t>{gy.data_ptr<scalar_t>(), s}, Tgp);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1311,8 +1309,8 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
           rows_k<<<dim3(R * N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2), stream>>>(Tgp, Tup, Kpp,
                                                                                                        Qp, s);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          taps<<<dim3(N2 / fourstep::kCols, (unsigned)channels), col_block, col_smem, stream>>>(
-              Qp, taps_grad.data_ptr<float>(), s, cs.taps);
+          columns_taps<<<dim3(N2 / fourstep::kCols, (unsigned)channels), col_block, col_smem, stream>>>(
+              Qp, taps_grad.data_ptr<float>(), s, taps);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         } else {
           rows_u<<<dim3(R * N1, pairs), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tgp, Kpp, s);
@@ -1545,9 +1543,10 @@ at::Tensor causal_conv_cuda_packed(const at::Tensor& u, const at::Tensor& k, con
   } else if (real_window) {
     launch_real_window<false>(uc, real_window_spectrum(k, skip, s, sw), y, s, sw);
   } else if (fourstep) {
+    const fourstep::Shape fs = fourstep_shape(s, sw);  // once: the spectrum and the launch take the same split
     const int64_t u_bytes = uc.numel() * uc.element_size();
     const int64_t io_bytes = 2 * u_bytes + k.numel() * k.element_size();  // u, k and y
-    launch_fourstep(uc, fourstep_spectrum(k, skip, s, io_bytes, u_bytes, sw), y, s, io_bytes, sw);
+    launch_fourstep(uc, fourstep_spectrum(k, skip, fs, s.taps, io_bytes, u_bytes, sw), y, fs, io_bytes, sw);
   } else {
     const int C = cluster_blocks(plan);
     launch_conv_clusters<false>(uc, kernel_spectrum_clusters(k, skip, s, C), y, s, C, sw);
@@ -1606,9 +1605,10 @@ std::tuple<at::Tensor, at::Tensor> causal_conv_backward_cuda_packed(const at::Te
       const int64_t gy_bytes = gy.numel() * gy.element_size(), k_bytes = k.numel() * k.element_size();
       // inputs gy, k (and u for grad_k), outputs grad_u and grad_k as wanted
       const int64_t io_bytes = gy_bytes + k_bytes + (need_u ? gy_bytes : 0) + (need_k ? gy_bytes + k_bytes : 0);
+      const fourstep::Shape fs = fourstep_shape(s, sw);
       launch_fourstep_backward(gy, need_k ? layout::rows_contiguous(u) : u,
-                               fourstep_spectrum(k, skip, s, io_bytes, gy_bytes, sw), grad_u_rows, taps_grad, s,
-                               io_bytes, sw);
+                               fourstep_spectrum(k, skip, fs, s.taps, io_bytes, gy_bytes, sw), grad_u_rows, taps_grad,
+                               fs, s.taps, io_bytes, sw);
     } else if (need_u) {
       grad_u.zero_();
     }

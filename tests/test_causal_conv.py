@@ -1107,6 +1107,21 @@ def _correlation_reference(gy, u, taps):
     return c.sum(0)
 
 
+def assert_grads_match_float64(u, k, skip, gy, grad_u=None, grad_k=None, tol_u=1e-5, tol_k=2e-5):
+    """grad_u and grad_k's first taps (each if given) for grad_y gy against the float64 products, computed
+    directly (the autograd reference is slow on long rows): grad_u the correlation of gy with k, grad_k
+    _correlation_reference's. Returns the references (None where not given) for further comparisons."""
+    ref_gu = ref_gk = None
+    if grad_u is not None:
+        ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
+        assert rel_err(grad_u, ref_gu) < tol_u, ("grad_u", rel_err(grad_u, ref_gu))
+    if grad_k is not None:
+        taps = min(u.shape[-1], k.shape[-1])
+        ref_gk = _correlation_reference(gy, u, taps)
+        assert rel_err(grad_k[:, :taps], ref_gk) < tol_k, ("grad_k", rel_err(grad_k[:, :taps], ref_gk))
+    return ref_gu, ref_gk
+
+
 @requires_cuda
 @pytest.mark.parametrize("L,Lk,batch,dim", FOURSTEP_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in FOURSTEP_SHAPES])
 def test_cuda_fourstep_sizes(L, Lk, batch, dim, monkeypatch):
@@ -1130,12 +1145,8 @@ def test_cuda_fourstep_sizes(L, Lk, batch, dim, monkeypatch):
         check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)
     else:  # the float64 autograd reference of these rows is slow on 2 cores: the two products directly
         gu, gk = ops.causal_conv_backward(gy, u, k, skip, True, True)
-        ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
-        assert rel_err(gu, ref_gu) < 1e-5
-        taps = min(L, Lk)
-        ref_gk = _correlation_reference(gy, u, taps)
-        assert rel_err(gk[:, :taps], ref_gk) < 2e-5
-        assert gk.shape == k.shape and (gk[:, taps:] == 0).all()
+        assert_grads_match_float64(u, k, skip, gy, gu, gk)
+        assert gk.shape == k.shape and (gk[:, min(L, Lk):] == 0).all()
 
 
 @requires_cuda
@@ -1207,8 +1218,7 @@ def test_cuda_fourstep3(L, Lk, batch, dim, fourstep3, monkeypatch):
     exact = fft64_reference(ub.float(), k, skip)
     assert rel_err(fft_tensor.causal_conv(ub, k, skip), exact) <= rounding_bound(exact)
     gu, gk = ops.causal_conv_backward(gy, u, k, skip, True, True)
-    assert rel_err(gu, fft64_reference(gy.flip(-1), k, skip).flip(-1)) < 1e-5  # correlation
-    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert_grads_match_float64(u, k, skip, gy, gu, gk)
     assert gk.shape == k.shape and (gk[:, taps:] == 0).all()
     gu_only = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
     gk_only = ops.causal_conv_backward(gy, u, k, skip, False, True)[1]
@@ -1252,8 +1262,7 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, False))
     assert "conv_real_window_kernel" in names and not any(re.search(n, names) for n in FOURSTEP_KERNELS), names
     gu = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
-    ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
-    assert rel_err(gu, ref_gu) < 1e-5
+    ref_gu, _ = assert_grads_match_float64(u, k, skip, gy, grad_u=gu)
     # with grad_k: the channel kernel, both gradients and grad_k alone
     for need_u in (True, False):
         names = _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, need_u, True))
@@ -1263,9 +1272,8 @@ def test_cuda_real_window(L, Lk, batch, dim, monkeypatch):
     assert rel_err(gu_both, ref_gu) < 1e-5
     gk_only = ops.causal_conv_backward(gy, u, k, skip, False, True)[1]
     assert rel_err(gk_only, gk_both) < 1e-6  # the same sums; the two instances may contract differently
-    taps = min(L, Lk)
-    assert rel_err(gk_both[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
-    assert gk_both.shape == k.shape and (gk_both[:, taps:] == 0).all()
+    assert_grads_match_float64(u, k, skip, gy, grad_k=gk_both)
+    assert gk_both.shape == k.shape and (gk_both[:, min(L, Lk):] == 0).all()
     check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)  # through autograd, skip included
     # switched off: the four-step path, the same values to float32 rounding
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")
@@ -1450,8 +1458,8 @@ def test_cuda_real_window_register_variant(L, Lk, batch, dim, monkeypatch):
 
     monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW_REGS", "0")
     base = run()
-    ref = (fft64_reference(u, k, skip), fft64_reference(gy.flip(-1), k, skip).flip(-1))
-    assert rel_err(base[0], ref[0]) < 1e-5 and rel_err(base[1], ref[1]) < 1e-5
+    assert rel_err(base[0], fft64_reference(u, k, skip)) < 1e-5
+    assert_grads_match_float64(u, k, skip, gy, grad_u=base[1])
     # the variant is the kernels' last template argument but one (kHalf is the last)
     def variant(kernel, names):
         found = _template_flags(kernel, names, from_end=2)
@@ -1531,11 +1539,9 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
     for kernel in kernels:
         assert _template_flags(kernel, names) == {half}, (kernel, names)
     y, gu_alone, gu, gk = run()
-    taps = min(L, Lk)
-    ref_y = fft64_reference(u, k, skip)
-    ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
-    assert rel_err(y, ref_y) < 1e-5 and rel_err(gu_alone, ref_gu) < 1e-5 and rel_err(gu, ref_gu) < 1e-5
-    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert rel_err(y, fft64_reference(u, k, skip)) < 1e-5
+    ref_gu, _ = assert_grads_match_float64(u, k, skip, gy, gu, gk)
+    assert rel_err(gu_alone, ref_gu) < 1e-5
     for low in (torch.bfloat16, torch.half):
         ul, gyl = u.to(low), gy.to(low)
         exact = fft64_reference(ul.float(), k, skip)
@@ -1543,7 +1549,7 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
         gul, gkl = ops.causal_conv_backward(gyl, ul, k, skip, True, True)
         exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
         assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
-        assert rel_err(gkl[:, :taps], _correlation_reference(gyl.float(), ul.float(), taps)) < 2e-5
+        assert_grads_match_float64(ul.float(), k, skip, gyl.float(), grad_k=gkl)
     _assert_same_without_pdl(run, (y, gu_alone), monkeypatch)  # the half kernels launched the ordinary way
     # switched off: the general kernels, the same values to float32 rounding
     monkeypatch.setenv("FFT_TENSOR_CONV_HALF", "0")
@@ -1621,9 +1627,9 @@ def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
             assert _template_flags(backward[0], names) == {u_shared}, names
     y, gu_alone, gu, gk = run()
     ref_y = fft64_reference(u, k, skip)
-    ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
-    assert rel_err(y, ref_y) < 1e-5 and rel_err(gu_alone, ref_gu) < 1e-5 and rel_err(gu, ref_gu) < 1e-5
-    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert rel_err(y, ref_y) < 1e-5
+    ref_gu, _ = assert_grads_match_float64(u, k, skip, gy, gu, gk)
+    assert rel_err(gu_alone, ref_gu) < 1e-5
     # time-strided input (a transposed (B, L, D) activation): the op packs it, same values
     u_t = u.transpose(1, 2).contiguous().transpose(1, 2)
     assert not u_t.is_contiguous()
@@ -1676,8 +1682,7 @@ def test_cuda_radix3_grad_k_only(L, Lk, batch, dim, monkeypatch):
     assert "conv_window3_kernel" not in names and "kernel_spectrum3_kernel" not in names, names
     assert "conv_window3_kernel" not in _cuda_kernel_names(lambda: fft_tensor.causal_conv(u, k, skip))
     gu, gk = backward()
-    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
-    assert rel_err(gu, fft64_reference(gy.flip(-1), k, skip).flip(-1)) < 1e-5
+    assert_grads_match_float64(u, k, skip, gy, gu, gk)
     monkeypatch.setenv("FFT_TENSOR_CONV_GRAD_K_GROUPS", "3")
     assert rel_err(backward()[1], gk) < 2e-6
     monkeypatch.delenv("FFT_TENSOR_CONV_GRAD_K_GROUPS")
@@ -1722,8 +1727,7 @@ def test_cuda_radix3_real(L, Lk, batch, dim, mode, monkeypatch):
     y = fft_tensor.causal_conv(u, k, skip)
     assert rel_err(y, fft64_reference(u, k, skip)) < 1e-5
     gu, gk = ops.causal_conv_backward(gy, u, k, skip, True, True)
-    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
-    assert rel_err(gu, fft64_reference(gy.flip(-1), k, skip).flip(-1)) < 1e-5
+    assert_grads_match_float64(u, k, skip, gy, gu, gk)
     gu_alone = ops.causal_conv_backward(gy, u, k, skip, True, False)[0]
     assert rel_err(gu_alone, gu) < 1e-5
 
@@ -1751,10 +1755,8 @@ def test_cuda_fused_backward(L, Lk, batch, dim, monkeypatch):
     assert "conv_backward_pair_kernel" not in _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, True, False))
     assert "conv_backward_pair_kernel" not in _cuda_kernel_names(lambda: ops.causal_conv_backward(gy, u, k, skip, False, True))
     gu, gk = both()
-    ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
     assert gu.shape == u.shape and gk.shape == k.shape
-    assert rel_err(gu, ref_gu) < 1e-5, rel_err(gu, ref_gu)
-    assert rel_err(gk[:, :taps], _correlation_reference(gy, u, taps)) < 2e-5
+    assert_grads_match_float64(u, k, skip, gy, gu, gk)
     assert torch.all(gk[:, taps:] == 0)
     # the same gradients through the two separate kernels, to float32 rounding
     monkeypatch.setenv("FFT_TENSOR_CONV_FUSED_BACKWARD", "0")
@@ -1770,7 +1772,7 @@ def test_cuda_fused_backward(L, Lk, batch, dim, monkeypatch):
         gul, gkl = ops.causal_conv_backward(gyl, ul, k, skip, True, True)
         exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
         assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
-        assert rel_err(gkl[:, :taps], _correlation_reference(gyl.float(), ul.float(), taps)) < 2e-5
+        assert_grads_match_float64(ul.float(), k, skip, gyl.float(), grad_k=gkl)
     ut = u.transpose(0, 1).contiguous().transpose(0, 1)  # (B, D, L) view of a (D, B, L) tensor
     gyt = gy.transpose(0, 1).contiguous().transpose(0, 1)
     gut, gkt = ops.causal_conv_backward(gyt, ut, k, skip, True, True)
@@ -1793,11 +1795,9 @@ def test_cuda_grad_k_groups(L, Lk, batch, both, monkeypatch):
     dim = 3
     u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
     gy = torch.randn_like(u)
-    taps = min(L, Lk)
-    exact = _correlation_reference(gy, u, taps)
     monkeypatch.delenv("FFT_TENSOR_CONV_GRAD_K_GROUPS", raising=False)
     gk = ops.causal_conv_backward(gy, u, k, skip, both, True)[1]
-    assert rel_err(gk[:, :taps], exact) < 2e-5
+    assert_grads_match_float64(u, k, skip, gy, grad_k=gk)
     peaks = {}
     for groups in ("1", "2", "3", "4096"):
         monkeypatch.setenv("FFT_TENSOR_CONV_GRAD_K_GROUPS", groups)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, then run the named stages.
-#   bash benchmarks/device_run.sh verify rwspectrum half radix3 radix3gk pdl realwindow fourstep3 tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests ddp
+#   bash benchmarks/device_run.sh verify rwspectrum half radix3 radix3gk pdl realwindow fourstep3 fourstepbf16 tests mma mmabreak lmmma fourstep convtests clustertests clustervariants gradktests updatetests othertests genprofile lmprofile lmcompile lmgraphs lmcpp windows decodebench decodencu stamps contextuse gencontrol breakdown checks clustercheck fourstepcheck sanitize segv ncu opsfft opscl ops conv lm lmvariants traincompile gen quality alltests ddp
 # Each stage's log and tables go to $OUT (the device tool returns that folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 FFT_TENSOR_SKIP_STALE_CHECK=0
@@ -69,6 +69,13 @@ for stage in "$@"; do
                conv_variant "fourstep3_$v" FFT_TENSOR_CONV_FOURSTEP3=$v -- --kernels L \
                  --lengths ${FOURSTEP3_LENGTHS:-20000,24576,40000} --no-peer --no-sdpa --graphs
              done ;;
+    # The four-step path's bfloat16 workspace (FFT_TENSOR_CONV_FOURSTEP_BF16, default) against float2
+    # (its tests: verify): bf16 Lk = L with it (NVIDIA's op beside it where PEER_ARGS names the wheels,
+    # e.g. '--install-wheels .whl') and without it, CUDA graphs.
+    fourstepbf16) conv_variant fourstep_bf16_1 FFT_TENSOR_CONV_FOURSTEP_BF16=1 -- --kernels L --dtypes bf16 \
+               --lengths ${FOURSTEP_BF16_LENGTHS:-20000,24576,40000,65536} --no-sdpa --graphs ${PEER_ARGS:---no-peer}
+             conv_variant fourstep_bf16_0 FFT_TENSOR_CONV_FOURSTEP_BF16=0 -- --kernels L --dtypes bf16 \
+               --lengths ${FOURSTEP_BF16_LENGTHS:-20000,24576,40000,65536} --no-sdpa --graphs --no-peer ;;
     convtests) "$PY" -m pytest -q -n 16 -p no:cacheprovider tests/test_causal_conv.py -k cuda 2>&1 | tee "$OUT/tests_conv_cuda.log" | tail -15 ;;
     # One call's worth of checking after a kernel change: every CUDA causal_conv test with memcheck,
     # racecheck and synccheck on sanitize_cuda.py --quick beside it (about the tests' 250 s).

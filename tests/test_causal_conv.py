@@ -1227,6 +1227,44 @@ def test_cuda_fourstep3(L, Lk, batch, dim, fourstep3, monkeypatch):
         check_grads(L, Lk, "cuda", batch=batch, dim=dim, tol=2e-5)  # through autograd, skip included
 
 
+# bfloat16 rows' forward and grad_u alone run through a workspace of bfloat16 pairs unless
+# FFT_TENSOR_CONV_FOURSTEP_BF16=0 (fourstep.cuh: two roundings to bf16 per output, within the bf16
+# bound); the backward with grad_k keeps float2 (grad_k is a float32 sum), so it does not depend on the
+# switch. Plans on 2^m points (N = 65536; 32768 with the real-window kernels off) and on 3 x 2^m
+# (R = 3), odd batches, several chunks (1 MiB).
+FOURSTEP_BF16_SHAPES = [(24577, 24577, 3, 2), (12000, 12000, 1, 3), (20000, 20000, 1, 2), (40000, 30000, 2, 1)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("L,Lk,batch,dim", FOURSTEP_BF16_SHAPES, ids=[f"L{a}-Lk{b}-B{c}" for a, b, c, _ in FOURSTEP_BF16_SHAPES])
+def test_cuda_fourstep_bf16_workspace(L, Lk, batch, dim, monkeypatch):
+    monkeypatch.delenv("FFT_TENSOR_CONV_FOURSTEP", raising=False)
+    monkeypatch.setenv("FFT_TENSOR_CONV_REAL_WINDOW", "0")  # the 32K-point plan: else the real-window kernels
+    monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_MB", "1")
+    u, k, skip = make_inputs(L, Lk, True, "cuda", batch=batch, dim=dim)
+    ub = u.bfloat16()
+    gy = torch.randn_like(u).bfloat16()
+    exact = fft64_reference(ub.float(), k, skip)
+    exact_gu = fft64_reference(gy.float().flip(-1), k, skip).flip(-1)  # correlation
+    both = {}
+    for setting in ("", "0"):
+        monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_BF16", setting)
+        out = {}
+        kernels = _cuda_kernel_list(lambda: out.update(
+            y=fft_tensor.causal_conv(ub, k, skip), gu=ops.causal_conv_backward(gy, ub, k, skip, True, False)[0]))
+        names = " ".join(kernels)
+        assert all(re.search(n, names) for n in FOURSTEP_KERNELS) and _no_other_fft(names), names
+        # the kernels with a bfloat16-pair workspace (their template argument): the three passes
+        bf16_kernels = {re.sub(r"3?_kernel.*", "", re.search(r"\w+_kernel", n).group(0))
+                        for n in kernels if "__nv_bfloat162" in n}
+        assert bf16_kernels == ({"columns_forward", "rows_conv", "columns_inverse"} if setting == "" else set()), names
+        assert out["y"].dtype == torch.bfloat16 and rel_err(out["y"], exact) <= rounding_bound(exact), setting
+        assert out["gu"].dtype == torch.bfloat16 and rel_err(out["gu"], exact_gu) <= rounding_bound(exact_gu), setting
+        both[setting] = ops.causal_conv_backward(gy, ub, k, skip, True, True)
+    assert all(torch.equal(a, b) for a, b in zip(both[""], both["0"]))
+    assert rel_err(both[""][0], exact_gu) <= rounding_bound(exact_gu)
+
+
 # The real-window kernels: one-window plans of 32K points (Lk = L from about 8K to 16K), one row per
 # block as the 16K-point FFT of its even and odd samples (the forward, and grad_u alone run backwards
 # in time), and one channel per block over its rows for the backward with grad_k; the default for those
@@ -1843,7 +1881,7 @@ def test_cuda_fwd_bwd_peak_memory(L, dtype, monkeypatch):
 # DIRECT_MAX_TAPS are common.h's, read by the CPU too), as docs/causal_conv.md's switch table lists them.
 CUDA_CONV_SWITCHES = ("PDL", "HALF", "TC", "CLUSTERS", "CLUSTER_PADDED", "REAL_WINDOW", "REAL_WINDOW_REGS",
                       "FOURSTEP", "FOURSTEP_MB", "DIRECT_MAX_TAPS", "MMA", "CHANNELS_LAST", "FUSED_BACKWARD",
-                      "GRAD_K_GROUPS", "RADIX3", "FOURSTEP3")
+                      "GRAD_K_GROUPS", "RADIX3", "FOURSTEP3", "FOURSTEP_BF16")
 
 
 def test_conv_switches_listed_where_documented():
@@ -1895,11 +1933,15 @@ def test_cuda_every_switch_validated_on_every_call(name, monkeypatch):
             ops.causal_conv_backward(gy, u, k, skip, True, True)
 
 
-def _cuda_kernel_names(fn):
+def _cuda_kernel_list(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return " ".join(e.name for e in prof.events())
+    return [e.name for e in prof.events()]
+
+
+def _cuda_kernel_names(fn):
+    return " ".join(_cuda_kernel_list(fn))
 
 
 @requires_cuda

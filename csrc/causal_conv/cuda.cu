@@ -133,6 +133,7 @@ struct ConvSwitches {
   bool fourstep;                // FOURSTEP: the four-step path (use_fourstep)
   int64_t fourstep_mb;          // FOURSTEP_MB: a workspace chunk in MiB, 0 = the default (fourstep_chunk)
   bool fourstep3;               // FOURSTEP3: the four-step path on 3 x 2^m points (fourstep_groups)
+  bool fourstep_bf16;           // FOURSTEP_BF16: a bfloat16 workspace for bfloat16 rows (launch_fourstep)
   int direct_max_taps;          // DIRECT_MAX_TAPS: -1 unset (the default rule), else 0..128 (use_direct)
   bool mma;                     // MMA: the tensor-core direct kernels (use_mma)
   bool channels_last;           // CHANNELS_LAST: the tiled direct kernels (use_tiled)
@@ -162,6 +163,7 @@ struct ConvSwitches {
     w.fourstep = env_flag("FFT_TENSOR_CONV_FOURSTEP", true);
     w.fourstep_mb = env_int("FFT_TENSOR_CONV_FOURSTEP_MB", 1, int64_t(1) << 20, 0);
     w.fourstep3 = env_flag("FFT_TENSOR_CONV_FOURSTEP3", true);
+    w.fourstep_bf16 = env_flag("FFT_TENSOR_CONV_FOURSTEP_BF16", true);
     w.direct_max_taps = (int)fft_tensor::direct_max_taps();  // common.h: the CPU's direct path reads it too
     w.mma = env_flag("FFT_TENSOR_CONV_MMA", true);
     w.channels_last = env_flag("FFT_TENSOR_CONV_CHANNELS_LAST", false);
@@ -1219,39 +1221,58 @@ at::Tensor fourstep_spectrum(const at::Tensor& k, const c10::optional<at::Tensor
   return Kp;
 }
 
-// y (packed rows) = causal_conv of x's packed rows.
+// f(static_cast<W*>(nullptr)) for the four-step workspace element W: a bfloat16 pair where bf16_work
+// (bfloat16 rows only), else float2.
+template <typename scalar_t, typename F>
+void dispatch_work(bool bf16_work, F&& f) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (bf16_work) return f(static_cast<__nv_bfloat162*>(nullptr));
+  }
+  f(static_cast<float2*>(nullptr));
+}
+
+// y (packed rows) = causal_conv of x's packed rows; with conj_k the correlation with the taps instead
+// (grad_u from gy's rows, when grad_k is not wanted). FFT_TENSOR_CONV_FOURSTEP_BF16 (1 or unset):
+// bfloat16 rows go through a workspace of bfloat16 pairs (fourstep.cuh), half the bytes of each pass
+// and twice the rows per chunk for the same budget; 0 = float2 for every dtype.
 void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, fourstep::Shape s, int64_t io_bytes,
-                     const ConvSwitches& sw) {
+                     const ConvSwitches& sw, bool conj_k = false) {
+  const bool bf16_work = sw.fourstep_bf16 && x.scalar_type() == at::kBFloat16;
+  const int64_t work_bytes = bf16_work ? sizeof(__nv_bfloat162) : sizeof(float2);  // per point
   const int64_t pairs = s.D * s.npairs, points = fourstep_points(s);
   const int64_t u_bytes = x.numel() * x.element_size();
-  const int64_t chunk = fourstep_chunk(points * 8, pairs, fourstep_budget(io_bytes, Kp.nbytes(), u_bytes), sw);
-  at::Tensor T = at::empty({chunk * points}, x.options().dtype(at::kComplexFloat));
-  auto* Tp = reinterpret_cast<float2*>(T.data_ptr());
+  const int64_t chunk =
+      fourstep_chunk(points * work_bytes, pairs, fourstep_budget(io_bytes, Kp.nbytes(), u_bytes), sw);
+  at::Tensor T = at::empty({chunk * points * work_bytes}, x.options().dtype(at::kByte));
   const auto* Kpp = reinterpret_cast<const float2*>(Kp.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_io_type(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    dispatch_fourstep_split(s, [&](auto n1, auto n2, auto r) {
-      constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value, R = decltype(r)::value;
-      auto forward = fourstep::columns_forward<N1, N2, R, fourstep::PairRows<scalar_t>>();
-      auto rows = fourstep::rows_conv_kernel<N2, false>;
-      auto inverse = fourstep::columns_inverse<N1, N2, R, scalar_t>();
-      const size_t col_smem = fourstep_columns_smem(s);
-      allow_smem(forward, col_smem);
-      allow_smem(inverse, col_smem);
-      allow_smem(rows, smem_bytes(N2));
-      const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
-      for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
-        const unsigned g = (unsigned)std::min(chunk, pairs - p0);
-        s.pair0 = p0;
-        fourstep::PairRows<scalar_t> in{x.data_ptr<scalar_t>(), s};
-        forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        rows<<<dim3(R * N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        inverse<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(Tp, y.data_ptr<scalar_t>(), s);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
+    dispatch_work<scalar_t>(bf16_work, [&](auto work_tag) {
+      using W = std::remove_pointer_t<decltype(work_tag)>;
+      auto* Tp = reinterpret_cast<W*>(T.data_ptr());
+      dispatch_fourstep_split(s, [&](auto n1, auto n2, auto r) {
+        constexpr int N1 = decltype(n1)::value, N2 = decltype(n2)::value, R = decltype(r)::value;
+        auto forward = fourstep::columns_forward<N1, N2, R, fourstep::PairRows<scalar_t>, W>();
+        auto rows = conj_k ? fourstep::rows_conv_kernel<N2, true, W> : fourstep::rows_conv_kernel<N2, false, W>;
+        auto inverse = fourstep::columns_inverse<N1, N2, R, scalar_t, W>();
+        const size_t col_smem = fourstep_columns_smem(s);
+        allow_smem(forward, col_smem);
+        allow_smem(inverse, col_smem);
+        allow_smem(rows, smem_bytes(N2));
+        const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
+        for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+          const unsigned g = (unsigned)std::min(chunk, pairs - p0);
+          s.pair0 = p0;
+          fourstep::PairRows<scalar_t> in{x.data_ptr<scalar_t>(), s};
+          forward<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(in, Tp);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          rows<<<dim3(R * N1, g), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tp, Kpp, s);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          inverse<<<dim3(N2 / fourstep::kCols, g), col_block, col_smem, stream>>>(Tp, y.data_ptr<scalar_t>(), s);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
     });
   });
 }
@@ -1259,24 +1280,30 @@ void launch_fourstep(const at::Tensor& x, const at::Tensor& Kp, at::Tensor& y, f
 // grad_u (into grad_u's packed rows, if defined) and grad_k's taps (into taps_grad, (D, taps) float32,
 // if defined) from gy and u's packed rows. gy's transform serves both: grad_u multiplies it by
 // conj(K) (a correlation, so no time reversal), grad_k accumulates G conj(U) over the channel's
-// pairs (rows_backward_kernel). Chunks are whole channels.
+// pairs (rows_backward_kernel). Chunks are whole channels. grad_u alone is the forward's three passes
+// with conj(K) (launch_fourstep, its workspace rule included); with grad_k the workspace stays float2
+// whatever the dtype, for grad_k's float32 sums.
 void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& Kp, at::Tensor& grad_u,
                               at::Tensor& taps_grad, fourstep::Shape s, int taps, int64_t io_bytes,
                               const ConvSwitches& sw) {
   const bool need_u = grad_u.defined(), need_k = taps_grad.defined();
-  const int64_t points = fourstep_points(s), row_bytes = points * 8;
-  const int64_t channel_bytes = need_k ? (2 * s.npairs + 1) * row_bytes : s.npairs * row_bytes;
+  if (!need_k) {
+    if (need_u) launch_fourstep(gy, Kp, grad_u, s, io_bytes, sw, /*conj_k=*/true);
+    return;
+  }
+  const int64_t points = fourstep_points(s), row_bytes = points * sizeof(float2);
+  const int64_t channel_bytes = (2 * s.npairs + 1) * row_bytes;
   // a chunk's pairs are one grid dimension (at most 65535; use_fourstep bounds npairs)
   const int64_t budget = fourstep_budget(io_bytes, Kp.nbytes(), gy.numel() * gy.element_size());
   const int64_t chunk = std::min<int64_t>(fourstep_chunk(channel_bytes, s.D, budget, sw),
                                           std::max<int64_t>(1, 65535 / s.npairs));
   const auto cf = gy.options().dtype(at::kComplexFloat);
   at::Tensor Tg = at::empty({chunk * s.npairs * points}, cf);
-  at::Tensor Tu = need_k ? at::empty({chunk * s.npairs * points}, cf) : at::Tensor();
-  at::Tensor Q = need_k ? at::empty({chunk * points}, cf) : at::Tensor();
+  at::Tensor Tu = at::empty({chunk * s.npairs * points}, cf);
+  at::Tensor Q = at::empty({chunk * points}, cf);
   auto* Tgp = reinterpret_cast<float2*>(Tg.data_ptr());
-  auto* Tup = need_k ? reinterpret_cast<float2*>(Tu.data_ptr()) : nullptr;
-  auto* Qp = need_k ? reinterpret_cast<float2*>(Q.data_ptr()) : nullptr;
+  auto* Tup = reinterpret_cast<float2*>(Tu.data_ptr());
+  auto* Qp = reinterpret_cast<float2*>(Q.data_ptr());
   const auto* Kpp = reinterpret_cast<const float2*>(Kp.data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_io_type(gy.scalar_type(), [&](auto tag) {
@@ -1286,13 +1313,11 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
       auto forward = fourstep::columns_forward<N1, N2, R, fourstep::PairRows<scalar_t>>();
       auto inverse = fourstep::columns_inverse<N1, N2, R, scalar_t>();
       auto columns_taps = fourstep::columns_taps<N1, N2, R>();
-      auto rows_u = fourstep::rows_conv_kernel<N2, true>;
       auto rows_k = need_u ? fourstep::rows_backward_kernel<N2, true> : fourstep::rows_backward_kernel<N2, false>;
       const size_t col_smem = fourstep_columns_smem(s);
       allow_smem(forward, col_smem);
       allow_smem(inverse, col_smem);
       allow_smem(columns_taps, col_smem);
-      allow_smem(rows_u, smem_bytes(N2));
       allow_smem(rows_k, fourstep_row_smem(N2));
       const dim3 col_block(N1 / kElemsPerThread, fourstep::kCols);
       for (int64_t d0 = 0; d0 < s.D; d0 += chunk) {
@@ -1302,20 +1327,15 @@ void launch_fourstep_backward(const at::Tensor& gy, const at::Tensor& u, const a
         forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
             fourstep::PairRows<scalar_t>{gy.data_ptr<scalar_t>(), s}, Tgp);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        if (need_k) {
-          forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
-              fourstep::PairRows<scalar_t>{u.data_ptr<scalar_t>(), s}, Tup);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          rows_k<<<dim3(R * N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2), stream>>>(Tgp, Tup, Kpp,
-                                                                                                       Qp, s);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          columns_taps<<<dim3(N2 / fourstep::kCols, (unsigned)channels), col_block, col_smem, stream>>>(
-              Qp, taps_grad.data_ptr<float>(), s, taps);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        } else {
-          rows_u<<<dim3(R * N1, pairs), N2 / kElemsPerThread, smem_bytes(N2), stream>>>(Tgp, Kpp, s);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
+        forward<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(
+            fourstep::PairRows<scalar_t>{u.data_ptr<scalar_t>(), s}, Tup);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        rows_k<<<dim3(R * N1, (unsigned)channels), N2 / kElemsPerThread, fourstep_row_smem(N2), stream>>>(Tgp, Tup, Kpp,
+                                                                                                     Qp, s);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        columns_taps<<<dim3(N2 / fourstep::kCols, (unsigned)channels), col_block, col_smem, stream>>>(
+            Qp, taps_grad.data_ptr<float>(), s, taps);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (need_u) {
           inverse<<<dim3(N2 / fourstep::kCols, pairs), col_block, col_smem, stream>>>(Tgp, grad_u.data_ptr<scalar_t>(), s);
           C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -39,7 +39,13 @@
 // Kp keeps group 0's rows k1 <= N1/2 (its mirror is itself: N - 3k = 3(M - k)) and all N1 rows of
 // group 1; group 2 is group 1's mirror: N - (3k + 2) = 3(M - 1 - k) + 1, so
 //   K[3k + 2] = conj(K1[M - 1 - k]),  M - 1 - k = (N1 - 1 - k1) + N1*(N2 - 1 - k2).
+// The workspace element W: float2, or for bfloat16 rows' forward and grad_u alone a bfloat16 pair
+// (cuda.cu: FFT_TENSOR_CONV_FOURSTEP_BF16), half the traffic of every pass through T. The arithmetic
+// stays float32; each pass rounds what it stores to bfloat16 (relative 2^-9), two roundings per output,
+// against the one of rounding y itself to bfloat16. grad_k (a float32 sum whatever u's dtype), and so
+// the backward that computes it, keeps float2, as do the kernel spectrum and Kp.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "fft_kernels.cuh"  // KernelTaps, min_blocks_per_sm
@@ -53,6 +59,12 @@ using smem_fft::cmul;
 using smem_fft::conjf2;
 using smem_fft::kElemsPerThread;
 using smem_fft::pad;
+
+// T's element as float2, and back (the conversions round to nearest even)
+__device__ __forceinline__ float2 load_work(const float2& w) { return w; }
+__device__ __forceinline__ float2 load_work(const __nv_bfloat162& w) { return __bfloat1622float2(w); }
+__device__ __forceinline__ void store_work(float2& w, float2 v) { w = v; }
+__device__ __forceinline__ void store_work(__nv_bfloat162& w, float2 v) { w = __float22bfloat162_rn(v); }
 
 constexpr int kCols = 32;  // columns per block in the column passes: 32 consecutive samples per access
 constexpr int ilog2(int n) { return n <= 1 ? 0 : 1 + ilog2(n / 2); }  // of a power of two: N's logN at compile time
@@ -204,26 +216,26 @@ struct TapPairRows {
 // Step 1. grid (N2 / kCols, rows in the chunk), block (N1/16, kCols): threadIdx.y is the column,
 // threadIdx.x the thread within that column's FFT (smem_fft's threadIdx.x). T: [g][k1][n2].
 // N2 a template parameter: a thread's 16 loads and stores are one address plus immediates.
-template <int N1, int N2, typename Rows>
+template <int N1, int N2, typename Rows, typename W>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
-    columns_forward_kernel(Rows rows, float2* __restrict__ T) {
+    columns_forward_kernel(Rows rows, W* __restrict__ T) {
   extern __shared__ float2 smem[];
   constexpr int logN = ilog2(N1 * N2);
   ColumnTile<N1> t(smem);
   const int64_t g = blockIdx.y;
   rows.begin(g);
   t.load_and_transform([&](int n1, int n2) { return rows(n1 * N2 + n2); });
-  float2* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
+  W* Tg = T + g * ((int64_t)N1 * N2) + t.n2;
   TwiddleRun w(t.n2 * t.r0, t.n2 * t.kStep, logN);  // W_N^(n2 k1), k1 = r0 + j*kStep
 #pragma unroll
-  for (int j = 0; j < kElemsPerThread; ++j) Tg[t.row(j) * N2] = cmul(t.at(j), w.next());
+  for (int j = 0; j < kElemsPerThread; ++j) store_work(Tg[t.row(j) * N2], cmul(t.at(j), w.next()));
 }
 
 // Step 1 on N = 3M points (R = 3): the three groups' tiles side by side in shared memory (kTile apart),
 // each element of the row read once. T: [g][group][k1][n2].
-template <int N1, int N2, typename Rows>
+template <int N1, int N2, typename Rows, typename W>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
-    columns_forward3_kernel(Rows rows, float2* __restrict__ T) {
+    columns_forward3_kernel(Rows rows, W* __restrict__ T) {
   extern __shared__ float2 smem[];
   constexpr int M = N1 * N2, logM = ilog2(M), kTile = column_tile_size(N1);
   ColumnTile<N1> t(smem);
@@ -242,16 +254,16 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   }
 #pragma unroll
   for (int r = 0; r < 3; ++r) smem_fft::fft<N1>(smem + r * kTile + column_offset<N1>(threadIdx.y));
-  float2* Tg = T + g * (3 * (int64_t)M) + t.n2;
+  W* Tg = T + g * (3 * (int64_t)M) + t.n2;
   TwiddleRun w(t.n2 * t.r0, t.n2 * t.kStep, logM);  // W_M^(n2 k1)
 #pragma unroll
   for (int j = 0; j < kElemsPerThread; ++j) {
     const float2 wj = w.next();
     const float2* e = &t.at(j);
     const int o = t.row(j) * N2;
-    Tg[o] = cmul(e[0], wj);
-    Tg[M + o] = cmul(e[kTile], wj);
-    Tg[2 * M + o] = cmul(e[2 * kTile], wj);
+    store_work(Tg[o], cmul(e[0], wj));
+    store_work(Tg[M + o], cmul(e[kTile], wj));
+    store_work(Tg[2 * M + o], cmul(e[2 * kTile], wj));
   }
 }
 
@@ -282,19 +294,19 @@ struct SpectrumRow {
 // Step 2 for the data. grid (R*N1, pairs in the chunk), block N2/16. In place: every thread's loads
 // of the row happen before fused_conv's first barrier, its stores after the last.
 // kConjK: multiply by conj(K) (grad_u as a correlation, no time reversal).
-template <int N2, bool kConjK>
+template <int N2, bool kConjK, typename W>
 __global__ void __launch_bounds__(N2 / kElemsPerThread, (min_blocks_per_sm<N2, 1024>()))
-    rows_conv_kernel(float2* __restrict__ T, const float2* __restrict__ Kp, Shape s) {
+    rows_conv_kernel(W* __restrict__ T, const float2* __restrict__ Kp, Shape s) {
   extern __shared__ float2 smem[];
   const int N1 = s.N1, grp = blockIdx.x / N1, k1 = blockIdx.x - grp * N1;  // grid.x: R*N1 rows
   const int64_t g = blockIdx.y;
   const int64_t d = (s.pair0 + g) / s.npairs;
-  float2* row = T + (g * s.R * N1 + blockIdx.x) * (int64_t)N2;
+  W* row = T + (g * s.R * N1 + blockIdx.x) * (int64_t)N2;
   const SpectrumRow<N2, kConjK> K(Kp, d, grp, k1, N1, s.R);
   TwiddleRun tw((int64_t)threadIdx.x * k1, (int64_t)(N2 / kElemsPerThread) * k1, s.logN);  // W_N^(m2 k1)
   smem_fft::fused_conv<N2>(
-      smem, [&](int n) { return row[n]; }, [&](int q, int c) { return K(q + c); },
-      [&](int m2, float2 w) { row[m2] = cmul(w, tw.next()); });
+      smem, [&](int n) { return load_work(row[n]); }, [&](int q, int c) { return K(q + c); },
+      [&](int m2, float2 w) { store_work(row[m2], cmul(w, tw.next())); });
 }
 
 // Backward step 2 when grad_k is wanted. grid (R*N1, channels in the chunk), block N2/16; the chunk's
@@ -410,14 +422,14 @@ __global__ void __launch_bounds__(N2 / kElemsPerThread)
 }
 
 // Step 3. grid (N2 / kCols, pairs in the chunk), block (N1/16, kCols): y = conj of the column FFT.
-template <int N1, int N2, typename scalar_t>
+template <int N1, int N2, typename scalar_t, typename W>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
-    columns_inverse_kernel(const float2* __restrict__ T, scalar_t* __restrict__ y, Shape s) {
+    columns_inverse_kernel(const W* __restrict__ T, scalar_t* __restrict__ y, Shape s) {
   extern __shared__ float2 smem[];
   ColumnTile<N1> t(smem);
   const int64_t g = blockIdx.y;
-  const float2* Tg = T + g * ((int64_t)N1 * N2);
-  t.load_and_transform([&](int k1, int n2) { return Tg[k1 * N2 + n2]; });
+  const W* Tg = T + g * ((int64_t)N1 * N2);
+  t.load_and_transform([&](int k1, int n2) { return load_work(Tg[k1 * N2 + n2]); });
   const int64_t pair = s.pair0 + g;
   const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
   const bool has1 = b1 < s.B;
@@ -478,13 +490,13 @@ __device__ __forceinline__ void columns_inverse3(float2* smem, Load load, int64_
 }
 
 // Step 3 with R = 3. grid (N2 / kCols, pairs in the chunk), block (N1/16, kCols), three tiles.
-template <int N1, int N2, typename scalar_t>
+template <int N1, int N2, typename scalar_t, typename W>
 __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
-    columns_inverse3_kernel(const float2* __restrict__ T, scalar_t* __restrict__ y, Shape s) {
+    columns_inverse3_kernel(const W* __restrict__ T, scalar_t* __restrict__ y, Shape s) {
   extern __shared__ float2 smem[];
   constexpr int M = N1 * N2;
   const int64_t g = blockIdx.y;
-  const float2* Tg = T + g * (3 * (int64_t)M);
+  const W* Tg = T + g * (3 * (int64_t)M);
   const int64_t pair = s.pair0 + g;
   const int64_t d = pair / s.npairs, b0 = 2 * (pair % s.npairs), b1 = b0 + 1;
   const bool has1 = b1 < s.B;
@@ -492,7 +504,7 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
   scalar_t* y1 = has1 ? y + (b1 * s.D + d) * s.L : y0;
   const int L = (int)s.L;  // < N <= 2^22
   columns_inverse3<N1, N2>(
-      smem, [&](int r, int k1, int n2) { return Tg[r * M + k1 * N2 + n2]; }, L, [&](int n, const Three& v) {
+      smem, [&](int r, int k1, int n2) { return load_work(Tg[r * M + k1 * N2 + n2]); }, L, [&](int n, const Three& v) {
         const float2 o[3] = {v.v0, v.v1, v.v2};
 #pragma unroll
         for (int r = 0; r < 3; ++r) {
@@ -522,16 +534,17 @@ __global__ void __launch_bounds__(N1 / kElemsPerThread * kCols)
       });
 }
 
-// The column kernels of a split: the power-of-two ones (R = 1) or the residue ones (R = 3).
-template <int N1, int N2, int R, typename Rows>
+// The column kernels of a split: the power-of-two ones (R = 1) or the residue ones (R = 3); W the
+// workspace element.
+template <int N1, int N2, int R, typename Rows, typename W = float2>
 constexpr auto columns_forward() {
-  if constexpr (R == 1) return columns_forward_kernel<N1, N2, Rows>;
-  else return columns_forward3_kernel<N1, N2, Rows>;
+  if constexpr (R == 1) return columns_forward_kernel<N1, N2, Rows, W>;
+  else return columns_forward3_kernel<N1, N2, Rows, W>;
 }
-template <int N1, int N2, int R, typename scalar_t>
+template <int N1, int N2, int R, typename scalar_t, typename W = float2>
 constexpr auto columns_inverse() {
-  if constexpr (R == 1) return columns_inverse_kernel<N1, N2, scalar_t>;
-  else return columns_inverse3_kernel<N1, N2, scalar_t>;
+  if constexpr (R == 1) return columns_inverse_kernel<N1, N2, scalar_t, W>;
+  else return columns_inverse3_kernel<N1, N2, scalar_t, W>;
 }
 template <int N1, int N2, int R>
 constexpr auto columns_taps() {

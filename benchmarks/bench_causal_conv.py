@@ -176,7 +176,7 @@ def main():
                                    ratio(sdpa_f, row["ours_f"]), ratio(sdpa_fb, row["ours_fb"]),
                                    ratio(row["peer_f"], row["ours_f"]), ratio(row["peer_fb"], row["ours_fb"]),
                                    ratio(row["ours_f"], row["floor_f"]), row["peak"], row["peak_fb"], row.get("saved"),
-                                   row.get("peer_peak_fb"), row.get("peer_saved"), row["err"]])
+                                   row.get("peer_peak_fb"), row.get("peer_saved"), row["err"], row.get("peer_err")])
                 if args.graphs:
                     g = {key: row.get("g_" + key) for key in ("ours_f", "ours_fb", "ref_f", "ref_fb", "peer_f", "peer_fb")}
                     graph_rows.append([L, Lk, dname, g["ours_f"], g["ours_fb"], g["ref_f"], g["ref_fb"], g_sdpa_f,
@@ -193,7 +193,8 @@ def main():
     ratios = markdown_table(["L", "Lk", "u dtype", "ref/ours fwd", "ref/ours fwd+bwd", "SDPA/ours fwd",
                              "SDPA/ours fwd+bwd", "NVIDIA/ours fwd", "NVIDIA/ours fwd+bwd", "ours fwd / floor",
                              "peak mem / (in+out)", "fwd+bwd peak / (in+out)", "saved for bwd / u",
-                             "NVIDIA fwd+bwd peak / (in+out)", "NVIDIA saved for bwd / u", "rel err vs ref"], ratio_rows)
+                             "NVIDIA fwd+bwd peak / (in+out)", "NVIDIA saved for bwd / u", "rel err vs ref",
+                             "NVIDIA rel err vs ref"], ratio_rows)
     notes = (f"B={B}, D={D}, no skip. Ours: fft_tensor.causal_conv (k float32). torch.fft ref: "
              f"fft_tensor.reference.causal_conv_fft_reference (n=2L, bf16 input upcast inside). SDPA: "
              f"F.scaled_dot_product_attention(is_causal=True), bf16, H={SDPA_HEADS}, Dh={SDPA_HEAD_DIM}, same B and L "
@@ -205,7 +206,7 @@ def main():
              f"with autograd keeps allocated until the backward beyond y (saved inputs excluded: the caller holds them), "
              f"over u's bytes. SDPA's inputs rotate like the conv's, "
              f"and its forward is timed on inputs without autograd, like the others. rel err: ours vs the torch.fft "
-             f"reference.")
+             f"reference; NVIDIA's vs the reference on its kernel (k rounded to u's dtype).")
     if args.graphs:
         ratios += "\n\nCUDA-graph replays (ms, and ratios of them):\n\n" + markdown_table(
             ["L", "Lk", "u dtype", "ours fwd", "ours fwd+bwd", "ref fwd", "ref fwd+bwd", "SDPA fwd", "SDPA fwd+bwd",
@@ -284,6 +285,7 @@ def bench_conv(B, D, L, Lk, dtype, peer, bw, budget, reasons, tag, channels_last
             y_peer = peer(u0.detach(), k_peer.detach())
             perr, pok = check(y_peer, fft_tensor.causal_conv(u0.detach(), k_peer.detach().float()),
                               1e-3 if dtype == torch.float32 else 3e-2)
+            row["peer_err"] = rel_err(y_peer, causal_conv_fft_reference(u0.detach(), k_peer.detach().float()))
             del y_peer
             if not pok:
                 reasons.append(f"{tag} NVIDIA: output differs from ours (rel err {perr:.2e}); not timed")

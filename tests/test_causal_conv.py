@@ -39,6 +39,11 @@ def fft64_reference(u, k, skip=None):
     return y
 
 
+def correlation64_reference(gy, k, skip=None):
+    """grad_u in float64: the correlation sum_s k[s] gy[t + s] (+ skip * gy), the convolution reversed in time."""
+    return fft64_reference(gy.flip(-1), k, skip).flip(-1)
+
+
 def rounding_bound(exact, dtype=torch.bfloat16):
     """The low-precision bound every path meets: 4x the error of rounding the exact result to dtype."""
     return 4 * rel_err(exact.to(dtype), exact) + 1e-6
@@ -1113,7 +1118,7 @@ def assert_grads_match_float64(u, k, skip, gy, grad_u=None, grad_k=None, tol_u=1
     _correlation_reference's. Returns the references (None where not given) for further comparisons."""
     ref_gu = ref_gk = None
     if grad_u is not None:
-        ref_gu = fft64_reference(gy.flip(-1), k, skip).flip(-1)  # correlation = reversed convolution
+        ref_gu = correlation64_reference(gy, k, skip)
         assert rel_err(grad_u, ref_gu) < tol_u, ("grad_u", rel_err(grad_u, ref_gu))
     if grad_k is not None:
         taps = min(u.shape[-1], k.shape[-1])
@@ -1245,7 +1250,7 @@ def test_cuda_fourstep_bf16_workspace(L, Lk, batch, dim, monkeypatch):
     ub = u.bfloat16()
     gy = torch.randn_like(u).bfloat16()
     exact = fft64_reference(ub.float(), k, skip)
-    exact_gu = fft64_reference(gy.float().flip(-1), k, skip).flip(-1)  # correlation
+    exact_gu = correlation64_reference(gy, k, skip)
     both = {}
     for setting in ("", "0"):
         monkeypatch.setenv("FFT_TENSOR_CONV_FOURSTEP_BF16", setting)
@@ -1585,7 +1590,7 @@ def test_cuda_half_window(L, Lk, batch, dim, half, monkeypatch):
         exact = fft64_reference(ul.float(), k, skip)
         assert rel_err(fft_tensor.causal_conv(ul, k, skip), exact) <= rounding_bound(exact, low)
         gul, gkl = ops.causal_conv_backward(gyl, ul, k, skip, True, True)
-        exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
+        exact_gu = correlation64_reference(gyl, k, skip)
         assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
         assert_grads_match_float64(ul.float(), k, skip, gyl.float(), grad_k=gkl)
     _assert_same_without_pdl(run, (y, gu_alone), monkeypatch)  # the half kernels launched the ordinary way
@@ -1678,7 +1683,7 @@ def test_cuda_radix3_window(L, Lk, batch, dim, M, half, monkeypatch):
         yl = fft_tensor.causal_conv(ul, k, skip)
         assert yl.dtype == low and rel_err(yl, exact) <= rounding_bound(exact, low)
         gul = ops.causal_conv_backward(gyl, ul, k, skip, True, False)[0]
-        exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
+        exact_gu = correlation64_reference(gyl, k, skip)
         assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
     _assert_same_without_pdl(run, (y, gu_alone), monkeypatch)
     # switched off: the power-of-two windows, the same values to float32 rounding (another FFT size)
@@ -1808,7 +1813,7 @@ def test_cuda_fused_backward(L, Lk, batch, dim, monkeypatch):
     for low in (torch.bfloat16, torch.half):
         ul, gyl = u.to(low), gy.to(low)
         gul, gkl = ops.causal_conv_backward(gyl, ul, k, skip, True, True)
-        exact_gu = fft64_reference(gyl.float().flip(-1), k, skip).flip(-1)
+        exact_gu = correlation64_reference(gyl, k, skip)
         assert gul.dtype == low and rel_err(gul, exact_gu) <= rounding_bound(exact_gu, low)
         assert_grads_match_float64(ul.float(), k, skip, gyl.float(), grad_k=gkl)
     ut = u.transpose(0, 1).contiguous().transpose(0, 1)  # (B, D, L) view of a (D, B, L) tensor
